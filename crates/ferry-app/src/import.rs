@@ -1,0 +1,727 @@
+//! Import of one upstream batch into an instance: decompress each `NAME.csv.bz2` (with an output cap, against bzip2
+//! bombs), hash it (MD5 + SHA-256 of the plain CSV), parse and validate every field against `DATA-SPEC.md`, and
+//! write the rows — all in **one SQLite transaction**, so a batch is imported whole or not at all.
+//!
+//! # Design: constant memory, two stages
+//! ```text
+//!  spawn_blocking thread                                   async task (holds the write transaction)
+//!  file -> capped bzip2 decoder -> HashingReader ->        recv chunk -> multi-row INSERTs (<= 500 rows each,
+//!  line guard -> csv -> parse_field -> chunk of 1000 rows  ====bounded mpsc (4 chunks)====>  cached statements)
+//! ```
+//! The blocking stage never holds more than one chunk plus one CSV line (lines are capped, so a file without line
+//! ends cannot grow a record without bound); the channel holds at most four chunks; the async stage holds the chunk
+//! it is inserting. Memory is therefore constant whatever the file size, and decompression of the next rows overlaps
+//! with the insertion of the previous ones. When a file ends, the blocking stage compares its row count, byte count,
+//! MD5 and SHA-256 with the manifest. A rejection stops the blocking stage; the async stage rolls back. A database
+//! error in the async stage drops the receiver, which stops the blocking stage at its next send.
+//!
+//! # Outcomes
+//! - `Ok(report)` with `state: Imported`: the data and the `batch_log` row were committed together.
+//! - `Ok(report)` with `state: Rejected`: the input is wrong (missing file, checksum, corrupt bzip2, bad row...).
+//!   Nothing of the batch is kept; `batch_log` records the reason (outside the rolled-back transaction). A rejected
+//!   batch may be sent again and imported.
+//! - `Ok(report)` with `duplicate: true`: this batch id was already imported; nothing changed.
+//! - `Err(ImportError)`: infrastructure (disk, database): the caller should retry later.
+//!
+//! # What a batch replaces
+//! A full batch replaces, table by table, the rows of every standard file it carries (tables it does not carry are
+//! left as they were), and the rows of every custom file `ut_NNN.csv` it carries. An incremental batch appends.
+//!
+//! Rows of custom files are counted without their header row, in the manifest as in the report.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use ferry_proto::api::{BatchState, FileRows, ImportReport};
+use ferry_proto::manifest::{Manifest, ManifestFile, Mode};
+use ferry_proto::spec::{self, FileSpec, Value};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+use tokio::sync::mpsc;
+
+use crate::instance::{CUSTOM_TABLE, Instance, InstanceError, stored_columns};
+
+/// Rows sent from the parsing thread to the inserting task at a time.
+const CHUNK_ROWS: usize = 1000;
+/// Chunks in flight between the two stages.
+const CHANNEL_CHUNKS: usize = 4;
+/// Most rows in one INSERT statement (also bounded by SQLite's 32766 variables per statement).
+const MAX_ROWS_PER_INSERT: usize = 500;
+const SQLITE_MAX_VARIABLES: usize = 32766;
+
+/// Safety limits of an import. `Default` gives the production values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Largest plain CSV accepted per file (default 8 GiB). A manifest that announces more is rejected before
+    /// anything is decompressed.
+    pub max_decompressed_per_file: u64,
+    /// How far decompression may run past the size the manifest announces before it is stopped (default 1 MiB).
+    /// The cap per file is `min(max_decompressed_per_file, manifest bytes + cap_slack)`, so a bomb stops early.
+    pub cap_slack: u64,
+    /// If set, reject a file whose manifest size is more than this many times its compressed size (bzip2 of real
+    /// CSV is 5-30x; bombs are 10^4-10^6x). Off by default: the cap already bounds the work.
+    pub max_ratio: Option<u64>,
+    /// Longest CSV line accepted (default 1 MiB): bounds the memory of one record.
+    pub max_line_bytes: u64,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits { max_decompressed_per_file: 8 << 30, cap_slack: 1 << 20, max_ratio: None, max_line_bytes: 1 << 20 }
+    }
+}
+
+/// An infrastructure failure: the batch was neither imported nor rejected; retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Instance(#[from] InstanceError),
+    #[error("instance database failed during the import: {0}; nothing of the batch was kept, retry later")]
+    Db(sqlx::Error),
+    #[error("cannot read {}: {source}; check the disk of the App server, then retry", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("import task failed: {0}; nothing of the batch was kept, retry later")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for ImportError {
+    fn from(e: sqlx::Error) -> Self {
+        ImportError::Db(e)
+    }
+}
+
+/// Import the batch described by `manifest` from `batch_dir` (which holds `NAME.csv.bz2` for every manifest
+/// entry) into `inst`. See the module documentation for the outcomes.
+pub async fn import_batch(
+    inst: &Instance,
+    batch_dir: &Path,
+    manifest: &Manifest,
+    limits: &ImportLimits,
+) -> Result<ImportReport, ImportError> {
+    let id = &manifest.batch_id;
+    let _one_import_at_a_time = inst.import_lock().lock().await;
+    // IMMEDIATE takes the write lock now, so the duplicate check below cannot race another process.
+    let mut tx = inst.pool().begin_with("BEGIN IMMEDIATE").await?;
+    if let Some(prev) = previous_report(&mut tx, id.as_str()).await?
+        && prev.state == BatchState::Imported
+    {
+        tx.rollback().await?;
+        tracing::info!(batch = %id, "batch was already imported; nothing to do");
+        return Ok(ImportReport { duplicate: true, ..prev });
+    }
+
+    match load(&mut tx, batch_dir, manifest, limits).await? {
+        Ok(files) => {
+            let report =
+                ImportReport { batch_id: id.clone(), state: BatchState::Imported, detail: None, files, duplicate: false };
+            record(&mut tx, &report).await?;
+            tx.commit().await?;
+            let rows: u64 = report.files.iter().map(|f| f.rows).sum();
+            tracing::info!(batch = %id, files = report.files.len(), rows, "batch imported");
+            Ok(report)
+        }
+        Err(reason) => {
+            tx.rollback().await?;
+            let report = ImportReport {
+                batch_id: id.clone(),
+                state: BatchState::Rejected,
+                detail: Some(reason),
+                files: Vec::new(),
+                duplicate: false,
+            };
+            let mut conn = inst.pool().acquire().await?;
+            record(&mut conn, &report).await?;
+            tracing::warn!(batch = %id, reason = report.detail.as_deref().unwrap_or(""), "batch rejected");
+            Ok(report)
+        }
+    }
+}
+
+async fn previous_report(conn: &mut SqliteConnection, id: &str) -> Result<Option<ImportReport>, ImportError> {
+    let row = sqlx::query("SELECT batch_id, state, detail, files_json FROM batch_log WHERE batch_id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| crate::instance::report_from_row(&r)).transpose()?)
+}
+
+/// Write the outcome into `batch_log`. Never turns an imported batch back into a rejected one.
+async fn record(conn: &mut SqliteConnection, report: &ImportReport) -> Result<(), ImportError> {
+    let files_json = serde_json::to_string(&report.files).map_err(|e| ImportError::Internal(e.to_string()))?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sqlx::query(
+        "INSERT INTO batch_log (batch_id, state, detail, files_json, imported_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (batch_id) DO UPDATE SET state = excluded.state, detail = excluded.detail, \
+         files_json = excluded.files_json, imported_at = excluded.imported_at WHERE batch_log.state <> 'imported'",
+    )
+    .bind(report.batch_id.as_str())
+    .bind(report.state.as_str())
+    .bind(report.detail.as_deref())
+    .bind(files_json)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Where the rows of one manifest file go.
+#[derive(Clone, Copy)]
+enum Target {
+    Standard(&'static FileSpec),
+    Custom,
+}
+
+impl Target {
+    fn of(name: &str) -> Option<Target> {
+        match spec::file_spec(name) {
+            Some(s) => Some(Target::Standard(s)),
+            None => spec::is_custom_file(name).then_some(Target::Custom),
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            Target::Standard(s) => s.table,
+            Target::Custom => CUSTOM_TABLE,
+        }
+    }
+
+    fn columns(self) -> Vec<&'static str> {
+        match self {
+            Target::Standard(s) => stored_columns(s).map(|c| c.name).collect(),
+            Target::Custom => vec!["file", "line", "data"],
+        }
+    }
+}
+
+/// Replace or append the batch's rows inside `tx`. Outer error: infrastructure; inner error: rejection reason.
+async fn load(
+    tx: &mut SqliteConnection,
+    batch_dir: &Path,
+    manifest: &Manifest,
+    limits: &ImportLimits,
+) -> Result<Result<Vec<FileRows>, String>, ImportError> {
+    if let Err(e) = manifest.check() {
+        return Ok(Err(e.to_string()));
+    }
+    let mut targets = Vec::with_capacity(manifest.files.len());
+    for f in &manifest.files {
+        // `check` accepted the name, so it is a standard or a custom file.
+        let Some(t) = Target::of(&f.name) else { return Ok(Err(format!("{}: not a file of the standard extract", f.name))) };
+        if f.bytes > limits.max_decompressed_per_file {
+            return Ok(Err(format!(
+                "{}: the manifest announces {} bytes, more than this server accepts per file ({} bytes); \
+                 split the extract or raise the server's limit",
+                f.name, f.bytes, limits.max_decompressed_per_file
+            )));
+        }
+        targets.push(t);
+    }
+
+    if manifest.mode == Mode::Full {
+        for (f, t) in manifest.files.iter().zip(&targets) {
+            match t {
+                Target::Standard(s) => {
+                    sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table))).execute(&mut *tx).await?;
+                }
+                Target::Custom => {
+                    sqlx::query("DELETE FROM custom_rows WHERE file = ?").bind(&f.name).execute(&mut *tx).await?;
+                }
+            }
+        }
+    }
+
+    let mut writers: Vec<TableWriter> = targets.iter().map(|t| TableWriter::new(t.table(), t.columns())).collect();
+    let (sender, mut receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+    let dir = batch_dir.to_path_buf();
+    let files = manifest.files.clone();
+    let lim = *limits;
+    let reader = tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender));
+
+    let mut db_error = None;
+    while let Some(chunk) = receiver.recv().await {
+        let Some(w) = writers.get_mut(chunk.file) else {
+            db_error = Some(ImportError::Internal(format!("rows for unknown file #{}", chunk.file)));
+            break;
+        };
+        if let Err(e) = w.insert(tx, chunk.rows, chunk.values).await {
+            db_error = Some(e.into());
+            break;
+        }
+    }
+    // Dropping the receiver stops the reader at its next send if we stopped early.
+    drop(receiver);
+    let read = reader.await.map_err(|e| ImportError::Internal(format!("the reading thread stopped: {e}")));
+    if let Some(e) = db_error {
+        return Err(e);
+    }
+    match read? {
+        Ok(files) => Ok(Ok(files)),
+        Err(Stop::Reject(reason)) => Ok(Err(reason)),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::Cancelled) => Err(ImportError::Internal("the reading thread was cancelled".into())),
+    }
+}
+
+/// Rows of one file, flattened: `rows * columns` values in column order.
+struct Chunk {
+    file: usize,
+    rows: usize,
+    values: Vec<Value>,
+}
+
+/// Multi-row INSERTs into one table. The SQL text of a full statement is built once and reused, so sqlx's
+/// statement cache prepares it once per connection.
+struct TableWriter {
+    table: &'static str,
+    columns: Vec<&'static str>,
+    rows_per_insert: usize,
+    /// SQL for `rows_per_insert` rows, and for the last (shorter) statement of a chunk.
+    full: SqlStr,
+    partial: Option<(usize, SqlStr)>,
+}
+
+impl TableWriter {
+    fn new(table: &'static str, columns: Vec<&'static str>) -> TableWriter {
+        let rows_per_insert = MAX_ROWS_PER_INSERT.min(SQLITE_MAX_VARIABLES / columns.len().max(1)).max(1);
+        let full = AssertSqlSafe(insert_sql(table, &columns, rows_per_insert)).into_sql_str();
+        TableWriter { table, columns, rows_per_insert, full, partial: None }
+    }
+
+    fn sql(&mut self, rows: usize) -> SqlStr {
+        if rows == self.rows_per_insert {
+            return self.full.clone();
+        }
+        match &self.partial {
+            Some((n, sql)) if *n == rows => sql.clone(),
+            _ => {
+                let sql = AssertSqlSafe(insert_sql(self.table, &self.columns, rows)).into_sql_str();
+                self.partial = Some((rows, sql.clone()));
+                sql
+            }
+        }
+    }
+
+    async fn insert(&mut self, conn: &mut SqliteConnection, rows: usize, values: Vec<Value>) -> Result<(), sqlx::Error> {
+        let width = self.columns.len();
+        let mut values = values.into_iter();
+        let mut left = rows;
+        while left > 0 {
+            let n = left.min(self.rows_per_insert);
+            let mut q = sqlx::query(self.sql(n));
+            for v in values.by_ref().take(n * width) {
+                q = match v {
+                    Value::Null => q.bind(None::<String>),
+                    Value::Int(i) => q.bind(i),
+                    Value::Text(s) => q.bind(s),
+                };
+            }
+            q.execute(&mut *conn).await?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+    let one = format!("({})", vec!["?"; columns.len()].join(","));
+    format!("INSERT INTO \"{table}\" ({}) VALUES {}", cols.join(","), vec![one; rows].join(","))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The blocking stage.
+
+/// Why the blocking stage stopped early.
+enum Stop {
+    /// The input is wrong: reject the batch with this message.
+    Reject(String),
+    /// Infrastructure failure.
+    Failed(ImportError),
+    /// The async stage went away (it hit a database error).
+    Cancelled,
+}
+
+fn read_files(
+    dir: &Path,
+    files: &[ManifestFile],
+    targets: &[Target],
+    limits: &ImportLimits,
+    sender: &mpsc::Sender<Chunk>,
+) -> Result<Vec<FileRows>, Stop> {
+    let mut done = Vec::with_capacity(files.len());
+    for (i, (entry, target)) in files.iter().zip(targets).enumerate() {
+        let rows = read_file(dir, i, entry, *target, limits, sender)?;
+        done.push(FileRows { name: entry.name.clone(), rows });
+    }
+    Ok(done)
+}
+
+/// Decompress, hash, parse and send one file; check it against its manifest entry. Returns its row count.
+fn read_file(
+    dir: &Path,
+    index: usize,
+    entry: &ManifestFile,
+    target: Target,
+    limits: &ImportLimits,
+    sender: &mpsc::Sender<Chunk>,
+) -> Result<u64, Stop> {
+    let name = entry.name.as_str();
+    let bz_name = entry.compressed_name();
+    let path = dir.join(&bz_name);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Stop::Reject(format!(
+                "{bz_name}: file is missing from the batch; send the batch again with every file its manifest lists"
+            )));
+        }
+        Err(e) => return Err(Stop::Failed(ImportError::Io { path, source: e })),
+    };
+    let meta = file.metadata().map_err(|e| Stop::Failed(ImportError::Io { path: path.clone(), source: e }))?;
+    if !meta.is_file() {
+        return Err(Stop::Reject(format!("{bz_name}: is not a regular file; send the batch again")));
+    }
+    let compressed = meta.len();
+    if let Some(ratio) = limits.max_ratio
+        && entry.bytes > compressed.saturating_mul(ratio)
+    {
+        return Err(Stop::Reject(format!(
+            "{bz_name}: the manifest announces {} bytes from {compressed} compressed bytes, more than {ratio} times \
+             as much; this looks like a decompression bomb, so it was not opened",
+            entry.bytes
+        )));
+    }
+    let cap = limits.max_decompressed_per_file.min(entry.bytes.saturating_add(limits.cap_slack));
+
+    let source_error = Rc::new(RefCell::new(None));
+    let source = Source { file, error: Rc::clone(&source_error) };
+    let mut hashing = ferry_io::digest::HashingReader::new(ferry_io::bz::capped_decoder(source, cap));
+    let guard = LineGuard::new(&mut hashing, limits.max_line_bytes);
+
+    let mut parser = FileParser { name, index, target, sender, values: Vec::new(), chunk_rows: 0, rows: 0 };
+    let outcome = parser.parse(guard);
+    let rows = parser.rows;
+    if let Err(e) = outcome {
+        return Err(match e {
+            ParseError::Stop(stop) => stop,
+            ParseError::Read(e) => classify_read_error(e, &source_error, &path, &bz_name, name, entry, compressed, cap),
+        });
+    }
+    drop(parser);
+
+    let got = hashing.digests();
+    if got.bytes != entry.bytes {
+        return Err(Stop::Reject(format!(
+            "{name}: size mismatch: manifest says {} bytes, received file has {} bytes; the file was changed or \
+             damaged after the manifest was written: send the batch again",
+            entry.bytes, got.bytes
+        )));
+    }
+    if !got.md5.eq_ignore_ascii_case(&entry.md5) {
+        return Err(Stop::Reject(format!(
+            "{name}: md5 mismatch: manifest says {}, received file has {}; the file was changed or damaged after \
+             the manifest was written: send the batch again",
+            entry.md5, got.md5
+        )));
+    }
+    if !got.sha256.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(Stop::Reject(format!(
+            "{name}: sha256 mismatch: manifest says {}, received file has {}; the file was changed or damaged \
+             after the manifest was written: send the batch again",
+            entry.sha256, got.sha256
+        )));
+    }
+    if rows != entry.rows {
+        return Err(Stop::Reject(format!(
+            "{name}: row count mismatch: manifest says {} rows, received file has {rows}; the manifest does not \
+             describe this file: send the batch again",
+            entry.rows
+        )));
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn classify_read_error(
+    e: io::Error,
+    source_error: &RefCell<Option<(io::ErrorKind, String)>>,
+    path: &Path,
+    bz_name: &str,
+    name: &str,
+    entry: &ManifestFile,
+    compressed: u64,
+    cap: u64,
+) -> Stop {
+    if let Some((kind, msg)) = source_error.borrow_mut().take() {
+        return Stop::Failed(ImportError::Io { path: path.to_path_buf(), source: io::Error::new(kind, msg) });
+    }
+    if let Some(LineTooLong { line, max }) = e.get_ref().and_then(|i| i.downcast_ref::<LineTooLong>()) {
+        return Stop::Reject(format!(
+            "{name}:{line}: line is longer than {max} bytes; a CSV line of the extract holds one row: check the \
+             file's line ends"
+        ));
+    }
+    if ferry_io::bz::is_cap_exceeded(&e) {
+        return Stop::Reject(format!(
+            "{name}: decompressed size exceeds the cap of {cap} bytes (the manifest says {} bytes); the file is \
+             not the one the manifest describes, or is a decompression bomb: send the batch again",
+            entry.bytes
+        ));
+    }
+    let hint = if compressed != entry.compressed_bytes {
+        format!(
+            " (the file has {compressed} bytes, the manifest says {}: it was probably cut short in transfer)",
+            entry.compressed_bytes
+        )
+    } else {
+        String::new()
+    };
+    Stop::Reject(format!("{bz_name}: truncated or corrupt bzip2 data: {e}{hint}; send the batch again"))
+}
+
+enum ParseError {
+    /// Reading the plain CSV failed (decompression, cap, line length, disk): classified by the caller.
+    Read(io::Error),
+    Stop(Stop),
+}
+
+impl From<Stop> for ParseError {
+    fn from(s: Stop) -> Self {
+        ParseError::Stop(s)
+    }
+}
+
+fn reject(msg: String) -> ParseError {
+    ParseError::Stop(Stop::Reject(msg))
+}
+
+fn read_error(e: csv::Error) -> ParseError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => ParseError::Read(e),
+        // Not expected with byte records and `flexible(true)`; report it as a read failure of the data.
+        other => ParseError::Read(io::Error::new(io::ErrorKind::InvalidData, format!("{other:?}"))),
+    }
+}
+
+struct FileParser<'a> {
+    name: &'a str,
+    index: usize,
+    target: Target,
+    sender: &'a mpsc::Sender<Chunk>,
+    values: Vec<Value>,
+    chunk_rows: usize,
+    rows: u64,
+}
+
+impl FileParser<'_> {
+    fn parse<R: Read>(&mut self, input: R) -> Result<(), ParseError> {
+        let custom = matches!(self.target, Target::Custom);
+        let mut csv = csv::ReaderBuilder::new().has_headers(custom).flexible(true).from_reader(input);
+        match self.target {
+            Target::Standard(spec) => self.parse_standard(&mut csv, spec)?,
+            Target::Custom => self.parse_custom(&mut csv)?,
+        }
+        self.flush()?;
+        // The csv reader stops at the end of the data; drain anything it did not ask for so that the digests cover
+        // the whole file and a truncated stream is still detected.
+        let mut rest = csv.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(ParseError::Read)?;
+        Ok(())
+    }
+
+    fn parse_standard<R: Read>(&mut self, csv: &mut csv::Reader<R>, spec: &'static FileSpec) -> Result<(), ParseError> {
+        let name = self.name;
+        let expected = spec.columns.len();
+        let width = stored_columns(spec).count();
+        let mut rec = csv::ByteRecord::new();
+        while csv.read_byte_record(&mut rec).map_err(read_error)? {
+            let line = rec.position().map_or(self.rows + 1, |p| p.line());
+            if rec.len() != expected {
+                return Err(reject(format!(
+                    "{name}: expected {expected} columns, found {} at line {line}; every row of {name} has \
+                     {expected} fields (DATA-SPEC.md)",
+                    rec.len()
+                )));
+            }
+            if line == 1 && rec.get(0).is_some_and(|f| f.starts_with(b"\xEF\xBB\xBF")) {
+                return Err(reject(format!(
+                    "{name}:1: the file starts with a byte order mark; write the CSV as UTF-8 without one"
+                )));
+            }
+            self.values.reserve(width);
+            for (i, (col, raw)) in spec.columns.iter().zip(rec.iter()).enumerate() {
+                if col.kind == spec::Kind::Unused {
+                    continue;
+                }
+                let pos = i + 1;
+                let text = std::str::from_utf8(raw).map_err(|_| {
+                    reject(format!("{name}:{line}: column {pos} ({}): not valid UTF-8; write the CSV as UTF-8", col.name))
+                })?;
+                let value = spec::parse_field(col, text)
+                    .map_err(|why| reject(format!("{name}:{line}: column {pos} ({}): {why}", col.name)))?;
+                self.values.push(value);
+            }
+            self.row_done()?;
+        }
+        Ok(())
+    }
+
+    fn parse_custom<R: Read>(&mut self, csv: &mut csv::Reader<R>) -> Result<(), ParseError> {
+        let name = self.name;
+        let mut headers = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, raw) in csv.byte_headers().map_err(read_error)?.iter().enumerate() {
+            let pos = i + 1;
+            let h = std::str::from_utf8(raw)
+                .map_err(|_| reject(format!("{name}:1: column {pos} of the header: not valid UTF-8")))?
+                .trim_start_matches('\u{feff}');
+            if h.trim().is_empty() {
+                return Err(reject(format!("{name}:1: column {pos} of the header is empty; name every column")));
+            }
+            if !seen.insert(h.to_string()) {
+                return Err(reject(format!("{name}:1: column {pos} of the header repeats the name {h:?}")));
+            }
+            headers.push(h.to_string());
+        }
+        let expected = headers.len();
+        let mut rec = csv::ByteRecord::new();
+        while csv.read_byte_record(&mut rec).map_err(read_error)? {
+            let line = rec.position().map_or(self.rows + 2, |p| p.line());
+            if rec.len() != expected {
+                return Err(reject(format!(
+                    "{name}: expected {expected} columns (as in its header), found {} at line {line}",
+                    rec.len()
+                )));
+            }
+            let mut data = serde_json::Map::with_capacity(expected);
+            for (i, (h, raw)) in headers.iter().zip(rec.iter()).enumerate() {
+                let pos = i + 1;
+                let text = std::str::from_utf8(raw).map_err(|_| {
+                    reject(format!("{name}:{line}: column {pos} ({h}): not valid UTF-8; write the CSV as UTF-8"))
+                })?;
+                if text.contains(['\n', '\r']) {
+                    return Err(reject(format!("{name}:{line}: column {pos} ({h}): contains a line break")));
+                }
+                data.insert(h.clone(), serde_json::Value::String(text.to_string()));
+            }
+            let json = serde_json::Value::Object(data).to_string();
+            self.values.push(Value::Text(name.to_string()));
+            self.values.push(Value::Int(i64::try_from(line).unwrap_or(i64::MAX)));
+            self.values.push(Value::Text(json));
+            self.row_done()?;
+        }
+        Ok(())
+    }
+
+    fn row_done(&mut self) -> Result<(), Stop> {
+        self.rows += 1;
+        self.chunk_rows += 1;
+        if self.chunk_rows >= CHUNK_ROWS { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.chunk_rows == 0 {
+            return Ok(());
+        }
+        let values = std::mem::take(&mut self.values);
+        let chunk = Chunk { file: self.index, rows: self.chunk_rows, values };
+        self.chunk_rows = 0;
+        self.sender.blocking_send(chunk).map_err(|_| Stop::Cancelled)
+    }
+}
+
+/// The `.bz2` file, remembering any read error so that a disk failure is not mistaken for corrupt data.
+struct Source {
+    file: File,
+    error: Rc<RefCell<Option<(io::ErrorKind, String)>>>,
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                *self.error.borrow_mut() = Some((e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+/// Error of [`LineGuard`]: line `line` (1-based) is longer than `max` bytes.
+#[derive(Debug)]
+struct LineTooLong {
+    line: u64,
+    max: u64,
+}
+
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} is longer than {} bytes", self.line, self.max)
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+/// Fails the read when a line grows past `max` bytes, so that one CSV record cannot take unbounded memory.
+struct LineGuard<R> {
+    inner: R,
+    max: u64,
+    /// Complete lines seen so far.
+    lines: u64,
+    /// Bytes of the current (unfinished) line.
+    current: u64,
+}
+
+impl<R> LineGuard<R> {
+    fn new(inner: R, max: u64) -> Self {
+        LineGuard { inner, max, lines: 0, current: 0 }
+    }
+}
+
+impl<R: Read> Read for LineGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let data = buf.get(..n).unwrap_or_default();
+        match data.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                self.lines += data.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.current = (n - last - 1) as u64;
+            }
+            None => self.current += n as u64,
+        }
+        if self.current > self.max {
+            return Err(io::Error::other(LineTooLong { line: self.lines + 1, max: self.max }));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_sql_shape() {
+        assert_eq!(insert_sql("bom", &["item", "ratio"], 2), "INSERT INTO \"bom\" (\"item\",\"ratio\") VALUES (?,?),(?,?)");
+        let w = TableWriter::new("stock", vec!["c"; 100]);
+        assert_eq!(w.rows_per_insert, 327);
+        let w = TableWriter::new("sales", vec!["c"; 10]);
+        assert_eq!(w.rows_per_insert, MAX_ROWS_PER_INSERT);
+    }
+
+    #[test]
+    fn line_guard_stops_long_lines() {
+        let data = b"ab\ncd\nefghij".to_vec();
+        let mut out = Vec::new();
+        let err = LineGuard::new(&data[..], 4).read_to_end(&mut out).unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<LineTooLong>()).unwrap();
+        assert_eq!(inner.line, 3);
+        let mut out = Vec::new();
+        LineGuard::new(&data[..], 6).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+}

@@ -1,0 +1,248 @@
+//! The App server process: HTTPS web services for its Comms server (create an instance, import a relayed
+//! batch, list batches) and an SFTP server where only the trusted Comms service keys may log in, confined to
+//! the relay area `<data_dir>/sftp/<tenant>/incoming/<batch>/`.
+//!
+//! Invariant: each tenant's data lives in its own SQLite file; no query ever spans two instances.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_proto::api::{CreateInstance, ImportReport, InstanceCreated, valid_tenant_name};
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::Manifest;
+use ferry_web::ApiError;
+use ferry_web::auth::SignatureVerifier;
+use ferry_web::identity::ServerIdentity;
+use russh::keys::PublicKey;
+use tokio::sync::{Mutex, watch};
+
+use crate::config::AppConfig;
+use crate::import::{ImportLimits, import_batch};
+use crate::instance::Instance;
+
+pub struct AppState {
+    pub cfg: AppConfig,
+    pub identity: ServerIdentity,
+    comms_keys: HashMap<String, PublicKey>,
+    verifier: SignatureVerifier,
+    /// Open instances; the mutex serialises imports into one instance.
+    instances: Mutex<HashMap<String, Arc<(Instance, Mutex<()>)>>>,
+}
+
+impl AppState {
+    pub fn instance_path(&self, tenant: &str) -> PathBuf {
+        self.cfg.data_dir.join("instances").join(format!("{tenant}.db"))
+    }
+
+    pub fn sftp_root(&self) -> PathBuf {
+        self.cfg.data_dir.join("sftp")
+    }
+
+    /// An existing instance (None if the tenant has none on this server).
+    pub async fn instance(&self, tenant: &str) -> anyhow::Result<Option<Arc<(Instance, Mutex<()>)>>> {
+        if !valid_tenant_name(tenant) {
+            return Ok(None);
+        }
+        let mut map = self.instances.lock().await;
+        if let Some(i) = map.get(tenant) {
+            return Ok(Some(i.clone()));
+        }
+        let path = self.instance_path(tenant);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let inst = Arc::new((Instance::open(&path).await?, Mutex::new(())));
+        map.insert(tenant.to_string(), inst.clone());
+        Ok(Some(inst))
+    }
+
+    async fn create_instance(&self, tenant: &str) -> anyhow::Result<bool> {
+        let path = self.instance_path(tenant);
+        let created = !path.exists();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(self.sftp_root().join(tenant).join("incoming"))?;
+        let inst = Arc::new((Instance::open(&path).await?, Mutex::new(())));
+        self.instances.lock().await.insert(tenant.to_string(), inst);
+        Ok(created)
+    }
+}
+
+struct CommsAuthorizer(Arc<AppState>);
+
+impl ferry_sftp::server::Authorizer for CommsAuthorizer {
+    fn authorize(&self, _user: &str, key: &PublicKey) -> Option<ferry_sftp::server::Principal> {
+        let fp = ferry_io::keys::fingerprint(key);
+        let known = self.0.comms_keys.get(&fp)?;
+        if known.key_data() != key.key_data() {
+            return None;
+        }
+        let root = self.0.sftp_root();
+        std::fs::create_dir_all(&root).ok()?;
+        Some(ferry_sftp::server::Principal { name: "comms".into(), root })
+    }
+}
+
+pub struct AppHandle {
+    pub https_addr: SocketAddr,
+    pub ssh_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AppHandle {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.https_addr)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Load the identity only (for `ferry app info`).
+pub fn identity(cfg: &AppConfig) -> anyhow::Result<ServerIdentity> {
+    ServerIdentity::load_or_create(&cfg.data_dir, cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()), &cfg.tls_names)
+}
+
+pub async fn start(cfg: AppConfig, https: std::net::TcpListener, ssh: tokio::net::TcpListener) -> anyhow::Result<AppHandle> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    let identity = identity(&cfg)?;
+    let mut comms_keys = HashMap::new();
+    for k in &cfg.comms_keys {
+        let k = ferry_io::keys::parse_public_key(k)?;
+        comms_keys.insert(ferry_io::keys::fingerprint(&k), k);
+    }
+    if comms_keys.is_empty() {
+        tracing::warn!("no comms_keys configured: no Comms server can call this App server yet");
+    }
+    let tls = ferry_io::tls::server_config(&identity.tls)?;
+    let ssh_cfg = ferry_sftp::server::ServerConfig {
+        host_key: identity.ssh_host_key.clone(),
+        auth_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(600),
+        max_auth_attempts: 6,
+    };
+    let https_addr = https.local_addr()?;
+    let ssh_addr = ssh.local_addr()?;
+    let state = Arc::new(AppState {
+        verifier: SignatureVerifier::new(cfg.signature_max_age_secs),
+        cfg,
+        identity,
+        comms_keys,
+        instances: Mutex::new(HashMap::new()),
+    });
+    let (tx, rx) = watch::channel(false);
+    let sd = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    let router = router(state.clone());
+    let s = sd(&rx);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = ferry_web::serve::serve_https(https, router, tls, s).await {
+            tracing::error!("https server stopped: {e}");
+        }
+    }));
+    let auth = Arc::new(CommsAuthorizer(state.clone()));
+    let s = sd(&rx);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = ferry_sftp::server::serve(ssh_cfg, ssh, auth, s).await {
+            tracing::error!("sftp server stopped: {e:#}");
+        }
+    }));
+    tracing::info!(%https_addr, %ssh_addr, "app server listening");
+    Ok(AppHandle { https_addr, ssh_addr, state, shutdown: tx, tasks })
+}
+
+type St = State<Arc<AppState>>;
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/instances", post(create))
+        .route("/v1/instances/{tenant}/batches", get(list))
+        .route("/v1/instances/{tenant}/batches/{id}/import", post(import))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
+fn authenticate(st: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    st.verifier.verify(method, uri, headers, body, |keyid| st.comms_keys.get(keyid).cloned())?;
+    Ok(())
+}
+
+async fn create(State(st): St, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<Json<InstanceCreated>, ApiError> {
+    authenticate(&st, &method, &uri, &headers, &body)?;
+    let req: CreateInstance =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
+    if !valid_tenant_name(&req.tenant) {
+        return Err(ApiError::BadRequest("tenant name must be 1-32 of a-z, 0-9, '-', starting with a letter".into()));
+    }
+    let created = st.create_instance(&req.tenant).await.map_err(ApiError::Internal)?;
+    tracing::info!(tenant = %req.tenant, created, "instance ready");
+    Ok(Json(InstanceCreated { tenant: req.tenant, created }))
+}
+
+async fn open_instance(st: &AppState, tenant: &str) -> Result<Arc<(Instance, Mutex<()>)>, ApiError> {
+    st.instance(tenant)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no instance for tenant {tenant:?} on this App server")))
+}
+
+async fn list(
+    State(st): St,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Vec<ImportReport>>, ApiError> {
+    authenticate(&st, &method, &uri, &headers, &body)?;
+    let inst = open_instance(&st, &tenant).await?;
+    Ok(Json(inst.0.batches().await.map_err(|e| ApiError::Internal(e.into()))?))
+}
+
+async fn import(
+    State(st): St,
+    Path((tenant, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ImportReport>, ApiError> {
+    authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = BatchId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let inst = open_instance(&st, &tenant).await?;
+    let _one_at_a_time = inst.1.lock().await;
+    let dir = st.sftp_root().join(&tenant).join("incoming").join(id.as_str());
+    let limits = ImportLimits { max_decompressed_per_file: st.cfg.max_decompressed_bytes, ..ImportLimits::default() };
+    let t = std::time::Instant::now();
+    let report = import_batch(&inst.0, &dir, &manifest, &limits).await.map_err(|e| ApiError::Internal(e.into()))?;
+    tracing::info!(%tenant, batch = %id, state = report.state.as_str(), secs = t.elapsed().as_secs_f64(), duplicate = report.duplicate, detail = report.detail.as_deref().unwrap_or(""), "import finished");
+    if report.state == ferry_proto::api::BatchState::Imported {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Json(report))
+}

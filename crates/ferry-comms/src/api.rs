@@ -1,0 +1,221 @@
+//! The Connector-facing web services (`/v1/...`). Registration is authenticated by the single-use token; every
+//! other call by an RFC 9421 signature whose key decides the tenant.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_proto::api::{BatchStatus, RegisterRequest, RegisterResponse, WhoAmI};
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::Manifest;
+use ferry_web::ApiError;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::{CommsState, db};
+
+type St = State<Arc<CommsState>>;
+
+/// Largest JSON body accepted (a manifest is a few kB).
+const MAX_BODY: usize = 1024 * 1024;
+
+pub fn router(state: Arc<CommsState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/register", post(register))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/batches", get(list_batches))
+        .route("/v1/batches/{id}", get(get_batch))
+        .route("/v1/batches/{id}/complete", post(complete_batch))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The authenticated caller of a signed request.
+pub struct Caller {
+    pub tenant: String,
+    pub key_fingerprint: String,
+}
+
+pub fn authenticate(
+    st: &CommsState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, ApiError> {
+    let v = st.verifier.verify(method, uri, headers, body, |keyid| st.keys.tenant_of(keyid).map(|(_, k)| k))?;
+    let (tenant, _) = st
+        .keys
+        .tenant_of(&v.keyid)
+        .ok_or_else(|| ApiError::Unauthorized("this key is not registered (or was revoked)".into()))?;
+    Ok(Caller { tenant, key_fingerprint: v.keyid })
+}
+
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+async fn register(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let key = ferry_io::keys::parse_public_key(&req.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
+    check_key_strength(&key)?;
+    let fp = ferry_io::keys::fingerprint(&key);
+    let openssh = ferry_io::keys::public_key_openssh(&key);
+    let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
+    let tenant = match db::register_key(&st.db, &secret_hash(&req.token_secret), &fp, &openssh, &hostname).await {
+        Ok(t) => t,
+        Err(db::RegisterError::Db(e)) => return Err(e.into()),
+        Err(e) => {
+            db::audit(&st.db, None, "register_refused", &format!("from {peer}: {e}")).await;
+            return Err(match e {
+                db::RegisterError::KeyTaken => ApiError::Conflict(e.to_string()),
+                _ => ApiError::Unauthorized(e.to_string()),
+            });
+        }
+    };
+    std::fs::create_dir_all(st.sftp_root(&tenant)).map_err(ApiError::internal)?;
+    st.keys.insert(fp.clone(), tenant.clone(), key);
+    db::audit(&st.db, Some(&tenant), "registered", &format!("key {fp} host {hostname:?} from {peer}")).await;
+    tracing::info!(%tenant, key = %fp, "connector registered");
+    Ok(Json(RegisterResponse {
+        tenant,
+        key_fingerprint: fp,
+        ssh_addr: st.public_ssh_addr.clone(),
+        ssh_host_key_fingerprint: st.identity.ssh_host_key_fingerprint(),
+    }))
+}
+
+fn check_key_strength(key: &russh::keys::PublicKey) -> Result<(), ApiError> {
+    use russh::keys::ssh_key::public::KeyData;
+    match key.key_data() {
+        KeyData::Ed25519(_) => Ok(()),
+        KeyData::Rsa(rsa) => {
+            let bits = rsa.n().as_positive_bytes().map(|b| b.len() * 8).unwrap_or(0);
+            if bits >= 2048 {
+                Ok(())
+            } else {
+                Err(ApiError::BadRequest(format!("RSA keys must have at least 2048 bits (this one has {bits})")))
+            }
+        }
+        _ => Err(ApiError::BadRequest("only RSA (2048 bits or more) and Ed25519 keys are accepted".into())),
+    }
+}
+
+async fn whoami(State(st): St, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<Json<WhoAmI>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list_batches(
+    State(st): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+    body: Bytes,
+) -> Result<Json<Vec<BatchStatus>>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    Ok(Json(db::list_batches(&st.db, &c.tenant, limit).await?))
+}
+
+fn parse_batch_id(id: &str) -> Result<BatchId, ApiError> {
+    BatchId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn get_batch(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<BatchStatus>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = parse_batch_id(&id)?;
+    db::batch_status(&st.db, &c.tenant, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("batch {id} is not known for this connector")))
+}
+
+/// `POST /v1/batches/{id}/complete`: the Connector has uploaded every file of the batch under
+/// `upload/<id>/`; check they are all there with the announced sizes, take them out of the SFTP root, record
+/// the batch and wake the relay. Completing the same batch again returns its current status.
+async fn complete_batch(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<BatchStatus>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = parse_batch_id(&id)?;
+    let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if let Some(existing) = db::batch_status(&st.db, &c.tenant, &id).await? {
+        return Ok(Json(existing));
+    }
+    if manifest.total_compressed_bytes() > st.cfg.max_batch_bytes {
+        return Err(ApiError::Unprocessable(format!(
+            "batch is {} bytes compressed, above this server's limit of {} bytes",
+            manifest.total_compressed_bytes(),
+            st.cfg.max_batch_bytes
+        )));
+    }
+    let upload = st.sftp_root(&c.tenant).join("upload").join(id.as_str());
+    let dest = st.batch_dir(&c.tenant, id.as_str());
+    // A completion that moved the files but failed before recording the batch is finished on retry.
+    let have = if dest.exists() { dest.clone() } else { upload.clone() };
+    for f in &manifest.files {
+        let name = f.compressed_name();
+        let size = match std::fs::symlink_metadata(have.join(&name)) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => {
+                return Err(ApiError::Unprocessable(format!(
+                    "{name} is missing from upload/{id}/: upload every file of the batch, then complete it"
+                )));
+            }
+        };
+        if size != f.compressed_bytes {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} is {size} bytes at the server but the manifest says {} — the upload is incomplete; upload it again",
+                f.compressed_bytes
+            )));
+        }
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
+    }
+    if !dest.exists() {
+        std::fs::rename(&upload, &dest).map_err(ApiError::internal)?;
+    }
+    std::fs::write(dest.join(ferry_proto::manifest::MANIFEST_NAME), &body).map_err(ApiError::internal)?;
+    let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
+    db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
+    tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
+    st.relay_wakeup.notify_one();
+    Ok(Json(status))
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(serde_json::from_str(OPENAPI).unwrap_or_default())
+}
+
+const OPENAPI: &str = include_str!("openapi.json");

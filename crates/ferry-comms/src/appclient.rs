@@ -1,0 +1,79 @@
+//! The Comms server's client for its App server: web services signed with the Comms service key and pinned to
+//! the App's TLS certificate, and SFTP pinned to the App's SSH host key.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_proto::api::{CreateInstance, ImportReport, InstanceCreated};
+use ferry_proto::manifest::Manifest;
+use ferry_sftp::client::{ClientConfig, SftpClient};
+use ferry_web::client::ApiClient;
+use russh::keys::PrivateKey;
+
+use crate::config::AppEndpoint;
+
+pub struct AppClient {
+    api: Option<ApiClient>,
+    sftp: ClientConfig,
+    ssh_addr: String,
+}
+
+impl AppClient {
+    pub fn new(ep: &AppEndpoint, service_key: PrivateKey) -> anyhow::Result<Self> {
+        let key = Arc::new(service_key);
+        let pin = (!ep.tls_fingerprint.is_empty()).then_some(ep.tls_fingerprint.as_str());
+        // Imports of large batches run inside the call: allow it time.
+        let api = if ep.api_url.is_empty() {
+            None
+        } else {
+            Some(ApiClient::new(&ep.api_url, pin, Some(key.clone()), Duration::from_secs(3600))?)
+        };
+        Ok(AppClient {
+            api,
+            sftp: ClientConfig {
+                user: "ferry-comms".into(),
+                key,
+                host_key_fingerprint: ep.ssh_host_key_fingerprint.clone(),
+                connect_timeout: Duration::from_secs(20),
+                io_timeout: Duration::from_secs(120),
+            },
+            ssh_addr: ep.ssh_addr.clone(),
+        })
+    }
+
+    fn api(&self) -> anyhow::Result<&ApiClient> {
+        self.api.as_ref().context("no App server is configured: set [app] api_url, tls_fingerprint, ssh_addr and ssh_host_key_fingerprint in comms.toml (values from `ferry app info`)")
+    }
+
+    pub async fn create_instance(&self, tenant: &str) -> anyhow::Result<InstanceCreated> {
+        Ok(self.api()?.post("/v1/instances", &CreateInstance { tenant: tenant.to_string() }).await?)
+    }
+
+    /// Copy a completed batch to `/<tenant>/incoming/<batch>/` on the App server. Returns bytes sent.
+    pub async fn push_batch(&self, tenant: &str, dir: &Path, m: &Manifest) -> anyhow::Result<u64> {
+        let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
+            .await
+            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
+        let remote_dir = format!("/{tenant}/incoming/{}", m.batch_id);
+        sftp.mkdir_all(&remote_dir).await?;
+        let mut sent = 0;
+        for f in &m.files {
+            let name = f.compressed_name();
+            // Resume a relay cut short: a file already complete at the App is not sent again.
+            let remote = format!("{remote_dir}/{name}");
+            if sftp.stat_size(&remote).await? == Some(f.compressed_bytes) {
+                continue;
+            }
+            sent += sftp.upload_file(&dir.join(&name), &remote).await.with_context(|| format!("relaying {name}"))?;
+        }
+        sftp.close().await?;
+        Ok(sent)
+    }
+
+    pub async fn import(&self, tenant: &str, m: &Manifest) -> anyhow::Result<ImportReport> {
+        let path = format!("/v1/instances/{tenant}/batches/{}/import", m.batch_id);
+        Ok(self.api()?.post(&path, m).await?)
+    }
+}

@@ -1,0 +1,96 @@
+//! `comms.toml`: every key has a default, so an empty file (or none, in the demo) gives a working loopback server.
+//! Parsed once, validated, then passed down; nothing reads the environment or the file later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommsConfig {
+    /// Metadata database, keys, certificates and tenant file roots live here.
+    pub data_dir: PathBuf,
+    /// HTTPS listener.
+    pub listen_https: SocketAddr,
+    /// SSH/SFTP listener.
+    pub listen_ssh: SocketAddr,
+    /// The URL Connectors use (goes into registration tokens). Empty: `https://<listen_https>`.
+    pub public_url: String,
+    /// `host:port` Connectors dial for SFTP. Empty: the host of `public_url` with the SSH port.
+    pub public_ssh_addr: String,
+    /// Extra DNS names / IPs for the self-signed certificate created on first start.
+    pub tls_names: Vec<String>,
+    /// Operator-supplied certificate and key (PEM). Empty: self-signed under `data_dir/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Registration tokens expire after this many hours.
+    pub token_ttl_hours: i64,
+    /// Signed requests older than this are refused.
+    pub signature_max_age_secs: i64,
+    /// Largest batch (sum of compressed files) accepted.
+    pub max_batch_bytes: u64,
+    /// The App server hosting this Comms server's instances.
+    pub app: AppEndpoint,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppEndpoint {
+    /// `https://app.internal:9443`
+    pub api_url: String,
+    /// `sha256:<hex>` of the App server's TLS certificate (from `ferry app info`); empty = CA-verified.
+    pub tls_fingerprint: String,
+    /// `host:port` of the App server's SFTP endpoint.
+    pub ssh_addr: String,
+    /// `SHA256:...` of the App server's SSH host key (from `ferry app info`).
+    pub ssh_host_key_fingerprint: String,
+}
+
+impl Default for CommsConfig {
+    fn default() -> Self {
+        CommsConfig {
+            data_dir: PathBuf::from("ferry-data/comms"),
+            listen_https: "127.0.0.1:8443".parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            listen_ssh: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            public_url: String::new(),
+            public_ssh_addr: String::new(),
+            tls_names: vec![],
+            tls_cert: None,
+            tls_key: None,
+            token_ttl_hours: 24,
+            signature_max_age_secs: 300,
+            max_batch_bytes: 20 * 1024 * 1024 * 1024,
+            app: AppEndpoint::default(),
+        }
+    }
+}
+
+impl CommsConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the comms config {}", path.display()))?;
+        let cfg: CommsConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid comms config", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
+            bail!("token_ttl_hours and signature_max_age_secs must be positive");
+        }
+        if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
+            bail!("public_url must start with https:// (got {:?})", self.public_url);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("comms.db")
+    }
+}

@@ -1,0 +1,307 @@
+//! Comms metadata store (SQLite through sqlx; migrations embedded). Every statement binds its values; no SQL is
+//! built from strings. Tenants, keys, single-use registration tokens, the batch state machine and an audit trail.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_proto::api::{BatchState, BatchStatus};
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::Manifest;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+pub async fn open(path: &Path) -> anyhow::Result<SqlitePool> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let opts = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await.map_err(|e| {
+        anyhow::anyhow!("cannot open the comms database {}: {e}", path.display())
+    })?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    Ok(pool)
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub fingerprint: String,
+    pub tenant: String,
+    pub public_key: String,
+}
+
+/// Active keys of active tenants: what may log in and sign.
+pub async fn active_keys(pool: &SqlitePool) -> sqlx::Result<Vec<KeyRow>> {
+    let rows = sqlx::query(
+        "SELECT k.fingerprint, k.tenant, k.public_key FROM keys k JOIN tenants t ON t.name = k.tenant
+         WHERE k.status = 'active' AND t.status = 'active'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| KeyRow { fingerprint: r.get(0), tenant: r.get(1), public_key: r.get(2) })
+        .collect())
+}
+
+pub async fn add_tenant(pool: &SqlitePool, name: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query("INSERT INTO tenants(name, status, created_at) VALUES (?, 'active', ?) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .bind(now())
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantRow {
+    pub name: String,
+    pub status: String,
+    pub created_at: String,
+    pub keys: i64,
+    pub batches: i64,
+    pub last_batch: Option<String>,
+}
+
+pub async fn list_tenants(pool: &SqlitePool) -> sqlx::Result<Vec<TenantRow>> {
+    let rows = sqlx::query(
+        "SELECT t.name, t.status, t.created_at,
+                (SELECT COUNT(*) FROM keys k WHERE k.tenant = t.name AND k.status = 'active'),
+                (SELECT COUNT(*) FROM batches b WHERE b.tenant = t.name),
+                (SELECT MAX(batch_id) FROM batches b WHERE b.tenant = t.name)
+         FROM tenants t ORDER BY t.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TenantRow {
+            name: r.get(0),
+            status: r.get(1),
+            created_at: r.get(2),
+            keys: r.get(3),
+            batches: r.get(4),
+            last_batch: r.get(5),
+        })
+        .collect())
+}
+
+pub async fn set_tenant_status(pool: &SqlitePool, name: &str, status: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query("UPDATE tenants SET status = ? WHERE name = ?").bind(status).bind(name).execute(pool).await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn add_token(pool: &SqlitePool, secret_hash: &str, tenant: &str, expires: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO tokens(secret_hash, tenant, expires_at) VALUES (?, ?, ?)")
+        .bind(secret_hash)
+        .bind(tenant)
+        .bind(expires.to_rfc3339())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("registration token is not known here: ask the operator for a new one (`ferry comms tenant add` or `tenant token`)")]
+    UnknownToken,
+    #[error("registration token was already used: each token registers one connector; ask the operator for a new one")]
+    UsedToken,
+    #[error("registration token expired: ask the operator for a new one")]
+    ExpiredToken,
+    #[error("tenant is disabled: contact the operator")]
+    TenantDisabled,
+    #[error("this public key is already registered: generate a new key (`ferry connector init --force-key`)")]
+    KeyTaken,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Consume a token and store the key for the token's tenant, atomically. Returns the tenant.
+pub async fn register_key(
+    pool: &SqlitePool,
+    secret_hash: &str,
+    fingerprint: &str,
+    public_key: &str,
+    hostname: &str,
+) -> Result<String, RegisterError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT t.tenant, t.expires_at, t.used_at, n.status FROM tokens t JOIN tenants n ON n.name = t.tenant
+         WHERE t.secret_hash = ?",
+    )
+    .bind(secret_hash)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(RegisterError::UnknownToken)?;
+    let tenant: String = row.get(0);
+    let expires: String = row.get(1);
+    let used: Option<String> = row.get(2);
+    let status: String = row.get(3);
+    if used.is_some() {
+        return Err(RegisterError::UsedToken);
+    }
+    let expires = DateTime::parse_from_rfc3339(&expires).map(|d| d.with_timezone(&Utc)).unwrap_or_default();
+    if expires <= Utc::now() {
+        return Err(RegisterError::ExpiredToken);
+    }
+    if status != "active" {
+        return Err(RegisterError::TenantDisabled);
+    }
+    let taken = sqlx::query("SELECT 1 FROM keys WHERE fingerprint = ?").bind(fingerprint).fetch_optional(&mut *tx).await?;
+    if taken.is_some() {
+        return Err(RegisterError::KeyTaken);
+    }
+    let used = sqlx::query("UPDATE tokens SET used_at = ? WHERE secret_hash = ? AND used_at IS NULL")
+        .bind(now())
+        .bind(secret_hash)
+        .execute(&mut *tx)
+        .await?;
+    if used.rows_affected() != 1 {
+        return Err(RegisterError::UsedToken);
+    }
+    sqlx::query("INSERT INTO keys(fingerprint, tenant, public_key, hostname, status, created_at) VALUES (?, ?, ?, ?, 'active', ?)")
+        .bind(fingerprint)
+        .bind(&tenant)
+        .bind(public_key)
+        .bind(hostname)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(tenant)
+}
+
+pub async fn audit(pool: &SqlitePool, tenant: Option<&str>, event: &str, detail: &str) {
+    let r = sqlx::query("INSERT INTO audit(at, tenant, event, detail) VALUES (?, ?, ?, ?)")
+        .bind(now())
+        .bind(tenant)
+        .bind(event)
+        .bind(detail)
+        .execute(pool)
+        .await;
+    if let Err(e) = r {
+        tracing::error!(event, "cannot write the audit log: {e}");
+    }
+}
+
+fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<BatchStatus> {
+    let id: String = r.get("batch_id");
+    let state: String = r.get("state");
+    let updated: String = r.get("updated_at");
+    Some(BatchStatus {
+        batch_id: BatchId::parse(&id).ok()?,
+        state: BatchState::parse(&state)?,
+        detail: r.get("detail"),
+        files: r.get::<i64, _>("files") as u32,
+        rows: r.get::<i64, _>("rows") as u64,
+        updated_at: DateTime::parse_from_rfc3339(&updated).map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
+    })
+}
+
+/// Record a completed batch; a second completion of the same id changes nothing. Returns the current status.
+pub async fn insert_batch(pool: &SqlitePool, tenant: &str, m: &Manifest) -> anyhow::Result<BatchStatus> {
+    let rows: u64 = m.files.iter().map(|f| f.rows).sum();
+    sqlx::query(
+        "INSERT INTO batches(tenant, batch_id, state, manifest, files, rows, created_at, updated_at)
+         VALUES (?, ?, 'uploaded', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(m.batch_id.as_str())
+    .bind(serde_json::to_string(m)?)
+    .bind(m.files.len() as i64)
+    .bind(rows as i64)
+    .bind(now())
+    .bind(now())
+    .execute(pool)
+    .await?;
+    batch_status(pool, tenant, &m.batch_id).await?.ok_or_else(|| anyhow::anyhow!("batch vanished after insert"))
+}
+
+pub async fn batch_status(pool: &SqlitePool, tenant: &str, id: &BatchId) -> sqlx::Result<Option<BatchStatus>> {
+    let row = sqlx::query("SELECT * FROM batches WHERE tenant = ? AND batch_id = ?")
+        .bind(tenant)
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().and_then(status_from_row))
+}
+
+pub async fn list_batches(pool: &SqlitePool, tenant: &str, limit: i64) -> sqlx::Result<Vec<BatchStatus>> {
+    let rows = sqlx::query("SELECT * FROM batches WHERE tenant = ? ORDER BY batch_id DESC LIMIT ?")
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().filter_map(status_from_row).collect())
+}
+
+/// A batch the relay still has to move: (tenant, manifest, state).
+pub struct PendingBatch {
+    pub tenant: String,
+    pub manifest: Manifest,
+    pub state: BatchState,
+    pub attempts: i64,
+}
+
+pub async fn pending_batches(pool: &SqlitePool) -> anyhow::Result<Vec<PendingBatch>> {
+    let rows = sqlx::query(
+        "SELECT tenant, manifest, state, attempts FROM batches WHERE state IN ('uploaded', 'relayed')
+         ORDER BY batch_id LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let manifest: String = r.get(1);
+        let state: String = r.get(2);
+        out.push(PendingBatch {
+            tenant: r.get(0),
+            manifest: serde_json::from_str(&manifest)?,
+            state: BatchState::parse(&state).unwrap_or(BatchState::Uploaded),
+            attempts: r.get(3),
+        });
+    }
+    Ok(out)
+}
+
+pub async fn set_batch_state(
+    pool: &SqlitePool,
+    tenant: &str,
+    id: &BatchId,
+    state: BatchState,
+    detail: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE batches SET state = ?, detail = ?, updated_at = ? WHERE tenant = ? AND batch_id = ?")
+        .bind(state.as_str())
+        .bind(detail)
+        .bind(now())
+        .bind(tenant)
+        .bind(id.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A relay attempt failed: keep the state, note why, count the attempt.
+pub async fn note_batch_failure(pool: &SqlitePool, tenant: &str, id: &BatchId, detail: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE batches SET detail = ?, attempts = attempts + 1, updated_at = ? WHERE tenant = ? AND batch_id = ?")
+        .bind(detail)
+        .bind(now())
+        .bind(tenant)
+        .bind(id.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `connector.toml`, written by `ferry connector init` and edited by the ERP admin. Relative paths are taken
+//! from the directory holding the config file, so the whole Connector can live in one folder. What registration
+//! learns (Comms address, pinned fingerprints, tenant) is kept apart in `registration.json`, so the admin's file
+//! is never rewritten by the program.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Working folder: journal, spool, registration. Relative to the config file.
+    #[serde(default = "d_data")]
+    pub data_dir: PathBuf,
+    /// The private key (OpenSSH format, mode 0600). Never leaves this machine.
+    #[serde(default = "d_key")]
+    pub key: PathBuf,
+    pub erp: ErpConfig,
+    #[serde(default)]
+    pub extract: ExtractConfig,
+    /// Dir of the config file; paths are resolved against it.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpConfig {
+    /// `sqlite` for now (PostgreSQL, MySQL, ODBC and CSV folders slot in behind the same source trait).
+    pub kind: String,
+    /// Database path or URL.
+    pub url: String,
+    /// TOML mapping: one SQL query per standard file.
+    #[serde(default = "d_mapping")]
+    pub mapping: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// bzip2 level 1-9.
+    pub level: u32,
+    /// Compression threads; 0 = all cores.
+    pub threads: usize,
+    /// How long `sync` waits for the App's verdict before returning (seconds; 0 = don't wait).
+    pub wait_secs: u64,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig { level: 9, threads: 0, wait_secs: 600 }
+    }
+}
+
+fn d_data() -> PathBuf {
+    PathBuf::from("data")
+}
+fn d_key() -> PathBuf {
+    PathBuf::from("keys/ferry_key")
+}
+fn d_mapping() -> PathBuf {
+    PathBuf::from("mapping.toml")
+}
+
+impl ConnectorConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the connector config {} (create one with `ferry connector init`)", path.display())
+        })?;
+        let mut cfg: ConnectorConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
+        cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if cfg.erp.kind != "sqlite" {
+            bail!("erp.kind {:?} is not supported by this build; use \"sqlite\"", cfg.erp.kind);
+        }
+        if !(1..=9).contains(&cfg.extract.level) {
+            bail!("extract.level must be between 1 and 9");
+        }
+        Ok(cfg)
+    }
+
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.data_dir)
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.resolve(&self.key)
+    }
+    pub fn mapping_path(&self) -> PathBuf {
+        self.resolve(&self.erp.mapping)
+    }
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir().join("spool")
+    }
+    pub fn registration_path(&self) -> PathBuf {
+        self.data_dir().join("registration.json")
+    }
+    pub fn journal_path(&self) -> PathBuf {
+        self.data_dir().join("journal.db")
+    }
+
+    /// The ERP database path/URL; a relative sqlite path is taken from the config's folder.
+    pub fn erp_url(&self) -> String {
+        let u = &self.erp.url;
+        if u.contains(':') { u.clone() } else { self.resolve(Path::new(u)).display().to_string() }
+    }
+}
+
+/// What `register` learned; everything later connects with exactly these pins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    pub comms_url: String,
+    pub tls_fingerprint: String,
+    pub tenant: String,
+    pub key_fingerprint: String,
+    pub ssh_addr: String,
+    pub ssh_host_key_fingerprint: String,
+    pub registered_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Registration {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| "this connector is not registered yet: run `ferry connector register --token <token>`")?;
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged: register again", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+/// The skeleton `init` writes.
+pub fn skeleton(erp_url: &str) -> String {
+    format!(
+        r#"# Ferry Connector configuration. Relative paths are relative to this file.
+# Working folder: local journal, spool of compressed batches, registration details.
+data_dir = "data"
+# Private key (mode 0600). Generated by `ferry connector init`; it never leaves this machine.
+key = "keys/ferry_key"
+
+[erp]
+# Source database: "sqlite" (PostgreSQL, MySQL/MariaDB, ODBC and CSV folders: later releases).
+kind = "sqlite"
+url = "{erp_url}"
+# One SQL query per standard file of DATA-SPEC.md.
+mapping = "mapping.toml"
+
+[extract]
+# bzip2 level (1-9) and compression threads (0 = all cores).
+level = 9
+threads = 0
+# Seconds `sync` waits for the import verdict (0 = return once the upload is complete).
+wait_secs = 600
+"#
+    )
+}

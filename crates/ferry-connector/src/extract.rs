@@ -1,0 +1,579 @@
+//! One extract run: every mapped file is queried from the ERP and written to the spool as `NAME.csv.bz2`, then the
+//! batch's `manifest.json` is written last, atomically.
+//!
+//! Per file, in constant memory: the query's rows stream from the [`Source`] on the async side and go in chunks
+//! through a bounded channel to a blocking writer thread, which formats each row as a positional CSV line of
+//! `DATA-SPEC.md`, checks every field with [`spec::parse_field`] (so a bad row fails here, with its line and column,
+//! instead of in the App), hashes the plain CSV (MD5, SHA-256, byte count) and compresses it with bzip2 on all
+//! cores into `NAME.csv.bz2.tmp`, renamed to `NAME.csv.bz2` once complete.
+//!
+//! Values become text as follows (see [`format_value`]):
+//! - integers as they are; a date column also takes an integer `YYYYMMDD`;
+//! - floats rounded to 15 significant digits (what an `f64` holds exactly), then written as the shortest decimal
+//!   that reads back to that value, never with an exponent: `0.1 + 0.2` -> `0.3`, `12.0` -> `12`, `-0.0` -> `0`;
+//! - text as it is, except that codes and numbers are trimmed (ERPs pad `CHAR` columns), descriptions lose trailing
+//!   spaces, and line breaks become spaces; an empty or blank text is an empty field;
+//! - dates (columns of kind `Date`): `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS` (or with a `T`, fractions of seconds) and
+//!   `YYYY/MM/DD` are accepted and written `YYYY/MM/DD`;
+//! - BLOBs that hold UTF-8 are text; any other BLOB is an error.
+//!
+//! Custom files `ut_NNN.csv` carry a header row of the query's column names; their text is quoted, numbers bare,
+//! nothing is checked. Their row count in the manifest excludes the header.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Utc};
+use ferry_io::bz::ParallelBzWriter;
+use ferry_io::digest::HashingWriter;
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::{MANIFEST_NAME, Manifest, ManifestFile, Mode};
+use ferry_proto::spec::{self, Column, Kind};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::mapping::Mapping;
+use crate::source::{Source, SourceError, SqlValue};
+
+/// Rows per chunk sent to the writer thread, and chunks in flight: together they bound the memory of a file.
+const CHUNK_ROWS: usize = 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Plain CSV gathered before one write into the hasher and compressor.
+const WRITE_BUF: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractOptions {
+    /// bzip2 level 1-9 (9, the `bzip2` command's default, gives the smallest files).
+    pub level: u32,
+    /// Compression threads; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions { level: 9, threads: 0 }
+    }
+}
+
+/// What extracting one file took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStats {
+    pub name: String,
+    pub rows: u64,
+    /// Size of the plain CSV.
+    pub bytes: u64,
+    /// Size of the `.bz2`.
+    pub compressed_bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExtractStats {
+    /// One entry per file, in batch order.
+    pub files: Vec<FileStats>,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+}
+
+impl ExtractStats {
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+    pub fn compressed_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.compressed_bytes).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{file}: {source}; check the query for {file} in the mapping")]
+    Source { file: String, source: SourceError },
+    #[error("{file}: the query returns {got} columns, DATA-SPEC.md {file} has {expected} — {hint}")]
+    ColumnCount { file: String, got: usize, expected: usize, hint: String },
+    #[error("{file} line {line}: the row has {got} values but the query announced {expected} columns")]
+    RowWidth { file: String, line: u64, got: usize, expected: usize },
+    #[error("{file} line {line}, column {column} ({name}): {message}; fix the query in the mapping or the ERP data")]
+    Field { file: String, line: u64, column: usize, name: String, message: String },
+    #[error("{file} is not a file of DATA-SPEC.md nor ut_NNN.csv; remove it from the mapping")]
+    UnknownFile { file: String },
+    #[error("batch {0} was already extracted (its manifest exists); start a new batch")]
+    AlreadyExtracted(String),
+    #[error("cannot write {path}: {source}; check free space and permissions of the spool directory")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the writer thread for {file} failed: {message}")]
+    Writer { file: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
+    move |source| ExtractError::Io { path: path.to_path_buf(), source }
+}
+
+/// Extract every file of `mapping` from `source` into `spool_dir/<batch_id>/` and write its manifest there.
+///
+/// `progress(file, rows)` is called as rows are read (at the start of each file, then every few thousand rows, then
+/// with the final count). On error, the files this call wrote are removed and no manifest exists.
+pub async fn extract_batch(
+    source: &dyn Source,
+    mapping: &Mapping,
+    spool_dir: &Path,
+    batch_id: &BatchId,
+    opts: &ExtractOptions,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> Result<(Manifest, ExtractStats), ExtractError> {
+    let dir = spool_dir.join(batch_id.as_str());
+    let manifest_path = dir.join(MANIFEST_NAME);
+    if manifest_path.exists() {
+        return Err(ExtractError::AlreadyExtracted(batch_id.to_string()));
+    }
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+
+    let mut written = Vec::new();
+    let result = extract_into(source, mapping, &dir, batch_id, opts, progress, &mut written).await;
+    if result.is_err() {
+        for p in &written {
+            let _ = fs::remove_file(p);
+        }
+        let _ = fs::remove_dir(&dir); // only if empty: never touches what this call did not write
+    }
+    result
+}
+
+async fn extract_into(
+    source: &dyn Source,
+    mapping: &Mapping,
+    dir: &Path,
+    batch_id: &BatchId,
+    opts: &ExtractOptions,
+    progress: &(dyn Fn(&str, u64) + Sync),
+    written: &mut Vec<PathBuf>,
+) -> Result<(Manifest, ExtractStats), ExtractError> {
+    let t0 = Instant::now();
+    let started = Utc::now();
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let level = opts.level.clamp(1, 9);
+
+    let mut files = Vec::new();
+    let mut stats = ExtractStats::default();
+    for (name, fm) in mapping.ordered() {
+        let layout = if let Some(fs) = spec::file_spec(name) {
+            Layout::Standard(fs.columns)
+        } else if spec::is_custom_file(name) {
+            Layout::Custom
+        } else {
+            return Err(ExtractError::UnknownFile { file: name.to_string() });
+        };
+        let final_path = dir.join(format!("{name}.bz2"));
+        let tmp_path = dir.join(format!("{name}.bz2.tmp"));
+        written.push(tmp_path.clone());
+        let (entry, fstats) =
+            extract_file(source, name, &fm.query, layout, &tmp_path, &final_path, level, threads, progress).await?;
+        written.push(final_path);
+        files.push(entry);
+        stats.files.push(fstats);
+    }
+
+    let manifest = Manifest {
+        batch_id: batch_id.clone(),
+        tenant: String::new(),
+        spec_version: ferry_proto::SPEC_VERSION.to_string(),
+        connector_version: ferry_proto::FERRY_VERSION.to_string(),
+        mode: Mode::Full,
+        extract_started: started,
+        extract_finished: Utc::now(),
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ExtractError::Io {
+        path: dir.join(MANIFEST_NAME),
+        source: io::Error::other(e),
+    })?;
+    let tmp = dir.join(format!("{MANIFEST_NAME}.tmp"));
+    written.push(tmp.clone());
+    write_atomically(&tmp, &dir.join(MANIFEST_NAME), &json)?;
+    stats.seconds = t0.elapsed().as_secs_f64();
+    Ok((manifest, stats))
+}
+
+fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ExtractError> {
+    let mut f = File::create(tmp).map_err(io_err(tmp))?;
+    f.write_all(bytes).map_err(io_err(tmp))?;
+    f.sync_all().map_err(io_err(tmp))?;
+    drop(f);
+    fs::rename(tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        // make the rename durable; not possible on every platform, so best effort
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Standard(&'static [Column]),
+    Custom,
+}
+
+enum Msg {
+    Rows(Vec<Vec<SqlValue>>),
+    /// All rows were sent: finish the file. A channel closed without it means the run failed.
+    Done,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn extract_file(
+    source: &dyn Source,
+    name: &str,
+    query: &str,
+    layout: Layout,
+    tmp_path: &Path,
+    final_path: &Path,
+    level: u32,
+    threads: usize,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> Result<(ManifestFile, FileStats), ExtractError> {
+    let t0 = Instant::now();
+    let src_err = |source| ExtractError::Source { file: name.to_string(), source };
+    let names = source.columns(query).await.map_err(src_err)?;
+    let width = match layout {
+        Layout::Standard(cols) => {
+            check_column_count(name, names.len(), cols)?;
+            cols.len()
+        }
+        Layout::Custom => names.len(),
+    };
+    progress(name, 0);
+
+    let (tx, rx) = mpsc::channel::<Msg>(CHUNKS_IN_FLIGHT);
+    let job = WriterJob {
+        file: name.to_string(),
+        layout,
+        header: names,
+        tmp_path: tmp_path.to_path_buf(),
+        level,
+        threads,
+    };
+    let writer = tokio::task::spawn_blocking(move || job.run(rx));
+
+    let mut failure = None;
+    let mut sent = 0u64;
+    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+    let mut rows = source.rows(query);
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok(row) if row.len() == width => chunk.push(row),
+            Ok(row) => {
+                failure = Some(ExtractError::RowWidth {
+                    file: name.to_string(),
+                    line: sent + chunk.len() as u64 + 1,
+                    got: row.len(),
+                    expected: width,
+                });
+                break;
+            }
+            Err(e) => {
+                failure = Some(src_err(e));
+                break;
+            }
+        }
+        if chunk.len() == CHUNK_ROWS {
+            sent += CHUNK_ROWS as u64;
+            if tx.send(Msg::Rows(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS)))).await.is_err() {
+                break; // the writer stopped; its error is reported below
+            }
+            progress(name, sent);
+        }
+    }
+    drop(rows);
+    if failure.is_none() {
+        sent += chunk.len() as u64;
+        if !chunk.is_empty() {
+            let _ = tx.send(Msg::Rows(chunk)).await;
+        }
+        let _ = tx.send(Msg::Done).await;
+    }
+    drop(tx);
+    let outcome = writer
+        .await
+        .map_err(|e| ExtractError::Writer { file: name.to_string(), message: e.to_string() })
+        .and_then(|r| r);
+    let outcome = match (failure, outcome) {
+        (Some(e), _) | (None, Err(e)) => {
+            let _ = fs::remove_file(tmp_path);
+            return Err(e);
+        }
+        (None, Ok(o)) => o,
+    };
+    fs::rename(tmp_path, final_path).map_err(io_err(final_path))?;
+    progress(name, outcome.rows);
+
+    let entry = ManifestFile {
+        name: name.to_string(),
+        rows: outcome.rows,
+        bytes: outcome.bytes,
+        compressed_bytes: outcome.compressed_bytes,
+        md5: outcome.md5,
+        sha256: outcome.sha256,
+    };
+    let stats = FileStats {
+        name: name.to_string(),
+        rows: outcome.rows,
+        bytes: outcome.bytes,
+        compressed_bytes: outcome.compressed_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((entry, stats))
+}
+
+fn check_column_count(file: &str, got: usize, cols: &[Column]) -> Result<(), ExtractError> {
+    if got == cols.len() {
+        return Ok(());
+    }
+    let hint = if got < cols.len() {
+        let last = cols.last().map_or("", |c| c.name);
+        format!("add empty columns ('' AS {last}) or fix the query")
+    } else {
+        format!("remove {} columns or fix the query", got - cols.len())
+    };
+    Err(ExtractError::ColumnCount { file: file.to_string(), got, expected: cols.len(), hint })
+}
+
+struct WriterJob {
+    file: String,
+    layout: Layout,
+    header: Vec<String>,
+    tmp_path: PathBuf,
+    level: u32,
+    threads: usize,
+}
+
+struct WriterOutcome {
+    rows: u64,
+    bytes: u64,
+    compressed_bytes: u64,
+    md5: String,
+    sha256: String,
+}
+
+impl WriterJob {
+    /// Runs on a blocking thread: format, hash, compress, write `tmp_path`.
+    fn run(self, mut rx: mpsc::Receiver<Msg>) -> Result<WriterOutcome, ExtractError> {
+        let path = self.tmp_path.as_path();
+        let file = File::create(path).map_err(io_err(path))?;
+        let bz = ParallelBzWriter::new(BufWriter::with_capacity(1 << 20, file), self.level, self.threads);
+        let mut out = HashingWriter::new(bz);
+        let mut buf = String::with_capacity(WRITE_BUF + 4096);
+        let mut scratch = String::new();
+        let mut rows = 0u64;
+
+        if let Layout::Custom = self.layout {
+            write_header(&self.header, &mut buf);
+        }
+        loop {
+            match rx.blocking_recv() {
+                Some(Msg::Rows(chunk)) => {
+                    for row in &chunk {
+                        rows += 1;
+                        match self.layout {
+                            Layout::Standard(cols) => format_row(&self.file, rows, cols, row, &mut buf, &mut scratch)?,
+                            Layout::Custom => format_custom_row(row, &mut buf, &mut scratch),
+                        }
+                        if buf.len() >= WRITE_BUF {
+                            out.write_all(buf.as_bytes()).map_err(io_err(path))?;
+                            buf.clear();
+                        }
+                    }
+                }
+                Some(Msg::Done) => break,
+                None => {
+                    return Err(ExtractError::Writer { file: self.file, message: "the extract was stopped".into() });
+                }
+            }
+        }
+        out.write_all(buf.as_bytes()).map_err(io_err(path))?;
+        let (bz, digests) = out.finish();
+        let file = bz.finish().map_err(io_err(path))?.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+        file.sync_all().map_err(io_err(path))?;
+        let compressed_bytes = file.metadata().map_err(io_err(path))?.len();
+        Ok(WriterOutcome { rows, bytes: digests.bytes, compressed_bytes, md5: digests.md5, sha256: digests.sha256 })
+    }
+}
+
+/// Append one standard CSV line (with its `\n`) for `row`, checking every field; `line` is 1-based.
+fn format_row(
+    file: &str,
+    line: u64,
+    cols: &[Column],
+    row: &[SqlValue],
+    out: &mut String,
+    scratch: &mut String,
+) -> Result<(), ExtractError> {
+    for (i, (col, value)) in cols.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        field(col, value, out, scratch).map_err(|message| ExtractError::Field {
+            file: file.to_string(),
+            line,
+            column: i + 1,
+            name: col.name.to_string(),
+            message,
+        })?;
+    }
+    out.push('\n');
+    Ok(())
+}
+
+fn format_custom_row(row: &[SqlValue], out: &mut String, scratch: &mut String) {
+    for (i, value) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        scratch.clear();
+        let kind = match value {
+            SqlValue::Null => continue,
+            SqlValue::Int(n) => {
+                let _ = write!(scratch, "{n}");
+                Kind::Dec
+            }
+            SqlValue::Float(f) => {
+                // NaN and infinities have no CSV form: leave the field empty
+                if format_float(*f, scratch).is_err() {
+                    continue;
+                }
+                Kind::Dec
+            }
+            SqlValue::Text(s) => {
+                scratch.push_str(s);
+                Kind::Text
+            }
+            SqlValue::Bytes(b) => {
+                scratch.push_str(&String::from_utf8_lossy(b));
+                Kind::Text
+            }
+        };
+        spec::format_field(kind, scratch, out);
+    }
+    out.push('\n');
+}
+
+fn write_header(names: &[String], out: &mut String) {
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            out.push_str(n);
+        } else {
+            spec::format_field(Kind::Text, n, out);
+        }
+    }
+    out.push('\n');
+}
+
+/// Append `value` as the CSV field of `col` (quoted as `DATA-SPEC.md` wants), after converting it as the module
+/// documentation describes and checking it with [`spec::parse_field`]. The error says what is wrong with the value.
+pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<(), String> {
+    field(col, value, out, &mut String::new())
+}
+
+fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), String> {
+    plain.clear();
+    to_plain(col.kind, value, plain)?;
+    spec::parse_field(col, plain)?;
+    spec::format_field(col.kind, plain, out);
+    Ok(())
+}
+
+/// The unquoted text of a value for a column of `kind`.
+fn to_plain(kind: Kind, value: &SqlValue, out: &mut String) -> Result<(), String> {
+    match value {
+        SqlValue::Null => Ok(()),
+        SqlValue::Int(n) if kind == Kind::Date => int_date(*n, out),
+        SqlValue::Int(n) => {
+            let _ = write!(out, "{n}");
+            Ok(())
+        }
+        SqlValue::Float(f) if kind == Kind::Date => {
+            Err(format!("the number {f} is not a date; return YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD text"))
+        }
+        SqlValue::Float(f) => format_float(*f, out),
+        SqlValue::Text(s) => text(kind, s, out),
+        SqlValue::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => text(kind, s, out),
+            Err(_) => Err("the value is binary data (BLOB), not UTF-8 text; convert it to text in the query".into()),
+        },
+    }
+}
+
+fn text(kind: Kind, s: &str, out: &mut String) -> Result<(), String> {
+    let s = match kind {
+        Kind::Text => s.trim_end(),
+        _ => s.trim(),
+    };
+    if s.is_empty() {
+        return Ok(());
+    }
+    if kind == Kind::Date {
+        return text_date(s, out);
+    }
+    out.extend(s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
+    Ok(())
+}
+
+/// Write a float rounded to 15 significant digits, in the shortest form that reads back to that value, without an
+/// exponent (`0.1 + 0.2` -> `0.3`, `12.0` -> `12`, `1e-7` -> `0.0000001`).
+pub fn format_float(x: f64, out: &mut String) -> Result<(), String> {
+    if !x.is_finite() {
+        return Err(format!("{x} is not a number that CSV can hold"));
+    }
+    let mut sci = String::with_capacity(24);
+    let _ = write!(sci, "{x:.14e}");
+    let rounded: f64 = sci.parse().unwrap_or(x);
+    let rounded = if rounded == 0.0 { 0.0 } else { rounded };
+    let _ = write!(out, "{rounded}");
+    Ok(())
+}
+
+fn push_date(d: NaiveDate, out: &mut String) {
+    let _ = write!(out, "{:04}/{:02}/{:02}", d.year(), d.month(), d.day());
+}
+
+fn int_date(n: i64, out: &mut String) -> Result<(), String> {
+    let d = (10_000_000..=99_991_231)
+        .contains(&n)
+        .then(|| NaiveDate::from_ymd_opt((n / 10_000) as i32, (n / 100 % 100) as u32, (n % 100) as u32))
+        .flatten()
+        .ok_or_else(|| format!("the number {n} is not a date; return YYYY-MM-DD text or a YYYYMMDD number"))?;
+    push_date(d, out);
+    Ok(())
+}
+
+fn text_date(s: &str, out: &mut String) -> Result<(), String> {
+    let date = if s.len() == 10 {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").or_else(|_| NaiveDate::parse_from_str(s, "%Y/%m/%d")).ok()
+    } else {
+        ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+            .map(|dt| dt.date())
+    };
+    // chrono accepts years of any width: insist on the four digits of the forms we document
+    match date {
+        Some(d) if s.as_bytes().get(4).is_some_and(|b| *b == b'-' || *b == b'/') => {
+            push_date(d, out);
+            Ok(())
+        }
+        _ => Err(format!(
+            "{:?} is not a date; return YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD (e.g. strftime('%Y-%m-%d', col))",
+            s.chars().take(40).collect::<String>()
+        )),
+    }
+}

@@ -1,0 +1,426 @@
+//! The standard extract of `DATA-SPEC.md` as data: which files exist, their positional columns, what each column
+//! holds, and the one function that checks a field and turns it into the value stored in an instance. The
+//! Connector formats with [`format_field`], the App validates with [`parse_field`] — the same table drives both.
+
+/// What a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Free text (descriptions): quoted in CSV.
+    Text,
+    /// An identifier (item, location, supplier, order number...): quoted in CSV.
+    Code,
+    /// A whole number, may be negative.
+    Int,
+    /// A decimal number, kept exact as text (`-1.50`, `3`).
+    Dec,
+    /// A date, `YYYY/MM/DD` in CSV, stored as ISO `YYYY-MM-DD`.
+    Date,
+    /// One of a fixed set of codes (quoted in CSV).
+    OneOf(&'static [&'static str]),
+    /// `1` or `0`.
+    Flag,
+    /// Reserved column: always written empty, ignored on import.
+    Unused,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+}
+
+#[derive(Debug)]
+pub struct FileSpec {
+    /// File name in a batch, e.g. `stock.csv` (shipped as `stock.csv.bz2`).
+    pub name: &'static str,
+    /// Table in an instance database.
+    pub table: &'static str,
+    /// Must every full batch carry it?
+    pub required: bool,
+    pub columns: &'static [Column],
+}
+
+impl FileSpec {
+    pub fn stem(&self) -> &'static str {
+        self.name.trim_end_matches(".csv")
+    }
+}
+
+const fn c(name: &'static str, kind: Kind, required: bool) -> Column {
+    Column { name, kind, required }
+}
+
+use Kind::*;
+
+pub static LOCATION: FileSpec = FileSpec {
+    name: "location.csv",
+    table: "location",
+    required: true,
+    columns: &[
+        c("location", Code, true),
+        c("description", Text, false),
+        c("active", Flag, false),
+        c("location_group", Code, false),
+        c("location_type", OneOf(&["ST", "DC", "CW"]), false),
+    ],
+};
+
+pub static MASTER: FileSpec = FileSpec {
+    name: "master.csv",
+    table: "master",
+    required: true,
+    columns: &[
+        c("item", Code, true),
+        c("description", Text, false),
+        c("uom", Code, false),
+        c("unit_volume", Dec, false),
+        c("unit_weight", Dec, false),
+        c("unused6", Unused, false),
+        c("unused7", Unused, false),
+        c("unused8", Unused, false),
+        c("uid", Code, true),
+    ],
+};
+
+pub static STOCK: FileSpec = FileSpec {
+    name: "stock.csv",
+    table: "stock",
+    required: true,
+    columns: &[
+        c("item", Code, true),
+        c("location", Code, true),
+        c("date_added", Date, false),
+        c("inventory_cost", Dec, true),
+        c("purchase_cost", Dec, true),
+        c("selling_price", Dec, false),
+        c("on_hand", Int, true),
+        c("allocated", Dec, false),
+        c("supply_type", OneOf(&["IN", "EX"]), false),
+        c("supply_code", Code, false),
+        c("supplier", Code, true),
+        c("purchase_uom", Code, false),
+        c("purchase_factor", Dec, false),
+        c("lead_time_days", Dec, false),
+        c("min_order_qty", Dec, false),
+        c("order_multiple", Dec, false),
+        c("custom1", Code, false),
+        c("custom2", Code, false),
+        c("custom3", Code, false),
+        c("custom4", Code, false),
+        c("custom5", Code, false),
+    ],
+};
+
+pub static GROUP: FileSpec = FileSpec {
+    name: "group.csv",
+    table: "groups",
+    required: false,
+    columns: &[
+        c("group_number", OneOf(&["1", "2", "3", "4", "5"]), true),
+        c("value", Code, true),
+        c("description", Text, false),
+    ],
+};
+
+pub static SUPPLIER: FileSpec = FileSpec {
+    name: "supplier.csv",
+    table: "supplier",
+    required: true,
+    columns: &[
+        c("supplier", Code, true),
+        c("description", Text, false),
+        c("supplier_type", OneOf(&["local", "import", "internal"]), false),
+        c("lead_time_days", Dec, false),
+    ],
+};
+
+pub static SALES: FileSpec = FileSpec {
+    name: "sales.csv",
+    table: "sales",
+    required: true,
+    columns: &[
+        c("item", Code, true),
+        c("location", Code, true),
+        c("customer", Code, false),
+        c("order_date", Date, true),
+        c("invoice_date", Date, true),
+        c("qty", Dec, true),
+        c("cost", Dec, false),
+        c("value", Dec, false),
+        c("issues_qty", Dec, false),
+        c("details", Text, false),
+    ],
+};
+
+pub static PO: FileSpec = FileSpec {
+    name: "po.csv",
+    table: "po",
+    required: true,
+    columns: &[
+        c("item", Code, true),
+        c("location", Code, true),
+        c("supplier", Code, true),
+        c("order_number", Code, true),
+        c("line", Code, true),
+        c("order_date", Date, false),
+        c("order_qty", Dec, false),
+        c("expected_date", Date, true),
+        c("outstanding_qty", Dec, true),
+        c("order_type", OneOf(&["P", "M"]), false),
+        c("unit_cost", Dec, false),
+    ],
+};
+
+pub static POHIST: FileSpec = FileSpec {
+    name: "pohist.csv",
+    table: "pohist",
+    required: false,
+    columns: &[
+        c("item", Code, false),
+        c("location", Code, false),
+        c("supplier", Code, false),
+        c("order_number", Code, false),
+        c("line", Code, false),
+        c("order_date", Date, false),
+        c("order_qty", Dec, false),
+        c("expected_date", Date, false),
+        c("urgency", OneOf(&["ST", "EM"]), false),
+        c("received_qty", Dec, false),
+        c("receipt_date", Date, false),
+        c("unit_cost", Dec, false),
+    ],
+};
+
+pub static CO: FileSpec = FileSpec {
+    name: "co.csv",
+    table: "co",
+    required: false,
+    columns: &[
+        c("item", Code, false),
+        c("location", Code, false),
+        c("customer", Code, false),
+        c("order_number", Code, false),
+        c("line", Code, false),
+        c("order_date", Date, false),
+        c("order_qty", Dec, false),
+        c("requested_date", Date, false),
+        c("outstanding_qty", Dec, false),
+    ],
+};
+
+pub static TRANSFER: FileSpec = FileSpec {
+    name: "transfer.csv",
+    table: "transfer",
+    required: false,
+    columns: &[
+        c("item", Code, false),
+        c("source_location", Code, false),
+        c("dest_location", Code, false),
+        c("transfer_number", Code, false),
+        c("line", Code, false),
+        c("transfer_date", Date, false),
+        c("expected_date", Date, false),
+        c("transfer_qty", Dec, false),
+        c("qty_to_ship", Dec, false),
+        c("qty_to_receive", Dec, false),
+    ],
+};
+
+pub static BOM: FileSpec = FileSpec {
+    name: "bom.csv",
+    table: "bom",
+    required: false,
+    columns: &[
+        c("item", Code, false),
+        c("location", Code, false),
+        c("component", Code, false),
+        c("component_location", Code, false),
+        c("ratio", Dec, false),
+    ],
+};
+
+pub static SUPERSESSIONS: FileSpec = FileSpec {
+    name: "supersessions.csv",
+    table: "supersessions",
+    required: false,
+    columns: &[c("old_item", Code, false), c("new_item", Code, false), c("factor", Dec, false)],
+};
+
+/// Every standard upstream file, in the order a batch carries them.
+pub static STANDARD_FILES: &[&FileSpec] =
+    &[&LOCATION, &MASTER, &STOCK, &GROUP, &SUPPLIER, &SALES, &PO, &POHIST, &CO, &TRANSFER, &BOM, &SUPERSESSIONS];
+
+/// The spec of a standard file by name (`stock.csv`), or None.
+pub fn file_spec(name: &str) -> Option<&'static FileSpec> {
+    STANDARD_FILES.iter().copied().find(|f| f.name == name)
+}
+
+/// Is `name` a custom file `ut_NNN.csv` (header row, free columns)?
+pub fn is_custom_file(name: &str) -> bool {
+    name.strip_prefix("ut_")
+        .and_then(|r| r.strip_suffix(".csv"))
+        .is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Is `name` a file a batch may carry (standard or custom)?
+pub fn is_known_file(name: &str) -> bool {
+    file_spec(name).is_some() || is_custom_file(name)
+}
+
+/// A field checked against its column, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    /// Text, codes, exact decimals and ISO dates.
+    Text(String),
+}
+
+/// Check one CSV field (already unquoted) against its column; `Ok(Value::Null)` for an empty optional field.
+/// The error says what is wrong in words an ERP admin understands.
+pub fn parse_field(col: &Column, raw: &str) -> Result<Value, String> {
+    if raw.is_empty() {
+        return if col.required && col.kind != Unused {
+            Err(format!("{} is required but empty", col.name))
+        } else {
+            Ok(Value::Null)
+        };
+    }
+    match col.kind {
+        Text | Code => {
+            if raw.contains(['\n', '\r']) {
+                Err(format!("{} contains a line break", col.name))
+            } else if col.kind == Code && raw.trim() != raw {
+                Err(format!("{} {raw:?} has leading or trailing spaces", col.name))
+            } else {
+                Ok(Value::Text(raw.to_string()))
+            }
+        }
+        Int => raw
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| format!("{} {raw:?} is not a whole number", col.name)),
+        Dec => {
+            if is_decimal(raw) {
+                Ok(Value::Text(raw.to_string()))
+            } else {
+                Err(format!("{} {raw:?} is not a decimal number (digits, optional '-' and one '.')", col.name))
+            }
+        }
+        Date => parse_date(raw)
+            .map(Value::Text)
+            .ok_or_else(|| format!("{} {raw:?} is not a date in YYYY/MM/DD form", col.name)),
+        OneOf(codes) => {
+            if codes.contains(&raw) {
+                Ok(Value::Text(raw.to_string()))
+            } else {
+                Err(format!("{} {raw:?} is not one of {}", col.name, codes.join(", ")))
+            }
+        }
+        Flag => match raw {
+            "1" => Ok(Value::Int(1)),
+            "0" => Ok(Value::Int(0)),
+            _ => Err(format!("{} {raw:?} must be 1 or 0", col.name)),
+        },
+        Unused => Ok(Value::Null),
+    }
+}
+
+fn is_decimal(s: &str) -> bool {
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let mut parts = body.splitn(2, '.');
+    let int = parts.next().unwrap_or("");
+    let frac = parts.next();
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    match frac {
+        None => !int.is_empty() && digits(int),
+        Some(f) => (!int.is_empty() || !f.is_empty()) && digits(int) && digits(f),
+    }
+}
+
+/// `YYYY/MM/DD` -> `YYYY-MM-DD`, checking that the day exists.
+pub fn parse_date(s: &str) -> Option<String> {
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y/%m/%d").ok()?;
+    (s.len() == 10).then(|| d.format("%Y-%m-%d").to_string())
+}
+
+/// Write one field as the spec wants it: text-like columns double-quoted with `"` doubled and line breaks
+/// replaced by spaces; numbers and dates bare; empty values as an empty field.
+pub fn format_field(kind: Kind, value: &str, out: &mut String) {
+    if value.is_empty() || kind == Unused {
+        return;
+    }
+    match kind {
+        Text | Code | OneOf(_) => {
+            out.push('"');
+            for ch in value.chars() {
+                match ch {
+                    '"' => out.push_str("\"\""),
+                    '\r' | '\n' => out.push(' '),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        _ => out.push_str(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_has_unique_name_and_table() {
+        let mut names: Vec<_> = STANDARD_FILES.iter().map(|f| f.name).collect();
+        let mut tables: Vec<_> = STANDARD_FILES.iter().map(|f| f.table).collect();
+        names.dedup();
+        tables.sort();
+        tables.dedup();
+        assert_eq!(names.len(), STANDARD_FILES.len());
+        assert_eq!(tables.len(), STANDARD_FILES.len());
+        assert_eq!(STOCK.columns.len(), 21);
+        assert_eq!(MASTER.columns.len(), 9);
+        assert_eq!(PO.columns.len(), 11);
+    }
+
+    #[test]
+    fn fields_are_checked() {
+        let qty = c("qty", Dec, true);
+        assert_eq!(parse_field(&qty, "-1.50").unwrap(), Value::Text("-1.50".into()));
+        assert!(parse_field(&qty, "").unwrap_err().contains("required"));
+        assert!(parse_field(&qty, "1e5").is_err());
+        assert!(parse_field(&qty, "1.2.3").is_err());
+        assert!(parse_field(&qty, "-").is_err());
+        let d = c("d", Date, false);
+        assert_eq!(parse_field(&d, "2026/02/28").unwrap(), Value::Text("2026-02-28".into()));
+        assert!(parse_field(&d, "2026/02/30").is_err());
+        assert!(parse_field(&d, "2026-02-01").is_err());
+        assert_eq!(parse_field(&d, "").unwrap(), Value::Null);
+        let t = c("t", OneOf(&["ST", "DC"]), false);
+        assert!(parse_field(&t, "XX").unwrap_err().contains("ST, DC"));
+        assert_eq!(parse_field(&c("n", Int, true), "-7").unwrap(), Value::Int(-7));
+        assert!(parse_field(&c("n", Int, true), "7.5").is_err());
+    }
+
+    #[test]
+    fn text_is_quoted_and_cleaned() {
+        let mut s = String::new();
+        format_field(Text, "a \"big\"\nbox, 10\u{e9}", &mut s);
+        assert_eq!(s, "\"a \"\"big\"\" box, 10\u{e9}\"");
+        let mut s = String::new();
+        format_field(Dec, "1.5", &mut s);
+        format_field(Text, "", &mut s);
+        assert_eq!(s, "1.5");
+    }
+
+    #[test]
+    fn custom_names() {
+        assert!(is_custom_file("ut_001.csv"));
+        assert!(!is_custom_file("ut_.csv"));
+        assert!(!is_custom_file("ut_1/../x.csv"));
+        assert!(is_known_file("sales.csv"));
+        assert!(!is_known_file("../sales.csv"));
+    }
+}

@@ -1,0 +1,21 @@
+//! Ferry's SFTP transport: a russh server that confines each principal to its own root, and a
+//! pipelined, host-key-pinned russh client.
+//!
+//! - [`server`]: public-key-only SSH, the `sftp` subsystem only, every path confined with
+//!   [`path::confine`]; safe under deep pipelining (no russh channel deadlock).
+//! - [`client`]: [`client::SftpClient`] uploads through `.name.part` + rename, downloads the
+//!   same way locally, and refuses any server whose host key is not the pinned one.
+//! - [`path`]: the pure path normalisation and the root confinement check.
+//!
+//! **API boundary**: this crate knows nothing about tenants' data, batches or databases; an
+//! [`server::Authorizer`] supplied by the caller turns a key into a [`server::Principal`].
+
+pub mod client;
+pub mod path;
+pub mod server;
+
+pub use client::{ClientConfig, ClientError, SftpClient};
+pub use path::{PathError, confine};
+pub use server::{
+    Authorizer, KeyList, Principal, ServerConfig, host_key_fingerprint, serve, serve_stream,
+};

@@ -1,0 +1,251 @@
+//! Mapping of client-supplied SFTP paths onto a principal's root directory.
+//!
+//! This is the confinement boundary of the SFTP server: every path a client sends goes through
+//! [`confine`] before any file-system call. [`normalize`] is the pure, I/O-free half (it turns a
+//! wire path into the virtual absolute path the client sees, `/` being the root); [`confine`]
+//! adds the file-system half (symbolic links must not lead out of the root).
+//!
+//! **Invariant**: a path returned by [`confine`] lies under the canonicalised root, its parent
+//! directory is fully resolved (no symbolic link left in it), and its last component is kept
+//! literally so that `remove`/`rename`/`lstat` act on a link itself rather than on its target.
+//! Callers still open files with `O_NOFOLLOW`, so a final-component link is never followed.
+//! Residual risk, accepted: a *host-side* process that swaps a directory for a symbolic link
+//! between the check and the use (tenants cannot create links: the server does not implement
+//! `symlink`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Longest SFTP path accepted, in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Why a client path was refused. The messages go back to the SFTP client: they never contain
+/// a host path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path contains a NUL byte; send a plain path without control characters")]
+    Nul,
+    #[error("the path contains a backslash; use '/' to separate directories")]
+    Backslash,
+    #[error("the path is longer than {MAX_PATH_LEN} bytes; use a shorter path")]
+    TooLong,
+    #[error("the path climbs above your root with '..'; use a path inside your root")]
+    AboveRoot,
+    #[error("the path leads outside your root through a symbolic link; use a path inside your root")]
+    OutsideRoot,
+    #[error("the root directory of this account is unavailable ({0}); ask the operator to check it")]
+    RootUnavailable(io::ErrorKind),
+    #[error("the path could not be resolved ({0}); try again, or ask the operator if it persists")]
+    Resolve(io::ErrorKind),
+}
+
+/// Splits an SFTP path into its normalised components, without touching the file system.
+///
+/// Empty components and `.` are dropped, `..` removes the previous component, and absolute and
+/// relative paths are the same thing (the working directory is always the root).
+pub fn components(sftp_path: &str) -> Result<Vec<&str>, PathError> {
+    if sftp_path.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    if sftp_path.contains('\0') {
+        return Err(PathError::Nul);
+    }
+    if sftp_path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in sftp_path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            name => parts.push(name),
+        }
+    }
+    Ok(parts)
+}
+
+/// The virtual absolute path the client sees for `sftp_path` (`/` is the root). Pure: no I/O.
+///
+/// ```
+/// assert_eq!(ferry_sftp::path::normalize("a/./b//c/..").unwrap(), "/a/b");
+/// assert_eq!(ferry_sftp::path::normalize(".").unwrap(), "/");
+/// assert!(ferry_sftp::path::normalize("a/../..").is_err());
+/// ```
+pub fn normalize(sftp_path: &str) -> Result<String, PathError> {
+    let parts = components(sftp_path)?;
+    if parts.is_empty() {
+        return Ok("/".to_owned());
+    }
+    let mut out = String::with_capacity(sftp_path.len() + 1);
+    for part in parts {
+        out.push('/');
+        out.push_str(part);
+    }
+    Ok(out)
+}
+
+/// Maps `sftp_path` onto `root` and checks that it stays there.
+///
+/// `..` may not climb above the root; `/x` means `root/x`; NUL and `\` are refused. The deepest
+/// existing ancestor of the parent directory is canonicalised and must stay under the
+/// canonicalised root; a last component that is a symbolic link must point inside the root as
+/// well (it is still returned unresolved). The returned path starts with the canonical root.
+pub fn confine(root: &Path, sftp_path: &str) -> Result<PathBuf, PathError> {
+    let parts = components(sftp_path)?;
+    let canon_root = root
+        .canonicalize()
+        .map_err(|e| PathError::RootUnavailable(e.kind()))?;
+    let Some((last, parents)) = parts.split_last() else {
+        return Ok(canon_root);
+    };
+
+    // Find the deepest existing ancestor of the parent directory.
+    let mut probe = canon_root.clone();
+    probe.extend(parents.iter());
+    let mut missing: Vec<&str> = Vec::new();
+    let mut pending = parents.iter().rev();
+    loop {
+        match std::fs::symlink_metadata(&probe) {
+            Ok(_) => break,
+            Err(e) if is_absent(&e) => {
+                // `probe` is strictly below the root here: the root itself exists.
+                let Some(name) = pending.next() else {
+                    return Err(PathError::RootUnavailable(e.kind()));
+                };
+                missing.push(name);
+                probe.pop();
+            }
+            Err(e) => return Err(PathError::Resolve(e.kind())),
+        }
+    }
+    let mut resolved = match probe.canonicalize() {
+        Ok(p) => p,
+        // a dangling symbolic link: whatever it names is not known to be inside the root
+        Err(e) if is_absent(&e) => return Err(PathError::OutsideRoot),
+        Err(e) => return Err(PathError::Resolve(e.kind())),
+    };
+    if !resolved.starts_with(&canon_root) {
+        return Err(PathError::OutsideRoot);
+    }
+    resolved.extend(missing.iter().rev());
+    resolved.push(last);
+
+    if let Ok(meta) = std::fs::symlink_metadata(&resolved)
+        && meta.file_type().is_symlink()
+    {
+        match resolved.canonicalize() {
+            Ok(target) if target.starts_with(&canon_root) => {}
+            Ok(_) => return Err(PathError::OutsideRoot),
+            Err(e) if is_absent(&e) => return Err(PathError::OutsideRoot),
+            Err(e) => return Err(PathError::Resolve(e.kind())),
+        }
+    }
+    Ok(resolved)
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let canon = dir.path().canonicalize().expect("canonicalize");
+        (dir, canon)
+    }
+
+    #[test]
+    fn dot_dot_above_root_is_refused() {
+        let (dir, _) = root();
+        for p in ["..", "../..", "/..", "a/../..", "a/../../b", "./../x", "a/b/../../../etc"] {
+            assert_eq!(confine(dir.path(), p), Err(PathError::AboveRoot), "{p}");
+        }
+    }
+
+    #[test]
+    fn absolute_paths_map_onto_the_root() {
+        let (dir, canon) = root();
+        assert_eq!(
+            confine(dir.path(), "/etc/passwd").unwrap(),
+            canon.join("etc/passwd")
+        );
+        assert_eq!(confine(dir.path(), "/").unwrap(), canon);
+        assert_eq!(confine(dir.path(), "").unwrap(), canon);
+        assert_eq!(confine(dir.path(), ".").unwrap(), canon);
+        assert_eq!(confine(dir.path(), "//a///b/./").unwrap(), canon.join("a/b"));
+        assert_eq!(confine(dir.path(), "a/../b").unwrap(), canon.join("b"));
+    }
+
+    #[test]
+    fn nul_backslash_and_long_paths_are_refused() {
+        let (dir, _) = root();
+        assert_eq!(confine(dir.path(), "a\0b"), Err(PathError::Nul));
+        assert_eq!(confine(dir.path(), "..\\..\\etc"), Err(PathError::Backslash));
+        assert_eq!(confine(dir.path(), "a\\b"), Err(PathError::Backslash));
+        let long = "a/".repeat(MAX_PATH_LEN);
+        assert_eq!(confine(dir.path(), &long), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn normalize_is_pure_and_virtual() {
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("x/y/../z").unwrap(), "/x/z");
+        assert_eq!(normalize("/x/./y/").unwrap(), "/x/y");
+        assert_eq!(normalize(".."), Err(PathError::AboveRoot));
+    }
+
+    #[test]
+    fn symlink_inside_root_pointing_outside_is_refused() {
+        let (dir, _) = root();
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        symlink(outside.path(), dir.path().join("evil")).unwrap();
+        symlink(outside.path().join("secret"), dir.path().join("evil_file")).unwrap();
+        symlink("/nonexistent/dangling", dir.path().join("dangling")).unwrap();
+        for p in ["evil/secret", "/evil/secret", "evil", "evil/new/deeper", "evil_file"] {
+            assert_eq!(confine(dir.path(), p), Err(PathError::OutsideRoot), "{p}");
+        }
+        assert_eq!(confine(dir.path(), "dangling"), Err(PathError::OutsideRoot));
+        assert_eq!(confine(dir.path(), "dangling/x"), Err(PathError::OutsideRoot));
+    }
+
+    #[test]
+    fn symlink_inside_root_pointing_inside_is_kept_literal() {
+        let (dir, canon) = root();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        symlink(dir.path().join("real"), dir.path().join("alias")).unwrap();
+        // a link as the last component is returned as is (O_NOFOLLOW then refuses to open it)
+        assert_eq!(confine(dir.path(), "alias").unwrap(), canon.join("alias"));
+        // a link in the parent is resolved
+        assert_eq!(
+            confine(dir.path(), "alias/f").unwrap(),
+            canon.join("real/f")
+        );
+    }
+
+    #[test]
+    fn missing_intermediate_directories_are_allowed() {
+        let (dir, canon) = root();
+        assert_eq!(
+            confine(dir.path(), "new/sub/file").unwrap(),
+            canon.join("new/sub/file")
+        );
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        // a file used as a directory is not an escape; the operation itself will fail
+        assert_eq!(
+            confine(dir.path(), "plain/x").unwrap(),
+            canon.join("plain/x")
+        );
+    }
+}

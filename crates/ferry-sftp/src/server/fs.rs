@@ -1,0 +1,603 @@
+//! The SFTP request handler: a local file system confined to one principal's root.
+//!
+//! Implements [`russh_sftp::server::Handler`]. Every client path goes through
+//! [`crate::path::confine`]; files are opened with `O_NOFOLLOW`; symbolic links are neither
+//! created, read nor listed; `stat` never follows a link (it answers like `lstat`). Blocking
+//! file-system calls run on tokio's blocking pool. Error messages sent to the client never
+//! contain a host path.
+//!
+//! Semantics worth knowing:
+//! - `rename` never replaces an existing target (SFTP v3 semantics, `renameat2(RENAME_NOREPLACE)`
+//!   on Linux); remove the target first to replace it.
+//! - `setstat`/`fsetstat` apply only `size` (truncate); ownership, permissions and times are
+//!   accepted and ignored. New files get mode 0640, new directories 0750 (before umask).
+//! - A file that was written through a handle is `fdatasync`ed when that handle is closed, so a
+//!   file that the client then renames into place survives a host crash.
+//! - `read` answers at most [`MAX_READ_LEN`] bytes, as advertised by `limits@openssh.com`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use russh_sftp::extensions::{LIMITS, LimitsExtension};
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
+};
+use russh_sftp::server::StatusReply;
+
+use crate::path::{self, PathError};
+
+/// Largest SFTP packet accepted from a client (the OpenSSH value).
+pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Largest `read` answered and largest `write` expected (OpenSSH: 256 KiB - 1 KiB).
+pub const MAX_READ_LEN: u32 = MAX_PACKET_LEN - 1024;
+/// Open file and directory handles allowed per SFTP session.
+pub const MAX_OPEN_HANDLES: usize = 256;
+/// Directory entries returned by one `opendir` (larger directories are truncated, with a warning).
+const MAX_DIR_ENTRIES: usize = 100_000;
+/// Entries per `readdir` answer.
+const READDIR_BATCH: usize = 128;
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+enum OpenHandle {
+    File { file: Arc<fs::File>, written: bool },
+    Dir { entries: VecDeque<File> },
+}
+
+/// One SFTP session's view of the file system.
+pub(crate) struct ConfinedFs {
+    root: PathBuf,
+    tenant: String,
+    handles: HashMap<String, OpenHandle>,
+    next_handle: u64,
+}
+
+impl ConfinedFs {
+    /// `root` must be the canonicalised principal root.
+    pub(crate) fn new(root: PathBuf, tenant: String) -> Self {
+        Self {
+            root,
+            tenant,
+            handles: HashMap::new(),
+            next_handle: 0,
+        }
+    }
+
+    fn confine(&self, sftp_path: &str) -> Result<PathBuf, StatusReply> {
+        path::confine(&self.root, sftp_path).map_err(|e| {
+            tracing::warn!(tenant = %self.tenant, path = %sftp_path.escape_debug(), "sftp path refused: {e}");
+            path_status(&e)
+        })
+    }
+
+    /// Like [`Self::confine`] but refuses the root itself (for remove, rename, rmdir).
+    fn confine_below_root(&self, sftp_path: &str, op: &str) -> Result<PathBuf, StatusReply> {
+        let p = self.confine(sftp_path)?;
+        if p == self.root {
+            return Err(StatusCode::PermissionDenied
+                .with_message(format!("{op}: the root directory cannot be changed")));
+        }
+        Ok(p)
+    }
+
+    fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
+        if self.handles.len() >= MAX_OPEN_HANDLES {
+            return Err(StatusCode::Failure.with_message(format!(
+                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
+            )));
+        }
+        self.next_handle = self.next_handle.wrapping_add(1);
+        let id = self.next_handle.to_string();
+        self.handles.insert(id.clone(), h);
+        Ok(id)
+    }
+
+    fn file(&self, handle: &str) -> Result<Arc<fs::File>, StatusReply> {
+        match self.handles.get(handle) {
+            Some(OpenHandle::File { file, .. }) => Ok(file.clone()),
+            Some(OpenHandle::Dir { .. }) => Err(StatusCode::Failure
+                .with_message("the handle is a directory handle; open the file instead")),
+            None => Err(bad_handle()),
+        }
+    }
+}
+
+fn bad_handle() -> StatusReply {
+    StatusCode::Failure.with_message("unknown or closed handle; open the file again")
+}
+
+fn ok_status(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "ok".to_owned(),
+        language_tag: "en-US".to_owned(),
+    }
+}
+
+fn path_status(e: &PathError) -> StatusReply {
+    let code = match e {
+        PathError::RootUnavailable(_) | PathError::Resolve(_) => StatusCode::Failure,
+        _ => StatusCode::PermissionDenied,
+    };
+    code.with_message(e.to_string())
+}
+
+/// Maps an I/O error to an SFTP status whose message names the operation, never a host path.
+fn io_status(op: &str, e: &io::Error) -> StatusReply {
+    use io::ErrorKind as K;
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return StatusCode::PermissionDenied
+            .with_message(format!("{op}: symbolic links are not followed on this server"));
+    }
+    let (code, what) = match e.kind() {
+        K::NotFound => (StatusCode::NoSuchFile, "no such file or directory"),
+        K::PermissionDenied => (StatusCode::PermissionDenied, "permission denied"),
+        K::AlreadyExists => (
+            StatusCode::Failure,
+            "the target already exists; remove it first or choose another name",
+        ),
+        K::DirectoryNotEmpty => (StatusCode::Failure, "the directory is not empty"),
+        K::NotADirectory => (StatusCode::NoSuchFile, "a component of the path is not a directory"),
+        K::IsADirectory => (StatusCode::Failure, "the path is a directory"),
+        K::StorageFull => (StatusCode::Failure, "the server's disk is full; try again later"),
+        K::QuotaExceeded => (StatusCode::Failure, "the disk quota is exceeded"),
+        K::FileTooLarge => (StatusCode::Failure, "the file would become too large"),
+        K::InvalidInput => (StatusCode::Failure, "invalid request for this file"),
+        _ => {
+            return StatusCode::Failure.with_message(format!("{op} failed: {e}"));
+        }
+    };
+    code.with_message(format!("{op}: {what}"))
+}
+
+/// Runs a blocking file-system call on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| io::Error::other("the file-system worker task failed"))?
+}
+
+fn clamp_time(t: i64) -> u32 {
+    u32::try_from(t.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Attributes of a file as sent to clients: no owner ids (they are host details).
+fn attrs_of(meta: &fs::Metadata) -> FileAttributes {
+    FileAttributes {
+        size: Some(meta.len()),
+        uid: None,
+        user: None,
+        gid: None,
+        group: None,
+        permissions: Some(meta.mode()),
+        atime: Some(clamp_time(meta.atime())),
+        mtime: Some(clamp_time(meta.mtime())),
+    }
+}
+
+fn read_dir_entries(dir: &Path) -> io::Result<(VecDeque<File>, bool)> {
+    let mut out = VecDeque::new();
+    let mut truncated = false;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        // DirEntry::metadata does not follow symbolic links.
+        let Ok(meta) = entry.metadata() else { continue };
+        let kind = meta.file_type();
+        // Only plain files and directories are listed: links, sockets, fifos and devices are
+        // not something a tenant may follow or open.
+        if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if out.len() >= MAX_DIR_ENTRIES {
+            truncated = true;
+            break;
+        }
+        out.push_back(File::new(name, attrs_of(&meta)));
+    }
+    Ok((out, truncated))
+}
+
+/// `rename` that never replaces an existing target.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c_from = CString::new(from.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let c_to = CString::new(to.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                c_from.as_ptr(),
+                libc::AT_FDCWD,
+                c_to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // the file system (or an old kernel) does not support the flag: fall through
+            Some(libc::EINVAL) | Some(libc::ENOSYS) => {}
+            _ => return Err(err),
+        }
+    }
+    // Portable fallback: check, then rename (racy against a concurrent creator of `to`).
+    match fs::symlink_metadata(to) {
+        Ok(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_full_at(file: &fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0usize;
+    while filled < len {
+        let Some(pos) = offset.checked_add(filled as u64) else {
+            break;
+        };
+        let Some(dst) = buf.get_mut(filled..) else {
+            break;
+        };
+        match file.read_at(dst, pos) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+impl russh_sftp::server::Handler for ConfinedFs {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusCode::OpUnsupported.with_message("this operation is not supported by the server")
+    }
+
+    async fn init(
+        &mut self,
+        version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        tracing::debug!(tenant = %self.tenant, client_version = version, "sftp init");
+        let mut v = Version::new();
+        // Makes OpenSSH's sftp ask for our limits and then use 255 KiB requests.
+        v.extensions.insert(LIMITS.to_owned(), "1".to_owned());
+        Ok(v)
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        _attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        if self.handles.len() >= MAX_OPEN_HANDLES {
+            return Err(StatusCode::Failure.with_message(format!(
+                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
+            )));
+        }
+        let path = self.confine(&filename)?;
+        let append = pflags.contains(OpenFlags::APPEND);
+        let write = pflags.contains(OpenFlags::WRITE) || append;
+        let read = pflags.contains(OpenFlags::READ) || !write;
+        let mut opts = fs::OpenOptions::new();
+        opts.read(read).write(write).append(append);
+        if pflags.contains(OpenFlags::CREATE) {
+            if pflags.contains(OpenFlags::EXCLUDE) {
+                opts.create_new(true);
+            } else {
+                opts.create(true);
+            }
+        }
+        if pflags.contains(OpenFlags::TRUNCATE) {
+            opts.truncate(true);
+        }
+        // O_NONBLOCK: opening a fifo must not hang the session (it is refused just below).
+        opts.mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        let file = blocking(move || {
+            let file = opts.open(&path)?;
+            let meta = file.metadata()?;
+            if meta.is_dir() {
+                return Err(io::Error::from(io::ErrorKind::IsADirectory));
+            }
+            if !meta.is_file() {
+                return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| io_status("open", &e))?;
+        let handle = self.add_handle(OpenHandle::File {
+            file: Arc::new(file),
+            written: false,
+        })?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            Some(OpenHandle::File {
+                file,
+                written: true,
+            }) => {
+                blocking(move || file.sync_data())
+                    .await
+                    .map_err(|e| io_status("close", &e))?;
+                Ok(ok_status(id))
+            }
+            Some(_) => Ok(ok_status(id)),
+            None => Err(bad_handle()),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let file = self.file(&handle)?;
+        let len = len.min(MAX_READ_LEN) as usize;
+        let data = blocking(move || read_full_at(&file, offset, len))
+            .await
+            .map_err(|e| io_status("read", &e))?;
+        if data.is_empty() && len > 0 {
+            return Err(StatusCode::Eof.with_message("end of file"));
+        }
+        Ok(Data { id, data })
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let file = match self.handles.get_mut(&handle) {
+            Some(OpenHandle::File { file, written }) => {
+                *written = true;
+                file.clone()
+            }
+            Some(OpenHandle::Dir { .. }) => {
+                return Err(StatusCode::Failure
+                    .with_message("write: the handle is a directory handle"));
+            }
+            None => return Err(bad_handle()),
+        };
+        if offset.checked_add(data.len() as u64).is_none() {
+            return Err(StatusCode::Failure.with_message("write: the offset is out of range"));
+        }
+        // With O_APPEND, Linux pwrite appends whatever the offset (SFTP APPEND semantics).
+        blocking(move || file.write_all_at(&data, offset))
+            .await
+            .map_err(|e| io_status("write", &e))?;
+        Ok(ok_status(id))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let p = self.confine(&path)?;
+        let meta = blocking(move || fs::symlink_metadata(p))
+            .await
+            .map_err(|e| io_status("stat", &e))?;
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&meta),
+        })
+    }
+
+    /// Never follows a final symbolic link: answers like `lstat`.
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        self.lstat(id, path).await
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let file = self.file(&handle)?;
+        let meta = blocking(move || file.metadata())
+            .await
+            .map_err(|e| io_status("fstat", &e))?;
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&meta),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.confine(&path)?;
+        if let Some(size) = attrs.size {
+            blocking(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&p)?;
+                if !f.metadata()?.is_file() {
+                    return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+                }
+                f.set_len(size)
+            })
+            .await
+            .map_err(|e| io_status("setstat", &e))?;
+        }
+        Ok(ok_status(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let file = self.file(&handle)?;
+        if let Some(size) = attrs.size {
+            blocking(move || file.set_len(size))
+                .await
+                .map_err(|e| io_status("fsetstat", &e))?;
+        }
+        Ok(ok_status(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        if self.handles.len() >= MAX_OPEN_HANDLES {
+            return Err(StatusCode::Failure.with_message(format!(
+                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
+            )));
+        }
+        let p = self.confine(&path)?;
+        let (entries, truncated) = blocking(move || read_dir_entries(&p))
+            .await
+            .map_err(|e| io_status("opendir", &e))?;
+        if truncated {
+            tracing::warn!(tenant = %self.tenant, path = %path.escape_debug(),
+                "directory listing truncated to {MAX_DIR_ENTRIES} entries");
+        }
+        let handle = self.add_handle(OpenHandle::Dir { entries })?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        match self.handles.get_mut(&handle) {
+            Some(OpenHandle::Dir { entries }) => {
+                if entries.is_empty() {
+                    return Err(StatusCode::Eof.with_message("end of directory"));
+                }
+                let n = entries.len().min(READDIR_BATCH);
+                let files = entries.drain(..n).collect();
+                Ok(Name { id, files })
+            }
+            Some(OpenHandle::File { .. }) => Err(StatusCode::Failure
+                .with_message("readdir: the handle is a file handle; use opendir")),
+            None => Err(bad_handle()),
+        }
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let p = self.confine_below_root(&filename, "remove")?;
+        blocking(move || {
+            if fs::symlink_metadata(&p)?.is_dir() {
+                return Err(io::Error::from(io::ErrorKind::IsADirectory));
+            }
+            fs::remove_file(&p)
+        })
+        .await
+        .map_err(|e| io_status("remove", &e))?;
+        Ok(ok_status(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.confine(&path)?;
+        blocking(move || fs::DirBuilder::new().mode(DIR_MODE).create(p))
+            .await
+            .map_err(|e| io_status("mkdir", &e))?;
+        Ok(ok_status(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let p = self.confine_below_root(&path, "rmdir")?;
+        blocking(move || fs::remove_dir(p))
+            .await
+            .map_err(|e| io_status("rmdir", &e))?;
+        Ok(ok_status(id))
+    }
+
+    /// Answers the virtual path (`/` is the root); `realpath(".")` is `/`.
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let virt = path::normalize(&path).map_err(|e| path_status(&e))?;
+        // also refuses paths that leave the root through a link
+        self.confine(&path)?;
+        Ok(Name {
+            id,
+            files: vec![File::dummy(virt)],
+        })
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        let from = self.confine_below_root(&oldpath, "rename")?;
+        let to = self.confine_below_root(&newpath, "rename")?;
+        blocking(move || rename_noreplace(&from, &to))
+            .await
+            .map_err(|e| io_status("rename", &e))?;
+        Ok(ok_status(id))
+    }
+
+    async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
+        Err(StatusCode::OpUnsupported
+            .with_message("symbolic links are not supported on this server"))
+    }
+
+    async fn symlink(
+        &mut self,
+        _id: u32,
+        _linkpath: String,
+        _targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        Err(StatusCode::OpUnsupported
+            .with_message("symbolic links are not supported on this server"))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        _data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        if request == LIMITS {
+            let limits = LimitsExtension {
+                max_packet_len: u64::from(MAX_PACKET_LEN),
+                max_read_len: u64::from(MAX_READ_LEN),
+                max_write_len: u64::from(MAX_READ_LEN),
+                max_open_handles: MAX_OPEN_HANDLES as u64,
+            };
+            let data = russh_sftp::ser::to_bytes(&limits)
+                .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;
+            return Ok(Packet::ExtendedReply(ExtendedReply {
+                id,
+                data: data.to_vec(),
+            }));
+        }
+        Err(StatusCode::OpUnsupported.with_message(format!(
+            "the extension {:?} is not supported by this server",
+            request.escape_debug().to_string()
+        )))
+    }
+}

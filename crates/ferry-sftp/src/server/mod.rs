@@ -1,0 +1,454 @@
+//! The SFTP server: SSH with public-key authentication only, one confined root per principal.
+//!
+//! Entry points: [`serve`] (accept loop with graceful shutdown) and [`serve_stream`] (one
+//! already-accepted stream, for a port shared with HTTPS). An [`Authorizer`] maps each public
+//! key to a [`Principal`]; that mapping is the only source of the tenant.
+//!
+//! **Invariant**: the tenant comes only from the authenticated key — the SSH user name is
+//! logged and otherwise ignored. **Invariant**: only the `sftp` subsystem is served; shells,
+//! exec, port forwarding and agent forwarding are refused.
+//!
+//! Tuning (see CRATES.md): `nodelay` is set on accepted sockets, AES-GCM ciphers come first,
+//! compression is off (the payloads are already bzip2), and each SFTP channel is drained
+//! continuously into a bounded queue so that deep pipelining cannot deadlock the session
+//! (details in the `pump` module).
+
+mod fs;
+mod pump;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use self::fs::{MAX_OPEN_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN};
+pub use self::pump::{MAX_QUEUED_BYTES, MAX_QUEUED_PACKETS};
+pub use crate::path::{PathError, confine};
+
+/// Login deadline used by [`serve_stream`] (which receives only a russh config).
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Simultaneous connections accepted by [`serve`]; further ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Session channels one SSH connection may open.
+const MAX_CHANNELS_PER_CONNECTION: usize = 8;
+/// How long [`serve`] waits for open sessions after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Who a key logs in as: a tenant or a service, confined to `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Tenant or service name, for logs.
+    pub name: String,
+    /// Absolute path of an existing directory: everything this principal sees over SFTP.
+    pub root: PathBuf,
+}
+
+/// Decides which principal, if any, a public key logs in as.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Called for every offered/used public key; return the principal this key logs in as, or None.
+    ///
+    /// Compare keys with [`same_key`] (key data only): `==` on `PublicKey` also compares the
+    /// comment.
+    fn authorize(&self, user: &str, key: &PublicKey) -> Option<Principal>;
+}
+
+/// Whether two public keys are the same key (compares key data, ignores the comment).
+pub fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
+    a.key_data() == b.key_data()
+}
+
+/// A fixed list of keys, each with its principal. Handy for tests and small deployments.
+#[derive(Debug, Clone, Default)]
+pub struct KeyList {
+    entries: Vec<(PublicKey, Principal)>,
+}
+
+impl KeyList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `key` as a login for `principal` (builder style).
+    pub fn with(mut self, key: PublicKey, principal: Principal) -> Self {
+        self.entries.push((key, principal));
+        self
+    }
+}
+
+impl Authorizer for KeyList {
+    fn authorize(&self, _user: &str, key: &PublicKey) -> Option<Principal> {
+        self.entries
+            .iter()
+            .find(|(k, _)| same_key(k, key))
+            .map(|(_, p)| p.clone())
+    }
+}
+
+/// Settings of the SFTP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The SSH host key; clients pin its [`host_key_fingerprint`].
+    pub host_key: PrivateKey,
+    /// A connection that has not authenticated within this time is dropped.
+    pub auth_timeout: Duration,
+    /// A connection that sends nothing for this long is dropped.
+    pub idle_timeout: Duration,
+    /// Authentication attempts allowed per connection.
+    pub max_auth_attempts: usize,
+}
+
+impl ServerConfig {
+    /// Defaults: 30 s to log in, 10 min idle, 6 authentication attempts.
+    pub fn new(host_key: PrivateKey) -> Self {
+        Self {
+            host_key,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            idle_timeout: Duration::from_secs(600),
+            max_auth_attempts: 6,
+        }
+    }
+
+    /// The tuned russh configuration that [`serve`] uses; pass it to [`serve_stream`].
+    pub fn russh_config(&self) -> Arc<russh::server::Config> {
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        let preferred = russh::Preferred {
+            // AES-GCM first: 10-20% less CPU than chacha20 with AES-NI; aes128-gcm is not in
+            // russh's default list and some OpenSSH configurations ask for it.
+            cipher: Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_192_CTR,
+                russh::cipher::AES_128_CTR,
+            ]),
+            // no SHA-1 `ssh-rsa` signatures
+            key: Cow::Owned(
+                russh::Preferred::DEFAULT
+                    .key
+                    .iter()
+                    .filter(|a| !matches!(a, Algorithm::Rsa { hash: None }))
+                    .cloned()
+                    .collect(),
+            ),
+            // payloads are bzip2 already: compression would only burn CPU
+            compression: Cow::Borrowed(&[russh::compression::NONE]),
+            ..russh::Preferred::DEFAULT
+        };
+        Arc::new(russh::server::Config {
+            server_id: russh::SshId::Standard(Cow::Borrowed("SSH-2.0-ferry")),
+            methods,
+            auth_rejection_time: Duration::from_millis(500),
+            // OpenSSH probes with "none" first: do not make every login wait for that
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![self.host_key.clone()],
+            max_auth_attempts: self.max_auth_attempts,
+            inactivity_timeout: Some(self.idle_timeout),
+            preferred,
+            nodelay: true,
+            // Not the deadlock fix (the pump drains channels continuously), only smoothing.
+            channel_buffer_size: 256,
+            ..Default::default()
+        })
+    }
+}
+
+/// The SHA-256 fingerprint of a key as `ssh-keygen -l` prints it: `SHA256:` + unpadded base64.
+pub fn host_key_fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Accepts SSH connections on `listener` until `shutdown` completes, then asks open sessions
+/// to disconnect and waits a few seconds for them.
+pub async fn serve(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    auth: Arc<dyn Authorizer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ssh_cfg = cfg.russh_config();
+    let auth_timeout = cfg.auth_timeout;
+    let stop = CancellationToken::new();
+    let mut sessions: JoinSet<()> = JoinSet::new();
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, fingerprint = %host_key_fingerprint(&cfg.host_key), "sftp server listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // e.g. EMFILE or ECONNABORTED: keep serving, but do not spin
+                        tracing::warn!("accepting an sftp connection failed: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if sessions.len() >= MAX_CONNECTIONS {
+                    tracing::warn!(%peer, "too many sftp connections ({MAX_CONNECTIONS}); refusing one");
+                    continue;
+                }
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, "set_nodelay failed: {e}");
+                }
+                let (ssh_cfg, auth, stop) = (ssh_cfg.clone(), auth.clone(), stop.child_token());
+                sessions.spawn(async move {
+                    if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, Some(peer), stop).await {
+                        tracing::debug!(%peer, "sftp connection ended: {e:#}");
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!(addr = ?local, "sftp server stopping");
+    stop.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        sessions.abort_all();
+    }
+    Ok(())
+}
+
+/// Serve one already-accepted stream (used later for one-port HTTPS/SSH multiplexing).
+///
+/// Build `cfg` with [`ServerConfig::russh_config`]. The login deadline is
+/// [`DEFAULT_AUTH_TIMEOUT`]; set `nodelay` on a TCP stream before calling. Returns when the
+/// connection ends.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    cfg: Arc<russh::server::Config>,
+    stream: S,
+    auth: Arc<dyn Authorizer>,
+    peer: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    run_session(
+        cfg,
+        DEFAULT_AUTH_TIMEOUT,
+        stream,
+        auth,
+        peer,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    cfg: Arc<russh::server::Config>,
+    auth_timeout: Duration,
+    stream: S,
+    auth: Arc<dyn Authorizer>,
+    peer: Option<SocketAddr>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = SshHandler {
+        auth,
+        peer,
+        principal: None,
+        authenticated: authenticated.clone(),
+        channels: HashMap::new(),
+    };
+    // run_stream exchanges version strings; bounded by russh's inactivity timeout and ours
+    let session = tokio::time::timeout(auth_timeout, russh::server::run_stream(cfg, stream, handler))
+        .await
+        .context("the client did not send an SSH version string in time")?
+        .context("the SSH handshake failed")?;
+    let handle = session.handle();
+    tokio::pin!(session);
+    let login_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(login_deadline);
+    let mut deadline_passed = false;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                return result.context("the SSH session failed");
+            }
+            () = &mut login_deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !authenticated.load(Ordering::Acquire) {
+                    tracing::info!(peer = ?peer, "sftp client did not log in within {auth_timeout:?}; disconnecting");
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "authentication timed out".into(), "en".into())
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                    anyhow::bail!("authentication timed out");
+                }
+            }
+            () = stop.cancelled() => {
+                let _ = handle
+                    .disconnect(Disconnect::ByApplication, "server shutting down".into(), "en".into())
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Per-connection SSH handler.
+struct SshHandler {
+    auth: Arc<dyn Authorizer>,
+    peer: Option<SocketAddr>,
+    principal: Option<Principal>,
+    authenticated: Arc<AtomicBool>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl SshHandler {
+    fn refuse_request(&self, channel: ChannelId, what: &str, session: &mut Session) -> Result<(), russh::Error> {
+        tracing::info!(peer = ?self.peer, tenant = ?self.principal.as_ref().map(|p| &p.name),
+            "refused a {what} request: only the sftp subsystem is served");
+        session.channel_failure(channel)
+    }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.auth.authorize(user, offer.public_key).is_some() {
+            return Ok(Auth::Accept);
+        }
+        tracing::info!(peer = ?self.peer, user = %user.escape_debug(),
+            key = %offer.public_key.fingerprint(HashAlg::Sha256), "sftp login refused: unknown key");
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.auth.authorize(user, key.public_key) {
+            Some(principal) => {
+                tracing::info!(peer = ?self.peer, user = %user.escape_debug(), tenant = %principal.name,
+                    key = %key.public_key.fingerprint(HashAlg::Sha256), "sftp login");
+                self.principal = Some(principal);
+                self.authenticated.store(true, Ordering::Release);
+                Ok(Auth::Accept)
+            }
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            return self.refuse_request(channel_id, "subsystem", session);
+        }
+        let (Some(principal), Some(channel)) = (self.principal.clone(), self.channels.remove(&channel_id)) else {
+            return session.channel_failure(channel_id);
+        };
+        let root = match tokio::fs::canonicalize(&principal.root).await {
+            Ok(r) if r.is_dir() => r,
+            _ => {
+                tracing::error!(tenant = %principal.name,
+                    "the sftp root of this principal does not exist or is not a directory; refusing sftp");
+                return session.channel_failure(channel_id);
+            }
+        };
+        session.channel_success(channel_id)?;
+        tracing::debug!(tenant = %principal.name, "sftp subsystem started");
+        let fs = fs::ConfinedFs::new(root, principal.name.clone());
+        tokio::spawn(pump::run(channel, fs, principal.name));
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        self.refuse_request(channel, "shell", session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request(channel, "exec", session)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request(channel, "pty", session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request(channel, "x11", session)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // OpenSSH sends LANG/LC_* without asking for a reply; channel_failure answers only
+        // when a reply was asked for.
+        session.channel_failure(channel)
+    }
+}
