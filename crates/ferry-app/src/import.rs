@@ -59,7 +59,8 @@ pub struct ImportLimits {
     /// Largest plain CSV accepted per file (default 8 GiB). A manifest that announces more is rejected before
     /// anything is decompressed.
     pub max_decompressed_per_file: u64,
-    /// How far decompression may run past the size the manifest announces before it is stopped (default 1 MiB).
+    /// How far decompression may run past the size the manifest announces before it is stopped (default 64 KiB,
+    /// less than `max_line_bytes`, so that a bomb meets the cap before the line limit).
     /// The cap per file is `min(max_decompressed_per_file, manifest bytes + cap_slack)`, so a bomb stops early.
     pub cap_slack: u64,
     /// If set, reject a file whose manifest size is more than this many times its compressed size (bzip2 of real
@@ -71,7 +72,7 @@ pub struct ImportLimits {
 
 impl Default for ImportLimits {
     fn default() -> Self {
-        ImportLimits { max_decompressed_per_file: 8 << 30, cap_slack: 1 << 20, max_ratio: None, max_line_bytes: 1 << 20 }
+        ImportLimits { max_decompressed_per_file: 8 << 30, cap_slack: 64 << 10, max_ratio: None, max_line_bytes: 1 << 20 }
     }
 }
 
@@ -229,7 +230,7 @@ async fn load(
                     sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table))).execute(&mut *tx).await?;
                 }
                 Target::Custom => {
-                    sqlx::query("DELETE FROM custom_rows WHERE file = ?").bind(&f.name).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM custom_rows WHERE file = ?").bind(f.name.as_str()).execute(&mut *tx).await?;
                 }
             }
         }
@@ -409,7 +410,10 @@ fn read_file(
     if let Err(e) = outcome {
         return Err(match e {
             ParseError::Stop(stop) => stop,
-            ParseError::Read(e) => classify_read_error(e, &source_error, &path, &bz_name, name, entry, compressed, cap),
+            ParseError::Read(e) => {
+                let produced = hashing.into_parts().0.decompressed_bytes();
+                classify_read_error(e, &source_error, &path, entry, compressed, (produced >= cap).then_some(cap))
+            }
         });
     }
     drop(parser);
@@ -446,17 +450,16 @@ fn read_file(
     Ok(rows)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Why reading the plain CSV failed: the disk (retry), an overlong line, the cap, or bad bzip2 data (reject).
 fn classify_read_error(
     e: io::Error,
     source_error: &RefCell<Option<(io::ErrorKind, String)>>,
     path: &Path,
-    bz_name: &str,
-    name: &str,
     entry: &ManifestFile,
     compressed: u64,
-    cap: u64,
+    at_cap: Option<u64>,
 ) -> Stop {
+    let name = &entry.name;
     if let Some((kind, msg)) = source_error.borrow_mut().take() {
         return Stop::Failed(ImportError::Io { path: path.to_path_buf(), source: io::Error::new(kind, msg) });
     }
@@ -466,7 +469,9 @@ fn classify_read_error(
              file's line ends"
         ));
     }
-    if ferry_io::bz::is_cap_exceeded(&e) {
+    // The decoder stopped at the cap, which lies beyond the size the manifest announces: whatever the decoder
+    // said, this is not the file the manifest describes.
+    if let Some(cap) = at_cap {
         return Stop::Reject(format!(
             "{name}: decompressed size exceeds the cap of {cap} bytes (the manifest says {} bytes); the file is \
              not the one the manifest describes, or is a decompression bomb: send the batch again",
@@ -481,7 +486,7 @@ fn classify_read_error(
     } else {
         String::new()
     };
-    Stop::Reject(format!("{bz_name}: truncated or corrupt bzip2 data: {e}{hint}; send the batch again"))
+    Stop::Reject(format!("{}: truncated or corrupt bzip2 data{hint}: {e}", entry.compressed_name()))
 }
 
 enum ParseError {
@@ -725,3 +730,4 @@ mod tests {
         assert_eq!(out, data);
     }
 }
+

@@ -364,11 +364,6 @@ async fn malformed_row_is_rejected_with_line_and_column() {
     let files = with_file("location.csv", format!("{},\"no code\",1,,\"DC\"\n", location(4)));
     let (bdir, m) = write_batch(f.dir.path(), &id(4), Mode::Full, &files);
     assert_rejected(&f, &bdir, &m, &["location.csv:5: column 1 (location): location is required but empty"]).await;
-
-    let files = with_file("master.csv", format!("{}\"I\u{ff}\",\"x\",,,,,,,\"U\"\n", master(1)).replace('\u{ff}', "\u{fffd}"));
-    let (bdir, m) = write_batch(f.dir.path(), &id(5), Mode::Full, &files);
-    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
-    assert_eq!(r.state, BatchState::Imported, "replacement characters are valid UTF-8: {:?}", r.detail);
 }
 
 #[tokio::test]

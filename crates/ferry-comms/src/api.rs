@@ -70,7 +70,7 @@ async fn register(
         .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
     check_key_strength(&key)?;
     let fp = ferry_io::keys::fingerprint(&key);
-    let openssh = ferry_io::keys::public_key_openssh(&key);
+    let openssh = ferry_io::keys::public_key_openssh(&key).map_err(ApiError::internal)?;
     let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
     let tenant = match db::register_key(&st.db, &secret_hash(&req.token_secret), &fp, &openssh, &hostname).await {
         Ok(t) => t,

@@ -1,1 +1,4 @@
-//! placeholder
+pub mod mapping;
+pub mod source;
+pub mod extract;
+pub mod sample;

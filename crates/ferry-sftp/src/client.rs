@@ -136,12 +136,12 @@ impl ClientError {
     }
 }
 
-fn remote(op: &'static str, path: &str) -> impl FnOnce(SftpError) -> ClientError {
+fn on_remote(op: &'static str, path: &str) -> impl FnOnce(SftpError) -> ClientError {
     let path = path.to_owned();
     move |source| ClientError::Remote { op, path, source }
 }
 
-fn remote_op_err(op: &'static str, path: &str, source: SftpError) -> ClientError {
+fn on_remote_err(op: &'static str, path: &str, source: SftpError) -> ClientError {
     ClientError::Remote {
         op,
         path: path.to_owned(),
@@ -373,13 +373,13 @@ impl SftpClient {
                     });
                 }
                 Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {}
-                Err(e) => return Err(remote("stat", &current)(e)),
+                Err(e) => return Err(on_remote("stat", &current)(e)),
             }
             if let Err(e) = self.sftp.create_dir(current.as_str()).await {
                 // lost a race with another creator: fine if it is a directory now
                 match self.sftp.metadata(current.as_str()).await {
                     Ok(meta) if meta.is_dir() => {}
-                    _ => return Err(remote("mkdir", &current)(e)),
+                    _ => return Err(on_remote("mkdir", &current)(e)),
                 }
             }
         }
@@ -424,13 +424,13 @@ impl SftpClient {
                 Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {}
                 Err(e) => {
                     let _ = self.sftp.remove_file(part.as_str()).await;
-                    return Err(remote_op_err("remove", remote, e));
+                    return Err(on_remote_err("remove", remote, e));
                 }
             }
         }
         if let Err(e) = self.sftp.rename(part.as_str(), remote).await {
             let _ = self.sftp.remove_file(part.as_str()).await;
-            return Err(remote_op_err("rename into place", remote, e));
+            return Err(on_remote_err("rename into place", remote, e));
         }
         Ok(sent)
     }
@@ -448,7 +448,7 @@ impl SftpClient {
                 OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
             )
             .await
-            .map_err(remote("create", part))?;
+            .map_err(on_remote("create", part))?;
         let transfer = |source| ClientError::Transfer {
             op: "upload",
             path: part.to_owned(),
@@ -476,7 +476,7 @@ impl SftpClient {
             .sftp
             .metadata(part)
             .await
-            .map_err(remote("stat", part))?
+            .map_err(on_remote("stat", part))?
             .size;
         if let Some(got) = size
             && got != sent
@@ -519,11 +519,11 @@ impl SftpClient {
     }
 
     async fn download_to(&self, remote: &str, tmp: &Path) -> Result<u64, ClientError> {
-        let mut src = self.sftp.open(remote).await.map_err(remote("open", remote))?;
+        let mut src = self.sftp.open(remote).await.map_err(on_remote("open", remote))?;
         let expected = src
             .metadata()
             .await
-            .map_err(remote("stat", remote))?
+            .map_err(on_remote("stat", remote))?
             .size;
         let mut dst = tokio::fs::File::create(tmp).await.map_err(local("create", tmp))?;
         let mut buf = vec![0u8; CHUNK];
@@ -560,7 +560,7 @@ impl SftpClient {
     /// Regular files in `dir` with their sizes, sorted by name (directories are left out;
     /// in-progress uploads show up as `.<name>.part`).
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ClientError> {
-        let entries = self.sftp.read_dir(dir).await.map_err(remote("list", dir))?;
+        let entries = self.sftp.read_dir(dir).await.map_err(on_remote("list", dir))?;
         let mut out: Vec<(String, u64)> = entries
             .filter(|e| e.file_type() == FileType::File)
             .map(|e| (e.file_name(), e.metadata().size.unwrap_or(0)))
@@ -574,18 +574,18 @@ impl SftpClient {
         match self.sftp.metadata(path).await {
             Ok(meta) => Ok(Some(meta.size.unwrap_or(0))),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(None),
-            Err(e) => Err(remote("stat", path)(e)),
+            Err(e) => Err(on_remote("stat", path)(e)),
         }
     }
 
     /// Renames `from` to `to`; fails if `to` exists (on a Ferry server).
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        self.sftp.rename(from, to).await.map_err(remote("rename", from))
+        self.sftp.rename(from, to).await.map_err(on_remote("rename", from))
     }
 
     /// Removes the file `path`.
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
-        self.sftp.remove_file(path).await.map_err(remote("remove", path))
+        self.sftp.remove_file(path).await.map_err(on_remote("remove", path))
     }
 
     /// Ends the SFTP session and the SSH connection.

@@ -65,7 +65,7 @@ impl ApiClient {
         let url = self.url(path);
         let mut rb = self.http.request(method.clone(), &url).header("content-type", "application/json");
         rb = match &self.key {
-            Some(key) => ferry_io::httpsig::apply(rb, key, method.as_str(), path, &body)
+            Some(key) => ferry_io::httpsig::apply(rb, key, method.as_str(), path, body)
                 .map_err(|e| ClientError::Transport { url: url.clone(), source: anyhow::anyhow!("cannot sign the request: {e}") })?,
             None => rb.body(body),
         };

@@ -1,0 +1,269 @@
+//! What the Connector does, command by command: `init` (config skeleton + key pair), `register` (send the
+//! public key with a registration token, pin the server's identity), `sync` (extract -> compress -> upload over
+//! SFTP -> complete -> wait for the verdict, resuming an unfinished batch first) and `status`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ferry_io::keys::{self, KeyAlgorithm};
+use ferry_proto::api::{BatchStatus, RegisterRequest, RegisterResponse};
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
+use ferry_proto::token::RegistrationToken;
+use ferry_sftp::client::{ClientConfig, SftpClient};
+use ferry_web::client::ApiClient;
+use russh::keys::PrivateKey;
+
+use crate::config::{ConnectorConfig, Registration};
+use crate::extract::{ExtractOptions, extract_batch};
+use crate::journal::Journal;
+use crate::mapping::Mapping;
+use crate::source::SqliteSource;
+
+/// What `init` created.
+pub struct InitReport {
+    pub config: PathBuf,
+    pub key: PathBuf,
+    pub public_key: String,
+    pub fingerprint: String,
+}
+
+/// Create `dir/connector.toml`, `dir/mapping.toml` (if absent) and a new key pair under `dir/keys/`.
+pub fn init(dir: &Path, erp_url: &str, alg: KeyAlgorithm, force_key: bool) -> anyhow::Result<InitReport> {
+    std::fs::create_dir_all(dir.join("keys")).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = dir.join("connector.toml");
+    if !config.exists() {
+        std::fs::write(&config, crate::config::skeleton(erp_url))?;
+    }
+    let mapping = dir.join("mapping.toml");
+    if !mapping.exists() {
+        std::fs::write(&mapping, crate::mapping::default_mapping())?;
+    }
+    let cfg = ConnectorConfig::load(&config)?;
+    let key_path = cfg.key_path();
+    if key_path.exists() && !force_key {
+        let key = keys::load_private_key(&key_path)?;
+        let public = keys::public_key_openssh(key.public_key())?;
+        return Ok(InitReport { config, fingerprint: keys::fingerprint(key.public_key()), key: key_path, public_key: public });
+    }
+    let key = keys::generate(alg)?;
+    keys::write_private_key(&key_path, &key, force_key)?;
+    keys::write_public_key(&key_path.with_extension("pub"), key.public_key(), "ferry-connector")?;
+    Ok(InitReport {
+        config,
+        fingerprint: keys::fingerprint(key.public_key()),
+        public_key: keys::public_key_openssh(key.public_key())?,
+        key: key_path,
+    })
+}
+
+pub struct Connector {
+    pub cfg: ConnectorConfig,
+    key: Arc<PrivateKey>,
+}
+
+impl Connector {
+    pub fn load(config: &Path) -> anyhow::Result<Connector> {
+        let cfg = ConnectorConfig::load(config)?;
+        let key = keys::load_private_key(&cfg.key_path())?;
+        Ok(Connector { cfg, key: Arc::new(key) })
+    }
+
+    pub fn key_fingerprint(&self) -> String {
+        keys::fingerprint(self.key.public_key())
+    }
+
+    /// Send our public key with the token; keep the server's pins.
+    pub async fn register(&self, token: &str) -> anyhow::Result<Registration> {
+        let token = RegistrationToken::decode(token)?;
+        let pin = (!token.tls.is_empty()).then_some(token.tls.as_str());
+        let api = ApiClient::new(&token.url, pin, None, Duration::from_secs(30))?;
+        let hostname = std::env::var("HOSTNAME").or_else(|_| std::env::var("COMPUTERNAME")).unwrap_or_default();
+        let resp: RegisterResponse = api
+            .post(
+                "/v1/register",
+                &RegisterRequest {
+                    token_secret: token.secret.clone(),
+                    public_key: keys::public_key_openssh(self.key.public_key())?,
+                    hostname,
+                },
+            )
+            .await
+            .context("registration refused")?;
+        if resp.key_fingerprint != self.key_fingerprint() {
+            bail!("the server registered a different key than ours; refusing to continue");
+        }
+        let reg = Registration {
+            comms_url: token.url,
+            tls_fingerprint: token.tls,
+            tenant: resp.tenant,
+            key_fingerprint: resp.key_fingerprint,
+            ssh_addr: resp.ssh_addr,
+            ssh_host_key_fingerprint: resp.ssh_host_key_fingerprint,
+            registered_at: chrono::Utc::now(),
+        };
+        std::fs::create_dir_all(self.cfg.data_dir())?;
+        reg.save(&self.cfg.registration_path())?;
+        Ok(reg)
+    }
+
+    fn registration(&self) -> anyhow::Result<Registration> {
+        Registration::load(&self.cfg.registration_path())
+    }
+
+    pub fn api(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
+        let pin = (!reg.tls_fingerprint.is_empty()).then_some(reg.tls_fingerprint.as_str());
+        ApiClient::new(&reg.comms_url, pin, Some(self.key.clone()), Duration::from_secs(60))
+    }
+
+    fn sftp_config(&self, reg: &Registration) -> ClientConfig {
+        ClientConfig {
+            user: reg.tenant.clone(),
+            key: self.key.clone(),
+            host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
+            connect_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Batches as the Comms server sees them (newest first).
+    pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
+        let reg = self.registration()?;
+        Ok(self.api(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
+    }
+
+    /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one.
+    pub async fn sync(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
+        let reg = self.registration()?;
+        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let spool = self.cfg.spool_dir();
+        let mut timings = Timings::default();
+        let (manifest, resumed) = match journal.unfinished().await? {
+            Some(b) if spool.join(b.manifest.batch_id.as_str()).join(MANIFEST_NAME).exists() => {
+                progress(&format!("resuming batch {} (extracted earlier, not yet sent)", b.manifest.batch_id));
+                (b.manifest, true)
+            }
+            _ => {
+                let t = Instant::now();
+                let m = self.extract(&spool, progress).await?;
+                timings.extract = t.elapsed();
+                journal.record(&m, "extracted", None).await?;
+                (m, false)
+            }
+        };
+        let id = manifest.batch_id.clone();
+        let dir = spool.join(id.as_str());
+
+        let t = Instant::now();
+        let sent = self.upload(&reg, &dir, &manifest, progress).await?;
+        timings.upload = t.elapsed();
+
+        let api = self.api(&reg)?;
+        let status: BatchStatus = api
+            .post(&format!("/v1/batches/{id}/complete"), &manifest)
+            .await
+            .with_context(|| format!("the Comms server did not accept batch {id}"))?;
+        journal.record(&manifest, "completed", None).await?;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("cannot remove the spooled batch {}: {e}", dir.display());
+        }
+        progress(&format!("batch {id} complete at the Comms server: {}", status.state.as_str()));
+
+        let t = Instant::now();
+        let wait = Duration::from_secs(self.cfg.extract.wait_secs);
+        let final_status = if wait.is_zero() { status } else { self.wait_verdict(&api, &id, wait, progress).await? };
+        timings.relay_import = t.elapsed();
+        if final_status.state.is_final() {
+            journal.record(&manifest, final_status.state.as_str(), final_status.detail.as_deref()).await?;
+        }
+        Ok(SyncReport { manifest, resumed, bytes_sent: sent, status: final_status, timings })
+    }
+
+    async fn extract(&self, spool: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
+        let mapping_path = self.cfg.mapping_path();
+        let text = std::fs::read_to_string(&mapping_path)
+            .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
+        let mapping = Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))?;
+        let source = SqliteSource::open(&self.cfg.erp_url()).await?;
+        let id = BatchId::new(chrono::Utc::now());
+        progress(&format!("extracting batch {id}"));
+        let opts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
+        let (mut manifest, _stats) =
+            extract_batch(&source, &mapping, spool, &id, &opts, &|_file: &str, _rows: u64| {}).await?;
+        if let Ok(reg) = self.registration() {
+            manifest.tenant = reg.tenant;
+        }
+        for f in &manifest.files {
+            progress(&format!("  {:<18} {:>9} rows {:>12} bytes -> {:>10} bz2", f.name, f.rows, f.bytes, f.compressed_bytes));
+        }
+        Ok(manifest)
+    }
+
+    async fn upload(
+        &self,
+        reg: &Registration,
+        dir: &Path,
+        m: &Manifest,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<u64> {
+        let sftp = SftpClient::connect(&self.sftp_config(reg), &reg.ssh_addr)
+            .await
+            .with_context(|| format!("cannot open SFTP to the Comms server at {}", reg.ssh_addr))?;
+        let remote = format!("/upload/{}", m.batch_id);
+        sftp.mkdir_all(&remote).await?;
+        let mut sent = 0;
+        for f in &m.files {
+            let name = f.compressed_name();
+            let target = format!("{remote}/{name}");
+            if sftp.stat_size(&target).await? == Some(f.compressed_bytes) {
+                progress(&format!("  {name} already at the server"));
+                continue;
+            }
+            sent += sftp.upload_file(&dir.join(&name), &target).await.with_context(|| format!("uploading {name}"))?;
+        }
+        sftp.close().await?;
+        progress(&format!("uploaded {sent} bytes over SFTP"));
+        Ok(sent)
+    }
+
+    async fn wait_verdict(
+        &self,
+        api: &ApiClient,
+        id: &BatchId,
+        wait: Duration,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BatchStatus> {
+        let deadline = Instant::now() + wait;
+        let mut last = None;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let s: BatchStatus = api.get(&format!("/v1/batches/{id}")).await?;
+            if last != Some(s.state) {
+                progress(&format!("batch {id}: {}", s.state.as_str()));
+                last = Some(s.state);
+            }
+            if s.state.is_final() || Instant::now() >= deadline {
+                return Ok(s);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    pub extract: Duration,
+    pub upload: Duration,
+    pub relay_import: Duration,
+}
+
+pub struct SyncReport {
+    pub manifest: Manifest,
+    pub resumed: bool,
+    pub bytes_sent: u64,
+    pub status: BatchStatus,
+    pub timings: Timings,
+}

@@ -1,0 +1,91 @@
+//! A complete Ferry system in one process on 127.0.0.1 (port 0): an App server, a Comms server wired to it
+//! (service key trusted by the App, App fingerprints pinned by Comms), and helpers to add tenants and set up
+//! Connectors. What the demo runs, and what the integration tests talk to over real sockets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ferry_app::AppConfig;
+use ferry_app::server::AppHandle;
+use ferry_comms::admin::Admin;
+use ferry_comms::config::AppEndpoint;
+use ferry_comms::{CommsConfig, CommsHandle};
+use ferry_connector::agent::{self, Connector};
+use ferry_io::keys::KeyAlgorithm;
+use ferry_web::identity::ServerIdentity;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub app: AppHandle,
+    pub comms: CommsHandle,
+}
+
+async fn listeners() -> anyhow::Result<(std::net::TcpListener, tokio::net::TcpListener)> {
+    let https = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let ssh = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok((https, ssh))
+}
+
+impl Cluster {
+    /// Start App then Comms under `dir/app` and `dir/comms`.
+    pub async fn start(dir: &Path) -> anyhow::Result<Cluster> {
+        Self::start_with(dir, |_| {}, |_| {}).await
+    }
+
+    pub async fn start_with(
+        dir: &Path,
+        tweak_app: impl FnOnce(&mut AppConfig),
+        tweak_comms: impl FnOnce(&mut CommsConfig),
+    ) -> anyhow::Result<Cluster> {
+        let comms_dir = dir.join("comms");
+        // The Comms identity exists before the App starts, so the App can trust its service key.
+        let comms_id = ServerIdentity::load_or_create(&comms_dir, None, &[])?;
+        let mut app_cfg = AppConfig {
+            data_dir: dir.join("app"),
+            comms_keys: vec![ferry_io::keys::public_key_openssh(comms_id.service_key.public_key())?],
+            ..AppConfig::default()
+        };
+        tweak_app(&mut app_cfg);
+        let (h, s) = listeners().await?;
+        let app = ferry_app::server::start(app_cfg, h, s).await.context("starting the app server")?;
+        let mut comms_cfg = CommsConfig {
+            data_dir: comms_dir,
+            app: AppEndpoint {
+                api_url: app.url(),
+                tls_fingerprint: app.state.identity.tls_fingerprint.clone(),
+                ssh_addr: app.ssh_addr.to_string(),
+                ssh_host_key_fingerprint: app.state.identity.ssh_host_key_fingerprint(),
+            },
+            ..CommsConfig::default()
+        };
+        let (h, s) = listeners().await?;
+        comms_cfg.listen_https = h.local_addr()?;
+        comms_cfg.listen_ssh = s.local_addr()?;
+        tweak_comms(&mut comms_cfg);
+        let comms = ferry_comms::start(comms_cfg, h, s).await.context("starting the comms server")?;
+        Ok(Cluster { dir: dir.to_path_buf(), app, comms })
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<Admin> {
+        Admin::open(self.comms.state.cfg.clone()).await
+    }
+
+    /// Create a tenant (and its instance); returns a registration token.
+    pub async fn add_tenant(&self, name: &str) -> anyhow::Result<String> {
+        self.admin().await?.add_tenant(name, &self.comms.url()).await
+    }
+
+    /// `connector init` in `dir/connectors/<name>` against `erp_db`, then register with a fresh token.
+    pub async fn connector(&self, name: &str, erp_db: &Path, token: &str) -> anyhow::Result<Connector> {
+        let cdir = self.dir.join("connectors").join(name);
+        agent::init(&cdir, &erp_db.display().to_string(), KeyAlgorithm::Rsa2048, false)?;
+        let c = Connector::load(&cdir.join("connector.toml"))?;
+        c.register(token).await?;
+        Ok(c)
+    }
+
+    pub async fn stop(self) {
+        self.comms.stop().await;
+        self.app.stop().await;
+    }
+}
