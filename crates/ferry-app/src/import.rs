@@ -480,7 +480,7 @@ fn classify_read_error(
     }
     let hint = if compressed != entry.compressed_bytes {
         format!(
-            " (the file has {compressed} bytes, the manifest says {}: it was probably cut short in transfer)",
+            " (the file has {compressed} bytes, the manifest says {}: it was damaged or cut short in transfer)",
             entry.compressed_bytes
         )
     } else {

@@ -172,6 +172,7 @@ async fn assert_rejected(f: &Fixture, bdir: &Path, m: &Manifest, expect: &[&str]
     assert!(!report.duplicate);
     assert!(report.files.is_empty());
     let detail = report.detail.clone().expect("a rejection has a detail");
+    eprintln!("rejected as expected: {detail}");
     for e in expect {
         assert!(detail.contains(e), "detail {detail:?} should contain {e:?}");
     }

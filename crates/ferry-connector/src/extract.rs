@@ -293,7 +293,6 @@ async fn extract_file(
     }
     drop(rows);
     if failure.is_none() {
-        sent += chunk.len() as u64;
         if !chunk.is_empty() {
             let _ = tx.send(Msg::Rows(chunk)).await;
         }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `warehouses` | one distribution centre `DC01` and two stores `ST01`, `ST02` |
 //! | `vendors`, `customers` | suppliers (local and import, with lead times) and trade/retail customers |
-//! | `categories`, `brands`, `items` | the item master; descriptions carry commas, quotes, `Ø`, `é`, `½`, one a line break |
+//! | `categories`, `brands`, `items` | the item master; descriptions carry commas, quotes, `Ø`, `è`, `é`, `½`, one a line break |
 //! | `item_warehouse` | per item and warehouse: on hand, allocated, costs, price, vendor, supplying warehouse, pack, MOQ |
 //! | `sales_lines` | two years of invoiced lines: intermittent (many zero days), lumpy orders, returns, seasonality, trend |
 //! | `purchase_orders`, `po_lines` | the DC's orders to vendors: received (history) and open, some partial, some late |
@@ -241,7 +241,6 @@ struct ItemLoc {
 }
 
 struct Item {
-    id: i64,
     sku: String,
     uom: &'static str,
     cost: f64,
@@ -318,7 +317,7 @@ const TEMPLATES: [&[Template]; 8] = [
     ],
     &[
         ("Crème white emulsion {a}, {b}", &["1 L", "2.5 L", "5 L"], &["matt", "silk"], "EA"),
-        ("Wood stain {a}, {b}", &["250 ml", "750 ml"], &["oak", "walnut", "teak"], "EA"),
+        ("Wood stain {a}, {b}", &["250 ml", "750 ml"], &["oak", "walnut", "rosé"], "EA"),
         ("Masking tape {a} x 50 m", &["19 mm", "25 mm", "38 mm"], &[""], "EA"),
     ],
     &[
@@ -519,7 +518,7 @@ impl Generator {
                 row![id, sku.as_str(), description, uom, volume, weight, CATEGORIES[cat].0, brand.0, self.vendors[vendor].code.as_str(), ymd(created), discontinued as i64],
             )
             .await?;
-            self.items.push(Item { id, sku, uom, cost, price, vendor, created: created.max(self.start), until, pack });
+            self.items.push(Item { sku, uom, cost, price, vendor, created: created.max(self.start), until, pack });
         }
         Self::finish(&mut b, conn, counts).await?;
 
@@ -741,10 +740,10 @@ impl Generator {
                 let mut line_no = 0i64;
                 for &i in &vendor_items {
                     let it = &self.items[i];
-                    if date < it.created || date > it.until || !self.chance(0.35) {
+                    let (sku, pack, cost, created, until) = (it.sku.clone(), it.pack, it.cost, it.created, it.until);
+                    if date < created || date > until || !self.chance(0.35) {
                         continue;
                     }
-                    let (sku, pack, cost) = (it.sku.clone(), it.pack, it.cost);
                     let need = demand[i] * cycle as f64 * self.rng.gen_range(0.7..1.5);
                     let qty = ((need / pack).ceil().max(1.0)) * pack;
                     let due = date + Duration::days(lead);

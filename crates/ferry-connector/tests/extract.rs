@@ -246,3 +246,41 @@ fn values_are_formatted_per_spec() {
     let e = format_value(&Column { name: "supplier", kind: Kind::Code, required: true }, &Text("   ".into()), &mut s);
     assert!(e.unwrap_err().contains("supplier is required but empty"));
 }
+
+/// Throughput of each stage on a generated sample: `FERRY_BENCH_SIZE=medium cargo test --release -p ferry-connector
+/// --test extract bench -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn bench() {
+    let size = match std::env::var("FERRY_BENCH_SIZE").as_deref() {
+        Ok("medium") => SampleSize::Medium,
+        _ => SampleSize::Small,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("erp.db");
+    let summary = generate_sample_erp_at(&db, size, NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()).await.unwrap();
+    eprintln!("generate {size:?}: {} rows in {:.1}s ({:?})", summary.total_rows(), summary.seconds, summary.tables);
+    let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
+    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+
+    let q = &mapping.files["sales.csv"].query;
+    let t = std::time::Instant::now();
+    let n = src.rows(q).fold(0u64, |n, r| async move { r.unwrap(); n + 1 }).await;
+    let s = t.elapsed().as_secs_f64();
+    eprintln!("query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s", n as f64 / s);
+
+    for level in [9, 1] {
+        let batch = BatchId::new(chrono::Utc::now());
+        let opts = ExtractOptions { level, threads: 0 };
+        let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _| {}).await.unwrap();
+        let mb = stats.bytes() as f64 / 1e6;
+        eprintln!(
+            "extract level {level}: {} rows, {mb:.1} MB -> {:.1} MB in {:.2}s = {:.0} rows/s, {:.1} MB/s plain",
+            stats.rows(),
+            stats.compressed_bytes() as f64 / 1e6,
+            stats.seconds,
+            stats.rows() as f64 / stats.seconds,
+            mb / stats.seconds
+        );
+    }
+}

@@ -302,6 +302,12 @@ pub fn verify(
     })
 }
 
+/// The `keyid` a request claims, without verifying anything: lets an async server fetch the key
+/// first and then call [`verify`] with `|id| (id == keyid).then(|| key.clone())`.
+pub fn keyid_of(headers: &HeaderMap) -> Result<String, SigError> {
+    Ok(parse_signature_input(&header(headers, "signature-input")?)?.keyid)
+}
+
 /// Remembers recently seen nonces until they expire, to refuse replayed requests.
 ///
 /// Use `expires_at = created + max_age_secs + MAX_FUTURE_SECS`: after that [`verify`] refuses the
@@ -768,6 +774,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!(v.keyid, keys::fingerprint(key.public_key()));
+            assert_eq!(keyid_of(&headers_of(&s)).unwrap(), v.keyid);
             assert_eq!(v.created, NOW);
             assert!(v.nonce.len() >= 22);
             let alg = if key == rsa_key() {

@@ -289,7 +289,7 @@ impl ServerCertVerifier for PinnedCert {
             .iter()
             .zip(self.pin.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 || true {
+        if diff == 0 {
             return Ok(ServerCertVerified::assertion());
         }
         let err = PinMismatch {

@@ -161,7 +161,7 @@ impl ServerConfig {
             preferred,
             nodelay: true,
             // Not the deadlock fix (the pump drains channels continuously), only smoothing.
-            channel_buffer_size: 256,
+            channel_buffer_size: 100,
             ..Default::default()
         })
     }
@@ -397,7 +397,7 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel_id)?;
         tracing::debug!(tenant = %principal.name, "sftp subsystem started");
         let fs = fs::ConfinedFs::new(root, principal.name.clone());
-        tokio::spawn(pump::run(channel, fs, principal.name));
+        russh_sftp::server::run_with_config(channel.into_stream(), fs, russh_sftp::server::Config::default()).await;
         Ok(())
     }
 
