@@ -343,7 +343,7 @@ async fn openssh_sftp_put_and_get_with_deep_pipelining() {
 
     let t = Instant::now();
     let mut cmd = tokio::process::Command::new(sftp);
-    cmd.args(["-R", "256"]).arg("-b")
+    cmd.args(["-R", "512", "-B", "16384"]).arg("-b")
         .arg(&batch)
         .arg("-F")
         .arg("/dev/null")

@@ -43,6 +43,8 @@ impl ServerIdentity {
                 key_pem: std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
             },
             None => {
+                std::fs::create_dir_all(data_dir.join("tls"))
+                    .with_context(|| format!("cannot create {}", data_dir.join("tls").display()))?;
                 let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
                 all.extend(names.iter().cloned());
                 ferry_io::tls::load_or_create_self_signed(
