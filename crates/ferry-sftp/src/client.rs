@@ -178,7 +178,9 @@ impl russh::client::Handler for PinnedHost {
                 cert.public_key().fingerprint(HashAlg::Sha256)
             }
         };
-        if got == self.expected && matches!(server_public_key, PublicKeyOrCertificate::PublicKey { .. }) {
+        if got == self.expected
+            && matches!(server_public_key, PublicKeyOrCertificate::PublicKey { .. })
+        {
             return Ok(true);
         }
         if let Ok(mut slot) = self.mismatch.lock() {
@@ -197,7 +199,10 @@ pub struct SftpClient {
 /// Splits `dir/name` into (`dir`, `name`); `dir` is empty for a bare name.
 fn split_remote(remote: &str) -> Result<(&str, &str), ClientError> {
     let (dir, name) = match remote.rfind('/') {
-        Some(i) => (remote.get(..i).unwrap_or(""), remote.get(i + 1..).unwrap_or("")),
+        Some(i) => (
+            remote.get(..i).unwrap_or(""),
+            remote.get(i + 1..).unwrap_or(""),
+        ),
         None => ("", remote),
     };
     if name.is_empty() || name == "." || name == ".." {
@@ -275,7 +280,9 @@ impl SftpClient {
     fn check_pin(cfg: &ClientConfig) -> Result<Fingerprint, ClientError> {
         let pin = cfg.host_key_fingerprint.trim();
         if !pin.starts_with("SHA256:") {
-            return Err(ClientError::BadFingerprint(cfg.host_key_fingerprint.clone()));
+            return Err(ClientError::BadFingerprint(
+                cfg.host_key_fingerprint.clone(),
+            ));
         }
         Fingerprint::from_str(pin)
             .map_err(|_| ClientError::BadFingerprint(cfg.host_key_fingerprint.clone()))
@@ -358,7 +365,11 @@ impl SftpClient {
 
     /// Creates `path` and its missing parents (like `mkdir -p`).
     pub async fn mkdir_all(&self, path: &str) -> Result<(), ClientError> {
-        let mut current = if path.starts_with('/') { "/".to_owned() } else { String::new() };
+        let mut current = if path.starts_with('/') {
+            "/".to_owned()
+        } else {
+            String::new()
+        };
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             current = join_remote(&current, part);
             match self.sftp.metadata(current.as_str()).await {
@@ -404,7 +415,12 @@ impl SftpClient {
         self.upload(local, remote, true).await
     }
 
-    async fn upload(&self, local_path: &Path, remote: &str, replace: bool) -> Result<u64, ClientError> {
+    async fn upload(
+        &self,
+        local_path: &Path,
+        remote: &str,
+        replace: bool,
+    ) -> Result<u64, ClientError> {
         let (dir, name) = split_remote(remote)?;
         let part = join_remote(dir, &format!(".{name}.part"));
         let mut src = tokio::fs::File::open(local_path)
@@ -457,7 +473,9 @@ impl SftpClient {
         let mut buf = vec![0u8; CHUNK];
         let mut sent: u64 = 0;
         loop {
-            let n = fill(src, &mut buf).await.map_err(local("read", local_path))?;
+            let n = fill(src, &mut buf)
+                .await
+                .map_err(local("read", local_path))?;
             if n == 0 {
                 break;
             }
@@ -519,21 +537,29 @@ impl SftpClient {
     }
 
     async fn download_to(&self, remote: &str, tmp: &Path) -> Result<u64, ClientError> {
-        let mut src = self.sftp.open(remote).await.map_err(on_remote("open", remote))?;
+        let mut src = self
+            .sftp
+            .open(remote)
+            .await
+            .map_err(on_remote("open", remote))?;
         let expected = src
             .metadata()
             .await
             .map_err(on_remote("stat", remote))?
             .size;
-        let mut dst = tokio::fs::File::create(tmp).await.map_err(local("create", tmp))?;
+        let mut dst = tokio::fs::File::create(tmp)
+            .await
+            .map_err(local("create", tmp))?;
         let mut buf = vec![0u8; CHUNK];
         let mut got: u64 = 0;
         loop {
-            let n = fill(&mut src, &mut buf).await.map_err(|source| ClientError::Transfer {
-                op: "download",
-                path: remote.to_owned(),
-                source,
-            })?;
+            let n = fill(&mut src, &mut buf)
+                .await
+                .map_err(|source| ClientError::Transfer {
+                    op: "download",
+                    path: remote.to_owned(),
+                    source,
+                })?;
             if n == 0 {
                 break;
             }
@@ -560,7 +586,11 @@ impl SftpClient {
     /// Regular files in `dir` with their sizes, sorted by name (directories are left out;
     /// in-progress uploads show up as `.<name>.part`).
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ClientError> {
-        let entries = self.sftp.read_dir(dir).await.map_err(on_remote("list", dir))?;
+        let entries = self
+            .sftp
+            .read_dir(dir)
+            .await
+            .map_err(on_remote("list", dir))?;
         let mut out: Vec<(String, u64)> = entries
             .filter(|e| e.file_type() == FileType::File)
             .map(|e| (e.file_name(), e.metadata().size.unwrap_or(0)))
@@ -580,12 +610,18 @@ impl SftpClient {
 
     /// Renames `from` to `to`; fails if `to` exists (on a Ferry server).
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        self.sftp.rename(from, to).await.map_err(on_remote("rename", from))
+        self.sftp
+            .rename(from, to)
+            .await
+            .map_err(on_remote("rename", from))
     }
 
     /// Removes the file `path`.
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
-        self.sftp.remove_file(path).await.map_err(on_remote("remove", path))
+        self.sftp
+            .remove_file(path)
+            .await
+            .map_err(on_remote("remove", path))
     }
 
     /// Ends the SFTP session and the SSH connection.

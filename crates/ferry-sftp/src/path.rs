@@ -31,9 +31,13 @@ pub enum PathError {
     TooLong,
     #[error("the path climbs above your root with '..'; use a path inside your root")]
     AboveRoot,
-    #[error("the path leads outside your root through a symbolic link; use a path inside your root")]
+    #[error(
+        "the path leads outside your root through a symbolic link; use a path inside your root"
+    )]
     OutsideRoot,
-    #[error("the root directory of this account is unavailable ({0}); ask the operator to check it")]
+    #[error(
+        "the root directory of this account is unavailable ({0}); ask the operator to check it"
+    )]
     RootUnavailable(io::ErrorKind),
     #[error("the path could not be resolved ({0}); try again, or ask the operator if it persists")]
     Resolve(io::ErrorKind),
@@ -168,7 +172,15 @@ mod tests {
     #[test]
     fn dot_dot_above_root_is_refused() {
         let (dir, _) = root();
-        for p in ["..", "../..", "/..", "a/../..", "a/../../b", "./../x", "a/b/../../../etc"] {
+        for p in [
+            "..",
+            "../..",
+            "/..",
+            "a/../..",
+            "a/../../b",
+            "./../x",
+            "a/b/../../../etc",
+        ] {
             assert_eq!(confine(dir.path(), p), Err(PathError::AboveRoot), "{p}");
         }
     }
@@ -183,7 +195,10 @@ mod tests {
         assert_eq!(confine(dir.path(), "/").unwrap(), canon);
         assert_eq!(confine(dir.path(), "").unwrap(), canon);
         assert_eq!(confine(dir.path(), ".").unwrap(), canon);
-        assert_eq!(confine(dir.path(), "//a///b/./").unwrap(), canon.join("a/b"));
+        assert_eq!(
+            confine(dir.path(), "//a///b/./").unwrap(),
+            canon.join("a/b")
+        );
         assert_eq!(confine(dir.path(), "a/../b").unwrap(), canon.join("b"));
     }
 
@@ -191,7 +206,10 @@ mod tests {
     fn nul_backslash_and_long_paths_are_refused() {
         let (dir, _) = root();
         assert_eq!(confine(dir.path(), "a\0b"), Err(PathError::Nul));
-        assert_eq!(confine(dir.path(), "..\\..\\etc"), Err(PathError::Backslash));
+        assert_eq!(
+            confine(dir.path(), "..\\..\\etc"),
+            Err(PathError::Backslash)
+        );
         assert_eq!(confine(dir.path(), "a\\b"), Err(PathError::Backslash));
         let long = "a/".repeat(MAX_PATH_LEN);
         assert_eq!(confine(dir.path(), &long), Err(PathError::TooLong));
@@ -213,11 +231,20 @@ mod tests {
         symlink(outside.path(), dir.path().join("evil")).unwrap();
         symlink(outside.path().join("secret"), dir.path().join("evil_file")).unwrap();
         symlink("/nonexistent/dangling", dir.path().join("dangling")).unwrap();
-        for p in ["evil/secret", "/evil/secret", "evil", "evil/new/deeper", "evil_file"] {
+        for p in [
+            "evil/secret",
+            "/evil/secret",
+            "evil",
+            "evil/new/deeper",
+            "evil_file",
+        ] {
             assert_eq!(confine(dir.path(), p), Err(PathError::OutsideRoot), "{p}");
         }
         assert_eq!(confine(dir.path(), "dangling"), Err(PathError::OutsideRoot));
-        assert_eq!(confine(dir.path(), "dangling/x"), Err(PathError::OutsideRoot));
+        assert_eq!(
+            confine(dir.path(), "dangling/x"),
+            Err(PathError::OutsideRoot)
+        );
     }
 
     #[test]

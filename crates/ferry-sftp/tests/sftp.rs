@@ -31,6 +31,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(keys: KeyList) -> Self {
+        Self::start_with(keys, |_| {}).await
+    }
+
+    async fn start_with(keys: KeyList, tune: impl FnOnce(&mut ServerConfig)) -> Self {
         let host_key = ed25519();
         let fingerprint = host_key_fingerprint(&host_key);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -38,7 +42,8 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let cfg = ServerConfig::new(host_key);
+        let mut cfg = ServerConfig::new(host_key);
+        tune(&mut cfg);
         let task = tokio::spawn(serve(cfg, listener, Arc::new(keys), async move {
             let _ = stopped.await;
         }));
@@ -120,7 +125,10 @@ async fn upload_download_round_trip_rename_list() {
     let client = server.connect(key).await.expect("connect");
 
     client.mkdir_all("/in/batch-1").await.expect("mkdir_all");
-    client.mkdir_all("in/batch-1").await.expect("mkdir_all is idempotent");
+    client
+        .mkdir_all("in/batch-1")
+        .await
+        .expect("mkdir_all is idempotent");
     assert!(root.path().join("in/batch-1").is_dir());
 
     let src = work.path().join("src.bin");
@@ -169,31 +177,51 @@ async fn upload_download_round_trip_rename_list() {
     assert_eq!(client.stat_size("in/batch-1/data.bin").await.unwrap(), None);
     let small = work.path().join("small.txt");
     std::fs::write(&small, b"hello\n").unwrap();
-    client.upload_file(&small, "in/batch-1/small.txt").await.unwrap();
+    client
+        .upload_file(&small, "in/batch-1/small.txt")
+        .await
+        .unwrap();
     let again = client.upload_file(&small, "in/batch-1/renamed.bin").await;
     assert!(again.is_err(), "upload over an existing file must fail");
-    assert!(client.rename("in/batch-1/small.txt", "in/batch-1/renamed.bin").await.is_err());
+    assert!(
+        client
+            .rename("in/batch-1/small.txt", "in/batch-1/renamed.bin")
+            .await
+            .is_err()
+    );
     client
         .upload_file_replacing(&small, "in/batch-1/renamed.bin")
         .await
         .expect("replacing upload");
     assert_eq!(
         client.list("in/batch-1").await.unwrap(),
-        vec![
-            ("renamed.bin".to_owned(), 6),
-            ("small.txt".to_owned(), 6)
-        ]
+        vec![("renamed.bin".to_owned(), 6), ("small.txt".to_owned(), 6)]
     );
 
     // an empty file round-trips too
     let empty = work.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
     assert_eq!(client.upload_file(&empty, "empty").await.unwrap(), 0);
-    assert_eq!(client.download_file("/empty", &work.path().join("empty2")).await.unwrap(), 0);
+    assert_eq!(
+        client
+            .download_file("/empty", &work.path().join("empty2"))
+            .await
+            .unwrap(),
+        0
+    );
 
     client.remove("in/batch-1/small.txt").await.expect("remove");
-    assert_eq!(client.stat_size("in/batch-1/small.txt").await.unwrap(), None);
-    assert!(client.remove("in/batch-1/small.txt").await.unwrap_err().is_not_found());
+    assert_eq!(
+        client.stat_size("in/batch-1/small.txt").await.unwrap(),
+        None
+    );
+    assert!(
+        client
+            .remove("in/batch-1/small.txt")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 
     client.close().await.expect("close");
     server.stop().await;
@@ -299,15 +327,98 @@ async fn principals_are_confined_to_their_roots() {
     server.stop().await;
 }
 
+/// Reads until the server closes the connection; returns how long that took.
+async fn time_until_closed(stream: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the server kept a silent connection open for 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_after_the_auth_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(KeyList::new(), |cfg| {
+        cfg.auth_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // sends nothing at all
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(time_until_closed(&mut silent).await < Duration::from_secs(5));
+    // sends its version string, then nothing (no key exchange, no login)
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(b"SSH-2.0-stalled\r\n").await.unwrap();
+    assert!(time_until_closed(&mut stalled).await < Duration::from_secs(5));
+    server.stop().await;
+}
+
 fn openssh_sftp() -> Option<PathBuf> {
     let p = PathBuf::from("/usr/bin/sftp");
     p.exists().then_some(p)
 }
 
+/// Runs OpenSSH `sftp -b batch` against the test server, with a deadline: a hang is a failure.
+async fn run_openssh(
+    sftp: &Path,
+    key_file: &Path,
+    port: u16,
+    extra: &[&str],
+    batch: &Path,
+    cwd: &Path,
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(sftp);
+    cmd.args(extra)
+        .arg("-b")
+        .arg(batch)
+        .args(["-F", "/dev/null", "-i"])
+        .arg(key_file)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-P",
+        ])
+        .arg(port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(cwd)
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("sftp finished in time (a hang here means the pipelining deadlock is back)")
+        .expect("run sftp")
+}
+
+fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openssh_sftp_put_and_get_with_deep_pipelining() {
     let Some(sftp) = openssh_sftp() else {
-        eprintln!("SKIPPED openssh_sftp_put_and_get_with_deep_pipelining: /usr/bin/sftp is not installed");
+        eprintln!(
+            "SKIPPED openssh_sftp_put_and_get_with_deep_pipelining: /usr/bin/sftp is not installed"
+        );
         return;
     };
     let root = tempfile::tempdir().unwrap();
@@ -325,12 +436,15 @@ async fn openssh_sftp_put_and_get_with_deep_pipelining() {
         KeyList::new().with(key.public_key().clone(), principal("acme", root.path())),
     )
     .await;
+    let port = server.addr.port();
 
     let src = work.path().join("src.bin");
-    let back = work.path().join("back.bin");
     let len = 20 * 1024 * 1024 + 777;
     random_file(&src, len, 42);
-    let batch = work.path().join("batch");
+
+    // 1. OpenSSH defaults: 64 requests in flight, 255 KiB each (from limits@openssh.com)
+    let back = work.path().join("back.bin");
+    let batch = work.path().join("batch1");
     std::fs::write(
         &batch,
         format!(
@@ -340,84 +454,59 @@ async fn openssh_sftp_put_and_get_with_deep_pipelining() {
         ),
     )
     .unwrap();
-
     let t = Instant::now();
-    let mut cmd = tokio::process::Command::new(sftp);
-    cmd.args(["-R", "512", "-B", "16384"]).arg("-b")
-        .arg(&batch)
-        .arg("-F")
-        .arg("/dev/null")
-        .arg("-i")
-        .arg(&key_file)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-P",
-        ])
-        .arg(server.addr.port().to_string())
-        .arg("acme@127.0.0.1")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(40), cmd.output())
-        .await
-        .expect("sftp finished in time (a hang here means the pipelining deadlock is back)")
-        .expect("run sftp");
+    let out = run_openssh(&sftp, &key_file, port, &[], &batch, work.path()).await;
     let took = t.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sftp failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    assert_ok(&out, "sftp put/get");
     assert!(same_bytes(&src, &back), "bytes differ after put + get");
-    assert!(stdout.contains("big.bin"), "ls output: {stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("big.bin"),
+        "ls shows the file"
+    );
     assert!(!root.path().join("up").exists(), "rmdir ran");
     eprintln!(
-        "openssh sftp put + get of {len} bytes: {:.2} s ({:.0} MB/s both ways)",
+        "openssh sftp put + get of {len} bytes: {:.2} s ({:.0} MB/s both ways, incl. login)",
         took.as_secs_f64(),
         mb_per_s(2 * len as u64, took)
     );
 
-    // escapes through OpenSSH too
+    // 2. Deep pipelining: 512 requests of 16 KiB in flight. Without the pump (russh-sftp's own
+    // runner, channel_buffer_size 100) this hangs forever; measured while writing this test.
+    let back2 = work.path().join("back2.bin");
     let batch = work.path().join("batch2");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} deep.bin\nget deep.bin {}\n",
+            src.display(),
+            back2.display()
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = run_openssh(
+        &sftp,
+        &key_file,
+        port,
+        &["-R", "512", "-B", "16384"],
+        &batch,
+        work.path(),
+    )
+    .await;
+    assert_ok(&out, "sftp -R 512 put/get");
+    assert!(
+        same_bytes(&src, &back2),
+        "bytes differ after deep put + get"
+    );
+    eprintln!(
+        "openssh sftp -R 512 -B 16384 put + get: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. Escapes fail through OpenSSH too
+    let batch = work.path().join("batch3");
     std::fs::write(&batch, "get ../../etc/hostname\n").unwrap();
-    let out = tokio::process::Command::new("/usr/bin/sftp")
-        .arg("-b")
-        .arg(&batch)
-        .args(["-F", "/dev/null", "-i"])
-        .arg(&key_file)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-P",
-        ])
-        .arg(server.addr.port().to_string())
-        .arg("acme@127.0.0.1")
-        .current_dir(work.path())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run sftp");
+    let out = run_openssh(&sftp, &key_file, port, &[], &batch, work.path()).await;
     assert!(!out.status.success(), "the escape must fail");
     assert!(!work.path().join("hostname").exists());
 

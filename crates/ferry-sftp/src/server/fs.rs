@@ -132,8 +132,9 @@ fn path_status(e: &PathError) -> StatusReply {
 fn io_status(op: &str, e: &io::Error) -> StatusReply {
     use io::ErrorKind as K;
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return StatusCode::PermissionDenied
-            .with_message(format!("{op}: symbolic links are not followed on this server"));
+        return StatusCode::PermissionDenied.with_message(format!(
+            "{op}: symbolic links are not followed on this server"
+        ));
     }
     let (code, what) = match e.kind() {
         K::NotFound => (StatusCode::NoSuchFile, "no such file or directory"),
@@ -143,9 +144,15 @@ fn io_status(op: &str, e: &io::Error) -> StatusReply {
             "the target already exists; remove it first or choose another name",
         ),
         K::DirectoryNotEmpty => (StatusCode::Failure, "the directory is not empty"),
-        K::NotADirectory => (StatusCode::NoSuchFile, "a component of the path is not a directory"),
+        K::NotADirectory => (
+            StatusCode::NoSuchFile,
+            "a component of the path is not a directory",
+        ),
         K::IsADirectory => (StatusCode::Failure, "the path is a directory"),
-        K::StorageFull => (StatusCode::Failure, "the server's disk is full; try again later"),
+        K::StorageFull => (
+            StatusCode::Failure,
+            "the server's disk is full; try again later",
+        ),
         K::QuotaExceeded => (StatusCode::Failure, "the disk quota is exceeded"),
         K::FileTooLarge => (StatusCode::Failure, "the file would become too large"),
         K::InvalidInput => (StatusCode::Failure, "invalid request for this file"),
@@ -386,8 +393,9 @@ impl russh_sftp::server::Handler for ConfinedFs {
                 file.clone()
             }
             Some(OpenHandle::Dir { .. }) => {
-                return Err(StatusCode::Failure
-                    .with_message("write: the handle is a directory handle"));
+                return Err(
+                    StatusCode::Failure.with_message("write: the handle is a directory handle")
+                );
             }
             None => return Err(bad_handle()),
         };

@@ -161,7 +161,7 @@ impl ServerConfig {
             preferred,
             nodelay: true,
             // Not the deadlock fix (the pump drains channels continuously), only smoothing.
-            channel_buffer_size: 100,
+            channel_buffer_size: 256,
             ..Default::default()
         })
     }
@@ -268,10 +268,13 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         channels: HashMap::new(),
     };
     // run_stream exchanges version strings; bounded by russh's inactivity timeout and ours
-    let session = tokio::time::timeout(auth_timeout, russh::server::run_stream(cfg, stream, handler))
-        .await
-        .context("the client did not send an SSH version string in time")?
-        .context("the SSH handshake failed")?;
+    let session = tokio::time::timeout(
+        auth_timeout,
+        russh::server::run_stream(cfg, stream, handler),
+    )
+    .await
+    .context("the client did not send an SSH version string in time")?
+    .context("the SSH handshake failed")?;
     let handle = session.handle();
     tokio::pin!(session);
     let login_deadline = tokio::time::sleep(auth_timeout);
@@ -314,7 +317,12 @@ struct SshHandler {
 }
 
 impl SshHandler {
-    fn refuse_request(&self, channel: ChannelId, what: &str, session: &mut Session) -> Result<(), russh::Error> {
+    fn refuse_request(
+        &self,
+        channel: ChannelId,
+        what: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         tracing::info!(peer = ?self.peer, tenant = ?self.principal.as_ref().map(|p| &p.name),
             "refused a {what} request: only the sftp subsystem is served");
         session.channel_failure(channel)
@@ -361,7 +369,9 @@ impl russh::server::Handler for SshHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         self.channels.insert(channel.id(), channel);
@@ -369,7 +379,11 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -383,7 +397,9 @@ impl russh::server::Handler for SshHandler {
         if name != "sftp" {
             return self.refuse_request(channel_id, "subsystem", session);
         }
-        let (Some(principal), Some(channel)) = (self.principal.clone(), self.channels.remove(&channel_id)) else {
+        let (Some(principal), Some(channel)) =
+            (self.principal.clone(), self.channels.remove(&channel_id))
+        else {
             return session.channel_failure(channel_id);
         };
         let root = match tokio::fs::canonicalize(&principal.root).await {
@@ -397,11 +413,15 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel_id)?;
         tracing::debug!(tenant = %principal.name, "sftp subsystem started");
         let fs = fs::ConfinedFs::new(root, principal.name.clone());
-        russh_sftp::server::run_with_config(channel.into_stream(), fs, russh_sftp::server::Config::default()).await;
+        tokio::spawn(pump::run(channel, fs, principal.name));
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.refuse_request(channel, "shell", session)
     }
 

@@ -78,10 +78,7 @@ async fn drain(mut read_half: russh::ChannelReadHalf, tx: mpsc::Sender<Queued>, 
                                     "sftp client queued more than {MAX_QUEUED_BYTES} bytes of requests; closing the channel");
                                 return;
                             };
-                            match tx.try_send(Queued {
-                                packet,
-                                permit,
-                            }) {
+                            match tx.try_send(Queued { packet, permit }) {
                                 Ok(()) => {}
                                 Err(mpsc::error::TrySendError::Full(_)) => {
                                     tracing::warn!(tenant = %tenant,

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: a started system, hand-built batches (to send exactly the bad
+//! input a test needs), and instance row counts.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use ferry::cluster::Cluster;
+use ferry_connector::agent::Connector;
+use ferry_io::digest::HashingWriter;
+use ferry_proto::batch::BatchId;
+use ferry_proto::manifest::{MANIFEST_NAME, Manifest, ManifestFile, Mode};
+use ferry_proto::spec;
+
+pub async fn cluster() -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path()).await.expect("cluster starts");
+    (dir, c)
+}
+
+/// A registered connector for a new tenant `name` (its ERP database need not exist for hand-built batches).
+pub async fn tenant(c: &Cluster, name: &str) -> Connector {
+    let token = c.add_tenant(name).await.expect("tenant add");
+    let erp = c.dir.join(format!("{name}-erp.db"));
+    c.connector(name, &erp, &token).await.expect("connector registers")
+}
+
+/// A small valid full batch: (file name, CSV text).
+pub fn good_files() -> Vec<(&'static str, String)> {
+    vec![
+        ("location.csv", "\"L1\",\"Main store\",1,\"G\",\"ST\"\n\"DC\",\"Warehouse\",1,,\"DC\"\n".into()),
+        ("master.csv", "\"A1\",\"Bolt, 10mm \"\"zinc\"\"\",\"EA\",0.1,0.2,,,,\"u-1\"\n\"B2\",\"Nut\",\"EA\",,,,,,\"u-2\"\n".into()),
+        (
+            "stock.csv",
+            "\"A1\",\"L1\",2024/01/05,1.50,1.20,2.99,10,0,\"EX\",\"S1\",\"S1\",\"BOX\",12,7,24,12,,,,,\n\"B2\",\"L1\",,0.5,0.4,,3,1,\"EX\",\"S1\",\"S1\",,,,,,,,,,\n".into(),
+        ),
+        ("supplier.csv", "\"S1\",\"Supplier One\",\"local\",7\n".into()),
+        (
+            "sales.csv",
+            "\"A1\",\"L1\",\"C1\",2026/01/02,2026/01/03,5,7.5,15,,\"INV-1\"\n\"A1\",\"L1\",\"C2\",2026/02/02,2026/02/03,-1,-1.5,-3,,\"CR-2\"\n\"B2\",\"L1\",,2026/03/01,2026/03/01,2.5,,,,\n".into(),
+        ),
+        ("po.csv", "\"A1\",\"L1\",\"S1\",\"PO1\",\"1\",2026/11/01,24,2026/12/01,24,\"P\",1.2\n".into()),
+    ]
+}
+
+/// Write the files compressed into the connector's spool for a new batch id, with a correct manifest.
+pub fn spool_batch(conn: &Connector, files: &[(&str, String)]) -> Manifest {
+    let id = BatchId::new(chrono::Utc::now());
+    let dir = conn.spool_dir(&id);
+    std::fs::create_dir_all(&dir).expect("spool dir");
+    let mut entries = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(format!("{name}.bz2"));
+        let out = std::fs::File::create(&path).expect("create");
+        let mut w = HashingWriter::new(ferry_io::bz::ParallelBzWriter::new(out, 9, 1));
+        w.write_all(text.as_bytes()).expect("write");
+        let (bz, d) = w.finish();
+        bz.finish().expect("finish bz2");
+        entries.push(ManifestFile {
+            name: name.to_string(),
+            rows: text.lines().count() as u64,
+            bytes: d.bytes,
+            compressed_bytes: std::fs::metadata(&path).expect("meta").len(),
+            md5: d.md5,
+            sha256: d.sha256,
+        });
+    }
+    let now = chrono::Utc::now();
+    let m = Manifest {
+        batch_id: id,
+        tenant: String::new(),
+        spec_version: ferry_proto::SPEC_VERSION.into(),
+        connector_version: ferry_proto::FERRY_VERSION.into(),
+        mode: Mode::Full,
+        extract_started: now,
+        extract_finished: now,
+        files: entries,
+    };
+    write_manifest(conn, &m);
+    m
+}
+
+pub fn write_manifest(conn: &Connector, m: &Manifest) {
+    let dir = conn.spool_dir(&m.batch_id);
+    std::fs::write(dir.join(MANIFEST_NAME), serde_json::to_vec(m).expect("json")).expect("manifest");
+}
+
+/// Rows per standard table in a tenant's instance.
+pub async fn counts(c: &Cluster, tenant: &str) -> BTreeMap<&'static str, u64> {
+    let inst = c.app.state.instance(tenant).await.expect("open").expect("instance exists");
+    let mut out = BTreeMap::new();
+    for f in spec::STANDARD_FILES {
+        out.insert(f.table, inst.0.count_rows(f.table).await.expect("count"));
+    }
+    out
+}
+
+pub fn quiet(_: &str) {}
+
+pub fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
