@@ -42,21 +42,26 @@ impl Default for AppConfig {
 
 impl AppConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the app config {}", path.display()))?;
-        let cfg: AppConfig =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid app config", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the app config {}", path.display()))?;
+        let cfg: AppConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid app config", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         for (i, k) in self.comms_keys.iter().enumerate() {
-            ferry_io::keys::parse_public_key(k)
-                .with_context(|| format!("comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)"))?;
+            ferry_io::keys::parse_public_key(k).with_context(|| {
+                format!(
+                    "comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)"
+                )
+            })?;
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
+            bail!(
+                "set both tls_cert and tls_key, or neither (a self-signed certificate is then created)"
+            );
         }
         Ok(())
     }

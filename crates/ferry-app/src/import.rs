@@ -244,10 +244,7 @@ async fn load(
     let reader = tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender));
 
     let mut db_error = None;
-    let mut ins = std::time::Duration::ZERO; let mut wait = std::time::Duration::ZERO;
-    let mut tw = std::time::Instant::now();
     while let Some(chunk) = receiver.recv().await {
-        wait += tw.elapsed(); let ti = std::time::Instant::now();
         let Some(w) = writers.get_mut(chunk.file) else {
             db_error = Some(ImportError::Internal(format!("rows for unknown file #{}", chunk.file)));
             break;
@@ -256,9 +253,7 @@ async fn load(
             db_error = Some(e.into());
             break;
         }
-        ins += ti.elapsed(); tw = std::time::Instant::now();
     }
-    eprintln!("TIMING insert {ins:?} wait {wait:?}");
     // Dropping the receiver stops the reader at its next send if we stopped early.
     drop(receiver);
     let read = reader.await.map_err(|e| ImportError::Internal(format!("the reading thread stopped: {e}")));

@@ -36,12 +36,19 @@ impl Journal {
             .max_connections(2)
             .connect_with(opts)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the connector journal {}: {e}", path.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open the connector journal {}: {e}", path.display())
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Journal { pool })
     }
 
-    pub async fn record(&self, m: &Manifest, state: &str, detail: Option<&str>) -> anyhow::Result<()> {
+    pub async fn record(
+        &self,
+        m: &Manifest,
+        state: &str,
+        detail: Option<&str>,
+    ) -> anyhow::Result<()> {
         let now = Utc::now().to_rfc3339();
         sqlx::query(
             "INSERT INTO batches(batch_id, state, detail, manifest, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -68,10 +75,12 @@ impl Journal {
     }
 
     pub async fn recent(&self, limit: i64) -> anyhow::Result<Vec<JournalBatch>> {
-        let rows = sqlx::query("SELECT manifest, state, detail FROM batches ORDER BY batch_id DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT manifest, state, detail FROM batches ORDER BY batch_id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(to_batch).collect()
     }
 
@@ -86,5 +95,9 @@ impl Journal {
 
 fn to_batch(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JournalBatch> {
     let m: String = r.get(0);
-    Ok(JournalBatch { manifest: serde_json::from_str(&m)?, state: r.get(1), detail: r.get(2) })
+    Ok(JournalBatch {
+        manifest: serde_json::from_str(&m)?,
+        state: r.get(1),
+        detail: r.get(2),
+    })
 }

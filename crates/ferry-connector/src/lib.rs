@@ -1,7 +1,7 @@
-pub mod mapping;
-pub mod source;
 pub mod extract;
+pub mod mapping;
 pub mod sample;
+pub mod source;
 
 pub mod agent;
 pub mod config;

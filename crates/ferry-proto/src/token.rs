@@ -21,14 +21,20 @@ pub struct RegistrationToken {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("this is not a ferry registration token (expected ferry1.…): copy the whole token printed by `ferry comms tenant add`")]
+#[error(
+    "this is not a ferry registration token (expected ferry1.…): copy the whole token printed by `ferry comms tenant add`"
+)]
 pub struct BadToken;
 
 impl RegistrationToken {
     pub fn generate(url: &str, tls_fingerprint: &str) -> Self {
         let mut secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut secret);
-        RegistrationToken { url: url.to_string(), tls: tls_fingerprint.to_string(), secret: URL_SAFE_NO_PAD.encode(secret) }
+        RegistrationToken {
+            url: url.to_string(),
+            tls: tls_fingerprint.to_string(),
+            secret: URL_SAFE_NO_PAD.encode(secret),
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -42,12 +42,16 @@ impl Cluster {
         let comms_id = ServerIdentity::load_or_create(&comms_dir, None, &[])?;
         let mut app_cfg = AppConfig {
             data_dir: dir.join("app"),
-            comms_keys: vec![ferry_io::keys::public_key_openssh(comms_id.service_key.public_key())?],
+            comms_keys: vec![ferry_io::keys::public_key_openssh(
+                comms_id.service_key.public_key(),
+            )?],
             ..AppConfig::default()
         };
         tweak_app(&mut app_cfg);
         let (h, s) = listeners().await?;
-        let app = ferry_app::server::start(app_cfg, h, s).await.context("starting the app server")?;
+        let app = ferry_app::server::start(app_cfg, h, s)
+            .await
+            .context("starting the app server")?;
         let mut comms_cfg = CommsConfig {
             data_dir: comms_dir,
             app: AppEndpoint {
@@ -62,8 +66,14 @@ impl Cluster {
         comms_cfg.listen_https = h.local_addr()?;
         comms_cfg.listen_ssh = s.local_addr()?;
         tweak_comms(&mut comms_cfg);
-        let comms = ferry_comms::start(comms_cfg, h, s).await.context("starting the comms server")?;
-        Ok(Cluster { dir: dir.to_path_buf(), app, comms })
+        let comms = ferry_comms::start(comms_cfg, h, s)
+            .await
+            .context("starting the comms server")?;
+        Ok(Cluster {
+            dir: dir.to_path_buf(),
+            app,
+            comms,
+        })
     }
 
     pub async fn admin(&self) -> anyhow::Result<Admin> {
@@ -72,13 +82,26 @@ impl Cluster {
 
     /// Create a tenant (and its instance); returns a registration token.
     pub async fn add_tenant(&self, name: &str) -> anyhow::Result<String> {
-        self.admin().await?.add_tenant(name, &self.comms.url()).await
+        self.admin()
+            .await?
+            .add_tenant(name, &self.comms.url())
+            .await
     }
 
     /// `connector init` in `dir/connectors/<name>` against `erp_db`, then register with a fresh token.
-    pub async fn connector(&self, name: &str, erp_db: &Path, token: &str) -> anyhow::Result<Connector> {
+    pub async fn connector(
+        &self,
+        name: &str,
+        erp_db: &Path,
+        token: &str,
+    ) -> anyhow::Result<Connector> {
         let cdir = self.dir.join("connectors").join(name);
-        agent::init(&cdir, &erp_db.display().to_string(), KeyAlgorithm::Rsa2048, false)?;
+        agent::init(
+            &cdir,
+            &erp_db.display().to_string(),
+            KeyAlgorithm::Rsa2048,
+            false,
+        )?;
         let c = Connector::load(&cdir.join("connector.toml"))?;
         c.register(token).await?;
         Ok(c)

@@ -55,26 +55,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if erp.exists() {
         std::fs::remove_file(&erp)?;
     }
-    let summary = generate_sample_erp(&erp, size).await.context("generating the sample ERP")?;
-    println!("[1/5] sample ERP generated in {:.2}s: {summary:?}", t.elapsed().as_secs_f64());
+    let summary = generate_sample_erp(&erp, size)
+        .await
+        .context("generating the sample ERP")?;
+    println!(
+        "[1/5] sample ERP generated in {:.2}s: {summary:?}",
+        t.elapsed().as_secs_f64()
+    );
 
     let cluster = Cluster::start(&dir).await?;
-    println!("[2/5] app server  https://{}  sftp {}", cluster.app.https_addr, cluster.app.ssh_addr);
-    println!("      comms server https://{}  sftp {}", cluster.comms.https_addr, cluster.comms.ssh_addr);
+    println!(
+        "[2/5] app server  https://{}  sftp {}",
+        cluster.app.https_addr, cluster.app.ssh_addr
+    );
+    println!(
+        "      comms server https://{}  sftp {}",
+        cluster.comms.https_addr, cluster.comms.ssh_addr
+    );
 
     let tenant = "demo-distributor";
     let token = cluster.add_tenant(tenant).await?;
-    println!("[3/5] tenant {tenant} added; registration token {}…", &token[..token.len().min(24)]);
+    println!(
+        "[3/5] tenant {tenant} added; registration token {}…",
+        &token[..token.len().min(24)]
+    );
 
     let connector = cluster.connector(tenant, &erp, &token).await?;
-    println!("[4/5] connector initialised and registered (key {})", connector.key_fingerprint());
+    println!(
+        "[4/5] connector initialised and registered (key {})",
+        connector.key_fingerprint()
+    );
 
     println!("[5/5] sync");
-    let report = connector.sync(&|line: &str| println!("      {line}")).await?;
-    let inst = cluster.app.state.instance(tenant).await?.context("the tenant's instance is missing")?;
+    let report = connector
+        .sync(&|line: &str| println!("      {line}"))
+        .await?;
+    let inst = cluster
+        .app
+        .state
+        .instance(tenant)
+        .await?
+        .context("the tenant's instance is missing")?;
 
     println!();
-    println!("{:<18} {:>10} {:>10} {:>12} {:>10}  md5 (plain csv)", "file", "rows sent", "imported", "csv bytes", "bz2 bytes");
+    println!(
+        "{:<18} {:>10} {:>10} {:>12} {:>10}  md5 (plain csv)",
+        "file", "rows sent", "imported", "csv bytes", "bz2 bytes"
+    );
     let mut all_match = true;
     for f in &report.manifest.files {
         let imported = match spec::file_spec(&f.name) {
@@ -82,7 +109,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             None => 0,
         };
         all_match &= imported == f.rows;
-        println!("{:<18} {:>10} {:>10} {:>12} {:>10}  {}", f.name, f.rows, imported, f.bytes, f.compressed_bytes, f.md5);
+        println!(
+            "{:<18} {:>10} {:>10} {:>12} {:>10}  {}",
+            f.name, f.rows, imported, f.bytes, f.compressed_bytes, f.md5
+        );
     }
     let tm = &report.timings;
     let mb = report.manifest.files.iter().map(|f| f.bytes).sum::<u64>() as f64 / 1e6;
@@ -97,13 +127,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let ok = report.status.state == BatchState::Imported && all_match;
     match report.status.state {
-        BatchState::Imported => println!("batch {} imported: MD5 and SHA-256 of every file verified by the App server", report.status.batch_id),
-        s => println!("batch {} {}: {}", report.status.batch_id, s.as_str(), report.status.detail.as_deref().unwrap_or("")),
+        BatchState::Imported => println!(
+            "batch {} imported: MD5 and SHA-256 of every file verified by the App server",
+            report.status.batch_id
+        ),
+        s => println!(
+            "batch {} {}: {}",
+            report.status.batch_id,
+            s.as_str(),
+            report.status.detail.as_deref().unwrap_or("")
+        ),
     }
     if args.keep_running {
-        println!("servers keep running (Ctrl-C to stop); data in {}", dir.display());
+        println!(
+            "servers keep running (Ctrl-C to stop); data in {}",
+            dir.display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     cluster.stop().await;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

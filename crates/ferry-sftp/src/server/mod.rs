@@ -14,6 +14,7 @@
 //! (details in the `pump` module).
 
 mod fs;
+mod killable;
 mod pump;
 
 use std::borrow::Cow;
@@ -259,6 +260,10 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: Option<SocketAddr>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Cut the connection whenever this future ends or is dropped (e.g. aborted at shutdown).
+    let kill = CancellationToken::new();
+    let _cut_on_exit = kill.clone().drop_guard();
+    let stream = killable::Killable::new(stream, kill.clone());
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = SshHandler {
         auth,
@@ -267,7 +272,6 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         authenticated: authenticated.clone(),
         channels: HashMap::new(),
     };
-    // run_stream exchanges version strings; bounded by russh's inactivity timeout and ours
     let session = tokio::time::timeout(
         auth_timeout,
         russh::server::run_stream(cfg, stream, handler),
@@ -280,6 +284,21 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let login_deadline = tokio::time::sleep(auth_timeout);
     tokio::pin!(login_deadline);
     let mut deadline_passed = false;
+    // Politely ask russh to disconnect, then cut the stream if it has not ended meanwhile
+    // (russh ignores the request during a key exchange).
+    let end = |reason: &'static str| {
+        let handle = handle.clone();
+        let kill = kill.clone();
+        async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                handle.disconnect(Disconnect::ByApplication, reason.into(), "en".into()),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            kill.cancel();
+        }
+    };
     loop {
         tokio::select! {
             result = &mut session => {
@@ -289,18 +308,28 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 deadline_passed = true;
                 if !authenticated.load(Ordering::Acquire) {
                     tracing::info!(peer = ?peer, "sftp client did not log in within {auth_timeout:?}; disconnecting");
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "authentication timed out".into(), "en".into())
-                        .await;
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                    let ending = end("authentication timed out");
+                    tokio::pin!(ending);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        tokio::select! {
+                            _ = &mut session => {}
+                            () = &mut ending => { let _ = (&mut session).await; }
+                        }
+                    })
+                    .await;
                     anyhow::bail!("authentication timed out");
                 }
             }
             () = stop.cancelled() => {
-                let _ = handle
-                    .disconnect(Disconnect::ByApplication, "server shutting down".into(), "en".into())
-                    .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                let ending = end("server shutting down");
+                tokio::pin!(ending);
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    tokio::select! {
+                        _ = &mut session => {}
+                        () = &mut ending => { let _ = (&mut session).await; }
+                    }
+                })
+                .await;
                 return Ok(());
             }
         }
