@@ -29,13 +29,16 @@ use crate::config::AppConfig;
 use crate::import::{ImportLimits, import_batch};
 use crate::instance::Instance;
 
+/// An open instance and the lock that serialises imports into it.
+pub type SharedInstance = Arc<(Instance, Mutex<()>)>;
+
 pub struct AppState {
     pub cfg: AppConfig,
     pub identity: ServerIdentity,
     comms_keys: HashMap<String, PublicKey>,
     verifier: SignatureVerifier,
     /// Open instances; the mutex serialises imports into one instance.
-    instances: Mutex<HashMap<String, Arc<(Instance, Mutex<()>)>>>,
+    instances: Mutex<HashMap<String, SharedInstance>>,
 }
 
 impl AppState {
@@ -54,7 +57,7 @@ impl AppState {
     pub async fn instance(
         &self,
         tenant: &str,
-    ) -> anyhow::Result<Option<Arc<(Instance, Mutex<()>)>>> {
+    ) -> anyhow::Result<Option<SharedInstance>> {
         if !valid_tenant_name(tenant) {
             return Ok(None);
         }
@@ -254,7 +257,7 @@ async fn create(
 async fn open_instance(
     st: &AppState,
     tenant: &str,
-) -> Result<Arc<(Instance, Mutex<()>)>, ApiError> {
+) -> Result<SharedInstance, ApiError> {
     st.instance(tenant)
         .await
         .map_err(ApiError::Internal)?

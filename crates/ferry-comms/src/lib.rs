@@ -27,6 +27,9 @@ use tokio::sync::{Notify, watch};
 
 pub use config::CommsConfig;
 
+/// How soon a running server sees keys and tenants changed by `ferry comms tenant ...`.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(3);
+
 /// Active keys by fingerprint -> (tenant, key). Loaded from the database at start, updated on registration.
 #[derive(Default)]
 pub struct KeyCache(RwLock<HashMap<String, (String, PublicKey)>>);
@@ -206,6 +209,22 @@ pub async fn start(
         state.clone(),
         shutdown_signal(&rx),
     )));
+
+    // Operator actions (`tenant disable`, key changes) are made by another process on the same database:
+    // pick them up within seconds.
+    let (st, sd) = (state.clone(), shutdown_signal(&rx));
+    tasks.push(tokio::spawn(async move {
+        tokio::pin!(sd);
+        loop {
+            tokio::select! {
+                _ = &mut sd => return,
+                _ = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+            }
+            if let Err(e) = st.keys.reload(&st.db).await {
+                tracing::warn!("cannot reload keys from the database: {e:#}");
+            }
+        }
+    }));
     tracing::info!(%https_addr, %ssh_addr, "comms server listening");
     Ok(CommsHandle {
         https_addr,

@@ -584,7 +584,8 @@ impl SftpClient {
     }
 
     /// Regular files in `dir` with their sizes, sorted by name (directories are left out;
-    /// in-progress uploads show up as `.<name>.part`).
+    /// in-progress uploads show up as `.<name>.part`). Names are plain: entries containing `/`,
+    /// `\` or NUL, and `.`/`..`, are dropped, so they are safe to join onto a local directory.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ClientError> {
         let entries = self
             .sftp
@@ -594,6 +595,18 @@ impl SftpClient {
         let mut out: Vec<(String, u64)> = entries
             .filter(|e| e.file_type() == FileType::File)
             .map(|e| (e.file_name(), e.metadata().size.unwrap_or(0)))
+            .filter(|(name, _)| {
+                // callers join these names onto local paths: never let a server smuggle in
+                // a separator or a parent reference
+                let plain = !name.is_empty()
+                    && name != "."
+                    && name != ".."
+                    && !name.contains(['/', '\\', '\0']);
+                if !plain {
+                    tracing::warn!(dir, name = %name.escape_debug(), "ignoring a listed file name that is not a plain name");
+                }
+                plain
+            })
             .collect();
         out.sort();
         Ok(out)

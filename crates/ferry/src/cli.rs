@@ -271,7 +271,7 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 println!("no batches yet: run `ferry connector sync`");
             }
             for s in list {
-                let detail = s.detail.map(|d| format!(": {d}")).unwrap_or_default();
+                let detail = s.detail.map(|d| format!("\n    {d}")).unwrap_or_default();
                 println!(
                     "{}  {:<9} {:>3} files {:>10} rows  {}{}",
                     s.batch_id,

@@ -432,7 +432,7 @@ impl russh::server::Handler for SshHandler {
             return session.channel_failure(channel_id);
         };
         let root = match tokio::fs::canonicalize(&principal.root).await {
-            Ok(r) if r.is_dir() => r,
+            Ok(r) if tokio::fs::metadata(&r).await.is_ok_and(|m| m.is_dir()) => r,
             _ => {
                 tracing::error!(tenant = %principal.name,
                     "the sftp root of this principal does not exist or is not a directory; refusing sftp");
