@@ -312,9 +312,12 @@ async fn import(
         ..ImportLimits::default()
     };
     let t = std::time::Instant::now();
-    let report = import_batch(&inst.0, &dir, &manifest, &limits)
+    // In its own task: a client that disconnects must not cancel an import half-way (it would roll back).
+    let (inst2, dir2) = (inst.clone(), dir.clone());
+    let report = tokio::spawn(async move { import_batch(&inst2.0, &dir2, &manifest, &limits).await })
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     tracing::info!(%tenant, batch = %id, state = report.state.as_str(), secs = t.elapsed().as_secs_f64(), duplicate = report.duplicate, detail = report.detail.as_deref().unwrap_or(""), "import finished");
     if report.state == ferry_proto::api::BatchState::Imported {
         let _ = std::fs::remove_dir_all(&dir);

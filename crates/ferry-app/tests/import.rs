@@ -325,6 +325,32 @@ async fn good_batch_imports_and_a_second_import_is_a_no_op() {
     assert!(f.inst.count_rows("sales; DROP TABLE sales").await.is_err());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_imported_twice_at_once_is_imported_once() {
+    let f = fixture().await;
+    let (bdir, m) = write_batch(
+        f.dir.path(),
+        &id(2),
+        Mode::Incremental,
+        &[("sales.csv", sales(3000))],
+    );
+    let limits = ImportLimits::default();
+    let (a, b) = tokio::join!(
+        import_batch(&f.inst, &bdir, &m, &limits),
+        import_batch(&f.inst, &bdir, &m, &limits)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        (a.state, b.state),
+        (BatchState::Imported, BatchState::Imported)
+    );
+    assert!(
+        a.duplicate != b.duplicate,
+        "exactly one of the two imports does the work"
+    );
+    assert_eq!(f.inst.count_rows("sales").await.unwrap(), 2500 + 3000);
+}
+
 #[tokio::test]
 async fn a_full_batch_replaces_the_tables_it_carries() {
     let f = fixture().await;
