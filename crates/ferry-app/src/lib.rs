@@ -3,6 +3,7 @@
 //! batch whole or not at all.
 pub mod import;
 pub mod instance;
+pub mod planner;
 
 pub mod config;
 pub mod server;

@@ -9,7 +9,12 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_proto::api::{BatchStatus, RegisterRequest, RegisterResponse, WhoAmI};
+use std::time::Duration;
+
+use ferry_proto::api::{
+    BatchStatus, DownloadFile, FileAck, FileError, FileId, FileReady, FileState, RegisterRequest, RegisterResponse,
+    WhoAmI, valid_file_name, valid_tenant_name,
+};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
 use ferry_web::ApiError;
@@ -32,6 +37,10 @@ pub fn router(state: Arc<CommsState>) -> Router {
         .route("/v1/batches", get(list_batches))
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/complete", post(complete_batch))
+        .route("/v1/files", get(list_files))
+        .route("/v1/files/{id}/ack", post(ack_file))
+        .route("/v1/files/{id}/error", post(file_error))
+        .route("/v1/app/files", post(app_file_ready))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -274,6 +283,128 @@ async fn complete_batch(
     tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
     st.relay_wakeup.notify_one();
     Ok(Json(status))
+}
+
+/// Longest a `GET /v1/files?wait=N` may wait.
+pub const MAX_LONG_POLL_SECS: u64 = 60;
+
+#[derive(Deserialize)]
+struct FilesQuery {
+    wait: Option<u64>,
+}
+
+/// `GET /v1/files?wait=N`: the caller's download list; with `wait`, returns as soon as a file is waiting or
+/// after N seconds with an empty list.
+async fn list_files(
+    State(st): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<FilesQuery>,
+    body: Bytes,
+) -> Result<Json<Vec<DownloadFile>>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = st.downloads_changed.subscribe();
+    loop {
+        changed.mark_unchanged();
+        let files = db::ready_downloads(&st.db, &c.tenant).await?;
+        if !files.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(files));
+        }
+        if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            return Ok(Json(Vec::new()));
+        }
+    }
+}
+
+fn parse_file_id(id: &str) -> Result<FileId, ApiError> {
+    FileId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string().replace("batch id", "file id")))
+}
+
+/// `POST /v1/files/{id}/ack`: the Connector applied the file. Idempotent.
+async fn ack_file(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = parse_file_id(&id)?;
+    let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
+    let row = db::download(&st.db, &c.tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("file {id} is not on this connector's download list")))?;
+    if row.file.sha256 != ack.sha256 {
+        return Err(ApiError::Unprocessable(format!(
+            "file {id}: the acknowledged sha256 differs from the file's; download it again"
+        )));
+    }
+    if !db::set_download_delivered(&st.db, &c.tenant, &id).await? {
+        return Err(ApiError::Conflict(format!("file {id} is not ready yet")));
+    }
+    if row.state != FileState::Delivered {
+        let dir = st.sftp_root(&c.tenant).join("download").join(id.as_str());
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(tenant = %c.tenant, file = %id, "cannot remove the delivered file: {e}");
+        }
+        db::audit(&st.db, Some(&c.tenant), "file_delivered", &format!("{id} {}", row.file.name)).await;
+        tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
+        st.downstream_wakeup.notify_one();
+    }
+    Ok(Json(serde_json::json!({ "id": id, "state": "delivered" })))
+}
+
+/// `POST /v1/files/{id}/error`: the Connector could not apply the file; it will retry. Kept for operators.
+async fn file_error(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = parse_file_id(&id)?;
+    let e: FileError = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    let msg: String = e.error.chars().filter(|c| !c.is_control()).take(500).collect();
+    if !db::note_download_error(&st.db, &c.tenant, &id, &format!("connector: {msg}")).await? {
+        return Err(ApiError::NotFound(format!("file {id} is not on this connector's download list")));
+    }
+    tracing::warn!(tenant = %c.tenant, file = %id, "connector could not deliver: {msg}");
+    Ok(Json(serde_json::json!({ "id": id, "recorded": true })))
+}
+
+/// `POST /v1/app/files` (signed by the App's service key): a file is waiting in a tenant's outbox.
+async fn app_file_ready(
+    State(st): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app_key = st
+        .app_service_key
+        .clone()
+        .ok_or_else(|| ApiError::Unauthorized("this Comms server has no [app] service_key configured".into()))?;
+    let app_fp = ferry_io::keys::fingerprint(&app_key);
+    st.verifier.verify(&method, &uri, &headers, &body, |keyid| (keyid == app_fp).then(|| app_key.clone()))?;
+    let f: FileReady = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    if !valid_tenant_name(&f.tenant) || !valid_file_name(&f.name) {
+        return Err(ApiError::BadRequest("invalid tenant or file name".into()));
+    }
+    if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest("sha256 must be 64 hex digits".into()));
+    }
+    if !db::insert_download(&st.db, &f).await? {
+        return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));
+    }
+    tracing::info!(tenant = %f.tenant, file = %f.file_id, name = %f.name, "file announced by the App");
+    st.downstream_wakeup.notify_one();
+    Ok(Json(serde_json::json!({ "file_id": f.file_id, "state": "fetching" })))
 }
 
 async fn openapi() -> Json<serde_json::Value> {

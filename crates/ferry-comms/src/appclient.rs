@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_proto::api::{CreateInstance, ImportReport, InstanceCreated};
+use ferry_proto::api::{CreateInstance, FileProgress, FileReady, ImportReport, InstanceCreated};
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
 use ferry_web::client::ApiClient;
@@ -91,5 +91,23 @@ impl AppClient {
     pub async fn import(&self, tenant: &str, m: &Manifest) -> anyhow::Result<ImportReport> {
         let path = format!("/v1/instances/{tenant}/batches/{}/import", m.batch_id);
         Ok(self.api()?.post(&path, m).await?)
+    }
+
+    /// Download a file the App announced (`/<tenant>/outbox/<id>/<name>`) to `local`.
+    pub async fn fetch_file(&self, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
+        let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
+            .await
+            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
+        let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
+        let n = sftp.download_file(&remote, local).await.with_context(|| format!("fetching {remote}"))?;
+        sftp.close().await?;
+        Ok(n)
+    }
+
+    /// Tell the App how far a file it created has got.
+    pub async fn file_progress(&self, tenant: &str, id: &str, p: &FileProgress) -> anyhow::Result<()> {
+        let path = format!("/v1/instances/{tenant}/files/{id}/state");
+        let _: serde_json::Value = self.api()?.post(&path, p).await?;
+        Ok(())
     }
 }

@@ -46,6 +46,9 @@ pub struct AppEndpoint {
     pub ssh_addr: String,
     /// `SHA256:...` of the App server's SSH host key (from `ferry app info`).
     pub ssh_host_key_fingerprint: String,
+    /// The App server's service public key (OpenSSH line, from `ferry app info`): it signs the App's calls
+    /// announcing downstream files.
+    pub service_key: String,
 }
 
 impl Default for CommsConfig {

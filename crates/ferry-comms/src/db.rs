@@ -353,3 +353,175 @@ pub async fn note_batch_failure(
         .await?;
     Ok(())
 }
+
+// ---- downstream -------------------------------------------------------------------------------------------
+
+use ferry_proto::api::{DownloadFile, FileId, FileReady, FileState};
+
+/// Record a file the App announced; announcing it again changes nothing. Returns false if the tenant is unknown.
+pub async fn insert_download(pool: &SqlitePool, f: &FileReady) -> sqlx::Result<bool> {
+    let known = sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(&f.tenant).fetch_optional(pool).await?;
+    if known.is_none() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO downloads(tenant, file_id, name, state, bytes, md5, sha256, created_at)
+         VALUES (?, ?, ?, 'fetching', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(&f.tenant)
+    .bind(f.file_id.as_str())
+    .bind(&f.name)
+    .bind(f.bytes as i64)
+    .bind(&f.md5)
+    .bind(&f.sha256)
+    .bind(now())
+    .execute(pool)
+    .await?;
+    Ok(true)
+}
+
+/// A download row, as the workers need it.
+#[derive(Debug, Clone)]
+pub struct DownloadRow {
+    pub tenant: String,
+    pub file: FileReady,
+    pub state: FileState,
+    pub compressed_bytes: u64,
+    pub attempts: i64,
+    pub app_notified: String,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+fn parse_time(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|d| d.with_timezone(&Utc))
+}
+
+fn download_row(r: &sqlx::sqlite::SqliteRow) -> Option<DownloadRow> {
+    let id: String = r.get("file_id");
+    let state: String = r.get("state");
+    let tenant: String = r.get("tenant");
+    Some(DownloadRow {
+        file: FileReady {
+            tenant: tenant.clone(),
+            file_id: FileId::parse(&id).ok()?,
+            name: r.get("name"),
+            bytes: r.get::<i64, _>("bytes") as u64,
+            md5: r.get("md5"),
+            sha256: r.get("sha256"),
+        },
+        tenant,
+        state: FileState::parse(&state)?,
+        compressed_bytes: r.get::<i64, _>("compressed_bytes") as u64,
+        attempts: r.get("attempts"),
+        app_notified: r.get("app_notified"),
+        created_at: parse_time(r.get("created_at")).unwrap_or_default(),
+        delivered_at: parse_time(r.get("delivered_at")),
+    })
+}
+
+/// Files still to fetch from the App, and files whose progress the App has not heard of yet.
+pub async fn downloads_needing_work(pool: &SqlitePool) -> sqlx::Result<Vec<DownloadRow>> {
+    let rows = sqlx::query(
+        "SELECT * FROM downloads WHERE state = 'fetching' OR app_notified != state ORDER BY file_id LIMIT 200",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().filter_map(download_row).collect())
+}
+
+pub async fn download(pool: &SqlitePool, tenant: &str, id: &FileId) -> sqlx::Result<Option<DownloadRow>> {
+    let row = sqlx::query("SELECT * FROM downloads WHERE tenant = ? AND file_id = ?")
+        .bind(tenant)
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().and_then(download_row))
+}
+
+/// The tenant's download list: files ready and not yet acknowledged, oldest first.
+pub async fn ready_downloads(pool: &SqlitePool, tenant: &str) -> sqlx::Result<Vec<DownloadFile>> {
+    let rows = sqlx::query("SELECT * FROM downloads WHERE tenant = ? AND state = 'relayed' ORDER BY file_id LIMIT 100")
+        .bind(tenant)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(download_row)
+        .map(|d| DownloadFile {
+            path: download_path(&d.file.file_id, &d.file.name),
+            id: d.file.file_id,
+            name: d.file.name,
+            bytes: d.file.bytes,
+            md5: d.file.md5,
+            sha256: d.file.sha256,
+            compressed_bytes: d.compressed_bytes,
+            created_at: d.created_at,
+        })
+        .collect())
+}
+
+/// Where a ready file sits in the tenant's SFTP root.
+pub fn download_path(id: &FileId, name: &str) -> String {
+    format!("/download/{id}/{name}.bz2")
+}
+
+pub async fn set_download_ready(pool: &SqlitePool, tenant: &str, id: &FileId, compressed: u64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE downloads SET state = 'relayed', compressed_bytes = ?, ready_at = ?, last_error = NULL
+         WHERE tenant = ? AND file_id = ? AND state = 'fetching'",
+    )
+    .bind(compressed as i64)
+    .bind(now())
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Mark delivered (idempotent). Returns false if the file is not this tenant's or not yet ready.
+pub async fn set_download_delivered(pool: &SqlitePool, tenant: &str, id: &FileId) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE downloads SET state = 'delivered', delivered_at = COALESCE(delivered_at, ?), last_error = NULL
+         WHERE tenant = ? AND file_id = ? AND state IN ('relayed', 'delivered')",
+    )
+    .bind(now())
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn note_download_error(pool: &SqlitePool, tenant: &str, id: &FileId, error: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE downloads SET last_error = ?, attempts = attempts + 1 WHERE tenant = ? AND file_id = ?",
+    )
+    .bind(error)
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn set_app_notified(pool: &SqlitePool, tenant: &str, id: &FileId, state: FileState) -> sqlx::Result<()> {
+    sqlx::query("UPDATE downloads SET app_notified = ? WHERE tenant = ? AND file_id = ?")
+        .bind(state.as_str())
+        .bind(tenant)
+        .bind(id.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Last error of a file (operators' view).
+pub async fn download_error(pool: &SqlitePool, tenant: &str, id: &FileId) -> sqlx::Result<Option<String>> {
+    let row = sqlx::query("SELECT last_error FROM downloads WHERE tenant = ? AND file_id = ?")
+        .bind(tenant)
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}

@@ -10,6 +10,7 @@ pub mod api;
 pub mod appclient;
 pub mod config;
 pub mod db;
+pub mod downstream;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -72,6 +73,11 @@ pub struct CommsState {
     pub identity: ServerIdentity,
     pub app: appclient::AppClient,
     pub relay_wakeup: Notify,
+    pub downstream_wakeup: Notify,
+    /// Bumped whenever a file lands on some tenant's download list (long-polls wait on it).
+    pub downloads_changed: watch::Sender<u64>,
+    /// The App's service key, which signs its downstream announcements.
+    pub app_service_key: Option<PublicKey>,
     /// Where Connectors dial SFTP (given to them at registration).
     pub public_ssh_addr: String,
 }
@@ -170,6 +176,11 @@ pub async fn start(
     } else {
         cfg.public_ssh_addr.clone()
     };
+    let app_service_key = if cfg.app.service_key.is_empty() {
+        None
+    } else {
+        Some(ferry_io::keys::parse_public_key(&cfg.app.service_key).context("[app] service_key")?)
+    };
     let app = appclient::AppClient::new(&cfg.app, identity.service_key.clone())?;
     let tls = ferry_io::tls::server_config(&identity.tls)?;
     let ssh_cfg = ferry_sftp::server::ServerConfig {
@@ -186,6 +197,9 @@ pub async fn start(
         identity,
         app,
         relay_wakeup: Notify::new(),
+        downstream_wakeup: Notify::new(),
+        downloads_changed: watch::channel(0).0,
+        app_service_key,
         public_ssh_addr,
     });
     state.keys.reload(&state.db).await?;
@@ -205,6 +219,7 @@ pub async fn start(
             tracing::error!("sftp server stopped: {e:#}");
         }
     }));
+    tasks.push(tokio::spawn(downstream::run(state.clone(), shutdown_signal(&rx))));
     tasks.push(tokio::spawn(relay::run(
         state.clone(),
         shutdown_signal(&rx),

@@ -82,7 +82,9 @@ impl SqliteSource {
         let opts = opts
             .read_only(true)
             .create_if_missing(false)
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // rows are handed from SQLite's worker thread in batches: fewer thread wake-ups per row
+            .row_buffer_size(4096);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(opts)
@@ -131,6 +133,13 @@ impl Source for SqliteSource {
     }
 }
 
+enum Ty {
+    Int,
+    Float,
+    Text,
+    Blob,
+}
+
 /// Decode each column by the type of the value SQLite holds (SQLite types values, not columns).
 fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
     let n = row.columns().len();
@@ -146,22 +155,26 @@ fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
             out.push(SqlValue::Null);
             continue;
         }
-        let ty = raw.type_info().name().to_string();
-        drop(raw);
-        let v = match ty.as_str() {
-            "INTEGER" | "BOOLEAN" | "INT4" => SqlValue::Int(
+        let ty = match raw.type_info().name() {
+            "INTEGER" | "BOOLEAN" | "INT4" => Ty::Int,
+            "REAL" => Ty::Float,
+            "BLOB" => Ty::Blob,
+            _ => Ty::Text,
+        };
+        let v = match ty {
+            Ty::Int => SqlValue::Int(
                 row.try_get_unchecked::<i64, _>(i)
                     .map_err(|e| err(e.to_string()))?,
             ),
-            "REAL" => SqlValue::Float(
+            Ty::Float => SqlValue::Float(
                 row.try_get_unchecked::<f64, _>(i)
                     .map_err(|e| err(e.to_string()))?,
             ),
-            "BLOB" => SqlValue::Bytes(
+            Ty::Blob => SqlValue::Bytes(
                 row.try_get_unchecked::<Vec<u8>, _>(i)
                     .map_err(|e| err(e.to_string()))?,
             ),
-            _ => match row.try_get_unchecked::<Vec<u8>, _>(i) {
+            Ty::Text => match row.try_get_unchecked::<Vec<u8>, _>(i) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(s) => SqlValue::Text(s),
                     Err(e) => SqlValue::Bytes(e.into_bytes()),

@@ -145,3 +145,107 @@ mod tests {
         }
     }
 }
+
+/// Downstream file ids share the batch id format (sortable, path-safe).
+pub type FileId = BatchId;
+
+/// Names of downstream files (`po_000001.csv`, `rp_000002.csv`, any report name the App gives): 1-64 of
+/// `a-z 0-9 _ - .`, not starting with a dot. They become file names in the ERP's inbound folder.
+pub fn valid_file_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0] != b'.'
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'))
+        && !name.contains("..")
+}
+
+/// `POST /v1/app/files` (App -> Comms, signed by the App's service key): a file for a tenant is waiting in
+/// the App's outbox at `/<tenant>/outbox/<file_id>/<name>` on the App's SFTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReady {
+    pub tenant: String,
+    pub file_id: FileId,
+    pub name: String,
+    pub bytes: u64,
+    pub md5: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// Created in the instance (App side), Comms not yet told.
+    Created,
+    /// Comms knows it and is fetching it from the App.
+    Fetching,
+    /// Fetched by Comms, compressed and on the tenant's download list.
+    Relayed,
+    /// Applied by the Connector and acknowledged.
+    Delivered,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Created => "created",
+            FileState::Fetching => "fetching",
+            FileState::Relayed => "relayed",
+            FileState::Delivered => "delivered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [FileState::Created, FileState::Fetching, FileState::Relayed, FileState::Delivered]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
+}
+
+/// `GET /v1/files?wait=N` answers a list of these: files waiting for the caller's ERP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadFile {
+    pub id: FileId,
+    pub name: String,
+    /// Plain size and digests (what the Connector must end up with).
+    pub bytes: u64,
+    pub md5: String,
+    pub sha256: String,
+    /// Size of the `.bz2` to download, and its SFTP path in the tenant's root.
+    pub compressed_bytes: u64,
+    pub path: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/files/{id}/ack`: the file was applied to the ERP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileAck {
+    /// SHA-256 of the plain file as applied (must match).
+    pub sha256: String,
+}
+
+/// `POST /v1/files/{id}/error`: delivery failed on the ERP side; will be retried. Shown to operators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileError {
+    pub error: String,
+}
+
+/// Where a downstream file is, as the App sees it (`ferry app files TENANT`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileReceipt {
+    pub file_id: FileId,
+    pub name: String,
+    pub state: FileState,
+    pub created_at: DateTime<Utc>,
+    pub relayed_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/instances/{tenant}/files/{id}/state` (Comms -> App): progress of a file the App created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileProgress {
+    pub state: FileState,
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
+}

@@ -1,0 +1,114 @@
+//! Downstream worker: fetches each file the App announced over SFTP, verifies its SHA-256, compresses it with
+//! bzip2 into the tenant's `download/<id>/` folder (temporary name, then rename) and puts it on the tenant's
+//! download list, waking long-polling Connectors. It also tells the App how each file progresses (relayed,
+//! delivered), retrying until the App has heard. State lives in the `downloads` table: a restart resumes.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use ferry_proto::api::{FileProgress, FileState};
+
+use crate::{CommsState, db};
+
+pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let idle = match work(&st).await {
+            Ok(true) => {
+                backoff = Duration::from_millis(500);
+                continue;
+            }
+            Ok(false) => Duration::from_secs(30),
+            Err(e) => {
+                tracing::warn!("downstream work failed, retrying in {backoff:?}: {e:#}");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = st.downstream_wakeup.notified() => {}
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
+/// One pass over the files needing work. Ok(true) if something moved, Err if everything failed.
+async fn work(st: &CommsState) -> anyhow::Result<bool> {
+    let rows = db::downloads_needing_work(&st.db).await?;
+    let (mut moved, mut failure) = (false, None);
+    for row in rows {
+        let r = if row.state == FileState::Fetching { fetch(st, &row).await } else { tell_app(st, &row).await };
+        match r {
+            Ok(()) => moved = true,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
+                db::note_download_error(&st.db, &row.tenant, &row.file.file_id, &msg).await?;
+                failure = Some(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) if !moved => Err(e),
+        _ => Ok(moved),
+    }
+}
+
+async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
+    let f = &row.file;
+    let tmp_dir = st.cfg.data_dir.join("tenants").join(&row.tenant).join("tmp");
+    std::fs::create_dir_all(&tmp_dir)?;
+    let plain = tmp_dir.join(format!("{}.download", f.file_id));
+    st.app.fetch_file(f, &plain).await?;
+    let out_dir = st.sftp_root(&row.tenant).join("download").join(f.file_id.as_str());
+    std::fs::create_dir_all(&out_dir)?;
+    let final_path = out_dir.join(format!("{}.bz2", f.name));
+    let part = out_dir.join(format!(".{}.bz2.part", f.name));
+    let expected = f.clone();
+    let (p, fp) = (plain.clone(), part.clone());
+    let compressed = tokio::task::spawn_blocking(move || compress_verified(&p, &fp, expected.bytes, &expected.sha256))
+        .await
+        .context("compression task failed")??;
+    let _ = std::fs::remove_file(&plain);
+    std::fs::rename(&part, &final_path)?;
+    db::set_download_ready(&st.db, &row.tenant, &f.file_id, compressed).await?;
+    tracing::info!(tenant = %row.tenant, file = %f.file_id, name = %f.name, bytes = f.bytes, compressed, "file ready for download");
+    st.downloads_changed.send_modify(|v| *v += 1);
+    // The App hears "relayed" on the next pass.
+    st.downstream_wakeup.notify_one();
+    Ok(())
+}
+
+/// Compress `plain` into `out` while checking it is the file the App announced. Returns the compressed size.
+fn compress_verified(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyhow::Result<u64> {
+    let mut input = std::fs::File::open(plain)?;
+    let file = std::fs::File::create(out)?;
+    let mut w = ferry_io::digest::HashingWriter::new(ferry_io::bz::ParallelBzWriter::new(file, 9, 0));
+    std::io::copy(&mut input, &mut w)?;
+    let (bz, d) = w.finish();
+    let file = bz.finish()?;
+    file.sync_all()?;
+    if d.bytes != bytes || d.sha256 != sha256 {
+        let _ = std::fs::remove_file(out);
+        bail!("the file fetched from the App does not match what it announced ({} bytes, sha256 {}); fetching again", d.bytes, d.sha256);
+    }
+    Ok(std::fs::metadata(out)?.len())
+}
+
+async fn tell_app(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
+    let at = match row.state {
+        FileState::Delivered => row.delivered_at.unwrap_or_else(Utc::now),
+        _ => Utc::now(),
+    };
+    let p = FileProgress { state: row.state, at, detail: None };
+    st.app.file_progress(&row.tenant, row.file.file_id.as_str(), &p).await?;
+    db::set_app_notified(&st.db, &row.tenant, &row.file.file_id, row.state).await?;
+    Ok(())
+}
