@@ -22,6 +22,21 @@ pub struct AppConfig {
     pub comms_keys: Vec<String>,
     /// Cap on the decompressed size of any one file of a batch (bzip2 bombs).
     pub max_decompressed_bytes: u64,
+    /// Run the planner after every successful import and send the recommended orders down.
+    pub plan_after_import: bool,
+    /// Service level for the planner's safety stock (0.5-0.9999).
+    pub service_level: f64,
+    /// The Comms server this App announces downstream files to.
+    pub comms: CommsEndpoint,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommsEndpoint {
+    /// `https://comms.example:8443`
+    pub api_url: String,
+    /// `sha256:<hex>` of the Comms TLS certificate (`ferry comms info`); empty = CA-verified.
+    pub tls_fingerprint: String,
 }
 
 impl Default for AppConfig {
@@ -36,6 +51,9 @@ impl Default for AppConfig {
             signature_max_age_secs: 300,
             comms_keys: vec![],
             max_decompressed_bytes: 8 * 1024 * 1024 * 1024,
+            plan_after_import: true,
+            service_level: 0.95,
+            comms: CommsEndpoint::default(),
         }
     }
 }
@@ -57,6 +75,9 @@ impl AppConfig {
                     "comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)"
                 )
             })?;
+        }
+        if !(0.5..1.0).contains(&self.service_level) {
+            bail!("service_level must be between 0.5 and 0.9999 (got {})", self.service_level);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!(

@@ -6,6 +6,8 @@ pub mod instance;
 pub mod planner;
 
 pub mod config;
+pub mod downstream;
+pub mod outbox;
 pub mod server;
 
 pub use config::AppConfig;

@@ -39,6 +39,10 @@ pub struct AppState {
     verifier: SignatureVerifier,
     /// Open instances; the mutex serialises imports into one instance.
     instances: Mutex<HashMap<String, SharedInstance>>,
+    /// Signed client for the Comms server (downstream announcements), if configured.
+    comms: Option<ferry_web::client::ApiClient>,
+    /// Wakes the announcer (a file was published).
+    pub announce_wakeup: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -156,6 +160,7 @@ pub async fn start(
         tracing::warn!("no comms_keys configured: no Comms server can call this App server yet");
     }
     let tls = ferry_io::tls::server_config(&identity.tls)?;
+    let comms = crate::downstream::comms_client(&cfg, &identity.service_key)?;
     let ssh_cfg = ferry_sftp::server::ServerConfig {
         host_key: identity.ssh_host_key.clone(),
         auth_timeout: Duration::from_secs(30),
@@ -170,6 +175,8 @@ pub async fn start(
         identity,
         comms_keys,
         instances: Mutex::new(HashMap::new()),
+        comms,
+        announce_wakeup: tokio::sync::Notify::new(),
     });
     let (tx, rx) = watch::channel(false);
     let sd = |rx: &watch::Receiver<bool>| {
@@ -193,6 +200,8 @@ pub async fn start(
             tracing::error!("sftp server stopped: {e:#}");
         }
     }));
+    let (st, s) = (state.clone(), sd(&rx));
+    tasks.push(tokio::spawn(announcer(st, s)));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
     Ok(AppHandle {
         https_addr,
@@ -211,6 +220,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances", post(create))
         .route("/v1/instances/{tenant}/batches", get(list))
         .route("/v1/instances/{tenant}/batches/{id}/import", post(import))
+        .route("/v1/instances/{tenant}/files", get(files))
+        .route("/v1/instances/{tenant}/files/{id}/state", post(file_state))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }
@@ -321,6 +332,81 @@ async fn import(
     tracing::info!(%tenant, batch = %id, state = report.state.as_str(), secs = t.elapsed().as_secs_f64(), duplicate = report.duplicate, detail = report.detail.as_deref().unwrap_or(""), "import finished");
     if report.state == ferry_proto::api::BatchState::Imported {
         let _ = std::fs::remove_dir_all(&dir);
+        if !report.duplicate && st.cfg.plan_after_import {
+            // Planning is the App's own business: it must not delay or fail the import's answer.
+            let (st2, inst2, tenant2) = (st.clone(), inst.clone(), tenant.clone());
+            tokio::spawn(async move {
+                let today = chrono::Utc::now().date_naive();
+                match crate::downstream::plan_and_publish(&st2.cfg, &inst2.0, &tenant2, today).await {
+                    Ok((plan, files)) => {
+                        tracing::info!(tenant = %tenant2, lines = plan.lines.len(), files = files.len(), "planned after import");
+                        st2.announce_wakeup.notify_one();
+                    }
+                    Err(e) => tracing::error!(tenant = %tenant2, "planning after import failed: {e:#}"),
+                }
+            });
+        }
     }
     Ok(Json(report))
+}
+
+/// Announces outbox files to Comms; retried every 15 s until Comms has them.
+async fn announcer(st: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::pin!(shutdown);
+    loop {
+        if let Err(e) = announce_all(&st).await {
+            tracing::warn!("announcing downstream files failed, will retry: {e:#}");
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = st.announce_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+    }
+}
+
+async fn announce_all(st: &AppState) -> anyhow::Result<()> {
+    let Some(comms) = &st.comms else { return Ok(()) };
+    let dir = st.cfg.data_dir.join("instances");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(tenant) = name.strip_suffix(".db") else { continue };
+        if let Some(inst) = st.instance(tenant).await? {
+            crate::downstream::announce_pending(comms, &inst.0, tenant).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn files(
+    State(st): St,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Vec<ferry_proto::api::FileReceipt>>, ApiError> {
+    authenticate(&st, &method, &uri, &headers, &body)?;
+    let inst = open_instance(&st, &tenant).await?;
+    Ok(Json(crate::outbox::receipts(&inst.0).await.map_err(ApiError::Internal)?))
+}
+
+async fn file_state(
+    State(st): St,
+    Path((tenant, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authenticate(&st, &method, &uri, &headers, &body)?;
+    let id = ferry_proto::api::FileId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let p: ferry_proto::api::FileProgress =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    let inst = open_instance(&st, &tenant).await?;
+    if !crate::outbox::set_progress(&inst.0, &id, &p).await.map_err(ApiError::Internal)? {
+        return Err(ApiError::NotFound(format!("no file {id} in this instance's outbox")));
+    }
+    Ok(Json(serde_json::json!({ "file_id": id, "state": p.state })))
 }

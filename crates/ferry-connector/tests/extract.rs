@@ -461,6 +461,18 @@ fn values_are_formatted_per_spec() {
     assert!(e.unwrap_err().contains("supplier is required but empty"));
 }
 
+/// CPU seconds this process used so far (user + system, all threads), from /proc; 0 where unavailable.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // fields 14 and 15 of proc(5) are utime and stime in clock ticks (100 per second on Linux)
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// Throughput of each stage on a generated sample: `FERRY_BENCH_SIZE=medium cargo test --release -p ferry-connector
 /// --test extract bench -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread")]
@@ -485,7 +497,7 @@ async fn bench() {
     let mapping = Mapping::from_toml(default_mapping()).unwrap();
 
     let q = &mapping.files["sales.csv"].query;
-    let t = std::time::Instant::now();
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let n = src
         .rows(q)
         .fold(0u64, |n, r| async move {
@@ -495,8 +507,9 @@ async fn bench() {
         .await;
     let s = t.elapsed().as_secs_f64();
     eprintln!(
-        "query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s",
-        n as f64 / s
+        "query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s",
+        n as f64 / s,
+        cpu_seconds() - c
     );
 
     let rows: Vec<Vec<SqlValue>> = src.rows(q).map(|r| r.unwrap()).collect().await;
@@ -523,17 +536,19 @@ async fn bench() {
     for level in [9, 1] {
         let batch = BatchId::new(chrono::Utc::now());
         let opts = ExtractOptions { level, threads: 0 };
+        let c = cpu_seconds();
         let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _| {})
             .await
             .unwrap();
         let mb = stats.bytes() as f64 / 1e6;
         eprintln!(
-            "extract level {level}: {} rows, {mb:.1} MB -> {:.1} MB in {:.2}s = {:.0} rows/s, {:.1} MB/s plain",
+            "extract level {level}: {} rows, {mb:.1} MB -> {:.1} MB in {:.2}s = {:.0} rows/s, {:.1} MB/s plain, {:.2} CPU s",
             stats.rows(),
             stats.compressed_bytes() as f64 / 1e6,
             stats.seconds,
             stats.rows() as f64 / stats.seconds,
-            mb / stats.seconds
+            mb / stats.seconds,
+            cpu_seconds() - c
         );
     }
 }

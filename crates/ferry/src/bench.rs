@@ -315,7 +315,7 @@ async fn send(
     };
     let relay_rss = rss.peak();
     // Without the progress line to split on, the relay figure covers the whole send.
-    let upload_rss = upload_peak.into_inner().ok().flatten().or(relay_rss);
+    let upload_rss = upload_peak.into_inner().ok().flatten().flatten().or(relay_rss);
     rss.note(upload_rss);
     Ok((upload, upload_rss, relay, relay_rss))
 }
