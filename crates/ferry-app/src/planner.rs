@@ -40,18 +40,8 @@ const MAX_HISTORY_DAYS: i64 = 36_500;
 pub const MAX_FILE_SEQ: u64 = 999_999;
 
 /// Header row of the generic order layout (`DATA-SPEC.md`, "Downstream files").
-pub const ORDER_HEADER: [&str; 10] = [
-    "order_number",
-    "line",
-    "item",
-    "location",
-    "supplier",
-    "qty",
-    "unit_cost",
-    "order_date",
-    "due_date",
-    "comment",
-];
+pub const ORDER_HEADER: [&str; 10] =
+    ["order_number", "line", "item", "location", "supplier", "qty", "unit_cost", "order_date", "due_date", "comment"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -63,14 +53,8 @@ pub enum PlanError {
         "lead time {days} days of item {item:?} at {location:?} puts its due date beyond the calendar; \
          correct lead_time_days in the extract"
     )]
-    DueDate {
-        item: String,
-        location: String,
-        days: f64,
-    },
-    #[error(
-        "order file sequence {0} does not fit in six digits (po_NNNNNN.csv); the sequence is exhausted"
-    )]
+    DueDate { item: String, location: String, days: f64 },
+    #[error("order file sequence {0} does not fit in six digits (po_NNNNNN.csv); the sequence is exhausted")]
     Sequence(u64),
     #[error(
         "order file {} already exists; use a sequence number after the last one written",
@@ -78,17 +62,11 @@ pub enum PlanError {
     )]
     Exists { path: PathBuf },
     #[error("cannot write order file {}: {source}; check that the directory exists, is writable and has space", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError + '_ {
-    move |source| PlanError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PlanError::Io { path: path.to_path_buf(), source }
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -128,34 +106,19 @@ impl PlanParams {
     pub fn validate(&self) -> Result<(), PlanError> {
         let bad = |m: String| Err(PlanError::Params(m));
         if !(self.service_level >= 0.5 && self.service_level < 1.0) {
-            return bad(format!(
-                "service_level {} must be at least 0.5 and below 1",
-                self.service_level
-            ));
+            return bad(format!("service_level {} must be at least 0.5 and below 1", self.service_level));
         }
         if !(self.review_days.is_finite() && self.review_days >= 0.0) {
-            return bad(format!(
-                "review_days {} must be zero or more",
-                self.review_days
-            ));
+            return bad(format!("review_days {} must be zero or more", self.review_days));
         }
         if !(1..=MAX_HISTORY_DAYS).contains(&self.history_days) {
-            return bad(format!(
-                "history_days {} must be between 1 and {MAX_HISTORY_DAYS}",
-                self.history_days
-            ));
+            return bad(format!("history_days {} must be between 1 and {MAX_HISTORY_DAYS}", self.history_days));
         }
         if !(self.default_lead_time_days.is_finite() && self.default_lead_time_days >= 0.0) {
-            return bad(format!(
-                "default_lead_time_days {} must be zero or more",
-                self.default_lead_time_days
-            ));
+            return bad(format!("default_lead_time_days {} must be zero or more", self.default_lead_time_days));
         }
         if !(self.smoothing_alpha > 0.0 && self.smoothing_alpha <= 1.0) {
-            return bad(format!(
-                "smoothing_alpha {} must be above 0 and at most 1",
-                self.smoothing_alpha
-            ));
+            return bad(format!("smoothing_alpha {} must be above 0 and at most 1", self.smoothing_alpha));
         }
         if self.window_start().is_none() {
             return bad(format!(
@@ -241,9 +204,7 @@ pub struct Plan {
 impl Plan {
     /// The lines grouped per supplier, in order (assumes the sorted order [`plan`] returns).
     pub fn by_supplier(&self) -> impl Iterator<Item = (&str, &[PlanLine])> {
-        self.lines
-            .chunk_by(|a, b| a.supplier == b.supplier)
-            .map(|g| (g[0].supplier.as_str(), g))
+        self.lines.chunk_by(|a, b| a.supplier == b.supplier).map(|g| (g[0].supplier.as_str(), g))
     }
 }
 
@@ -291,12 +252,8 @@ pub struct Croston {
 ///   `p ← p + α (a − p)` (a lower bound on the current interval pulls `p` up; demand that stopped fades);
 /// * `rate = (1 − α/2) · z / p`.
 pub fn croston_sba(series: &[f64], alpha: f64) -> Croston {
-    let demands: Vec<(usize, f64)> = series
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| **d > 0.0)
-        .map(|(i, d)| (i + 1, *d))
-        .collect();
+    let demands: Vec<(usize, f64)> =
+        series.iter().enumerate().filter(|(_, d)| **d > 0.0).map(|(i, d)| (i + 1, *d)).collect();
     let Some(&(last, _)) = demands.last() else {
         return Croston::default();
     };
@@ -312,11 +269,7 @@ pub fn croston_sba(series: &[f64], alpha: f64) -> Croston {
     if open > p {
         p += alpha * (open - p);
     }
-    Croston {
-        size: z,
-        interval: p,
-        rate: (1.0 - alpha / 2.0) * z / p,
-    }
+    Croston { size: z, interval: p, rate: (1.0 - alpha / 2.0) * z / p }
 }
 
 /// Sample standard deviation `σ = √(Σ (x − x̄)² / (n − 1))` of the daily series, zero days included; 0 when
@@ -352,11 +305,7 @@ pub fn demand(series: &[f64], alpha: f64) -> Demand {
     Demand {
         rate: croston_sba(series, alpha).rate,
         sigma: std_dev(series),
-        mean: if days == 0 {
-            0.0
-        } else {
-            series.iter().sum::<f64>() / days as f64
-        },
+        mean: if days == 0 { 0.0 } else { series.iter().sum::<f64>() / days as f64 },
         demand_days: series.iter().filter(|d| **d > 0.0).count(),
         days,
     }
@@ -424,12 +373,8 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
         4.374_664_141_464_968,
         2.938_163_982_698_783,
     ];
-    const D: [f64; 4] = [
-        7.784_695_709_041_462e-3,
-        3.224_671_290_700_398e-1,
-        2.445_134_137_142_996,
-        3.754_408_661_907_416,
-    ];
+    const D: [f64; 4] =
+        [7.784_695_709_041_462e-3, 3.224_671_290_700_398e-1, 2.445_134_137_142_996, 3.754_408_661_907_416];
     const P_LOW: f64 = 0.02425;
     let tail = |q: f64| {
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
@@ -501,11 +446,7 @@ pub fn order_quantity(
 ) -> f64 {
     let triggered = (rate > 0.0 && position <= reorder_point) || position < 0.0;
     let need = target - position;
-    if triggered && need > EPS {
-        round_order_qty(need, min_order_qty, order_multiple)
-    } else {
-        0.0
-    }
+    if triggered && need > EPS { round_order_qty(need, min_order_qty, order_multiple) } else { 0.0 }
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -579,9 +520,7 @@ struct StockFacts {
 /// the lines that order something, sorted by (supplier, item, location).
 pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanError> {
     params.validate()?;
-    let start = params
-        .window_start()
-        .ok_or_else(|| PlanError::Params("history window outside the calendar".into()))?;
+    let start = params.window_start().ok_or_else(|| PlanError::Params("history window outside the calendar".into()))?;
     let start_iso = start.format("%Y-%m-%d").to_string();
     let today_iso = params.today.format("%Y-%m-%d").to_string();
     let pool = inst.pool();
@@ -610,9 +549,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             item: key.0,
             location: key.1,
             supplier: r.try_get("supplier")?,
-            unit_cost: r
-                .try_get::<Option<String>, _>("purchase_cost")?
-                .unwrap_or_default(),
+            unit_cost: r.try_get::<Option<String>, _>("purchase_cost")?.unwrap_or_default(),
             position,
             moq: r.try_get("moq")?,
             multiple: r.try_get("multiple")?,
@@ -644,11 +581,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             demands[i] = item_demand(&entries, facts[i].added_day, window, alpha);
         }
     };
-    let mut rows = sqlx::query(SALES_SQL)
-        .bind(&start_iso)
-        .bind(&start_iso)
-        .bind(&today_iso)
-        .fetch(pool);
+    let mut rows = sqlx::query(SALES_SQL).bind(&start_iso).bind(&start_iso).bind(&today_iso).fetch(pool);
     while let Some(r) = rows.try_next().await? {
         let item: &str = r.try_get("item")?;
         let location: &str = r.try_get("location")?;
@@ -658,8 +591,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             // sales of an item x location without a stock row are not planned
             current = index.get(&key).map(|&i| (i, Vec::new()));
         }
-        let (Some((_, entries)), Some(day)) = (current.as_mut(), r.try_get::<Option<i64>, _>("day")?)
-        else {
+        let (Some((_, entries)), Some(day)) = (current.as_mut(), r.try_get::<Option<i64>, _>("day")?) else {
             continue;
         };
         entries.push((day, r.try_get("qty")?));
@@ -679,11 +611,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             continue;
         }
         let Some(due_date) = add_lead_time(params.today, lead) else {
-            return Err(PlanError::DueDate {
-                item: f.item,
-                location: f.location,
-                days: lead,
-            });
+            return Err(PlanError::DueDate { item: f.item, location: f.location, days: lead });
         };
         lines.push(PlanLine {
             item: f.item,
@@ -702,9 +630,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
         });
     }
     // SQL already sorts, but by SQLite's collation of the stored values; make the order independent of it.
-    lines.sort_by(|a, b| {
-        (&a.supplier, &a.item, &a.location).cmp(&(&b.supplier, &b.item, &b.location))
-    });
+    lines.sort_by(|a, b| (&a.supplier, &a.item, &a.location).cmp(&(&b.supplier, &b.item, &b.location)));
     Ok(Plan { lines })
 }
 
@@ -713,16 +639,10 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
 /// the first sale — so a new item's rate is not diluted by days it did not exist.
 fn item_demand(entries: &[(i64, f64)], added_day: Option<i64>, window: i64, alpha: f64) -> Demand {
     let first_sale = entries.first().map_or(window, |e| e.0);
-    let start = added_day
-        .filter(|d| (1..window).contains(d))
-        .map_or(0, |d| d.min(first_sale).max(0));
+    let start = added_day.filter(|d| (1..window).contains(d)).map_or(0, |d| d.min(first_sale).max(0));
     let days = usize::try_from(window - start).unwrap_or(0);
-    let series = daily_series(
-        days,
-        entries
-            .iter()
-            .filter_map(|&(d, q)| usize::try_from(d - start).ok().map(|d| (d, q))),
-    );
+    let series =
+        daily_series(days, entries.iter().filter_map(|&(d, q)| usize::try_from(d - start).ok().map(|d| (d, q))));
     demand(&series, alpha)
 }
 
@@ -744,8 +664,9 @@ fn add_lead_time(date: NaiveDate, days: f64) -> Option<NaiveDate> {
 /// `due_date = order_date + ⌈L⌉`; the comment carries the numbers behind the line.
 ///
 /// Each file is written under a temporary name (`.po_NNNNNN.csv.tmp`), synced, and renamed only once every file
-/// is written; no existing order file is ever overwritten (checked before anything is written). Returns each
-/// file's path and line count. An empty plan writes nothing.
+/// is written; no existing order file is ever overwritten (checked before anything is written). A failed write
+/// leaves no file behind; a failed rename (rare: same directory) leaves the files renamed before it, each
+/// complete. Returns each file's path and line count. An empty plan writes nothing.
 pub fn write_po_files(
     plan: &Plan,
     dir: &Path,
@@ -753,9 +674,7 @@ pub fn write_po_files(
     order_date: NaiveDate,
 ) -> Result<Vec<(PathBuf, u64)>, PlanError> {
     let mut lines: Vec<&PlanLine> = plan.lines.iter().collect();
-    lines.sort_by(|a, b| {
-        (&a.supplier, &a.item, &a.location).cmp(&(&b.supplier, &b.item, &b.location))
-    });
+    lines.sort_by(|a, b| (&a.supplier, &a.item, &a.location).cmp(&(&b.supplier, &b.item, &b.location)));
     let groups: Vec<&[&PlanLine]> = lines.chunk_by(|a, b| a.supplier == b.supplier).collect();
 
     let mut files = Vec::with_capacity(groups.len());
@@ -772,9 +691,7 @@ pub fn write_po_files(
         files.push((seq, *group, path, tmp));
     }
 
-    let written = files.iter().try_for_each(|(seq, group, _, tmp)| {
-        write_order_file(tmp, *seq, group, order_date)
-    });
+    let written = files.iter().try_for_each(|(seq, group, _, tmp)| write_order_file(tmp, *seq, group, order_date));
     if let Err(e) = written {
         for (_, _, _, tmp) in &files {
             let _ = std::fs::remove_file(tmp);
@@ -782,9 +699,15 @@ pub fn write_po_files(
         return Err(e);
     }
     let mut out = Vec::with_capacity(files.len());
-    for (_, group, path, tmp) in files {
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        out.push((path, group.len() as u64));
+    for (i, (_, group, path, tmp)) in files.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            // the files renamed so far are complete and stay; the rest are not published
+            for (_, _, _, rest) in &files[i..] {
+                let _ = std::fs::remove_file(rest);
+            }
+            return Err(io_err(path)(e));
+        }
+        out.push((path.clone(), group.len() as u64));
     }
     if !out.is_empty() {
         // make the renames durable; not every platform can open a directory, so best effort
@@ -796,20 +719,10 @@ pub fn write_po_files(
 }
 
 /// One order file (one supplier) at `path`, synced to disk.
-fn write_order_file(
-    path: &Path,
-    seq: u64,
-    lines: &[&PlanLine],
-    order_date: NaiveDate,
-) -> Result<(), PlanError> {
+fn write_order_file(path: &Path, seq: u64, lines: &[&PlanLine], order_date: NaiveDate) -> Result<(), PlanError> {
     let file = File::create(path).map_err(io_err(path))?;
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(BufWriter::new(file));
-    let csv_err = |e: csv::Error| PlanError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(BufWriter::new(file));
+    let csv_err = |e: csv::Error| PlanError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
     w.write_record(ORDER_HEADER).map_err(csv_err)?;
     let order_number = format!("REC-{seq:06}");
     let order_day = order_date.format("%Y/%m/%d").to_string();
@@ -843,12 +756,8 @@ fn write_order_file(
         ])
         .map_err(csv_err)?;
     }
-    let buf = w
-        .into_inner()
-        .map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))?;
-    let mut file = buf
-        .into_inner()
-        .map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))?;
+    let buf = w.into_inner().map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))?;
+    let mut file = buf.into_inner().map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))?;
     file.flush().map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }
@@ -856,11 +765,7 @@ fn write_order_file(
 /// A number with at most `decimals` decimals, trailing zeros dropped: `120`, `2.5`, `0.3333`.
 pub fn fmt_num(x: f64, decimals: usize) -> String {
     let s = format!("{x:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
     if s == "-0" { "0".into() } else { s.into() }
 }
 
@@ -886,10 +791,7 @@ mod tests {
             (1e-9, -5.997_807_015_007_686_5),
         ] {
             let got = inverse_normal_cdf(p);
-            assert!(
-                (got - z).abs() <= 1.2e-9 * z.abs().max(1.0),
-                "p={p}: {got} vs {z}"
-            );
+            assert!((got - z).abs() <= 1.2e-9 * z.abs().max(1.0), "p={p}: {got} vs {z}");
         }
         assert_eq!(inverse_normal_cdf(0.0), f64::NEG_INFINITY);
         assert_eq!(inverse_normal_cdf(1.0), f64::INFINITY);
@@ -990,54 +892,14 @@ mod tests {
         let today = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
         let ok = PlanParams::new(today);
         assert!(ok.validate().is_ok());
-        assert_eq!(
-            ok.window_start(),
-            NaiveDate::from_ymd_opt(2025, 3, 11),
-            "365 days ending 2026-03-10"
-        );
+        assert_eq!(ok.window_start(), NaiveDate::from_ymd_opt(2025, 3, 11), "365 days ending 2026-03-10");
         for (p, word) in [
-            (
-                PlanParams {
-                    service_level: 1.0,
-                    ..ok.clone()
-                },
-                "service_level",
-            ),
-            (
-                PlanParams {
-                    service_level: 0.4,
-                    ..ok.clone()
-                },
-                "service_level",
-            ),
-            (
-                PlanParams {
-                    review_days: -1.0,
-                    ..ok.clone()
-                },
-                "review_days",
-            ),
-            (
-                PlanParams {
-                    history_days: 0,
-                    ..ok.clone()
-                },
-                "history_days",
-            ),
-            (
-                PlanParams {
-                    default_lead_time_days: f64::NAN,
-                    ..ok.clone()
-                },
-                "default_lead_time_days",
-            ),
-            (
-                PlanParams {
-                    smoothing_alpha: 0.0,
-                    ..ok.clone()
-                },
-                "smoothing_alpha",
-            ),
+            (PlanParams { service_level: 1.0, ..ok.clone() }, "service_level"),
+            (PlanParams { service_level: 0.4, ..ok.clone() }, "service_level"),
+            (PlanParams { review_days: -1.0, ..ok.clone() }, "review_days"),
+            (PlanParams { history_days: 0, ..ok.clone() }, "history_days"),
+            (PlanParams { default_lead_time_days: f64::NAN, ..ok.clone() }, "default_lead_time_days"),
+            (PlanParams { smoothing_alpha: 0.0, ..ok.clone() }, "smoothing_alpha"),
         ] {
             let e = p.validate().unwrap_err().to_string();
             assert!(e.contains(word), "{e}");
@@ -1059,10 +921,7 @@ mod tests {
         let d = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
         assert_eq!(add_lead_time(d, 5.0), NaiveDate::from_ymd_opt(2026, 3, 15));
         assert_eq!(add_lead_time(d, 4.2), NaiveDate::from_ymd_opt(2026, 3, 15));
-        assert_eq!(
-            add_lead_time(d, 5.000_000_000_1),
-            NaiveDate::from_ymd_opt(2026, 3, 15)
-        );
+        assert_eq!(add_lead_time(d, 5.000_000_000_1), NaiveDate::from_ymd_opt(2026, 3, 15));
         assert_eq!(add_lead_time(d, 0.0), Some(d));
         assert_eq!(add_lead_time(d, 1e300), None);
     }
