@@ -20,6 +20,12 @@ pub struct ConnectorConfig {
     pub erp: ErpConfig,
     #[serde(default)]
     pub extract: ExtractConfig,
+    /// Downstream: how files from the cloud are applied to the ERP.
+    #[serde(default)]
+    pub delivery: crate::delivery::DeliveryConfig,
+    /// When `ferry connector run` extracts, and how it polls.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
     /// Dir of the config file; paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -58,6 +64,33 @@ impl Default for ExtractConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Local time of the daily extract, `HH:MM` (24 h). Empty: no scheduled extract.
+    pub daily_at: String,
+    /// Seconds each `GET /v1/files` long-poll waits for a file (the Comms server caps it at 60).
+    pub poll_wait_secs: u64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig { daily_at: "02:00".into(), poll_wait_secs: 25 }
+    }
+}
+
+impl ScheduleConfig {
+    /// The daily time, if set and valid.
+    pub fn daily_time(&self) -> anyhow::Result<Option<chrono::NaiveTime>> {
+        if self.daily_at.trim().is_empty() {
+            return Ok(None);
+        }
+        chrono::NaiveTime::parse_from_str(self.daily_at.trim(), "%H:%M")
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("schedule.daily_at {:?} is not a time like \"02:00\"", self.daily_at))
+    }
+}
+
 fn d_data() -> PathBuf {
     PathBuf::from("data")
 }
@@ -85,6 +118,7 @@ impl ConnectorConfig {
                 cfg.erp.kind
             );
         }
+        cfg.schedule.daily_time()?;
         if !(1..=9).contains(&cfg.extract.level) {
             bail!("extract.level must be between 1 and 9");
         }
@@ -179,6 +213,23 @@ level = 9
 threads = 0
 # Seconds `sync` waits for the import verdict (0 = return once the upload is complete).
 wait_secs = 600
+
+[schedule]
+# `ferry connector run` extracts daily at this local time (HH:MM; "" = only on demand with `sync`).
+daily_at = "02:00"
+# Seconds each poll for files from the cloud waits (files arrive within a second of being ready).
+poll_wait_secs = 25
+
+[delivery]
+# Files from the cloud (recommended orders, reports) are written here, complete or not at all.
+inbound_dir = "from_cloud"
+# Optional SQL write-back: each CSV row of matching files bound into the statement, one transaction per file.
+# only = ["po_"]
+# [[delivery.sql]]
+# statement = "INSERT INTO recommended_orders(order_number, line, item, location, supplier, qty, due_date) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# params = ["order_number", "line", "item", "location", "supplier", "qty", "due_date"]
+# Optional command run with each delivered file: {{file}} is replaced by its path.
+# command = ["/opt/erp/bin/import-orders", "{{file}}"]
 "#
     )
 }

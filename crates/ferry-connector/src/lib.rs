@@ -5,4 +5,6 @@ pub mod source;
 
 pub mod agent;
 pub mod config;
+pub mod delivery;
 pub mod journal;
+pub mod receive;

@@ -65,23 +65,16 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
     std::fs::create_dir_all(&bench)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rss = PeakRss::new();
-    println!(
-        "ferry bench upstream --size {size_name} in {} ({cores} cores)",
-        dir.display()
-    );
+    println!("ferry bench upstream --size {size_name} in {} ({cores} cores)", dir.display());
     if !rss.resets {
-        println!(
-            "note: /proc/self/clear_refs is not writable: peak RSS figures are peaks since the start"
-        );
+        println!("note: /proc/self/clear_refs is not writable: peak RSS figures are peaks since the start");
     }
 
     rss.start();
     let t = Instant::now();
     let erp = dir.join("erp").join("erp.db");
     std::fs::create_dir_all(dir.join("erp"))?;
-    let summary = generate_sample_erp(&erp, size)
-        .await
-        .context("generating the sample ERP")?;
+    let summary = generate_sample_erp(&erp, size).await.context("generating the sample ERP")?;
     println!(
         "sample ERP: {} rows in {:.2} s; peak RSS {}",
         int(summary.total_rows()),
@@ -97,10 +90,7 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
     println!();
     print_table(&lines);
     println!();
-    println!(
-        "process peak RSS {} (max over stages; includes the in-process Comms and App servers)",
-        mib(rss.max_kib)
-    );
+    println!("process peak RSS {} (max over stages; includes the in-process Comms and App servers)", mib(rss.max_kib));
     match &tmp {
         Some(_) => println!("removing {}", dir.display()),
         None => println!("kept {}", dir.display()),
@@ -108,11 +98,7 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
     if !ok {
         println!("some checks failed: see above");
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The bench proper, while the cluster runs; returns the table and whether every check passed.
@@ -135,18 +121,12 @@ async fn with_cluster(
     // 1. extract + CSV + hash + compress, pipelined: one stage.
     rss.start();
     let t = Instant::now();
-    let manifest = connector
-        .extract_to_spool(&|line: &str| println!("      {line}"))
-        .await
-        .context("extract")?;
+    let manifest = connector.extract_to_spool(&|line: &str| println!("      {line}")).await.context("extract")?;
     let secs = t.elapsed().as_secs_f64();
     let csv_bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
     let bz_bytes: u64 = manifest.files.iter().map(|f| f.compressed_bytes).sum();
     let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
-    let extract = Timed {
-        secs,
-        bytes: csv_bytes,
-    };
+    let extract = Timed { secs, bytes: csv_bytes };
     let extract_rss = rss.peak();
     println!(
         "[extract+csv+hash+bz2] {:.2} s, {} csv ({}) -> {} bz2, {} rows; peak RSS {}",
@@ -176,13 +156,8 @@ async fn with_cluster(
     let columns = spec::file_spec(&big.name).map_or(0, |s| s.columns.len());
     let plain = bench.join(&big.name);
     {
-        let (src, dst, f) = (
-            connector
-                .spool_dir(&manifest.batch_id)
-                .join(big.compressed_name()),
-            plain.clone(),
-            big.clone(),
-        );
+        let (src, dst, f) =
+            (connector.spool_dir(&manifest.batch_id).join(big.compressed_name()), plain.clone(), big.clone());
         tokio::task::spawn_blocking(move || unpack(&src, &dst, &f)).await??;
     }
     println!(
@@ -252,8 +227,7 @@ async fn with_cluster(
     let (more, more_ok) = digests(&plain, &big, rss).await?;
     lines.extend(more);
     ok &= more_ok;
-    let (more, more_ok) =
-        upload_vs_openssh(cluster, &connector, &plain, bench, upload_target, rss).await?;
+    let (more, more_ok) = upload_vs_openssh(cluster, &connector, &plain, bench, upload_target, rss).await?;
     lines.extend(more);
     ok &= more_ok;
     Ok((lines, ok))
@@ -285,34 +259,19 @@ async fn send(
     let report = connector.send(manifest, &progress).await.context("send")?;
     let s = &report.status;
     if s.state != BatchState::Imported {
-        bail!(
-            "batch {} {}: {}",
-            s.batch_id,
-            s.state.as_str(),
-            s.detail.as_deref().unwrap_or("")
-        );
+        bail!("batch {} {}: {}", s.batch_id, s.state.as_str(), s.detail.as_deref().unwrap_or(""));
     }
-    let upload = Timed {
-        secs: report.timings.upload.as_secs_f64(),
-        bytes: report.bytes_sent,
-    };
+    let upload = Timed { secs: report.timings.upload.as_secs_f64(), bytes: report.bytes_sent };
     let polled = report.timings.relay_import.as_secs_f64();
-    let stamped = (s.updated_at - started)
-        .to_std()
-        .map(|d| d.as_secs_f64() - upload.secs);
+    let stamped = (s.updated_at - started).to_std().map(|d| d.as_secs_f64() - upload.secs);
     let secs = match stamped {
         Ok(secs) if secs > 0.0 && secs <= polled + 0.5 => {
-            println!(
-                "      relay+verify+import {secs:.2} s by the verdict's timestamp ({polled:.2} s by polling)"
-            );
+            println!("      relay+verify+import {secs:.2} s by the verdict's timestamp ({polled:.2} s by polling)");
             secs
         }
         _ => polled,
     };
-    let relay = Timed {
-        secs,
-        bytes: manifest.files.iter().map(|f| f.bytes).sum(),
-    };
+    let relay = Timed { secs, bytes: manifest.files.iter().map(|f| f.bytes).sum() };
     let relay_rss = rss.peak();
     // Without the progress line to split on, the relay figure covers the whole send.
     let upload_rss = upload_peak.into_inner().ok().flatten().flatten().or(relay_rss);
@@ -322,12 +281,7 @@ async fn send(
 
 /// Rows the tenant's instance holds, over the manifest's standard files.
 async fn imported_rows(cluster: &Cluster, manifest: &Manifest) -> anyhow::Result<u64> {
-    let inst = cluster
-        .app
-        .state
-        .instance(TENANT)
-        .await?
-        .context("the tenant's instance is missing")?;
+    let inst = cluster.app.state.instance(TENANT).await?.context("the tenant's instance is missing")?;
     let mut n = 0;
     for f in &manifest.files {
         if let Some(s) = spec::file_spec(&f.name) {
@@ -359,22 +313,14 @@ fn unpack(src: &Path, dst: &Path, f: &ManifestFile) -> anyhow::Result<()> {
 }
 
 /// `ferry_io::bz::compress_file` (all cores, level 9) vs `bzip2`, `lbzip2`, `pbzip2`.
-async fn compression(
-    plain: &Path,
-    bench: &Path,
-    rss: &mut PeakRss,
-) -> anyhow::Result<(Vec<Line>, bool)> {
+async fn compression(plain: &Path, bench: &Path, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
     let size = std::fs::metadata(plain)?.len();
     let name = file_name(plain);
     rss.start();
     let (src, dst) = (plain.to_path_buf(), bench.join("ferry.bz2"));
     let t = Instant::now();
-    let bz = tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0))
-        .await??;
-    let ours = Timed {
-        secs: t.elapsed().as_secs_f64(),
-        bytes: size,
-    };
+    let bz = tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0)).await??;
+    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: size };
     let ours_rss = rss.peak();
     println!(
         "[compress -9] ours {:.2} s ({}, ratio {:.2}, incl. fsync); peak RSS {}",
@@ -386,11 +332,7 @@ async fn compression(
     let mut lines = Vec::new();
     let mut ok = true;
     let mut notes = vec![format!("ratio {:.2}", ratio(size, bz))];
-    for (prog, args) in [
-        ("bzip2", &["-9", "-k", "-c"][..]),
-        ("lbzip2", &["-9", "-c"]),
-        ("pbzip2", &["-9", "-c"]),
-    ] {
+    for (prog, args) in [("bzip2", &["-9", "-k", "-c"][..]), ("lbzip2", &["-9", "-c"]), ("pbzip2", &["-9", "-c"])] {
         let out = bench.join(format!("{prog}.bz2"));
         let mut full: Vec<&str> = args.to_vec();
         full.push(&name);
@@ -400,12 +342,7 @@ async fn compression(
             Theirs::Ran(t) => {
                 let their_bz = std::fs::metadata(&out)?.len();
                 notes.push(format!("{prog} {:.2}", ratio(size, their_bz)));
-                println!(
-                    "      {label}: {:.2} s ({}, ratio {:.2})",
-                    t.secs,
-                    t.rate(),
-                    ratio(size, their_bz)
-                );
+                println!("      {label}: {:.2} s ({}, ratio {:.2})", t.secs, t.rate(), ratio(size, their_bz));
             }
             other => {
                 ok &= !matches!(other, Theirs::Failed(_));
@@ -415,23 +352,13 @@ async fn compression(
         lines.push(Line::tool(label, theirs));
     }
     if let Some(first) = lines.first_mut() {
-        first.set_ours(
-            "compress bzip2 -9",
-            format!("{name} {}", mb(size)),
-            ours,
-            ours_rss,
-            notes.join(", "),
-        );
+        first.set_ours("compress bzip2 -9", format!("{name} {}", mb(size)), ours, ours_rss, notes.join(", "));
     }
     Ok((lines, ok))
 }
 
 /// Our MD5+SHA-256 in one streamed pass vs `md5sum` and `sha256sum` (two passes); digests must agree.
-async fn digests(
-    plain: &Path,
-    f: &ManifestFile,
-    rss: &mut PeakRss,
-) -> anyhow::Result<(Vec<Line>, bool)> {
+async fn digests(plain: &Path, f: &ManifestFile, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
     let name = file_name(plain);
     rss.start();
     let src = plain.to_path_buf();
@@ -448,30 +375,16 @@ async fn digests(
         }
     })
     .await??;
-    let ours = Timed {
-        secs: t.elapsed().as_secs_f64(),
-        bytes: d.bytes,
-    };
+    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: d.bytes };
     let ours_rss = rss.peak();
     let mut ok = d.md5 == f.md5 && d.sha256 == f.sha256;
-    println!(
-        "[md5+sha256] ours {:.3} s ({}); peak RSS {}",
-        ours.secs,
-        ours.rate(),
-        mib(ours_rss)
-    );
+    println!("[md5+sha256] ours {:.3} s ({}); peak RSS {}", ours.secs, ours.rate(), mib(ours_rss));
     let mut lines = Vec::new();
     let mut total = Some(0.0);
     let mut agree = ok;
     for (prog, want) in [("md5sum", &d.md5), ("sha256sum", &d.sha256)] {
-        let (theirs, stdout) = tool_output(
-            prog,
-            &[&name],
-            plain.parent().unwrap_or(Path::new(".")),
-            None,
-            d.bytes,
-        )
-        .await;
+        let (theirs, stdout) =
+            tool_output(prog, &[&name], plain.parent().unwrap_or(Path::new(".")), None, d.bytes).await;
         if let Theirs::Ran(t) = &theirs {
             agree &= stdout.split_whitespace().next() == Some(want.as_str());
             total = total.map(|s| s + t.secs);
@@ -484,29 +397,13 @@ async fn digests(
         lines.push(Line::tool(prog.into(), theirs));
     }
     if let Some(secs) = total {
-        lines.push(Line::tool(
-            "md5sum + sha256sum".into(),
-            Theirs::Ran(Timed {
-                secs,
-                bytes: d.bytes,
-            }),
-        ));
+        lines.push(Line::tool("md5sum + sha256sum".into(), Theirs::Ran(Timed { secs, bytes: d.bytes })));
     }
     ok &= agree;
-    let verdict = if agree {
-        "digests agree, = manifest"
-    } else {
-        "DIGESTS DIFFER"
-    };
+    let verdict = if agree { "digests agree, = manifest" } else { "DIGESTS DIFFER" };
     println!("      {verdict}");
     if let Some(first) = lines.first_mut() {
-        first.set_ours(
-            "md5+sha256 (1 pass)",
-            format!("{name} {}", mb(d.bytes)),
-            ours,
-            ours_rss,
-            verdict.into(),
-        );
+        first.set_ours("md5+sha256 (1 pass)", format!("{name} {}", mb(d.bytes)), ours, ours_rss, verdict.into());
     }
     Ok((lines, ok))
 }
@@ -534,19 +431,10 @@ async fn upload_vs_openssh(
     let sftp = connector.sftp().await?;
     sftp.mkdir_all(REMOTE_DIR).await?;
     let tx = Instant::now();
-    let sent = sftp
-        .upload_file(&file, &ours_remote)
-        .await
-        .context("uploading the test file")?;
-    let transfer = Timed {
-        secs: tx.elapsed().as_secs_f64(),
-        bytes: sent,
-    };
+    let sent = sftp.upload_file(&file, &ours_remote).await.context("uploading the test file")?;
+    let transfer = Timed { secs: tx.elapsed().as_secs_f64(), bytes: sent };
     sftp.close().await?;
-    let ours = Timed {
-        secs: t.elapsed().as_secs_f64(),
-        bytes: sent,
-    };
+    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: sent };
     let ours_rss = rss.peak();
     println!(
         "[upload sftp] ours {:.2} s ({}; transfer alone {}); peak RSS {} (client and server)",
@@ -559,10 +447,7 @@ async fn upload_vs_openssh(
     let addr = cluster.comms.ssh_addr;
     let key = connector.cfg.key_path();
     let user = connector.registration()?.tenant;
-    std::fs::write(
-        bench.join("sftp.batch"),
-        format!("put upload.bin {openssh_remote}\n"),
-    )?;
+    std::fs::write(bench.join("sftp.batch"), format!("put upload.bin {openssh_remote}\n"))?;
     let port = addr.port().to_string();
     let key_s = key.display().to_string();
     let dest = format!("{user}@{}", addr.ip());
@@ -593,10 +478,9 @@ async fn upload_vs_openssh(
     // Both files must have arrived whole; then free the space.
     let check = connector.sftp().await?;
     let mut ok = true;
-    for (who, remote, ran) in [
-        ("ferry", &ours_remote, true),
-        ("openssh", &openssh_remote, matches!(theirs, Theirs::Ran(_))),
-    ] {
+    for (who, remote, ran) in
+        [("ferry", &ours_remote, true), ("openssh", &openssh_remote, matches!(theirs, Theirs::Ran(_)))]
+    {
         if !ran {
             continue;
         }
@@ -610,20 +494,11 @@ async fn upload_vs_openssh(
     check.close().await?;
     ok &= !matches!(theirs, Theirs::Failed(_));
 
-    let note = format!(
-        "connect..disconnect; ours transfer alone {}",
-        transfer.rate()
-    );
+    let note = format!("connect..disconnect; ours transfer alone {}", transfer.rate());
     let line = Line {
         tool: "sftp -b (OpenSSH, aes256-gcm)".into(),
         theirs,
-        ..Line::ours(
-            "upload sftp",
-            format!("{} test file", mb(size)),
-            ours,
-            ours_rss,
-            note,
-        )
+        ..Line::ours("upload sftp", format!("{} test file", mb(size)), ours, ours_rss, note)
     };
     Ok((vec![line], ok))
 }
@@ -649,19 +524,9 @@ async fn sqlite_import(bench: &Path, f: &ManifestFile, columns: usize) -> Theirs
     let db = bench.join("import.db");
     let _ = std::fs::remove_file(&db);
     let cols: Vec<String> = (1..=columns).map(|i| format!("c{i} TEXT")).collect();
-    let script = format!(
-        "CREATE TABLE t({});\n.mode csv\n.import {} t\nSELECT count(*) FROM t;\n",
-        cols.join(", "),
-        f.name
-    );
-    let (theirs, stdout) = tool_output(
-        "sqlite3",
-        &["-bail", "import.db"],
-        bench,
-        Some(&script),
-        f.bytes,
-    )
-    .await;
+    let script =
+        format!("CREATE TABLE t({});\n.mode csv\n.import {} t\nSELECT count(*) FROM t;\n", cols.join(", "), f.name);
+    let (theirs, stdout) = tool_output("sqlite3", &["-bail", "import.db"], bench, Some(&script), f.bytes).await;
     let count = stdout.trim().parse::<u64>().ok();
     match theirs {
         Theirs::Ran(t) if count == Some(f.rows) => {
@@ -691,17 +556,14 @@ async fn sqlite_import(bench: &Path, f: &ManifestFile, columns: usize) -> Theirs
 /// `prog`'s path on `PATH`, as `which` finds it.
 fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     }
     #[cfg(not(unix))]
     {
@@ -710,14 +572,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Runs `prog` (stdout into `out`) and times it from spawn to exit; `bytes` is the data it works on.
-async fn tool(
-    prog: &str,
-    args: &[&str],
-    cwd: &Path,
-    stdin: Option<&str>,
-    out: Option<&Path>,
-    bytes: u64,
-) -> Theirs {
+async fn tool(prog: &str, args: &[&str], cwd: &Path, stdin: Option<&str>, out: Option<&Path>, bytes: u64) -> Theirs {
     match run_tool(prog, args, cwd, stdin, out, bytes).await {
         Ok(Some((t, _))) => Theirs::Ran(t),
         Ok(None) => Theirs::Missing,
@@ -726,13 +581,7 @@ async fn tool(
 }
 
 /// [`tool`] keeping its standard output.
-async fn tool_output(
-    prog: &str,
-    args: &[&str],
-    cwd: &Path,
-    stdin: Option<&str>,
-    bytes: u64,
-) -> (Theirs, String) {
+async fn tool_output(prog: &str, args: &[&str], cwd: &Path, stdin: Option<&str>, bytes: u64) -> (Theirs, String) {
     match run_tool(prog, args, cwd, stdin, None, bytes).await {
         Ok(Some((t, stdout))) => (Theirs::Ran(t), stdout),
         Ok(None) => (Theirs::Missing, String::new()),
@@ -754,11 +603,7 @@ async fn run_tool(
     let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .current_dir(cwd)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     match out {
@@ -766,9 +611,7 @@ async fn run_tool(
         None => cmd.stdout(Stdio::piped()),
     };
     let t = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", path.display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", path.display()))?;
     if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(script.as_bytes()).await?;
     }
@@ -778,10 +621,7 @@ async fn run_tool(
         let err = String::from_utf8_lossy(&output.stderr);
         bail!("{prog} {}: {}", output.status, err.trim());
     }
-    Ok(Some((
-        Timed { secs, bytes },
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )))
+    Ok(Some((Timed { secs, bytes }, String::from_utf8_lossy(&output.stdout).into_owned())))
 }
 
 // ---- measurements and the table ----
@@ -835,48 +675,22 @@ struct Line {
 
 impl Line {
     fn ours(stage: &str, data: String, t: Timed, rss: Option<u64>, note: String) -> Line {
-        Line {
-            stage: stage.into(),
-            data,
-            ours: Some(t),
-            rss,
-            tool: "-".into(),
-            theirs: Theirs::NoTool,
-            note,
-        }
+        Line { stage: stage.into(), data, ours: Some(t), rss, tool: "-".into(), theirs: Theirs::NoTool, note }
     }
 
     fn tool(tool: String, theirs: Theirs) -> Line {
-        Line {
-            stage: String::new(),
-            data: String::new(),
-            ours: None,
-            rss: None,
-            tool,
-            theirs,
-            note: String::new(),
-        }
+        Line { stage: String::new(), data: String::new(), ours: None, rss: None, tool, theirs, note: String::new() }
     }
 
     /// Puts our figure on a tool's line.
     fn set_ours(&mut self, stage: &str, data: String, t: Timed, rss: Option<u64>, note: String) {
-        (self.stage, self.data, self.ours, self.rss, self.note) =
-            (stage.into(), data, Some(t), rss, note);
+        (self.stage, self.data, self.ours, self.rss, self.note) = (stage.into(), data, Some(t), rss, note);
     }
 }
 
 fn print_table(lines: &[Line]) {
-    const HEAD: [&str; 9] = [
-        "stage",
-        "data",
-        "ours s",
-        "ours MB/s",
-        "peak RSS",
-        "tool",
-        "tool s",
-        "tool MB/s",
-        "notes",
-    ];
+    const HEAD: [&str; 9] =
+        ["stage", "data", "ours s", "ours MB/s", "peak RSS", "tool", "tool s", "tool MB/s", "notes"];
     const RIGHT: [bool; 9] = [false, false, true, true, true, false, true, true, false];
     let rows: Vec<[String; 9]> = lines
         .iter()
@@ -890,9 +704,7 @@ fn print_table(lines: &[Line]) {
                 l.stage.clone(),
                 l.data.clone(),
                 l.ours.map(|t| format!("{:.2}", t.secs)).unwrap_or_default(),
-                l.ours
-                    .map(|t| format!("{:.1}", t.mb_s()))
-                    .unwrap_or_default(),
+                l.ours.map(|t| format!("{:.1}", t.mb_s())).unwrap_or_default(),
                 l.rss.map(|k| mib(Some(k))).unwrap_or_default(),
                 l.tool.clone(),
                 ts,
@@ -912,13 +724,7 @@ fn print_table(lines: &[Line]) {
             .iter()
             .zip(width)
             .zip(RIGHT)
-            .map(|((c, w), right)| {
-                if right {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
+            .map(|((c, w), right)| if right { format!("{c:>w$}") } else { format!("{c:<w$}") })
             .collect();
         parts.join(" | ").trim_end().to_string()
     };
@@ -938,10 +744,7 @@ struct PeakRss {
 
 impl PeakRss {
     fn new() -> Self {
-        PeakRss {
-            resets: reset_hwm(),
-            max_kib: None,
-        }
+        PeakRss { resets: reset_hwm(), max_kib: None }
     }
 
     fn start(&self) {
@@ -980,13 +783,9 @@ fn vm_hwm_kib() -> Option<u64> {
 fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
     match dir {
         Some(d) => {
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
             if std::fs::read_dir(&d)?.next().is_some() {
-                bail!(
-                    "{} is not empty: give a new or empty folder (the bench starts a fresh cluster)",
-                    d.display()
-                );
+                bail!("{} is not empty: give a new or empty folder (the bench starts a fresh cluster)", d.display());
             }
             Ok((None, std::fs::canonicalize(&d)?))
         }
@@ -999,9 +798,7 @@ fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, 
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn mb(bytes: u64) -> String {

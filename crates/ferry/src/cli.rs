@@ -78,6 +78,18 @@ pub enum ConnectorCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The long-running agent: files from the cloud as they come, plus the daily extract (SIGTERM/Ctrl-C stops).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Fetch and apply files waiting in the cloud once (waiting up to --wait seconds for one).
+    Receive {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// Show recent batches and their state at the Comms server.
     Status {
         #[command(flatten)]
@@ -156,6 +168,28 @@ pub enum AppCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Plan a tenant's instance now and send the recommended orders (po_NNNNNN.csv) down to its ERP.
+    Plan {
+        tenant: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Send any file (a report...) down to a tenant's ERP.
+    Publish {
+        tenant: String,
+        file: PathBuf,
+        /// Name in the ERP's inbound folder (default: the file's own name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Files sent to a tenant and their receipts: created -> relayed -> delivered.
+    Files {
+        tenant: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 fn path_or(c: &ConfigArg, default: &str) -> PathBuf {
@@ -178,6 +212,27 @@ fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         );
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn open_instance(cfg: &AppConfig, tenant: &str) -> anyhow::Result<ferry_app::instance::Instance> {
+    let path = cfg.data_dir.join("instances").join(format!("{tenant}.db"));
+    if !ferry_proto::api::valid_tenant_name(tenant) || !path.exists() {
+        anyhow::bail!("no instance for tenant {tenant:?} in {}", cfg.data_dir.display());
+    }
+    Ok(ferry_app::instance::Instance::open(&path).await?)
+}
+
+/// Tell Comms about new outbox files now; if it cannot be reached, the running App server retries.
+async fn announce(cfg: &AppConfig, inst: &ferry_app::instance::Instance, tenant: &str) -> anyhow::Result<()> {
+    let id = ferry_app::server::identity(cfg)?;
+    match ferry_app::downstream::comms_client(cfg, &id.service_key)? {
+        None => println!("no [comms] configured in the app config: files stay in the outbox"),
+        Some(c) => match ferry_app::downstream::announce_pending(&c, inst, tenant).await {
+            Ok(n) => println!("{n} file(s) announced to the Comms server"),
+            Err(e) => println!("could not reach the Comms server now ({e:#}); the App server will retry"),
+        },
+    }
+    Ok(())
 }
 
 async fn ctrl_c() {
@@ -262,6 +317,20 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     s.files,
                     s.rows
                 ),
+            }
+        }
+        ConnectorCmd::Run { config } => {
+            let c = std::sync::Arc::new(Connector::load(&path_or(&config, "connector.toml"))?);
+            let log: std::sync::Arc<dyn Fn(&str) + Send + Sync> = std::sync::Arc::new(|l: &str| {
+                println!("{} {l}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
+            });
+            c.run(sigterm_or_ctrl_c(), log).await?;
+        }
+        ConnectorCmd::Receive { config, wait } => {
+            let c = Connector::load(&path_or(&config, "connector.toml"))?;
+            let out = c.receive(wait, &|l: &str| println!("{l}")).await?;
+            if out.is_empty() {
+                println!("no files waiting");
             }
         }
         ConnectorCmd::Status { config, limit } => {
@@ -403,6 +472,47 @@ async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             sigterm_or_ctrl_c().await;
             h.stop().await;
         }
+        AppCmd::Plan { tenant, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let today = chrono::Utc::now().date_naive();
+            let (plan, files) = ferry_app::downstream::plan_and_publish(&cfg, &inst, &tenant, today).await?;
+            println!("{} order lines for {tenant}", plan.lines.len());
+            for f in &files {
+                println!("  {} ({} bytes)", f.name, f.bytes);
+            }
+            announce(&cfg, &inst, &tenant).await?;
+        }
+        AppCmd::Publish { tenant, file, name, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let name = match name {
+                Some(n) => n,
+                None => file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+            };
+            let f = ferry_app::outbox::publish(&inst, &tenant, &cfg.data_dir.join("sftp"), &file, &name).await?;
+            println!("published {} as file {}", f.name, f.file_id);
+            announce(&cfg, &inst, &tenant).await?;
+        }
+        AppCmd::Files { tenant, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let t = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                d.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+            };
+            println!("{:<26} {:<18} {:<10} {:<20} {:<20} delivered", "file id", "name", "state", "created", "relayed");
+            for r in ferry_app::outbox::receipts(&inst).await? {
+                println!(
+                    "{:<26} {:<18} {:<10} {:<20} {:<20} {}",
+                    r.file_id.as_str(),
+                    r.name,
+                    r.state.as_str(),
+                    t(Some(r.created_at)),
+                    t(r.relayed_at),
+                    t(r.delivered_at)
+                );
+            }
+        }
         AppCmd::Info { config } => {
             let cfg = app_config(&config)?;
             let id = ferry_app::server::identity(&cfg)?;
@@ -410,10 +520,8 @@ async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             println!("api_url = \"https://{}\"", cfg.listen_https);
             println!("tls_fingerprint = \"{}\"", id.tls_fingerprint);
             println!("ssh_addr = \"{}\"", cfg.listen_ssh);
-            println!(
-                "ssh_host_key_fingerprint = \"{}\"",
-                id.ssh_host_key_fingerprint()
-            );
+            println!("ssh_host_key_fingerprint = \"{}\"", id.ssh_host_key_fingerprint());
+            println!("service_key = \"{}\"", ferry_io::keys::public_key_openssh(id.service_key.public_key())?);
         }
     }
     Ok(ExitCode::SUCCESS)

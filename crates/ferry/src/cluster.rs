@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ferry_app::AppConfig;
+use ferry_app::config::CommsEndpoint;
 use ferry_app::server::AppHandle;
 use ferry_comms::admin::Admin;
 use ferry_comms::config::AppEndpoint;
@@ -38,20 +39,22 @@ impl Cluster {
         tweak_comms: impl FnOnce(&mut CommsConfig),
     ) -> anyhow::Result<Cluster> {
         let comms_dir = dir.join("comms");
-        // The Comms identity exists before the App starts, so the App can trust its service key.
+        // The Comms identity and listeners exist before the App starts, so the App can trust its service key
+        // and knows where to announce downstream files.
         let comms_id = ServerIdentity::load_or_create(&comms_dir, None, &[])?;
+        let (comms_https, comms_ssh) = listeners().await?;
         let mut app_cfg = AppConfig {
             data_dir: dir.join("app"),
-            comms_keys: vec![ferry_io::keys::public_key_openssh(
-                comms_id.service_key.public_key(),
-            )?],
+            comms_keys: vec![ferry_io::keys::public_key_openssh(comms_id.service_key.public_key())?],
+            comms: CommsEndpoint {
+                api_url: format!("https://{}", comms_https.local_addr()?),
+                tls_fingerprint: comms_id.tls_fingerprint.clone(),
+            },
             ..AppConfig::default()
         };
         tweak_app(&mut app_cfg);
         let (h, s) = listeners().await?;
-        let app = ferry_app::server::start(app_cfg, h, s)
-            .await
-            .context("starting the app server")?;
+        let app = ferry_app::server::start(app_cfg, h, s).await.context("starting the app server")?;
         let mut comms_cfg = CommsConfig {
             data_dir: comms_dir,
             app: AppEndpoint {
@@ -59,16 +62,14 @@ impl Cluster {
                 tls_fingerprint: app.state.identity.tls_fingerprint.clone(),
                 ssh_addr: app.ssh_addr.to_string(),
                 ssh_host_key_fingerprint: app.state.identity.ssh_host_key_fingerprint(),
+                service_key: ferry_io::keys::public_key_openssh(app.state.identity.service_key.public_key())?,
             },
+            listen_https: comms_https.local_addr()?,
+            listen_ssh: comms_ssh.local_addr()?,
             ..CommsConfig::default()
         };
-        let (h, s) = listeners().await?;
-        comms_cfg.listen_https = h.local_addr()?;
-        comms_cfg.listen_ssh = s.local_addr()?;
         tweak_comms(&mut comms_cfg);
-        let comms = ferry_comms::start(comms_cfg, h, s)
-            .await
-            .context("starting the comms server")?;
+        let comms = ferry_comms::start(comms_cfg, comms_https, comms_ssh).await.context("starting the comms server")?;
         Ok(Cluster {
             dir: dir.to_path_buf(),
             app,

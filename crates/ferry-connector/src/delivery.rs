@@ -1,0 +1,788 @@
+//! Downstream delivery on the ERP side: a file the App created (recommended orders `po_NNNNNN.csv`, a report, ...)
+//! arrives as a `.bz2` from the Comms server; [`decompress_verified`] turns it into the plain file the file list
+//! promised (size and SHA-256 checked, nothing left behind otherwise) and [`deliver`] hands it to the ERP the
+//! ways `[delivery]` in `connector.toml` ([`DeliveryConfig`]) asks for, in this order:
+//!
+//! 1. **SQL write-back** (`sql`): every configured statement runs once per CSV row, with its `?` placeholders
+//!    bound to columns picked by header name, and all rows of one file go in **one transaction** — a failing row
+//!    rolls the whole file back and the error says `file:line` and what failed.
+//! 2. **Inbound folder** (`inbound_dir`): the file appears complete under its own name (written as
+//!    `.<name>.part`, synced, then renamed), so an ERP job watching the folder never sees half a file. The copy
+//!    is staged *before* the SQL write-back, so a full disk stops the delivery before anything reaches the ERP.
+//! 3. **Command** (`command`): a program the ERP admin names (e.g. the ERP's own import tool), run with a time
+//!    limit; a non-zero exit fails the delivery with the exit code and the end of its stderr.
+//!
+//! Exactly once is the caller's side of the contract: it records each file in the journal
+//! ([`Journal::mark_applied`](crate::journal::Journal::mark_applied)) right after `deliver` succeeds and never
+//! delivers a file whose journal state is applied or acked again — it only acknowledges it. The steps above are
+//! not one atomic unit with the journal, though: a crash between the SQL commit and the journal entry, or a
+//! command that fails after the SQL write-back committed, means the next attempt runs the statements again.
+//! Write them so a repeat is harmless (e.g. `INSERT OR IGNORE` into a table with a unique key on
+//! `order_number, line`), and prefer one write-back (SQL *or* command) per file.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry_io::bz::capped_decoder;
+use ferry_io::digest::{Digests, HashingWriter};
+use ferry_proto::api::valid_file_name;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Either, Executor, SqlSafeStr, SqlStr, Statement};
+use tokio::io::{AsyncBufReadExt, AsyncRead};
+
+/// Default of [`DeliveryConfig::command_timeout_secs`].
+pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
+
+/// How many bytes past the expected size [`decompress_verified`] decompresses before it gives up: enough to
+/// report a size mismatch with both numbers, little enough that a bzip2 bomb costs nothing.
+pub const DECOMPRESS_SLACK: u64 = 64 * 1024;
+
+/// How many lines of a failed command's stderr the error keeps.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// `[delivery]` in `connector.toml`: where downstream files go on the ERP side. Any combination of the three
+/// targets works; at least one must be set before files can be received.
+///
+/// ```toml
+/// [delivery]
+/// inbound_dir = "from_cloud"
+/// only = ["po_"]
+/// command = ["/opt/erp/bin/import-orders", "--file", "{file}"]
+/// command_timeout_secs = 300
+///
+/// [[delivery.sql]]
+/// statement = "INSERT OR IGNORE INTO recommended_orders(order_number, line, item, qty, due_date) VALUES (?, ?, ?, ?, ?)"
+/// params = ["order_number", "line", "item", "qty", "due_date"]
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// `inbound_dir`: the folder the ERP picks files up from (by convention `from_cloud`), relative to the
+    /// folder holding `connector.toml` (the caller passes it resolved). It is created if missing. Each file
+    /// appears there complete under its own name — written as `.<name>.part`, synced, then renamed — and a
+    /// file already there with the same name is replaced atomically. Not set: no inbound folder.
+    pub inbound_dir: Option<PathBuf>,
+    /// `[[delivery.sql]]`: statements run against the ERP database (`[erp] url`) for every data row of each CSV
+    /// file `only` selects; all rows of one file are written in one transaction, or none. Empty: no SQL
+    /// write-back.
+    pub sql: Vec<SqlWriteBack>,
+    /// `command`: a program and its arguments (argv, no shell), run once per delivered file after the other
+    /// steps; `{file}` anywhere in an argument becomes the path of the delivered file (the copy in
+    /// `inbound_dir` if set, else the Connector's verified copy). A non-zero exit fails the delivery, which is
+    /// retried later. Not set: no command.
+    pub command: Option<Vec<String>>,
+    /// `command_timeout_secs`: how long the command may run before it is stopped and the delivery fails
+    /// (seconds, at least 1; default 300).
+    pub command_timeout_secs: u64,
+    /// `only`: which file names the SQL write-back applies to. An entry without `*` or `?` is a prefix
+    /// (`"po_"` = every name starting with `po_`); one with them is a glob over the whole name (`"po_*.csv"`).
+    /// Empty: every `.csv` file. The inbound folder and the command always get every file.
+    pub only: Vec<String>,
+}
+
+/// One `[[delivery.sql]]` statement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlWriteBack {
+    /// `statement`: SQL in the ERP database's dialect with `?` placeholders, e.g.
+    /// `INSERT INTO recommended_orders(order_number, line, item, qty) VALUES (?, ?, ?, ?)`. Values are bound as
+    /// text (SQLite converts them by column affinity); an empty CSV field is bound as NULL.
+    pub statement: String,
+    /// `params`: CSV header names bound in order to the `?`s, e.g. `["order_number", "line", "item", "qty"]`;
+    /// a name may repeat. A file whose header lacks one of them fails with an error naming it.
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            inbound_dir: None,
+            sql: Vec::new(),
+            command: None,
+            command_timeout_secs: DEFAULT_COMMAND_TIMEOUT_SECS,
+            only: Vec::new(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Whether any target is set; when none is, files must not be received (they would be acknowledged
+    /// without going anywhere).
+    pub fn is_configured(&self) -> bool {
+        self.inbound_dir.is_some() || !self.sql.is_empty() || self.command.is_some()
+    }
+
+    /// Checks the settings that can be checked without a file (call it when loading the config);
+    /// [`deliver`] calls it too.
+    pub fn validate(&self) -> Result<(), DeliveryError> {
+        if let Some(argv) = &self.command
+            && argv.first().is_none_or(|p| p.trim().is_empty())
+        {
+            return Err(DeliveryError::Config(
+                "delivery.command is empty; give the program and its arguments, e.g. \
+                 [\"/opt/erp/bin/import\", \"{file}\"]"
+                    .into(),
+            ));
+        }
+        if self.command_timeout_secs == 0 {
+            return Err(DeliveryError::Config("delivery.command_timeout_secs must be at least 1".into()));
+        }
+        for (i, s) in self.sql.iter().enumerate() {
+            if s.statement.trim().is_empty() {
+                return Err(DeliveryError::Config(format!("delivery.sql[{i}].statement is empty")));
+            }
+            if s.params.iter().any(|p| p.trim().is_empty()) {
+                return Err(DeliveryError::Config(format!(
+                    "delivery.sql[{i}].params has an empty name; list CSV header names"
+                )));
+            }
+        }
+        if self.only.iter().any(|p| p.is_empty()) {
+            return Err(DeliveryError::Config(
+                "delivery.only has an empty entry; remove it or give a prefix such as \"po_\"".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the SQL write-back applies to a file called `name` (see [`only`](Self::only)).
+    pub fn sql_applies_to(&self, name: &str) -> bool {
+        if self.only.is_empty() {
+            return name.ends_with(".csv");
+        }
+        self.only.iter().any(|p| {
+            if p.contains(['*', '?']) {
+                glob_match(p.as_bytes(), name.as_bytes())
+            } else {
+                name.starts_with(p.as_str())
+            }
+        })
+    }
+}
+
+/// What [`deliver`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// CSV data rows written back with SQL (each ran every configured statement); 0 if no write-back applied.
+    pub sql_rows: u64,
+    /// Where the file now is in the inbound folder, if one is configured.
+    pub inbound_path: Option<PathBuf>,
+    /// The command's exit code (always 0: any other code is an error), if a command is configured.
+    pub command_status: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The name is not a valid downstream file name ([`valid_file_name`]).
+    #[error(
+        "refusing the downstream file name {0:?}: names are 1-64 of a-z 0-9 _ - . and do not start with a \
+         dot; report this to the Ferry operator"
+    )]
+    InvalidName(String),
+    /// `[delivery]` in `connector.toml` is unusable.
+    #[error("[delivery] in connector.toml: {0}; fix the configuration")]
+    Config(String),
+    /// The downloaded `.bz2` is not what the file list promised (corrupt, truncated, wrong size or SHA-256).
+    /// Nothing was written; delete the download and fetch it again ([`DeliveryError::refetch`]).
+    #[error(
+        "the downloaded file {} does not match the file list: {reason}; it will be fetched again",
+        file.display()
+    )]
+    Checksum { file: PathBuf, reason: String },
+    /// A local file operation failed (disk full, permissions, ...).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The ERP database could not be opened or refused the transaction as a whole.
+    #[error(
+        "the ERP database {target}: {reason}; nothing from this file was written, check the database \
+         (locked? read-only?) and the file will be delivered again"
+    )]
+    Database { target: String, reason: String },
+    /// A configured statement needs a column the file's header row does not have.
+    #[error(
+        "{file}: delivery.sql[{statement}] binds the column {header:?}, but the header row has only {}; \
+         fix params in [delivery] or limit the write-back with delivery.only",
+        present.join(", ")
+    )]
+    MissingHeader { file: String, statement: usize, header: String, present: Vec<String> },
+    /// The SQL write-back failed at `file:line` (a CSV error or a statement the database refused). The
+    /// transaction was rolled back: nothing from this file is in the ERP.
+    #[error(
+        "{file}:{line}: {reason}; nothing from this file was written to the ERP, fix the cause and the file \
+         will be delivered again"
+    )]
+    WriteBack { file: String, line: u64, reason: String },
+    /// The command exited unsuccessfully.
+    #[error(
+        "the delivery command {program} failed ({status}); fix the command or the ERP side and the file will \
+         be delivered again{}{}",
+        committed_note(*sql_rows_committed),
+        stderr_part(stderr)
+    )]
+    Command {
+        program: String,
+        /// The exit code; `None` if it was killed by a signal.
+        code: Option<i32>,
+        /// How it ended, e.g. `exit status: 3`.
+        status: String,
+        /// The last lines of its stderr.
+        stderr: String,
+        /// Rows the SQL write-back had already committed for this file (a retry runs the statements again).
+        sql_rows_committed: u64,
+    },
+    /// The command ran longer than `command_timeout_secs` and was killed.
+    #[error(
+        "the delivery command {program} did not finish within {secs} s and was stopped; raise \
+         delivery.command_timeout_secs or fix the command{}",
+        committed_note(*sql_rows_committed)
+    )]
+    CommandTimeout { program: String, secs: u64, sql_rows_committed: u64 },
+}
+
+impl DeliveryError {
+    /// True when the download itself is bad: delete the `.bz2` and fetch the file again. Every other error
+    /// is on the ERP side: keep the verified file and retry the delivery later.
+    pub fn refetch(&self) -> bool {
+        matches!(self, DeliveryError::Checksum { .. })
+    }
+}
+
+fn stderr_part(stderr: &str) -> String {
+    if stderr.is_empty() { String::new() } else { format!("\nthe end of its stderr:\n{stderr}") }
+}
+
+fn committed_note(rows: u64) -> String {
+    if rows == 0 {
+        String::new()
+    } else {
+        format!(
+            " (note: the SQL write-back of {rows} rows was already committed, and a retry runs it again \
+             unless its statements ignore repeats)"
+        )
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DeliveryError {
+    let what = what.into();
+    move |source| DeliveryError::Io { what, source }
+}
+
+/// Decompresses the downloaded `bz2` into `out` and checks it against the file list: exactly `expected_bytes`
+/// bytes with SHA-256 `expected_sha256` (hex, any case).
+///
+/// Streams through [`capped_decoder`] (capped at `expected_bytes` + [`DECOMPRESS_SLACK`], so a bzip2 bomb stops
+/// early) and [`HashingWriter`] into `<out>.tmp`, syncs it and renames it to `out` only if size and SHA-256
+/// match. On any mismatch, or corrupt or truncated input, the temporary file is removed and the error is
+/// [`DeliveryError::Checksum`]. Blocking: call it from `spawn_blocking` in async code.
+pub fn decompress_verified(
+    bz2: &Path,
+    out: &Path,
+    expected_bytes: u64,
+    expected_sha256: &str,
+) -> Result<Digests, DeliveryError> {
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = decompress_to(bz2, &tmp, expected_bytes).and_then(|d| {
+        let mismatch = if d.bytes != expected_bytes {
+            Some(format!("it decompresses to {} bytes, the file list says {expected_bytes}", d.bytes))
+        } else if !d.sha256.eq_ignore_ascii_case(expected_sha256.trim()) {
+            Some(format!("its SHA-256 is {}, the file list says {expected_sha256}", d.sha256))
+        } else {
+            None
+        };
+        match mismatch {
+            Some(reason) => Err(DeliveryError::Checksum { file: bz2.to_path_buf(), reason }),
+            None => Ok(d),
+        }
+    });
+    let digests = result
+        .and_then(|d| {
+            fs::rename(&tmp, out).map_err(io_err(format!("cannot rename {} to {}", tmp.display(), out.display())))?;
+            Ok(d)
+        })
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+    sync_parent(out);
+    Ok(digests)
+}
+
+fn decompress_to(bz2: &Path, tmp: &Path, expected_bytes: u64) -> Result<Digests, DeliveryError> {
+    let input = File::open(bz2).map_err(io_err(format!("cannot open the downloaded file {}", bz2.display())))?;
+    if let Some(dir) = tmp.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    }
+    let write_err = || io_err(format!("cannot write {} (is the disk full?)", tmp.display()));
+    let file = File::create(tmp).map_err(write_err())?;
+    let cap = expected_bytes.saturating_add(DECOMPRESS_SLACK);
+    let mut decoder = capped_decoder(BufReader::new(input), cap);
+    let mut writer = HashingWriter::new(BufWriter::new(file));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let reason = if decoder.decompressed_bytes() >= cap {
+                    format!("it decompresses to more than {cap} bytes, the file list says {expected_bytes}")
+                } else {
+                    format!("it cannot be decompressed ({e})")
+                };
+                return Err(DeliveryError::Checksum { file: bz2.to_path_buf(), reason });
+            }
+        };
+        writer.write_all(&buf[..n]).map_err(write_err())?;
+    }
+    let (buffered, digests) = writer.finish();
+    let file = buffered.into_inner().map_err(|e| write_err()(e.into_error()))?;
+    file.sync_all().map_err(write_err())?;
+    Ok(digests)
+}
+
+/// Makes a rename durable (best effort; not possible on every platform).
+fn sync_parent(path: &Path) {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Delivers the verified plain `file` (downstream name `name`) into the ERP as `cfg` says: SQL write-back (if
+/// configured and `cfg.sql_applies_to(name)`), then the inbound folder, then the command; see the
+/// [module docs](self). `erp_sqlite_url` is the ERP database (`ConnectorConfig::erp_url`), needed only for the
+/// SQL write-back.
+///
+/// Nothing is visible in the ERP unless the SQL step succeeded as a whole; the inbound file appears only after
+/// it, complete. Reads the CSV with blocking I/O between database calls (files are local and read buffered).
+pub async fn deliver(
+    cfg: &DeliveryConfig,
+    erp_sqlite_url: Option<&str>,
+    file: &Path,
+    name: &str,
+) -> Result<DeliveryReport, DeliveryError> {
+    if !valid_file_name(name) {
+        return Err(DeliveryError::InvalidName(name.to_string()));
+    }
+    cfg.validate()?;
+    if !cfg.is_configured() {
+        return Err(DeliveryError::Config(
+            "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]".into(),
+        ));
+    }
+    let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), erp_sqlite_url) {
+        (true, _) => None,
+        (false, Some(url)) => Some(url),
+        (false, None) => {
+            return Err(DeliveryError::Config(
+                "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
+            ));
+        }
+    };
+
+    // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
+    // on an early return removes the `.part` file.
+    let staged = match &cfg.inbound_dir {
+        Some(dir) => Some(stage_inbound(file, dir, name).await?),
+        None => None,
+    };
+    let mut report = DeliveryReport::default();
+    if let Some(url) = sql_url {
+        report.sql_rows = write_back(url, &cfg.sql, file, name).await?;
+    }
+    if let Some(staged) = staged {
+        report.inbound_path = Some(staged.publish()?);
+    }
+    if let Some(argv) = &cfg.command {
+        let target = report.inbound_path.as_deref().unwrap_or(file);
+        let timeout = cfg.command_timeout_secs;
+        report.command_status = Some(run_command(argv, target, timeout, report.sql_rows).await?);
+    }
+    if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
+        tracing::warn!(
+            file = name,
+            "the file went nowhere: delivery.only excludes it and neither inbound_dir nor command is set"
+        );
+    }
+    Ok(report)
+}
+
+/// A complete, synced copy in the inbound folder under a hidden name, waiting to be renamed into view.
+struct StagedFile {
+    part: PathBuf,
+    dest: PathBuf,
+    published: bool,
+}
+
+async fn stage_inbound(file: &Path, dir: &Path, name: &str) -> Result<StagedFile, DeliveryError> {
+    let staged = StagedFile { part: dir.join(format!(".{name}.part")), dest: dir.join(name), published: false };
+    let (src, dir) = (file.to_path_buf(), dir.to_path_buf());
+    blocking(move || {
+        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create the inbound folder {}", dir.display())))?;
+        let copy_err = || {
+            io_err(format!(
+                "cannot copy {} to {} (is the disk full or the folder read-only?)",
+                src.display(),
+                staged.part.display()
+            ))
+        };
+        let mut input = File::open(&src).map_err(io_err(format!("cannot open the received file {}", src.display())))?;
+        // From here on, `staged` removes the part file if anything fails.
+        let mut out = File::create(&staged.part).map_err(copy_err())?;
+        io::copy(&mut input, &mut out).map_err(copy_err())?;
+        out.sync_all().map_err(copy_err())?;
+        Ok(staged)
+    })
+    .await
+}
+
+impl StagedFile {
+    /// Renames the part file to its real name, replacing a file of that name.
+    fn publish(mut self) -> Result<PathBuf, DeliveryError> {
+        fs::rename(&self.part, &self.dest).map_err(io_err(format!(
+            "cannot rename {} to {}",
+            self.part.display(),
+            self.dest.display()
+        )))?;
+        self.published = true;
+        sync_parent(&self.dest);
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.part);
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DeliveryError> + Send + 'static,
+) -> Result<T, DeliveryError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DeliveryError::Io {
+        what: "a file copy was interrupted".into(),
+        source: io::Error::other(e.to_string()),
+    })?
+}
+
+/// A configured statement, prepared for one file: which header column feeds each `?`.
+struct PlannedStatement {
+    sql: SqlStr,
+    columns: Vec<usize>,
+}
+
+/// Runs the configured statements for every data row of `file`, in one transaction.
+async fn write_back(url: &str, statements: &[SqlWriteBack], file: &Path, name: &str) -> Result<u64, DeliveryError> {
+    let input = File::open(file).map_err(io_err(format!("cannot open the received file {}", file.display())))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(BufReader::new(input));
+    let headers = reader.headers().map_err(|e| csv_error(name, 1, &e))?.clone();
+    if headers.is_empty() {
+        return Ok(0); // an empty file: no header, no rows
+    }
+    let present: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
+    let mut plan = Vec::with_capacity(statements.len());
+    for (i, s) in statements.iter().enumerate() {
+        let columns = s
+            .params
+            .iter()
+            .map(|p| {
+                let p = p.trim();
+                present.iter().position(|h| h == p).ok_or_else(|| DeliveryError::MissingHeader {
+                    file: name.to_string(),
+                    statement: i,
+                    header: p.to_string(),
+                    present: present.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        plan.push(PlannedStatement { sql: AssertSqlSafe(s.statement.clone()).into_sql_str(), columns });
+    }
+    let mut db = open_erp(url).await?;
+    let result = db.apply(&plan, &mut reader, name).await;
+    db.close().await;
+    result
+}
+
+/// An open ERP database for the write-back. SQLite for now; PostgreSQL and MySQL slot in as further variants of
+/// this enum, opened by [`open_erp`] from their URL scheme (their statements keep their own placeholder syntax).
+enum ErpDb {
+    Sqlite(SqliteConnection, String),
+}
+
+/// Opens the ERP database read-write: `sqlite:` URLs as given, anything else as the path of an existing SQLite
+/// file (the Connector never creates the ERP database).
+async fn open_erp(url: &str) -> Result<ErpDb, DeliveryError> {
+    let target = crate::source::redact_url(url);
+    let open_err = |reason: String| DeliveryError::Database {
+        target: target.clone(),
+        reason: format!("cannot open it for the write-back: {reason}"),
+    };
+    let opts = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map_err(|e| open_err(e.to_string()))?
+    } else {
+        let path = Path::new(url);
+        if !path.is_file() {
+            return Err(open_err("no such file; check url under [erp] in connector.toml".into()));
+        }
+        SqliteConnectOptions::new().filename(path)
+    };
+    let opts = opts.create_if_missing(false).foreign_keys(false).busy_timeout(Duration::from_secs(30));
+    let conn = SqliteConnection::connect_with(&opts).await.map_err(|e| open_err(e.to_string()))?;
+    Ok(ErpDb::Sqlite(conn, target))
+}
+
+impl ErpDb {
+    /// Runs `plan` for every remaining record of `rows` in one transaction; returns the number of rows.
+    async fn apply<R: Read>(
+        &mut self,
+        plan: &[PlannedStatement],
+        rows: &mut csv::Reader<R>,
+        name: &str,
+    ) -> Result<u64, DeliveryError> {
+        match self {
+            ErpDb::Sqlite(conn, target) => apply_sqlite(conn, target, plan, rows, name).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            ErpDb::Sqlite(conn, _) => {
+                let _ = conn.close().await;
+            }
+        }
+    }
+}
+
+async fn apply_sqlite<R: Read>(
+    conn: &mut SqliteConnection,
+    target: &str,
+    plan: &[PlannedStatement],
+    rows: &mut csv::Reader<R>,
+    name: &str,
+) -> Result<u64, DeliveryError> {
+    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
+        target: target.to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
+    let result = async {
+        for (i, s) in plan.iter().enumerate() {
+            let stmt = (&mut *tx)
+                .prepare(s.sql.clone())
+                .await
+                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
+            if let Some(Either::Right(n)) = stmt.parameters()
+                && n != s.columns.len()
+            {
+                return Err(write_back_err(
+                    name,
+                    1,
+                    format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
+                ));
+            }
+        }
+        let mut record = csv::StringRecord::new();
+        let mut count = 0u64;
+        loop {
+            let line_before = rows.position().line();
+            match rows.read_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(csv_error(name, line_before, &e)),
+            }
+            count += 1;
+            let line = record.position().map_or(line_before, |p| p.line());
+            for (i, s) in plan.iter().enumerate() {
+                let mut q = sqlx::query(s.sql.clone());
+                for &c in &s.columns {
+                    q = q.bind(record.get(c).filter(|v| !v.is_empty()).map(str::to_owned));
+                }
+                q.execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
+            }
+        }
+        Ok(count)
+    }
+    .await;
+    match result {
+        Ok(count) => {
+            tx.commit().await.map_err(|e| db_err("cannot commit the write-back", e))?;
+            Ok(count)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+fn write_back_err(file: &str, line: u64, reason: String) -> DeliveryError {
+    DeliveryError::WriteBack { file: file.to_string(), line, reason }
+}
+
+fn csv_error(file: &str, fallback_line: u64, e: &csv::Error) -> DeliveryError {
+    let line = e.position().map_or(fallback_line, |p| p.line());
+    let reason = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("the row has {len} fields, the header has {expected_len}")
+        }
+        csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
+        _ => format!("cannot read the CSV: {e}"),
+    };
+    write_back_err(file, line, reason)
+}
+
+/// Runs the configured command on `target`; returns its exit code (0) or the reason it failed.
+async fn run_command(
+    argv: &[String],
+    target: &Path,
+    timeout_secs: u64,
+    sql_rows_committed: u64,
+) -> Result<i32, DeliveryError> {
+    let mut args = argv.iter().map(|a| substitute_file(a, target));
+    let program = args.next().unwrap_or_default();
+    let shown = program.to_string_lossy().into_owned();
+    let mut child = tokio::process::Command::new(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_err(format!(
+            "cannot start the delivery command {shown}; check delivery.command in connector.toml"
+        )))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (status, out, err) =
+            tokio::join!(child.wait(), tail(stdout, STDERR_TAIL_LINES), tail(stderr, STDERR_TAIL_LINES));
+        (status, out, err)
+    };
+    let (status, stdout_tail, stderr_tail) = match tokio::time::timeout(Duration::from_secs(timeout_secs), run).await {
+        Ok(done) => done,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(DeliveryError::CommandTimeout { program: shown, secs: timeout_secs, sql_rows_committed });
+        }
+    };
+    let status = status.map_err(io_err(format!("cannot wait for the delivery command {shown}")))?;
+    for line in &stdout_tail {
+        tracing::debug!(command = %shown, "{line}");
+    }
+    match status.code() {
+        Some(0) => Ok(0),
+        code => Err(DeliveryError::Command {
+            program: shown,
+            code,
+            status: status.to_string(),
+            stderr: stderr_tail.join("\n"),
+            sql_rows_committed,
+        }),
+    }
+}
+
+/// `arg` with every `{file}` replaced by `path` (which need not be UTF-8).
+fn substitute_file(arg: &str, path: &Path) -> OsString {
+    let mut out = OsString::new();
+    let mut parts = arg.split("{file}");
+    if let Some(first) = parts.next() {
+        out.push(first);
+    }
+    for part in parts {
+        out.push(path.as_os_str());
+        out.push(part);
+    }
+    out
+}
+
+/// The last `keep` lines of `r` (lossy UTF-8, each cut to 500 characters), reading it to the end.
+async fn tail<R: AsyncRead + Unpin>(r: Option<R>, keep: usize) -> Vec<String> {
+    let Some(r) = r else { return Vec::new() };
+    let mut lines = tokio::io::BufReader::new(r).split(b'\n');
+    let mut last = VecDeque::with_capacity(keep + 1);
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let text = String::from_utf8_lossy(&line);
+        last.push_back(text.trim_end().chars().take(500).collect::<String>());
+        if last.len() > keep {
+            last.pop_front();
+        }
+    }
+    last.into()
+}
+
+/// `*` matches any run of characters, `?` any one character; everything else matches itself.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bn)) => {
+                    p = bp + 1;
+                    n = bn + 1;
+                    backtrack = Some((bp, bn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_and_prefix_selection() {
+        assert!(glob_match(b"po_*.csv", b"po_000001.csv"));
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"p?_*", b"po_1"));
+        assert!(glob_match(b"*a*b", b"xaxxab"));
+        assert!(!glob_match(b"po_*.csv", b"po_000001.txt"));
+        assert!(!glob_match(b"po", b"po_"));
+        let mut cfg = DeliveryConfig::default();
+        assert!(cfg.sql_applies_to("rp_000001.csv"));
+        assert!(!cfg.sql_applies_to("report.txt"));
+        cfg.only = vec!["po_".into(), "tr_*.csv".into()];
+        assert!(cfg.sql_applies_to("po_000001.csv"));
+        assert!(cfg.sql_applies_to("tr_000002.csv"));
+        assert!(!cfg.sql_applies_to("rp_000003.csv"));
+    }
+
+    #[test]
+    fn file_placeholder_is_replaced_everywhere() {
+        let p = Path::new("/in/po_1.csv");
+        assert_eq!(substitute_file("--file={file}", p), "--file=/in/po_1.csv");
+        assert_eq!(substitute_file("{file}:{file}", p), "/in/po_1.csv:/in/po_1.csv");
+        assert_eq!(substitute_file("plain", p), "plain");
+    }
+}
