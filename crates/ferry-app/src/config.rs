@@ -60,10 +60,10 @@ impl Default for AppConfig {
 
 impl AppConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the app config {}", path.display()))?;
-        let cfg: AppConfig = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid app config", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the app config {}", path.display()))?;
+        let cfg: AppConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid app config", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -71,18 +71,14 @@ impl AppConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         for (i, k) in self.comms_keys.iter().enumerate() {
             ferry_io::keys::parse_public_key(k).with_context(|| {
-                format!(
-                    "comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)"
-                )
+                format!("comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)")
             })?;
         }
         if !(0.5..1.0).contains(&self.service_level) {
             bail!("service_level must be between 0.5 and 0.9999 (got {})", self.service_level);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!(
-                "set both tls_cert and tls_key, or neither (a self-signed certificate is then created)"
-            );
+            bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
         }
         Ok(())
     }

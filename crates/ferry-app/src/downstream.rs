@@ -21,7 +21,12 @@ pub fn comms_client(cfg: &AppConfig, service_key: &PrivateKey) -> anyhow::Result
         return Ok(None);
     }
     let pin = (!cfg.comms.tls_fingerprint.is_empty()).then_some(cfg.comms.tls_fingerprint.as_str());
-    Ok(Some(ApiClient::new(&cfg.comms.api_url, pin, Some(std::sync::Arc::new(service_key.clone())), Duration::from_secs(30))?))
+    Ok(Some(ApiClient::new(
+        &cfg.comms.api_url,
+        pin,
+        Some(std::sync::Arc::new(service_key.clone())),
+        Duration::from_secs(30),
+    )?))
 }
 
 /// Announce every not-yet-announced file of an instance. Returns how many were announced.

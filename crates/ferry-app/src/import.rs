@@ -86,9 +86,7 @@ impl Default for ImportLimits {
 pub enum ImportError {
     #[error("{0}")]
     Instance(#[from] InstanceError),
-    #[error(
-        "instance database failed during the import: {0}; nothing of the batch was kept, retry later"
-    )]
+    #[error("instance database failed during the import: {0}; nothing of the batch was kept, retry later")]
     Db(sqlx::Error),
     #[error("cannot read {}: {source}; check the disk of the App server, then retry", path.display())]
     Io { path: PathBuf, source: io::Error },
@@ -119,10 +117,7 @@ pub async fn import_batch(
     {
         tx.rollback().await?;
         tracing::info!(batch = %id, "batch was already imported; nothing to do");
-        return Ok(ImportReport {
-            duplicate: true,
-            ..prev
-        });
+        return Ok(ImportReport { duplicate: true, ..prev });
     }
 
     match load(&mut tx, batch_dir, manifest, limits).await? {
@@ -157,24 +152,17 @@ pub async fn import_batch(
     }
 }
 
-async fn previous_report(
-    conn: &mut SqliteConnection,
-    id: &str,
-) -> Result<Option<ImportReport>, ImportError> {
-    let row =
-        sqlx::query("SELECT batch_id, state, detail, files_json FROM batch_log WHERE batch_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row
-        .map(|r| crate::instance::report_from_row(&r))
-        .transpose()?)
+async fn previous_report(conn: &mut SqliteConnection, id: &str) -> Result<Option<ImportReport>, ImportError> {
+    let row = sqlx::query("SELECT batch_id, state, detail, files_json FROM batch_log WHERE batch_id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| crate::instance::report_from_row(&r)).transpose()?)
 }
 
 /// Write the outcome into `batch_log`. Never turns an imported batch back into a rejected one.
 async fn record(conn: &mut SqliteConnection, report: &ImportReport) -> Result<(), ImportError> {
-    let files_json =
-        serde_json::to_string(&report.files).map_err(|e| ImportError::Internal(e.to_string()))?;
+    let files_json = serde_json::to_string(&report.files).map_err(|e| ImportError::Internal(e.to_string()))?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     sqlx::query(
         "INSERT INTO batch_log (batch_id, state, detail, files_json, imported_at) VALUES (?, ?, ?, ?, ?) \
@@ -235,10 +223,7 @@ async fn load(
     for f in &manifest.files {
         // `check` accepted the name, so it is a standard or a custom file.
         let Some(t) = Target::of(&f.name) else {
-            return Ok(Err(format!(
-                "{}: not a file of the standard extract",
-                f.name
-            )));
+            return Ok(Err(format!("{}: not a file of the standard extract", f.name)));
         };
         if f.bytes > limits.max_decompressed_per_file {
             return Ok(Err(format!(
@@ -254,9 +239,7 @@ async fn load(
         for (f, t) in manifest.files.iter().zip(&targets) {
             match t {
                 Target::Standard(s) => {
-                    sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table)))
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table))).execute(&mut *tx).await?;
                 }
                 Target::Custom => {
                     sqlx::query("DELETE FROM custom_rows WHERE file = ?")
@@ -268,24 +251,17 @@ async fn load(
         }
     }
 
-    let mut writers: Vec<TableWriter> = targets
-        .iter()
-        .map(|t| TableWriter::new(t.table(), t.columns()))
-        .collect();
+    let mut writers: Vec<TableWriter> = targets.iter().map(|t| TableWriter::new(t.table(), t.columns())).collect();
     let (sender, mut receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
     let dir = batch_dir.to_path_buf();
     let files = manifest.files.clone();
     let lim = *limits;
-    let reader =
-        tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender));
+    let reader = tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender));
 
     let mut db_error = None;
     while let Some(chunk) = receiver.recv().await {
         let Some(w) = writers.get_mut(chunk.file) else {
-            db_error = Some(ImportError::Internal(format!(
-                "rows for unknown file #{}",
-                chunk.file
-            )));
+            db_error = Some(ImportError::Internal(format!("rows for unknown file #{}", chunk.file)));
             break;
         };
         if let Err(e) = w.insert(tx, chunk.rows, chunk.values).await {
@@ -295,9 +271,7 @@ async fn load(
     }
     // Dropping the receiver stops the reader at its next send if we stopped early.
     drop(receiver);
-    let read = reader
-        .await
-        .map_err(|e| ImportError::Internal(format!("the reading thread stopped: {e}")));
+    let read = reader.await.map_err(|e| ImportError::Internal(format!("the reading thread stopped: {e}")));
     if let Some(e) = db_error {
         return Err(e);
     }
@@ -305,9 +279,7 @@ async fn load(
         Ok(files) => Ok(Ok(files)),
         Err(Stop::Reject(reason)) => Ok(Err(reason)),
         Err(Stop::Failed(e)) => Err(e),
-        Err(Stop::Cancelled) => Err(ImportError::Internal(
-            "the reading thread was cancelled".into(),
-        )),
+        Err(Stop::Cancelled) => Err(ImportError::Internal("the reading thread was cancelled".into())),
     }
 }
 
@@ -331,17 +303,9 @@ struct TableWriter {
 
 impl TableWriter {
     fn new(table: &'static str, columns: Vec<&'static str>) -> TableWriter {
-        let rows_per_insert = MAX_ROWS_PER_INSERT
-            .min(SQLITE_MAX_VARIABLES / columns.len().max(1))
-            .max(1);
+        let rows_per_insert = MAX_ROWS_PER_INSERT.min(SQLITE_MAX_VARIABLES / columns.len().max(1)).max(1);
         let full = AssertSqlSafe(insert_sql(table, &columns, rows_per_insert)).into_sql_str();
-        TableWriter {
-            table,
-            columns,
-            rows_per_insert,
-            full,
-            partial: None,
-        }
+        TableWriter { table, columns, rows_per_insert, full, partial: None }
     }
 
     fn sql(&mut self, rows: usize) -> SqlStr {
@@ -387,11 +351,7 @@ impl TableWriter {
 fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
     let cols: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
     let one = format!("({})", vec!["?"; columns.len()].join(","));
-    format!(
-        "INSERT INTO \"{table}\" ({}) VALUES {}",
-        cols.join(","),
-        vec![one; rows].join(",")
-    )
+    format!("INSERT INTO \"{table}\" ({}) VALUES {}", cols.join(","), vec![one; rows].join(","))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -417,10 +377,7 @@ fn read_files(
     let mut done = Vec::with_capacity(files.len());
     for (i, (entry, target)) in files.iter().zip(targets).enumerate() {
         let rows = read_file(dir, i, entry, *target, limits, sender)?;
-        done.push(FileRows {
-            name: entry.name.clone(),
-            rows,
-        });
+        done.push(FileRows { name: entry.name.clone(), rows });
     }
     Ok(done)
 }
@@ -446,16 +403,9 @@ fn read_file(
         }
         Err(e) => return Err(Stop::Failed(ImportError::Io { path, source: e })),
     };
-    let meta = file.metadata().map_err(|e| {
-        Stop::Failed(ImportError::Io {
-            path: path.clone(),
-            source: e,
-        })
-    })?;
+    let meta = file.metadata().map_err(|e| Stop::Failed(ImportError::Io { path: path.clone(), source: e }))?;
     if !meta.is_file() {
-        return Err(Stop::Reject(format!(
-            "{bz_name}: is not a regular file; send the batch again"
-        )));
+        return Err(Stop::Reject(format!("{bz_name}: is not a regular file; send the batch again")));
     }
     let compressed = meta.len();
     if let Some(ratio) = limits.max_ratio
@@ -467,28 +417,14 @@ fn read_file(
             entry.bytes
         )));
     }
-    let cap = limits
-        .max_decompressed_per_file
-        .min(entry.bytes.saturating_add(limits.cap_slack));
+    let cap = limits.max_decompressed_per_file.min(entry.bytes.saturating_add(limits.cap_slack));
 
     let source_error = Rc::new(RefCell::new(None));
-    let source = Source {
-        file,
-        error: Rc::clone(&source_error),
-    };
-    let mut hashing =
-        ferry_io::digest::HashingReader::new(ferry_io::bz::capped_decoder(source, cap));
+    let source = Source { file, error: Rc::clone(&source_error) };
+    let mut hashing = ferry_io::digest::HashingReader::new(ferry_io::bz::capped_decoder(source, cap));
     let guard = LineGuard::new(&mut hashing, limits.max_line_bytes);
 
-    let mut parser = FileParser {
-        name,
-        index,
-        target,
-        sender,
-        values: Vec::new(),
-        chunk_rows: 0,
-        rows: 0,
-    };
+    let mut parser = FileParser { name, index, target, sender, values: Vec::new(), chunk_rows: 0, rows: 0 };
     let outcome = parser.parse(guard);
     let rows = parser.rows;
     if let Err(e) = outcome {
@@ -496,14 +432,7 @@ fn read_file(
             ParseError::Stop(stop) => stop,
             ParseError::Read(e) => {
                 let produced = hashing.into_parts().0.decompressed_bytes();
-                classify_read_error(
-                    e,
-                    &source_error,
-                    &path,
-                    entry,
-                    compressed,
-                    (produced >= cap).then_some(cap),
-                )
+                classify_read_error(e, &source_error, &path, entry, compressed, (produced >= cap).then_some(cap))
             }
         });
     }
@@ -552,14 +481,9 @@ fn classify_read_error(
 ) -> Stop {
     let name = &entry.name;
     if let Some((kind, msg)) = source_error.borrow_mut().take() {
-        return Stop::Failed(ImportError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(kind, msg),
-        });
+        return Stop::Failed(ImportError::Io { path: path.to_path_buf(), source: io::Error::new(kind, msg) });
     }
-    if let Some(LineTooLong { line, max }) =
-        e.get_ref().and_then(|i| i.downcast_ref::<LineTooLong>())
-    {
+    if let Some(LineTooLong { line, max }) = e.get_ref().and_then(|i| i.downcast_ref::<LineTooLong>()) {
         return Stop::Reject(format!(
             "{name}:{line}: line is longer than {max} bytes; a CSV line of the extract holds one row: check the \
              file's line ends"
@@ -582,10 +506,7 @@ fn classify_read_error(
     } else {
         String::new()
     };
-    Stop::Reject(format!(
-        "{}: truncated or corrupt bzip2 data{hint}: {e}",
-        entry.compressed_name()
-    ))
+    Stop::Reject(format!("{}: truncated or corrupt bzip2 data{hint}: {e}", entry.compressed_name()))
 }
 
 enum ParseError {
@@ -608,10 +529,7 @@ fn read_error(e: csv::Error) -> ParseError {
     match e.into_kind() {
         csv::ErrorKind::Io(e) => ParseError::Read(e),
         // Not expected with byte records and `flexible(true)`; report it as a read failure of the data.
-        other => ParseError::Read(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{other:?}"),
-        )),
+        other => ParseError::Read(io::Error::new(io::ErrorKind::InvalidData, format!("{other:?}"))),
     }
 }
 
@@ -628,10 +546,7 @@ struct FileParser<'a> {
 impl FileParser<'_> {
     fn parse<R: Read>(&mut self, input: R) -> Result<(), ParseError> {
         let custom = matches!(self.target, Target::Custom);
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(custom)
-            .flexible(true)
-            .from_reader(input);
+        let mut csv = csv::ReaderBuilder::new().has_headers(custom).flexible(true).from_reader(input);
         match self.target {
             Target::Standard(spec) => self.parse_standard(&mut csv, spec)?,
             Target::Custom => self.parse_custom(&mut csv)?,
@@ -644,11 +559,7 @@ impl FileParser<'_> {
         Ok(())
     }
 
-    fn parse_standard<R: Read>(
-        &mut self,
-        csv: &mut csv::Reader<R>,
-        spec: &'static FileSpec,
-    ) -> Result<(), ParseError> {
+    fn parse_standard<R: Read>(&mut self, csv: &mut csv::Reader<R>, spec: &'static FileSpec) -> Result<(), ParseError> {
         let name = self.name;
         let expected = spec.columns.len();
         let width = stored_columns(spec).count();
@@ -679,9 +590,8 @@ impl FileParser<'_> {
                         col.name
                     ))
                 })?;
-                let value = spec::parse_field(col, text).map_err(|why| {
-                    reject(format!("{name}:{line}: column {pos} ({}): {why}", col.name))
-                })?;
+                let value = spec::parse_field(col, text)
+                    .map_err(|why| reject(format!("{name}:{line}: column {pos} ({}): {why}", col.name)))?;
                 self.values.push(value);
             }
             self.row_done()?;
@@ -696,21 +606,13 @@ impl FileParser<'_> {
         for (i, raw) in csv.byte_headers().map_err(read_error)?.iter().enumerate() {
             let pos = i + 1;
             let h = std::str::from_utf8(raw)
-                .map_err(|_| {
-                    reject(format!(
-                        "{name}:1: column {pos} of the header: not valid UTF-8"
-                    ))
-                })?
+                .map_err(|_| reject(format!("{name}:1: column {pos} of the header: not valid UTF-8")))?
                 .trim_start_matches('\u{feff}');
             if h.trim().is_empty() {
-                return Err(reject(format!(
-                    "{name}:1: column {pos} of the header is empty; name every column"
-                )));
+                return Err(reject(format!("{name}:1: column {pos} of the header is empty; name every column")));
             }
             if !seen.insert(h.to_string()) {
-                return Err(reject(format!(
-                    "{name}:1: column {pos} of the header repeats the name {h:?}"
-                )));
+                return Err(reject(format!("{name}:1: column {pos} of the header repeats the name {h:?}")));
             }
             headers.push(h.to_string());
         }
@@ -728,21 +630,16 @@ impl FileParser<'_> {
             for (i, (h, raw)) in headers.iter().zip(rec.iter()).enumerate() {
                 let pos = i + 1;
                 let text = std::str::from_utf8(raw).map_err(|_| {
-                    reject(format!(
-                        "{name}:{line}: column {pos} ({h}): not valid UTF-8; write the CSV as UTF-8"
-                    ))
+                    reject(format!("{name}:{line}: column {pos} ({h}): not valid UTF-8; write the CSV as UTF-8"))
                 })?;
                 if text.contains(['\n', '\r']) {
-                    return Err(reject(format!(
-                        "{name}:{line}: column {pos} ({h}): contains a line break"
-                    )));
+                    return Err(reject(format!("{name}:{line}: column {pos} ({h}): contains a line break")));
                 }
                 data.insert(h.clone(), serde_json::Value::String(text.to_string()));
             }
             let json = serde_json::Value::Object(data).to_string();
             self.values.push(Value::Text(name.to_string()));
-            self.values
-                .push(Value::Int(i64::try_from(line).unwrap_or(i64::MAX)));
+            self.values.push(Value::Int(i64::try_from(line).unwrap_or(i64::MAX)));
             self.values.push(Value::Text(json));
             self.row_done()?;
         }
@@ -752,11 +649,7 @@ impl FileParser<'_> {
     fn row_done(&mut self) -> Result<(), Stop> {
         self.rows += 1;
         self.chunk_rows += 1;
-        if self.chunk_rows >= CHUNK_ROWS {
-            self.flush()
-        } else {
-            Ok(())
-        }
+        if self.chunk_rows >= CHUNK_ROWS { self.flush() } else { Ok(()) }
     }
 
     fn flush(&mut self) -> Result<(), Stop> {
@@ -764,15 +657,9 @@ impl FileParser<'_> {
             return Ok(());
         }
         let values = std::mem::take(&mut self.values);
-        let chunk = Chunk {
-            file: self.index,
-            rows: self.chunk_rows,
-            values,
-        };
+        let chunk = Chunk { file: self.index, rows: self.chunk_rows, values };
         self.chunk_rows = 0;
-        self.sender
-            .blocking_send(chunk)
-            .map_err(|_| Stop::Cancelled)
+        self.sender.blocking_send(chunk).map_err(|_| Stop::Cancelled)
     }
 }
 
@@ -819,12 +706,7 @@ struct LineGuard<R> {
 
 impl<R> LineGuard<R> {
     fn new(inner: R, max: u64) -> Self {
-        LineGuard {
-            inner,
-            max,
-            lines: 0,
-            current: 0,
-        }
+        LineGuard { inner, max, lines: 0, current: 0 }
     }
 }
 
@@ -840,10 +722,7 @@ impl<R: Read> Read for LineGuard<R> {
             None => self.current += n as u64,
         }
         if self.current > self.max {
-            return Err(io::Error::other(LineTooLong {
-                line: self.lines + 1,
-                max: self.max,
-            }));
+            return Err(io::Error::other(LineTooLong { line: self.lines + 1, max: self.max }));
         }
         Ok(n)
     }
@@ -869,13 +748,8 @@ mod tests {
     fn line_guard_stops_long_lines() {
         let data = b"ab\ncd\nefghij".to_vec();
         let mut out = Vec::new();
-        let err = LineGuard::new(&data[..], 4)
-            .read_to_end(&mut out)
-            .unwrap_err();
-        let inner = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<LineTooLong>())
-            .unwrap();
+        let err = LineGuard::new(&data[..], 4).read_to_end(&mut out).unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<LineTooLong>()).unwrap();
         assert_eq!(inner.line, 3);
         let mut out = Vec::new();
         LineGuard::new(&data[..], 6).read_to_end(&mut out).unwrap();

@@ -37,9 +37,7 @@ pub enum InstanceError {
     NewerSchema { path: PathBuf, found: i64 },
     #[error("instance database query failed: {0}")]
     Db(sqlx::Error),
-    #[error(
-        "{0:?} is not a table of the standard extract; use one of the FileSpec tables or custom_rows"
-    )]
+    #[error("{0:?} is not a table of the standard extract; use one of the FileSpec tables or custom_rows")]
     UnknownTable(String),
     #[error("the batch log of this instance holds an unreadable record for batch {batch}: {what}")]
     Corrupt { batch: String, what: String },
@@ -65,10 +63,7 @@ pub struct Instance {
 impl Instance {
     /// Open the instance database at `path`, creating the file and the schema if absent.
     pub async fn open(path: &Path) -> Result<Instance> {
-        let open_err = |source| InstanceError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| InstanceError::Open { path: path.to_path_buf(), source };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -80,35 +75,20 @@ impl Instance {
             .pragma("temp_store", "memory")
             // 64 MiB of page cache per connection: a large import spills less often.
             .pragma("cache_size", "-65536");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        let inst = Instance {
-            pool,
-            path: path.to_path_buf(),
-            import_lock: tokio::sync::Mutex::new(()),
-        };
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
+        let inst = Instance { pool, path: path.to_path_buf(), import_lock: tokio::sync::Mutex::new(()) };
         inst.create_schema().await?;
         Ok(inst)
     }
 
     async fn create_schema(&self) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
         if version > SCHEMA_VERSION {
-            return Err(InstanceError::NewerSchema {
-                path: self.path.clone(),
-                found: version,
-            });
+            return Err(InstanceError::NewerSchema { path: self.path.clone(), found: version });
         }
         for f in spec::STANDARD_FILES {
-            sqlx::query(AssertSqlSafe(create_table_sql(f)))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(AssertSqlSafe(create_table_sql(f))).execute(&mut *tx).await?;
         }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS custom_rows (file TEXT NOT NULL, line INTEGER NOT NULL, data TEXT NOT NULL)",
@@ -125,11 +105,7 @@ impl Instance {
         .execute(&mut *tx)
         .await?;
         if version < SCHEMA_VERSION {
-            sqlx::query(AssertSqlSafe(format!(
-                "PRAGMA user_version = {SCHEMA_VERSION}"
-            )))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(AssertSqlSafe(format!("PRAGMA user_version = {SCHEMA_VERSION}"))).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -170,22 +146,18 @@ impl Instance {
 
     /// The recorded outcome of batch `id` (imported or rejected), if this instance has seen it.
     pub async fn batch(&self, id: &BatchId) -> Result<Option<ImportReport>> {
-        let row = sqlx::query(
-            "SELECT batch_id, state, detail, files_json FROM batch_log WHERE batch_id = ?",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT batch_id, state, detail, files_json FROM batch_log WHERE batch_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| report_from_row(&r)).transpose()
     }
 
     /// Every batch this instance has seen, newest first (batch ids sort by creation time).
     pub async fn batches(&self) -> Result<Vec<ImportReport>> {
-        let rows = sqlx::query(
-            "SELECT batch_id, state, detail, files_json FROM batch_log ORDER BY batch_id DESC",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query("SELECT batch_id, state, detail, files_json FROM batch_log ORDER BY batch_id DESC")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(report_from_row).collect()
     }
 }
@@ -193,25 +165,15 @@ impl Instance {
 /// Read one `batch_log` row back into the report that was returned when the batch was processed.
 pub(crate) fn report_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ImportReport> {
     let id: String = r.try_get("batch_id")?;
-    let corrupt = |what: String| InstanceError::Corrupt {
-        batch: id.chars().take(64).collect(),
-        what,
-    };
+    let corrupt = |what: String| InstanceError::Corrupt { batch: id.chars().take(64).collect(), what };
     let batch_id = BatchId::parse(&id).map_err(|e| corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
-    let state =
-        BatchState::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let state = BatchState::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
     let detail: Option<String> = r.try_get("detail")?;
     let files_json: String = r.try_get("files_json")?;
-    let files: Vec<FileRows> = serde_json::from_str(&files_json)
-        .map_err(|e| corrupt(format!("files_json is not valid: {e}")))?;
-    Ok(ImportReport {
-        batch_id,
-        state,
-        detail,
-        files,
-        duplicate: false,
-    })
+    let files: Vec<FileRows> =
+        serde_json::from_str(&files_json).map_err(|e| corrupt(format!("files_json is not valid: {e}")))?;
+    Ok(ImportReport { batch_id, state, detail, files, duplicate: false })
 }
 
 /// The columns of `spec` that are stored (all but `Unused`), in file order.
@@ -227,14 +189,8 @@ fn sql_type(kind: Kind) -> &'static str {
 }
 
 fn create_table_sql(f: &'static FileSpec) -> String {
-    let cols: Vec<String> = stored_columns(f)
-        .map(|c| format!("\"{}\" {}", c.name, sql_type(c.kind)))
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS \"{}\" ({})",
-        f.table,
-        cols.join(", ")
-    )
+    let cols: Vec<String> = stored_columns(f).map(|c| format!("\"{}\" {}", c.name, sql_type(c.kind))).collect();
+    format!("CREATE TABLE IF NOT EXISTS \"{}\" ({})", f.table, cols.join(", "))
 }
 
 #[cfg(test)]
@@ -252,11 +208,7 @@ mod tests {
         // no spec name needs quoting beyond the double quotes we add
         for f in spec::STANDARD_FILES {
             for name in std::iter::once(f.table).chain(f.columns.iter().map(|c| c.name)) {
-                assert!(
-                    name.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-                    "{name}"
-                );
+                assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
             }
         }
     }

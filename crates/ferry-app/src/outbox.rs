@@ -37,10 +37,8 @@ pub async fn reserve_sequence(inst: &Instance, prefix: &str, count: u64) -> anyh
         .bind(prefix)
         .execute(&mut *tx)
         .await?;
-    let first: i64 = sqlx::query_scalar("SELECT next FROM sequences WHERE prefix = ?")
-        .bind(prefix)
-        .fetch_one(&mut *tx)
-        .await?;
+    let first: i64 =
+        sqlx::query_scalar("SELECT next FROM sequences WHERE prefix = ?").bind(prefix).fetch_one(&mut *tx).await?;
     sqlx::query("UPDATE sequences SET next = next + ? WHERE prefix = ?")
         .bind(count as i64)
         .bind(prefix)
@@ -51,7 +49,13 @@ pub async fn reserve_sequence(inst: &Instance, prefix: &str, count: u64) -> anyh
 }
 
 /// Copy `src` into the outbox as `name` and record it (`created`). The caller then announces it to Comms.
-pub async fn publish(inst: &Instance, tenant: &str, sftp_root: &Path, src: &Path, name: &str) -> anyhow::Result<FileReady> {
+pub async fn publish(
+    inst: &Instance,
+    tenant: &str,
+    sftp_root: &Path,
+    src: &Path,
+    name: &str,
+) -> anyhow::Result<FileReady> {
     if !valid_file_name(name) {
         bail!("{name:?} is not a valid downstream file name: use 1-64 of a-z, 0-9, '_', '-', '.'");
     }
@@ -86,7 +90,14 @@ pub async fn publish(inst: &Instance, tenant: &str, sftp_root: &Path, src: &Path
     .bind(Utc::now().to_rfc3339())
     .execute(inst.pool())
     .await?;
-    Ok(FileReady { tenant: tenant.to_string(), file_id, name: name.to_string(), bytes: digests.bytes, md5: digests.md5, sha256: digests.sha256 })
+    Ok(FileReady {
+        tenant: tenant.to_string(),
+        file_id,
+        name: name.to_string(),
+        bytes: digests.bytes,
+        md5: digests.md5,
+        sha256: digests.sha256,
+    })
 }
 
 pub fn outbox_dir(sftp_root: &Path, tenant: &str) -> PathBuf {
@@ -124,11 +135,16 @@ pub async fn set_progress(inst: &Instance, id: &FileId, p: &FileProgress) -> any
     ensure_schema(inst).await?;
     let at = p.at.to_rfc3339();
     let q = match p.state {
-        FileState::Relayed => "UPDATE outbox SET state = CASE WHEN state = 'delivered' THEN state ELSE 'relayed' END, relayed_at = COALESCE(relayed_at, ?), announced = 1 WHERE file_id = ?",
-        FileState::Delivered => "UPDATE outbox SET state = 'delivered', delivered_at = COALESCE(delivered_at, ?), announced = 1 WHERE file_id = ?",
+        FileState::Relayed => {
+            "UPDATE outbox SET state = CASE WHEN state = 'delivered' THEN state ELSE 'relayed' END, relayed_at = COALESCE(relayed_at, ?), announced = 1 WHERE file_id = ?"
+        }
+        FileState::Delivered => {
+            "UPDATE outbox SET state = 'delivered', delivered_at = COALESCE(delivered_at, ?), announced = 1 WHERE file_id = ?"
+        }
         _ => "UPDATE outbox SET announced = 1, detail = COALESCE(?, detail) WHERE file_id = ?",
     };
-    let bind_at = if matches!(p.state, FileState::Relayed | FileState::Delivered) { Some(at) } else { p.detail.clone() };
+    let bind_at =
+        if matches!(p.state, FileState::Relayed | FileState::Delivered) { Some(at) } else { p.detail.clone() };
     let r = sqlx::query(q).bind(bind_at).bind(id.as_str()).execute(inst.pool()).await?;
     Ok(r.rows_affected() == 1)
 }

@@ -47,10 +47,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn instance_path(&self, tenant: &str) -> PathBuf {
-        self.cfg
-            .data_dir
-            .join("instances")
-            .join(format!("{tenant}.db"))
+        self.cfg.data_dir.join("instances").join(format!("{tenant}.db"))
     }
 
     pub fn sftp_root(&self) -> PathBuf {
@@ -58,10 +55,7 @@ impl AppState {
     }
 
     /// An existing instance (None if the tenant has none on this server).
-    pub async fn instance(
-        &self,
-        tenant: &str,
-    ) -> anyhow::Result<Option<SharedInstance>> {
+    pub async fn instance(&self, tenant: &str) -> anyhow::Result<Option<SharedInstance>> {
         if !valid_tenant_name(tenant) {
             return Ok(None);
         }
@@ -102,10 +96,7 @@ impl ferry_sftp::server::Authorizer for CommsAuthorizer {
         }
         let root = self.0.sftp_root();
         std::fs::create_dir_all(&root).ok()?;
-        Some(ferry_sftp::server::Principal {
-            name: "comms".into(),
-            root,
-        })
+        Some(ferry_sftp::server::Principal { name: "comms".into(), root })
     }
 }
 
@@ -132,11 +123,7 @@ impl AppHandle {
 
 /// Load the identity only (for `ferry app info`).
 pub fn identity(cfg: &AppConfig) -> anyhow::Result<ServerIdentity> {
-    ServerIdentity::load_or_create(
-        &cfg.data_dir,
-        cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()),
-        &cfg.tls_names,
-    )
+    ServerIdentity::load_or_create(&cfg.data_dir, cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()), &cfg.tls_names)
 }
 
 pub async fn start(
@@ -144,12 +131,8 @@ pub async fn start(
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
 ) -> anyhow::Result<AppHandle> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            cfg.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = identity(&cfg)?;
     let mut comms_keys = HashMap::new();
     for k in &cfg.comms_keys {
@@ -203,13 +186,7 @@ pub async fn start(
     let (st, s) = (state.clone(), sd(&rx));
     tasks.push(tokio::spawn(announcer(st, s)));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
-    Ok(AppHandle {
-        https_addr,
-        ssh_addr,
-        state,
-        shutdown: tx,
-        tasks,
-    })
+    Ok(AppHandle { https_addr, ssh_addr, state, shutdown: tx, tasks })
 }
 
 type St = State<Arc<AppState>>;
@@ -226,16 +203,8 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn authenticate(
-    st: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), ApiError> {
-    st.verifier.verify(method, uri, headers, body, |keyid| {
-        st.comms_keys.get(keyid).cloned()
-    })?;
+fn authenticate(st: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    st.verifier.verify(method, uri, headers, body, |keyid| st.comms_keys.get(keyid).cloned())?;
     Ok(())
 }
 
@@ -247,36 +216,21 @@ async fn create(
     body: Bytes,
 ) -> Result<Json<InstanceCreated>, ApiError> {
     authenticate(&st, &method, &uri, &headers, &body)?;
-    let req: CreateInstance = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
+    let req: CreateInstance =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     if !valid_tenant_name(&req.tenant) {
-        return Err(ApiError::BadRequest(
-            "tenant name must be 1-32 of a-z, 0-9, '-', starting with a letter".into(),
-        ));
+        return Err(ApiError::BadRequest("tenant name must be 1-32 of a-z, 0-9, '-', starting with a letter".into()));
     }
-    let created = st
-        .create_instance(&req.tenant)
-        .await
-        .map_err(ApiError::Internal)?;
+    let created = st.create_instance(&req.tenant).await.map_err(ApiError::Internal)?;
     tracing::info!(tenant = %req.tenant, created, "instance ready");
-    Ok(Json(InstanceCreated {
-        tenant: req.tenant,
-        created,
-    }))
+    Ok(Json(InstanceCreated { tenant: req.tenant, created }))
 }
 
-async fn open_instance(
-    st: &AppState,
-    tenant: &str,
-) -> Result<SharedInstance, ApiError> {
+async fn open_instance(st: &AppState, tenant: &str) -> Result<SharedInstance, ApiError> {
     st.instance(tenant)
         .await
         .map_err(ApiError::Internal)?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no instance for tenant {tenant:?} on this App server"
-            ))
-        })
+        .ok_or_else(|| ApiError::NotFound(format!("no instance for tenant {tenant:?} on this App server")))
 }
 
 async fn list(
@@ -289,12 +243,7 @@ async fn list(
 ) -> Result<Json<Vec<ImportReport>>, ApiError> {
     authenticate(&st, &method, &uri, &headers, &body)?;
     let inst = open_instance(&st, &tenant).await?;
-    Ok(Json(
-        inst.0
-            .batches()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?,
-    ))
+    Ok(Json(inst.0.batches().await.map_err(|e| ApiError::Internal(e.into()))?))
 }
 
 async fn import(
@@ -308,20 +257,11 @@ async fn import(
     authenticate(&st, &method, &uri, &headers, &body)?;
     let id = BatchId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    manifest
-        .check_batch(&id)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let inst = open_instance(&st, &tenant).await?;
     let _one_at_a_time = inst.1.lock().await;
-    let dir = st
-        .sftp_root()
-        .join(&tenant)
-        .join("incoming")
-        .join(id.as_str());
-    let limits = ImportLimits {
-        max_decompressed_per_file: st.cfg.max_decompressed_bytes,
-        ..ImportLimits::default()
-    };
+    let dir = st.sftp_root().join(&tenant).join("incoming").join(id.as_str());
+    let limits = ImportLimits { max_decompressed_per_file: st.cfg.max_decompressed_bytes, ..ImportLimits::default() };
     let t = std::time::Instant::now();
     // In its own task: a client that disconnects must not cancel an import half-way (it would roll back).
     let (inst2, dir2) = (inst.clone(), dir.clone());

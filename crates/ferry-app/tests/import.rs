@@ -25,31 +25,23 @@ fn id(n: u32) -> BatchId {
 }
 
 fn location(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("\"L{i}\",\"Store {i}\",1,\"North\",\"ST\"\n"))
-        .collect()
+    (1..=n).map(|i| format!("\"L{i}\",\"Store {i}\",1,\"North\",\"ST\"\n")).collect()
 }
 
 fn master(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("\"I{i}\",\"Item, \"\"{i}\"\"\",\"EA\",0.5,1.25,,,,\"U{i}\"\n"))
-        .collect()
+    (1..=n).map(|i| format!("\"I{i}\",\"Item, \"\"{i}\"\"\",\"EA\",0.5,1.25,,,,\"U{i}\"\n")).collect()
 }
 
 fn stock(n: usize) -> String {
     (1..=n)
         .map(|i| {
-            format!(
-                "\"I{i}\",\"L1\",2025/12/01,1.50,1.40,2.99,{i},0,\"EX\",\"S1\",\"S1\",\"BOX\",12,14,24,12,,,,,\n"
-            )
+            format!("\"I{i}\",\"L1\",2025/12/01,1.50,1.40,2.99,{i},0,\"EX\",\"S1\",\"S1\",\"BOX\",12,14,24,12,,,,,\n")
         })
         .collect()
 }
 
 fn supplier(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("\"S{i}\",\"Supplier {i}\",\"local\",14\n"))
-        .collect()
+    (1..=n).map(|i| format!("\"S{i}\",\"Supplier {i}\",\"local\",14\n")).collect()
 }
 
 fn sales_row(i: usize) -> String {
@@ -70,11 +62,7 @@ fn sales(n: usize) -> String {
 
 fn po(n: usize) -> String {
     (1..=n)
-        .map(|i| {
-            format!(
-                "\"I{i}\",\"L1\",\"S1\",\"PO{i}\",\"1\",2026/01/05,100,2026/02/01,60,\"P\",1.40\n"
-            )
-        })
+        .map(|i| format!("\"I{i}\",\"L1\",\"S1\",\"PO{i}\",\"1\",2026/01/05,100,2026/02/01,60,\"P\",1.40\n"))
         .collect()
 }
 
@@ -107,11 +95,7 @@ fn compress(data: &[u8]) -> Vec<u8> {
 
 fn data_rows(name: &str, content: &str) -> u64 {
     let lines = content.lines().count() as u64;
-    if name.starts_with("ut_") {
-        lines.saturating_sub(1)
-    } else {
-        lines
-    }
+    if name.starts_with("ut_") { lines.saturating_sub(1) } else { lines }
 }
 
 fn entry(name: &str, content: &[u8], compressed: &[u8]) -> ManifestFile {
@@ -126,12 +110,7 @@ fn entry(name: &str, content: &[u8], compressed: &[u8]) -> ManifestFile {
 }
 
 /// Write `files` as `NAME.csv.bz2` under `dir/<batch id>/` and return that directory and the manifest.
-fn write_batch(
-    dir: &Path,
-    batch: &BatchId,
-    mode: Mode,
-    files: &[(&str, String)],
-) -> (std::path::PathBuf, Manifest) {
+fn write_batch(dir: &Path, batch: &BatchId, mode: Mode, files: &[(&str, String)]) -> (std::path::PathBuf, Manifest) {
     let bdir = dir.join(batch.as_str());
     std::fs::create_dir_all(&bdir).unwrap();
     let mut entries = Vec::new();
@@ -156,15 +135,7 @@ fn manifest(batch: &BatchId, mode: Mode, files: Vec<ManifestFile>) -> Manifest {
     }
 }
 
-const TABLES: &[&str] = &[
-    "location",
-    "master",
-    "stock",
-    "supplier",
-    "sales",
-    "po",
-    "custom_rows",
-];
+const TABLES: &[&str] = &["location", "master", "stock", "supplier", "sales", "po", "custom_rows"];
 
 async fn counts(inst: &Instance) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
@@ -185,9 +156,7 @@ async fn fixture() -> Fixture {
     let dir = TempDir::new().unwrap();
     let inst = Instance::open(&dir.path().join("acme.db")).await.unwrap();
     let (bdir, m) = write_batch(dir.path(), &id(1), Mode::Full, &good_files());
-    let report = import_batch(&inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let report = import_batch(&inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(report.state, BatchState::Imported, "{:?}", report.detail);
     let good = counts(&inst).await;
     Fixture { dir, inst, good }
@@ -196,9 +165,7 @@ async fn fixture() -> Fixture {
 /// Import a bad batch (id 2) and check it is rejected with a message that contains every one of `expect`, and
 /// that nothing of it was imported.
 async fn assert_rejected(f: &Fixture, bdir: &Path, m: &Manifest, expect: &[&str]) -> ImportReport {
-    let report = import_batch(&f.inst, bdir, m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let report = import_batch(&f.inst, bdir, m, &ImportLimits::default()).await.unwrap();
     assert_eq!(report.state, BatchState::Rejected);
     assert!(!report.duplicate);
     assert!(report.files.is_empty());
@@ -207,17 +174,8 @@ async fn assert_rejected(f: &Fixture, bdir: &Path, m: &Manifest, expect: &[&str]
     for e in expect {
         assert!(detail.contains(e), "detail {detail:?} should contain {e:?}");
     }
-    assert_eq!(
-        counts(&f.inst).await,
-        f.good,
-        "nothing of a rejected batch may be imported"
-    );
-    let logged = f
-        .inst
-        .batch(&m.batch_id)
-        .await
-        .unwrap()
-        .expect("the rejection is logged");
+    assert_eq!(counts(&f.inst).await, f.good, "nothing of a rejected batch may be imported");
+    let logged = f.inst.batch(&m.batch_id).await.unwrap().expect("the rejection is logged");
     assert_eq!(logged.state, BatchState::Rejected);
     assert_eq!(logged.detail.as_deref(), Some(detail.as_str()));
     report
@@ -225,16 +183,7 @@ async fn assert_rejected(f: &Fixture, bdir: &Path, m: &Manifest, expect: &[&str]
 
 /// The good files with `name` replaced by `content`.
 fn with_file(name: &str, content: String) -> Vec<(&'static str, String)> {
-    good_files()
-        .into_iter()
-        .map(|(n, c)| {
-            if n == name {
-                (n, content.clone())
-            } else {
-                (n, c)
-            }
-        })
-        .collect()
+    good_files().into_iter().map(|(n, c)| if n == name { (n, content.clone()) } else { (n, c) }).collect()
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -244,16 +193,7 @@ async fn good_batch_imports_and_a_second_import_is_a_no_op() {
     let f = fixture().await;
     let expected: Vec<(&str, u64)> = good_files()
         .iter()
-        .map(|(n, c)| {
-            (
-                if n.starts_with("ut_") {
-                    "custom_rows"
-                } else {
-                    n.trim_end_matches(".csv")
-                },
-                data_rows(n, c),
-            )
-        })
+        .map(|(n, c)| (if n.starts_with("ut_") { "custom_rows" } else { n.trim_end_matches(".csv") }, data_rows(n, c)))
         .collect();
     let mut got = f.good.clone();
     got.sort();
@@ -267,29 +207,20 @@ async fn good_batch_imports_and_a_second_import_is_a_no_op() {
             .fetch_one(f.inst.pool())
             .await
             .unwrap();
-    assert_eq!(
-        (item.as_str(), desc.as_str(), vol.as_str()),
-        ("I2", "Item, \"2\"", "0.5")
-    );
+    assert_eq!((item.as_str(), desc.as_str(), vol.as_str()), ("I2", "Item, \"2\"", "0.5"));
     let (date, qty, value): (String, String, String) =
         sqlx::query_as("SELECT order_date, qty, value FROM sales WHERE details = 'INV 30'")
             .fetch_one(f.inst.pool())
             .await
             .unwrap();
-    assert_eq!(
-        (date.as_str(), qty.as_str(), value.as_str()),
-        ("2026-01-03", "3.5", "-3.75")
-    );
-    let on_hand: i64 = sqlx::query_scalar("SELECT on_hand FROM stock WHERE item = 'I4'")
+    assert_eq!((date.as_str(), qty.as_str(), value.as_str()), ("2026-01-03", "3.5", "-3.75"));
+    let on_hand: i64 =
+        sqlx::query_scalar("SELECT on_hand FROM stock WHERE item = 'I4'").fetch_one(f.inst.pool()).await.unwrap();
+    assert_eq!(on_hand, 4);
+    let (line, data): (i64, String) = sqlx::query_as("SELECT line, data FROM custom_rows ORDER BY line LIMIT 1")
         .fetch_one(f.inst.pool())
         .await
         .unwrap();
-    assert_eq!(on_hand, 4);
-    let (line, data): (i64, String) =
-        sqlx::query_as("SELECT line, data FROM custom_rows ORDER BY line LIMIT 1")
-            .fetch_one(f.inst.pool())
-            .await
-            .unwrap();
     assert_eq!(line, 2);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&data).unwrap(),
@@ -299,22 +230,15 @@ async fn good_batch_imports_and_a_second_import_is_a_no_op() {
     // the same batch again: nothing changes, the stored report comes back marked duplicate
     let bdir = f.dir.path().join(id(1).as_str());
     let (_, m) = write_batch(f.dir.path(), &id(1), Mode::Full, &good_files());
-    let again = import_batch(&f.inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let again = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.state, BatchState::Imported);
-    assert!(again.files.contains(&FileRows {
-        name: "sales.csv".into(),
-        rows: 2500
-    }));
+    assert!(again.files.contains(&FileRows { name: "sales.csv".into(), rows: 2500 }));
     assert_eq!(counts(&f.inst).await, f.good);
 
     // even if the files are gone by now
     std::fs::remove_dir_all(&bdir).unwrap();
-    let again = import_batch(&f.inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let again = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert!(again.duplicate);
 
     let listed = f.inst.batches().await.unwrap();
@@ -328,26 +252,12 @@ async fn good_batch_imports_and_a_second_import_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_batch_imported_twice_at_once_is_imported_once() {
     let f = fixture().await;
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Incremental,
-        &[("sales.csv", sales(3000))],
-    );
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Incremental, &[("sales.csv", sales(3000))]);
     let limits = ImportLimits::default();
-    let (a, b) = tokio::join!(
-        import_batch(&f.inst, &bdir, &m, &limits),
-        import_batch(&f.inst, &bdir, &m, &limits)
-    );
+    let (a, b) = tokio::join!(import_batch(&f.inst, &bdir, &m, &limits), import_batch(&f.inst, &bdir, &m, &limits));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(
-        (a.state, b.state),
-        (BatchState::Imported, BatchState::Imported)
-    );
-    assert!(
-        a.duplicate != b.duplicate,
-        "exactly one of the two imports does the work"
-    );
+    assert_eq!((a.state, b.state), (BatchState::Imported, BatchState::Imported));
+    assert!(a.duplicate != b.duplicate, "exactly one of the two imports does the work");
     assert_eq!(f.inst.count_rows("sales").await.unwrap(), 2500 + 3000);
 }
 
@@ -356,53 +266,26 @@ async fn a_full_batch_replaces_the_tables_it_carries() {
     let f = fixture().await;
     let files = with_file("sales.csv", sales(10));
     let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &files);
-    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
     assert_eq!(f.inst.count_rows("sales").await.unwrap(), 10);
     assert_eq!(f.inst.count_rows("custom_rows").await.unwrap(), 2);
 
     // an incremental batch appends
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(3),
-        Mode::Incremental,
-        &[("sales.csv", sales(5))],
-    );
-    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let (bdir, m) = write_batch(f.dir.path(), &id(3), Mode::Incremental, &[("sales.csv", sales(5))]);
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
-    assert_eq!(
-        r.files,
-        vec![FileRows {
-            name: "sales.csv".into(),
-            rows: 5
-        }]
-    );
+    assert_eq!(r.files, vec![FileRows { name: "sales.csv".into(), rows: 5 }]);
     assert_eq!(f.inst.count_rows("sales").await.unwrap(), 15);
     assert_eq!(f.inst.count_rows("master").await.unwrap(), 5);
-    let ids: Vec<BatchId> = f
-        .inst
-        .batches()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.batch_id)
-        .collect();
+    let ids: Vec<BatchId> = f.inst.batches().await.unwrap().into_iter().map(|b| b.batch_id).collect();
     assert_eq!(ids, vec![id(3), id(2), id(1)]);
 }
 
 #[tokio::test]
 async fn md5_mismatch_is_rejected() {
     let f = fixture().await;
-    let (bdir, mut m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("stock.csv", stock(3)),
-    );
+    let (bdir, mut m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("stock.csv", stock(3)));
     let e = m.files.iter_mut().find(|e| e.name == "stock.csv").unwrap();
     let real = e.md5.clone();
     e.md5 = "0123456789abcdef0123456789abcdef".into();
@@ -419,47 +302,23 @@ async fn md5_mismatch_is_rejected() {
 async fn sha256_and_row_count_mismatches_are_rejected() {
     let f = fixture().await;
     let (bdir, mut m) = write_batch(f.dir.path(), &id(2), Mode::Full, &good_files());
-    m.files
-        .iter_mut()
-        .find(|e| e.name == "po.csv")
-        .unwrap()
-        .sha256 = "ab".repeat(32);
+    m.files.iter_mut().find(|e| e.name == "po.csv").unwrap().sha256 = "ab".repeat(32);
     assert_rejected(&f, &bdir, &m, &["po.csv: sha256 mismatch"]).await;
 
     let (bdir, mut m) = write_batch(f.dir.path(), &id(3), Mode::Full, &good_files());
-    m.files
-        .iter_mut()
-        .find(|e| e.name == "ut_001.csv")
-        .unwrap()
-        .rows = 3;
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["ut_001.csv: row count mismatch: manifest says 3 rows, received file has 2"],
-    )
-    .await;
+    m.files.iter_mut().find(|e| e.name == "ut_001.csv").unwrap().rows = 3;
+    assert_rejected(&f, &bdir, &m, &["ut_001.csv: row count mismatch: manifest says 3 rows, received file has 2"])
+        .await;
 }
 
 #[tokio::test]
 async fn truncated_bzip2_is_rejected() {
     let f = fixture().await;
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("po.csv", po(3000)),
-    );
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("po.csv", po(3000)));
     let path = bdir.join("po.csv.bz2");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["po.csv.bz2: truncated or corrupt bzip2 data", "cut short"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["po.csv.bz2: truncated or corrupt bzip2 data", "cut short"]).await;
 }
 
 #[tokio::test]
@@ -471,53 +330,23 @@ async fn corrupt_bzip2_is_rejected() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&path, &bytes).unwrap();
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["master.csv.bz2: truncated or corrupt bzip2 data"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["master.csv.bz2: truncated or corrupt bzip2 data"]).await;
 
     let (bdir, m) = write_batch(f.dir.path(), &id(3), Mode::Full, &good_files());
     std::fs::write(bdir.join("location.csv.bz2"), b"this is not bzip2 at all").unwrap();
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["location.csv.bz2: truncated or corrupt bzip2 data"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["location.csv.bz2: truncated or corrupt bzip2 data"]).await;
 }
 
 #[tokio::test]
 async fn missing_file_is_rejected_and_a_fixed_batch_is_accepted_later() {
     let f = fixture().await;
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("sales.csv", sales(7)),
-    );
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("sales.csv", sales(7)));
     std::fs::remove_file(bdir.join("supplier.csv.bz2")).unwrap();
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["supplier.csv.bz2: file is missing from the batch"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["supplier.csv.bz2: file is missing from the batch"]).await;
 
     // the same batch re-sent complete is imported
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("sales.csv", sales(7)),
-    );
-    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("sales.csv", sales(7)));
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
     assert_eq!(f.inst.count_rows("sales").await.unwrap(), 7);
     let logged = f.inst.batch(&id(2)).await.unwrap().unwrap();
@@ -537,49 +366,18 @@ async fn malformed_row_is_rejected_with_line_and_column() {
             content.push_str(&sales_row(i));
         }
     }
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("sales.csv", content),
-    );
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["sales.csv:1234: column 6 (qty): qty \"abc\" is not a decimal number"],
-    )
-    .await;
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("sales.csv", content));
+    assert_rejected(&f, &bdir, &m, &["sales.csv:1234: column 6 (qty): qty \"abc\" is not a decimal number"]).await;
 
     // a missing required value and an impossible date
-    let files = with_file(
-        "po.csv",
-        format!(
-            "{}\"I9\",\"L1\",\"S1\",\"PO9\",\"1\",2026/02/30,1,2026/03/01,1,\"P\",\n",
-            po(2)
-        ),
-    );
+    let files =
+        with_file("po.csv", format!("{}\"I9\",\"L1\",\"S1\",\"PO9\",\"1\",2026/02/30,1,2026/03/01,1,\"P\",\n", po(2)));
     let (bdir, m) = write_batch(f.dir.path(), &id(3), Mode::Full, &files);
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["po.csv:3: column 6 (order_date): order_date \"2026/02/30\" is not a date"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["po.csv:3: column 6 (order_date): order_date \"2026/02/30\" is not a date"]).await;
 
-    let files = with_file(
-        "location.csv",
-        format!("{},\"no code\",1,,\"DC\"\n", location(4)),
-    );
+    let files = with_file("location.csv", format!("{},\"no code\",1,,\"DC\"\n", location(4)));
     let (bdir, m) = write_batch(f.dir.path(), &id(4), Mode::Full, &files);
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["location.csv:5: column 1 (location): location is required but empty"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["location.csv:5: column 1 (location): location is required but empty"]).await;
 }
 
 #[tokio::test]
@@ -598,13 +396,7 @@ async fn invalid_utf8_is_rejected() {
         entries.push(entry(name, &bytes, &bz));
     }
     let m = manifest(&id(2), Mode::Full, entries);
-    assert_rejected(
-        &f,
-        &dir,
-        &m,
-        &["supplier.csv:3: column 2 (description): not valid UTF-8"],
-    )
-    .await;
+    assert_rejected(&f, &dir, &m, &["supplier.csv:3: column 2 (description): not valid UTF-8"]).await;
 }
 
 #[tokio::test]
@@ -613,29 +405,12 @@ async fn wrong_column_count_is_rejected() {
     let mut content = sales(16);
     content.push_str("\"I1\",\"L1\",\"C1\",2026/01/02,2026/01/02,1,2,3,4\n");
     content.push_str(&sales(3));
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(2),
-        Mode::Full,
-        &with_file("sales.csv", content),
-    );
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["sales.csv: expected 10 columns, found 9 at line 17"],
-    )
-    .await;
+    let (bdir, m) = write_batch(f.dir.path(), &id(2), Mode::Full, &with_file("sales.csv", content));
+    assert_rejected(&f, &bdir, &m, &["sales.csv: expected 10 columns, found 9 at line 17"]).await;
 
     let files = with_file("ut_001.csv", "region,target\n\"R1\",1\n\"R2\",2,3\n".into());
     let (bdir, m) = write_batch(f.dir.path(), &id(3), Mode::Full, &files);
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &["ut_001.csv: expected 2 columns (as in its header), found 3 at line 3"],
-    )
-    .await;
+    assert_rejected(&f, &bdir, &m, &["ut_001.csv: expected 2 columns (as in its header), found 3 at line 3"]).await;
 }
 
 #[tokio::test]
@@ -646,12 +421,7 @@ async fn bad_manifest_and_overlong_lines_are_rejected() {
     assert_rejected(&f, &bdir, &m, &["not a standard file"]).await;
 
     let long = format!("\"S1\",\"{}\",\"local\",14\n", "x".repeat(3 << 20));
-    let (bdir, m) = write_batch(
-        f.dir.path(),
-        &id(3),
-        Mode::Full,
-        &with_file("supplier.csv", long),
-    );
+    let (bdir, m) = write_batch(f.dir.path(), &id(3), Mode::Full, &with_file("supplier.csv", long));
     assert_rejected(&f, &bdir, &m, &["supplier.csv:1: line is longer than"]).await;
 }
 
@@ -672,51 +442,20 @@ async fn bzip2_bomb_is_stopped_by_the_cap() {
     e.bytes = 100;
     e.compressed_bytes = bomb.len() as u64;
     let started = Instant::now();
-    assert_rejected(
-        &f,
-        &bdir,
-        &m,
-        &[
-            "master.csv: decompressed size exceeds the cap",
-            "manifest says 100 bytes",
-        ],
-    )
-    .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the cap must stop a bomb early: {:?}",
-        started.elapsed()
-    );
+    assert_rejected(&f, &bdir, &m, &["master.csv: decompressed size exceeds the cap", "manifest says 100 bytes"]).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the cap must stop a bomb early: {:?}", started.elapsed());
 
     // a ratio limit refuses it before decompressing anything
-    let limits = ImportLimits {
-        max_ratio: Some(1000),
-        ..ImportLimits::default()
-    };
-    m.files
-        .iter_mut()
-        .find(|e| e.name == "master.csv")
-        .unwrap()
-        .bytes = 200 << 20;
+    let limits = ImportLimits { max_ratio: Some(1000), ..ImportLimits::default() };
+    m.files.iter_mut().find(|e| e.name == "master.csv").unwrap().bytes = 200 << 20;
     let r = import_batch(&f.inst, &bdir, &m, &limits).await.unwrap();
     assert_eq!(r.state, BatchState::Rejected);
-    assert!(
-        r.detail
-            .unwrap()
-            .contains("master.csv.bz2: the manifest announces 209715200 bytes")
-    );
+    assert!(r.detail.unwrap().contains("master.csv.bz2: the manifest announces 209715200 bytes"));
 
     // and a file announced beyond the per-file limit is refused outright
-    let limits = ImportLimits {
-        max_decompressed_per_file: 1 << 20,
-        ..ImportLimits::default()
-    };
+    let limits = ImportLimits { max_decompressed_per_file: 1 << 20, ..ImportLimits::default() };
     let r = import_batch(&f.inst, &bdir, &m, &limits).await.unwrap();
-    assert!(
-        r.detail
-            .unwrap()
-            .contains("more than this server accepts per file")
-    );
+    assert!(r.detail.unwrap().contains("more than this server accepts per file"));
     assert_eq!(counts(&f.inst).await, f.good);
 }
 
@@ -727,10 +466,7 @@ async fn instances_reopen_with_their_data() {
     f.inst.close().await;
     let inst = Instance::open(&path).await.unwrap();
     assert_eq!(counts(&inst).await, f.good);
-    assert_eq!(
-        inst.batch(&id(1)).await.unwrap().unwrap().state,
-        BatchState::Imported
-    );
+    assert_eq!(inst.batch(&id(1)).await.unwrap().unwrap().state, BatchState::Imported);
     assert!(inst.batch(&id(9)).await.unwrap().is_none());
 }
 
@@ -748,9 +484,7 @@ async fn import_speed() {
     eprintln!("prepared {plain} bytes of CSV in {:?}", t.elapsed());
 
     let t = Instant::now();
-    let r = import_batch(&inst, &bdir, &m, &ImportLimits::default())
-        .await
-        .unwrap();
+    let r = import_batch(&inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
     assert_eq!(inst.count_rows("sales").await.unwrap(), ROWS as u64);

@@ -44,8 +44,7 @@ impl Admin {
                 "tenant name {name:?} is not valid: use 1-32 lowercase letters, digits and '-', starting with a letter"
             );
         }
-        let app =
-            crate::appclient::AppClient::new(&self.cfg.app, self.identity.service_key.clone())?;
+        let app = crate::appclient::AppClient::new(&self.cfg.app, self.identity.service_key.clone())?;
         app.create_instance(name)
             .await
             .with_context(|| format!("cannot create the instance for {name} on the App server"))?;
@@ -58,29 +57,14 @@ impl Admin {
 
     /// A new single-use registration token for an existing tenant.
     pub async fn token(&self, name: &str, public_url: &str) -> anyhow::Result<String> {
-        let known = db::list_tenants(&self.db)
-            .await?
-            .into_iter()
-            .any(|t| t.name == name);
+        let known = db::list_tenants(&self.db).await?.into_iter().any(|t| t.name == name);
         if !known {
             bail!("no tenant named {name:?}: add it with `ferry comms tenant add {name}`");
         }
         let token = RegistrationToken::generate(public_url, &self.identity.tls_fingerprint);
         let expires = Utc::now() + Duration::hours(self.cfg.token_ttl_hours);
-        db::add_token(
-            &self.db,
-            &crate::api::secret_hash(&token.secret),
-            name,
-            expires,
-        )
-        .await?;
-        db::audit(
-            &self.db,
-            Some(name),
-            "token_issued",
-            &format!("expires {}", expires.to_rfc3339()),
-        )
-        .await;
+        db::add_token(&self.db, &crate::api::secret_hash(&token.secret), name, expires).await?;
+        db::audit(&self.db, Some(name), "token_issued", &format!("expires {}", expires.to_rfc3339())).await;
         Ok(token.encode())
     }
 
@@ -89,17 +73,7 @@ impl Admin {
         if !db::set_tenant_status(&self.db, name, status).await? {
             bail!("no tenant named {name:?}");
         }
-        db::audit(
-            &self.db,
-            Some(name),
-            if enabled {
-                "tenant_enabled"
-            } else {
-                "tenant_disabled"
-            },
-            "",
-        )
-        .await;
+        db::audit(&self.db, Some(name), if enabled { "tenant_enabled" } else { "tenant_disabled" }, "").await;
         Ok(())
     }
 }

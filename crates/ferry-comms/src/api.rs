@@ -58,16 +58,12 @@ pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Caller, ApiError> {
-    let v = st.verifier.verify(method, uri, headers, body, |keyid| {
-        st.keys.tenant_of(keyid).map(|(_, k)| k)
-    })?;
-    let (tenant, _) = st.keys.tenant_of(&v.keyid).ok_or_else(|| {
-        ApiError::Unauthorized("this key is not registered (or was revoked)".into())
-    })?;
-    Ok(Caller {
-        tenant,
-        key_fingerprint: v.keyid,
-    })
+    let v = st.verifier.verify(method, uri, headers, body, |keyid| st.keys.tenant_of(keyid).map(|(_, k)| k))?;
+    let (tenant, _) = st
+        .keys
+        .tenant_of(&v.keyid)
+        .ok_or_else(|| ApiError::Unauthorized("this key is not registered (or was revoked)".into()))?;
+    Ok(Caller { tenant, key_fingerprint: v.keyid })
 }
 
 pub fn secret_hash(secret: &str) -> String {
@@ -79,37 +75,17 @@ async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let key = ferry_io::keys::parse_public_key(&req.public_key).map_err(|e| {
-        ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}"))
-    })?;
+    let key = ferry_io::keys::parse_public_key(&req.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
     check_key_strength(&key)?;
     let fp = ferry_io::keys::fingerprint(&key);
     let openssh = ferry_io::keys::public_key_openssh(&key).map_err(ApiError::internal)?;
-    let hostname: String = req
-        .hostname
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect();
-    let tenant = match db::register_key(
-        &st.db,
-        &secret_hash(&req.token_secret),
-        &fp,
-        &openssh,
-        &hostname,
-    )
-    .await
-    {
+    let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
+    let tenant = match db::register_key(&st.db, &secret_hash(&req.token_secret), &fp, &openssh, &hostname).await {
         Ok(t) => t,
         Err(db::RegisterError::Db(e)) => return Err(e.into()),
         Err(e) => {
-            db::audit(
-                &st.db,
-                None,
-                "register_refused",
-                &format!("from {peer}: {e}"),
-            )
-            .await;
+            db::audit(&st.db, None, "register_refused", &format!("from {peer}: {e}")).await;
             return Err(match e {
                 db::RegisterError::KeyTaken => ApiError::Conflict(e.to_string()),
                 _ => ApiError::Unauthorized(e.to_string()),
@@ -118,13 +94,7 @@ async fn register(
     };
     std::fs::create_dir_all(st.sftp_root(&tenant)).map_err(ApiError::internal)?;
     st.keys.insert(fp.clone(), tenant.clone(), key);
-    db::audit(
-        &st.db,
-        Some(&tenant),
-        "registered",
-        &format!("key {fp} host {hostname:?} from {peer}"),
-    )
-    .await;
+    db::audit(&st.db, Some(&tenant), "registered", &format!("key {fp} host {hostname:?} from {peer}")).await;
     tracing::info!(%tenant, key = %fp, "connector registered");
     Ok(Json(RegisterResponse {
         tenant,
@@ -139,22 +109,14 @@ fn check_key_strength(key: &russh::keys::PublicKey) -> Result<(), ApiError> {
     match key.key_data() {
         KeyData::Ed25519(_) => Ok(()),
         KeyData::Rsa(rsa) => {
-            let bits = rsa
-                .n()
-                .as_positive_bytes()
-                .map(|b| b.len() * 8)
-                .unwrap_or(0);
+            let bits = rsa.n().as_positive_bytes().map(|b| b.len() * 8).unwrap_or(0);
             if bits >= 2048 {
                 Ok(())
             } else {
-                Err(ApiError::BadRequest(format!(
-                    "RSA keys must have at least 2048 bits (this one has {bits})"
-                )))
+                Err(ApiError::BadRequest(format!("RSA keys must have at least 2048 bits (this one has {bits})")))
             }
         }
-        _ => Err(ApiError::BadRequest(
-            "only RSA (2048 bits or more) and Ed25519 keys are accepted".into(),
-        )),
+        _ => Err(ApiError::BadRequest("only RSA (2048 bits or more) and Ed25519 keys are accepted".into())),
     }
 }
 
@@ -166,10 +128,7 @@ async fn whoami(
     body: Bytes,
 ) -> Result<Json<WhoAmI>, ApiError> {
     let c = authenticate(&st, &method, &uri, &headers, &body)?;
-    Ok(Json(WhoAmI {
-        tenant: c.tenant,
-        key_fingerprint: c.key_fingerprint,
-    }))
+    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
 }
 
 #[derive(Deserialize)]
@@ -224,9 +183,7 @@ async fn complete_batch(
     let c = authenticate(&st, &method, &uri, &headers, &body)?;
     let id = parse_batch_id(&id)?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    manifest
-        .check_batch(&id)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     if let Some(existing) = db::batch_status(&st.db, &c.tenant, &id).await? {
         return Ok(Json(existing));
     }
@@ -240,11 +197,7 @@ async fn complete_batch(
     let upload = st.sftp_root(&c.tenant).join("upload").join(id.as_str());
     let dest = st.batch_dir(&c.tenant, id.as_str());
     // A completion that moved the files but failed before recording the batch is finished on retry.
-    let have = if dest.exists() {
-        dest.clone()
-    } else {
-        upload.clone()
-    };
+    let have = if dest.exists() { dest.clone() } else { upload.clone() };
     for f in &manifest.files {
         let name = f.compressed_name();
         let size = match std::fs::symlink_metadata(have.join(&name)) {
@@ -268,18 +221,9 @@ async fn complete_batch(
     if !dest.exists() {
         std::fs::rename(&upload, &dest).map_err(ApiError::internal)?;
     }
-    std::fs::write(dest.join(ferry_proto::manifest::MANIFEST_NAME), &body)
-        .map_err(ApiError::internal)?;
-    let status = db::insert_batch(&st.db, &c.tenant, &manifest)
-        .await
-        .map_err(ApiError::Internal)?;
-    db::audit(
-        &st.db,
-        Some(&c.tenant),
-        "batch_completed",
-        &format!("{id} ({} files)", manifest.files.len()),
-    )
-    .await;
+    std::fs::write(dest.join(ferry_proto::manifest::MANIFEST_NAME), &body).map_err(ApiError::internal)?;
+    let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
+    db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
     tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
     st.relay_wakeup.notify_one();
     Ok(Json(status))

@@ -28,12 +28,7 @@ impl AppClient {
         let api = if ep.api_url.is_empty() {
             None
         } else {
-            Some(ApiClient::new(
-                &ep.api_url,
-                pin,
-                Some(key.clone()),
-                Duration::from_secs(3600),
-            )?)
+            Some(ApiClient::new(&ep.api_url, pin, Some(key.clone()), Duration::from_secs(3600))?)
         };
         Ok(AppClient {
             api,
@@ -53,15 +48,7 @@ impl AppClient {
     }
 
     pub async fn create_instance(&self, tenant: &str) -> anyhow::Result<InstanceCreated> {
-        Ok(self
-            .api()?
-            .post(
-                "/v1/instances",
-                &CreateInstance {
-                    tenant: tenant.to_string(),
-                },
-            )
-            .await?)
+        Ok(self.api()?.post("/v1/instances", &CreateInstance { tenant: tenant.to_string() }).await?)
     }
 
     /// Copy a completed batch to `/<tenant>/incoming/<batch>/` on the App server. Returns bytes sent.
@@ -79,10 +66,7 @@ impl AppClient {
             if sftp.stat_size(&remote).await? == Some(f.compressed_bytes) {
                 continue;
             }
-            sent += sftp
-                .upload_file(&dir.join(&name), &remote)
-                .await
-                .with_context(|| format!("relaying {name}"))?;
+            sent += sftp.upload_file(&dir.join(&name), &remote).await.with_context(|| format!("relaying {name}"))?;
         }
         sftp.close().await?;
         Ok(sent)

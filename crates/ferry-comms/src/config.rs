@@ -55,9 +55,7 @@ impl Default for CommsConfig {
     fn default() -> Self {
         CommsConfig {
             data_dir: PathBuf::from("ferry-data/comms"),
-            listen_https: "127.0.0.1:8443"
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            listen_https: "127.0.0.1:8443".parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443))),
             listen_ssh: SocketAddr::from(([127, 0, 0, 1], 2222)),
             public_url: String::new(),
             public_ssh_addr: String::new(),
@@ -76,8 +74,8 @@ impl CommsConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the comms config {}", path.display()))?;
-        let cfg: CommsConfig = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid comms config", path.display()))?;
+        let cfg: CommsConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid comms config", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -87,15 +85,10 @@ impl CommsConfig {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
         }
         if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
-            bail!(
-                "public_url must start with https:// (got {:?})",
-                self.public_url
-            );
+            bail!("public_url must start with https:// (got {:?})", self.public_url);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!(
-                "set both tls_cert and tls_key, or neither (a self-signed certificate is then created)"
-            );
+            bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
         }
         Ok(())
     }

@@ -50,14 +50,7 @@ pub async fn active_keys(pool: &SqlitePool) -> sqlx::Result<Vec<KeyRow>> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| KeyRow {
-            fingerprint: r.get(0),
-            tenant: r.get(1),
-            public_key: r.get(2),
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| KeyRow { fingerprint: r.get(0), tenant: r.get(1), public_key: r.get(2) }).collect())
 }
 
 pub async fn add_tenant(pool: &SqlitePool, name: &str) -> sqlx::Result<bool> {
@@ -103,20 +96,11 @@ pub async fn list_tenants(pool: &SqlitePool) -> sqlx::Result<Vec<TenantRow>> {
 }
 
 pub async fn set_tenant_status(pool: &SqlitePool, name: &str, status: &str) -> sqlx::Result<bool> {
-    let r = sqlx::query("UPDATE tenants SET status = ? WHERE name = ?")
-        .bind(status)
-        .bind(name)
-        .execute(pool)
-        .await?;
+    let r = sqlx::query("UPDATE tenants SET status = ? WHERE name = ?").bind(status).bind(name).execute(pool).await?;
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn add_token(
-    pool: &SqlitePool,
-    secret_hash: &str,
-    tenant: &str,
-    expires: DateTime<Utc>,
-) -> sqlx::Result<()> {
+pub async fn add_token(pool: &SqlitePool, secret_hash: &str, tenant: &str, expires: DateTime<Utc>) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO tokens(secret_hash, tenant, expires_at) VALUES (?, ?, ?)")
         .bind(secret_hash)
         .bind(tenant)
@@ -133,17 +117,13 @@ pub enum RegisterError {
         "registration token is not known here: ask the operator for a new one (`ferry comms tenant add` or `tenant token`)"
     )]
     UnknownToken,
-    #[error(
-        "registration token was already used: each token registers one connector; ask the operator for a new one"
-    )]
+    #[error("registration token was already used: each token registers one connector; ask the operator for a new one")]
     UsedToken,
     #[error("registration token expired: ask the operator for a new one")]
     ExpiredToken,
     #[error("tenant is disabled: contact the operator")]
     TenantDisabled,
-    #[error(
-        "this public key is already registered: generate a new key (`ferry connector init --force-key`)"
-    )]
+    #[error("this public key is already registered: generate a new key (`ferry connector init --force-key`)")]
     KeyTaken,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -173,28 +153,23 @@ pub async fn register_key(
     if used.is_some() {
         return Err(RegisterError::UsedToken);
     }
-    let expires = DateTime::parse_from_rfc3339(&expires)
-        .map(|d| d.with_timezone(&Utc))
-        .unwrap_or_default();
+    let expires = DateTime::parse_from_rfc3339(&expires).map(|d| d.with_timezone(&Utc)).unwrap_or_default();
     if expires <= Utc::now() {
         return Err(RegisterError::ExpiredToken);
     }
     if status != "active" {
         return Err(RegisterError::TenantDisabled);
     }
-    let taken = sqlx::query("SELECT 1 FROM keys WHERE fingerprint = ?")
-        .bind(fingerprint)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let taken =
+        sqlx::query("SELECT 1 FROM keys WHERE fingerprint = ?").bind(fingerprint).fetch_optional(&mut *tx).await?;
     if taken.is_some() {
         return Err(RegisterError::KeyTaken);
     }
-    let used =
-        sqlx::query("UPDATE tokens SET used_at = ? WHERE secret_hash = ? AND used_at IS NULL")
-            .bind(now())
-            .bind(secret_hash)
-            .execute(&mut *tx)
-            .await?;
+    let used = sqlx::query("UPDATE tokens SET used_at = ? WHERE secret_hash = ? AND used_at IS NULL")
+        .bind(now())
+        .bind(secret_hash)
+        .execute(&mut *tx)
+        .await?;
     if used.rows_affected() != 1 {
         return Err(RegisterError::UsedToken);
     }
@@ -233,18 +208,12 @@ fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<BatchStatus> {
         detail: r.get("detail"),
         files: r.get::<i64, _>("files") as u32,
         rows: r.get::<i64, _>("rows") as u64,
-        updated_at: DateTime::parse_from_rfc3339(&updated)
-            .map(|d| d.with_timezone(&Utc))
-            .unwrap_or_default(),
+        updated_at: DateTime::parse_from_rfc3339(&updated).map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
     })
 }
 
 /// Record a completed batch; a second completion of the same id changes nothing. Returns the current status.
-pub async fn insert_batch(
-    pool: &SqlitePool,
-    tenant: &str,
-    m: &Manifest,
-) -> anyhow::Result<BatchStatus> {
+pub async fn insert_batch(pool: &SqlitePool, tenant: &str, m: &Manifest) -> anyhow::Result<BatchStatus> {
     let rows: u64 = m.files.iter().map(|f| f.rows).sum();
     sqlx::query(
         "INSERT INTO batches(tenant, batch_id, state, manifest, files, rows, created_at, updated_at)
@@ -259,16 +228,10 @@ pub async fn insert_batch(
     .bind(now())
     .execute(pool)
     .await?;
-    batch_status(pool, tenant, &m.batch_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("batch vanished after insert"))
+    batch_status(pool, tenant, &m.batch_id).await?.ok_or_else(|| anyhow::anyhow!("batch vanished after insert"))
 }
 
-pub async fn batch_status(
-    pool: &SqlitePool,
-    tenant: &str,
-    id: &BatchId,
-) -> sqlx::Result<Option<BatchStatus>> {
+pub async fn batch_status(pool: &SqlitePool, tenant: &str, id: &BatchId) -> sqlx::Result<Option<BatchStatus>> {
     let row = sqlx::query("SELECT * FROM batches WHERE tenant = ? AND batch_id = ?")
         .bind(tenant)
         .bind(id.as_str())
@@ -277,11 +240,7 @@ pub async fn batch_status(
     Ok(row.as_ref().and_then(status_from_row))
 }
 
-pub async fn list_batches(
-    pool: &SqlitePool,
-    tenant: &str,
-    limit: i64,
-) -> sqlx::Result<Vec<BatchStatus>> {
+pub async fn list_batches(pool: &SqlitePool, tenant: &str, limit: i64) -> sqlx::Result<Vec<BatchStatus>> {
     let rows = sqlx::query("SELECT * FROM batches WHERE tenant = ? ORDER BY batch_id DESC LIMIT ?")
         .bind(tenant)
         .bind(limit)
@@ -338,19 +297,16 @@ pub async fn set_batch_state(
 }
 
 /// A relay attempt failed: keep the state, note why, count the attempt.
-pub async fn note_batch_failure(
-    pool: &SqlitePool,
-    tenant: &str,
-    id: &BatchId,
-    detail: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE batches SET detail = ?, attempts = attempts + 1, updated_at = ? WHERE tenant = ? AND batch_id = ?")
-        .bind(detail)
-        .bind(now())
-        .bind(tenant)
-        .bind(id.as_str())
-        .execute(pool)
-        .await?;
+pub async fn note_batch_failure(pool: &SqlitePool, tenant: &str, id: &BatchId, detail: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE batches SET detail = ?, attempts = attempts + 1, updated_at = ? WHERE tenant = ? AND batch_id = ?",
+    )
+    .bind(detail)
+    .bind(now())
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -495,14 +451,13 @@ pub async fn set_download_delivered(pool: &SqlitePool, tenant: &str, id: &FileId
 }
 
 pub async fn note_download_error(pool: &SqlitePool, tenant: &str, id: &FileId, error: &str) -> sqlx::Result<bool> {
-    let r = sqlx::query(
-        "UPDATE downloads SET last_error = ?, attempts = attempts + 1 WHERE tenant = ? AND file_id = ?",
-    )
-    .bind(error)
-    .bind(tenant)
-    .bind(id.as_str())
-    .execute(pool)
-    .await?;
+    let r =
+        sqlx::query("UPDATE downloads SET last_error = ?, attempts = attempts + 1 WHERE tenant = ? AND file_id = ?")
+            .bind(error)
+            .bind(tenant)
+            .bind(id.as_str())
+            .execute(pool)
+            .await?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -97,7 +97,11 @@ fn compress_verified(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyh
     file.sync_all()?;
     if d.bytes != bytes || d.sha256 != sha256 {
         let _ = std::fs::remove_file(out);
-        bail!("the file fetched from the App does not match what it announced ({} bytes, sha256 {}); fetching again", d.bytes, d.sha256);
+        bail!(
+            "the file fetched from the App does not match what it announced ({} bytes, sha256 {}); fetching again",
+            d.bytes,
+            d.sha256
+        );
     }
     Ok(std::fs::metadata(out)?.len())
 }

@@ -90,12 +90,7 @@ impl CommsState {
 
     /// Completed batches, moved out of the SFTP root so the Connector can no longer change them.
     pub fn batch_dir(&self, tenant: &str, batch_id: &str) -> PathBuf {
-        self.cfg
-            .data_dir
-            .join("tenants")
-            .join(tenant)
-            .join("batches")
-            .join(batch_id)
+        self.cfg.data_dir.join("tenants").join(tenant).join("batches").join(batch_id)
     }
 }
 
@@ -141,9 +136,7 @@ impl CommsHandle {
     }
 }
 
-fn shutdown_signal(
-    rx: &watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn shutdown_signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -156,12 +149,8 @@ pub async fn start(
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
 ) -> anyhow::Result<CommsHandle> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            cfg.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = ServerIdentity::load_or_create(
         &cfg.data_dir,
         cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()),
@@ -220,10 +209,7 @@ pub async fn start(
         }
     }));
     tasks.push(tokio::spawn(downstream::run(state.clone(), shutdown_signal(&rx))));
-    tasks.push(tokio::spawn(relay::run(
-        state.clone(),
-        shutdown_signal(&rx),
-    )));
+    tasks.push(tokio::spawn(relay::run(state.clone(), shutdown_signal(&rx))));
 
     // Operator actions (`tenant disable`, key changes) are made by another process on the same database:
     // pick them up within seconds.
@@ -241,13 +227,7 @@ pub async fn start(
         }
     }));
     tracing::info!(%https_addr, %ssh_addr, "comms server listening");
-    Ok(CommsHandle {
-        https_addr,
-        ssh_addr,
-        state,
-        shutdown: tx,
-        tasks,
-    })
+    Ok(CommsHandle { https_addr, ssh_addr, state, shutdown: tx, tasks })
 }
 
 fn url_host(url: &str) -> Option<String> {
@@ -256,27 +236,15 @@ fn url_host(url: &str) -> Option<String> {
     if let Some(v6) = hostport.strip_prefix('[') {
         return v6.split(']').next().map(|h| format!("[{h}]"));
     }
-    Some(
-        hostport
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(hostport)
-            .to_string(),
-    )
+    Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_string())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn url_host_parses() {
-        assert_eq!(
-            super::url_host("https://comms.example:443/x").as_deref(),
-            Some("comms.example")
-        );
-        assert_eq!(
-            super::url_host("https://10.0.0.1").as_deref(),
-            Some("10.0.0.1")
-        );
+        assert_eq!(super::url_host("https://comms.example:443/x").as_deref(), Some("comms.example"));
+        assert_eq!(super::url_host("https://10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(super::url_host("http://x"), None);
     }
 }

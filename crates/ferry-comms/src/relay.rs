@@ -46,10 +46,7 @@ async fn relay_pending(st: &CommsState) -> anyhow::Result<bool> {
         match relay_one(st, &b).await {
             Ok(()) => moved = true,
             Err(e) => {
-                let msg = format!(
-                    "relay to the App server failed (attempt {}), will retry: {e:#}",
-                    b.attempts + 1
-                );
+                let msg = format!("relay to the App server failed (attempt {}), will retry: {e:#}", b.attempts + 1);
                 db::note_batch_failure(&st.db, &b.tenant, &id, &msg).await?;
                 failure = Some(e);
             }
@@ -71,20 +68,12 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
         tracing::info!(tenant = %b.tenant, batch = %id, bytes, secs = t.elapsed().as_secs_f64(), "batch relayed");
     }
     let report = st.app.import(&b.tenant, &b.manifest).await?;
-    let state = if report.state == BatchState::Imported {
-        BatchState::Imported
-    } else {
-        BatchState::Rejected
-    };
+    let state = if report.state == BatchState::Imported { BatchState::Imported } else { BatchState::Rejected };
     db::set_batch_state(&st.db, &b.tenant, id, state, report.detail.as_deref()).await?;
     db::audit(
         &st.db,
         Some(&b.tenant),
-        if state == BatchState::Imported {
-            "batch_imported"
-        } else {
-            "batch_rejected"
-        },
+        if state == BatchState::Imported { "batch_imported" } else { "batch_rejected" },
         &format!("{id} {}", state.as_str()),
     )
     .await;

@@ -31,14 +31,8 @@ pub struct InitReport {
 }
 
 /// Create `dir/connector.toml`, `dir/mapping.toml` (if absent) and a new key pair under `dir/keys/`.
-pub fn init(
-    dir: &Path,
-    erp_url: &str,
-    alg: KeyAlgorithm,
-    force_key: bool,
-) -> anyhow::Result<InitReport> {
-    std::fs::create_dir_all(dir.join("keys"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+pub fn init(dir: &Path, erp_url: &str, alg: KeyAlgorithm, force_key: bool) -> anyhow::Result<InitReport> {
+    std::fs::create_dir_all(dir.join("keys")).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("connector.toml");
     if !config.exists() {
         std::fs::write(&config, crate::config::skeleton(erp_url))?;
@@ -61,11 +55,7 @@ pub fn init(
     }
     let key = keys::generate(alg)?;
     keys::write_private_key(&key_path, &key, force_key)?;
-    keys::write_public_key(
-        &key_path.with_extension("pub"),
-        key.public_key(),
-        "ferry-connector",
-    )?;
+    keys::write_public_key(&key_path.with_extension("pub"), key.public_key(), "ferry-connector")?;
     Ok(InitReport {
         config,
         fingerprint: keys::fingerprint(key.public_key()),
@@ -83,10 +73,7 @@ impl Connector {
     pub fn load(config: &Path) -> anyhow::Result<Connector> {
         let cfg = ConnectorConfig::load(config)?;
         let key = keys::load_private_key(&cfg.key_path())?;
-        Ok(Connector {
-            cfg,
-            key: Arc::new(key),
-        })
+        Ok(Connector { cfg, key: Arc::new(key) })
     }
 
     pub fn key_fingerprint(&self) -> String {
@@ -98,9 +85,7 @@ impl Connector {
         let token = RegistrationToken::decode(token)?;
         let pin = (!token.tls.is_empty()).then_some(token.tls.as_str());
         let api = ApiClient::new(&token.url, pin, None, Duration::from_secs(30))?;
-        let hostname = std::env::var("HOSTNAME")
-            .or_else(|_| std::env::var("COMPUTERNAME"))
-            .unwrap_or_default();
+        let hostname = std::env::var("HOSTNAME").or_else(|_| std::env::var("COMPUTERNAME")).unwrap_or_default();
         let resp: RegisterResponse = api
             .post(
                 "/v1/register",
@@ -151,12 +136,7 @@ impl Connector {
 
     pub fn api_for(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
         let pin = (!reg.tls_fingerprint.is_empty()).then_some(reg.tls_fingerprint.as_str());
-        ApiClient::new(
-            &reg.comms_url,
-            pin,
-            Some(self.key.clone()),
-            Duration::from_secs(60),
-        )
+        ApiClient::new(&reg.comms_url, pin, Some(self.key.clone()), Duration::from_secs(60))
     }
 
     fn sftp_config(&self, reg: &Registration) -> ClientConfig {
@@ -172,10 +152,7 @@ impl Connector {
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;
-        Ok(self
-            .api_for(&reg)?
-            .get(&format!("/v1/batches?limit={limit}"))
-            .await?)
+        Ok(self.api_for(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
     }
 
     /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one.
@@ -184,16 +161,8 @@ impl Connector {
         let spool = self.cfg.spool_dir();
         let mut extract_time = Duration::ZERO;
         let (manifest, resumed) = match journal.unfinished().await? {
-            Some(b)
-                if spool
-                    .join(b.manifest.batch_id.as_str())
-                    .join(MANIFEST_NAME)
-                    .exists() =>
-            {
-                progress(&format!(
-                    "resuming batch {} (extracted earlier, not yet sent)",
-                    b.manifest.batch_id
-                ));
+            Some(b) if spool.join(b.manifest.batch_id.as_str()).join(MANIFEST_NAME).exists() => {
+                progress(&format!("resuming batch {} (extracted earlier, not yet sent)", b.manifest.batch_id));
                 (b.manifest, true)
             }
             _ => {
@@ -210,10 +179,7 @@ impl Connector {
     }
 
     /// Extract a new batch into the spool folder and journal it as `extracted`.
-    pub async fn extract_to_spool(
-        &self,
-        progress: &(dyn Fn(&str) + Sync),
-    ) -> anyhow::Result<Manifest> {
+    pub async fn extract_to_spool(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         let m = self.extract(&self.cfg.spool_dir(), progress).await?;
         journal.record(&m, "extracted", None).await?;
@@ -221,11 +187,7 @@ impl Connector {
     }
 
     /// Upload a spooled batch over SFTP, complete it, and wait for the verdict (`extract.wait_secs`).
-    pub async fn send(
-        &self,
-        manifest: &Manifest,
-        progress: &(dyn Fn(&str) + Sync),
-    ) -> anyhow::Result<SyncReport> {
+    pub async fn send(&self, manifest: &Manifest, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
         let reg = self.registration()?;
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         let mut timings = Timings::default();
@@ -245,63 +207,29 @@ impl Connector {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("cannot remove the spooled batch {}: {e}", dir.display());
         }
-        progress(&format!(
-            "batch {id} complete at the Comms server: {}",
-            status.state.as_str()
-        ));
+        progress(&format!("batch {id} complete at the Comms server: {}", status.state.as_str()));
 
         let t = Instant::now();
         let wait = Duration::from_secs(self.cfg.extract.wait_secs);
-        let final_status = if wait.is_zero() {
-            status
-        } else {
-            self.wait_verdict(&api, &id, wait, progress).await?
-        };
+        let final_status = if wait.is_zero() { status } else { self.wait_verdict(&api, &id, wait, progress).await? };
         timings.relay_import = t.elapsed();
         if final_status.state.is_final() {
-            journal
-                .record(
-                    manifest,
-                    final_status.state.as_str(),
-                    final_status.detail.as_deref(),
-                )
-                .await?;
+            journal.record(manifest, final_status.state.as_str(), final_status.detail.as_deref()).await?;
         }
-        Ok(SyncReport {
-            manifest: manifest.clone(),
-            resumed: false,
-            bytes_sent: sent,
-            status: final_status,
-            timings,
-        })
+        Ok(SyncReport { manifest: manifest.clone(), resumed: false, bytes_sent: sent, status: final_status, timings })
     }
 
-    async fn extract(
-        &self,
-        spool: &Path,
-        progress: &(dyn Fn(&str) + Sync),
-    ) -> anyhow::Result<Manifest> {
+    async fn extract(&self, spool: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
         let mapping_path = self.cfg.mapping_path();
         let text = std::fs::read_to_string(&mapping_path)
             .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
-        let mapping = Mapping::from_toml(&text)
-            .with_context(|| format!("mapping {}", mapping_path.display()))?;
+        let mapping = Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))?;
         let source = SqliteSource::open(&self.cfg.erp_url()).await?;
         let id = BatchId::new(chrono::Utc::now());
         progress(&format!("extracting batch {id}"));
-        let opts = ExtractOptions {
-            level: self.cfg.extract.level,
-            threads: self.cfg.extract.threads,
-        };
-        let (mut manifest, _stats) = extract_batch(
-            &source,
-            &mapping,
-            spool,
-            &id,
-            &opts,
-            &|_file: &str, _rows: u64| {},
-        )
-        .await?;
+        let opts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
+        let (mut manifest, _stats) =
+            extract_batch(&source, &mapping, spool, &id, &opts, &|_file: &str, _rows: u64| {}).await?;
         if let Ok(reg) = self.registration() {
             manifest.tenant = reg.tenant;
         }
@@ -334,10 +262,7 @@ impl Connector {
                 progress(&format!("  {name} already at the server"));
                 continue;
             }
-            sent += sftp
-                .upload_file(&dir.join(&name), &target)
-                .await
-                .with_context(|| format!("uploading {name}"))?;
+            sent += sftp.upload_file(&dir.join(&name), &target).await.with_context(|| format!("uploading {name}"))?;
         }
         sftp.close().await?;
         progress(&format!("uploaded {sent} bytes over SFTP"));

@@ -56,11 +56,7 @@ pub struct ExtractConfig {
 
 impl Default for ExtractConfig {
     fn default() -> Self {
-        ExtractConfig {
-            level: 9,
-            threads: 0,
-            wait_secs: 600,
-        }
+        ExtractConfig { level: 9, threads: 0, wait_secs: 600 }
     }
 }
 
@@ -104,19 +100,13 @@ fn d_mapping() -> PathBuf {
 impl ConnectorConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read the connector config {} (create one with `ferry connector init`)",
-                path.display()
-            )
+            format!("cannot read the connector config {} (create one with `ferry connector init`)", path.display())
         })?;
-        let mut cfg: ConnectorConfig = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid connector config", path.display()))?;
+        let mut cfg: ConnectorConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if cfg.erp.kind != "sqlite" {
-            bail!(
-                "erp.kind {:?} is not supported by this build; use \"sqlite\"",
-                cfg.erp.kind
-            );
+            bail!("erp.kind {:?} is not supported by this build; use \"sqlite\"", cfg.erp.kind);
         }
         cfg.schedule.daily_time()?;
         if !(1..=9).contains(&cfg.extract.level) {
@@ -126,11 +116,7 @@ impl ConnectorConfig {
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
+        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -155,11 +141,7 @@ impl ConnectorConfig {
     /// The ERP database path/URL; a relative sqlite path is taken from the config's folder.
     pub fn erp_url(&self) -> String {
         let u = &self.erp.url;
-        if u.contains(':') {
-            u.clone()
-        } else {
-            self.resolve(Path::new(u)).display().to_string()
-        }
+        if u.contains(':') { u.clone() } else { self.resolve(Path::new(u)).display().to_string() }
     }
 }
 
@@ -179,8 +161,7 @@ impl Registration {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| "this connector is not registered yet: run `ferry connector register --token <token>`")?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged: register again", path.display()))
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged: register again", path.display()))
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {

@@ -54,10 +54,7 @@ pub struct ExtractOptions {
 
 impl Default for ExtractOptions {
     fn default() -> Self {
-        ExtractOptions {
-            level: 9,
-            threads: 0,
-        }
+        ExtractOptions { level: 9, threads: 0 }
     }
 }
 
@@ -98,48 +95,23 @@ pub enum ExtractError {
     #[error("{file}: {source}; check the query for {file} in the mapping")]
     Source { file: String, source: SourceError },
     #[error("{file}: the query returns {got} columns, DATA-SPEC.md {file} has {expected} — {hint}")]
-    ColumnCount {
-        file: String,
-        got: usize,
-        expected: usize,
-        hint: String,
-    },
-    #[error(
-        "{file} line {line}: the row has {got} values but the query announced {expected} columns"
-    )]
-    RowWidth {
-        file: String,
-        line: u64,
-        got: usize,
-        expected: usize,
-    },
-    #[error(
-        "{file} line {line}, column {column} ({name}): {message}; fix the query in the mapping or the ERP data"
-    )]
-    Field {
-        file: String,
-        line: u64,
-        column: usize,
-        name: String,
-        message: String,
-    },
+    ColumnCount { file: String, got: usize, expected: usize, hint: String },
+    #[error("{file} line {line}: the row has {got} values but the query announced {expected} columns")]
+    RowWidth { file: String, line: u64, got: usize, expected: usize },
+    #[error("{file} line {line}, column {column} ({name}): {message}; fix the query in the mapping or the ERP data")]
+    Field { file: String, line: u64, column: usize, name: String, message: String },
     #[error("{file} is not a file of DATA-SPEC.md nor ut_NNN.csv; remove it from the mapping")]
     UnknownFile { file: String },
     #[error("batch {0} was already extracted (its manifest exists); start a new batch")]
     AlreadyExtracted(String),
-    #[error(
-        "cannot write {path}: {source}; check free space and permissions of the spool directory"
-    )]
+    #[error("cannot write {path}: {source}; check free space and permissions of the spool directory")]
     Io { path: PathBuf, source: io::Error },
     #[error("the writer thread for {file} failed: {message}")]
     Writer { file: String, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
-    move |source| ExtractError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ExtractError::Io { path: path.to_path_buf(), source }
 }
 
 /// Extract every file of `mapping` from `source` into `spool_dir/<batch_id>/` and write its manifest there.
@@ -162,16 +134,7 @@ pub async fn extract_batch(
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
 
     let mut written = Vec::new();
-    let result = extract_into(
-        source,
-        mapping,
-        &dir,
-        batch_id,
-        opts,
-        progress,
-        &mut written,
-    )
-    .await;
+    let result = extract_into(source, mapping, &dir, batch_id, opts, progress, &mut written).await;
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -206,25 +169,13 @@ async fn extract_into(
         } else if spec::is_custom_file(name) {
             Layout::Custom
         } else {
-            return Err(ExtractError::UnknownFile {
-                file: name.to_string(),
-            });
+            return Err(ExtractError::UnknownFile { file: name.to_string() });
         };
         let final_path = dir.join(format!("{name}.bz2"));
         let tmp_path = dir.join(format!("{name}.bz2.tmp"));
         written.push(tmp_path.clone());
-        let (entry, fstats) = extract_file(
-            source,
-            name,
-            &fm.query,
-            layout,
-            &tmp_path,
-            &final_path,
-            level,
-            threads,
-            progress,
-        )
-        .await?;
+        let (entry, fstats) =
+            extract_file(source, name, &fm.query, layout, &tmp_path, &final_path, level, threads, progress).await?;
         written.push(final_path);
         files.push(entry);
         stats.files.push(fstats);
@@ -240,10 +191,8 @@ async fn extract_into(
         extract_finished: Utc::now(),
         files,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ExtractError::Io {
-        path: dir.join(MANIFEST_NAME),
-        source: io::Error::other(e),
-    })?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| ExtractError::Io { path: dir.join(MANIFEST_NAME), source: io::Error::other(e) })?;
     let tmp = dir.join(format!("{MANIFEST_NAME}.tmp"));
     written.push(tmp.clone());
     write_atomically(&tmp, &dir.join(MANIFEST_NAME), &json)?;
@@ -289,10 +238,7 @@ async fn extract_file(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<(ManifestFile, FileStats), ExtractError> {
     let t0 = Instant::now();
-    let src_err = |source| ExtractError::Source {
-        file: name.to_string(),
-        source,
-    };
+    let src_err = |source| ExtractError::Source { file: name.to_string(), source };
     let names = source.columns(query).await.map_err(src_err)?;
     let width = match layout {
         Layout::Standard(cols) => {
@@ -304,14 +250,8 @@ async fn extract_file(
     progress(name, 0);
 
     let (tx, rx) = mpsc::channel::<Msg>(CHUNKS_IN_FLIGHT);
-    let job = WriterJob {
-        file: name.to_string(),
-        layout,
-        header: names,
-        tmp_path: tmp_path.to_path_buf(),
-        level,
-        threads,
-    };
+    let job =
+        WriterJob { file: name.to_string(), layout, header: names, tmp_path: tmp_path.to_path_buf(), level, threads };
     let writer = tokio::task::spawn_blocking(move || job.run(rx));
 
     let mut failure = None;
@@ -337,14 +277,7 @@ async fn extract_file(
         }
         if chunk.len() == CHUNK_ROWS {
             sent += CHUNK_ROWS as u64;
-            if tx
-                .send(Msg::Rows(std::mem::replace(
-                    &mut chunk,
-                    Vec::with_capacity(CHUNK_ROWS),
-                )))
-                .await
-                .is_err()
-            {
+            if tx.send(Msg::Rows(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS)))).await.is_err() {
                 break; // the writer stopped; its error is reported below
             }
             progress(name, sent);
@@ -360,10 +293,7 @@ async fn extract_file(
     drop(tx);
     let outcome = writer
         .await
-        .map_err(|e| ExtractError::Writer {
-            file: name.to_string(),
-            message: e.to_string(),
-        })
+        .map_err(|e| ExtractError::Writer { file: name.to_string(), message: e.to_string() })
         .and_then(|r| r);
     let outcome = match (failure, outcome) {
         (Some(e), _) | (None, Err(e)) => {
@@ -403,12 +333,7 @@ fn check_column_count(file: &str, got: usize, cols: &[Column]) -> Result<(), Ext
     } else {
         format!("remove {} columns or fix the query", got - cols.len())
     };
-    Err(ExtractError::ColumnCount {
-        file: file.to_string(),
-        got,
-        expected: cols.len(),
-        hint,
-    })
+    Err(ExtractError::ColumnCount { file: file.to_string(), got, expected: cols.len(), hint })
 }
 
 struct WriterJob {
@@ -433,11 +358,7 @@ impl WriterJob {
     fn run(self, mut rx: mpsc::Receiver<Msg>) -> Result<WriterOutcome, ExtractError> {
         let path = self.tmp_path.as_path();
         let file = File::create(path).map_err(io_err(path))?;
-        let bz = ParallelBzWriter::new(
-            BufWriter::with_capacity(1 << 20, file),
-            self.level,
-            self.threads,
-        );
+        let bz = ParallelBzWriter::new(BufWriter::with_capacity(1 << 20, file), self.level, self.threads);
         let mut out = HashingWriter::new(bz);
         let mut buf = String::with_capacity(WRITE_BUF + 4096);
         let mut scratch = String::new();
@@ -452,9 +373,7 @@ impl WriterJob {
                     for row in &chunk {
                         rows += 1;
                         match self.layout {
-                            Layout::Standard(cols) => {
-                                format_row(&self.file, rows, cols, row, &mut buf, &mut scratch)?
-                            }
+                            Layout::Standard(cols) => format_row(&self.file, rows, cols, row, &mut buf, &mut scratch)?,
                             Layout::Custom => format_custom_row(row, &mut buf, &mut scratch),
                         }
                         if buf.len() >= WRITE_BUF {
@@ -465,29 +384,16 @@ impl WriterJob {
                 }
                 Some(Msg::Done) => break,
                 None => {
-                    return Err(ExtractError::Writer {
-                        file: self.file,
-                        message: "the extract was stopped".into(),
-                    });
+                    return Err(ExtractError::Writer { file: self.file, message: "the extract was stopped".into() });
                 }
             }
         }
         out.write_all(buf.as_bytes()).map_err(io_err(path))?;
         let (bz, digests) = out.finish();
-        let file = bz
-            .finish()
-            .map_err(io_err(path))?
-            .into_inner()
-            .map_err(|e| io_err(path)(e.into_error()))?;
+        let file = bz.finish().map_err(io_err(path))?.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
         file.sync_all().map_err(io_err(path))?;
         let compressed_bytes = file.metadata().map_err(io_err(path))?.len();
-        Ok(WriterOutcome {
-            rows,
-            bytes: digests.bytes,
-            compressed_bytes,
-            md5: digests.md5,
-            sha256: digests.sha256,
-        })
+        Ok(WriterOutcome { rows, bytes: digests.bytes, compressed_bytes, md5: digests.md5, sha256: digests.sha256 })
     }
 }
 
@@ -569,21 +475,13 @@ pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<
     field(col, value, out, &mut String::new())
 }
 
-fn field(
-    col: &Column,
-    value: &SqlValue,
-    out: &mut String,
-    plain: &mut String,
-) -> Result<(), String> {
+fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), String> {
     plain.clear();
     to_plain(col.kind, value, plain)?;
     // A non-empty date, code or text made by `to_plain` is valid by construction (a real date written YYYY/MM/DD;
     // trimmed, without line breaks): only the other cases need the spec's check.
-    let valid_by_construction = !plain.is_empty()
-        && matches!(
-            col.kind,
-            Kind::Date | Kind::Code | Kind::Text | Kind::Unused
-        );
+    let valid_by_construction =
+        !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Unused);
     if !valid_by_construction {
         spec::parse_field(col, plain)?;
     }
@@ -600,17 +498,14 @@ fn to_plain(kind: Kind, value: &SqlValue, out: &mut String) -> Result<(), String
             let _ = write!(out, "{n}");
             Ok(())
         }
-        SqlValue::Float(f) if kind == Kind::Date => Err(format!(
-            "the number {f} is not a date; return YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD text"
-        )),
+        SqlValue::Float(f) if kind == Kind::Date => {
+            Err(format!("the number {f} is not a date; return YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD text"))
+        }
         SqlValue::Float(f) => format_float(*f, out),
         SqlValue::Text(s) => text(kind, s, out),
         SqlValue::Bytes(b) => match std::str::from_utf8(b) {
             Ok(s) => text(kind, s, out),
-            Err(_) => Err(
-                "the value is binary data (BLOB), not UTF-8 text; convert it to text in the query"
-                    .into(),
-            ),
+            Err(_) => Err("the value is binary data (BLOB), not UTF-8 text; convert it to text in the query".into()),
         },
     }
 }
@@ -626,10 +521,7 @@ fn text(kind: Kind, s: &str, out: &mut String) -> Result<(), String> {
     if kind == Kind::Date {
         return text_date(s, out);
     }
-    out.extend(
-        s.chars()
-            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
-    );
+    out.extend(s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
     Ok(())
 }
 
@@ -672,17 +564,9 @@ fn push_date(d: NaiveDate, out: &mut String) {
 fn int_date(n: i64, out: &mut String) -> Result<(), String> {
     let d = (10_000_000..=99_991_231)
         .contains(&n)
-        .then(|| {
-            NaiveDate::from_ymd_opt(
-                (n / 10_000) as i32,
-                (n / 100 % 100) as u32,
-                (n % 100) as u32,
-            )
-        })
+        .then(|| NaiveDate::from_ymd_opt((n / 10_000) as i32, (n / 100 % 100) as u32, (n % 100) as u32))
         .flatten()
-        .ok_or_else(|| {
-            format!("the number {n} is not a date; return YYYY-MM-DD text or a YYYYMMDD number")
-        })?;
+        .ok_or_else(|| format!("the number {n} is not a date; return YYYY-MM-DD text or a YYYYMMDD number"))?;
     push_date(d, out);
     Ok(())
 }
@@ -692,9 +576,7 @@ fn int_date(n: i64, out: &mut String) -> Result<(), String> {
 fn text_date(s: &str, out: &mut String) -> Result<(), String> {
     let b = s.as_bytes();
     let num = |from: usize, to: usize| -> Option<u32> {
-        b.get(from..to)?.iter().try_fold(0u32, |acc, c| {
-            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-        })
+        b.get(from..to)?.iter().try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
     };
     let date = (|| {
         let sep = *b.get(4)?;
@@ -707,9 +589,7 @@ fn text_date(s: &str, out: &mut String) -> Result<(), String> {
             Some(b' ' | b'T') if sep == b'-' => valid_time(&b[11..]),
             Some(_) => false,
         };
-        time_ok
-            .then(|| NaiveDate::from_ymd_opt(y as i32, m, d))
-            .flatten()
+        time_ok.then(|| NaiveDate::from_ymd_opt(y as i32, m, d)).flatten()
     })();
     match date {
         Some(d) => {
@@ -726,20 +606,13 @@ fn text_date(s: &str, out: &mut String) -> Result<(), String> {
 /// `HH:MM`, `HH:MM:SS` or `HH:MM:SS.fff`.
 fn valid_time(t: &[u8]) -> bool {
     let two = |i: usize, max: u8| {
-        t.get(i..i + 2).is_some_and(|p| {
-            p.iter().all(u8::is_ascii_digit) && (p[0] - b'0') * 10 + (p[1] - b'0') <= max
-        })
+        t.get(i..i + 2).is_some_and(|p| p.iter().all(u8::is_ascii_digit) && (p[0] - b'0') * 10 + (p[1] - b'0') <= max)
     };
     let hm = two(0, 23) && t.get(2) == Some(&b':') && two(3, 59);
     match t.len() {
         5 => hm,
         8 => hm && t[5] == b':' && two(6, 60),
-        n if n > 9 => {
-            hm && t[5] == b':'
-                && two(6, 60)
-                && t[8] == b'.'
-                && t[9..].iter().all(u8::is_ascii_digit)
-        }
+        n if n > 9 => hm && t[5] == b':' && two(6, 60) && t[8] == b'.' && t[9..].iter().all(u8::is_ascii_digit),
         _ => false,
     }
 }

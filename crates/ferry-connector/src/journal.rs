@@ -38,19 +38,12 @@ impl Journal {
             .max_connections(2)
             .connect_with(opts)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot open the connector journal {}: {e}", path.display())
-            })?;
+            .map_err(|e| anyhow::anyhow!("cannot open the connector journal {}: {e}", path.display()))?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Journal { pool })
     }
 
-    pub async fn record(
-        &self,
-        m: &Manifest,
-        state: &str,
-        detail: Option<&str>,
-    ) -> anyhow::Result<()> {
+    pub async fn record(&self, m: &Manifest, state: &str, detail: Option<&str>) -> anyhow::Result<()> {
         let now = Utc::now().to_rfc3339();
         sqlx::query(
             "INSERT INTO batches(batch_id, state, detail, manifest, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -70,19 +63,19 @@ impl Journal {
 
     /// The oldest batch extracted but not yet accepted by the Comms server.
     pub async fn unfinished(&self) -> anyhow::Result<Option<JournalBatch>> {
-        let row = sqlx::query("SELECT manifest, state, detail FROM batches WHERE state = 'extracted' ORDER BY batch_id LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT manifest, state, detail FROM batches WHERE state = 'extracted' ORDER BY batch_id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| to_batch(&r)).transpose()
     }
 
     pub async fn recent(&self, limit: i64) -> anyhow::Result<Vec<JournalBatch>> {
-        let rows = sqlx::query(
-            "SELECT manifest, state, detail FROM batches ORDER BY batch_id DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query("SELECT manifest, state, detail FROM batches ORDER BY batch_id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(to_batch).collect()
     }
 
@@ -283,9 +276,5 @@ fn to_received(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ReceivedFile> {
 
 fn to_batch(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JournalBatch> {
     let m: String = r.get(0);
-    Ok(JournalBatch {
-        manifest: serde_json::from_str(&m)?,
-        state: r.get(1),
-        detail: r.get(2),
-    })
+    Ok(JournalBatch { manifest: serde_json::from_str(&m)?, state: r.get(1), detail: r.get(2) })
 }

@@ -33,13 +33,9 @@ pub struct FileMapping {
 pub enum MappingError {
     #[error("the mapping is not valid TOML: {0}")]
     Toml(String),
-    #[error(
-        "the mapping names file {key:?}, which is not a file of DATA-SPEC.md; use one of {valid} or ut_NNN.csv"
-    )]
+    #[error("the mapping names file {key:?}, which is not a file of DATA-SPEC.md; use one of {valid} or ut_NNN.csv")]
     UnknownFile { key: String, valid: String },
-    #[error(
-        "the mapping has no query for the required file {0}; add a [files.\"{0}\"] section with a query"
-    )]
+    #[error("the mapping has no query for the required file {0}; add a [files.\"{0}\"] section with a query")]
     MissingRequired(String),
     #[error("the query for {0} is empty; write a SELECT or remove the [files.\"{0}\"] section")]
     EmptyQuery(String),
@@ -59,15 +55,8 @@ impl Mapping {
     pub fn validate(&self) -> Result<(), MappingError> {
         for (key, file) in &self.files {
             if !spec::is_known_file(key) {
-                let valid = spec::STANDARD_FILES
-                    .iter()
-                    .map(|f| f.name)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(MappingError::UnknownFile {
-                    key: key.chars().take(80).collect(),
-                    valid,
-                });
+                let valid = spec::STANDARD_FILES.iter().map(|f| f.name).collect::<Vec<_>>().join(", ");
+                return Err(MappingError::UnknownFile { key: key.chars().take(80).collect(), valid });
             }
             if file.query.trim().is_empty() {
                 return Err(MappingError::EmptyQuery(key.clone()));
@@ -83,16 +72,9 @@ impl Mapping {
 
     /// The mapped files in batch order: standard files in the order of `DATA-SPEC.md`, then custom files by name.
     pub fn ordered(&self) -> Vec<(&str, &FileMapping)> {
-        let mut out: Vec<(&str, &FileMapping)> = spec::STANDARD_FILES
-            .iter()
-            .filter_map(|f| self.files.get(f.name).map(|m| (f.name, m)))
-            .collect();
-        out.extend(
-            self.files
-                .iter()
-                .filter(|(k, _)| spec::is_custom_file(k))
-                .map(|(k, m)| (k.as_str(), m)),
-        );
+        let mut out: Vec<(&str, &FileMapping)> =
+            spec::STANDARD_FILES.iter().filter_map(|f| self.files.get(f.name).map(|m| (f.name, m))).collect();
+        out.extend(self.files.iter().filter(|(k, _)| spec::is_custom_file(k)).map(|(k, m)| (k.as_str(), m)));
         out
     }
 }
@@ -233,33 +215,20 @@ mod tests {
         let base = default_mapping();
         let bad = format!("{base}\n[files.\"stocks.csv\"]\nquery = \"SELECT 1\"\n");
         let e = Mapping::from_toml(&bad).unwrap_err().to_string();
-        assert!(
-            e.contains("\"stocks.csv\"") && e.contains("stock.csv") && e.contains("ut_NNN.csv"),
-            "{e}"
-        );
+        assert!(e.contains("\"stocks.csv\"") && e.contains("stock.csv") && e.contains("ut_NNN.csv"), "{e}");
 
         let e = Mapping::from_toml("[files.\"location.csv\"]\nquery = \"SELECT 1\"\n").unwrap_err();
         assert_eq!(e, MappingError::MissingRequired("master.csv".into()));
         assert!(e.to_string().contains("master.csv"));
 
-        let typo = base.replacen(
-            "query = \"\"\"\nSELECT wh_code",
-            "querry = \"\"\"\nSELECT wh_code",
-            1,
-        );
-        assert!(matches!(
-            Mapping::from_toml(&typo),
-            Err(MappingError::Toml(_))
-        ));
+        let typo = base.replacen("query = \"\"\"\nSELECT wh_code", "querry = \"\"\"\nSELECT wh_code", 1);
+        assert!(matches!(Mapping::from_toml(&typo), Err(MappingError::Toml(_))));
 
         let custom = format!("{base}\n[files.\"ut_001.csv\"]\nquery = \"SELECT 1 AS a\"\n");
         let m = Mapping::from_toml(&custom).unwrap();
         assert_eq!(m.ordered().last().unwrap().0, "ut_001.csv");
 
         let empty = format!("{base}\n[files.\"ut_002.csv\"]\nquery = \"  \"\n");
-        assert_eq!(
-            Mapping::from_toml(&empty).unwrap_err(),
-            MappingError::EmptyQuery("ut_002.csv".into())
-        );
+        assert_eq!(Mapping::from_toml(&empty).unwrap_err(), MappingError::EmptyQuery("ut_002.csv".into()));
     }
 }

@@ -57,7 +57,11 @@ impl Connector {
                     ack(&api, &id, &f.sha256).await?;
                     journal.mark_acked(&id).await?;
                     progress(&format!("{}: delivered ({} bytes)", f.name, f.bytes));
-                    out.push(Outcome::Applied { name: f.name, inbound: report.inbound_path, sql_rows: report.sql_rows });
+                    out.push(Outcome::Applied {
+                        name: f.name,
+                        inbound: report.inbound_path,
+                        sql_rows: report.sql_rows,
+                    });
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -97,14 +101,21 @@ impl Connector {
 
     /// The long-running agent: downstream continuously, the daily extract at `schedule.daily_at`, until
     /// `shutdown` resolves (the current step finishes first).
-    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send + 'static, log: Arc<dyn Fn(&str) + Send + Sync>) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        log: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> anyhow::Result<()> {
         let daily = self.cfg.schedule.daily_time()?;
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
         let stamp = self.cfg.data_dir().join("last_sync");
         tokio::pin!(shutdown);
         let mut sync_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut backoff = Duration::from_secs(1);
-        log(&format!("connector running: files from the cloud as they come; daily extract at {}", self.cfg.schedule.daily_at));
+        log(&format!(
+            "connector running: files from the cloud as they come; daily extract at {}",
+            self.cfg.schedule.daily_at
+        ));
         loop {
             if let Some(t) = daily
                 && sync_task.as_ref().is_none_or(|h| h.is_finished())

@@ -60,11 +60,7 @@ pub async fn generate_sample_erp(path: &Path, size: SampleSize) -> Result<Sample
 }
 
 /// [`generate_sample_erp`] with a fixed "today", for byte-for-byte reproducible databases.
-pub async fn generate_sample_erp_at(
-    path: &Path,
-    size: SampleSize,
-    today: NaiveDate,
-) -> Result<SampleSummary> {
+pub async fn generate_sample_erp_at(path: &Path, size: SampleSize, today: NaiveDate) -> Result<SampleSummary> {
     let t0 = Instant::now();
     if path.exists() {
         bail!(
@@ -84,9 +80,7 @@ pub async fn generate_sample_erp_at(
             .await
             .with_context(|| format!("cannot create the sample ERP database {}", tmp.display()))?;
         let tables = Generator::new(size, today).run(&mut conn).await?;
-        conn.close()
-            .await
-            .context("cannot close the sample ERP database")?;
+        conn.close().await.context("cannot close the sample ERP database")?;
         Ok::<_, anyhow::Error>(tables)
     }
     .await;
@@ -99,12 +93,7 @@ pub async fn generate_sample_erp_at(
     };
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move the sample ERP database to {}", path.display()))?;
-    Ok(SampleSummary {
-        path: path.to_path_buf(),
-        tables,
-        today,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(SampleSummary { path: path.to_path_buf(), tables, today, seconds: t0.elapsed().as_secs_f64() })
 }
 
 const SCHEMA: &str = r#"
@@ -190,15 +179,7 @@ impl Bulk {
         let per_stmt = (30_000 / ncols).min(400);
         let prefix = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
         let full_sql = Self::sql(&prefix, ncols, per_stmt);
-        Bulk {
-            table,
-            ncols,
-            per_stmt,
-            full_sql,
-            prefix,
-            pending: Vec::with_capacity(ncols * per_stmt),
-            count: 0,
-        }
+        Bulk { table, ncols, per_stmt, full_sql, prefix, pending: Vec::with_capacity(ncols * per_stmt), count: 0 }
     }
 
     fn sql(prefix: &str, ncols: usize, rows: usize) -> String {
@@ -221,11 +202,7 @@ impl Bulk {
             return Ok(());
         }
         let rows = self.pending.len() / self.ncols;
-        let sql = if rows == self.per_stmt {
-            self.full_sql.clone()
-        } else {
-            Self::sql(&self.prefix, self.ncols, rows)
-        };
+        let sql = if rows == self.per_stmt { self.full_sql.clone() } else { Self::sql(&self.prefix, self.ncols, rows) };
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for v in self.pending.drain(..) {
             q = match v {
@@ -235,9 +212,7 @@ impl Bulk {
                 V::T(s) => q.bind(s),
             };
         }
-        q.execute(&mut *conn)
-            .await
-            .with_context(|| format!("cannot insert into {}", self.table))?;
+        q.execute(&mut *conn).await.with_context(|| format!("cannot insert into {}", self.table))?;
         Ok(())
     }
 }
@@ -322,162 +297,47 @@ const VENDORS: [(&str, &str, i64); 6] = [
 ];
 
 /// Description templates per category: (text with `{a}`/`{b}` placeholders, choices for a, choices for b, uom).
-type Template = (
-    &'static str,
-    &'static [&'static str],
-    &'static [&'static str],
-    &'static str,
-);
+type Template = (&'static str, &'static [&'static str], &'static [&'static str], &'static str);
 const TEMPLATES: [&[Template]; 8] = [
     &[
-        (
-            "Hex bolt {a} x {b}, zinc plated",
-            &["M6", "M8", "M10", "M12"],
-            &["20", "30", "40", "60", "80"],
-            "EA",
-        ),
-        (
-            "Wood screw {a} x {b} mm (box of 200)",
-            &["3.5", "4.0", "4.5", "5.0"],
-            &["30", "40", "50"],
-            "BOX",
-        ),
-        (
-            "Wall plug {a}, \"universal\"",
-            &["6 mm", "8 mm", "10 mm"],
-            &[""],
-            "PK",
-        ),
+        ("Hex bolt {a} x {b}, zinc plated", &["M6", "M8", "M10", "M12"], &["20", "30", "40", "60", "80"], "EA"),
+        ("Wood screw {a} x {b} mm (box of 200)", &["3.5", "4.0", "4.5", "5.0"], &["30", "40", "50"], "BOX"),
+        ("Wall plug {a}, \"universal\"", &["6 mm", "8 mm", "10 mm"], &[""], "PK"),
     ],
     &[
-        (
-            "Copper pipe Ø{a} mm, {b} m",
-            &["15", "22", "28"],
-            &["2", "3"],
-            "EA",
-        ),
-        (
-            "Elbow 90° {a} {b}",
-            &["½\"", "¾\"", "1\""],
-            &["brass", "PVC", "copper"],
-            "EA",
-        ),
-        (
-            "Garden hose {a}, {b}",
-            &["½\"", "¾\""],
-            &["per metre", "reinforced, per metre"],
-            "M",
-        ),
+        ("Copper pipe Ø{a} mm, {b} m", &["15", "22", "28"], &["2", "3"], "EA"),
+        ("Elbow 90° {a} {b}", &["½\"", "¾\"", "1\""], &["brass", "PVC", "copper"], "EA"),
+        ("Garden hose {a}, {b}", &["½\"", "¾\""], &["per metre", "reinforced, per metre"], "M"),
     ],
     &[
-        (
-            "Cable {a}, {b}, per metre",
-            &["3G1.5", "3G2.5", "5G2.5"],
-            &["grey", "white", "black"],
-            "M",
-        ),
-        (
-            "Socket outlet {a}, {b}",
-            &["single", "double"],
-            &["white", "brushed steel"],
-            "EA",
-        ),
-        (
-            "LED bulb {a} {b}",
-            &["E27", "GU10", "E14"],
-            &["4.9 W", "7 W", "9.5 W"],
-            "EA",
-        ),
+        ("Cable {a}, {b}, per metre", &["3G1.5", "3G2.5", "5G2.5"], &["grey", "white", "black"], "M"),
+        ("Socket outlet {a}, {b}", &["single", "double"], &["white", "brushed steel"], "EA"),
+        ("LED bulb {a} {b}", &["E27", "GU10", "E14"], &["4.9 W", "7 W", "9.5 W"], "EA"),
     ],
     &[
         ("Claw hammer {a} \"Pro\"", &["16 oz", "20 oz"], &[""], "EA"),
-        (
-            "Screwdriver set, {a} pcs{b}",
-            &["6", "8", "12"],
-            &["", " (insulated)"],
-            "SET",
-        ),
-        (
-            "Drill bit set\n{a} pcs, {b}",
-            &["10", "19", "25"],
-            &["HSS", "cobalt"],
-            "SET",
-        ),
+        ("Screwdriver set, {a} pcs{b}", &["6", "8", "12"], &["", " (insulated)"], "SET"),
+        ("Drill bit set\n{a} pcs, {b}", &["10", "19", "25"], &["HSS", "cobalt"], "SET"),
     ],
     &[
-        (
-            "Crème white emulsion {a}, {b}",
-            &["1 L", "2.5 L", "5 L"],
-            &["matt", "silk"],
-            "EA",
-        ),
-        (
-            "Wood stain {a}, {b}",
-            &["250 ml", "750 ml"],
-            &["oak", "walnut", "rosé"],
-            "EA",
-        ),
-        (
-            "Masking tape {a} x 50 m",
-            &["19 mm", "25 mm", "38 mm"],
-            &[""],
-            "EA",
-        ),
+        ("Crème white emulsion {a}, {b}", &["1 L", "2.5 L", "5 L"], &["matt", "silk"], "EA"),
+        ("Wood stain {a}, {b}", &["250 ml", "750 ml"], &["oak", "walnut", "rosé"], "EA"),
+        ("Masking tape {a} x 50 m", &["19 mm", "25 mm", "38 mm"], &[""], "EA"),
     ],
     &[
-        (
-            "Lawn seed {a}, \"{b}\"",
-            &["1 kg", "5 kg"],
-            &["shady", "hard-wearing"],
-            "EA",
-        ),
-        (
-            "Plant pot Ø{a} cm, {b}",
-            &["12", "20", "30"],
-            &["terracotta", "black"],
-            "EA",
-        ),
-        (
-            "Garden chain {a}, galvanised",
-            &["4 mm", "6 mm"],
-            &[""],
-            "M",
-        ),
+        ("Lawn seed {a}, \"{b}\"", &["1 kg", "5 kg"], &["shady", "hard-wearing"], "EA"),
+        ("Plant pot Ø{a} cm, {b}", &["12", "20", "30"], &["terracotta", "black"], "EA"),
+        ("Garden chain {a}, galvanised", &["4 mm", "6 mm"], &[""], "M"),
     ],
     &[
-        (
-            "Nitrile gloves, size {a} (box of 100)",
-            &["S", "M", "L", "XL"],
-            &[""],
-            "BOX",
-        ),
+        ("Nitrile gloves, size {a} (box of 100)", &["S", "M", "L", "XL"], &[""], "BOX"),
         ("Safety glasses {a}", &["clear", "tinted"], &[""], "EA"),
-        (
-            "Ear defenders {a} dB, {b}",
-            &["27", "32"],
-            &["foldable", "helmet mount"],
-            "EA",
-        ),
+        ("Ear defenders {a} dB, {b}", &["27", "32"], &["foldable", "helmet mount"], "EA"),
     ],
     &[
-        (
-            "Radiator valve {a} thermostatic, {b}",
-            &["½\"", "¾\""],
-            &["white", "chrome"],
-            "EA",
-        ),
-        (
-            "Flexible duct Ø{a} mm, {b} m",
-            &["100", "125", "150"],
-            &["3", "6"],
-            "EA",
-        ),
-        (
-            "Ventilation grille {a} x {b} mm",
-            &["100", "150"],
-            &["100", "150", "200"],
-            "EA",
-        ),
+        ("Radiator valve {a} thermostatic, {b}", &["½\"", "¾\""], &["white", "chrome"], "EA"),
+        ("Flexible duct Ø{a} mm, {b} m", &["100", "125", "150"], &["3", "6"], "EA"),
+        ("Ventilation grille {a} x {b} mm", &["100", "150"], &["100", "150", "200"], "EA"),
     ],
 ];
 
@@ -512,24 +372,8 @@ fn r2(x: f64) -> f64 {
 impl Generator {
     fn new(size: SampleSize, today: NaiveDate) -> Generator {
         let (p, seed) = match size {
-            SampleSize::Small => (
-                Params {
-                    items: 300,
-                    vendors: 6,
-                    customers: 150,
-                    days: 730,
-                },
-                0x5eed_0001,
-            ),
-            SampleSize::Medium => (
-                Params {
-                    items: 3000,
-                    vendors: 24,
-                    customers: 1500,
-                    days: 730,
-                },
-                0x5eed_0002,
-            ),
+            SampleSize::Small => (Params { items: 300, vendors: 6, customers: 150, days: 730 }, 0x5eed_0001),
+            SampleSize::Medium => (Params { items: 3000, vendors: 24, customers: 1500, days: 730 }, 0x5eed_0002),
         };
         Generator {
             rng: StdRng::seed_from_u64(seed),
@@ -572,9 +416,7 @@ impl Generator {
 
     async fn run(mut self, conn: &mut SqliteConnection) -> Result<BTreeMap<&'static str, u64>> {
         let mut tx = conn.begin().await.context("cannot start a transaction")?;
-        tx.execute(SCHEMA)
-            .await
-            .context("cannot create the sample schema")?;
+        tx.execute(SCHEMA).await.context("cannot create the sample schema")?;
         let mut counts = BTreeMap::new();
         self.masters(&mut tx, &mut counts).await?;
         self.sales(&mut tx, &mut counts).await?;
@@ -596,15 +438,8 @@ impl Generator {
         Ok(())
     }
 
-    async fn masters(
-        &mut self,
-        conn: &mut SqliteConnection,
-        counts: &mut BTreeMap<&'static str, u64>,
-    ) -> Result<()> {
-        let mut b = Bulk::new(
-            "warehouses",
-            &["wh_code", "name", "wh_type", "region", "is_active"],
-        );
+    async fn masters(&mut self, conn: &mut SqliteConnection, counts: &mut BTreeMap<&'static str, u64>) -> Result<()> {
+        let mut b = Bulk::new("warehouses", &["wh_code", "name", "wh_type", "region", "is_active"]);
         for (code, name, ty, region) in WAREHOUSES {
             b.row(conn, row![code, name, ty, region, 1i64]).await?;
         }
@@ -621,30 +456,15 @@ impl Generator {
         }
         Self::finish(&mut b, conn, counts).await?;
 
-        let mut b = Bulk::new(
-            "vendors",
-            &["vendor_no", "name", "country", "lead_days", "currency"],
-        );
+        let mut b = Bulk::new("vendors", &["vendor_no", "name", "country", "lead_days", "currency"]);
         for v in 0..self.p.vendors {
             let (name, country, lead) = match VENDORS.get(v) {
                 Some((n, c, l)) => (n.to_string(), *c, *l),
                 None => {
                     let country = *pick(&mut self.rng, &["US", "US", "US", "DE", "CN", "IT", "MX"]);
-                    let lead = if country == "US" {
-                        self.rng.gen_range(3..15)
-                    } else {
-                        self.rng.gen_range(25..75)
-                    };
-                    let suffix = *pick(
-                        &mut self.rng,
-                        &[
-                            "Supply, LLC",
-                            "Industries",
-                            "Trading Co.",
-                            "& Partners",
-                            "S.p.A.",
-                        ],
-                    );
+                    let lead = if country == "US" { self.rng.gen_range(3..15) } else { self.rng.gen_range(25..75) };
+                    let suffix =
+                        *pick(&mut self.rng, &["Supply, LLC", "Industries", "Trading Co.", "& Partners", "S.p.A."]);
                     (format!("Vendor {} {suffix}", v + 1), country, lead)
                 }
             };
@@ -656,8 +476,7 @@ impl Generator {
                 _ => "EUR",
             };
             let code = format!("V{:03}", v + 1);
-            b.row(conn, row![code.as_str(), name, country, lead, currency])
-                .await?;
+            b.row(conn, row![code.as_str(), name, country, lead, currency]).await?;
             self.vendors.push(Vendor { code, lead });
         }
         Self::finish(&mut b, conn, counts).await?;
@@ -669,43 +488,18 @@ impl Generator {
             let name = if trade {
                 format!(
                     "{} {}",
-                    pick(
-                        &mut self.rng,
-                        &["Smith", "García", "O'Brien", "Nguyen", "Kowalski", "Rossi"]
-                    ),
-                    pick(
-                        &mut self.rng,
-                        &[
-                            "Builders",
-                            "Plumbing & Heating",
-                            "Electrics, Ltd.",
-                            "Renovations"
-                        ]
-                    )
+                    pick(&mut self.rng, &["Smith", "García", "O'Brien", "Nguyen", "Kowalski", "Rossi"]),
+                    pick(&mut self.rng, &["Builders", "Plumbing & Heating", "Electrics, Ltd.", "Renovations"])
                 )
             } else {
                 format!(
                     "{} {}",
-                    pick(
-                        &mut self.rng,
-                        &["Anna", "Jörg", "Li", "Maria", "Tom", "Zoë"]
-                    ),
-                    pick(
-                        &mut self.rng,
-                        &["Brown", "Müller", "Chen", "Silva", "Taylor"]
-                    )
+                    pick(&mut self.rng, &["Anna", "Jörg", "Li", "Maria", "Tom", "Zoë"]),
+                    pick(&mut self.rng, &["Brown", "Müller", "Chen", "Silva", "Taylor"])
                 )
             };
-            b.row(
-                conn,
-                row![code.as_str(), name, if trade { "TRADE" } else { "RETAIL" }],
-            )
-            .await?;
-            if trade {
-                self.trade_customers.push(code)
-            } else {
-                self.retail_customers.push(code)
-            }
+            b.row(conn, row![code.as_str(), name, if trade { "TRADE" } else { "RETAIL" }]).await?;
+            if trade { self.trade_customers.push(code) } else { self.retail_customers.push(code) }
         }
         Self::finish(&mut b, conn, counts).await?;
 
@@ -735,8 +529,7 @@ impl Generator {
             let sku = format!("{}-{:05}", CATEGORIES[cat].0, id);
             let brand = *pick(&mut self.rng, &BRANDS);
             // each category is bought from one or two vendors
-            let vendor = (cat + if self.chance(0.3) { 1 } else { 0 } + (i / 64) * CATEGORIES.len())
-                % self.p.vendors;
+            let vendor = (cat + if self.chance(0.3) { 1 } else { 0 } + (i / 64) * CATEGORIES.len()) % self.p.vendors;
             let cost = r2((2.0 + 0.9 * self.normal()).exp().clamp(0.15, 400.0));
             let price = (cost * self.rng.gen_range(1.35..2.2)).ceil() - 0.01;
             let created = if self.chance(0.12) {
@@ -745,23 +538,12 @@ impl Generator {
                 self.start - Duration::days(self.rng.gen_range(30..2000))
             };
             let discontinued = self.chance(0.04);
-            let until = if discontinued {
-                self.today - Duration::days(self.rng.gen_range(30..300))
-            } else {
-                self.today
-            };
-            let pack = if uom == "M" {
-                50.0
-            } else {
-                *pick(
-                    &mut self.rng,
-                    &[1.0, 1.0, 6.0, 10.0, 12.0, 24.0, 50.0, 100.0],
-                )
-            };
-            let volume =
-                (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.0001..0.08), 0.0001));
-            let weight =
-                (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.01..25.0), 0.001));
+            let until =
+                if discontinued { self.today - Duration::days(self.rng.gen_range(30..300)) } else { self.today };
+            let pack =
+                if uom == "M" { 50.0 } else { *pick(&mut self.rng, &[1.0, 1.0, 6.0, 10.0, 12.0, 24.0, 50.0, 100.0]) };
+            let volume = (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.0001..0.08), 0.0001));
+            let weight = (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.01..25.0), 0.001));
             b.row(
                 conn,
                 row![
@@ -779,16 +561,7 @@ impl Generator {
                 ],
             )
             .await?;
-            self.items.push(Item {
-                sku,
-                uom,
-                cost,
-                price,
-                vendor,
-                created: created.max(self.start),
-                until,
-                pack,
-            });
+            self.items.push(Item { sku, uom, cost, price, vendor, created: created.max(self.start), until, pack });
         }
         Self::finish(&mut b, conn, counts).await?;
 
@@ -832,11 +605,7 @@ impl Generator {
         Ok(())
     }
 
-    async fn sales(
-        &mut self,
-        conn: &mut SqliteConnection,
-        counts: &mut BTreeMap<&'static str, u64>,
-    ) -> Result<()> {
+    async fn sales(&mut self, conn: &mut SqliteConnection, counts: &mut BTreeMap<&'static str, u64>) -> Result<()> {
         let mut b = Bulk::new(
             "sales_lines",
             &[
@@ -884,18 +653,11 @@ impl Generator {
                     if date < it.created || date > it.until {
                         continue;
                     }
-                    let season =
-                        1.0 + l.season_amp * (2.0 * PI * (doy + l.season_phase) / 365.25).sin();
+                    let season = 1.0 + l.season_amp * (2.0 * PI * (doy + l.season_phase) / 365.25).sin();
                     let trend = (1.0 + l.trend * years).max(0.05);
                     let lambda = l.rate * season * trend * weekday;
-                    let (typical, lumpy, uom, cost, price, sku) = (
-                        l.typical,
-                        l.lumpy,
-                        it.uom,
-                        it.cost,
-                        it.price,
-                        it.sku.clone(),
-                    );
+                    let (typical, lumpy, uom, cost, price, sku) =
+                        (l.typical, l.lumpy, it.uom, it.cost, it.price, it.sku.clone());
                     for _ in 0..self.poisson(lambda) {
                         if lines_left == 0 {
                             invoice += 1;
@@ -908,11 +670,7 @@ impl Generator {
                             } else {
                                 Some(pick(&mut self.rng, &self.retail_customers).clone())
                             };
-                            order_date = if wh == 0 {
-                                date - Duration::days(self.rng.gen_range(0..4))
-                            } else {
-                                date
-                            };
+                            order_date = if wh == 0 { date - Duration::days(self.rng.gen_range(0..4)) } else { date };
                         }
                         lines_left -= 1;
                         line_no += 1;
@@ -927,11 +685,7 @@ impl Generator {
                         if self.chance(0.015) {
                             qty = -(qty.min(typical.ceil())); // a return
                         }
-                        let unit_price = if wh == 0 {
-                            r2(price * self.rng.gen_range(0.75..0.9))
-                        } else {
-                            price
-                        };
+                        let unit_price = if wh == 0 { r2(price * self.rng.gen_range(0.75..0.9)) } else { price };
                         let time = if wh == 0 {
                             format!(
                                 "{:02}:{:02}:{:02}",
@@ -972,11 +726,7 @@ impl Generator {
         Self::finish(&mut b, conn, counts).await
     }
 
-    async fn stock(
-        &mut self,
-        conn: &mut SqliteConnection,
-        counts: &mut BTreeMap<&'static str, u64>,
-    ) -> Result<()> {
+    async fn stock(&mut self, conn: &mut SqliteConnection, counts: &mut BTreeMap<&'static str, u64>) -> Result<()> {
         let mut b = Bulk::new(
             "item_warehouse",
             &[
@@ -1002,54 +752,28 @@ impl Generator {
             let (item, wh, sold) = (self.locs[li].item, self.locs[li].wh, self.locs[li].sold_qty);
             let daily = (sold / days).max(0.0);
             let it = &self.items[item];
-            let (sku, uom, cost, price, vendor, pack, created) = (
-                it.sku.clone(),
-                it.uom,
-                it.cost,
-                it.price,
-                it.vendor,
-                it.pack,
-                it.created,
-            );
+            let (sku, uom, cost, price, vendor, pack, created) =
+                (it.sku.clone(), it.uom, it.cost, it.price, it.vendor, it.pack, it.created);
             let cover: f64 = self.rng.gen_range(0.0..60.0);
-            let mut on_hand = (daily * cover).round() as i64
-                + if self.chance(0.2) {
-                    self.rng.gen_range(0..6)
-                } else {
-                    0
-                };
+            let mut on_hand =
+                (daily * cover).round() as i64 + if self.chance(0.2) { self.rng.gen_range(0..6) } else { 0 };
             if self.chance(0.04) {
                 on_hand = 0;
             } else if self.chance(0.006) {
                 on_hand = -self.rng.gen_range(1..6); // booked out before booked in
             }
-            let allocated = if on_hand > 0 && self.chance(0.1) {
-                self.rng.gen_range(1..=on_hand.min(20)) as f64
-            } else {
-                0.0
-            };
+            let allocated =
+                if on_hand > 0 && self.chance(0.1) { self.rng.gen_range(1..=on_hand.min(20)) as f64 } else { 0.0 };
             let avg_cost = round_to(cost * self.rng.gen_range(0.95..1.05), 0.0001);
             let dc = wh == 0;
             let (supply, purch_uom, pack_qty, min_order, multiple) = if dc {
-                let purch = if pack > 1.0 {
-                    Some(if uom == "M" { "ROLL" } else { "CTN" })
-                } else {
-                    None
-                };
-                (
-                    None,
-                    purch.or(Some(uom)),
-                    pack,
-                    pack * if self.chance(0.3) { 2.0 } else { 1.0 },
-                    pack,
-                )
+                let purch = if pack > 1.0 { Some(if uom == "M" { "ROLL" } else { "CTN" }) } else { None };
+                (None, purch.or(Some(uom)), pack, pack * if self.chance(0.3) { 2.0 } else { 1.0 }, pack)
             } else {
                 (Some(WAREHOUSES[0].0), Some(uom), 1.0, 1.0, 1.0)
             };
-            let lead = (dc && self.chance(0.1))
-                .then(|| self.vendors[vendor].lead + self.rng.gen_range(-3..10));
-            let added = created.max(self.start - Duration::days(400))
-                + Duration::days(self.rng.gen_range(0..5));
+            let lead = (dc && self.chance(0.1)).then(|| self.vendors[vendor].lead + self.rng.gen_range(-3..10));
+            let added = created.max(self.start - Duration::days(400)) + Duration::days(self.rng.gen_range(0..5));
             b.row(
                 conn,
                 row![
@@ -1075,34 +799,12 @@ impl Generator {
         Self::finish(&mut b, conn, counts).await
     }
 
-    async fn purchases(
-        &mut self,
-        conn: &mut SqliteConnection,
-        counts: &mut BTreeMap<&'static str, u64>,
-    ) -> Result<()> {
-        let mut heads = Bulk::new(
-            "purchase_orders",
-            &[
-                "po_no",
-                "vendor_no",
-                "wh_code",
-                "order_date",
-                "status",
-                "urgent",
-            ],
-        );
+    async fn purchases(&mut self, conn: &mut SqliteConnection, counts: &mut BTreeMap<&'static str, u64>) -> Result<()> {
+        let mut heads =
+            Bulk::new("purchase_orders", &["po_no", "vendor_no", "wh_code", "order_date", "status", "urgent"]);
         let mut lines = Bulk::new(
             "po_lines",
-            &[
-                "po_no",
-                "line_no",
-                "sku",
-                "qty_ordered",
-                "qty_received",
-                "unit_cost",
-                "due_date",
-                "received_date",
-            ],
+            &["po_no", "line_no", "sku", "qty_ordered", "qty_received", "unit_cost", "due_date", "received_date"],
         );
         // company-wide daily demand per item: the DC buys for the whole network
         let mut demand = vec![0.0; self.items.len()];
@@ -1113,9 +815,7 @@ impl Generator {
         for v in 0..self.vendors.len() {
             let lead = self.vendors[v].lead;
             let cycle = self.rng.gen_range(7..22);
-            let vendor_items: Vec<usize> = (0..self.items.len())
-                .filter(|&i| self.items[i].vendor == v)
-                .collect();
+            let vendor_items: Vec<usize> = (0..self.items.len()).filter(|&i| self.items[i].vendor == v).collect();
             if vendor_items.is_empty() {
                 continue;
             }
@@ -1128,8 +828,7 @@ impl Generator {
                 let mut line_no = 0i64;
                 for &i in &vendor_items {
                     let it = &self.items[i];
-                    let (sku, pack, cost, created, until) =
-                        (it.sku.clone(), it.pack, it.cost, it.created, it.until);
+                    let (sku, pack, cost, created, until) = (it.sku.clone(), it.pack, it.cost, it.created, it.until);
                     if date < created || date > until || !self.chance(0.35) {
                         continue;
                     }
@@ -1140,11 +839,7 @@ impl Generator {
                     let arrival = arrival.max(date + Duration::days(1));
                     line_no += 1;
                     let (received, received_on) = if arrival < self.today {
-                        let r = if self.chance(0.08) {
-                            (qty * self.rng.gen_range(0.5..0.99)).floor()
-                        } else {
-                            qty
-                        };
+                        let r = if self.chance(0.08) { (qty * self.rng.gen_range(0.5..0.99)).floor() } else { qty };
                         (r, Some(arrival))
                     } else if date < self.today - Duration::days(lead / 2 + 1) && self.chance(0.1) {
                         (
@@ -1154,9 +849,7 @@ impl Generator {
                     } else {
                         (0.0, None)
                     };
-                    if received_on.is_none_or(|d| d >= self.today - Duration::days(3))
-                        && received < qty
-                    {
+                    if received_on.is_none_or(|d| d >= self.today - Duration::days(3)) && received < qty {
                         open = true;
                     }
                     lines
@@ -1225,11 +918,7 @@ impl Generator {
         }
         for o in 0..orders {
             let order_no = format!("SO{}", 700_000 + o);
-            let wh = if self.chance(0.7) {
-                0
-            } else {
-                self.rng.gen_range(1..WAREHOUSES.len())
-            };
+            let wh = if self.chance(0.7) { 0 } else { self.rng.gen_range(1..WAREHOUSES.len()) };
             let cust = if wh == 0 {
                 pick(&mut self.rng, &self.trade_customers).clone()
             } else {
@@ -1241,16 +930,9 @@ impl Generator {
                 let li = *pick(&mut self.rng, &by_wh[wh]);
                 let (item, typical) = (self.locs[li].item, self.locs[li].typical);
                 let qty = (typical * self.rng.gen_range(1.0..6.0)).round().max(1.0);
-                let shipped = if self.chance(0.2) {
-                    (qty * 0.5).floor()
-                } else {
-                    0.0
-                };
-                let allocated = if self.chance(0.3) {
-                    ((qty - shipped) * self.rng.gen_range(0.0..1.0)).floor()
-                } else {
-                    0.0
-                };
+                let shipped = if self.chance(0.2) { (qty * 0.5).floor() } else { 0.0 };
+                let allocated =
+                    if self.chance(0.3) { ((qty - shipped) * self.rng.gen_range(0.0..1.0)).floor() } else { 0.0 };
                 let sku = self.items[item].sku.clone();
                 b.row(
                     conn,
@@ -1273,11 +955,7 @@ impl Generator {
         Self::finish(&mut b, conn, counts).await
     }
 
-    async fn transfers(
-        &mut self,
-        conn: &mut SqliteConnection,
-        counts: &mut BTreeMap<&'static str, u64>,
-    ) -> Result<()> {
+    async fn transfers(&mut self, conn: &mut SqliteConnection, counts: &mut BTreeMap<&'static str, u64>) -> Result<()> {
         let mut b = Bulk::new(
             "transfers",
             &[
@@ -1293,9 +971,7 @@ impl Generator {
                 "qty_received",
             ],
         );
-        let store_locs: Vec<usize> = (0..self.locs.len())
-            .filter(|&l| self.locs[l].wh != 0)
-            .collect();
+        let store_locs: Vec<usize> = (0..self.locs.len()).filter(|&l| self.locs[l].wh != 0).collect();
         let count = (self.p.items / 15).max(4);
         for t in 0..count {
             let transfer_no = format!("TR{}", 50_000 + t);
@@ -1310,9 +986,7 @@ impl Generator {
                     continue;
                 }
                 line += 1;
-                let qty = (self.locs[l].typical * self.rng.gen_range(2.0..10.0))
-                    .round()
-                    .max(1.0);
+                let qty = (self.locs[l].typical * self.rng.gen_range(2.0..10.0)).round().max(1.0);
                 let (shipped, received) = if state < 0.4 {
                     (0.0, 0.0)
                 } else if state < 0.8 {

@@ -33,11 +33,7 @@ pub enum SourceError {
     Query(String),
     /// A value of a result row could not be read.
     #[error("cannot read column {column} ({name}) of a result row: {reason}")]
-    Decode {
-        column: usize,
-        name: String,
-        reason: String,
-    },
+    Decode { column: usize, name: String, reason: String },
 }
 
 /// A database the Connector extracts from. Object safe, so the configured kind is chosen at run time.
@@ -64,18 +60,13 @@ impl SqliteSource {
     /// file must exist: the Connector never creates or writes the ERP database.
     pub async fn open(url_or_path: &str) -> Result<SqliteSource, SourceError> {
         let target = redact_url(url_or_path);
-        let open_err = |reason: String| SourceError::Open {
-            target: target.clone(),
-            reason,
-        };
+        let open_err = |reason: String| SourceError::Open { target: target.clone(), reason };
         let opts = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path).map_err(|e| open_err(e.to_string()))?
         } else {
             let path = Path::new(url_or_path);
             if !path.is_file() {
-                return Err(open_err(
-                    "no such file; check the path in the connector configuration".into(),
-                ));
+                return Err(open_err("no such file; check the path in the connector configuration".into()));
             }
             SqliteConnectOptions::new().filename(path)
         };
@@ -114,21 +105,14 @@ impl Source for SqliteSource {
                 .prepare(AssertSqlSafe(sql).into_sql_str())
                 .await
                 .map_err(|e| SourceError::Query(e.to_string()))?;
-            Ok(stmt
-                .columns()
-                .iter()
-                .map(|c| c.name().to_string())
-                .collect())
+            Ok(stmt.columns().iter().map(|c| c.name().to_string()).collect())
         })
     }
 
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         sqlx::query(AssertSqlSafe(sql))
             .fetch(&self.pool)
-            .map(|row| {
-                row.map_err(|e| SourceError::Query(e.to_string()))
-                    .and_then(|r| decode_sqlite_row(&r))
-            })
+            .map(|row| row.map_err(|e| SourceError::Query(e.to_string())).and_then(|r| decode_sqlite_row(&r)))
             .boxed()
     }
 }
@@ -145,11 +129,8 @@ fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
     let n = row.columns().len();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let err = |reason: String| SourceError::Decode {
-            column: i + 1,
-            name: row.columns()[i].name().to_string(),
-            reason,
-        };
+        let err =
+            |reason: String| SourceError::Decode { column: i + 1, name: row.columns()[i].name().to_string(), reason };
         let raw = row.try_get_raw(i).map_err(|e| err(e.to_string()))?;
         if raw.is_null() {
             out.push(SqlValue::Null);
@@ -162,18 +143,9 @@ fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
             _ => Ty::Text,
         };
         let v = match ty {
-            Ty::Int => SqlValue::Int(
-                row.try_get_unchecked::<i64, _>(i)
-                    .map_err(|e| err(e.to_string()))?,
-            ),
-            Ty::Float => SqlValue::Float(
-                row.try_get_unchecked::<f64, _>(i)
-                    .map_err(|e| err(e.to_string()))?,
-            ),
-            Ty::Blob => SqlValue::Bytes(
-                row.try_get_unchecked::<Vec<u8>, _>(i)
-                    .map_err(|e| err(e.to_string()))?,
-            ),
+            Ty::Int => SqlValue::Int(row.try_get_unchecked::<i64, _>(i).map_err(|e| err(e.to_string()))?),
+            Ty::Float => SqlValue::Float(row.try_get_unchecked::<f64, _>(i).map_err(|e| err(e.to_string()))?),
+            Ty::Blob => SqlValue::Bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?),
             Ty::Text => match row.try_get_unchecked::<Vec<u8>, _>(i) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(s) => SqlValue::Text(s),
@@ -193,9 +165,7 @@ pub fn redact_url(url: &str) -> String {
     let mut s = url.to_string();
     if let Some(scheme_end) = s.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = s[rest_start..]
-            .find(['/', '?', '#'])
-            .map_or(s.len(), |i| rest_start + i);
+        let authority_end = s[rest_start..].find(['/', '?', '#']).map_or(s.len(), |i| rest_start + i);
         if let Some(at) = s[rest_start..authority_end].rfind('@') {
             let userinfo = &s[rest_start..rest_start + at];
             if let Some(colon) = userinfo.find(':') {
@@ -216,9 +186,7 @@ fn redact_params(s: &str) -> String {
             .filter_map(|k| {
                 lower
                     .match_indices(k)
-                    .find(|(i, _)| {
-                        *i == 0 || matches!(lower.as_bytes()[i - 1], b';' | b'&' | b'?' | b' ')
-                    })
+                    .find(|(i, _)| *i == 0 || matches!(lower.as_bytes()[i - 1], b';' | b'&' | b'?' | b' '))
                     .map(|(i, _)| (i, k.len()))
             })
             .min();
@@ -240,33 +208,20 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://erp:s3cr@t@db:5432/erp"),
-            "postgres://erp:***@db:5432/erp"
-        );
+        assert_eq!(redact_url("postgres://erp:s3cr@t@db:5432/erp"), "postgres://erp:***@db:5432/erp");
         assert_eq!(redact_url("mysql://erp@db/erp"), "mysql://erp@db/erp");
         assert_eq!(redact_url("/var/lib/erp.db"), "/var/lib/erp.db");
-        assert_eq!(
-            redact_url("DSN=erp;UID=ferry;PWD=hunter2;X=1"),
-            "DSN=erp;UID=ferry;PWD=***;X=1"
-        );
-        assert_eq!(
-            redact_url("postgres://db/erp?user=a&password=b"),
-            "postgres://db/erp?user=a&password=***"
-        );
+        assert_eq!(redact_url("DSN=erp;UID=ferry;PWD=hunter2;X=1"), "DSN=erp;UID=ferry;PWD=***;X=1");
+        assert_eq!(redact_url("postgres://db/erp?user=a&password=b"), "postgres://db/erp?user=a&password=***");
     }
 
     #[tokio::test]
     async fn decodes_by_runtime_type_and_streams() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let pool = SqlitePool::connect_with(
-            SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true),
-        )
-        .await
-        .unwrap();
+        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+            .await
+            .unwrap();
         pool.execute("CREATE TABLE t (a ANY, b TEXT); INSERT INTO t VALUES (1, 'x'), (1.5, NULL), ('é', X'00ff');")
             .await
             .unwrap();
@@ -274,46 +229,18 @@ mod tests {
 
         let src = SqliteSource::open(path.to_str().unwrap()).await.unwrap();
         assert_eq!(src.kind(), "sqlite");
-        assert_eq!(
-            src.columns("SELECT a, b AS bee FROM t").await.unwrap(),
-            vec!["a", "bee"]
-        );
-        let rows: Vec<_> = src
-            .rows("SELECT a, b FROM t ORDER BY rowid")
-            .collect()
-            .await;
+        assert_eq!(src.columns("SELECT a, b AS bee FROM t").await.unwrap(), vec!["a", "bee"]);
+        let rows: Vec<_> = src.rows("SELECT a, b FROM t ORDER BY rowid").collect().await;
         let rows: Vec<_> = rows.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(rows[0], vec![SqlValue::Int(1), SqlValue::Text("x".into())]);
         assert_eq!(rows[1], vec![SqlValue::Float(1.5), SqlValue::Null]);
-        assert_eq!(
-            rows[2],
-            vec![SqlValue::Text("é".into()), SqlValue::Bytes(vec![0, 255])]
-        );
+        assert_eq!(rows[2], vec![SqlValue::Text("é".into()), SqlValue::Bytes(vec![0, 255])]);
 
-        let e = src
-            .columns("SELECT nope FROM t")
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("the query failed") && e.contains("nope"),
-            "{e}"
-        );
-        assert!(
-            src.rows("INSERT INTO t VALUES (2, 'y')")
-                .collect::<Vec<_>>()
-                .await[0]
-                .is_err(),
-            "must be read-only"
-        );
+        let e = src.columns("SELECT nope FROM t").await.unwrap_err().to_string();
+        assert!(e.starts_with("the query failed") && e.contains("nope"), "{e}");
+        assert!(src.rows("INSERT INTO t VALUES (2, 'y')").collect::<Vec<_>>().await[0].is_err(), "must be read-only");
 
-        let e = SqliteSource::open("/nonexistent/erp.db")
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/nonexistent/erp.db") && e.contains("no such file"),
-            "{e}"
-        );
+        let e = SqliteSource::open("/nonexistent/erp.db").await.unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/erp.db") && e.contains("no such file"), "{e}");
     }
 }

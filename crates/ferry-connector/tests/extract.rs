@@ -8,9 +8,7 @@ use std::sync::Mutex;
 
 use bzip2::read::MultiBzDecoder;
 use chrono::NaiveDate;
-use ferry_connector::extract::{
-    ExtractError, ExtractOptions, extract_batch, format_float, format_value,
-};
+use ferry_connector::extract::{ExtractError, ExtractOptions, extract_batch, format_float, format_value};
 use ferry_connector::mapping::{Mapping, default_mapping};
 use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
 use ferry_connector::source::{Source, SqlValue, SqliteSource};
@@ -22,13 +20,8 @@ use futures::StreamExt;
 
 /// Split one CSV line of the standard format into unquoted fields (no line breaks inside fields by spec).
 fn split_csv(line: &str) -> Vec<String> {
-    let mut r = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(line.as_bytes());
-    r.records()
-        .next()
-        .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
-        .unwrap_or_default()
+    let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
+    r.records().next().map(|rec| rec.unwrap().iter().map(str::to_string).collect()).unwrap_or_default()
 }
 
 async fn count(src: &SqliteSource, query: &str) -> u64 {
@@ -45,22 +38,12 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("erp.db");
     let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-    let summary = generate_sample_erp_at(&db, SampleSize::Small, today)
-        .await
-        .unwrap();
+    let summary = generate_sample_erp_at(&db, SampleSize::Small, today).await.unwrap();
     eprintln!("sample: {:?} in {:.1}s", summary.tables, summary.seconds);
-    assert!(
-        (100_000..=300_000).contains(&summary.tables["sales_lines"]),
-        "{:?}",
-        summary.tables
-    );
+    assert!((100_000..=300_000).contains(&summary.tables["sales_lines"]), "{:?}", summary.tables);
     assert_eq!(summary.tables["items"], 300);
     assert!(
-        generate_sample_erp_at(&db, SampleSize::Small, today)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("already exists")
+        generate_sample_erp_at(&db, SampleSize::Small, today).await.unwrap_err().to_string().contains("already exists")
     );
 
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
@@ -69,16 +52,8 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     let batch = BatchId::parse("20261128T051600Z-3fa2b7c1").unwrap();
     let seen = Mutex::new(Vec::new());
     let progress = |file: &str, rows: u64| seen.lock().unwrap().push((file.to_string(), rows));
-    let (manifest, stats) = extract_batch(
-        &src,
-        &mapping,
-        &spool,
-        &batch,
-        &ExtractOptions::default(),
-        &progress,
-    )
-    .await
-    .unwrap();
+    let (manifest, stats) =
+        extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &progress).await.unwrap();
     let mb = stats.bytes() as f64 / 1e6;
     eprintln!(
         "extract: {} rows, {:.1} MB plain -> {:.1} MB bz2 in {:.2}s = {:.0} rows/s, {:.1} MB/s",
@@ -101,20 +76,11 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     let on_disk = Manifest::parse(&std::fs::read(bdir.join(MANIFEST_NAME)).unwrap()).unwrap();
     assert_eq!(on_disk, manifest);
     assert_eq!(manifest.files.len(), mapping.files.len());
-    let names: Vec<_> = std::fs::read_dir(&bdir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<_> =
+        std::fs::read_dir(&bdir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     assert!(seen.lock().unwrap().iter().any(|(f, n)| {
-        f == "sales.csv"
-            && *n
-                == manifest
-                    .files
-                    .iter()
-                    .find(|m| m.name == "sales.csv")
-                    .unwrap()
-                    .rows
+        f == "sales.csv" && *n == manifest.files.iter().find(|m| m.name == "sales.csv").unwrap().rows
     }));
 
     let bzip2_cli = Path::new("/usr/bin/bzip2");
@@ -124,47 +90,24 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     for entry in &manifest.files {
         let path = bdir.join(entry.compressed_name());
         let compressed = std::fs::read(&path).unwrap();
-        assert_eq!(
-            compressed.len() as u64,
-            entry.compressed_bytes,
-            "{}",
-            entry.name
-        );
+        assert_eq!(compressed.len() as u64, entry.compressed_bytes, "{}", entry.name);
         let mut plain = Vec::new();
-        MultiBzDecoder::new(&compressed[..])
-            .read_to_end(&mut plain)
-            .unwrap();
+        MultiBzDecoder::new(&compressed[..]).read_to_end(&mut plain).unwrap();
         let d = Digests::of(&plain);
-        assert_eq!(
-            (d.bytes, &d.md5, &d.sha256),
-            (entry.bytes, &entry.md5, &entry.sha256),
-            "{}",
-            entry.name
-        );
+        assert_eq!((d.bytes, &d.md5, &d.sha256), (entry.bytes, &entry.md5, &entry.sha256), "{}", entry.name);
 
         let text = String::from_utf8(plain).unwrap();
         assert!(text.is_empty() || text.ends_with('\n'), "{}", entry.name);
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len() as u64, entry.rows, "{}", entry.name);
         let query = &mapping.files[&entry.name].query;
-        assert_eq!(
-            count(&src, query).await,
-            entry.rows,
-            "{}: rows vs SELECT COUNT(*)",
-            entry.name
-        );
+        assert_eq!(count(&src, query).await, entry.rows, "{}: rows vs SELECT COUNT(*)", entry.name);
         assert!(entry.rows > 0, "{} is empty", entry.name);
 
         let fs = spec::file_spec(&entry.name).unwrap();
         for (i, line) in lines.iter().enumerate() {
             let fields = split_csv(line);
-            assert_eq!(
-                fields.len(),
-                fs.columns.len(),
-                "{} line {}: {line}",
-                entry.name,
-                i + 1
-            );
+            assert_eq!(fields.len(), fs.columns.len(), "{} line {}: {line}", entry.name, i + 1);
             for (col, raw) in fs.columns.iter().zip(&fields) {
                 if let Err(e) = spec::parse_field(col, raw) {
                     panic!("{} line {}: {e}\n{line}", entry.name, i + 1);
@@ -173,42 +116,20 @@ async fn sample_erp_extracts_to_valid_standard_files() {
         }
 
         if bzip2_cli.exists() {
-            let out = std::process::Command::new(bzip2_cli)
-                .arg("-t")
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "bzip2 -t {}: {}",
-                entry.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = std::process::Command::new(bzip2_cli).arg("-t").arg(&path).output().unwrap();
+            assert!(out.status.success(), "bzip2 -t {}: {}", entry.name, String::from_utf8_lossy(&out.stderr));
         }
     }
 
     // quoting was exercised: a description with a quote, a comma and a non-ASCII character survived intact
     let master = bdir.join("master.csv.bz2");
     let mut text = String::new();
-    MultiBzDecoder::new(std::fs::File::open(master).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    assert!(
-        text.contains("\"\"Pro\"\"") && text.contains('Ø') && text.contains("é"),
-        "descriptions not exercised"
-    );
+    MultiBzDecoder::new(std::fs::File::open(master).unwrap()).read_to_string(&mut text).unwrap();
+    assert!(text.contains("\"\"Pro\"\"") && text.contains('Ø') && text.contains("é"), "descriptions not exercised");
     assert!(text.contains("Drill bit set ") && !text.contains("Drill bit set\n"));
 
     // a second run into the same batch is refused and leaves the batch alone
-    let again = extract_batch(
-        &src,
-        &mapping,
-        &spool,
-        &batch,
-        &ExtractOptions::default(),
-        &|_, _| {},
-    )
-    .await;
+    let again = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await;
     assert!(matches!(again, Err(ExtractError::AlreadyExtracted(_))));
     assert!(bdir.join(MANIFEST_NAME).exists());
 }
@@ -217,143 +138,69 @@ async fn sample_erp_extracts_to_valid_standard_files() {
 async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("erp.db");
-    generate_sample_erp_at(
-        &db,
-        SampleSize::Small,
-        NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
-    )
-    .await
-    .unwrap();
+    generate_sample_erp_at(&db, SampleSize::Small, NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()).await.unwrap();
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
 
     let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
-    let q = mapping.files["stock.csv"].query.replace(
-        "i.category, i.brand, NULL, NULL, NULL",
-        "i.category, i.brand, NULL",
-    );
+    let q =
+        mapping.files["stock.csv"].query.replace("i.category, i.brand, NULL, NULL, NULL", "i.category, i.brand, NULL");
     mapping.files.get_mut("stock.csv").unwrap().query = q;
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000001").unwrap();
-    let err = extract_batch(
-        &src,
-        &mapping,
-        &spool,
-        &batch,
-        &ExtractOptions::default(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap_err();
+    let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "stock.csv: the query returns 19 columns, DATA-SPEC.md stock.csv has 21 — add empty columns ('' AS custom5) or fix the query"
     );
-    assert!(
-        !spool.join(batch.as_str()).exists(),
-        "a failed extract must leave no files behind"
-    );
+    assert!(!spool.join(batch.as_str()).exists(), "a failed extract must leave no files behind");
 
     // a bad value names file, line and column
     let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
     mapping.files.get_mut("location.csv").unwrap().query =
         "SELECT wh_code, name, is_active, region, 'XX' FROM warehouses ORDER BY wh_code".into();
-    let err = extract_batch(
-        &src,
-        &mapping,
-        &spool,
-        &batch,
-        &ExtractOptions::default(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap_err();
+    let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("location.csv line 1, column 5 (location_type):")
-            && msg.contains("ST, DC, CW"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("location.csv line 1, column 5 (location_type):") && msg.contains("ST, DC, CW"), "{msg}");
 
     // a broken query names the file and the database's complaint
     mapping.files.get_mut("location.csv").unwrap().query = "SELECT nope FROM warehouses".into();
-    let msg = extract_batch(
-        &src,
-        &mapping,
-        &spool,
-        &batch,
-        &ExtractOptions::default(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(
-        msg.starts_with("location.csv: the query failed") && msg.contains("nope"),
-        "{msg}"
-    );
+    let msg = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.starts_with("location.csv: the query failed") && msg.contains("nope"), "{msg}");
 }
 
 #[tokio::test]
 async fn custom_files_carry_a_header() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("erp.db");
-    generate_sample_erp_at(
-        &db,
-        SampleSize::Small,
-        NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
-    )
-    .await
-    .unwrap();
+    generate_sample_erp_at(&db, SampleSize::Small, NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()).await.unwrap();
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
     let mut mapping = Mapping::default();
     for f in spec::STANDARD_FILES.iter().filter(|f| f.required) {
-        mapping.files.insert(
-            f.name.into(),
-            Mapping::from_toml(default_mapping()).unwrap().files[f.name].clone(),
-        );
+        mapping.files.insert(f.name.into(), Mapping::from_toml(default_mapping()).unwrap().files[f.name].clone());
     }
     let custom = "ut_001.csv".to_string();
     let query = "SELECT wh_code, name AS \"warehouse name\", 1.5 AS x, NULL AS empty FROM warehouses ORDER BY wh_code";
-    mapping.files.insert(
-        custom.clone(),
-        ferry_connector::mapping::FileMapping {
-            query: query.into(),
-        },
-    );
+    mapping.files.insert(custom.clone(), ferry_connector::mapping::FileMapping { query: query.into() });
     mapping.validate().unwrap();
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000002").unwrap();
-    let opts = ExtractOptions {
-        level: 1,
-        threads: 1,
-    };
-    let (manifest, _) = extract_batch(&src, &mapping, &spool, &batch, &opts, &|_, _| {})
-        .await
-        .unwrap();
+    let opts = ExtractOptions { level: 1, threads: 1 };
+    let (manifest, _) = extract_batch(&src, &mapping, &spool, &batch, &opts, &|_, _| {}).await.unwrap();
     let entry = manifest.files.last().unwrap();
     assert_eq!((entry.name.as_str(), entry.rows), ("ut_001.csv", 3));
     let mut text = String::new();
-    MultiBzDecoder::new(
-        std::fs::File::open(spool.join(batch.as_str()).join("ut_001.csv.bz2")).unwrap(),
-    )
-    .read_to_string(&mut text)
-    .unwrap();
-    assert_eq!(
-        text.lines().next().unwrap(),
-        "wh_code,\"warehouse name\",x,empty"
-    );
-    assert_eq!(
-        text.lines().nth(1).unwrap(),
-        "\"DC01\",\"Central DC, Riverside\",1.5,"
-    );
+    MultiBzDecoder::new(std::fs::File::open(spool.join(batch.as_str()).join("ut_001.csv.bz2")).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text.lines().next().unwrap(), "wh_code,\"warehouse name\",x,empty");
+    assert_eq!(text.lines().nth(1).unwrap(), "\"DC01\",\"Central DC, Riverside\",1.5,");
 }
 
 fn col(kind: Kind, required: bool) -> Column {
-    Column {
-        name: "c",
-        kind,
-        required,
-    }
+    Column { name: "c", kind, required }
 }
 
 fn fmt(kind: Kind, v: SqlValue) -> Result<String, String> {
@@ -383,31 +230,13 @@ fn values_are_formatted_per_spec() {
     assert_eq!(fmt(Kind::Dec, Float(-2.0)).unwrap(), "-2");
     assert_eq!(fmt(Kind::Dec, Int(-7)).unwrap(), "-7");
     assert_eq!(fmt(Kind::Dec, Text(" 12.50 ".into())).unwrap(), "12.50");
-    assert!(
-        fmt(Kind::Dec, Text("1,5".into()))
-            .unwrap_err()
-            .contains("not a decimal")
-    );
+    assert!(fmt(Kind::Dec, Text("1,5".into())).unwrap_err().contains("not a decimal"));
     assert_eq!(fmt(Kind::Int, Float(12.0)).unwrap(), "12");
-    assert!(
-        fmt(Kind::Int, Float(12.5))
-            .unwrap_err()
-            .contains("whole number")
-    );
+    assert!(fmt(Kind::Int, Float(12.5)).unwrap_err().contains("whole number"));
     assert_eq!(fmt(Kind::Dec, Null).unwrap(), "");
 
-    for d in [
-        "2026-02-28",
-        "2026-02-28 13:45:00",
-        "2026/02/28",
-        "2026-02-28T13:45:00.123",
-        "2026-02-28 13:45",
-    ] {
-        assert_eq!(
-            fmt(Kind::Date, Text(d.into())).unwrap(),
-            "2026/02/28",
-            "{d}"
-        );
+    for d in ["2026-02-28", "2026-02-28 13:45:00", "2026/02/28", "2026-02-28T13:45:00.123", "2026-02-28 13:45"] {
+        assert_eq!(fmt(Kind::Date, Text(d.into())).unwrap(), "2026/02/28", "{d}");
     }
     assert_eq!(fmt(Kind::Date, Int(20260228)).unwrap(), "2026/02/28");
     for bad in [
@@ -422,42 +251,21 @@ fn values_are_formatted_per_spec() {
         "2026-02-28x",
     ] {
         let e = fmt(Kind::Date, Text(bad.into())).unwrap_err();
-        assert!(
-            e.contains("not a date") && e.contains("YYYY-MM-DD"),
-            "{bad}: {e}"
-        );
+        assert!(e.contains("not a date") && e.contains("YYYY-MM-DD"), "{bad}: {e}");
     }
     assert!(fmt(Kind::Date, Float(45000.0)).is_err());
 
-    assert_eq!(
-        fmt(Kind::Text, Text("a \"big\"\nbox, 10\u{e9}  ".into())).unwrap(),
-        "\"a \"\"big\"\" box, 10\u{e9}\""
-    );
+    assert_eq!(fmt(Kind::Text, Text("a \"big\"\nbox, 10\u{e9}  ".into())).unwrap(), "\"a \"\"big\"\" box, 10\u{e9}\"");
     assert_eq!(fmt(Kind::Code, Text("  A-1  ".into())).unwrap(), "\"A-1\"");
     assert_eq!(fmt(Kind::Code, Int(42)).unwrap(), "\"42\"");
-    assert_eq!(
-        fmt(Kind::Text, Bytes("é".as_bytes().to_vec())).unwrap(),
-        "\"é\""
-    );
-    assert!(
-        fmt(Kind::Text, Bytes(vec![0xff, 0xfe]))
-            .unwrap_err()
-            .contains("BLOB")
-    );
+    assert_eq!(fmt(Kind::Text, Bytes("é".as_bytes().to_vec())).unwrap(), "\"é\"");
+    assert!(fmt(Kind::Text, Bytes(vec![0xff, 0xfe])).unwrap_err().contains("BLOB"));
     assert_eq!(fmt(Kind::Flag, Int(1)).unwrap(), "1");
     assert!(fmt(Kind::Flag, Int(2)).is_err());
     assert_eq!(fmt(Kind::Unused, Text("x".into())).unwrap(), "");
 
     let mut s = String::new();
-    let e = format_value(
-        &Column {
-            name: "supplier",
-            kind: Kind::Code,
-            required: true,
-        },
-        &Text("   ".into()),
-        &mut s,
-    );
+    let e = format_value(&Column { name: "supplier", kind: Kind::Code, required: true }, &Text("   ".into()), &mut s);
     assert!(e.unwrap_err().contains("supplier is required but empty"));
 }
 
@@ -465,10 +273,7 @@ fn values_are_formatted_per_spec() {
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
+    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
     // fields 14 and 15 of proc(5) are utime and stime in clock ticks (100 per second on Linux)
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
@@ -484,15 +289,8 @@ async fn bench() {
     };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("erp.db");
-    let summary = generate_sample_erp_at(&db, size, NaiveDate::from_ymd_opt(2026, 11, 28).unwrap())
-        .await
-        .unwrap();
-    eprintln!(
-        "generate {size:?}: {} rows in {:.1}s ({:?})",
-        summary.total_rows(),
-        summary.seconds,
-        summary.tables
-    );
+    let summary = generate_sample_erp_at(&db, size, NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()).await.unwrap();
+    eprintln!("generate {size:?}: {} rows in {:.1}s ({:?})", summary.total_rows(), summary.seconds, summary.tables);
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
     let mapping = Mapping::from_toml(default_mapping()).unwrap();
 
@@ -506,11 +304,7 @@ async fn bench() {
         })
         .await;
     let s = t.elapsed().as_secs_f64();
-    eprintln!(
-        "query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s",
-        n as f64 / s,
-        cpu_seconds() - c
-    );
+    eprintln!("query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s", n as f64 / s, cpu_seconds() - c);
 
     let rows: Vec<Vec<SqlValue>> = src.rows(q).map(|r| r.unwrap()).collect().await;
     let t = std::time::Instant::now();
@@ -526,20 +320,14 @@ async fn bench() {
         }
     }
     let s = t.elapsed().as_secs_f64();
-    eprintln!(
-        "format only: sales.csv {} rows in {s:.2}s = {:.0} rows/s",
-        rows.len(),
-        rows.len() as f64 / s
-    );
+    eprintln!("format only: sales.csv {} rows in {s:.2}s = {:.0} rows/s", rows.len(), rows.len() as f64 / s);
     drop(rows);
 
     for level in [9, 1] {
         let batch = BatchId::new(chrono::Utc::now());
         let opts = ExtractOptions { level, threads: 0 };
         let c = cpu_seconds();
-        let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _| {})
-            .await
-            .unwrap();
+        let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _| {}).await.unwrap();
         let mb = stats.bytes() as f64 / 1e6;
         eprintln!(
             "extract level {level}: {} rows, {mb:.1} MB -> {:.1} MB in {:.2}s = {:.0} rows/s, {:.1} MB/s plain, {:.2} CPU s",

@@ -71,10 +71,7 @@ impl<W: Write> ParallelBzWriter<W> {
         let workers: Vec<_> = (0..threads)
             .filter_map(|i| {
                 let (jobs, done) = (Arc::clone(&job_rx), done_tx.clone());
-                thread::Builder::new()
-                    .name(format!("ferry-bzip2-{i}"))
-                    .spawn(move || worker(&jobs, &done, level))
-                    .ok()
+                thread::Builder::new().name(format!("ferry-bzip2-{i}")).spawn(move || worker(&jobs, &done, level)).ok()
             })
             .collect();
         Self {
@@ -118,9 +115,7 @@ impl<W: Write> ParallelBzWriter<W> {
 
     fn check(&self) -> io::Result<()> {
         if self.failed {
-            return Err(io::Error::other(
-                "the bzip2 writer already failed; discard this output and start again",
-            ));
+            return Err(io::Error::other("the bzip2 writer already failed; discard this output and start again"));
         }
         Ok(())
     }
@@ -240,11 +235,7 @@ pub struct CappedDecoder<R: Read> {
 /// bzip2 stream"); corrupt input fails with [`io::ErrorKind::InvalidData`]. Output of exactly
 /// `max_out` bytes is fine.
 pub fn capped_decoder<R: Read>(r: R, max_out: u64) -> CappedDecoder<R> {
-    CappedDecoder {
-        inner: MultiBzDecoder::new(r),
-        produced: 0,
-        max_out,
-    }
+    CappedDecoder { inner: MultiBzDecoder::new(r), produced: 0, max_out }
 }
 
 impl<R: Read> CappedDecoder<R> {
@@ -306,9 +297,7 @@ mod tests {
         let mut out = Vec::with_capacity(len + 64);
         let mut i = 0u64;
         while out.len() < len {
-            out.extend_from_slice(
-                format!("{i};ITEM-{};LOC-{};{}\n", i % 977, i % 13, i * 7).as_bytes(),
-            );
+            out.extend_from_slice(format!("{i};ITEM-{};LOC-{};{}\n", i % 977, i % 13, i * 7).as_bytes());
             i += 1;
         }
         out.truncate(len);
@@ -331,9 +320,7 @@ mod tests {
     fn stream_starts(bz: &[u8]) -> Vec<usize> {
         let magic = b"BZh9\x31\x41\x59\x26\x53\x59";
         let empty = b"BZh9\x17\x72\x45\x38\x50\x90";
-        (0..bz.len().saturating_sub(9))
-            .filter(|&i| &bz[i..i + 10] == magic || &bz[i..i + 10] == empty)
-            .collect()
+        (0..bz.len().saturating_sub(9)).filter(|&i| &bz[i..i + 10] == magic || &bz[i..i + 10] == empty).collect()
     }
 
     #[test]
@@ -343,9 +330,7 @@ mod tests {
         assert_eq!(decompress_all(&bz), data);
         // Independent streams: a single-stream decoder stops after the first chunk.
         let mut first = Vec::new();
-        bzip2::read::BzDecoder::new(&bz[..])
-            .read_to_end(&mut first)
-            .unwrap();
+        bzip2::read::BzDecoder::new(&bz[..]).read_to_end(&mut first).unwrap();
         assert_eq!(first, &data[..1_000]);
         assert_eq!(stream_starts(&bz).len(), 200);
     }
@@ -372,11 +357,7 @@ mod tests {
             assert!(w.ready.len() <= 4);
         }
         // Most chunks must already be written out before finish.
-        assert!(
-            w.inner.len() > 10_000,
-            "output was held back: {} bytes",
-            w.inner.len()
-        );
+        assert!(w.inner.len() > 10_000, "output was held back: {} bytes", w.inner.len());
         assert_eq!(decompress_all(&w.finish().unwrap()), data);
     }
 
@@ -409,10 +390,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        for (name, data) in [
-            ("empty", Vec::new()),
-            ("multi", sample(2 * CHUNK_SIZE + 777)),
-        ] {
+        for (name, data) in [("empty", Vec::new()), ("multi", sample(2 * CHUNK_SIZE + 777))] {
             let src = dir.path().join(format!("{name}.csv"));
             let dst = dir.path().join(format!("{name}.csv.bz2"));
             std::fs::write(&src, &data).unwrap();
@@ -431,18 +409,13 @@ mod tests {
         let data = sample(50_000);
         let bz = compress(&data, 2, 7_000);
         let mut out = Vec::new();
-        capped_decoder(&bz[..], data.len() as u64)
-            .read_to_end(&mut out)
-            .unwrap();
+        capped_decoder(&bz[..], data.len() as u64).read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
 
         let mut d = capped_decoder(&bz[..], data.len() as u64 - 1);
         let err = d.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(
-            err.to_string()
-                .contains(&format!("exceeds the cap of {} bytes", data.len() - 1))
-        );
+        assert!(err.to_string().contains(&format!("exceeds the cap of {} bytes", data.len() - 1)));
         assert_eq!(d.decompressed_bytes(), data.len() as u64 - 1);
     }
 
@@ -466,27 +439,13 @@ mod tests {
         assert_eq!(starts.len(), 3);
         // Cut inside the first, the second (multi-stream case) and the last stream, and just
         // before the end-of-stream trailer.
-        let cuts = [
-            starts[0] + 50,
-            starts[1] + 50,
-            starts[2] + 50,
-            bz.len() - 3,
-            2,
-        ];
+        let cuts = [starts[0] + 50, starts[1] + 50, starts[2] + 50, bz.len() - 3, 2];
         for cut in cuts {
-            let err = capped_decoder(&bz[..cut], u64::MAX)
-                .read_to_end(&mut Vec::new())
-                .unwrap_err();
-            assert_eq!(
-                err.kind(),
-                io::ErrorKind::UnexpectedEof,
-                "cut at {cut}: {err}"
-            );
+            let err = capped_decoder(&bz[..cut], u64::MAX).read_to_end(&mut Vec::new()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}: {err}");
             assert!(err.to_string().contains("truncated bzip2 stream"));
         }
-        let err = capped_decoder(&b""[..], 10)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err = capped_decoder(&b""[..], 10).read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
@@ -496,22 +455,12 @@ mod tests {
         let mut bz = compress(&data, 1, 10_000);
         let mid = bz.len() / 2;
         bz[mid] ^= 0x55;
-        let err = capped_decoder(&bz[..], u64::MAX)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err = capped_decoder(&bz[..], u64::MAX).read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
 
         let mut garbage = b"BZh9".to_vec();
         garbage.extend((0..5_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
-        assert!(
-            capped_decoder(&garbage[..], u64::MAX)
-                .read_to_end(&mut Vec::new())
-                .is_err()
-        );
-        assert!(
-            capped_decoder(&b"not bzip2 at all"[..], 100)
-                .read_to_end(&mut Vec::new())
-                .is_err()
-        );
+        assert!(capped_decoder(&garbage[..], u64::MAX).read_to_end(&mut Vec::new()).is_err());
+        assert!(capped_decoder(&b"not bzip2 at all"[..], 100).read_to_end(&mut Vec::new()).is_err());
     }
 }

@@ -72,10 +72,7 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            digester: Digester::new(),
-        }
+        Self { inner, digester: Digester::new() }
     }
 
     /// The inner writer, e.g. to reach a compressor's statistics.
@@ -110,10 +107,7 @@ pub struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            digester: Digester::new(),
-        }
+        Self { inner, digester: Digester::new() }
     }
 
     /// Digests of what has been read so far.
@@ -168,10 +162,7 @@ mod tests {
         assert_eq!(d.sha256, ABC_SHA256);
         let empty = Digests::of(b"");
         assert_eq!(empty.md5, "d41d8cd98f00b204e9800998ecf8427e");
-        assert_eq!(
-            empty.sha256,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(empty.sha256, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]

@@ -26,9 +26,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use bytes::Bytes;
 use http::HeaderMap;
 use rand::RngCore as _;
-use russh::keys::signature::{
-    RandomizedSigner as _, SignatureEncoding as _, Signer as _, Verifier as _,
-};
+use russh::keys::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _, Verifier as _};
 use russh::keys::ssh_key::private::KeypairData;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{self, Algorithm, HashAlg};
@@ -89,16 +87,11 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 pub enum SigError {
     /// A required header is absent.
-    #[error(
-        "the request has no {0} header; requests must be signed (rfc 9421) with a registered key"
-    )]
+    #[error("the request has no {0} header; requests must be signed (rfc 9421) with a registered key")]
     MissingHeader(&'static str),
     /// A header is present but does not follow the profile.
     #[error("malformed {header} header: {reason}")]
-    Malformed {
-        header: &'static str,
-        reason: String,
-    },
+    Malformed { header: &'static str, reason: String },
     /// The body does not match `Content-Digest`.
     #[error(
         "the content-digest header does not match the request body; the body was changed in transit, send the request again"
@@ -110,14 +103,10 @@ pub enum SigError {
     )]
     Stale { age: i64, max: i64 },
     /// `created` is too far in the future.
-    #[error(
-        "the request signature was created {ahead} s in the future; check the client's clock (ntp)"
-    )]
+    #[error("the request signature was created {ahead} s in the future; check the client's clock (ntp)")]
     Future { ahead: i64 },
     /// No key is registered under `keyid`.
-    #[error(
-        "unknown signing key {0}; register this key first (ferry connector register) or use the registered key"
-    )]
+    #[error("unknown signing key {0}; register this key first (ferry connector register) or use the registered key")]
     UnknownKey(String),
     /// `alg` does not fit the registered key.
     #[error("signature algorithm {alg} does not match the registered {key} key")]
@@ -132,9 +121,7 @@ pub enum SigError {
 
 /// Current time in unix seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// `sha-256=:<base64>:` for `body` (RFC 9530).
@@ -157,9 +144,7 @@ pub fn sign(
         _ if key.is_encrypted() => return Err(SigError::UnsupportedKey("encrypted".into())),
         other => {
             return Err(SigError::UnsupportedKey(
-                other
-                    .algorithm()
-                    .map_or_else(|_| "unknown".into(), |a| a.to_string()),
+                other.algorithm().map_or_else(|_| "unknown".into(), |a| a.to_string()),
             ));
         }
     };
@@ -183,11 +168,9 @@ pub fn sign(
                 .map_err(|e| SigError::UnsupportedKey(e.to_string()))?;
             sig.to_vec()
         }
-        KeypairData::Ed25519(kp) => kp
-            .try_sign(base.as_bytes())
-            .map_err(|e| SigError::UnsupportedKey(e.to_string()))?
-            .as_bytes()
-            .to_vec(),
+        KeypairData::Ed25519(kp) => {
+            kp.try_sign(base.as_bytes()).map_err(|e| SigError::UnsupportedKey(e.to_string()))?.as_bytes().to_vec()
+        }
         _ => return Err(SigError::UnsupportedKey("algorithm".into())),
     };
     Ok(SignedHeaders {
@@ -234,10 +217,7 @@ pub fn verify(
     let params = parse_signature_input(&input_header)?;
     let age = now_unix.saturating_sub(params.created);
     if age > max_age_secs {
-        return Err(SigError::Stale {
-            age,
-            max: max_age_secs,
-        });
+        return Err(SigError::Stale { age, max: max_age_secs });
     }
     if age < -MAX_FUTURE_SECS {
         return Err(SigError::Future { ahead: -age });
@@ -250,15 +230,12 @@ pub fn verify(
         _ => return Err(malformed("Content-Digest", "no sha-256 byte sequence")),
     }
 
-    let signature = match sfv::dictionary(&sig_header)
-        .map_err(|r| malformed("Signature", r))?
-        .into_iter()
-        .find(|m| m.0 == LABEL)
-    {
-        Some((_, sfv::Item::Bytes(sig), p)) if p.is_empty() => sig,
-        Some(_) => return Err(malformed("Signature", "sig1 is not a plain byte sequence")),
-        None => return Err(malformed("Signature", "no sig1 member")),
-    };
+    let signature =
+        match sfv::dictionary(&sig_header).map_err(|r| malformed("Signature", r))?.into_iter().find(|m| m.0 == LABEL) {
+            Some((_, sfv::Item::Bytes(sig), p)) if p.is_empty() => sig,
+            Some(_) => return Err(malformed("Signature", "sig1 is not a plain byte sequence")),
+            None => return Err(malformed("Signature", "no sig1 member")),
+        };
 
     let key = lookup(&params.keyid).ok_or_else(|| SigError::UnknownKey(params.keyid.clone()))?;
     if keys::fingerprint(&key) != params.keyid {
@@ -268,38 +245,21 @@ pub fn verify(
     let ok = match (key.key_data(), params.alg.as_str()) {
         (KeyData::Rsa(rsa_key), ALG_RSA) => {
             if rsa_key.key_size() < keys::MIN_RSA_BITS {
-                return Err(SigError::UnsupportedKey(format!(
-                    "rsa with {} bits",
-                    rsa_key.key_size()
-                )));
+                return Err(SigError::UnsupportedKey(format!("rsa with {} bits", rsa_key.key_size())));
             }
-            let sig = ssh_key::Signature::new(
-                Algorithm::Rsa {
-                    hash: Some(HashAlg::Sha256),
-                },
-                signature,
-            );
+            let sig = ssh_key::Signature::new(Algorithm::Rsa { hash: Some(HashAlg::Sha256) }, signature);
             sig.is_ok_and(|s| rsa_key.verify(base.as_bytes(), &s).is_ok())
         }
-        (KeyData::Ed25519(ed_key), ALG_ED25519) => {
-            ssh_key::Signature::new(Algorithm::Ed25519, signature)
-                .is_ok_and(|s| ed_key.verify(base.as_bytes(), &s).is_ok())
-        }
+        (KeyData::Ed25519(ed_key), ALG_ED25519) => ssh_key::Signature::new(Algorithm::Ed25519, signature)
+            .is_ok_and(|s| ed_key.verify(base.as_bytes(), &s).is_ok()),
         (other, alg) => {
-            return Err(SigError::AlgorithmMismatch {
-                alg: alg.to_owned(),
-                key: other.algorithm().to_string(),
-            });
+            return Err(SigError::AlgorithmMismatch { alg: alg.to_owned(), key: other.algorithm().to_string() });
         }
     };
     if !ok {
         return Err(SigError::BadSignature);
     }
-    Ok(Verified {
-        keyid: params.keyid,
-        nonce: params.nonce,
-        created: params.created,
-    })
+    Ok(Verified { keyid: params.keyid, nonce: params.nonce, created: params.created })
 }
 
 /// The `keyid` a request claims, without verifying anything: lets an async server fetch the key
@@ -354,11 +314,7 @@ impl NonceCache {
 
     /// Number of nonces held (including expired ones not yet pruned).
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .seen
-            .len()
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).seen.len()
     }
 
     /// Whether the cache holds no nonce.
@@ -391,12 +347,7 @@ impl Params {
 }
 
 /// The RFC 9421 signature base for our three components.
-fn signature_base(
-    method: &str,
-    path_and_query: &str,
-    content_digest: &str,
-    params: &str,
-) -> String {
+fn signature_base(method: &str, path_and_query: &str, content_digest: &str, params: &str) -> String {
     format!(
         "\"@method\": {method}\n\"@path\": {path_and_query}\n\"content-digest\": {content_digest}\n\"@signature-params\": {params}"
     )
@@ -405,16 +356,10 @@ fn signature_base(
 /// Refuses methods and targets that could blur the line-based signature base.
 fn check_target(method: &str, path_and_query: &str) -> Result<(), SigError> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(malformed(
-            "@method",
-            "the method must be upper-case letters",
-        ));
+        return Err(malformed("@method", "the method must be upper-case letters"));
     }
     if !path_and_query.starts_with('/') || !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(malformed(
-            "@path",
-            "the target must start with / and hold only visible ascii",
-        ));
+        return Err(malformed("@path", "the target must start with / and hold only visible ascii"));
     }
     Ok(())
 }
@@ -435,9 +380,7 @@ fn parse_signature_input(value: &str) -> Result<Params, SigError> {
         })
         .collect::<Result<_, _>>()?;
     if covered != COMPONENTS {
-        return Err(bad(
-            r#"must cover exactly ("@method" "@path" "content-digest")"#,
-        ));
+        return Err(bad(r#"must cover exactly ("@method" "@path" "content-digest")"#));
     }
     let (mut created, mut nonce, mut keyid, mut alg) = (None, None, None, None);
     for (name, value) in params {
@@ -465,12 +408,7 @@ fn parse_signature_input(value: &str) -> Result<Params, SigError> {
     if keyid.is_empty() || keyid.len() > 256 {
         return Err(bad("the keyid must be 1 to 256 characters"));
     }
-    Ok(Params {
-        created,
-        nonce,
-        keyid,
-        alg,
-    })
+    Ok(Params { created, nonce, keyid, alg })
 }
 
 fn header(headers: &HeaderMap, name: &'static str) -> Result<String, SigError> {
@@ -495,10 +433,7 @@ fn header_name(lower: &str) -> &'static str {
 }
 
 fn malformed(header: &'static str, reason: impl Into<String>) -> SigError {
-    SigError::Malformed {
-        header,
-        reason: reason.into(),
-    }
+    SigError::Malformed { header, reason: reason.into() }
 }
 
 /// The subset of RFC 8941 structured field values that signatures and digests use:
@@ -525,10 +460,7 @@ mod sfv {
     }
 
     pub fn dictionary(input: &str) -> Result<Vec<(String, Item, Params)>, String> {
-        let mut p = Parser {
-            s: input.as_bytes(),
-            i: 0,
-        };
+        let mut p = Parser { s: input.as_bytes(), i: 0 };
         let mut out: Vec<(String, Item, Params)> = Vec::new();
         p.skip_sp();
         if p.at_end() {
@@ -537,11 +469,7 @@ mod sfv {
         loop {
             let key = p.key()?;
             let value = if p.eat(b'=') {
-                if p.peek() == Some(b'(') {
-                    p.inner_list()?
-                } else {
-                    p.bare_item()?
-                }
+                if p.peek() == Some(b'(') { p.inner_list()? } else { p.bare_item()? }
             } else {
                 Item::Bool(true)
             };
@@ -602,11 +530,7 @@ mod sfv {
                 Some(c) if c.is_ascii_lowercase() || c == b'*' => {}
                 _ => return Err(format!("expected a key at byte {}", self.i)),
             }
-            Ok(self
-                .take_while(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.*".contains(&c)
-                })
-                .to_owned())
+            Ok(self.take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.*".contains(&c)).to_owned())
         }
 
         fn params(&mut self) -> Result<Params, String> {
@@ -614,11 +538,7 @@ mod sfv {
             while self.eat(b';') {
                 self.skip_sp();
                 let key = self.key()?;
-                let value = if self.eat(b'=') {
-                    self.bare_item()?
-                } else {
-                    Item::Bool(true)
-                };
+                let value = if self.eat(b'=') { self.bare_item()? } else { Item::Bool(true) };
                 out.push((key, value));
             }
             Ok(out)
@@ -656,9 +576,7 @@ mod sfv {
                 }
                 Some(c) if c == b'-' || c.is_ascii_digit() => self.integer(),
                 Some(c) if c.is_ascii_alphabetic() || c == b'*' => {
-                    let t = self.take_while(|c| {
-                        c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c)
-                    });
+                    let t = self.take_while(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c));
                     Ok(Item::Token(t.to_owned()))
                 }
                 _ => Err(format!("unexpected character at byte {}", self.i)),
@@ -704,9 +622,7 @@ mod sfv {
 
         fn bytes(&mut self) -> Result<Item, String> {
             self.i += 1;
-            let b64 = self
-                .take_while(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
-                .to_owned();
+            let b64 = self.take_while(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)).to_owned();
             if !self.eat(b':') {
                 return Err("unterminated byte sequence".into());
             }
@@ -764,32 +680,17 @@ mod tests {
         for key in [rsa_key(), ed_key()] {
             let body = br#"{"files":[]}"#;
             let s = sign(key, "POST", "/v1/batches/42/complete?x=1", body, NOW).unwrap();
-            let v = check(
-                key,
-                &headers_of(&s),
-                "POST",
-                "/v1/batches/42/complete?x=1",
-                body,
-                NOW + 5,
-            )
-            .unwrap();
+            let v = check(key, &headers_of(&s), "POST", "/v1/batches/42/complete?x=1", body, NOW + 5).unwrap();
             assert_eq!(v.keyid, keys::fingerprint(key.public_key()));
             assert_eq!(keyid_of(&headers_of(&s)).unwrap(), v.keyid);
             assert_eq!(v.created, NOW);
             assert!(v.nonce.len() >= 22);
-            let alg = if key == rsa_key() {
-                ALG_RSA
-            } else {
-                ALG_ED25519
-            };
+            let alg = if key == rsa_key() { ALG_RSA } else { ALG_ED25519 };
+            assert!(s.signature_input.ends_with(&format!(";alg=\"{alg}\"")), "{}", s.signature_input);
             assert!(
-                s.signature_input.ends_with(&format!(";alg=\"{alg}\"")),
-                "{}",
                 s.signature_input
+                    .starts_with(r#"sig1=("@method" "@path" "content-digest");created=1800000000;nonce=""#)
             );
-            assert!(s.signature_input.starts_with(
-                r#"sig1=("@method" "@path" "content-digest");created=1800000000;nonce=""#
-            ));
         }
         // Each signature has a fresh nonce.
         let a = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
@@ -811,35 +712,15 @@ mod tests {
             )
         );
         // Independent check through ssh-key's rsa-sha2-256 verifier (same primitive).
-        let raw = B64
-            .decode(
-                s.signature
-                    .strip_prefix("sig1=:")
-                    .unwrap()
-                    .strip_suffix(':')
-                    .unwrap(),
-            )
-            .unwrap();
-        let sig = ssh_key::Signature::new(
-            Algorithm::Rsa {
-                hash: Some(HashAlg::Sha256),
-            },
-            raw,
-        )
-        .unwrap();
-        key.public_key()
-            .key_data()
-            .verify(base.as_bytes(), &sig)
-            .unwrap();
+        let raw = B64.decode(s.signature.strip_prefix("sig1=:").unwrap().strip_suffix(':').unwrap()).unwrap();
+        let sig = ssh_key::Signature::new(Algorithm::Rsa { hash: Some(HashAlg::Sha256) }, raw).unwrap();
+        key.public_key().key_data().verify(base.as_bytes(), &sig).unwrap();
     }
 
     #[test]
     fn empty_body_still_gets_a_digest() {
         let s = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
-        assert_eq!(
-            s.content_digest,
-            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"
-        );
+        assert_eq!(s.content_digest, "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:");
         check(ed_key(), &headers_of(&s), "GET", "/v1/files", b"", NOW).unwrap();
     }
 
@@ -852,10 +733,7 @@ mod tests {
             assert!(matches!(err, SigError::BadDigest), "{err}");
             // An attacker who also recomputes the digest breaks the signature instead.
             let mut h2 = h.clone();
-            h2.insert(
-                "content-digest",
-                content_digest(b"amount=9").parse().unwrap(),
-            );
+            h2.insert("content-digest", content_digest(b"amount=9").parse().unwrap());
             let err = check(key, &h2, "POST", "/v1/x", b"amount=9", NOW).unwrap_err();
             assert!(matches!(err, SigError::BadSignature), "{err}");
         }
@@ -866,11 +744,7 @@ mod tests {
         for key in [rsa_key(), ed_key()] {
             let s = sign(key, "POST", "/v1/files/1/ack", b"", NOW).unwrap();
             let h = headers_of(&s);
-            for (m, p) in [
-                ("POST", "/v1/files/2/ack"),
-                ("POST", "/v1/files/1/ack?x"),
-                ("PUT", "/v1/files/1/ack"),
-            ] {
+            for (m, p) in [("POST", "/v1/files/2/ack"), ("POST", "/v1/files/1/ack?x"), ("PUT", "/v1/files/1/ack")] {
                 let err = check(key, &h, m, p, b"", NOW).unwrap_err();
                 assert!(matches!(err, SigError::BadSignature), "{m} {p}: {err}");
             }
@@ -882,36 +756,17 @@ mod tests {
         let s = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
         let h = headers_of(&s);
         // Key not registered.
-        let err = verify(
-            "GET",
-            "/v1/files",
-            &h,
-            b"",
-            NOW,
-            MAX_AGE,
-            lookup_for(&[rsa_key()]),
-        )
-        .unwrap_err();
+        let err = verify("GET", "/v1/files", &h, b"", NOW, MAX_AGE, lookup_for(&[rsa_key()])).unwrap_err();
         assert!(matches!(err, SigError::UnknownKey(_)), "{err}");
         assert!(err.to_string().contains("register this key"));
         // Claiming another registered key's identity.
         let other = generate(KeyAlgorithm::Ed25519).unwrap();
-        let forged = s.signature_input.replace(
-            &keys::fingerprint(ed_key().public_key()),
-            &keys::fingerprint(other.public_key()),
-        );
+        let forged = s
+            .signature_input
+            .replace(&keys::fingerprint(ed_key().public_key()), &keys::fingerprint(other.public_key()));
         let mut h2 = h.clone();
         h2.insert("signature-input", forged.parse().unwrap());
-        let err = verify(
-            "GET",
-            "/v1/files",
-            &h2,
-            b"",
-            NOW,
-            MAX_AGE,
-            lookup_for(&[ed_key(), &other]),
-        )
-        .unwrap_err();
+        let err = verify("GET", "/v1/files", &h2, b"", NOW, MAX_AGE, lookup_for(&[ed_key(), &other])).unwrap_err();
         assert!(matches!(err, SigError::BadSignature), "{err}");
         // A lookup that hands back a key not matching the keyid.
         let sloppy = |_: &str| Some(other.public_key().clone());
@@ -923,13 +778,7 @@ mod tests {
     fn algorithm_must_match_the_key() {
         let s = sign(rsa_key(), "GET", "/v1/files", b"", NOW).unwrap();
         let mut h = headers_of(&s);
-        h.insert(
-            "signature-input",
-            s.signature_input
-                .replace(ALG_RSA, ALG_ED25519)
-                .parse()
-                .unwrap(),
-        );
+        h.insert("signature-input", s.signature_input.replace(ALG_RSA, ALG_ED25519).parse().unwrap());
         let err = check(rsa_key(), &h, "GET", "/v1/files", b"", NOW).unwrap_err();
         assert!(matches!(err, SigError::AlgorithmMismatch { .. }), "{err}");
     }
@@ -940,38 +789,22 @@ mod tests {
         let h = headers_of(&s);
         check(ed_key(), &h, "GET", "/v1/files", b"", NOW + MAX_AGE).unwrap();
         let err = check(ed_key(), &h, "GET", "/v1/files", b"", NOW + MAX_AGE + 1).unwrap_err();
-        assert!(
-            matches!(err, SigError::Stale { age: 301, max: 300 }),
-            "{err}"
-        );
+        assert!(matches!(err, SigError::Stale { age: 301, max: 300 }), "{err}");
         check(ed_key(), &h, "GET", "/v1/files", b"", NOW - MAX_FUTURE_SECS).unwrap();
-        let err = check(
-            ed_key(),
-            &h,
-            "GET",
-            "/v1/files",
-            b"",
-            NOW - MAX_FUTURE_SECS - 1,
-        )
-        .unwrap_err();
+        let err = check(ed_key(), &h, "GET", "/v1/files", b"", NOW - MAX_FUTURE_SECS - 1).unwrap_err();
         assert!(matches!(err, SigError::Future { ahead: 61 }), "{err}");
     }
 
     #[test]
     fn missing_headers_are_named() {
         let s = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
-        for (name, shown) in [
-            ("content-digest", "Content-Digest"),
-            ("signature-input", "Signature-Input"),
-            ("signature", "Signature"),
-        ] {
+        for (name, shown) in
+            [("content-digest", "Content-Digest"), ("signature-input", "Signature-Input"), ("signature", "Signature")]
+        {
             let mut h = headers_of(&s);
             h.remove(name);
             let err = check(ed_key(), &h, "GET", "/v1/files", b"", NOW).unwrap_err();
-            assert!(
-                matches!(err, SigError::MissingHeader(n) if n == shown),
-                "{err}"
-            );
+            assert!(matches!(err, SigError::MissingHeader(n) if n == shown), "{err}");
         }
     }
 
@@ -979,11 +812,7 @@ mod tests {
     fn malformed_signature_input_is_rejected() {
         let s = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
         let good = s.signature_input.clone();
-        let nonce_param = good
-            .split(';')
-            .find(|p| p.starts_with("nonce="))
-            .unwrap()
-            .to_owned();
+        let nonce_param = good.split(';').find(|p| p.starts_with("nonce=")).unwrap().to_owned();
         let cases = [
             String::new(),
             "garbage".into(),
@@ -1009,39 +838,21 @@ mod tests {
             let mut h = headers_of(&s);
             h.insert("signature-input", bad.parse().unwrap());
             let err = check(ed_key(), &h, "GET", "/v1/files", b"", NOW).unwrap_err();
-            assert!(
-                matches!(err, SigError::Malformed { .. }),
-                "{bad:?} gave {err}"
-            );
+            assert!(matches!(err, SigError::Malformed { .. }), "{bad:?} gave {err}");
         }
-        for bad in [
-            "sig1=abc",
-            "sig1=:not base64!:",
-            "sig2=:AAAA:",
-            "sig1=:AAAA:;x=1",
-            "",
-        ] {
+        for bad in ["sig1=abc", "sig1=:not base64!:", "sig2=:AAAA:", "sig1=:AAAA:;x=1", ""] {
             let mut h = headers_of(&s);
             h.insert("signature", bad.parse().unwrap());
-            assert!(
-                check(ed_key(), &h, "GET", "/v1/files", b"", NOW).is_err(),
-                "{bad:?}"
-            );
+            assert!(check(ed_key(), &h, "GET", "/v1/files", b"", NOW).is_err(), "{bad:?}");
         }
         let mut h = headers_of(&s);
         h.insert("signature", "sig1=:AAAA:".parse().unwrap());
-        assert!(matches!(
-            check(ed_key(), &h, "GET", "/v1/files", b"", NOW),
-            Err(SigError::BadSignature)
-        ));
+        assert!(matches!(check(ed_key(), &h, "GET", "/v1/files", b"", NOW), Err(SigError::BadSignature)));
         for bad in ["md5=:AAAA:", "sha-256=abc", "sha-256"] {
             let mut h = headers_of(&s);
             h.insert("content-digest", bad.parse().unwrap());
             let err = check(ed_key(), &h, "GET", "/v1/files", b"", NOW).unwrap_err();
-            assert!(
-                matches!(err, SigError::Malformed { .. }),
-                "{bad:?} gave {err}"
-            );
+            assert!(matches!(err, SigError::Malformed { .. }), "{bad:?} gave {err}");
         }
         // Line breaks or spaces in the target could forge signature base lines.
         assert!(sign(ed_key(), "GET", "/v1/files\n\"@path\": /x", b"", NOW).is_err());
@@ -1053,14 +864,9 @@ mod tests {
     fn tolerates_extra_whitespace_and_other_labels() {
         let s = sign(ed_key(), "GET", "/v1/files", b"", NOW).unwrap();
         let mut h = headers_of(&s);
-        let spaced = s
-            .signature_input
-            .replace("sig1=(", "proxy=(\"@method\");created=1, sig1=(  ");
+        let spaced = s.signature_input.replace("sig1=(", "proxy=(\"@method\");created=1, sig1=(  ");
         h.insert("signature-input", spaced.parse().unwrap());
-        h.insert(
-            "signature",
-            format!("proxy=:AAAA:,  {}", s.signature).parse().unwrap(),
-        );
+        h.insert("signature", format!("proxy=:AAAA:,  {}", s.signature).parse().unwrap());
         check(ed_key(), &h, "GET", "/v1/files", b"", NOW).unwrap();
     }
 
@@ -1069,16 +875,7 @@ mod tests {
         let client = crate::tls::http_client(None, std::time::Duration::from_secs(5)).unwrap();
         let rb = client.post("https://comms.example/v1/batches/7/complete?dry=1");
         let body = br#"{"ok":true}"#.to_vec();
-        let req = apply(
-            rb,
-            rsa_key(),
-            "POST",
-            "/v1/batches/7/complete?dry=1",
-            body.clone(),
-        )
-        .unwrap()
-        .build()
-        .unwrap();
+        let req = apply(rb, rsa_key(), "POST", "/v1/batches/7/complete?dry=1", body.clone()).unwrap().build().unwrap();
         let sent = req.body().and_then(|b| b.as_bytes()).unwrap();
         assert_eq!(sent, &body[..]);
         let v = verify(
@@ -1101,18 +898,11 @@ mod tests {
         assert!(!cache.check_and_insert_at("n1", 100, 50));
         assert!(cache.check_and_insert_at("n2", 100, 50));
         assert!(!cache.check_and_insert_at("n1", 100, 99));
-        assert!(
-            cache.check_and_insert_at("n1", 200, 100),
-            "expired nonce should be accepted again"
-        );
+        assert!(cache.check_and_insert_at("n1", 200, 100), "expired nonce should be accepted again");
         for i in 0..10_000 {
             assert!(cache.check_and_insert_at(&format!("x{i}"), 1_000 + i, 1_000 + i - 1));
         }
-        assert!(
-            cache.len() < 2_100,
-            "expired nonces are not pruned: {}",
-            cache.len()
-        );
+        assert!(cache.len() < 2_100, "expired nonces are not pruned: {}", cache.len());
         assert!(cache.check_and_insert(&"fresh".repeat(4), unix_now() + 60));
         assert!(!cache.check_and_insert(&"fresh".repeat(4), unix_now() + 60));
     }

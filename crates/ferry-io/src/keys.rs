@@ -29,9 +29,7 @@ pub enum KeyError {
     #[error("key file {path} already exists; move it away first if you really want a new key")]
     AlreadyExists { path: PathBuf },
     /// The private key file can be read or written by other users.
-    #[error(
-        "private key {path} is accessible by other users (mode {mode:03o}); run `chmod 600 {path}`"
-    )]
+    #[error("private key {path} is accessible by other users (mode {mode:03o}); run `chmod 600 {path}`")]
     InsecurePermissions { path: PathBuf, mode: u32 },
     /// The private key is protected by a passphrase.
     #[error(
@@ -43,20 +41,14 @@ pub enum KeyError {
     #[error("private key {path} is not a valid OpenSSH private key ({reason}); regenerate it")]
     InvalidPrivateKey { path: PathBuf, reason: String },
     /// The text is not an OpenSSH public key line.
-    #[error(
-        "not a valid OpenSSH public key ({reason}); expect a line like `ssh-ed25519 AAAA… comment`"
-    )]
+    #[error("not a valid OpenSSH public key ({reason}); expect a line like `ssh-ed25519 AAAA… comment`")]
     InvalidPublicKey { reason: String },
     /// The algorithm or key size is not one Ferry accepts.
     #[error("unsupported key {what}; use rsa2048, rsa3072, rsa4096 or ed25519")]
     Unsupported { what: String },
     /// Reading or writing the file failed.
     #[error("cannot {action} key file {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
     /// The key library failed (generation or encoding).
     #[error("ssh key operation failed: {0}")]
     Ssh(#[from] ssh_key::Error),
@@ -80,9 +72,7 @@ impl FromStr for KeyAlgorithm {
             "rsa3072" => Ok(Self::Rsa3072),
             "rsa4096" => Ok(Self::Rsa4096),
             "ed25519" => Ok(Self::Ed25519),
-            other => Err(KeyError::Unsupported {
-                what: format!("algorithm {other:?}"),
-            }),
+            other => Err(KeyError::Unsupported { what: format!("algorithm {other:?}") }),
         }
     }
 }
@@ -118,12 +108,10 @@ pub fn check_public_key(key: &PublicKey) -> Result<(), KeyError> {
     match key.key_data() {
         ssh_key::public::KeyData::Ed25519(_) => Ok(()),
         ssh_key::public::KeyData::Rsa(rsa) if rsa.key_size() >= MIN_RSA_BITS => Ok(()),
-        ssh_key::public::KeyData::Rsa(rsa) => Err(KeyError::Unsupported {
-            what: format!("size: rsa with {} bits", rsa.key_size()),
-        }),
-        _ => Err(KeyError::Unsupported {
-            what: format!("algorithm {}", key.algorithm()),
-        }),
+        ssh_key::public::KeyData::Rsa(rsa) => {
+            Err(KeyError::Unsupported { what: format!("size: rsa with {} bits", rsa.key_size()) })
+        }
+        _ => Err(KeyError::Unsupported { what: format!("algorithm {}", key.algorithm()) }),
     }
 }
 
@@ -163,9 +151,7 @@ pub fn write_public_key(path: &Path, key: &PublicKey, comment: &str) -> Result<(
 /// read or write.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
     let mut file = fs::File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => KeyError::NotFound {
-            path: path.to_owned(),
-        },
+        io::ErrorKind::NotFound => KeyError::NotFound { path: path.to_owned() },
         _ => io_err("read", path, e),
     })?;
     #[cfg(unix)]
@@ -174,21 +160,14 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         let meta = file.metadata().map_err(|e| io_err("read", path, e))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::InsecurePermissions {
-                path: path.to_owned(),
-                mode,
-            });
+            return Err(KeyError::InsecurePermissions { path: path.to_owned(), mode });
         }
     }
     // `read_openssh` wipes the text it read once parsed.
-    let key = PrivateKey::read_openssh(&mut file).map_err(|e| KeyError::InvalidPrivateKey {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let key = PrivateKey::read_openssh(&mut file)
+        .map_err(|e| KeyError::InvalidPrivateKey { path: path.to_owned(), reason: e.to_string() })?;
     if key.is_encrypted() {
-        return Err(KeyError::Encrypted {
-            path: path.to_owned(),
-        });
+        return Err(KeyError::Encrypted { path: path.to_owned() });
     }
     if let KeypairData::Rsa(_) | KeypairData::Ed25519(_) = key.key_data() {
         Ok(key)
@@ -205,9 +184,7 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… comment`, surrounding blanks allowed).
 pub fn parse_public_key(line: &str) -> Result<PublicKey, KeyError> {
-    PublicKey::from_openssh(line.trim()).map_err(|e| KeyError::InvalidPublicKey {
-        reason: e.to_string(),
-    })
+    PublicKey::from_openssh(line.trim()).map_err(|e| KeyError::InvalidPublicKey { reason: e.to_string() })
 }
 
 /// The key as one OpenSSH line (`<alg> <base64>[ <comment>]`), the format
@@ -217,11 +194,7 @@ pub fn public_key_openssh(key: &PublicKey) -> Result<String, KeyError> {
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> KeyError {
-    KeyError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+    KeyError::Io { action, path: path.to_owned(), source }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -246,21 +219,16 @@ fn write_new(path: &Path, data: &[u8], mode: u32, replace_tmp: bool) -> Result<(
     #[cfg(not(unix))]
     let _ = mode;
     let mut file = opts.open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => KeyError::AlreadyExists {
-            path: path.to_owned(),
-        },
+        io::ErrorKind::AlreadyExists => KeyError::AlreadyExists { path: path.to_owned() },
         _ => io_err("create", path, e),
     })?;
     // The umask may have narrowed the mode; never widened it, so only enforce it exactly.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err("set permissions on", path, e))?;
+        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| io_err("set permissions on", path, e))?;
     }
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_err("write", path, e))
+    file.write_all(data).and_then(|()| file.sync_all()).map_err(|e| io_err("write", path, e))
 }
 
 #[cfg(test)]
@@ -299,8 +267,7 @@ mod tests {
         let ed = generate(KeyAlgorithm::Ed25519).unwrap();
         assert_eq!(ed.algorithm(), ssh_key::Algorithm::Ed25519);
         check_public_key(ed.public_key()).unwrap();
-        let small =
-            PrivateKey::from(RsaKeypair::random(&mut russh::keys::key::safe_rng(), 1024).unwrap());
+        let small = PrivateKey::from(RsaKeypair::random(&mut russh::keys::key::safe_rng(), 1024).unwrap());
         assert!(check_public_key(small.public_key()).is_err());
     }
 
@@ -311,31 +278,18 @@ mod tests {
         let key = generate(KeyAlgorithm::Ed25519).unwrap();
         write_private_key(&path, &key, false).unwrap();
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(
-            load_private_key(&path).unwrap().public_key().key_data(),
-            key.public_key().key_data()
-        );
+        assert_eq!(load_private_key(&path).unwrap().public_key().key_data(), key.public_key().key_data());
 
         let other = generate(KeyAlgorithm::Ed25519).unwrap();
         let err = write_private_key(&path, &other, false).unwrap_err();
         assert!(matches!(err, KeyError::AlreadyExists { .. }), "{err}");
-        assert_eq!(
-            load_private_key(&path).unwrap().public_key().key_data(),
-            key.public_key().key_data()
-        );
+        assert_eq!(load_private_key(&path).unwrap().public_key().key_data(), key.public_key().key_data());
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         write_private_key(&path, &other, true).unwrap();
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(
-            load_private_key(&path).unwrap().public_key().key_data(),
-            other.public_key().key_data()
-        );
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "temporary file left behind"
-        );
+        assert_eq!(load_private_key(&path).unwrap().public_key().key_data(), other.public_key().key_data());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
     }
 
     #[test]
@@ -346,10 +300,7 @@ mod tests {
         for bad in [0o640, 0o604, 0o620, 0o666] {
             fs::set_permissions(&path, fs::Permissions::from_mode(bad)).unwrap();
             let err = load_private_key(&path).unwrap_err().to_string();
-            assert!(
-                err.contains(&format!("chmod 600 {}", path.display())),
-                "{err}"
-            );
+            assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
         }
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
         load_private_key(&path).unwrap();
@@ -364,7 +315,8 @@ mod tests {
         assert!(err.to_string().contains("does not exist"));
 
         let junk = dir.path().join("junk");
-        let secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END OPENSSH PRIVATE KEY-----\n";
+        let secret =
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END OPENSSH PRIVATE KEY-----\n";
         write_new(&junk, secret.as_bytes(), 0o600, false).unwrap();
         let err = load_private_key(&junk).unwrap_err().to_string();
         assert!(err.contains("not a valid OpenSSH private key"), "{err}");
@@ -376,9 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("enc");
         let key = generate(KeyAlgorithm::Ed25519).unwrap();
-        let enc = key
-            .encrypt(&mut russh::keys::key::safe_rng(), "pw")
-            .unwrap();
+        let enc = key.encrypt(&mut russh::keys::key::safe_rng(), "pw").unwrap();
         write_private_key(&path, &enc, false).unwrap();
         let err = load_private_key(&path).unwrap_err();
         assert!(matches!(err, KeyError::Encrypted { .. }), "{err}");
@@ -392,10 +342,7 @@ mod tests {
         let back = parse_public_key(&format!("  {line}\n")).unwrap();
         assert_eq!(back.key_data(), key.public_key().key_data());
         let fp = fingerprint(&back);
-        assert!(
-            fp.starts_with("SHA256:") && fp.len() == 50 && !fp.ends_with('='),
-            "{fp}"
-        );
+        assert!(fp.starts_with("SHA256:") && fp.len() == 50 && !fp.ends_with('='), "{fp}");
         assert!(parse_public_key("ssh-ed25519 AAAAnotbase64!").is_err());
         assert!(parse_public_key("").is_err());
     }
@@ -410,27 +357,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for alg in [KeyAlgorithm::Rsa2048, KeyAlgorithm::Ed25519] {
             let key = generate(alg).unwrap();
-            let (prv, publ) = (
-                dir.path().join(format!("{alg}")),
-                dir.path().join(format!("{alg}.pub")),
-            );
+            let (prv, publ) = (dir.path().join(format!("{alg}")), dir.path().join(format!("{alg}.pub")));
             write_private_key(&prv, &key, false).unwrap();
             write_public_key(&publ, key.public_key(), "ferry@test").unwrap();
             assert_eq!(mode(&publ), 0o644);
             let out = Command::new(keygen).arg("-lf").arg(&publ).output().unwrap();
             assert!(out.status.success());
             let text = String::from_utf8(out.stdout).unwrap();
-            assert!(
-                text.contains(&format!(" {} ferry@test", fingerprint(key.public_key()))),
-                "{text}"
-            );
+            assert!(text.contains(&format!(" {} ferry@test", fingerprint(key.public_key()))), "{text}");
             // ssh-keygen can derive the public key from our private key file.
             let out = Command::new(keygen).arg("-yf").arg(&prv).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let derived = parse_public_key(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
             assert_eq!(derived.key_data(), key.public_key().key_data());
         }

@@ -32,9 +32,7 @@ pub struct TlsIdentity {
 
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsIdentity")
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("TlsIdentity").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -43,11 +41,7 @@ impl fmt::Debug for TlsIdentity {
 pub enum TlsError {
     /// Reading or writing a certificate or key file failed.
     #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
     /// Only one of the two files exists.
     #[error(
         "{present} exists but {missing} does not; restore the missing file, or delete both to \
@@ -87,10 +81,7 @@ pub fn load_or_create_self_signed(
 ) -> Result<TlsIdentity, TlsError> {
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
-            let id = TlsIdentity {
-                cert_pem: read(cert_path)?,
-                key_pem: read(key_path)?,
-            };
+            let id = TlsIdentity { cert_pem: read(cert_path)?, key_pem: read(key_path)? };
             // Fail now, with the file names in the log, rather than at the first connection.
             cert_chain(&id.cert_pem)?;
             private_key(&id.key_pem)?;
@@ -100,15 +91,10 @@ pub fn load_or_create_self_signed(
         (false, true) => Err(half(key_path, cert_path)),
         (false, false) => {
             let mut params = rcgen::CertificateParams::new(names.to_vec())?;
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "ferry self-signed");
+            params.distinguished_name.push(rcgen::DnType::CommonName, "ferry self-signed");
             let key = rcgen::KeyPair::generate()?;
             let cert = params.self_signed(&key)?;
-            let id = TlsIdentity {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-            };
+            let id = TlsIdentity { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
             write_exclusive(key_path, &id.key_pem, 0o600)?;
             write_exclusive(cert_path, &id.cert_pem, 0o644)?;
             Ok(id)
@@ -119,9 +105,7 @@ pub fn load_or_create_self_signed(
 /// `sha256:` + lower-case hex SHA-256 of the DER of the first certificate in `cert_pem`.
 pub fn cert_fingerprint(cert_pem: &str) -> Result<String, TlsError> {
     let chain = cert_chain(cert_pem)?;
-    let first = chain
-        .first()
-        .ok_or_else(|| TlsError::NoCertificate("empty chain".into()))?;
+    let first = chain.first().ok_or_else(|| TlsError::NoCertificate("empty chain".into()))?;
     Ok(der_fingerprint(first))
 }
 
@@ -142,21 +126,14 @@ pub fn server_config(id: &TlsIdentity) -> Result<Arc<ServerConfig>, TlsError> {
 /// the handshake signatures are. With `None` the server is verified against the web PKI roots
 /// (`webpki-roots`) and the host name.
 pub fn client_config(pin: Option<&str>) -> Result<ClientConfig, TlsError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut cfg = match pin {
         Some(pin) => {
-            let verifier = PinnedCert {
-                pin: parse_pin(pin)?,
-                algs: provider().signature_verification_algorithms,
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
+            let verifier = PinnedCert { pin: parse_pin(pin)?, algs: provider().signature_verification_algorithms };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
         }
         None => {
-            let roots =
-                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             builder.with_root_certificates(roots)
         }
     }
@@ -212,27 +189,16 @@ fn parse_pin(pin: &str) -> Result<[u8; 32], TlsError> {
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    fs::read_to_string(path).map_err(|source| TlsError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| TlsError::Io { action: "read", path: path.to_owned(), source })
 }
 
 fn half(present: &Path, missing: &Path) -> TlsError {
-    TlsError::HalfIdentity {
-        present: present.to_owned(),
-        missing: missing.to_owned(),
-    }
+    TlsError::HalfIdentity { present: present.to_owned(), missing: missing.to_owned() }
 }
 
 fn write_exclusive(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
-    let err = |source| TlsError::Io {
-        action: "create",
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| TlsError::Io { action: "create", path: path.to_owned(), source };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -243,9 +209,7 @@ fn write_exclusive(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
     #[cfg(not(unix))]
     let _ = mode;
     let mut f = opts.open(path).map_err(err)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(err)
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(err)
 }
 
 /// Accepts exactly one end-entity certificate, identified by its SHA-256.
@@ -285,16 +249,11 @@ impl ServerCertVerifier for PinnedCert {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
         // Constant time, although a pin is no secret.
-        let diff = got
-            .iter()
-            .zip(self.pin.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = got.iter().zip(self.pin.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             return Ok(ServerCertVerified::assertion());
         }
-        let err = PinMismatch {
-            presented: der_fingerprint(end_entity),
-        };
+        let err = PinMismatch { presented: der_fingerprint(end_entity) };
         // `Error::Other` shows our message as is (`CertificateError::Other` would print Debug).
         Err(rustls::Error::Other(rustls::OtherError(Arc::new(err))))
     }
@@ -331,8 +290,7 @@ mod tests {
     fn identity(names: &[&str]) -> TlsIdentity {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        load_or_create_self_signed(&dir.path().join("c.pem"), &dir.path().join("k.pem"), &names)
-            .unwrap()
+        load_or_create_self_signed(&dir.path().join("c.pem"), &dir.path().join("k.pem"), &names).unwrap()
     }
 
     /// Verifies `id`'s certificate for `name` with the certificate itself as the only root.
@@ -340,15 +298,10 @@ mod tests {
         let cert = cert_chain(&id.cert_pem).unwrap().remove(0);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.clone()).unwrap();
-        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .unwrap();
+        let v =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
         let name = ServerName::try_from(name.to_owned()).unwrap();
-        v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
-            .is_ok()
+        v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now()).is_ok()
     }
 
     #[test]
@@ -357,26 +310,17 @@ mod tests {
         let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         let first = load_or_create_self_signed(&c, &k, &names).unwrap();
-        assert_eq!(
-            fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
         let second = load_or_create_self_signed(&c, &k, &names).unwrap();
         assert_eq!(first.cert_pem, second.cert_pem);
         assert_eq!(first.key_pem, second.key_pem);
-        assert!(
-            !format!("{first:?}").contains("PRIVATE KEY"),
-            "Debug leaks the key"
-        );
+        assert!(!format!("{first:?}").contains("PRIVATE KEY"), "Debug leaks the key");
 
         fs::remove_file(&k).unwrap();
         let err = load_or_create_self_signed(&c, &k, &names).unwrap_err();
         assert!(matches!(err, TlsError::HalfIdentity { .. }), "{err}");
         fs::write(&k, "garbage").unwrap();
-        assert!(matches!(
-            load_or_create_self_signed(&c, &k, &names),
-            Err(TlsError::NoPrivateKey(_))
-        ));
+        assert!(matches!(load_or_create_self_signed(&c, &k, &names), Err(TlsError::NoPrivateKey(_))));
     }
 
     #[test]
@@ -398,15 +342,9 @@ mod tests {
         assert_eq!(fp.len(), 7 + 64);
         // A second certificate in the chain does not change it.
         let other = identity(&["localhost"]);
-        assert_eq!(
-            cert_fingerprint(&format!("{}{}", id.cert_pem, other.cert_pem)).unwrap(),
-            fp
-        );
+        assert_eq!(cert_fingerprint(&format!("{}{}", id.cert_pem, other.cert_pem)).unwrap(), fp);
         assert_ne!(cert_fingerprint(&other.cert_pem).unwrap(), fp);
-        assert!(matches!(
-            cert_fingerprint("nothing here"),
-            Err(TlsError::NoCertificate(_))
-        ));
+        assert!(matches!(cert_fingerprint("nothing here"), Err(TlsError::NoCertificate(_))));
     }
 
     #[test]
@@ -414,32 +352,17 @@ mod tests {
         let fp = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(parse_pin(&fp).unwrap(), [0xab; 32]);
         assert!(parse_pin(&fp.to_uppercase()).is_ok());
-        for bad in [
-            "",
-            "ab".repeat(32).as_str(),
-            "sha256:abc",
-            "md5:00",
-            &format!("sha256:{}", "zz".repeat(32)),
-        ] {
-            assert!(
-                matches!(client_config(Some(bad)), Err(TlsError::BadPin(_))),
-                "{bad}"
-            );
+        for bad in ["", "ab".repeat(32).as_str(), "sha256:abc", "md5:00", &format!("sha256:{}", "zz".repeat(32))] {
+            assert!(matches!(client_config(Some(bad)), Err(TlsError::BadPin(_))), "{bad}");
         }
     }
 
     #[test]
     fn server_config_offers_h2_and_http11() {
         let cfg = server_config(&identity(&["localhost"])).unwrap();
-        assert_eq!(
-            cfg.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         let other = identity(&["localhost"]);
-        let mismatched = TlsIdentity {
-            cert_pem: other.cert_pem,
-            key_pem: identity(&["x"]).key_pem,
-        };
+        let mismatched = TlsIdentity { cert_pem: other.cert_pem, key_pem: identity(&["x"]).key_pem };
         assert!(server_config(&mismatched).is_err());
     }
 
@@ -465,8 +388,7 @@ mod tests {
                             Ok(n) => seen.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let resp =
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                    let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
                     let _ = tls.write_all(resp).await;
                     let _ = tls.shutdown().await;
                 });
@@ -491,25 +413,17 @@ mod tests {
         assert_eq!(resp.text().await.unwrap(), "ok");
 
         let wrong = cert_fingerprint(&identity(&["localhost"]).cert_pem).unwrap();
-        let err = http_client(Some(&wrong), timeout)
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-            .unwrap_err();
+        let err = http_client(Some(&wrong), timeout).unwrap().get(&url).send().await.unwrap_err();
         let chain = crate::error_chain(&err);
         assert!(
-            chain.contains(&format!("the server's TLS certificate ({pin}) does not match the pinned fingerprint; re-register")),
+            chain.contains(&format!(
+                "the server's TLS certificate ({pin}) does not match the pinned fingerprint; re-register"
+            )),
             "{chain}"
         );
 
         // Without a pin the self-signed certificate is not trusted.
-        let err = http_client(None, timeout)
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-            .unwrap_err();
+        let err = http_client(None, timeout).unwrap().get(&url).send().await.unwrap_err();
         let chain = crate::error_chain(&err);
         assert!(chain.contains("certificate"), "{chain}");
         assert!(!chain.contains("pinned"), "{chain}");

@@ -63,14 +63,9 @@ impl BatchState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            BatchState::Uploaded,
-            BatchState::Relayed,
-            BatchState::Imported,
-            BatchState::Rejected,
-        ]
-        .into_iter()
-        .find(|b| b.as_str() == s)
+        [BatchState::Uploaded, BatchState::Relayed, BatchState::Imported, BatchState::Rejected]
+            .into_iter()
+            .find(|b| b.as_str() == s)
     }
 
     pub fn is_final(self) -> bool {
@@ -129,8 +124,7 @@ pub fn valid_tenant_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 #[cfg(test)]

@@ -31,11 +31,7 @@ impl BatchId {
                 0..=14 => c.is_ascii_digit(),
                 _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
             });
-        if ok {
-            Ok(BatchId(s.to_string()))
-        } else {
-            Err(BadBatchId(s.chars().take(64).collect()))
-        }
+        if ok { Ok(BatchId(s.to_string())) } else { Err(BadBatchId(s.chars().take(64).collect())) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -76,13 +72,8 @@ mod tests {
 
     #[test]
     fn rejects_path_tricks_and_junk() {
-        for bad in [
-            "",
-            "../x",
-            "20261128T051600Z-3fa2b7c",
-            "20261128T051600Z-3fa2b7c1/..",
-            "20261128T051600Z-3FA2B7C1",
-        ] {
+        for bad in ["", "../x", "20261128T051600Z-3fa2b7c", "20261128T051600Z-3fa2b7c1/..", "20261128T051600Z-3FA2B7C1"]
+        {
             assert!(BatchId::parse(bad).is_err(), "{bad}");
         }
     }

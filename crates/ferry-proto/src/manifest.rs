@@ -63,9 +63,7 @@ pub enum ManifestError {
     TooLarge,
     #[error("manifest is for spec version {0:?}; this server accepts version {v}", v = crate::SPEC_VERSION)]
     SpecVersion(String),
-    #[error(
-        "manifest names file {0:?}, which is not a standard file of DATA-SPEC.md nor ut_NNN.csv"
-    )]
+    #[error("manifest names file {0:?}, which is not a standard file of DATA-SPEC.md nor ut_NNN.csv")]
     UnknownFile(String),
     #[error("manifest lists {0} twice")]
     Duplicate(String),
@@ -78,9 +76,7 @@ pub enum ManifestError {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl Manifest {
@@ -89,8 +85,7 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         m.check()?;
         Ok(m)
     }
@@ -98,24 +93,17 @@ impl Manifest {
     /// The checks of [`Manifest::parse`], for a manifest already deserialised elsewhere (e.g. in an API body).
     pub fn check(&self) -> Result<(), ManifestError> {
         if self.spec_version != crate::SPEC_VERSION {
-            return Err(ManifestError::SpecVersion(
-                self.spec_version.chars().take(16).collect(),
-            ));
+            return Err(ManifestError::SpecVersion(self.spec_version.chars().take(16).collect()));
         }
         let mut seen = HashSet::new();
         for f in &self.files {
             if !spec::is_known_file(&f.name) {
-                return Err(ManifestError::UnknownFile(
-                    f.name.chars().take(80).collect(),
-                ));
+                return Err(ManifestError::UnknownFile(f.name.chars().take(80).collect()));
             }
             if !seen.insert(f.name.as_str()) {
                 return Err(ManifestError::Duplicate(f.name.clone()));
             }
-            let bad = |what: &str| ManifestError::BadEntry {
-                file: f.name.clone(),
-                what: what.to_string(),
-            };
+            let bad = |what: &str| ManifestError::BadEntry { file: f.name.clone(), what: what.to_string() };
             if !is_hex(&f.md5, 32) {
                 return Err(bad("md5 must be 32 lowercase hex digits"));
             }
@@ -136,10 +124,7 @@ impl Manifest {
     /// Check that this manifest belongs to the batch it was sent for.
     pub fn check_batch(&self, expected: &BatchId) -> Result<(), ManifestError> {
         if &self.batch_id != expected {
-            return Err(ManifestError::WrongBatch {
-                expected: expected.to_string(),
-                found: self.batch_id.to_string(),
-            });
+            return Err(ManifestError::WrongBatch { expected: expected.to_string(), found: self.batch_id.to_string() });
         }
         Ok(())
     }
@@ -196,19 +181,13 @@ mod tests {
         assert!(matches!(m.check(), Err(ManifestError::Duplicate(_))));
         let mut m = sample();
         m.files.retain(|f| f.name != "sales.csv");
-        assert_eq!(
-            m.check(),
-            Err(ManifestError::MissingRequired("sales.csv".into()))
-        );
+        assert_eq!(m.check(), Err(ManifestError::MissingRequired("sales.csv".into())));
         m.mode = Mode::Incremental;
         assert!(m.check().is_ok());
         let mut m = sample();
         m.files[1].md5 = "XYZ".into();
         assert!(matches!(m.check(), Err(ManifestError::BadEntry { .. })));
-        assert!(matches!(
-            Manifest::parse(b"{\"batch_id\":\"../x\"}"),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(Manifest::parse(b"{\"batch_id\":\"../x\"}"), Err(ManifestError::Json(_))));
         let other = BatchId::parse("20261128T051600Z-00000000").unwrap();
         assert!(sample().check_batch(&other).is_err());
     }

@@ -48,11 +48,7 @@ impl FileSpec {
 }
 
 const fn c(name: &'static str, kind: Kind, required: bool) -> Column {
-    Column {
-        name,
-        kind,
-        required,
-    }
+    Column { name, kind, required }
 }
 
 use Kind::*;
@@ -134,11 +130,7 @@ pub static SUPPLIER: FileSpec = FileSpec {
     columns: &[
         c("supplier", Code, true),
         c("description", Text, false),
-        c(
-            "supplier_type",
-            OneOf(&["local", "import", "internal"]),
-            false,
-        ),
+        c("supplier_type", OneOf(&["local", "import", "internal"]), false),
         c("lead_time_days", Dec, false),
     ],
 };
@@ -252,28 +244,12 @@ pub static SUPERSESSIONS: FileSpec = FileSpec {
     name: "supersessions.csv",
     table: "supersessions",
     required: false,
-    columns: &[
-        c("old_item", Code, false),
-        c("new_item", Code, false),
-        c("factor", Dec, false),
-    ],
+    columns: &[c("old_item", Code, false), c("new_item", Code, false), c("factor", Dec, false)],
 };
 
 /// Every standard upstream file, in the order a batch carries them.
-pub static STANDARD_FILES: &[&FileSpec] = &[
-    &LOCATION,
-    &MASTER,
-    &STOCK,
-    &GROUP,
-    &SUPPLIER,
-    &SALES,
-    &PO,
-    &POHIST,
-    &CO,
-    &TRANSFER,
-    &BOM,
-    &SUPERSESSIONS,
-];
+pub static STANDARD_FILES: &[&FileSpec] =
+    &[&LOCATION, &MASTER, &STOCK, &GROUP, &SUPPLIER, &SALES, &PO, &POHIST, &CO, &TRANSFER, &BOM, &SUPERSESSIONS];
 
 /// The spec of a standard file by name (`stock.csv`), or None.
 pub fn file_spec(name: &str) -> Option<&'static FileSpec> {
@@ -316,26 +292,17 @@ pub fn parse_field(col: &Column, raw: &str) -> Result<Value, String> {
             if raw.contains(['\n', '\r']) {
                 Err(format!("{} contains a line break", col.name))
             } else if col.kind == Code && raw.trim() != raw {
-                Err(format!(
-                    "{} {raw:?} has leading or trailing spaces",
-                    col.name
-                ))
+                Err(format!("{} {raw:?} has leading or trailing spaces", col.name))
             } else {
                 Ok(Value::Text(raw.to_string()))
             }
         }
-        Int => raw
-            .parse::<i64>()
-            .map(Value::Int)
-            .map_err(|_| format!("{} {raw:?} is not a whole number", col.name)),
+        Int => raw.parse::<i64>().map(Value::Int).map_err(|_| format!("{} {raw:?} is not a whole number", col.name)),
         Dec => {
             if is_decimal(raw) {
                 Ok(Value::Text(raw.to_string()))
             } else {
-                Err(format!(
-                    "{} {raw:?} is not a decimal number (digits, optional '-' and one '.')",
-                    col.name
-                ))
+                Err(format!("{} {raw:?} is not a decimal number (digits, optional '-' and one '.')", col.name))
             }
         }
         Date => parse_date(raw)
@@ -345,11 +312,7 @@ pub fn parse_field(col: &Column, raw: &str) -> Result<Value, String> {
             if codes.contains(&raw) {
                 Ok(Value::Text(raw.to_string()))
             } else {
-                Err(format!(
-                    "{} {raw:?} is not one of {}",
-                    col.name,
-                    codes.join(", ")
-                ))
+                Err(format!("{} {raw:?} is not one of {}", col.name, codes.join(", ")))
             }
         }
         Flag => match raw {
@@ -380,11 +343,8 @@ pub fn parse_date(s: &str) -> Option<String> {
     let &[y0, y1, y2, y3, b'/', m0, m1, b'/', d0, d1] = s.as_bytes() else {
         return None;
     };
-    let num = |digits: &[u8]| {
-        digits.iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
+    let num =
+        |digits: &[u8]| digits.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')));
     let (year, month, day) = (num(&[y0, y1, y2, y3])?, num(&[m0, m1])?, num(&[d0, d1])?);
     chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
     Some(s.replace('/', "-"))
@@ -433,40 +393,23 @@ mod tests {
     #[test]
     fn fields_are_checked() {
         let qty = c("qty", Dec, true);
-        assert_eq!(
-            parse_field(&qty, "-1.50").unwrap(),
-            Value::Text("-1.50".into())
-        );
+        assert_eq!(parse_field(&qty, "-1.50").unwrap(), Value::Text("-1.50".into()));
         assert!(parse_field(&qty, "").unwrap_err().contains("required"));
         assert!(parse_field(&qty, "1e5").is_err());
         assert!(parse_field(&qty, "1.2.3").is_err());
         assert!(parse_field(&qty, "-").is_err());
         let d = c("d", Date, false);
-        assert_eq!(
-            parse_field(&d, "2026/02/28").unwrap(),
-            Value::Text("2026-02-28".into())
-        );
+        assert_eq!(parse_field(&d, "2026/02/28").unwrap(), Value::Text("2026-02-28".into()));
         assert!(parse_field(&d, "2026/02/30").is_err());
         assert!(parse_field(&d, "2026-02-01").is_err());
-        for bad in [
-            "+2026/2/28",
-            " 2026/2/28",
-            "2026/ 2/28",
-            "2026/2/28",
-            "02026/02/28",
-            "2026/13/01",
-            "2026/00/10",
-        ] {
+        for bad in ["+2026/2/28", " 2026/2/28", "2026/ 2/28", "2026/2/28", "02026/02/28", "2026/13/01", "2026/00/10"] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
         assert_eq!(parse_date("2024/02/29").as_deref(), Some("2024-02-29"));
         assert_eq!(parse_field(&d, "").unwrap(), Value::Null);
         let t = c("t", OneOf(&["ST", "DC"]), false);
         assert!(parse_field(&t, "XX").unwrap_err().contains("ST, DC"));
-        assert_eq!(
-            parse_field(&c("n", Int, true), "-7").unwrap(),
-            Value::Int(-7)
-        );
+        assert_eq!(parse_field(&c("n", Int, true), "-7").unwrap(), Value::Int(-7));
         assert!(parse_field(&c("n", Int, true), "7.5").is_err());
     }
 

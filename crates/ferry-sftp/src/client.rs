@@ -74,9 +74,7 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "timed out after {secs} s while {during}; check that the server is reachable and running"
-    )]
+    #[error("timed out after {secs} s while {during}; check that the server is reachable and running")]
     Timeout { during: &'static str, secs: u64 },
     #[error(
         "the server's SSH host key ({got}) does not match the pinned one ({expected}); refusing to connect — if the server key was legitimately changed, re-register"
@@ -112,11 +110,7 @@ pub enum ClientError {
     #[error(
         "{path:?} has {got} bytes after the transfer but {expected} were expected; the transfer was cut short, retry it"
     )]
-    SizeMismatch {
-        path: String,
-        expected: u64,
-        got: u64,
-    },
+    SizeMismatch { path: String, expected: u64, got: u64 },
     #[error("the remote path {0:?} has no file name; give a path like \"dir/file\"")]
     BadPath(String),
 }
@@ -142,11 +136,7 @@ fn on_remote(op: &'static str, path: &str) -> impl FnOnce(SftpError) -> ClientEr
 }
 
 fn on_remote_err(op: &'static str, path: &str, source: SftpError) -> ClientError {
-    ClientError::Remote {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    ClientError::Remote { op, path: path.to_owned(), source }
 }
 
 fn local(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ClientError {
@@ -167,20 +157,13 @@ struct PinnedHost {
 impl russh::client::Handler for PinnedHost {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server_public_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, server_public_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let got = match server_public_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.fingerprint(HashAlg::Sha256),
             // a certificate is not what was pinned, even if it certifies the same key
-            PublicKeyOrCertificate::Certificate(cert) => {
-                cert.public_key().fingerprint(HashAlg::Sha256)
-            }
+            PublicKeyOrCertificate::Certificate(cert) => cert.public_key().fingerprint(HashAlg::Sha256),
         };
-        if got == self.expected
-            && matches!(server_public_key, PublicKeyOrCertificate::PublicKey { .. })
-        {
+        if got == self.expected && matches!(server_public_key, PublicKeyOrCertificate::PublicKey { .. }) {
             return Ok(true);
         }
         if let Ok(mut slot) = self.mismatch.lock() {
@@ -199,20 +182,13 @@ pub struct SftpClient {
 /// Splits `dir/name` into (`dir`, `name`); `dir` is empty for a bare name.
 fn split_remote(remote: &str) -> Result<(&str, &str), ClientError> {
     let (dir, name) = match remote.rfind('/') {
-        Some(i) => (
-            remote.get(..i).unwrap_or(""),
-            remote.get(i + 1..).unwrap_or(""),
-        ),
+        Some(i) => (remote.get(..i).unwrap_or(""), remote.get(i + 1..).unwrap_or("")),
         None => ("", remote),
     };
     if name.is_empty() || name == "." || name == ".." {
         return Err(ClientError::BadPath(remote.to_owned()));
     }
-    let dir = if dir.is_empty() && remote.starts_with('/') {
-        "/"
-    } else {
-        dir
-    };
+    let dir = if dir.is_empty() && remote.starts_with('/') { "/" } else { dir };
     Ok((dir, name))
 }
 
@@ -246,14 +222,8 @@ impl SftpClient {
         let limit = cfg.connect_timeout;
         let stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Timeout {
-                during: "connecting to the sftp server",
-                secs: secs(limit),
-            })?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+            .map_err(|_| ClientError::Timeout { during: "connecting to the sftp server", secs: secs(limit) })?
+            .map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay failed: {e}");
         }
@@ -271,21 +241,15 @@ impl SftpClient {
         let limit = cfg.connect_timeout;
         tokio::time::timeout(limit, Self::handshake(cfg, expected, stream))
             .await
-            .map_err(|_| ClientError::Timeout {
-                during: "setting up the ssh session",
-                secs: secs(limit),
-            })?
+            .map_err(|_| ClientError::Timeout { during: "setting up the ssh session", secs: secs(limit) })?
     }
 
     fn check_pin(cfg: &ClientConfig) -> Result<Fingerprint, ClientError> {
         let pin = cfg.host_key_fingerprint.trim();
         if !pin.starts_with("SHA256:") {
-            return Err(ClientError::BadFingerprint(
-                cfg.host_key_fingerprint.clone(),
-            ));
+            return Err(ClientError::BadFingerprint(cfg.host_key_fingerprint.clone()));
         }
-        Fingerprint::from_str(pin)
-            .map_err(|_| ClientError::BadFingerprint(cfg.host_key_fingerprint.clone()))
+        Fingerprint::from_str(pin).map_err(|_| ClientError::BadFingerprint(cfg.host_key_fingerprint.clone()))
     }
 
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -294,10 +258,7 @@ impl SftpClient {
         stream: S,
     ) -> Result<Self, ClientError> {
         let mismatch = Arc::new(Mutex::new(None));
-        let handler = PinnedHost {
-            expected,
-            mismatch: mismatch.clone(),
-        };
+        let handler = PinnedHost { expected, mismatch: mismatch.clone() };
         let ssh_cfg = Arc::new(russh::client::Config {
             preferred: Preferred {
                 cipher: std::borrow::Cow::Borrowed(&[
@@ -317,10 +278,9 @@ impl SftpClient {
             Err(e) => {
                 let got = mismatch.lock().ok().and_then(|mut m| m.take());
                 return Err(match got {
-                    Some(got) => ClientError::HostKeyMismatch {
-                        expected: cfg.host_key_fingerprint.trim().to_owned(),
-                        got,
-                    },
+                    Some(got) => {
+                        ClientError::HostKeyMismatch { expected: cfg.host_key_fingerprint.trim().to_owned(), got }
+                    }
                     None => ClientError::Ssh(e),
                 });
             }
@@ -335,21 +295,14 @@ impl SftpClient {
         } else {
             None
         };
-        let auth = ssh
-            .authenticate_publickey(
-                cfg.user.clone(),
-                PrivateKeyWithHashAlg::new(cfg.key.clone(), hash),
-            )
-            .await?;
+        let auth =
+            ssh.authenticate_publickey(cfg.user.clone(), PrivateKeyWithHashAlg::new(cfg.key.clone(), hash)).await?;
         if !matches!(auth, AuthResult::Success) {
             return Err(ClientError::AuthRejected);
         }
 
         let channel = ssh.channel_open_session().await?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|e| ClientError::NoSftp(e.to_string()))?;
+        channel.request_subsystem(true, "sftp").await.map_err(|e| ClientError::NoSftp(e.to_string()))?;
         let sftp_cfg = russh_sftp::client::Config {
             max_concurrent_reads: MAX_IN_FLIGHT,
             max_concurrent_writes: MAX_IN_FLIGHT,
@@ -365,11 +318,7 @@ impl SftpClient {
 
     /// Creates `path` and its missing parents (like `mkdir -p`).
     pub async fn mkdir_all(&self, path: &str) -> Result<(), ClientError> {
-        let mut current = if path.starts_with('/') {
-            "/".to_owned()
-        } else {
-            String::new()
-        };
+        let mut current = if path.starts_with('/') { "/".to_owned() } else { String::new() };
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             current = join_remote(&current, part);
             match self.sftp.metadata(current.as_str()).await {
@@ -407,25 +356,14 @@ impl SftpClient {
 
     /// Like [`SftpClient::upload_file`], but removes an existing `remote` just before the
     /// rename (readers may briefly see no file, never a partial one).
-    pub async fn upload_file_replacing(
-        &self,
-        local: &Path,
-        remote: &str,
-    ) -> Result<u64, ClientError> {
+    pub async fn upload_file_replacing(&self, local: &Path, remote: &str) -> Result<u64, ClientError> {
         self.upload(local, remote, true).await
     }
 
-    async fn upload(
-        &self,
-        local_path: &Path,
-        remote: &str,
-        replace: bool,
-    ) -> Result<u64, ClientError> {
+    async fn upload(&self, local_path: &Path, remote: &str, replace: bool) -> Result<u64, ClientError> {
         let (dir, name) = split_remote(remote)?;
         let part = join_remote(dir, &format!(".{name}.part"));
-        let mut src = tokio::fs::File::open(local_path)
-            .await
-            .map_err(local("open", local_path))?;
+        let mut src = tokio::fs::File::open(local_path).await.map_err(local("open", local_path))?;
         let result = self.upload_part(&mut src, local_path, &part).await;
         let sent = match result {
             Ok(n) => n,
@@ -451,38 +389,22 @@ impl SftpClient {
         Ok(sent)
     }
 
-    async fn upload_part(
-        &self,
-        src: &mut tokio::fs::File,
-        local_path: &Path,
-        part: &str,
-    ) -> Result<u64, ClientError> {
+    async fn upload_part(&self, src: &mut tokio::fs::File, local_path: &Path, part: &str) -> Result<u64, ClientError> {
         let mut dst = self
             .sftp
-            .open_with_flags(
-                part,
-                OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
-            )
+            .open_with_flags(part, OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE)
             .await
             .map_err(on_remote("create", part))?;
-        let transfer = |source| ClientError::Transfer {
-            op: "upload",
-            path: part.to_owned(),
-            source,
-        };
+        let transfer = |source| ClientError::Transfer { op: "upload", path: part.to_owned(), source };
         let mut buf = vec![0u8; CHUNK];
         let mut sent: u64 = 0;
         loop {
-            let n = fill(src, &mut buf)
-                .await
-                .map_err(local("read", local_path))?;
+            let n = fill(src, &mut buf).await.map_err(local("read", local_path))?;
             if n == 0 {
                 break;
             }
             // whole buffers go out as full-size SFTP packets (the client splits them)
-            dst.write_all(buf.get(..n).unwrap_or_default())
-                .await
-                .map_err(transfer)?;
+            dst.write_all(buf.get(..n).unwrap_or_default()).await.map_err(transfer)?;
             sent += n as u64;
             if n < buf.len() {
                 break;
@@ -490,20 +412,11 @@ impl SftpClient {
         }
         // waits for every write acknowledgement and the close status: errors surface here
         dst.shutdown().await.map_err(transfer)?;
-        let size = self
-            .sftp
-            .metadata(part)
-            .await
-            .map_err(on_remote("stat", part))?
-            .size;
+        let size = self.sftp.metadata(part).await.map_err(on_remote("stat", part))?.size;
         if let Some(got) = size
             && got != sent
         {
-            return Err(ClientError::SizeMismatch {
-                path: part.to_owned(),
-                expected: sent,
-                got,
-            });
+            return Err(ClientError::SizeMismatch { path: part.to_owned(), expected: sent, got });
         }
         Ok(sent)
     }
@@ -537,35 +450,21 @@ impl SftpClient {
     }
 
     async fn download_to(&self, remote: &str, tmp: &Path) -> Result<u64, ClientError> {
-        let mut src = self
-            .sftp
-            .open(remote)
-            .await
-            .map_err(on_remote("open", remote))?;
-        let expected = src
-            .metadata()
-            .await
-            .map_err(on_remote("stat", remote))?
-            .size;
-        let mut dst = tokio::fs::File::create(tmp)
-            .await
-            .map_err(local("create", tmp))?;
+        let mut src = self.sftp.open(remote).await.map_err(on_remote("open", remote))?;
+        let expected = src.metadata().await.map_err(on_remote("stat", remote))?.size;
+        let mut dst = tokio::fs::File::create(tmp).await.map_err(local("create", tmp))?;
         let mut buf = vec![0u8; CHUNK];
         let mut got: u64 = 0;
         loop {
-            let n = fill(&mut src, &mut buf)
-                .await
-                .map_err(|source| ClientError::Transfer {
-                    op: "download",
-                    path: remote.to_owned(),
-                    source,
-                })?;
+            let n = fill(&mut src, &mut buf).await.map_err(|source| ClientError::Transfer {
+                op: "download",
+                path: remote.to_owned(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
-            dst.write_all(buf.get(..n).unwrap_or_default())
-                .await
-                .map_err(local("write", tmp))?;
+            dst.write_all(buf.get(..n).unwrap_or_default()).await.map_err(local("write", tmp))?;
             got += n as u64;
         }
         let _ = src.shutdown().await;
@@ -574,11 +473,7 @@ impl SftpClient {
         if let Some(expected) = expected
             && expected != got
         {
-            return Err(ClientError::SizeMismatch {
-                path: remote.to_owned(),
-                expected,
-                got,
-            });
+            return Err(ClientError::SizeMismatch { path: remote.to_owned(), expected, got });
         }
         Ok(got)
     }
@@ -587,11 +482,7 @@ impl SftpClient {
     /// in-progress uploads show up as `.<name>.part`). Names are plain: entries containing `/`,
     /// `\` or NUL, and `.`/`..`, are dropped, so they are safe to join onto a local directory.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ClientError> {
-        let entries = self
-            .sftp
-            .read_dir(dir)
-            .await
-            .map_err(on_remote("list", dir))?;
+        let entries = self.sftp.read_dir(dir).await.map_err(on_remote("list", dir))?;
         let mut out: Vec<(String, u64)> = entries
             .filter(|e| e.file_type() == FileType::File)
             .map(|e| (e.file_name(), e.metadata().size.unwrap_or(0)))
@@ -623,26 +514,18 @@ impl SftpClient {
 
     /// Renames `from` to `to`; fails if `to` exists (on a Ferry server).
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        self.sftp
-            .rename(from, to)
-            .await
-            .map_err(on_remote("rename", from))
+        self.sftp.rename(from, to).await.map_err(on_remote("rename", from))
     }
 
     /// Removes the file `path`.
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
-        self.sftp
-            .remove_file(path)
-            .await
-            .map_err(on_remote("remove", path))
+        self.sftp.remove_file(path).await.map_err(on_remote("remove", path))
     }
 
     /// Ends the SFTP session and the SSH connection.
     pub async fn close(self) -> Result<(), ClientError> {
         let _ = self.sftp.close().await;
-        self.ssh
-            .disconnect(Disconnect::ByApplication, "done", "en")
-            .await?;
+        self.ssh.disconnect(Disconnect::ByApplication, "done", "en").await?;
         Ok(())
     }
 }

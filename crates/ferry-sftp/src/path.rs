@@ -31,13 +31,9 @@ pub enum PathError {
     TooLong,
     #[error("the path climbs above your root with '..'; use a path inside your root")]
     AboveRoot,
-    #[error(
-        "the path leads outside your root through a symbolic link; use a path inside your root"
-    )]
+    #[error("the path leads outside your root through a symbolic link; use a path inside your root")]
     OutsideRoot,
-    #[error(
-        "the root directory of this account is unavailable ({0}); ask the operator to check it"
-    )]
+    #[error("the root directory of this account is unavailable ({0}); ask the operator to check it")]
     RootUnavailable(io::ErrorKind),
     #[error("the path could not be resolved ({0}); try again, or ask the operator if it persists")]
     Resolve(io::ErrorKind),
@@ -100,9 +96,7 @@ pub fn normalize(sftp_path: &str) -> Result<String, PathError> {
 /// well (it is still returned unresolved). The returned path starts with the canonical root.
 pub fn confine(root: &Path, sftp_path: &str) -> Result<PathBuf, PathError> {
     let parts = components(sftp_path)?;
-    let canon_root = root
-        .canonicalize()
-        .map_err(|e| PathError::RootUnavailable(e.kind()))?;
+    let canon_root = root.canonicalize().map_err(|e| PathError::RootUnavailable(e.kind()))?;
     let Some((last, parents)) = parts.split_last() else {
         return Ok(canon_root);
     };
@@ -152,10 +146,7 @@ pub fn confine(root: &Path, sftp_path: &str) -> Result<PathBuf, PathError> {
 }
 
 fn is_absent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    )
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
 }
 
 #[cfg(test)]
@@ -172,15 +163,7 @@ mod tests {
     #[test]
     fn dot_dot_above_root_is_refused() {
         let (dir, _) = root();
-        for p in [
-            "..",
-            "../..",
-            "/..",
-            "a/../..",
-            "a/../../b",
-            "./../x",
-            "a/b/../../../etc",
-        ] {
+        for p in ["..", "../..", "/..", "a/../..", "a/../../b", "./../x", "a/b/../../../etc"] {
             assert_eq!(confine(dir.path(), p), Err(PathError::AboveRoot), "{p}");
         }
     }
@@ -188,17 +171,11 @@ mod tests {
     #[test]
     fn absolute_paths_map_onto_the_root() {
         let (dir, canon) = root();
-        assert_eq!(
-            confine(dir.path(), "/etc/passwd").unwrap(),
-            canon.join("etc/passwd")
-        );
+        assert_eq!(confine(dir.path(), "/etc/passwd").unwrap(), canon.join("etc/passwd"));
         assert_eq!(confine(dir.path(), "/").unwrap(), canon);
         assert_eq!(confine(dir.path(), "").unwrap(), canon);
         assert_eq!(confine(dir.path(), ".").unwrap(), canon);
-        assert_eq!(
-            confine(dir.path(), "//a///b/./").unwrap(),
-            canon.join("a/b")
-        );
+        assert_eq!(confine(dir.path(), "//a///b/./").unwrap(), canon.join("a/b"));
         assert_eq!(confine(dir.path(), "a/../b").unwrap(), canon.join("b"));
     }
 
@@ -206,10 +183,7 @@ mod tests {
     fn nul_backslash_and_long_paths_are_refused() {
         let (dir, _) = root();
         assert_eq!(confine(dir.path(), "a\0b"), Err(PathError::Nul));
-        assert_eq!(
-            confine(dir.path(), "..\\..\\etc"),
-            Err(PathError::Backslash)
-        );
+        assert_eq!(confine(dir.path(), "..\\..\\etc"), Err(PathError::Backslash));
         assert_eq!(confine(dir.path(), "a\\b"), Err(PathError::Backslash));
         let long = "a/".repeat(MAX_PATH_LEN);
         assert_eq!(confine(dir.path(), &long), Err(PathError::TooLong));
@@ -231,20 +205,11 @@ mod tests {
         symlink(outside.path(), dir.path().join("evil")).unwrap();
         symlink(outside.path().join("secret"), dir.path().join("evil_file")).unwrap();
         symlink("/nonexistent/dangling", dir.path().join("dangling")).unwrap();
-        for p in [
-            "evil/secret",
-            "/evil/secret",
-            "evil",
-            "evil/new/deeper",
-            "evil_file",
-        ] {
+        for p in ["evil/secret", "/evil/secret", "evil", "evil/new/deeper", "evil_file"] {
             assert_eq!(confine(dir.path(), p), Err(PathError::OutsideRoot), "{p}");
         }
         assert_eq!(confine(dir.path(), "dangling"), Err(PathError::OutsideRoot));
-        assert_eq!(
-            confine(dir.path(), "dangling/x"),
-            Err(PathError::OutsideRoot)
-        );
+        assert_eq!(confine(dir.path(), "dangling/x"), Err(PathError::OutsideRoot));
     }
 
     #[test]
@@ -255,24 +220,15 @@ mod tests {
         // a link as the last component is returned as is (O_NOFOLLOW then refuses to open it)
         assert_eq!(confine(dir.path(), "alias").unwrap(), canon.join("alias"));
         // a link in the parent is resolved
-        assert_eq!(
-            confine(dir.path(), "alias/f").unwrap(),
-            canon.join("real/f")
-        );
+        assert_eq!(confine(dir.path(), "alias/f").unwrap(), canon.join("real/f"));
     }
 
     #[test]
     fn missing_intermediate_directories_are_allowed() {
         let (dir, canon) = root();
-        assert_eq!(
-            confine(dir.path(), "new/sub/file").unwrap(),
-            canon.join("new/sub/file")
-        );
+        assert_eq!(confine(dir.path(), "new/sub/file").unwrap(), canon.join("new/sub/file"));
         std::fs::write(dir.path().join("plain"), b"x").unwrap();
         // a file used as a directory is not an escape; the operation itself will fail
-        assert_eq!(
-            confine(dir.path(), "plain/x").unwrap(),
-            canon.join("plain/x")
-        );
+        assert_eq!(confine(dir.path(), "plain/x").unwrap(), canon.join("plain/x"));
     }
 }

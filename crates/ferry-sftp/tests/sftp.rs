@@ -37,9 +37,7 @@ impl TestServer {
     async fn start_with(keys: KeyList, tune: impl FnOnce(&mut ServerConfig)) -> Self {
         let host_key = ed25519();
         let fingerprint = host_key_fingerprint(&host_key);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut cfg = ServerConfig::new(host_key);
@@ -47,12 +45,7 @@ impl TestServer {
         let task = tokio::spawn(serve(cfg, listener, Arc::new(keys), async move {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            fingerprint,
-            stop: Some(stop),
-            task,
-        }
+        Self { addr, fingerprint, stop: Some(stop), task }
     }
 
     fn client_config(&self, key: PrivateKey) -> ClientConfig {
@@ -103,10 +96,7 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 }
 
 fn principal(name: &str, root: &Path) -> Principal {
-    Principal {
-        name: name.to_owned(),
-        root: root.to_owned(),
-    }
+    Principal { name: name.to_owned(), root: root.to_owned() }
 }
 
 fn mb_per_s(bytes: u64, t: Duration) -> f64 {
@@ -118,17 +108,11 @@ async fn upload_download_round_trip_rename_list() {
     let root = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let key = ed25519();
-    let server = TestServer::start(
-        KeyList::new().with(key.public_key().clone(), principal("acme", root.path())),
-    )
-    .await;
+    let server = TestServer::start(KeyList::new().with(key.public_key().clone(), principal("acme", root.path()))).await;
     let client = server.connect(key).await.expect("connect");
 
     client.mkdir_all("/in/batch-1").await.expect("mkdir_all");
-    client
-        .mkdir_all("in/batch-1")
-        .await
-        .expect("mkdir_all is idempotent");
+    client.mkdir_all("in/batch-1").await.expect("mkdir_all is idempotent");
     assert!(root.path().join("in/batch-1").is_dir());
 
     let src = work.path().join("src.bin");
@@ -136,10 +120,7 @@ async fn upload_download_round_trip_rename_list() {
     random_file(&src, len, 0x5eed);
 
     let t = Instant::now();
-    let sent = client
-        .upload_file(&src, "/in/batch-1/data.bin")
-        .await
-        .expect("upload");
+    let sent = client.upload_file(&src, "/in/batch-1/data.bin").await.expect("upload");
     let up = t.elapsed();
     assert_eq!(sent, len as u64);
     assert!(same_bytes(&src, &root.path().join("in/batch-1/data.bin")));
@@ -151,10 +132,7 @@ async fn upload_download_round_trip_rename_list() {
 
     let back = work.path().join("back.bin");
     let t = Instant::now();
-    let got = client
-        .download_file("in/batch-1/data.bin", &back)
-        .await
-        .expect("download");
+    let got = client.download_file("in/batch-1/data.bin", &back).await.expect("download");
     let down = t.elapsed();
     assert_eq!(got, len as u64);
     assert!(same_bytes(&src, &back));
@@ -166,33 +144,16 @@ async fn upload_download_round_trip_rename_list() {
     );
 
     // rename does not replace; upload_file refuses an existing target, the replacing form works
-    client
-        .rename("in/batch-1/data.bin", "/in/batch-1/renamed.bin")
-        .await
-        .expect("rename");
-    assert_eq!(
-        client.stat_size("in/batch-1/renamed.bin").await.unwrap(),
-        Some(len as u64)
-    );
+    client.rename("in/batch-1/data.bin", "/in/batch-1/renamed.bin").await.expect("rename");
+    assert_eq!(client.stat_size("in/batch-1/renamed.bin").await.unwrap(), Some(len as u64));
     assert_eq!(client.stat_size("in/batch-1/data.bin").await.unwrap(), None);
     let small = work.path().join("small.txt");
     std::fs::write(&small, b"hello\n").unwrap();
-    client
-        .upload_file(&small, "in/batch-1/small.txt")
-        .await
-        .unwrap();
+    client.upload_file(&small, "in/batch-1/small.txt").await.unwrap();
     let again = client.upload_file(&small, "in/batch-1/renamed.bin").await;
     assert!(again.is_err(), "upload over an existing file must fail");
-    assert!(
-        client
-            .rename("in/batch-1/small.txt", "in/batch-1/renamed.bin")
-            .await
-            .is_err()
-    );
-    client
-        .upload_file_replacing(&small, "in/batch-1/renamed.bin")
-        .await
-        .expect("replacing upload");
+    assert!(client.rename("in/batch-1/small.txt", "in/batch-1/renamed.bin").await.is_err());
+    client.upload_file_replacing(&small, "in/batch-1/renamed.bin").await.expect("replacing upload");
     assert_eq!(
         client.list("in/batch-1").await.unwrap(),
         vec![("renamed.bin".to_owned(), 6), ("small.txt".to_owned(), 6)]
@@ -202,26 +163,11 @@ async fn upload_download_round_trip_rename_list() {
     let empty = work.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
     assert_eq!(client.upload_file(&empty, "empty").await.unwrap(), 0);
-    assert_eq!(
-        client
-            .download_file("/empty", &work.path().join("empty2"))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(client.download_file("/empty", &work.path().join("empty2")).await.unwrap(), 0);
 
     client.remove("in/batch-1/small.txt").await.expect("remove");
-    assert_eq!(
-        client.stat_size("in/batch-1/small.txt").await.unwrap(),
-        None
-    );
-    assert!(
-        client
-            .remove("in/batch-1/small.txt")
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
+    assert_eq!(client.stat_size("in/batch-1/small.txt").await.unwrap(), None);
+    assert!(client.remove("in/batch-1/small.txt").await.unwrap_err().is_not_found());
 
     client.close().await.expect("close");
     server.stop().await;
@@ -290,20 +236,13 @@ async fn principals_are_confined_to_their_roots() {
 
     // A sees only its own files
     let a = server.connect(key_a).await.expect("A connects");
-    assert_eq!(
-        a.list("/").await.unwrap(),
-        vec![("secret.txt".to_owned(), 13)]
-    );
+    assert_eq!(a.list("/").await.unwrap(), vec![("secret.txt".to_owned(), 13)]);
     assert_eq!(a.stat_size("b.txt").await.unwrap(), None);
     a.close().await.unwrap();
 
     // an unknown key is refused
     let stranger = server.connect(ed25519()).await;
-    assert!(
-        matches!(stranger, Err(ClientError::AuthRejected)),
-        "unknown key: {:?}",
-        stranger.err()
-    );
+    assert!(matches!(stranger, Err(ClientError::AuthRejected)), "unknown key: {:?}", stranger.err());
 
     // a wrong pinned host key is refused, and the error names both fingerprints
     let mut cfg = server.client_config(key_b);
@@ -319,10 +258,7 @@ async fn principals_are_confined_to_their_roots() {
         other => panic!("expected a host key mismatch, got {:?}", other.err()),
     }
     cfg.host_key_fingerprint = "not-a-fingerprint".to_owned();
-    assert!(matches!(
-        SftpClient::connect(&cfg, &server.addr.to_string()).await,
-        Err(ClientError::BadFingerprint(_))
-    ));
+    assert!(matches!(SftpClient::connect(&cfg, &server.addr.to_string()).await, Err(ClientError::BadFingerprint(_))));
 
     server.stop().await;
 }
@@ -416,26 +352,20 @@ fn assert_ok(out: &std::process::Output, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openssh_sftp_put_and_get_with_deep_pipelining() {
     let Some(sftp) = openssh_sftp() else {
-        eprintln!(
-            "SKIPPED openssh_sftp_put_and_get_with_deep_pipelining: /usr/bin/sftp is not installed"
-        );
+        eprintln!("SKIPPED openssh_sftp_put_and_get_with_deep_pipelining: /usr/bin/sftp is not installed");
         return;
     };
     let root = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let key = ed25519();
     let key_file = work.path().join("id_ed25519");
-    key.write_openssh_file(&key_file, LineEnding::LF)
-        .expect("write key");
+    key.write_openssh_file(&key_file, LineEnding::LF).expect("write key");
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "ssh refuses keys readable by others");
     }
-    let server = TestServer::start(
-        KeyList::new().with(key.public_key().clone(), principal("acme", root.path())),
-    )
-    .await;
+    let server = TestServer::start(KeyList::new().with(key.public_key().clone(), principal("acme", root.path()))).await;
     let port = server.addr.port();
 
     let src = work.path().join("src.bin");
@@ -459,10 +389,7 @@ async fn openssh_sftp_put_and_get_with_deep_pipelining() {
     let took = t.elapsed();
     assert_ok(&out, "sftp put/get");
     assert!(same_bytes(&src, &back), "bytes differ after put + get");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("big.bin"),
-        "ls shows the file"
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("big.bin"), "ls shows the file");
     assert!(!root.path().join("up").exists(), "rmdir ran");
     eprintln!(
         "openssh sftp put + get of {len} bytes: {:.2} s ({:.0} MB/s both ways, incl. login)",
@@ -474,34 +401,12 @@ async fn openssh_sftp_put_and_get_with_deep_pipelining() {
     // runner, channel_buffer_size 100) this hangs forever; measured while writing this test.
     let back2 = work.path().join("back2.bin");
     let batch = work.path().join("batch2");
-    std::fs::write(
-        &batch,
-        format!(
-            "put {} deep.bin\nget deep.bin {}\n",
-            src.display(),
-            back2.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&batch, format!("put {} deep.bin\nget deep.bin {}\n", src.display(), back2.display())).unwrap();
     let t = Instant::now();
-    let out = run_openssh(
-        &sftp,
-        &key_file,
-        port,
-        &["-R", "512", "-B", "16384"],
-        &batch,
-        work.path(),
-    )
-    .await;
+    let out = run_openssh(&sftp, &key_file, port, &["-R", "512", "-B", "16384"], &batch, work.path()).await;
     assert_ok(&out, "sftp -R 512 put/get");
-    assert!(
-        same_bytes(&src, &back2),
-        "bytes differ after deep put + get"
-    );
-    eprintln!(
-        "openssh sftp -R 512 -B 16384 put + get: {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    assert!(same_bytes(&src, &back2), "bytes differ after deep put + get");
+    eprintln!("openssh sftp -R 512 -B 16384 put + get: {:.2} s", t.elapsed().as_secs_f64());
 
     // 3. Escapes fail through OpenSSH too
     let batch = work.path().join("batch3");

@@ -15,10 +15,7 @@ pub struct SignatureVerifier {
 
 impl SignatureVerifier {
     pub fn new(max_age_secs: i64) -> Self {
-        SignatureVerifier {
-            nonces: NonceCache::default(),
-            max_age_secs,
-        }
+        SignatureVerifier { nonces: NonceCache::default(), max_age_secs }
     }
 
     pub fn verify(
@@ -31,21 +28,10 @@ impl SignatureVerifier {
     ) -> Result<Verified, ApiError> {
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let now = chrono::Utc::now().timestamp();
-        let v = httpsig::verify(
-            method.as_str(),
-            path,
-            headers,
-            body,
-            now,
-            self.max_age_secs,
-            lookup,
-        )
-        .map_err(|e| ApiError::Unauthorized(format!("request signature refused: {e}")))?;
+        let v = httpsig::verify(method.as_str(), path, headers, body, now, self.max_age_secs, lookup)
+            .map_err(|e| ApiError::Unauthorized(format!("request signature refused: {e}")))?;
         // A nonce must stay remembered for as long as its signature could still be accepted.
-        if !self
-            .nonces
-            .check_and_insert(&v.nonce, v.created + self.max_age_secs + 120)
-        {
+        if !self.nonces.check_and_insert(&v.nonce, v.created + self.max_age_secs + 120) {
             return Err(ApiError::Unauthorized(
                 "request signature refused: this signature was already used (replay); sign every request afresh".into(),
             ));

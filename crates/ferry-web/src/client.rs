@@ -14,11 +14,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{url}: server answered {status}: {message}")]
-    Status {
-        url: String,
-        status: u16,
-        message: String,
-    },
+    Status { url: String, status: u16, message: String },
     #[error("cannot reach {url}: {source:#}")]
     Transport { url: String, source: anyhow::Error },
     #[error("{url}: unexpected answer: {message}")]
@@ -50,11 +46,7 @@ impl ApiClient {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let http = ferry_io::tls::http_client(tls_pin, timeout)?;
-        Ok(ApiClient {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-            key,
-        })
+        Ok(ApiClient { http, base: base.trim_end_matches('/').to_string(), key })
     }
 
     pub fn base(&self) -> &str {
@@ -65,15 +57,9 @@ impl ApiClient {
         self.call(Method::GET, path, Vec::new()).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
-            url: self.url(path),
-            message: e.to_string(),
-        })?;
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Decode { url: self.url(path), message: e.to_string() })?;
         self.call(Method::POST, path, body).await
     }
 
@@ -81,48 +67,24 @@ impl ApiClient {
         format!("{}{path}", self.base)
     }
 
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
         let url = self.url(path);
-        let mut rb = self
-            .http
-            .request(method.clone(), &url)
-            .header("content-type", "application/json");
-        rb =
-            match &self.key {
-                Some(key) => ferry_io::httpsig::apply(rb, key, method.as_str(), path, body)
-                    .map_err(|e| ClientError::Transport {
-                        url: url.clone(),
-                        source: anyhow::anyhow!("cannot sign the request: {e}"),
-                    })?,
-                None => rb.body(body),
-            };
-        let resp = rb.send().await.map_err(|e| ClientError::Transport {
-            url: url.clone(),
-            source: e.into(),
-        })?;
+        let mut rb = self.http.request(method.clone(), &url).header("content-type", "application/json");
+        rb = match &self.key {
+            Some(key) => ferry_io::httpsig::apply(rb, key, method.as_str(), path, body).map_err(|e| {
+                ClientError::Transport { url: url.clone(), source: anyhow::anyhow!("cannot sign the request: {e}") }
+            })?,
+            None => rb.body(body),
+        };
+        let resp = rb.send().await.map_err(|e| ClientError::Transport { url: url.clone(), source: e.into() })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
-            url: url.clone(),
-            source: e.into(),
-        })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport { url: url.clone(), source: e.into() })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
-            return Err(ClientError::Status {
-                url,
-                status: status.as_u16(),
-                message,
-            });
+            return Err(ClientError::Status { url, status: status.as_u16(), message });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 }

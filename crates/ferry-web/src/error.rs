@@ -42,7 +42,8 @@ impl IntoResponse for ApiError {
                 tracing::error!("internal error: {e:#}");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error on the server; retry later (the operator can find details in the server log)".into(),
+                    "internal error on the server; retry later (the operator can find details in the server log)"
+                        .into(),
                 )
             }
         };

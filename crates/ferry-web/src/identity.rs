@@ -11,15 +11,13 @@ use russh::keys::PrivateKey;
 /// Load the private key at `path`, or generate one (mode 0600) if the file does not exist yet.
 pub fn load_or_create_key(path: &Path, alg: KeyAlgorithm) -> anyhow::Result<PrivateKey> {
     if path.exists() {
-        return keys::load_private_key(path)
-            .with_context(|| format!("cannot load key {}", path.display()));
+        return keys::load_private_key(path).with_context(|| format!("cannot load key {}", path.display()));
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let key = keys::generate(alg)?;
-    keys::write_private_key(path, &key, false)
-        .with_context(|| format!("cannot write key {}", path.display()))?;
+    keys::write_private_key(path, &key, false).with_context(|| format!("cannot write key {}", path.display()))?;
     Ok(key)
 }
 
@@ -37,20 +35,12 @@ impl ServerIdentity {
         tls_files: Option<(&Path, &Path)>,
         names: &[String],
     ) -> anyhow::Result<ServerIdentity> {
-        let ssh_host_key = load_or_create_key(
-            &data_dir.join("keys/ssh_host_ed25519_key"),
-            KeyAlgorithm::Ed25519,
-        )?;
-        let service_key = load_or_create_key(
-            &data_dir.join("keys/service_ed25519_key"),
-            KeyAlgorithm::Ed25519,
-        )?;
+        let ssh_host_key = load_or_create_key(&data_dir.join("keys/ssh_host_ed25519_key"), KeyAlgorithm::Ed25519)?;
+        let service_key = load_or_create_key(&data_dir.join("keys/service_ed25519_key"), KeyAlgorithm::Ed25519)?;
         let tls = match tls_files {
             Some((cert, key)) => TlsIdentity {
-                cert_pem: std::fs::read_to_string(cert)
-                    .with_context(|| format!("cannot read {}", cert.display()))?,
-                key_pem: std::fs::read_to_string(key)
-                    .with_context(|| format!("cannot read {}", key.display()))?,
+                cert_pem: std::fs::read_to_string(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+                key_pem: std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
             },
             None => {
                 std::fs::create_dir_all(data_dir.join("tls"))
@@ -65,12 +55,7 @@ impl ServerIdentity {
             }
         };
         let tls_fingerprint = ferry_io::tls::cert_fingerprint(&tls.cert_pem)?;
-        Ok(ServerIdentity {
-            ssh_host_key,
-            service_key,
-            tls,
-            tls_fingerprint,
-        })
+        Ok(ServerIdentity { ssh_host_key, service_key, tls, tls_fingerprint })
     }
 
     pub fn ssh_host_key_fingerprint(&self) -> String {

@@ -11,11 +11,7 @@ use ferry_comms::admin::Admin;
 use ferry_connector::agent::{self, Connector};
 
 #[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Carries ERP data to a cloud inventory-planning service and orders back."
-)]
+#[command(name = "ferry", version, about = "Carries ERP data to a cloud inventory-planning service and orders back.")]
 pub struct Cli {
     /// Log filter (e.g. info, debug, ferry_comms=debug); FERRY_LOG overrides.
     #[arg(long, global = true)]
@@ -206,10 +202,7 @@ fn app_config(c: &ConfigArg) -> anyhow::Result<AppConfig> {
 
 fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     if path.exists() {
-        anyhow::bail!(
-            "{} already exists; edit it or remove it first",
-            path.display()
-        );
+        anyhow::bail!("{} already exists; edit it or remove it first", path.display());
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -242,9 +235,7 @@ async fn ctrl_c() {
 async fn sigterm_or_ctrl_c() {
     #[cfg(unix)]
     {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             tokio::select! { _ = ctrl_c() => {}, _ = term.recv() => {} }
             return;
         }
@@ -264,34 +255,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConnectorCmd::Init {
-            dir,
-            erp,
-            key_type,
-            force_key,
-        } => {
-            let alg = key_type
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
+        ConnectorCmd::Init { dir, erp, key_type, force_key } => {
+            let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
             let r = agent::init(&dir, &erp, alg, force_key)?;
             println!("config:      {}", r.config.display());
-            println!(
-                "private key: {} (mode 0600; never leaves this machine)",
-                r.key.display()
-            );
+            println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);
             println!("fingerprint: {}", r.fingerprint);
-            println!(
-                "next: edit mapping.toml for your ERP, then `ferry connector register --token <token>`"
-            );
+            println!("next: edit mapping.toml for your ERP, then `ferry connector register --token <token>`");
         }
         ConnectorCmd::Register { config, token } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
             let r = c.register(&token).await?;
-            println!(
-                "registered as tenant {} (key {})",
-                r.tenant, r.key_fingerprint
-            );
+            println!("registered as tenant {} (key {})", r.tenant, r.key_fingerprint);
             println!(
                 "comms: {}  sftp: {}  ssh host key pinned: {}",
                 r.comms_url, r.ssh_addr, r.ssh_host_key_fingerprint
@@ -303,20 +279,10 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let s = &r.status;
             match (s.state, &s.detail) {
                 (ferry_proto::api::BatchState::Rejected, d) => {
-                    println!(
-                        "batch {} rejected: {}",
-                        s.batch_id,
-                        d.as_deref().unwrap_or("no detail")
-                    );
+                    println!("batch {} rejected: {}", s.batch_id, d.as_deref().unwrap_or("no detail"));
                     return Ok(ExitCode::from(2));
                 }
-                (state, _) => println!(
-                    "batch {}: {} ({} files, {} rows)",
-                    s.batch_id,
-                    state.as_str(),
-                    s.files,
-                    s.rows
-                ),
+                (state, _) => println!("batch {}: {} ({} files, {} rows)", s.batch_id, state.as_str(), s.files, s.rows),
             }
         }
         ConnectorCmd::Run { config } => {
@@ -361,10 +327,7 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
         CommsCmd::Init { config } => {
             let p = path_or(&config, "comms.toml");
             write_new(&p, &toml::to_string_pretty(&CommsConfig::default())?)?;
-            println!(
-                "wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`",
-                p.display()
-            );
+            println!("wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`", p.display());
         }
         CommsCmd::Serve { config } => {
             let cfg = comms_config(&config)?;
@@ -374,10 +337,7 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
             let h = ferry_comms::start(cfg, https, ssh).await?;
-            println!(
-                "comms server: https://{}  sftp {}  (Ctrl-C to stop)",
-                h.https_addr, h.ssh_addr
-            );
+            println!("comms server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             sigterm_or_ctrl_c().await;
             h.stop().await;
         }
@@ -402,10 +362,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             let url = a.public_url();
             let token = a.add_tenant(&name, &url).await?;
             println!("tenant {name} created; its instance is ready on the App server.");
-            println!(
-                "registration token (single use, expires in {} h):\n{token}",
-                a.cfg.token_ttl_hours
-            );
+            println!("registration token (single use, expires in {} h):\n{token}", a.cfg.token_ttl_hours);
         }
         TenantCmd::Token { name, config } => {
             let a = Admin::open(comms_config(&config)?).await?;
@@ -414,10 +371,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         }
         TenantCmd::List { config } => {
             let a = Admin::open(comms_config(&config)?).await?;
-            println!(
-                "{:<24} {:<9} {:>4} {:>8}  last batch",
-                "tenant", "status", "keys", "batches"
-            );
+            println!("{:<24} {:<9} {:>4} {:>8}  last batch", "tenant", "status", "keys", "batches");
             for t in ferry_comms::db::list_tenants(&a.db).await? {
                 println!(
                     "{:<24} {:<9} {:>4} {:>8}  {}",
@@ -430,17 +384,11 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             }
         }
         TenantCmd::Disable { name, config } => {
-            Admin::open(comms_config(&config)?)
-                .await?
-                .set_enabled(&name, false)
-                .await?;
+            Admin::open(comms_config(&config)?).await?.set_enabled(&name, false).await?;
             println!("tenant {name} disabled");
         }
         TenantCmd::Enable { name, config } => {
-            Admin::open(comms_config(&config)?)
-                .await?
-                .set_enabled(&name, true)
-                .await?;
+            Admin::open(comms_config(&config)?).await?.set_enabled(&name, true).await?;
             println!("tenant {name} enabled");
         }
     }
@@ -465,10 +413,7 @@ async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
             let h = ferry_app::server::start(cfg, https, ssh).await?;
-            println!(
-                "app server: https://{}  sftp {}  (Ctrl-C to stop)",
-                h.https_addr, h.ssh_addr
-            );
+            println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             sigterm_or_ctrl_c().await;
             h.stop().await;
         }

@@ -14,6 +14,17 @@ use ferry_comms::{CommsConfig, CommsHandle};
 use ferry_connector::agent::{self, Connector};
 use ferry_io::keys::KeyAlgorithm;
 use ferry_web::identity::ServerIdentity;
+use sqlx::Connection;
+
+/// The demo's downstream delivery: inbound folder plus SQL write-back of recommended orders.
+pub const WRITE_BACK: &str = r#"
+[delivery]
+inbound_dir = "from_cloud"
+only = ["po_"]
+[[delivery.sql]]
+statement = "INSERT INTO recommended_orders(order_number, line, item, location, supplier, qty, due_date) VALUES (?, ?, ?, ?, ?, ?, ?)"
+params = ["order_number", "line", "item", "location", "supplier", "qty", "due_date"]
+"#;
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -70,11 +81,7 @@ impl Cluster {
         };
         tweak_comms(&mut comms_cfg);
         let comms = ferry_comms::start(comms_cfg, comms_https, comms_ssh).await.context("starting the comms server")?;
-        Ok(Cluster {
-            dir: dir.to_path_buf(),
-            app,
-            comms,
-        })
+        Ok(Cluster { dir: dir.to_path_buf(), app, comms })
     }
 
     pub async fn admin(&self) -> anyhow::Result<Admin> {
@@ -83,29 +90,34 @@ impl Cluster {
 
     /// Create a tenant (and its instance); returns a registration token.
     pub async fn add_tenant(&self, name: &str) -> anyhow::Result<String> {
-        self.admin()
-            .await?
-            .add_tenant(name, &self.comms.url())
-            .await
+        self.admin().await?.add_tenant(name, &self.comms.url()).await
     }
 
     /// `connector init` in `dir/connectors/<name>` against `erp_db`, then register with a fresh token.
-    pub async fn connector(
-        &self,
-        name: &str,
-        erp_db: &Path,
-        token: &str,
-    ) -> anyhow::Result<Connector> {
+    pub async fn connector(&self, name: &str, erp_db: &Path, token: &str) -> anyhow::Result<Connector> {
         let cdir = self.dir.join("connectors").join(name);
-        agent::init(
-            &cdir,
-            &erp_db.display().to_string(),
-            KeyAlgorithm::Rsa2048,
-            false,
-        )?;
+        agent::init(&cdir, &erp_db.display().to_string(), KeyAlgorithm::Rsa2048, false)?;
         let c = Connector::load(&cdir.join("connector.toml"))?;
         c.register(token).await?;
         Ok(c)
+    }
+
+    /// Like [`Cluster::connector`], with downstream delivery into `from_cloud/` and the SQL write-back of
+    /// `po_` files into the ERP table `recommended_orders` (created if absent).
+    pub async fn connector_with_write_back(&self, name: &str, erp_db: &Path, token: &str) -> anyhow::Result<Connector> {
+        let conn = self.connector(name, erp_db, token).await?;
+        let cfg_path = conn.cfg.base.join("connector.toml");
+        let text = std::fs::read_to_string(&cfg_path)?;
+        let head = text.split("\n[delivery]").next().unwrap_or_default();
+        std::fs::write(&cfg_path, format!("{head}{WRITE_BACK}"))?;
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite:{}?mode=rwc", erp_db.display())).await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS recommended_orders (order_number TEXT NOT NULL, line INTEGER NOT NULL,
+             item TEXT NOT NULL, location TEXT, supplier TEXT, qty REAL NOT NULL, due_date TEXT)",
+        )
+        .execute(&mut db)
+        .await?;
+        Connector::load(&cfg_path)
     }
 
     pub async fn stop(self) {

@@ -55,47 +55,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if erp.exists() {
         std::fs::remove_file(&erp)?;
     }
-    let summary = generate_sample_erp(&erp, size)
-        .await
-        .context("generating the sample ERP")?;
-    println!(
-        "[1/5] sample ERP generated in {:.2}s: {summary:?}",
-        t.elapsed().as_secs_f64()
-    );
+    let summary = generate_sample_erp(&erp, size).await.context("generating the sample ERP")?;
+    println!("[1/6] sample ERP generated in {:.2}s: {summary:?}", t.elapsed().as_secs_f64());
 
     let cluster = Cluster::start(&dir).await?;
-    println!(
-        "[2/5] app server  https://{}  sftp {}",
-        cluster.app.https_addr, cluster.app.ssh_addr
-    );
-    println!(
-        "      comms server https://{}  sftp {}",
-        cluster.comms.https_addr, cluster.comms.ssh_addr
-    );
+    println!("[2/6] app server  https://{}  sftp {}", cluster.app.https_addr, cluster.app.ssh_addr);
+    println!("      comms server https://{}  sftp {}", cluster.comms.https_addr, cluster.comms.ssh_addr);
 
     let tenant = "demo-distributor";
     let token = cluster.add_tenant(tenant).await?;
-    println!(
-        "[3/5] tenant {tenant} added; registration token {}…",
-        &token[..token.len().min(24)]
-    );
+    println!("[3/6] tenant {tenant} added; registration token {}…", &token[..token.len().min(24)]);
 
-    let connector = cluster.connector(tenant, &erp, &token).await?;
-    println!(
-        "[4/5] connector initialised and registered (key {})",
-        connector.key_fingerprint()
-    );
+    let connector = cluster.connector_with_write_back(tenant, &erp, &token).await?;
+    println!("[4/6] connector initialised and registered (key {})", connector.key_fingerprint());
 
-    println!("[5/5] sync");
-    let report = connector
-        .sync(&|line: &str| println!("      {line}"))
-        .await?;
-    let inst = cluster
-        .app
-        .state
-        .instance(tenant)
-        .await?
-        .context("the tenant's instance is missing")?;
+    println!("[5/6] sync (upstream)");
+    let report = connector.sync(&|line: &str| println!("      {line}")).await?;
+    let inst = cluster.app.state.instance(tenant).await?.context("the tenant's instance is missing")?;
 
     println!();
     println!(
@@ -138,17 +114,44 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             report.status.detail.as_deref().unwrap_or("")
         ),
     }
+    // Downstream: the App planned after the import; its recommended orders come back into the ERP.
+    println!();
+    println!("[6/6] downstream: the App planned after the import; recommended orders travel back");
+    let t = Instant::now();
+    let mut receipts = Vec::new();
+    while t.elapsed() < std::time::Duration::from_secs(60) {
+        receipts = ferry_app::outbox::receipts(&inst.0).await?;
+        if !receipts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut delivered = 0;
+    while delivered < receipts.len() && t.elapsed() < std::time::Duration::from_secs(120) {
+        for o in connector.receive(5, &|l: &str| println!("      {l}")).await? {
+            if let ferry_connector::receive::Outcome::Applied { name, inbound, sql_rows } = o {
+                delivered += 1;
+                let at = inbound.map(|p| p.display().to_string()).unwrap_or_default();
+                println!("      {name}: {sql_rows} rows into ERP table recommended_orders, file at {at}");
+            }
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for r in ferry_app::outbox::receipts(&inst.0).await? {
+        let at = r.delivered_at.map(|d| d.format("%H:%M:%S%.3f").to_string()).unwrap_or_else(|| "-".into());
+        println!("      app receipt: {} {} (delivered at {at})", r.name, r.state.as_str());
+    }
+    println!(
+        "downstream: {delivered}/{} order files delivered in {:.2}s after the import",
+        receipts.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let ok = ok && !receipts.is_empty() && delivered == receipts.len();
+
     if args.keep_running {
-        println!(
-            "servers keep running (Ctrl-C to stop); data in {}",
-            dir.display()
-        );
+        println!("servers keep running (Ctrl-C to stop); data in {}", dir.display());
         let _ = tokio::signal::ctrl_c().await;
     }
     cluster.stop().await;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

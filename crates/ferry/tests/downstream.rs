@@ -14,32 +14,10 @@ use ferry_connector::sample::{SampleSize, generate_sample_erp};
 use ferry_proto::api::{BatchState, FileState};
 use sqlx::Connection;
 
-const WRITE_BACK: &str = r#"
-[delivery]
-inbound_dir = "from_cloud"
-only = ["po_"]
-[[delivery.sql]]
-statement = "INSERT INTO recommended_orders(order_number, line, item, location, supplier, qty, due_date) VALUES (?, ?, ?, ?, ?, ?, ?)"
-params = ["order_number", "line", "item", "location", "supplier", "qty", "due_date"]
-"#;
-
 /// A connector whose config delivers into `from_cloud/` and writes `po_` files into `recommended_orders`.
 async fn connector_with_write_back(c: &Cluster, tenant: &str, erp: &std::path::Path) -> Connector {
     let token = c.add_tenant(tenant).await.unwrap();
-    let conn = c.connector(tenant, erp, &token).await.unwrap();
-    let cfg_path = conn.cfg.base.join("connector.toml");
-    let text = std::fs::read_to_string(&cfg_path).unwrap();
-    let text = text.split("\n[delivery]").next().unwrap().to_string() + WRITE_BACK;
-    std::fs::write(&cfg_path, text).unwrap();
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite:{}?mode=rwc", erp.display())).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS recommended_orders (order_number TEXT NOT NULL, line INTEGER NOT NULL, item TEXT NOT NULL,
-         location TEXT, supplier TEXT, qty REAL NOT NULL, due_date TEXT)",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    Connector::load(&cfg_path).unwrap()
+    c.connector_with_write_back(tenant, erp, &token).await.unwrap()
 }
 
 async fn erp_rows(erp: &std::path::Path) -> i64 {
@@ -51,7 +29,9 @@ async fn erp_rows(erp: &std::path::Path) -> i64 {
 async fn receive_applied(conn: &Connector, n: usize) -> Vec<Outcome> {
     let mut all = Vec::new();
     let t = Instant::now();
-    while all.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count() < n && t.elapsed() < Duration::from_secs(60) {
+    while all.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count() < n
+        && t.elapsed() < Duration::from_secs(60)
+    {
         all.extend(conn.receive(5, &quiet).await.expect("receive"));
     }
     all

@@ -25,19 +25,14 @@ async fn tenants_cannot_cross_and_paths_cannot_escape() {
     sa.mkdir_all(&remote).await.unwrap();
     for f in &m.files {
         let n = f.compressed_name();
-        sa.upload_file(&a.spool_dir(&m.batch_id).join(&n), &format!("{remote}/{n}"))
-            .await
-            .unwrap();
+        sa.upload_file(&a.spool_dir(&m.batch_id).join(&n), &format!("{remote}/{n}")).await.unwrap();
     }
     let a_file = format!("{remote}/stock.csv.bz2");
     assert!(sa.stat_size(&a_file).await.unwrap().is_some());
 
     // B sees only its own (empty) root, however it names A's file.
     let sb = b.sftp().await.unwrap();
-    assert!(
-        sb.list("/").await.unwrap().is_empty(),
-        "beta must see an empty root"
-    );
+    assert!(sb.list("/").await.unwrap().is_empty(), "beta must see an empty root");
     let tenants_dir = c.comms.state.cfg.data_dir.join("tenants");
     for p in [
         a_file.clone(),
@@ -46,15 +41,9 @@ async fn tenants_cannot_cross_and_paths_cannot_escape() {
         format!("/upload/../../../alpha/sftp{a_file}"),
         format!("{}/alpha/sftp{a_file}", tenants_dir.display()),
     ] {
-        assert!(
-            sb.stat_size(&p).await.unwrap_or(None).is_none(),
-            "beta reached {p}"
-        );
+        assert!(sb.stat_size(&p).await.unwrap_or(None).is_none(), "beta reached {p}");
         let dst = c.dir.join("stolen");
-        assert!(
-            sb.download_file(&p, &dst).await.is_err(),
-            "beta downloaded {p}"
-        );
+        assert!(sb.download_file(&p, &dst).await.is_err(), "beta downloaded {p}");
         assert!(!dst.exists());
     }
     // A symlink planted inside B's root (by someone with shell access) still cannot lead out of it.
@@ -64,25 +53,12 @@ async fn tenants_cannot_cross_and_paths_cannot_escape() {
         b_root.join("link"),
     )
     .unwrap();
-    assert!(
-        sb.download_file(&format!("/link{a_file}"), &c.dir.join("stolen2"))
-            .await
-            .is_err()
-    );
-    assert!(
-        sb.stat_size(&format!("/link{a_file}"))
-            .await
-            .unwrap_or(None)
-            .is_none()
-    );
+    assert!(sb.download_file(&format!("/link{a_file}"), &c.dir.join("stolen2")).await.is_err());
+    assert!(sb.stat_size(&format!("/link{a_file}")).await.unwrap_or(None).is_none());
     // B cannot write into A's tree either.
     let junk = c.dir.join("junk.bz2");
     std::fs::write(&junk, b"junk").unwrap();
-    assert!(
-        sb.upload_file(&junk, &format!("../alpha/sftp{remote}/evil.bz2"))
-            .await
-            .is_err()
-    );
+    assert!(sb.upload_file(&junk, &format!("../alpha/sftp{remote}/evil.bz2")).await.is_err());
     assert!(sb.rename("/link/upload", "/stolen-upload").await.is_err());
     sb.close().await.unwrap();
 
@@ -95,9 +71,7 @@ async fn tenants_cannot_cross_and_paths_cannot_escape() {
         connect_timeout: Duration::from_secs(10),
         io_timeout: Duration::from_secs(10),
     };
-    let as_alpha = ferry_sftp::client::SftpClient::connect(&cfg, &reg.ssh_addr)
-        .await
-        .unwrap();
+    let as_alpha = ferry_sftp::client::SftpClient::connect(&cfg, &reg.ssh_addr).await.unwrap();
     assert!(as_alpha.stat_size(&a_file).await.unwrap_or(None).is_none());
     as_alpha.close().await.unwrap();
 
@@ -105,10 +79,7 @@ async fn tenants_cannot_cross_and_paths_cannot_escape() {
     let err = b
         .api()
         .unwrap()
-        .post::<_, ferry_proto::api::BatchStatus>(
-            &format!("/v1/batches/{}/complete", m.batch_id),
-            &m,
-        )
+        .post::<_, ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}/complete", m.batch_id), &m)
         .await
         .expect_err("beta completing alpha's batch");
     assert_eq!(err.status(), Some(422), "{err}");
@@ -134,19 +105,13 @@ async fn unsigned_unknown_replayed_and_retargeted_calls_are_refused() {
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let reg = a.registration().unwrap();
-    let http =
-        ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
+    let http = ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
     let url = |p: &str| format!("{}{p}", reg.comms_url);
 
     // Unsigned.
     let r = http.get(url("/v1/whoami")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = http
-        .post(url("/v1/batches/20261128T000000Z-00000000/complete"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(url("/v1/batches/20261128T000000Z-00000000/complete")).body("{}").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // Signed by a key nobody registered.
@@ -215,28 +180,14 @@ async fn registration_tokens_are_single_use_expiring_and_pinned() {
     // A token whose TLS pin is not this server's certificate: refused before anything is sent.
     let mut wrong = RegistrationToken::decode(&token).unwrap();
     wrong.tls = format!("sha256:{}", "ab".repeat(32));
-    let err = c
-        .connector("first", &erp, &wrong.encode())
-        .await
-        .err()
-        .expect("pin mismatch must fail");
-    assert!(
-        format!("{err:#}").contains("does not match the pinned fingerprint"),
-        "{err:#}"
-    );
+    let err = c.connector("first", &erp, &wrong.encode()).await.err().expect("pin mismatch must fail");
+    assert!(format!("{err:#}").contains("does not match the pinned fingerprint"), "{err:#}");
 
     // The real token works once...
-    let conn = c
-        .connector("second", &erp, &token)
-        .await
-        .expect("first use");
+    let conn = c.connector("second", &erp, &token).await.expect("first use");
     assert_eq!(conn.registration().unwrap().tenant, "alpha");
     // ...and not twice.
-    let err = c
-        .connector("third", &erp, &token)
-        .await
-        .err()
-        .expect("reuse must fail");
+    let err = c.connector("third", &erp, &token).await.err().expect("reuse must fail");
     assert!(format!("{err:#}").contains("already used"), "{err:#}");
 
     // An expired token.
@@ -250,29 +201,17 @@ async fn registration_tokens_are_single_use_expiring_and_pinned() {
     )
     .await
     .unwrap();
-    let err = c
-        .connector("fourth", &erp, &t.encode())
-        .await
-        .err()
-        .expect("expired must fail");
+    let err = c.connector("fourth", &erp, &t.encode()).await.err().expect("expired must fail");
     assert!(format!("{err:#}").contains("expired"), "{err:#}");
 
     // A made-up token.
     let t = RegistrationToken::generate(&c.comms.url(), &c.comms.state.identity.tls_fingerprint);
-    let err = c
-        .connector("fifth", &erp, &t.encode())
-        .await
-        .err()
-        .expect("unknown must fail");
+    let err = c.connector("fifth", &erp, &t.encode()).await.err().expect("unknown must fail");
     assert!(format!("{err:#}").contains("not known"), "{err:#}");
 
     // The registered connector's private key is 0600.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(conn.cfg.key_path())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(conn.cfg.key_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     c.stop().await;
 }

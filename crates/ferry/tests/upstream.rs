@@ -14,40 +14,25 @@ use sqlx::Connection;
 async fn full_upstream_rows_in_instance_equal_rows_in_erp() {
     let (dir, c) = cluster().await;
     let erp = dir.path().join("erp.db");
-    generate_sample_erp(&erp, SampleSize::Small)
-        .await
-        .expect("sample erp");
+    generate_sample_erp(&erp, SampleSize::Small).await.expect("sample erp");
     let token = c.add_tenant("acme").await.expect("tenant");
     let conn = c.connector("acme", &erp, &token).await.expect("register");
     let report = conn.sync(&quiet).await.expect("sync");
-    assert_eq!(
-        report.status.state,
-        BatchState::Imported,
-        "{:?}",
-        report.status.detail
-    );
+    assert_eq!(report.status.state, BatchState::Imported, "{:?}", report.status.detail);
 
     let mapping = Mapping::from_toml(default_mapping()).expect("mapping");
-    let mut erp_db = sqlx::SqliteConnection::connect(&format!("sqlite:{}", erp.display()))
-        .await
-        .expect("erp");
+    let mut erp_db = sqlx::SqliteConnection::connect(&format!("sqlite:{}", erp.display())).await.expect("erp");
     let inst = counts(&c, "acme").await;
     assert_eq!(report.manifest.files.len(), mapping.files.len());
     for f in &report.manifest.files {
         let query = &mapping.files[&f.name].query;
-        let in_erp: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM ({query})"
-        )))
-        .fetch_one(&mut erp_db)
-        .await
-        .expect("count erp");
+        let in_erp: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM ({query})")))
+            .fetch_one(&mut erp_db)
+            .await
+            .expect("count erp");
         let table = spec::file_spec(&f.name).expect("standard").table;
         assert!(in_erp > 0, "{} is empty in the sample ERP", f.name);
-        assert_eq!(
-            inst[table], in_erp as u64,
-            "{}: instance rows vs ERP rows",
-            f.name
-        );
+        assert_eq!(inst[table], in_erp as u64, "{}: instance rows vs ERP rows", f.name);
         assert_eq!(f.rows, in_erp as u64, "{}: manifest rows", f.name);
     }
     // The status the connector sees.
@@ -82,11 +67,7 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
 
     // 1. MD5 in the manifest does not match the file.
     let mut m = spool_batch(&conn, &good_files());
-    m.files
-        .iter_mut()
-        .find(|f| f.name == "stock.csv")
-        .unwrap()
-        .md5 = "0123456789abcdef0123456789abcdef".into();
+    m.files.iter_mut().find(|f| f.name == "stock.csv").unwrap().md5 = "0123456789abcdef0123456789abcdef".into();
     write_manifest(&conn, &m);
     let s = send(&conn, &m).await;
     assert_eq!(s.state, BatchState::Rejected);
@@ -102,24 +83,19 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
     let len = file_size(&path);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
-    m.files
-        .iter_mut()
-        .find(|f| f.name == "sales.csv")
-        .unwrap()
-        .compressed_bytes = len / 2;
+    m.files.iter_mut().find(|f| f.name == "sales.csv").unwrap().compressed_bytes = len / 2;
     write_manifest(&conn, &m);
     let s = send(&conn, &m).await;
     assert_eq!(s.state, BatchState::Rejected);
     let d = s.detail.unwrap();
-    assert!(
-        d.contains("sales.csv") && (d.contains("truncated") || d.contains("corrupt")),
-        "{d}"
-    );
+    assert!(d.contains("sales.csv") && (d.contains("truncated") || d.contains("corrupt")), "{d}");
     assert_eq!(counts(&c, "acme").await, before);
 
     // 3. A malformed row: line 2 of sales.csv has a quantity that is not a number.
     let mut files = good_files();
-    files[4].1 = "\"A1\",\"L1\",\"C1\",2026/01/02,2026/01/03,5,,,,\n\"A1\",\"L1\",\"C1\",2026/01/02,2026/01/03,five,,,,\n".into();
+    files[4].1 =
+        "\"A1\",\"L1\",\"C1\",2026/01/02,2026/01/03,5,,,,\n\"A1\",\"L1\",\"C1\",2026/01/02,2026/01/03,five,,,,\n"
+            .into();
     let m = spool_batch(&conn, &files);
     let s = send(&conn, &m).await;
     assert_eq!(s.state, BatchState::Rejected);
@@ -134,44 +110,27 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
     sftp.mkdir_all(&remote).await.unwrap();
     for f in m.files.iter().filter(|f| f.name != "po.csv") {
         let name = f.compressed_name();
-        sftp.upload_file(
-            &conn.spool_dir(&m.batch_id).join(&name),
-            &format!("{remote}/{name}"),
-        )
-        .await
-        .unwrap();
+        sftp.upload_file(&conn.spool_dir(&m.batch_id).join(&name), &format!("{remote}/{name}")).await.unwrap();
     }
     sftp.close().await.unwrap();
     let api = conn.api().unwrap();
     let err = api
-        .post::<_, ferry_proto::api::BatchStatus>(
-            &format!("/v1/batches/{}/complete", m.batch_id),
-            &m,
-        )
+        .post::<_, ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}/complete", m.batch_id), &m)
         .await
         .expect_err("incomplete batch must be refused");
     assert_eq!(err.status(), Some(422));
     assert!(err.to_string().contains("po.csv.bz2 is missing"), "{err}");
 
     // 5. A full batch without a required file is refused as a whole.
-    let files: Vec<_> = good_files()
-        .into_iter()
-        .filter(|(n, _)| *n != "master.csv")
-        .collect();
+    let files: Vec<_> = good_files().into_iter().filter(|(n, _)| *n != "master.csv").collect();
     let m = spool_batch(&conn, &files);
-    let err = conn
-        .send(&m, &quiet)
-        .await
-        .expect_err("missing required file");
+    let err = conn.send(&m, &quiet).await.expect_err("missing required file");
     assert!(format!("{err:#}").contains("master.csv"), "{err:#}");
     assert_eq!(counts(&c, "acme").await, before);
 
     // The same good batch id again is a no-op.
     let again = api
-        .post::<_, ferry_proto::api::BatchStatus>(
-            &format!("/v1/batches/{}/complete", good.batch_id),
-            &good,
-        )
+        .post::<_, ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}/complete", good.batch_id), &good)
         .await
         .expect("re-complete");
     assert_eq!(again.state, BatchState::Imported);

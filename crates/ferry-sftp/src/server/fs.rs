@@ -24,8 +24,7 @@ use std::sync::Arc;
 
 use russh_sftp::extensions::{LIMITS, LimitsExtension};
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
-    StatusCode, Version,
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
 
@@ -60,12 +59,7 @@ pub(crate) struct ConfinedFs {
 impl ConfinedFs {
     /// `root` must be the canonicalised principal root.
     pub(crate) fn new(root: PathBuf, tenant: String) -> Self {
-        Self {
-            root,
-            tenant,
-            handles: HashMap::new(),
-            next_handle: 0,
-        }
+        Self { root, tenant, handles: HashMap::new(), next_handle: 0 }
     }
 
     fn confine(&self, sftp_path: &str) -> Result<PathBuf, StatusReply> {
@@ -79,17 +73,17 @@ impl ConfinedFs {
     fn confine_below_root(&self, sftp_path: &str, op: &str) -> Result<PathBuf, StatusReply> {
         let p = self.confine(sftp_path)?;
         if p == self.root {
-            return Err(StatusCode::PermissionDenied
-                .with_message(format!("{op}: the root directory cannot be changed")));
+            return Err(
+                StatusCode::PermissionDenied.with_message(format!("{op}: the root directory cannot be changed"))
+            );
         }
         Ok(p)
     }
 
     fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
         if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure.with_message(format!(
-                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
-            )));
+            return Err(StatusCode::Failure
+                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
         }
         self.next_handle = self.next_handle.wrapping_add(1);
         let id = self.next_handle.to_string();
@@ -100,8 +94,9 @@ impl ConfinedFs {
     fn file(&self, handle: &str) -> Result<Arc<fs::File>, StatusReply> {
         match self.handles.get(handle) {
             Some(OpenHandle::File { file, .. }) => Ok(file.clone()),
-            Some(OpenHandle::Dir { .. }) => Err(StatusCode::Failure
-                .with_message("the handle is a directory handle; open the file instead")),
+            Some(OpenHandle::Dir { .. }) => {
+                Err(StatusCode::Failure.with_message("the handle is a directory handle; open the file instead"))
+            }
             None => Err(bad_handle()),
         }
     }
@@ -112,12 +107,7 @@ fn bad_handle() -> StatusReply {
 }
 
 fn ok_status(id: u32) -> Status {
-    Status {
-        id,
-        status_code: StatusCode::Ok,
-        error_message: "ok".to_owned(),
-        language_tag: "en-US".to_owned(),
-    }
+    Status { id, status_code: StatusCode::Ok, error_message: "ok".to_owned(), language_tag: "en-US".to_owned() }
 }
 
 fn path_status(e: &PathError) -> StatusReply {
@@ -132,27 +122,17 @@ fn path_status(e: &PathError) -> StatusReply {
 fn io_status(op: &str, e: &io::Error) -> StatusReply {
     use io::ErrorKind as K;
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return StatusCode::PermissionDenied.with_message(format!(
-            "{op}: symbolic links are not followed on this server"
-        ));
+        return StatusCode::PermissionDenied
+            .with_message(format!("{op}: symbolic links are not followed on this server"));
     }
     let (code, what) = match e.kind() {
         K::NotFound => (StatusCode::NoSuchFile, "no such file or directory"),
         K::PermissionDenied => (StatusCode::PermissionDenied, "permission denied"),
-        K::AlreadyExists => (
-            StatusCode::Failure,
-            "the target already exists; remove it first or choose another name",
-        ),
+        K::AlreadyExists => (StatusCode::Failure, "the target already exists; remove it first or choose another name"),
         K::DirectoryNotEmpty => (StatusCode::Failure, "the directory is not empty"),
-        K::NotADirectory => (
-            StatusCode::NoSuchFile,
-            "a component of the path is not a directory",
-        ),
+        K::NotADirectory => (StatusCode::NoSuchFile, "a component of the path is not a directory"),
         K::IsADirectory => (StatusCode::Failure, "the path is a directory"),
-        K::StorageFull => (
-            StatusCode::Failure,
-            "the server's disk is full; try again later",
-        ),
+        K::StorageFull => (StatusCode::Failure, "the server's disk is full; try again later"),
         K::QuotaExceeded => (StatusCode::Failure, "the disk quota is exceeded"),
         K::FileTooLarge => (StatusCode::Failure, "the file would become too large"),
         K::InvalidInput => (StatusCode::Failure, "invalid request for this file"),
@@ -169,9 +149,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| io::Error::other("the file-system worker task failed"))?
+    tokio::task::spawn_blocking(f).await.map_err(|_| io::Error::other("the file-system worker task failed"))?
 }
 
 fn clamp_time(t: i64) -> u32 {
@@ -223,19 +201,12 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
-        let c_from = CString::new(from.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let c_to = CString::new(to.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let c_from =
+            CString::new(from.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let c_to = CString::new(to.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
         let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                c_from.as_ptr(),
-                libc::AT_FDCWD,
-                c_to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
+            libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
         };
         if rc == 0 {
             return Ok(());
@@ -283,11 +254,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
         StatusCode::OpUnsupported.with_message("this operation is not supported by the server")
     }
 
-    async fn init(
-        &mut self,
-        version: u32,
-        _extensions: HashMap<String, String>,
-    ) -> Result<Version, Self::Error> {
+    async fn init(&mut self, version: u32, _extensions: HashMap<String, String>) -> Result<Version, Self::Error> {
         tracing::debug!(tenant = %self.tenant, client_version = version, "sftp init");
         let mut v = Version::new();
         // Makes OpenSSH's sftp ask for our limits and then use 255 KiB requests.
@@ -303,9 +270,8 @@ impl russh_sftp::server::Handler for ConfinedFs {
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure.with_message(format!(
-                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
-            )));
+            return Err(StatusCode::Failure
+                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
         }
         let path = self.confine(&filename)?;
         let append = pflags.contains(OpenFlags::APPEND);
@@ -324,8 +290,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
             opts.truncate(true);
         }
         // O_NONBLOCK: opening a fifo must not hang the session (it is refused just below).
-        opts.mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         let file = blocking(move || {
             let file = opts.open(&path)?;
             let meta = file.metadata()?;
@@ -339,22 +304,14 @@ impl russh_sftp::server::Handler for ConfinedFs {
         })
         .await
         .map_err(|e| io_status("open", &e))?;
-        let handle = self.add_handle(OpenHandle::File {
-            file: Arc::new(file),
-            written: false,
-        })?;
+        let handle = self.add_handle(OpenHandle::File { file: Arc::new(file), written: false })?;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(OpenHandle::File {
-                file,
-                written: true,
-            }) => {
-                blocking(move || file.sync_data())
-                    .await
-                    .map_err(|e| io_status("close", &e))?;
+            Some(OpenHandle::File { file, written: true }) => {
+                blocking(move || file.sync_data()).await.map_err(|e| io_status("close", &e))?;
                 Ok(ok_status(id))
             }
             Some(_) => Ok(ok_status(id)),
@@ -362,40 +319,24 @@ impl russh_sftp::server::Handler for ConfinedFs {
         }
     }
 
-    async fn read(
-        &mut self,
-        id: u32,
-        handle: String,
-        offset: u64,
-        len: u32,
-    ) -> Result<Data, Self::Error> {
+    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<Data, Self::Error> {
         let file = self.file(&handle)?;
         let len = len.min(MAX_READ_LEN) as usize;
-        let data = blocking(move || read_full_at(&file, offset, len))
-            .await
-            .map_err(|e| io_status("read", &e))?;
+        let data = blocking(move || read_full_at(&file, offset, len)).await.map_err(|e| io_status("read", &e))?;
         if data.is_empty() && len > 0 {
             return Err(StatusCode::Eof.with_message("end of file"));
         }
         Ok(Data { id, data })
     }
 
-    async fn write(
-        &mut self,
-        id: u32,
-        handle: String,
-        offset: u64,
-        data: Vec<u8>,
-    ) -> Result<Status, Self::Error> {
+    async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
         let file = match self.handles.get_mut(&handle) {
             Some(OpenHandle::File { file, written }) => {
                 *written = true;
                 file.clone()
             }
             Some(OpenHandle::Dir { .. }) => {
-                return Err(
-                    StatusCode::Failure.with_message("write: the handle is a directory handle")
-                );
+                return Err(StatusCode::Failure.with_message("write: the handle is a directory handle"));
             }
             None => return Err(bad_handle()),
         };
@@ -403,21 +344,14 @@ impl russh_sftp::server::Handler for ConfinedFs {
             return Err(StatusCode::Failure.with_message("write: the offset is out of range"));
         }
         // With O_APPEND, Linux pwrite appends whatever the offset (SFTP APPEND semantics).
-        blocking(move || file.write_all_at(&data, offset))
-            .await
-            .map_err(|e| io_status("write", &e))?;
+        blocking(move || file.write_all_at(&data, offset)).await.map_err(|e| io_status("write", &e))?;
         Ok(ok_status(id))
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
         let p = self.confine(&path)?;
-        let meta = blocking(move || fs::symlink_metadata(p))
-            .await
-            .map_err(|e| io_status("stat", &e))?;
-        Ok(Attrs {
-            id,
-            attrs: attrs_of(&meta),
-        })
+        let meta = blocking(move || fs::symlink_metadata(p)).await.map_err(|e| io_status("stat", &e))?;
+        Ok(Attrs { id, attrs: attrs_of(&meta) })
     }
 
     /// Never follows a final symbolic link: answers like `lstat`.
@@ -427,28 +361,16 @@ impl russh_sftp::server::Handler for ConfinedFs {
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let file = self.file(&handle)?;
-        let meta = blocking(move || file.metadata())
-            .await
-            .map_err(|e| io_status("fstat", &e))?;
-        Ok(Attrs {
-            id,
-            attrs: attrs_of(&meta),
-        })
+        let meta = blocking(move || file.metadata()).await.map_err(|e| io_status("fstat", &e))?;
+        Ok(Attrs { id, attrs: attrs_of(&meta) })
     }
 
-    async fn setstat(
-        &mut self,
-        id: u32,
-        path: String,
-        attrs: FileAttributes,
-    ) -> Result<Status, Self::Error> {
+    async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let p = self.confine(&path)?;
         if let Some(size) = attrs.size {
             blocking(move || {
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&p)?;
+                let f =
+                    fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&p)?;
                 if !f.metadata()?.is_file() {
                     return Err(io::Error::from(io::ErrorKind::PermissionDenied));
                 }
@@ -460,31 +382,22 @@ impl russh_sftp::server::Handler for ConfinedFs {
         Ok(ok_status(id))
     }
 
-    async fn fsetstat(
-        &mut self,
-        id: u32,
-        handle: String,
-        attrs: FileAttributes,
-    ) -> Result<Status, Self::Error> {
+    async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let file = self.file(&handle)?;
         if let Some(size) = attrs.size {
-            blocking(move || file.set_len(size))
-                .await
-                .map_err(|e| io_status("fsetstat", &e))?;
+            blocking(move || file.set_len(size)).await.map_err(|e| io_status("fsetstat", &e))?;
         }
         Ok(ok_status(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure.with_message(format!(
-                "too many open handles (limit {MAX_OPEN_HANDLES}); close some first"
-            )));
+            return Err(StatusCode::Failure
+                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
         }
         let p = self.confine(&path)?;
-        let (entries, truncated) = blocking(move || read_dir_entries(&p))
-            .await
-            .map_err(|e| io_status("opendir", &e))?;
+        let (entries, truncated) =
+            blocking(move || read_dir_entries(&p)).await.map_err(|e| io_status("opendir", &e))?;
         if truncated {
             tracing::warn!(tenant = %self.tenant, path = %path.escape_debug(),
                 "directory listing truncated to {MAX_DIR_ENTRIES} entries");
@@ -503,8 +416,9 @@ impl russh_sftp::server::Handler for ConfinedFs {
                 let files = entries.drain(..n).collect();
                 Ok(Name { id, files })
             }
-            Some(OpenHandle::File { .. }) => Err(StatusCode::Failure
-                .with_message("readdir: the handle is a file handle; use opendir")),
+            Some(OpenHandle::File { .. }) => {
+                Err(StatusCode::Failure.with_message("readdir: the handle is a file handle; use opendir"))
+            }
             None => Err(bad_handle()),
         }
     }
@@ -522,24 +436,15 @@ impl russh_sftp::server::Handler for ConfinedFs {
         Ok(ok_status(id))
     }
 
-    async fn mkdir(
-        &mut self,
-        id: u32,
-        path: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, Self::Error> {
+    async fn mkdir(&mut self, id: u32, path: String, _attrs: FileAttributes) -> Result<Status, Self::Error> {
         let p = self.confine(&path)?;
-        blocking(move || fs::DirBuilder::new().mode(DIR_MODE).create(p))
-            .await
-            .map_err(|e| io_status("mkdir", &e))?;
+        blocking(move || fs::DirBuilder::new().mode(DIR_MODE).create(p)).await.map_err(|e| io_status("mkdir", &e))?;
         Ok(ok_status(id))
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         let p = self.confine_below_root(&path, "rmdir")?;
-        blocking(move || fs::remove_dir(p))
-            .await
-            .map_err(|e| io_status("rmdir", &e))?;
+        blocking(move || fs::remove_dir(p)).await.map_err(|e| io_status("rmdir", &e))?;
         Ok(ok_status(id))
     }
 
@@ -548,47 +453,25 @@ impl russh_sftp::server::Handler for ConfinedFs {
         let virt = path::normalize(&path).map_err(|e| path_status(&e))?;
         // also refuses paths that leave the root through a link
         self.confine(&path)?;
-        Ok(Name {
-            id,
-            files: vec![File::dummy(virt)],
-        })
+        Ok(Name { id, files: vec![File::dummy(virt)] })
     }
 
-    async fn rename(
-        &mut self,
-        id: u32,
-        oldpath: String,
-        newpath: String,
-    ) -> Result<Status, Self::Error> {
+    async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
         let from = self.confine_below_root(&oldpath, "rename")?;
         let to = self.confine_below_root(&newpath, "rename")?;
-        blocking(move || rename_noreplace(&from, &to))
-            .await
-            .map_err(|e| io_status("rename", &e))?;
+        blocking(move || rename_noreplace(&from, &to)).await.map_err(|e| io_status("rename", &e))?;
         Ok(ok_status(id))
     }
 
     async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
-        Err(StatusCode::OpUnsupported
-            .with_message("symbolic links are not supported on this server"))
+        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
     }
 
-    async fn symlink(
-        &mut self,
-        _id: u32,
-        _linkpath: String,
-        _targetpath: String,
-    ) -> Result<Status, Self::Error> {
-        Err(StatusCode::OpUnsupported
-            .with_message("symbolic links are not supported on this server"))
+    async fn symlink(&mut self, _id: u32, _linkpath: String, _targetpath: String) -> Result<Status, Self::Error> {
+        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
     }
 
-    async fn extended(
-        &mut self,
-        id: u32,
-        request: String,
-        _data: Vec<u8>,
-    ) -> Result<Packet, Self::Error> {
+    async fn extended(&mut self, id: u32, request: String, _data: Vec<u8>) -> Result<Packet, Self::Error> {
         if request == LIMITS {
             let limits = LimitsExtension {
                 max_packet_len: u64::from(MAX_PACKET_LEN),
@@ -598,10 +481,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
             };
             let data = russh_sftp::ser::to_bytes(&limits)
                 .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;
-            return Ok(Packet::ExtendedReply(ExtendedReply {
-                id,
-                data: data.to_vec(),
-            }));
+            return Ok(Packet::ExtendedReply(ExtendedReply { id, data: data.to_vec() }));
         }
         Err(StatusCode::OpUnsupported.with_message(format!(
             "the extension {:?} is not supported by this server",

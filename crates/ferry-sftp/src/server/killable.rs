@@ -22,27 +22,16 @@ pub(crate) struct Killable<S> {
 impl<S> Killable<S> {
     pub(crate) fn new(inner: S, token: CancellationToken) -> Self {
         let killed = Box::pin(token.clone().cancelled_owned());
-        Self {
-            inner,
-            token,
-            killed,
-        }
+        Self { inner, token, killed }
     }
 }
 
 fn cut() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "the server closed this connection",
-    )
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the server closed this connection")
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         // polling the token registers the waker, so a pending read wakes up when cut
         if self.killed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(cut()));
@@ -52,11 +41,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.token.is_cancelled() {
             return Poll::Ready(Err(cut()));
         }

@@ -91,10 +91,7 @@ impl KeyList {
 
 impl Authorizer for KeyList {
     fn authorize(&self, _user: &str, key: &PublicKey) -> Option<Principal> {
-        self.entries
-            .iter()
-            .find(|(k, _)| same_key(k, key))
-            .map(|(_, p)| p.clone())
+        self.entries.iter().find(|(k, _)| same_key(k, key)).map(|(_, p)| p.clone())
     }
 }
 
@@ -220,10 +217,7 @@ pub async fn serve(
     }
     tracing::info!(addr = ?local, "sftp server stopping");
     stop.cancel();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         sessions.abort_all();
     }
@@ -241,15 +235,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     auth: Arc<dyn Authorizer>,
     peer: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    run_session(
-        cfg,
-        DEFAULT_AUTH_TIMEOUT,
-        stream,
-        auth,
-        peer,
-        CancellationToken::new(),
-    )
-    .await
+    run_session(cfg, DEFAULT_AUTH_TIMEOUT, stream, auth, peer, CancellationToken::new()).await
 }
 
 async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -265,20 +251,12 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let _cut_on_exit = kill.clone().drop_guard();
     let stream = killable::Killable::new(stream, kill.clone());
     let authenticated = Arc::new(AtomicBool::new(false));
-    let handler = SshHandler {
-        auth,
-        peer,
-        principal: None,
-        authenticated: authenticated.clone(),
-        channels: HashMap::new(),
-    };
-    let session = tokio::time::timeout(
-        auth_timeout,
-        russh::server::run_stream(cfg, stream, handler),
-    )
-    .await
-    .context("the client did not send an SSH version string in time")?
-    .context("the SSH handshake failed")?;
+    let handler =
+        SshHandler { auth, peer, principal: None, authenticated: authenticated.clone(), channels: HashMap::new() };
+    let session = tokio::time::timeout(auth_timeout, russh::server::run_stream(cfg, stream, handler))
+        .await
+        .context("the client did not send an SSH version string in time")?
+        .context("the SSH handshake failed")?;
     let handle = session.handle();
     tokio::pin!(session);
     let login_deadline = tokio::time::sleep(auth_timeout);
@@ -346,12 +324,7 @@ struct SshHandler {
 }
 
 impl SshHandler {
-    fn refuse_request(
-        &self,
-        channel: ChannelId,
-        what: &str,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
+    fn refuse_request(&self, channel: ChannelId, what: &str, session: &mut Session) -> Result<(), russh::Error> {
         tracing::info!(peer = ?self.peer, tenant = ?self.principal.as_ref().map(|p| &p.name),
             "refused a {what} request: only the sftp subsystem is served");
         session.channel_failure(channel)
@@ -398,9 +371,7 @@ impl russh::server::Handler for SshHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         }
         self.channels.insert(channel.id(), channel);
@@ -408,11 +379,7 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -426,9 +393,7 @@ impl russh::server::Handler for SshHandler {
         if name != "sftp" {
             return self.refuse_request(channel_id, "subsystem", session);
         }
-        let (Some(principal), Some(channel)) =
-            (self.principal.clone(), self.channels.remove(&channel_id))
-        else {
+        let (Some(principal), Some(channel)) = (self.principal.clone(), self.channels.remove(&channel_id)) else {
             return session.channel_failure(channel_id);
         };
         let root = match tokio::fs::canonicalize(&principal.root).await {
@@ -446,11 +411,7 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         self.refuse_request(channel, "shell", session)
     }
 

@@ -127,18 +127,11 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, &'static str> {
 
 /// The request id of a raw packet (0 for INIT or a packet too short to have one).
 fn request_id(raw: &[u8]) -> u32 {
-    raw.get(1..5)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .unwrap_or(0)
+    raw.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).unwrap_or(0)
 }
 
 fn status(id: u32, reply: StatusReply) -> Packet {
-    let StatusReply {
-        status_code,
-        error_message,
-        language_tag,
-    } = reply;
+    let StatusReply { status_code, error_message, language_tag } = reply;
     Packet::Status(Status {
         id,
         status_code,
@@ -162,19 +155,13 @@ async fn answer(fs: &mut ConfinedFs, raw: Bytes) -> Packet {
     // request types 1..=20 and 200 (extended); anything else is unsupported, not malformed
     let known = matches!(raw.first(), Some(1..=20) | Some(200));
     if !known {
-        return status(
-            id,
-            StatusCode::OpUnsupported.with_message("unknown sftp request type"),
-        );
+        return status(id, StatusCode::OpUnsupported.with_message("unknown sftp request type"));
     }
     let mut raw = raw;
     let packet = match Packet::try_from(&mut raw) {
         Ok(p) => p,
         Err(e) => {
-            return status(
-                id,
-                StatusCode::BadMessage.with_message(format!("malformed sftp request: {e}")),
-            );
+            return status(id, StatusCode::BadMessage.with_message(format!("malformed sftp request: {e}")));
         }
     };
     match packet {
@@ -201,10 +188,7 @@ async fn answer(fs: &mut ConfinedFs, raw: Bytes) -> Packet {
             Ok(packet) => packet,
             Err(e) => status(p.id, e),
         },
-        _ => status(
-            id,
-            StatusCode::BadMessage.with_message("this packet type is not a request"),
-        ),
+        _ => status(id, StatusCode::BadMessage.with_message("this packet type is not a request")),
     }
 }
 

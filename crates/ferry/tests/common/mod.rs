@@ -23,9 +23,7 @@ pub async fn cluster() -> (tempfile::TempDir, Cluster) {
 pub async fn tenant(c: &Cluster, name: &str) -> Connector {
     let token = c.add_tenant(name).await.expect("tenant add");
     let erp = c.dir.join(format!("{name}-erp.db"));
-    c.connector(name, &erp, &token)
-        .await
-        .expect("connector registers")
+    c.connector(name, &erp, &token).await.expect("connector registers")
 }
 
 /// A small valid full batch: (file name, CSV text).
@@ -85,22 +83,12 @@ pub fn spool_batch(conn: &Connector, files: &[(&str, String)]) -> Manifest {
 
 pub fn write_manifest(conn: &Connector, m: &Manifest) {
     let dir = conn.spool_dir(&m.batch_id);
-    std::fs::write(
-        dir.join(MANIFEST_NAME),
-        serde_json::to_vec(m).expect("json"),
-    )
-    .expect("manifest");
+    std::fs::write(dir.join(MANIFEST_NAME), serde_json::to_vec(m).expect("json")).expect("manifest");
 }
 
 /// Rows per standard table in a tenant's instance.
 pub async fn counts(c: &Cluster, tenant: &str) -> BTreeMap<&'static str, u64> {
-    let inst = c
-        .app
-        .state
-        .instance(tenant)
-        .await
-        .expect("open")
-        .expect("instance exists");
+    let inst = c.app.state.instance(tenant).await.expect("open").expect("instance exists");
     let mut out = BTreeMap::new();
     for f in spec::STANDARD_FILES {
         out.insert(f.table, inst.0.count_rows(f.table).await.expect("count"));
