@@ -185,17 +185,96 @@ pub async fn register_key(
     Ok(tenant)
 }
 
+/// Append a security-relevant event to the audit log. Each entry's hash covers the previous entry's hash, so
+/// an edited, inserted or removed entry breaks the chain (`ferry comms audit verify`).
 pub async fn audit(pool: &SqlitePool, tenant: Option<&str>, event: &str, detail: &str) {
-    let r = sqlx::query("INSERT INTO audit(at, tenant, event, detail) VALUES (?, ?, ?, ?)")
-        .bind(now())
-        .bind(tenant)
-        .bind(event)
-        .bind(detail)
-        .execute(pool)
-        .await;
-    if let Err(e) = r {
+    if let Err(e) = append_audit(pool, tenant, event, detail).await {
         tracing::error!(event, "cannot write the audit log: {e}");
     }
+}
+
+fn audit_hash(prev: &str, id: i64, at: &str, tenant: Option<&str>, event: &str, detail: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [prev, &id.to_string(), at, tenant.unwrap_or(""), event, detail] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+async fn append_audit(pool: &SqlitePool, tenant: Option<&str>, event: &str, detail: &str) -> sqlx::Result<()> {
+    let mut conn = pool.acquire().await?;
+    // IMMEDIATE: two processes appending at once must not fork the chain.
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let r: sqlx::Result<()> = async {
+        let last =
+            sqlx::query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetch_optional(&mut *conn).await?;
+        let (id, prev) = match last {
+            Some(r) => (r.get::<i64, _>(0) + 1, r.get::<String, _>(1)),
+            None => (1, String::new()),
+        };
+        let at = now();
+        let hash = audit_hash(&prev, id, &at, tenant, event, detail);
+        sqlx::query("INSERT INTO audit(id, at, tenant, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(&at)
+            .bind(tenant)
+            .bind(event)
+            .bind(detail)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ()),
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// The latest audit entries: (id, at, tenant, event, detail), newest first.
+pub async fn recent_audit(
+    pool: &SqlitePool,
+    limit: i64,
+) -> sqlx::Result<Vec<(i64, String, Option<String>, String, String)>> {
+    let rows = sqlx::query("SELECT id, at, tenant, event, detail FROM audit ORDER BY id DESC LIMIT ?")
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect())
+}
+
+/// Walk the audit log and check the chain. Returns the number of entries, or the first broken one.
+pub async fn verify_audit(pool: &SqlitePool) -> anyhow::Result<Result<u64, String>> {
+    let rows = sqlx::query("SELECT id, at, tenant, event, detail, prev_hash, hash FROM audit ORDER BY id")
+        .fetch_all(pool)
+        .await?;
+    let mut prev = String::new();
+    let mut expected_id = 1i64;
+    for r in &rows {
+        let id: i64 = r.get(0);
+        let tenant: Option<String> = r.get(2);
+        let (at, event, detail, prev_hash, hash): (String, String, String, String, String) =
+            (r.get(1), r.get(3), r.get(4), r.get(5), r.get(6));
+        if id != expected_id {
+            return Ok(Err(format!("entry {expected_id} is missing (next entry is {id})")));
+        }
+        if prev_hash != prev {
+            return Ok(Err(format!("entry {id} does not follow entry {}: an entry was removed or replaced", id - 1)));
+        }
+        if audit_hash(&prev, id, &at, tenant.as_deref(), &event, &detail) != hash {
+            return Ok(Err(format!("entry {id} ({event}) was edited: its hash does not match its content")));
+        }
+        prev = hash;
+        expected_id += 1;
+    }
+    Ok(Ok(rows.len() as u64))
 }
 
 fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<BatchStatus> {

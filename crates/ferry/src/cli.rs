@@ -115,6 +115,25 @@ pub enum CommsCmd {
     /// Tenants (customers).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check that no entry was edited, inserted or removed.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the most recent entries.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -351,6 +370,22 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
             println!("ssh host key:    {}", a.identity.ssh_host_key_fingerprint());
         }
         CommsCmd::Tenant(t) => tenant(t).await?,
+        CommsCmd::Audit(AuditCmd::Verify { config }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            match ferry_comms::db::verify_audit(&a.db).await? {
+                Ok(n) => println!("audit log intact: {n} entries, chain verified"),
+                Err(why) => {
+                    println!("audit log TAMPERED: {why}");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
+        CommsCmd::Audit(AuditCmd::Show { config, limit }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for e in ferry_comms::db::recent_audit(&a.db, limit).await? {
+                println!("{:>6} {} {:<20} {:<18} {}", e.0, e.1, e.2.unwrap_or_default(), e.3, e.4);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -215,3 +215,29 @@ async fn registration_tokens_are_single_use_expiring_and_pinned() {
     assert_eq!(mode, 0o600);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_detects_edits_and_removals() {
+    let (_dir, c) = cluster().await;
+    let a = tenant(&c, "alpha").await;
+    let _ = tenant(&c, "beta").await;
+    let s = a.send(&spool_batch(&a, &good_files()), &quiet).await.unwrap().status;
+    assert_eq!(s.state, BatchState::Imported);
+    let db = &c.comms.state.db;
+    let n = ferry_comms::db::verify_audit(db).await.unwrap().expect("intact chain");
+    assert!(n >= 6, "tenant_added, token_issued, registered x2, batch_completed, batch_imported: {n}");
+    let events: Vec<String> = ferry_comms::db::recent_audit(db, 100).await.unwrap().into_iter().map(|e| e.3).collect();
+    for e in ["tenant_added", "token_issued", "registered", "batch_completed", "batch_imported"] {
+        assert!(events.iter().any(|x| x == e), "{e} missing from {events:?}");
+    }
+
+    // Edit one entry's detail.
+    sqlx::query("UPDATE audit SET detail = 'nothing to see' WHERE id = 3").execute(db).await.unwrap();
+    let why = ferry_comms::db::verify_audit(db).await.unwrap().expect_err("edit must be detected");
+    assert!(why.contains("entry 3") && why.contains("edited"), "{why}");
+    // Remove an entry instead (after restoring a consistent chain is impossible without the hashes).
+    sqlx::query("DELETE FROM audit WHERE id = 3").execute(db).await.unwrap();
+    let why = ferry_comms::db::verify_audit(db).await.unwrap().expect_err("removal must be detected");
+    assert!(why.contains("entry 3 is missing"), "{why}");
+    c.stop().await;
+}
