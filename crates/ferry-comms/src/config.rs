@@ -14,7 +14,7 @@ pub struct CommsConfig {
     pub data_dir: PathBuf,
     /// HTTPS listener.
     pub listen_https: SocketAddr,
-    /// SSH/SFTP listener.
+    /// SSH/SFTP listener. The same address as `listen_https` serves both protocols on one port (e.g. 443).
     pub listen_ssh: SocketAddr,
     /// The URL Connectors use (goes into registration tokens). Empty: `https://<listen_https>`.
     pub public_url: String,

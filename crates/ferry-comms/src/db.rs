@@ -256,8 +256,7 @@ pub async fn verify_audit(pool: &SqlitePool) -> anyhow::Result<Result<u64, Strin
         .fetch_all(pool)
         .await?;
     let mut prev = String::new();
-    let mut expected_id = 1i64;
-    for r in &rows {
+    for (expected_id, r) in (1i64..).zip(rows.iter()) {
         let id: i64 = r.get(0);
         let tenant: Option<String> = r.get(2);
         let (at, event, detail, prev_hash, hash): (String, String, String, String, String) =
@@ -272,7 +271,6 @@ pub async fn verify_audit(pool: &SqlitePool) -> anyhow::Result<Result<u64, Strin
             return Ok(Err(format!("entry {id} ({event}) was edited: its hash does not match its content")));
         }
         prev = hash;
-        expected_id += 1;
     }
     Ok(Ok(rows.len() as u64))
 }

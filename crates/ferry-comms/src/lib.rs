@@ -144,11 +144,25 @@ fn shutdown_signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Outpu
 }
 
 /// Open the data directory (database, keys, certificate), start HTTPS, SFTP and the relay on the given listeners.
+/// How the Comms server listens.
+pub enum Listeners {
+    /// HTTPS and SSH on their own ports.
+    Separate { https: std::net::TcpListener, ssh: tokio::net::TcpListener },
+    /// HTTPS and SSH on one port (443 in production): each connection is told apart by its first byte, so an
+    /// ERP site needs one outbound port only.
+    Shared(tokio::net::TcpListener),
+}
+
+/// Open the data directory (database, keys, certificate), start HTTPS, SFTP and the relay on the given listeners.
 pub async fn start(
     cfg: CommsConfig,
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
 ) -> anyhow::Result<CommsHandle> {
+    start_on(cfg, Listeners::Separate { https, ssh }).await
+}
+
+pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<CommsHandle> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = ServerIdentity::load_or_create(
@@ -157,8 +171,10 @@ pub async fn start(
         &cfg.tls_names,
     )?;
     let db = db::open(&cfg.db_path()).await?;
-    let https_addr = https.local_addr()?;
-    let ssh_addr = ssh.local_addr()?;
+    let (https_addr, ssh_addr) = match &listeners {
+        Listeners::Separate { https, ssh } => (https.local_addr()?, ssh.local_addr()?),
+        Listeners::Shared(l) => (l.local_addr()?, l.local_addr()?),
+    };
     let public_ssh_addr = if cfg.public_ssh_addr.is_empty() {
         let host = url_host(&cfg.public_url).unwrap_or_else(|| ssh_addr.ip().to_string());
         format!("{host}:{}", ssh_addr.port())
@@ -195,19 +211,26 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let router = api::router(state.clone());
-    let sd = shutdown_signal(&rx);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = ferry_web::serve::serve_https(https, router, tls, sd).await {
-            tracing::error!("https server stopped: {e}");
-        }
-    }));
     let auth = Arc::new(TenantAuthorizer(state.clone()));
-    let sd = shutdown_signal(&rx);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd).await {
-            tracing::error!("sftp server stopped: {e:#}");
+    match listeners {
+        Listeners::Separate { https, ssh } => {
+            let sd = shutdown_signal(&rx);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = ferry_web::serve::serve_https(https, router, tls, sd).await {
+                    tracing::error!("https server stopped: {e}");
+                }
+            }));
+            let sd = shutdown_signal(&rx);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd).await {
+                    tracing::error!("sftp server stopped: {e:#}");
+                }
+            }));
         }
-    }));
+        Listeners::Shared(listener) => {
+            tasks.push(tokio::spawn(serve_shared(listener, router, tls, ssh_cfg, auth, shutdown_signal(&rx))));
+        }
+    }
     tasks.push(tokio::spawn(downstream::run(state.clone(), shutdown_signal(&rx))));
     tasks.push(tokio::spawn(relay::run(state.clone(), shutdown_signal(&rx))));
 
@@ -228,6 +251,46 @@ pub async fn start(
     }));
     tracing::info!(%https_addr, %ssh_addr, "comms server listening");
     Ok(CommsHandle { https_addr, ssh_addr, state, shutdown: tx, tasks })
+}
+
+/// One port, two protocols: peek at each connection's first byte and hand it to HTTPS or SSH.
+async fn serve_shared(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    ssh_cfg: ferry_sftp::server::ServerConfig,
+    auth: Arc<TenantAuthorizer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let russh_cfg = ssh_cfg.russh_config();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, acceptor, russh_cfg, auth) = (router.clone(), acceptor.clone(), russh_cfg.clone(), auth.clone());
+        tokio::spawn(async move {
+            match ferry_web::serve::sniff_is_tls(&stream, Duration::from_secs(3)).await {
+                Ok(true) => ferry_web::serve::serve_https_connection(stream, peer, router, acceptor).await,
+                Ok(false) => {
+                    if let Err(e) = ferry_sftp::server::serve_stream(russh_cfg, stream, auth, Some(peer)).await {
+                        tracing::debug!(%peer, "ssh session ended: {e:#}");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, "connection closed before it spoke: {e}"),
+            }
+        });
+    }
 }
 
 fn url_host(url: &str) -> Option<String> {

@@ -350,12 +350,20 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
         }
         CommsCmd::Serve { config } => {
             let cfg = comms_config(&config)?;
-            let https = std::net::TcpListener::bind(cfg.listen_https)
-                .with_context(|| format!("cannot listen on {} (listen_https)", cfg.listen_https))?;
-            let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
-                .await
-                .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
-            let h = ferry_comms::start(cfg, https, ssh).await?;
+            let listeners = if cfg.listen_https == cfg.listen_ssh {
+                let l = tokio::net::TcpListener::bind(cfg.listen_https)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (listen_https = listen_ssh)", cfg.listen_https))?;
+                ferry_comms::Listeners::Shared(l)
+            } else {
+                let https = std::net::TcpListener::bind(cfg.listen_https)
+                    .with_context(|| format!("cannot listen on {} (listen_https)", cfg.listen_https))?;
+                let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
+                ferry_comms::Listeners::Separate { https, ssh }
+            };
+            let h = ferry_comms::start_on(cfg, listeners).await?;
             println!("comms server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             sigterm_or_ctrl_c().await;
             h.stop().await;

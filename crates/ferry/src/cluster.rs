@@ -44,8 +44,22 @@ impl Cluster {
         Self::start_with(dir, |_| {}, |_| {}).await
     }
 
+    /// Like [`Cluster::start`], with the Comms server serving HTTPS and SSH on one port.
+    pub async fn start_one_port(dir: &Path) -> anyhow::Result<Cluster> {
+        Self::start_inner(dir, true, |_| {}, |_| {}).await
+    }
+
     pub async fn start_with(
         dir: &Path,
+        tweak_app: impl FnOnce(&mut AppConfig),
+        tweak_comms: impl FnOnce(&mut CommsConfig),
+    ) -> anyhow::Result<Cluster> {
+        Self::start_inner(dir, false, tweak_app, tweak_comms).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        one_port: bool,
         tweak_app: impl FnOnce(&mut AppConfig),
         tweak_comms: impl FnOnce(&mut CommsConfig),
     ) -> anyhow::Result<Cluster> {
@@ -80,7 +94,15 @@ impl Cluster {
             ..CommsConfig::default()
         };
         tweak_comms(&mut comms_cfg);
-        let comms = ferry_comms::start(comms_cfg, comms_https, comms_ssh).await.context("starting the comms server")?;
+        let listeners = if one_port {
+            drop(comms_ssh);
+            comms_cfg.listen_ssh = comms_cfg.listen_https;
+            comms_https.set_nonblocking(true)?;
+            ferry_comms::Listeners::Shared(tokio::net::TcpListener::from_std(comms_https)?)
+        } else {
+            ferry_comms::Listeners::Separate { https: comms_https, ssh: comms_ssh }
+        };
+        let comms = ferry_comms::start_on(comms_cfg, listeners).await.context("starting the comms server")?;
         Ok(Cluster { dir: dir.to_path_buf(), app, comms })
     }
 

@@ -241,3 +241,17 @@ async fn audit_log_detects_edits_and_removals() {
     assert!(why.contains("entry 3 is missing"), "{why}");
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_port_serves_https_and_sftp() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ferry::cluster::Cluster::start_one_port(dir.path()).await.unwrap();
+    assert_eq!(c.comms.https_addr, c.comms.ssh_addr);
+    let a = tenant(&c, "alpha").await;
+    let reg = a.registration().unwrap();
+    assert!(reg.ssh_addr.ends_with(&format!(":{}", c.comms.https_addr.port())), "{}", reg.ssh_addr);
+    let s = a.send(&spool_batch(&a, &good_files()), &quiet).await.unwrap().status;
+    assert_eq!(s.state, BatchState::Imported, "{:?}", s.detail);
+    assert_eq!(a.status(5).await.unwrap().len(), 1);
+    c.stop().await;
+}
