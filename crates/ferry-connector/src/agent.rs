@@ -84,9 +84,10 @@ impl Connector {
     pub async fn register(&self, token: &str) -> anyhow::Result<Registration> {
         let token = RegistrationToken::decode(token)?;
         let pin = (!token.tls.is_empty()).then_some(token.tls.as_str());
-        let api = ApiClient::new(&token.url, pin, None, Duration::from_secs(30))?;
+        let proxy = self.proxy_for_url(&token.url)?;
+        let api = ApiClient::via(&token.url, pin, None, Duration::from_secs(30), proxy.as_ref().map(|p| p.url()))?;
         let hostname = std::env::var("HOSTNAME").or_else(|_| std::env::var("COMPUTERNAME")).unwrap_or_default();
-        let resp: RegisterResponse = api
+        let resp: Result<RegisterResponse, _> = api
             .post(
                 "/v1/register",
                 &RegisterRequest {
@@ -96,7 +97,23 @@ impl Connector {
                 },
             )
             .await
-            .context("registration refused")?;
+            .map_err(anyhow::Error::from);
+        let resp = match (resp, &proxy) {
+            (Ok(r), _) => r,
+            (Err(e), Some(p)) => {
+                // reqwest hides why a proxy refused a tunnel: ask the proxy ourselves for a precise reason.
+                let target = url::Url::parse(&token.url)
+                    .ok()
+                    .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                    .unwrap_or_default();
+                let why = match crate::proxy::connect(p, &target, Duration::from_secs(15)).await {
+                    Ok(_) => e,
+                    Err(probe) => e.context(format!("{probe:#}")),
+                };
+                return Err(why.context("registration refused"));
+            }
+            (Err(e), None) => return Err(e.context("registration refused")),
+        };
         if resp.key_fingerprint != self.key_fingerprint() {
             bail!("the server registered a different key than ours; refusing to continue");
         }
@@ -127,7 +144,25 @@ impl Connector {
     /// An SFTP session to the Comms server with this connector's key and pins.
     pub async fn sftp(&self) -> anyhow::Result<SftpClient> {
         let reg = self.registration()?;
-        Ok(SftpClient::connect(&self.sftp_config(&reg), &reg.ssh_addr).await?)
+        self.open_sftp(&reg).await
+    }
+
+    fn proxy_for_url(&self, url: &str) -> anyhow::Result<Option<crate::proxy::Proxy>> {
+        let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+        crate::proxy::for_host(&self.cfg.proxy, &host)
+    }
+
+    /// SFTP to the Comms server, through the proxy if one applies; the host key is always pinned.
+    async fn open_sftp(&self, reg: &Registration) -> anyhow::Result<SftpClient> {
+        let cfg = self.sftp_config(reg);
+        let host = reg.ssh_addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(&reg.ssh_addr);
+        match crate::proxy::for_host(&self.cfg.proxy, host)? {
+            Some(p) => {
+                let tunnel = crate::proxy::connect(&p, &reg.ssh_addr, cfg.connect_timeout).await?;
+                Ok(SftpClient::connect_stream(&cfg, tunnel).await?)
+            }
+            None => Ok(SftpClient::connect(&cfg, &reg.ssh_addr).await?),
+        }
     }
 
     pub fn registration(&self) -> anyhow::Result<Registration> {
@@ -136,7 +171,14 @@ impl Connector {
 
     pub fn api_for(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
         let pin = (!reg.tls_fingerprint.is_empty()).then_some(reg.tls_fingerprint.as_str());
-        ApiClient::new(&reg.comms_url, pin, Some(self.key.clone()), Duration::from_secs(60))
+        let proxy = self.proxy_for_url(&reg.comms_url)?;
+        ApiClient::via(
+            &reg.comms_url,
+            pin,
+            Some(self.key.clone()),
+            Duration::from_secs(60),
+            proxy.as_ref().map(|p| p.url()),
+        )
     }
 
     fn sftp_config(&self, reg: &Registration) -> ClientConfig {
@@ -249,7 +291,8 @@ impl Connector {
         m: &Manifest,
         progress: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<u64> {
-        let sftp = SftpClient::connect(&self.sftp_config(reg), &reg.ssh_addr)
+        let sftp = self
+            .open_sftp(reg)
             .await
             .with_context(|| format!("cannot open SFTP to the Comms server at {}", reg.ssh_addr))?;
         let remote = format!("/upload/{}", m.batch_id);

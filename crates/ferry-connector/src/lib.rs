@@ -7,4 +7,5 @@ pub mod agent;
 pub mod config;
 pub mod delivery;
 pub mod journal;
+pub mod proxy;
 pub mod receive;

@@ -145,12 +145,21 @@ pub fn client_config(pin: Option<&str>) -> Result<ClientConfig, TlsError> {
 /// An HTTPS client using [`client_config`]`(pin)`, with an overall per-request `timeout`
 /// (make it longer than any long-poll wait). Proxies come from `HTTPS_PROXY`/`NO_PROXY`.
 pub fn http_client(pin: Option<&str>, timeout: Duration) -> Result<reqwest::Client, TlsError> {
-    Ok(reqwest::Client::builder()
+    http_client_via(pin, timeout, None)
+}
+
+/// Like [`http_client`], through an explicit HTTP CONNECT proxy (`http://[user:pass@]host:port`). Without one,
+/// reqwest honours `HTTPS_PROXY` / `NO_PROXY` from the environment.
+pub fn http_client_via(pin: Option<&str>, timeout: Duration, proxy: Option<&str>) -> Result<reqwest::Client, TlsError> {
+    let mut b = reqwest::Client::builder()
         .tls_backend_preconfigured(client_config(pin)?)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(30)))
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+    if let Some(p) = proxy {
+        b = b.proxy(reqwest::Proxy::all(p)?);
+    }
+    Ok(b.build()?)
 }
 
 fn provider() -> Arc<CryptoProvider> {

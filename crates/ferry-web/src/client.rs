@@ -45,7 +45,18 @@ impl ApiClient {
         key: Option<Arc<PrivateKey>>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let http = ferry_io::tls::http_client(tls_pin, timeout)?;
+        Self::via(base, tls_pin, key, timeout, None)
+    }
+
+    /// Through an explicit HTTP CONNECT proxy (`http://[user:pass@]host:port`).
+    pub fn via(
+        base: &str,
+        tls_pin: Option<&str>,
+        key: Option<Arc<PrivateKey>>,
+        timeout: Duration,
+        proxy: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let http = ferry_io::tls::http_client_via(tls_pin, timeout, proxy)?;
         Ok(ApiClient { http, base: base.trim_end_matches('/').to_string(), key })
     }
 

@@ -6,9 +6,13 @@
 //!
 //! Everything runs in this process on loopback ([`crate::cluster`]). The working folder holds the ERP, the
 //! servers' data and `bench/`: a plain copy of the batch's largest CSV (decompressed from the spool before
-//! `send` removes it, MD5 checked against the manifest), the tools' outputs and the upload test file (that CSV
-//! repeated up to 64 MB, or 256 MB for `--size medium`). Peak RSS is `VmHWM`, reset before each stage through
-//! `/proc/self/clear_refs` where the kernel allows it (else it is the peak since the start); it includes the
+//! `send` removes it, size and MD5 checked against the manifest), the tools' outputs and the upload test file
+//! (that CSV repeated up to 64 MB, or 256 MB for `--size medium`).
+//!
+//! The pipeline stages run once. Each comparison runs `--runs` times, ours and the tools taking turns, and keeps
+//! each side's fastest run (the machine may be busy; the 1-minute load average is printed before and after).
+//! Peak RSS is `VmHWM`, reset before each stage through `/proc/self/clear_refs` where the kernel allows it (else
+//! the peak since the start), printed with its growth over the RSS at the stage's start; it includes the
 //! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
@@ -35,18 +39,21 @@ pub enum BenchCmd {
     /// The upstream path: extract, compress, upload, relay, verify+import; then the standard tools on the
     /// same data.
     Upstream {
-        /// Sample ERP size: small (~200k sales lines; 64 MB upload test) or medium (~2M; 256 MB).
+        /// Sample ERP size: small (~150k sales lines; 64 MB upload test) or medium (~2M; 256 MB).
         #[arg(long, default_value = "small", value_parser = ["small", "medium"])]
         size: String,
         /// Working folder, new or empty, kept afterwards (default: a temporary folder, removed).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Runs of each comparison with the standard tools; the fastest run of each side is kept.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
     },
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        BenchCmd::Upstream { size, dir } => upstream(&size, dir).await,
+        BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
     }
 }
 
@@ -54,7 +61,7 @@ const TENANT: &str = "bench";
 /// Remote folder of the upload comparison, under the tenant's SFTP root at the Comms server.
 const REMOTE_DIR: &str = "/bench";
 
-async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn upstream(size_name: &str, dir: Option<PathBuf>, runs: u32) -> anyhow::Result<ExitCode> {
     let size = crate::demo::parse_size(size_name)?;
     let upload_target: u64 = match size {
         SampleSize::Small => 64_000_000,
@@ -65,7 +72,8 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
     std::fs::create_dir_all(&bench)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rss = PeakRss::new();
-    println!("ferry bench upstream --size {size_name} in {} ({cores} cores)", dir.display());
+    println!("ferry bench upstream --size {size_name} --runs {runs} in {}", dir.display());
+    println!("{cores} cores, load average {}", load_average());
     if !rss.resets {
         println!("note: /proc/self/clear_refs is not writable: peak RSS figures are peaks since the start");
     }
@@ -79,18 +87,26 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
         "sample ERP: {} rows in {:.2} s; peak RSS {}",
         int(summary.total_rows()),
         t.elapsed().as_secs_f64(),
-        mib(rss.peak())
+        show(rss.peak())
     );
 
     let cluster = Cluster::start(&dir).await?;
-    let result = with_cluster(&cluster, &erp, &bench, upload_target, &mut rss).await;
+    let bench_run = Bench { cluster: &cluster, bench: &bench, runs: runs as usize };
+    let result = bench_run.all(&erp, upload_target, &mut rss).await;
     cluster.stop().await;
     let (lines, ok) = result?;
 
     println!();
     print_table(&lines);
     println!();
-    println!("process peak RSS {} (max over stages; includes the in-process Comms and App servers)", mib(rss.max_kib));
+    println!(
+        "pipeline stages: one run; comparisons: fastest of {runs} run(s) per side; load average {}",
+        load_average()
+    );
+    println!(
+        "process peak RSS {} (max over stages; includes the in-process Comms and App servers)",
+        show(rss.max_kib.map(|k| RssSample { peak: k, base: None }))
+    );
     match &tmp {
         Some(_) => println!("removing {}", dir.display()),
         None => println!("kept {}", dir.display()),
@@ -101,160 +117,355 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitC
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The bench proper, while the cluster runs; returns the table and whether every check passed.
-async fn with_cluster(
-    cluster: &Cluster,
-    erp: &Path,
-    bench: &Path,
-    upload_target: u64,
-    rss: &mut PeakRss,
-) -> anyhow::Result<(Vec<Line>, bool)> {
-    let token = cluster.add_tenant(TENANT).await?;
-    let connector = cluster.connector(TENANT, erp, &token).await?;
-    println!(
-        "cluster: comms sftp {}, app sftp {}; tenant {TENANT}, connector registered",
-        cluster.comms.ssh_addr, cluster.app.ssh_addr
-    );
-    let mut lines = Vec::new();
-    let mut ok = true;
+/// What every stage needs while the cluster runs.
+struct Bench<'a> {
+    cluster: &'a Cluster,
+    /// The `bench/` folder.
+    bench: &'a Path,
+    runs: usize,
+}
 
-    // 1. extract + CSV + hash + compress, pipelined: one stage.
-    rss.start();
-    let t = Instant::now();
-    let manifest = connector.extract_to_spool(&|line: &str| println!("      {line}")).await.context("extract")?;
-    let secs = t.elapsed().as_secs_f64();
-    let csv_bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
-    let bz_bytes: u64 = manifest.files.iter().map(|f| f.compressed_bytes).sum();
-    let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
-    let extract = Timed { secs, bytes: csv_bytes };
-    let extract_rss = rss.peak();
-    println!(
-        "[extract+csv+hash+bz2] {:.2} s, {} csv ({}) -> {} bz2, {} rows; peak RSS {}",
-        secs,
-        mb(csv_bytes),
-        extract.rate(),
-        mb(bz_bytes),
-        int(rows),
-        mib(extract_rss)
-    );
-    lines.push(Line::ours(
-        "extract+csv+hash+bz2",
-        format!("{} files, {} csv", manifest.files.len(), mb(csv_bytes)),
-        extract,
-        extract_rss,
-        format!("{} rows -> {} bz2", int(rows), mb(bz_bytes)),
-    ));
+impl Bench<'_> {
+    /// Every stage and comparison; returns the table and whether every check passed.
+    async fn all(&self, erp: &Path, upload_target: u64, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
+        let token = self.cluster.add_tenant(TENANT).await?;
+        let connector = self.cluster.connector(TENANT, erp, &token).await?;
+        println!(
+            "cluster: comms sftp {}, app sftp {}; tenant {TENANT}, connector registered",
+            self.cluster.comms.ssh_addr, self.cluster.app.ssh_addr
+        );
+        let mut lines = Vec::new();
 
-    // The spool is removed by `send`: keep a plain copy of the largest standard file first.
-    let big = manifest
-        .files
-        .iter()
-        .filter(|f| spec::file_spec(&f.name).is_some())
-        .max_by_key(|f| f.bytes)
-        .context("the batch holds no standard file")?
-        .clone();
-    let columns = spec::file_spec(&big.name).map_or(0, |s| s.columns.len());
-    let plain = bench.join(&big.name);
-    {
+        // 1. extract + CSV + hash + compress, pipelined: one stage.
+        rss.start();
+        let t = Instant::now();
+        let manifest = connector.extract_to_spool(&|line: &str| println!("      {line}")).await.context("extract")?;
+        let secs = t.elapsed().as_secs_f64();
+        let csv_bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+        let bz_bytes: u64 = manifest.files.iter().map(|f| f.compressed_bytes).sum();
+        let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
+        let extract = Timed { secs, bytes: csv_bytes };
+        let extract_rss = rss.peak();
+        println!(
+            "[extract+csv+hash+bz2] {secs:.2} s, {} csv ({}) -> {} bz2, {} rows; peak RSS {}",
+            mb(csv_bytes),
+            extract.rate(),
+            mb(bz_bytes),
+            int(rows),
+            show(extract_rss)
+        );
+        let all_csv = format!("{} files, {} csv", manifest.files.len(), mb(csv_bytes));
+        let note = format!("{} rows -> {} bz2", int(rows), mb(bz_bytes));
+        lines.push(Line::ours("extract+csv+hash+bz2", all_csv.clone(), extract, extract_rss, note));
+
+        // `send` removes the spool: keep a plain copy of the largest standard file first.
+        let big = manifest
+            .files
+            .iter()
+            .filter(|f| spec::file_spec(&f.name).is_some())
+            .max_by_key(|f| f.bytes)
+            .context("the batch holds no standard file")?
+            .clone();
+        let plain = self.bench.join(&big.name);
         let (src, dst, f) =
             (connector.spool_dir(&manifest.batch_id).join(big.compressed_name()), plain.clone(), big.clone());
         tokio::task::spawn_blocking(move || unpack(&src, &dst, &f)).await??;
+        println!(
+            "      bench copy: {} ({}, {} rows, size and MD5 as in the manifest)",
+            plain.display(),
+            mb(big.bytes),
+            int(big.rows)
+        );
+
+        // 2. upload and 3. relay + verify + import: one `send`, timed inside.
+        let sent = send(&connector, &manifest, rss).await?;
+        let imported = self.imported_rows(&manifest).await?;
+        let mut ok = imported == rows;
+        println!(
+            "[upload] {:.2} s, {} bz2 ({}); peak RSS {}",
+            sent.upload.secs,
+            mb(sent.upload.bytes),
+            sent.upload.rate(),
+            show(sent.upload_rss)
+        );
+        println!(
+            "[relay+verify+import] {:.2} s, {} csv ({}), {} rows/s; peak RSS {}; rows in the instance: {} {}",
+            sent.relay.secs,
+            mb(sent.relay.bytes),
+            sent.relay.rate(),
+            int(per_sec(rows, sent.relay.secs)),
+            show(sent.relay_rss),
+            int(imported),
+            if ok { "(all)" } else { "(MISMATCH)" }
+        );
+        let bz = format!("{} bz2", mb(sent.upload.bytes));
+        lines.push(Line::ours("upload batch (sftp)", bz, sent.upload, sent.upload_rss, String::new()));
+
+        // Ours is the relay+verify+import of every file; sqlite3 imports the largest file as text.
+        let (sqlite, sqlite_ok) = self.sqlite_import(&big).await;
+        let note = match &sqlite {
+            Theirs::Ran(t) => format!(
+                "{} rows/s (all files) vs sqlite3 {} rows/s ({} only, text columns)",
+                int(per_sec(rows, sent.relay.secs)),
+                int(per_sec(big.rows, t.secs)),
+                big.name
+            ),
+            _ => format!("{} rows/s", int(per_sec(rows, sent.relay.secs))),
+        };
+        lines.push(
+            Line::ours("relay+verify+import", all_csv, sent.relay, sent.relay_rss, note)
+                .with_tool("sqlite3 .import", sqlite),
+        );
+        ok &= sqlite_ok;
+
+        // Compression, digests and upload, ours against the tools on the same file.
+        for (more, more_ok) in [
+            self.compression(&plain, rss).await?,
+            self.digests(&plain, &big, rss).await?,
+            self.upload(&connector, &plain, upload_target, rss).await?,
+        ] {
+            lines.extend(more);
+            ok &= more_ok;
+        }
+        Ok((lines, ok))
     }
-    println!(
-        "      bench copy: {} ({}, {} rows, MD5 as in the manifest)",
-        plain.display(),
-        mb(big.bytes),
-        int(big.rows)
-    );
 
-    // 2. upload, 3. relay + verify + import: one `send`, timed inside.
-    let (upload, upload_rss, relay, relay_rss) = send(&connector, &manifest, rss).await?;
-    let imported = imported_rows(cluster, &manifest).await?;
-    let rows_ok = imported == rows;
-    ok &= rows_ok;
-    println!(
-        "[upload] {:.2} s, {} bz2 ({}); peak RSS {}",
-        upload.secs,
-        mb(upload.bytes),
-        upload.rate(),
-        mib(upload_rss)
-    );
-    println!(
-        "[relay+verify+import] {:.2} s, {} csv ({}), {} rows/s; peak RSS {}; rows in the instance: {} {}",
-        relay.secs,
-        mb(relay.bytes),
-        relay.rate(),
-        int(per_sec(rows, relay.secs)),
-        mib(relay_rss),
-        int(imported),
-        if rows_ok { "(all)" } else { "(MISMATCH)" }
-    );
-    lines.push(Line::ours(
-        "upload batch (sftp)",
-        format!("{} bz2", mb(upload.bytes)),
-        upload,
-        upload_rss,
-        String::new(),
-    ));
+    /// Rows the tenant's instance holds, over the manifest's standard files.
+    async fn imported_rows(&self, manifest: &Manifest) -> anyhow::Result<u64> {
+        let inst = self.cluster.app.state.instance(TENANT).await?.context("the tenant's instance is missing")?;
+        let mut n = 0;
+        for f in &manifest.files {
+            if let Some(s) = spec::file_spec(&f.name) {
+                n += inst.0.count_rows(s.table).await?;
+            }
+        }
+        Ok(n)
+    }
 
-    // 4. import vs sqlite3 .import of the largest file (ours: every file, relayed, verified, typed).
-    let sqlite = sqlite_import(bench, &big, columns).await;
-    let note = match &sqlite {
-        Theirs::Ran(t) => format!(
-            "{} rows/s (all files) vs sqlite3 {} rows/s ({} only, text columns)",
-            int(per_sec(rows, relay.secs)),
-            int(per_sec(big.rows, t.secs)),
-            big.name
-        ),
-        _ => format!("{} rows/s", int(per_sec(rows, relay.secs))),
-    };
-    lines.push(Line {
-        tool: "sqlite3 .import".into(),
-        theirs: sqlite,
-        ..Line::ours(
-            "relay+verify+import",
-            format!("{} files, {} csv", manifest.files.len(), mb(csv_bytes)),
-            relay,
-            relay_rss,
-            note,
-        )
-    });
+    /// `sqlite3 import.db` with `.mode csv` and `.import` of `f` into a table of text columns created first (so
+    /// the first line is data, not a header); every run must import every row.
+    async fn sqlite_import(&self, f: &ManifestFile) -> (Theirs, bool) {
+        let columns = spec::file_spec(&f.name).map_or(1, |s| s.columns.len());
+        let cols: Vec<String> = (1..=columns).map(|i| format!("c{i} TEXT")).collect();
+        let script =
+            format!("CREATE TABLE t({});\n.mode csv\n.import {} t\nSELECT count(*) FROM t;\n", cols.join(", "), f.name);
+        let mut best = Theirs::NoTool;
+        for _ in 0..self.runs {
+            let _ = std::fs::remove_file(self.bench.join("import.db"));
+            let (theirs, stdout) =
+                tool_output("sqlite3", &["-bail", "import.db"], self.bench, Some(&script), f.bytes).await;
+            let theirs = match (theirs, stdout.trim().parse::<u64>().ok()) {
+                (Theirs::Ran(t), Some(n)) if n == f.rows => Theirs::Ran(t),
+                (Theirs::Ran(_), n) => Theirs::Failed(format!("imported {n:?} rows of {}", f.rows)),
+                (other, _) => other,
+            };
+            best = best.keep_best(theirs);
+        }
+        let rows = match &best {
+            Theirs::Ran(t) => format!(", {} rows/s", int(per_sec(f.rows, t.secs))),
+            _ => String::new(),
+        };
+        println!("[import] sqlite3 .import {}: {}{rows}", f.name, best.short());
+        let ok = !matches!(best, Theirs::Failed(_));
+        (best, ok)
+    }
 
-    // 5. compression, 6. digests, 7. upload, on the same data.
-    let (more, more_ok) = compression(&plain, bench, rss).await?;
-    lines.extend(more);
-    ok &= more_ok;
-    let (more, more_ok) = digests(&plain, &big, rss).await?;
-    lines.extend(more);
-    ok &= more_ok;
-    let (more, more_ok) = upload_vs_openssh(cluster, &connector, &plain, bench, upload_target, rss).await?;
-    lines.extend(more);
-    ok &= more_ok;
-    Ok((lines, ok))
+    /// `ferry_io::bz::compress_file` (all cores, level 9) vs `bzip2`, `lbzip2`, `pbzip2`.
+    async fn compression(&self, plain: &Path, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
+        const TOOLS: [(&str, &[&str]); 3] =
+            [("bzip2", &["-9", "-k", "-c"]), ("lbzip2", &["-9", "-c"]), ("pbzip2", &["-9", "-c"])];
+        let size = std::fs::metadata(plain)?.len();
+        let name = file_name(plain);
+        let ours_out = self.bench.join("ferry.bz2");
+        let mut ours = None;
+        let mut theirs: Vec<Theirs> = TOOLS.iter().map(|_| Theirs::NoTool).collect();
+        rss.start();
+        for _ in 0..self.runs {
+            let (src, dst) = (plain.to_path_buf(), ours_out.clone());
+            let t = Instant::now();
+            tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0)).await??;
+            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: size });
+            for ((prog, args), best) in TOOLS.iter().zip(theirs.iter_mut()) {
+                let mut argv = args.to_vec();
+                argv.push(&name);
+                let out = self.bench.join(format!("{prog}.bz2"));
+                let run = tool(prog, &argv, self.bench, Some(&out), size).await;
+                *best = std::mem::replace(best, Theirs::NoTool).keep_best(run);
+            }
+        }
+        let ours = ours.context("no run")?;
+        let ours_rss = rss.peak();
+        let our_ratio = ratio(size, std::fs::metadata(&ours_out)?.len());
+        println!(
+            "[compress -9] ours {:.2} s ({}, ratio {our_ratio:.2}, incl. fsync); peak RSS {}",
+            ours.secs,
+            ours.rate(),
+            show(ours_rss)
+        );
+        let mut notes = vec![format!("ratio {our_ratio:.2}")];
+        let mut lines = Vec::new();
+        let mut ok = true;
+        for ((prog, args), best) in TOOLS.iter().zip(theirs) {
+            let label = format!("{prog} {}", args.join(" "));
+            let mut extra = String::new();
+            if matches!(best, Theirs::Ran(_)) {
+                let r = ratio(size, std::fs::metadata(self.bench.join(format!("{prog}.bz2")))?.len());
+                notes.push(format!("{prog} {r:.2}"));
+                extra = format!(", ratio {r:.2}");
+            }
+            ok &= !matches!(best, Theirs::Failed(_));
+            println!("      {label}: {}{extra}", best.short());
+            lines.push(Line::tool(&label, best));
+        }
+        if let Some(first) = lines.first_mut() {
+            first.set_ours("compress bzip2 -9", format!("{name} {}", mb(size)), ours, ours_rss, notes.join(", "));
+        }
+        Ok((lines, ok))
+    }
+
+    /// Our MD5+SHA-256 in one streamed pass vs `md5sum` and `sha256sum` (a pass each); the digests must agree
+    /// with each other and with the manifest.
+    async fn digests(&self, plain: &Path, f: &ManifestFile, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
+        let name = file_name(plain);
+        let mut ours = None;
+        let mut digests = None;
+        let mut md5sum = Theirs::NoTool;
+        let mut sha256sum = Theirs::NoTool;
+        let mut agree = true;
+        rss.start();
+        for _ in 0..self.runs {
+            let src = plain.to_path_buf();
+            let t = Instant::now();
+            let d = tokio::task::spawn_blocking(move || digest_file(&src)).await??;
+            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: d.bytes });
+            for (prog, want, best) in [("md5sum", &d.md5, &mut md5sum), ("sha256sum", &d.sha256, &mut sha256sum)] {
+                let (run, stdout) = tool_output(prog, &[&name], self.bench, None, d.bytes).await;
+                if matches!(run, Theirs::Ran(_)) {
+                    agree &= stdout.split_whitespace().next() == Some(want.as_str());
+                }
+                *best = std::mem::replace(best, Theirs::NoTool).keep_best(run);
+            }
+            digests = Some(d);
+        }
+        let (ours, d) = ours.zip(digests).context("no run")?;
+        let ours_rss = rss.peak();
+        agree &= d.md5 == f.md5 && d.sha256 == f.sha256;
+        let verdict = if agree { "digests agree, = manifest" } else { "DIGESTS DIFFER" };
+        println!("[md5+sha256] ours {:.3} s ({}); peak RSS {}; {verdict}", ours.secs, ours.rate(), show(ours_rss));
+        let mut ok = agree;
+        let total = match (&md5sum, &sha256sum) {
+            (Theirs::Ran(a), Theirs::Ran(b)) => Some(Timed { secs: a.secs + b.secs, bytes: d.bytes }),
+            _ => None,
+        };
+        let mut lines = Vec::new();
+        for (prog, best) in [("md5sum", md5sum), ("sha256sum", sha256sum)] {
+            ok &= !matches!(best, Theirs::Failed(_));
+            println!("      {prog}: {}", best.short());
+            lines.push(Line::tool(prog, best));
+        }
+        if let Some(t) = total {
+            lines.push(Line::tool("md5sum + sha256sum", Theirs::Ran(t)));
+        }
+        if let Some(first) = lines.first_mut() {
+            first.set_ours("md5+sha256 (1 pass)", format!("{name} {}", mb(d.bytes)), ours, ours_rss, verdict.into());
+        }
+        Ok((lines, ok))
+    }
+
+    /// Our SFTP client vs OpenSSH `sftp -b`: the same file to the same Comms server with the same key, each
+    /// timed from connect to disconnect. OpenSSH is given our cipher (aes256-gcm) to compare like for like.
+    /// Every upload must arrive whole; it is removed before the next run.
+    async fn upload(
+        &self,
+        connector: &Connector,
+        plain: &Path,
+        target: u64,
+        rss: &mut PeakRss,
+    ) -> anyhow::Result<(Vec<Line>, bool)> {
+        let file = self.bench.join("upload.bin");
+        let (src, dst) = (plain.to_path_buf(), file.clone());
+        let size = tokio::task::spawn_blocking(move || repeat_into(&src, &dst, target)).await??;
+        let ours_remote = format!("{REMOTE_DIR}/ferry.bin");
+        let openssh_remote = format!("{REMOTE_DIR}/openssh.bin");
+        let check = connector.sftp().await?;
+        check.mkdir_all(REMOTE_DIR).await?;
+
+        let addr = self.cluster.comms.ssh_addr;
+        std::fs::write(self.bench.join("sftp.batch"), format!("put upload.bin {openssh_remote}\n"))?;
+        let (port, key) = (addr.port().to_string(), connector.cfg.key_path().display().to_string());
+        let dest = format!("{}@{}", connector.registration()?.tenant, addr.ip());
+        #[rustfmt::skip]
+        let args = [
+            "-b", "sftp.batch", "-i", &key, "-P", &port, "-c", "aes256-gcm@openssh.com",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", &dest,
+        ];
+
+        let mut ours = None;
+        let mut transfer = None;
+        let mut openssh = Theirs::NoTool;
+        let mut ok = true;
+        rss.start();
+        for _ in 0..self.runs {
+            let t = Instant::now();
+            let sftp = connector.sftp().await?;
+            let tx = Instant::now();
+            let sent = sftp.upload_file(&file, &ours_remote).await.context("uploading the test file")?;
+            transfer = fastest(transfer, Timed { secs: tx.elapsed().as_secs_f64(), bytes: sent });
+            sftp.close().await?;
+            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: sent });
+            ok &= arrived(&check, "ferry", &ours_remote, size).await?;
+
+            let run = tool("sftp", &args, self.bench, None, size).await;
+            if matches!(run, Theirs::Ran(_)) {
+                ok &= arrived(&check, "openssh", &openssh_remote, size).await?;
+            }
+            openssh = openssh.keep_best(run);
+        }
+        check.close().await?;
+        let (ours, transfer) = ours.zip(transfer).context("no run")?;
+        let ours_rss = rss.peak();
+        ok &= !matches!(openssh, Theirs::Failed(_));
+        println!(
+            "[upload sftp] ours {:.2} s ({}; transfer alone {}); peak RSS {} (client and server)",
+            ours.secs,
+            ours.rate(),
+            transfer.rate(),
+            show(ours_rss)
+        );
+        println!("      OpenSSH sftp -b: {}", openssh.short());
+        let note = format!("connect..disconnect; ours transfer alone {}", transfer.rate());
+        let line = Line::ours("upload sftp", format!("{} test file", mb(size)), ours, ours_rss, note)
+            .with_tool("sftp -b (OpenSSH, aes256-gcm)", openssh);
+        Ok((vec![line], ok))
+    }
+}
+
+/// The figures of one `send`.
+struct Sent {
+    upload: Timed,
+    upload_rss: Option<RssSample>,
+    relay: Timed,
+    relay_rss: Option<RssSample>,
 }
 
 /// `send` (upload, complete, wait for the verdict), split into its two timed stages with a peak RSS each.
 ///
 /// `SyncReport.timings.relay_import` polls for the verdict with a backoff of up to 2 s; the Comms server stamps
 /// the verdict (`updated_at`), so relay+verify+import is measured as verdict time - send start - upload time.
-async fn send(
-    connector: &Connector,
-    manifest: &Manifest,
-    rss: &mut PeakRss,
-) -> anyhow::Result<(Timed, Option<u64>, Timed, Option<u64>)> {
-    // The upload's peak is taken (and reset) at the progress line `upload` prints once every file is sent.
-    let upload_peak: Mutex<Option<Option<u64>>> = Mutex::new(None);
+async fn send(connector: &Connector, manifest: &Manifest, rss: &mut PeakRss) -> anyhow::Result<Sent> {
+    // The upload's peak is taken, and the peak reset, at the progress line `upload` prints once all is sent.
+    let split: Mutex<Option<(Option<RssSample>, Option<u64>)>> = Mutex::new(None);
+    let base = rss.start();
     let progress = |line: &str| {
         println!("      {line}");
         if line.starts_with("uploaded ")
-            && let Ok(mut slot) = upload_peak.lock()
+            && let Ok(mut slot) = split.lock()
             && slot.is_none()
         {
-            *slot = Some(vm_hwm_kib());
-            reset_hwm();
+            *slot = Some((RssSample::read(base), PeakRss::reset()));
         }
     };
-    rss.start();
     let started = chrono::Utc::now();
     let report = connector.send(manifest, &progress).await.context("send")?;
     let s = &report.status;
@@ -272,23 +483,18 @@ async fn send(
         _ => polled,
     };
     let relay = Timed { secs, bytes: manifest.files.iter().map(|f| f.bytes).sum() };
-    let relay_rss = rss.peak();
-    // Without the progress line to split on, the relay figure covers the whole send.
-    let upload_rss = upload_peak.into_inner().ok().flatten().flatten().or(relay_rss);
-    rss.note(upload_rss);
-    Ok((upload, upload_rss, relay, relay_rss))
-}
-
-/// Rows the tenant's instance holds, over the manifest's standard files.
-async fn imported_rows(cluster: &Cluster, manifest: &Manifest) -> anyhow::Result<u64> {
-    let inst = cluster.app.state.instance(TENANT).await?.context("the tenant's instance is missing")?;
-    let mut n = 0;
-    for f in &manifest.files {
-        if let Some(s) = spec::file_spec(&f.name) {
-            n += inst.0.count_rows(s.table).await?;
+    let (upload_rss, relay_rss) = match split.into_inner().ok().flatten() {
+        Some((upload_rss, relay_base)) => {
+            rss.note(upload_rss);
+            (upload_rss, rss.peak_since(relay_base))
         }
-    }
-    Ok(n)
+        // No progress line to split on: both figures cover the whole send.
+        None => {
+            let whole = rss.peak();
+            (whole, whole)
+        }
+    };
+    Ok(Sent { upload, upload_rss, relay, relay_rss })
 }
 
 /// Decompresses the spooled `src` into `dst`, checking size and MD5 against the manifest entry.
@@ -301,7 +507,7 @@ fn unpack(src: &Path, dst: &Path, f: &ManifestFile) -> anyhow::Result<()> {
     w.flush()?;
     if d.bytes != f.bytes || d.md5 != f.md5 {
         bail!(
-            "{}: decompressed {} bytes, MD5 {}; the manifest says {} bytes, MD5 {}",
+            "{}: {} bytes, MD5 {}; the manifest says {} bytes, MD5 {}",
             src.display(),
             d.bytes,
             d.md5,
@@ -312,198 +518,20 @@ fn unpack(src: &Path, dst: &Path, f: &ManifestFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ferry_io::bz::compress_file` (all cores, level 9) vs `bzip2`, `lbzip2`, `pbzip2`.
-async fn compression(plain: &Path, bench: &Path, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
-    let size = std::fs::metadata(plain)?.len();
-    let name = file_name(plain);
-    rss.start();
-    let (src, dst) = (plain.to_path_buf(), bench.join("ferry.bz2"));
-    let t = Instant::now();
-    let bz = tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0)).await??;
-    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: size };
-    let ours_rss = rss.peak();
-    println!(
-        "[compress -9] ours {:.2} s ({}, ratio {:.2}, incl. fsync); peak RSS {}",
-        ours.secs,
-        ours.rate(),
-        ratio(size, bz),
-        mib(ours_rss)
-    );
-    let mut lines = Vec::new();
-    let mut ok = true;
-    let mut notes = vec![format!("ratio {:.2}", ratio(size, bz))];
-    for (prog, args) in [("bzip2", &["-9", "-k", "-c"][..]), ("lbzip2", &["-9", "-c"]), ("pbzip2", &["-9", "-c"])] {
-        let out = bench.join(format!("{prog}.bz2"));
-        let mut full: Vec<&str> = args.to_vec();
-        full.push(&name);
-        let theirs = tool(prog, &full, bench, None, Some(&out), size).await;
-        let label = format!("{prog} {}", args.join(" "));
-        match &theirs {
-            Theirs::Ran(t) => {
-                let their_bz = std::fs::metadata(&out)?.len();
-                notes.push(format!("{prog} {:.2}", ratio(size, their_bz)));
-                println!("      {label}: {:.2} s ({}, ratio {:.2})", t.secs, t.rate(), ratio(size, their_bz));
-            }
-            other => {
-                ok &= !matches!(other, Theirs::Failed(_));
-                println!("      {label}: {}", other.short());
-            }
+/// MD5 and SHA-256 of a file in one pass, 1 MiB at a time.
+fn digest_file(path: &Path) -> io::Result<Digests> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut d = Digester::new();
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(d.finish()),
+            n => d.update(&buf[..n]),
         }
-        lines.push(Line::tool(label, theirs));
     }
-    if let Some(first) = lines.first_mut() {
-        first.set_ours("compress bzip2 -9", format!("{name} {}", mb(size)), ours, ours_rss, notes.join(", "));
-    }
-    Ok((lines, ok))
 }
 
-/// Our MD5+SHA-256 in one streamed pass vs `md5sum` and `sha256sum` (two passes); digests must agree.
-async fn digests(plain: &Path, f: &ManifestFile, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
-    let name = file_name(plain);
-    rss.start();
-    let src = plain.to_path_buf();
-    let t = Instant::now();
-    let d: Digests = tokio::task::spawn_blocking(move || -> io::Result<Digests> {
-        let mut file = File::open(&src)?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut dg = Digester::new();
-        loop {
-            match file.read(&mut buf)? {
-                0 => return Ok(dg.finish()),
-                n => dg.update(&buf[..n]),
-            }
-        }
-    })
-    .await??;
-    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: d.bytes };
-    let ours_rss = rss.peak();
-    let mut ok = d.md5 == f.md5 && d.sha256 == f.sha256;
-    println!("[md5+sha256] ours {:.3} s ({}); peak RSS {}", ours.secs, ours.rate(), mib(ours_rss));
-    let mut lines = Vec::new();
-    let mut total = Some(0.0);
-    let mut agree = ok;
-    for (prog, want) in [("md5sum", &d.md5), ("sha256sum", &d.sha256)] {
-        let (theirs, stdout) =
-            tool_output(prog, &[&name], plain.parent().unwrap_or(Path::new(".")), None, d.bytes).await;
-        if let Theirs::Ran(t) = &theirs {
-            agree &= stdout.split_whitespace().next() == Some(want.as_str());
-            total = total.map(|s| s + t.secs);
-            println!("      {prog}: {:.3} s ({})", t.secs, t.rate());
-        } else {
-            ok &= !matches!(theirs, Theirs::Failed(_));
-            total = None;
-            println!("      {prog}: {}", theirs.short());
-        }
-        lines.push(Line::tool(prog.into(), theirs));
-    }
-    if let Some(secs) = total {
-        lines.push(Line::tool("md5sum + sha256sum".into(), Theirs::Ran(Timed { secs, bytes: d.bytes })));
-    }
-    ok &= agree;
-    let verdict = if agree { "digests agree, = manifest" } else { "DIGESTS DIFFER" };
-    println!("      {verdict}");
-    if let Some(first) = lines.first_mut() {
-        first.set_ours("md5+sha256 (1 pass)", format!("{name} {}", mb(d.bytes)), ours, ours_rss, verdict.into());
-    }
-    Ok((lines, ok))
-}
-
-/// Our SFTP client vs OpenSSH `sftp -b`, same file, same Comms server, same key; both timed from connect to
-/// disconnect. OpenSSH is given our cipher (aes256-gcm) so the two compare like for like.
-async fn upload_vs_openssh(
-    cluster: &Cluster,
-    connector: &Connector,
-    plain: &Path,
-    bench: &Path,
-    target: u64,
-    rss: &mut PeakRss,
-) -> anyhow::Result<(Vec<Line>, bool)> {
-    let file = bench.join("upload.bin");
-    let size = {
-        let (src, dst) = (plain.to_path_buf(), file.clone());
-        tokio::task::spawn_blocking(move || repeat_into(&src, &dst, target)).await??
-    };
-    let ours_remote = format!("{REMOTE_DIR}/ferry.bin");
-    let openssh_remote = format!("{REMOTE_DIR}/openssh.bin");
-
-    rss.start();
-    let t = Instant::now();
-    let sftp = connector.sftp().await?;
-    sftp.mkdir_all(REMOTE_DIR).await?;
-    let tx = Instant::now();
-    let sent = sftp.upload_file(&file, &ours_remote).await.context("uploading the test file")?;
-    let transfer = Timed { secs: tx.elapsed().as_secs_f64(), bytes: sent };
-    sftp.close().await?;
-    let ours = Timed { secs: t.elapsed().as_secs_f64(), bytes: sent };
-    let ours_rss = rss.peak();
-    println!(
-        "[upload sftp] ours {:.2} s ({}; transfer alone {}); peak RSS {} (client and server)",
-        ours.secs,
-        ours.rate(),
-        transfer.rate(),
-        mib(ours_rss)
-    );
-
-    let addr = cluster.comms.ssh_addr;
-    let key = connector.cfg.key_path();
-    let user = connector.registration()?.tenant;
-    std::fs::write(bench.join("sftp.batch"), format!("put upload.bin {openssh_remote}\n"))?;
-    let port = addr.port().to_string();
-    let key_s = key.display().to_string();
-    let dest = format!("{user}@{}", addr.ip());
-    let args = [
-        "-b",
-        "sftp.batch",
-        "-i",
-        &key_s,
-        "-P",
-        &port,
-        "-c",
-        "aes256-gcm@openssh.com",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        &dest,
-    ];
-    let theirs = tool("sftp", &args, bench, None, None, size).await;
-    println!("      OpenSSH sftp -b: {}", theirs.short());
-
-    // Both files must have arrived whole; then free the space.
-    let check = connector.sftp().await?;
-    let mut ok = true;
-    for (who, remote, ran) in
-        [("ferry", &ours_remote, true), ("openssh", &openssh_remote, matches!(theirs, Theirs::Ran(_)))]
-    {
-        if !ran {
-            continue;
-        }
-        let got = check.stat_size(remote).await?;
-        if got != Some(size) {
-            ok = false;
-            println!("      {who}: the server holds {got:?} bytes of {size}");
-        }
-        check.remove(remote).await?;
-    }
-    check.close().await?;
-    ok &= !matches!(theirs, Theirs::Failed(_));
-
-    let note = format!("connect..disconnect; ours transfer alone {}", transfer.rate());
-    let line = Line {
-        tool: "sftp -b (OpenSSH, aes256-gcm)".into(),
-        theirs,
-        ..Line::ours("upload sftp", format!("{} test file", mb(size)), ours, ours_rss, note)
-    };
-    Ok((vec![line], ok))
-}
-
-/// Writes `src` again and again into `dst` up to exactly `target` bytes (or `src` once if larger); streamed.
+/// Writes `src` again and again into `dst` up to exactly `target` bytes; streamed, synced.
 fn repeat_into(src: &Path, dst: &Path, target: u64) -> io::Result<u64> {
     let mut out = io::BufWriter::new(File::create(dst)?);
     let mut written = 0;
@@ -518,37 +546,16 @@ fn repeat_into(src: &Path, dst: &Path, target: u64) -> io::Result<u64> {
     Ok(written)
 }
 
-/// `sqlite3 import.db` with `.mode csv` and `.import` of `f` into a table of `columns` text columns created first
-/// (so the first line is data, not a header).
-async fn sqlite_import(bench: &Path, f: &ManifestFile, columns: usize) -> Theirs {
-    let db = bench.join("import.db");
-    let _ = std::fs::remove_file(&db);
-    let cols: Vec<String> = (1..=columns).map(|i| format!("c{i} TEXT")).collect();
-    let script =
-        format!("CREATE TABLE t({});\n.mode csv\n.import {} t\nSELECT count(*) FROM t;\n", cols.join(", "), f.name);
-    let (theirs, stdout) = tool_output("sqlite3", &["-bail", "import.db"], bench, Some(&script), f.bytes).await;
-    let count = stdout.trim().parse::<u64>().ok();
-    match theirs {
-        Theirs::Ran(t) if count == Some(f.rows) => {
-            println!(
-                "[import] sqlite3 .import {}: {:.2} s ({}), {} rows/s",
-                f.name,
-                t.secs,
-                t.rate(),
-                int(per_sec(f.rows, t.secs))
-            );
-            Theirs::Ran(t)
-        }
-        Theirs::Ran(_) => {
-            let why = format!("imported {:?} rows of {}", count, f.rows);
-            println!("[import] sqlite3 .import {}: {why}", f.name);
-            Theirs::Failed(why)
-        }
-        other => {
-            println!("[import] sqlite3 .import: {}", other.short());
-            other
-        }
+/// Whether `remote` holds `size` bytes at the server; removes it either way.
+async fn arrived(sftp: &ferry_sftp::client::SftpClient, who: &str, remote: &str, size: u64) -> anyhow::Result<bool> {
+    let got = sftp.stat_size(remote).await?;
+    if got.is_some() {
+        sftp.remove(remote).await?;
     }
+    if got != Some(size) {
+        println!("      {who}: the server holds {got:?} bytes of {size} in {remote}");
+    }
+    Ok(got == Some(size))
 }
 
 // ---- external tools ----
@@ -571,16 +578,17 @@ fn is_executable(p: &Path) -> bool {
     }
 }
 
-/// Runs `prog` (stdout into `out`) and times it from spawn to exit; `bytes` is the data it works on.
-async fn tool(prog: &str, args: &[&str], cwd: &Path, stdin: Option<&str>, out: Option<&Path>, bytes: u64) -> Theirs {
-    match run_tool(prog, args, cwd, stdin, out, bytes).await {
+/// Runs `prog` in `cwd` with its standard output into `out` (or discarded), timed from spawn to exit; `bytes` is
+/// the size of the data it works on.
+async fn tool(prog: &str, args: &[&str], cwd: &Path, out: Option<&Path>, bytes: u64) -> Theirs {
+    match run_tool(prog, args, cwd, None, out, bytes).await {
         Ok(Some((t, _))) => Theirs::Ran(t),
         Ok(None) => Theirs::Missing,
         Err(e) => Theirs::Failed(format!("{e:#}")),
     }
 }
 
-/// [`tool`] keeping its standard output.
+/// [`tool`] with a script on its standard input, keeping its standard output.
 async fn tool_output(prog: &str, args: &[&str], cwd: &Path, stdin: Option<&str>, bytes: u64) -> (Theirs, String) {
     match run_tool(prog, args, cwd, stdin, None, bytes).await {
         Ok(Some((t, stdout))) => (Theirs::Ran(t), stdout),
@@ -589,6 +597,7 @@ async fn tool_output(prog: &str, args: &[&str], cwd: &Path, stdin: Option<&str>,
     }
 }
 
+/// `None` if `prog` is not installed; an error if it fails.
 async fn run_tool(
     prog: &str,
     args: &[&str],
@@ -597,19 +606,17 @@ async fn run_tool(
     out: Option<&Path>,
     bytes: u64,
 ) -> anyhow::Result<Option<(Timed, String)>> {
-    let Some(path) = which(prog) else {
-        return Ok(None);
-    };
+    let Some(path) = which(prog) else { return Ok(None) };
     let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .current_dir(cwd)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(match out {
+            Some(p) => Stdio::from(File::create(p)?),
+            None => Stdio::piped(),
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    match out {
-        Some(p) => cmd.stdout(Stdio::from(File::create(p)?)),
-        None => cmd.stdout(Stdio::piped()),
-    };
     let t = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", path.display()))?;
     if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -618,8 +625,7 @@ async fn run_tool(
     let output = child.wait_with_output().await?;
     let secs = t.elapsed().as_secs_f64();
     if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        bail!("{prog} {}: {}", output.status, err.trim());
+        bail!("{prog} {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(Some((Timed { secs, bytes }, String::from_utf8_lossy(&output.stdout).into_owned())))
 }
@@ -642,9 +648,18 @@ impl Timed {
     }
 }
 
+/// The faster of `best` and `run`.
+fn fastest(best: Option<Timed>, run: Timed) -> Option<Timed> {
+    Some(match best {
+        Some(b) if b.secs <= run.secs => b,
+        _ => run,
+    })
+}
+
+/// A tool's side of a comparison.
 #[derive(Debug)]
 enum Theirs {
-    /// No tool for this stage.
+    /// No tool for this stage (or not run yet).
     NoTool,
     Missing,
     Failed(String),
@@ -652,6 +667,16 @@ enum Theirs {
 }
 
 impl Theirs {
+    /// Folds one more run in: the fastest run wins, a failure sticks.
+    fn keep_best(self, run: Theirs) -> Theirs {
+        match (self, run) {
+            (Theirs::Failed(e), _) | (_, Theirs::Failed(e)) => Theirs::Failed(e),
+            (Theirs::Ran(a), Theirs::Ran(b)) => Theirs::Ran(if a.secs <= b.secs { a } else { b }),
+            (Theirs::NoTool, run) => run,
+            (kept, _) => kept,
+        }
+    }
+
     fn short(&self) -> String {
         match self {
             Theirs::NoTool => String::new(),
@@ -662,35 +687,47 @@ impl Theirs {
     }
 }
 
-/// One row of the final table: our figure and one tool's, on the same data.
+/// One row of the final table: our figure and one tool's, on the same data (the notes say when not).
 struct Line {
     stage: String,
     data: String,
     ours: Option<Timed>,
-    rss: Option<u64>,
+    rss: Option<RssSample>,
     tool: String,
     theirs: Theirs,
     note: String,
 }
 
 impl Line {
-    fn ours(stage: &str, data: String, t: Timed, rss: Option<u64>, note: String) -> Line {
+    fn ours(stage: &str, data: String, t: Timed, rss: Option<RssSample>, note: String) -> Line {
         Line { stage: stage.into(), data, ours: Some(t), rss, tool: "-".into(), theirs: Theirs::NoTool, note }
     }
 
-    fn tool(tool: String, theirs: Theirs) -> Line {
-        Line { stage: String::new(), data: String::new(), ours: None, rss: None, tool, theirs, note: String::new() }
+    fn tool(tool: &str, theirs: Theirs) -> Line {
+        Line {
+            stage: String::new(),
+            data: String::new(),
+            ours: None,
+            rss: None,
+            tool: tool.into(),
+            theirs,
+            note: String::new(),
+        }
+    }
+
+    fn with_tool(self, tool: &str, theirs: Theirs) -> Line {
+        Line { tool: tool.into(), theirs, ..self }
     }
 
     /// Puts our figure on a tool's line.
-    fn set_ours(&mut self, stage: &str, data: String, t: Timed, rss: Option<u64>, note: String) {
+    fn set_ours(&mut self, stage: &str, data: String, t: Timed, rss: Option<RssSample>, note: String) {
         (self.stage, self.data, self.ours, self.rss, self.note) = (stage.into(), data, Some(t), rss, note);
     }
 }
 
 fn print_table(lines: &[Line]) {
     const HEAD: [&str; 9] =
-        ["stage", "data", "ours s", "ours MB/s", "peak RSS", "tool", "tool s", "tool MB/s", "notes"];
+        ["stage", "data", "ours s", "ours MB/s", "peak RSS (+stage)", "tool", "tool s", "tool MB/s", "notes"];
     const RIGHT: [bool; 9] = [false, false, true, true, true, false, true, true, false];
     let rows: Vec<[String; 9]> = lines
         .iter()
@@ -705,7 +742,7 @@ fn print_table(lines: &[Line]) {
                 l.data.clone(),
                 l.ours.map(|t| format!("{:.2}", t.secs)).unwrap_or_default(),
                 l.ours.map(|t| format!("{:.1}", t.mb_s())).unwrap_or_default(),
-                l.rss.map(|k| mib(Some(k))).unwrap_or_default(),
+                l.rss.map(|r| show(Some(r))).unwrap_or_default(),
                 l.tool.clone(),
                 ts,
                 tr,
@@ -735,47 +772,83 @@ fn print_table(lines: &[Line]) {
     }
 }
 
+/// A stage's peak RSS and the RSS it started from (KiB).
+#[derive(Debug, Clone, Copy)]
+struct RssSample {
+    peak: u64,
+    base: Option<u64>,
+}
+
+impl RssSample {
+    fn read(base: Option<u64>) -> Option<RssSample> {
+        Some(RssSample { peak: proc_status_kib("VmHWM:")?, base })
+    }
+}
+
 /// Peak resident set size per stage: `VmHWM`, reset before each stage when the kernel lets us.
 struct PeakRss {
     resets: bool,
+    /// RSS when the current stage started (KiB).
+    base: Option<u64>,
     /// Highest peak seen over all stages (KiB).
     max_kib: Option<u64>,
 }
 
 impl PeakRss {
     fn new() -> Self {
-        PeakRss { resets: reset_hwm(), max_kib: None }
+        PeakRss { resets: Self::reset().is_some(), base: None, max_kib: None }
     }
 
-    fn start(&self) {
-        if self.resets {
-            reset_hwm();
-        }
+    /// Resets the kernel's peak RSS of this process to its current RSS (Linux >= 4.0); returns that RSS.
+    fn reset() -> Option<u64> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        proc_status_kib("VmRSS:")
     }
 
-    /// The peak since [`start`](Self::start) (KiB).
-    fn peak(&mut self) -> Option<u64> {
-        let now = vm_hwm_kib();
-        self.note(now);
-        now
+    /// A stage starts; returns the RSS it starts from.
+    fn start(&mut self) -> Option<u64> {
+        self.base = if self.resets { Self::reset() } else { proc_status_kib("VmRSS:") };
+        self.base
+    }
+
+    /// The peak since [`start`](Self::start).
+    fn peak(&mut self) -> Option<RssSample> {
+        self.peak_since(self.base)
+    }
+
+    fn peak_since(&mut self, base: Option<u64>) -> Option<RssSample> {
+        let s = RssSample::read(base);
+        self.note(s);
+        s
     }
 
     /// Counts a peak read elsewhere into the overall maximum.
-    fn note(&mut self, kib: Option<u64>) {
-        self.max_kib = self.max_kib.max(kib);
+    fn note(&mut self, s: Option<RssSample>) {
+        self.max_kib = self.max_kib.max(s.map(|s| s.peak));
     }
 }
 
-/// Resets the kernel's peak RSS of this process to its current RSS (Linux >= 4.0).
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+/// A `kB` field of /proc/self/status (`VmHWM:`, `VmRSS:`).
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// `VmHWM` of /proc/self/status, in KiB.
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    line.trim().trim_end_matches("kB").trim().parse().ok()
+/// `123 MiB (+45)`: the peak, and how far it rose over the stage's starting RSS.
+fn show(s: Option<RssSample>) -> String {
+    match s {
+        None => "?".into(),
+        Some(RssSample { peak, base: None }) => format!("{} MiB", peak / 1024),
+        Some(RssSample { peak, base: Some(b) }) => format!("{} MiB (+{})", peak / 1024, peak.saturating_sub(b) / 1024),
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 // ---- small helpers ----
@@ -803,10 +876,6 @@ fn file_name(p: &Path) -> String {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or_else(|| "?".into(), |k| format!("{} MiB", k / 1024))
 }
 
 fn ratio(plain: u64, compressed: u64) -> f64 {
