@@ -627,7 +627,7 @@ impl Generator {
             let date = self.start + Duration::days(day);
             let doy = date.ordinal() as f64;
             let years = day as f64 / 365.0;
-            for wh in 0..WAREHOUSES.len() {
+            for (wh, _) in WAREHOUSES.iter().enumerate() {
                 let weekday = match (wh, date.weekday()) {
                     (0, Weekday::Sat) => 0.15,
                     (0, Weekday::Sun) => 0.0,
