@@ -255,3 +255,22 @@ async fn one_port_serves_https_and_sftp() {
     assert_eq!(a.status(5).await.unwrap().len(), 1);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disabled_tenant_is_refused_at_https_and_ssh() {
+    let (_dir, c) = cluster().await;
+    let a = tenant(&c, "alpha").await;
+    assert!(a.status(1).await.is_ok());
+    let admin = c.admin().await.unwrap();
+    admin.set_enabled("alpha", false).await.unwrap();
+    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
+    let err = a.status(1).await.expect_err("disabled tenant must be refused over HTTPS");
+    assert!(format!("{err:#}").contains("401"), "{err:#}");
+    let err = a.sftp().await.err().expect("disabled tenant must be refused over SSH");
+    assert!(format!("{err:#}").contains("refused this key"), "{err:#}");
+    admin.set_enabled("alpha", true).await.unwrap();
+    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
+    assert!(a.status(1).await.is_ok());
+    assert!(a.sftp().await.is_ok());
+    c.stop().await;
+}
