@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ferry_proto::api::{
     BatchStatus, DownloadFile, FileAck, FileError, FileId, FileReady, FileState, RegisterRequest, RegisterResponse,
-    WhoAmI, valid_file_name, valid_tenant_name,
+    RotateKey, WhoAmI, valid_file_name, valid_tenant_name,
 };
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
@@ -34,6 +34,7 @@ pub fn router(state: Arc<CommsState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/register", post(register))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/keys/rotate", post(rotate_key))
         .route("/v1/batches", get(list_batches))
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/complete", post(complete_batch))
@@ -51,7 +52,7 @@ pub struct Caller {
     pub key_fingerprint: String,
 }
 
-pub fn authenticate(
+pub async fn authenticate(
     st: &CommsState,
     method: &Method,
     uri: &Uri,
@@ -63,6 +64,11 @@ pub fn authenticate(
         .keys
         .tenant_of(&v.keyid)
         .ok_or_else(|| ApiError::Unauthorized("this key is not registered (or was revoked)".into()))?;
+    // The first use of a rotated-in key retires the key it replaced.
+    if let Some(old) = db::retire_replaced(&st.db, &v.keyid).await? {
+        st.keys.remove(&old);
+        db::audit(&st.db, Some(&tenant), "key_retired", &format!("{old} replaced by {}", v.keyid)).await;
+    }
     Ok(Caller { tenant, key_fingerprint: v.keyid })
 }
 
@@ -120,6 +126,32 @@ fn check_key_strength(key: &russh::keys::PublicKey) -> Result<(), ApiError> {
     }
 }
 
+/// `POST /v1/keys/rotate`, signed with the current key, body: the new public key. The new key works at once;
+/// the old one keeps working until the new one is first used, so no sync fails during a rotation.
+async fn rotate_key(
+    State(st): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
+    let req: RotateKey = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    let key = ferry_io::keys::parse_public_key(&req.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
+    check_key_strength(&key)?;
+    let fp = ferry_io::keys::fingerprint(&key);
+    let openssh = ferry_io::keys::public_key_openssh(&key).map_err(ApiError::internal)?;
+    match db::add_rotated_key(&st.db, &c.tenant, &c.key_fingerprint, &fp, &openssh).await {
+        Ok(()) => {}
+        Err(db::RegisterError::Db(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::Conflict(e.to_string())),
+    }
+    st.keys.insert(fp.clone(), c.tenant.clone(), key);
+    db::audit(&st.db, Some(&c.tenant), "key_rotated", &format!("{} -> {fp}", c.key_fingerprint)).await;
+    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: fp }))
+}
+
 async fn whoami(
     State(st): St,
     method: Method,
@@ -127,7 +159,7 @@ async fn whoami(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WhoAmI>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
 }
 
@@ -144,7 +176,7 @@ async fn list_batches(
     Query(q): Query<ListQuery>,
     body: Bytes,
 ) -> Result<Json<Vec<BatchStatus>>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     Ok(Json(db::list_batches(&st.db, &c.tenant, limit).await?))
 }
@@ -161,7 +193,7 @@ async fn get_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BatchStatus>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_batch_id(&id)?;
     db::batch_status(&st.db, &c.tenant, &id)
         .await?
@@ -180,7 +212,7 @@ async fn complete_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BatchStatus>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_batch_id(&id)?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
@@ -247,7 +279,7 @@ async fn list_files(
     Query(q): Query<FilesQuery>,
     body: Bytes,
 ) -> Result<Json<Vec<DownloadFile>>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
@@ -276,7 +308,7 @@ async fn ack_file(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
@@ -311,7 +343,7 @@ async fn file_error(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body)?;
+    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_file_id(&id)?;
     let e: FileError = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let msg: String = e.error.chars().filter(|c| !c.is_control()).take(500).collect();

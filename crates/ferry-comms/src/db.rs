@@ -110,6 +110,69 @@ pub async fn add_token(pool: &SqlitePool, secret_hash: &str, tenant: &str, expir
     Ok(())
 }
 
+/// Add `new_key` for the tenant of `old_fp`, marked as replacing it. The old key stays valid until the new
+/// one is first used ([`retire_replaced`]).
+pub async fn add_rotated_key(
+    pool: &SqlitePool,
+    tenant: &str,
+    old_fp: &str,
+    new_fp: &str,
+    new_key: &str,
+) -> Result<(), RegisterError> {
+    let taken = sqlx::query("SELECT 1 FROM keys WHERE fingerprint = ?").bind(new_fp).fetch_optional(pool).await?;
+    if taken.is_some() {
+        return Err(RegisterError::KeyTaken);
+    }
+    sqlx::query(
+        "INSERT INTO keys(fingerprint, tenant, public_key, hostname, status, created_at, replaces)
+         SELECT ?, tenant, ?, hostname, 'active', ?, fingerprint FROM keys WHERE fingerprint = ? AND tenant = ?",
+    )
+    .bind(new_fp)
+    .bind(new_key)
+    .bind(now())
+    .bind(old_fp)
+    .bind(tenant)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `fp` was just used: retire the key it replaced, if that one is still active. Returns the retired key.
+pub async fn retire_replaced(pool: &SqlitePool, fp: &str) -> sqlx::Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT o.fingerprint FROM keys n JOIN keys o ON o.fingerprint = n.replaces
+         WHERE n.fingerprint = ? AND o.status = 'active'",
+    )
+    .bind(fp)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let old: String = row.get(0);
+    sqlx::query("UPDATE keys SET status = 'retired' WHERE fingerprint = ?").bind(&old).execute(pool).await?;
+    Ok(Some(old))
+}
+
+/// Revoke a tenant's key at once. Returns false if the tenant has no such active key.
+pub async fn revoke_key(pool: &SqlitePool, tenant: &str, fp: &str) -> sqlx::Result<bool> {
+    let r =
+        sqlx::query("UPDATE keys SET status = 'revoked' WHERE tenant = ? AND fingerprint = ? AND status = 'active'")
+            .bind(tenant)
+            .bind(fp)
+            .execute(pool)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A tenant's keys: (fingerprint, status, created_at, hostname).
+pub async fn tenant_keys(pool: &SqlitePool, tenant: &str) -> sqlx::Result<Vec<(String, String, String, String)>> {
+    let rows =
+        sqlx::query("SELECT fingerprint, status, created_at, hostname FROM keys WHERE tenant = ? ORDER BY created_at")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+}
+
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {

@@ -40,6 +40,12 @@ impl KeyCache {
         self.0.read().ok()?.get(fingerprint).cloned()
     }
 
+    pub fn remove(&self, fingerprint: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(fingerprint);
+        }
+    }
+
     pub fn insert(&self, fingerprint: String, tenant: String, key: PublicKey) {
         if let Ok(mut m) = self.0.write() {
             m.insert(fingerprint, (tenant, key));

@@ -191,6 +191,28 @@ impl Connector {
         }
     }
 
+    /// Replace this connector's key without downtime: register a new key with a call signed by the current one,
+    /// switch the key files, then use the new key once so the server retires the old. Returns the new fingerprint.
+    pub async fn rotate_key(&mut self, alg: KeyAlgorithm) -> anyhow::Result<String> {
+        let path = self.cfg.key_path();
+        let new_path = path.with_extension("new");
+        let new_key = keys::generate(alg)?;
+        keys::write_private_key(&new_path, &new_key, true)?;
+        let api = self.api()?;
+        let who: ferry_proto::api::WhoAmI = api
+            .post(
+                "/v1/keys/rotate",
+                &ferry_proto::api::RotateKey { public_key: keys::public_key_openssh(new_key.public_key())? },
+            )
+            .await
+            .context("the Comms server refused the new key; the current key stays in use")?;
+        std::fs::rename(&new_path, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+        keys::write_public_key(&path.with_extension("pub"), new_key.public_key(), "ferry-connector")?;
+        self.key = Arc::new(new_key);
+        let _: ferry_proto::api::WhoAmI = self.api()?.get("/v1/whoami").await.context("first use of the new key")?;
+        Ok(who.key_fingerprint)
+    }
+
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;

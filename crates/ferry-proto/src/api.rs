@@ -34,6 +34,13 @@ pub struct RegisterResponse {
     pub ssh_host_key_fingerprint: String,
 }
 
+/// `POST /v1/keys/rotate` (signed with the current key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateKey {
+    /// The new OpenSSH public key.
+    pub public_key: String,
+}
+
 /// `GET /v1/whoami`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WhoAmI {

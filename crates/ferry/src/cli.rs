@@ -86,6 +86,13 @@ pub enum ConnectorCmd {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
+    /// Replace the key pair without downtime (the new key is registered by a call signed with the old one).
+    RotateKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value = "rsa2048")]
+        key_type: String,
+    },
     /// Show recent batches and their state at the Comms server.
     Status {
         #[command(flatten)]
@@ -151,6 +158,19 @@ pub enum TenantCmd {
         config: ConfigArg,
     },
     List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List a tenant's keys (active, retired, revoked).
+    Keys {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke one of a tenant's keys at once (by fingerprint, from `tenant keys`).
+    RevokeKey {
+        name: String,
+        fingerprint: String,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -318,6 +338,13 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 println!("no files waiting");
             }
         }
+        ConnectorCmd::RotateKey { config, key_type } => {
+            let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
+            let mut c = Connector::load(&path_or(&config, "connector.toml"))?;
+            let old = c.key_fingerprint();
+            let new = c.rotate_key(alg).await?;
+            println!("key rotated: {old} -> {new} (the old key is retired)");
+        }
         ConnectorCmd::Status { config, limit } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
             let list = c.status(limit).await?;
@@ -425,6 +452,20 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                     t.last_batch.unwrap_or_default()
                 );
             }
+        }
+        TenantCmd::Keys { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for (fp, status, created, host) in ferry_comms::db::tenant_keys(&a.db, &name).await? {
+                println!("{fp}  {status:<8} {created}  {host}");
+            }
+        }
+        TenantCmd::RevokeKey { name, fingerprint, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            if !ferry_comms::db::revoke_key(&a.db, &name, &fingerprint).await? {
+                anyhow::bail!("tenant {name} has no active key {fingerprint} (see `ferry comms tenant keys {name}`)");
+            }
+            ferry_comms::db::audit(&a.db, Some(&name), "key_revoked", &fingerprint).await;
+            println!("key {fingerprint} of {name} revoked (running servers stop accepting it within seconds)");
         }
         TenantCmd::Disable { name, config } => {
             Admin::open(comms_config(&config)?).await?.set_enabled(&name, false).await?;

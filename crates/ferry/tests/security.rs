@@ -274,3 +274,57 @@ async fn a_disabled_tenant_is_refused_at_https_and_ssh() {
     assert!(a.sftp().await.is_ok());
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_rotation_has_no_downtime_and_retires_the_old_key_and_revocation_is_immediate() {
+    let (_dir, c) = cluster().await;
+    let a = tenant(&c, "alpha").await;
+    let old_key = keys::load_private_key(&a.cfg.key_path()).unwrap();
+    let reg = a.registration().unwrap();
+    let http = ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
+    let whoami_with = |k: &russh::keys::PrivateKey| {
+        let h = httpsig::sign(k, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
+        http.get(format!("{}/v1/whoami", reg.comms_url))
+            .header("content-digest", h.content_digest)
+            .header("signature-input", h.signature_input)
+            .header("signature", h.signature)
+            .send()
+    };
+
+    // Server side of a rotation that the connector has not finished yet: both keys work.
+    let new_key = keys::generate(KeyAlgorithm::Ed25519).unwrap();
+    let api = a.api().unwrap();
+    let _: ferry_proto::api::WhoAmI = api
+        .post(
+            "/v1/keys/rotate",
+            &ferry_proto::api::RotateKey { public_key: keys::public_key_openssh(new_key.public_key()).unwrap() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(whoami_with(&old_key).await.unwrap().status().as_u16(), 200, "old key still valid mid-rotation");
+    // First use of the new key retires the old one.
+    assert_eq!(whoami_with(&new_key).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        whoami_with(&old_key).await.unwrap().status().as_u16(),
+        401,
+        "old key retired after the new one was used"
+    );
+
+    // The connector's own rotate-key (its current key was retired above, so start from a fresh tenant).
+    let mut b = tenant(&c, "beta").await;
+    let before = b.key_fingerprint();
+    let after = b.rotate_key(KeyAlgorithm::Rsa2048).await.unwrap();
+    assert_ne!(before, after);
+    assert_eq!(b.key_fingerprint(), after);
+    let s = b.send(&spool_batch(&b, &good_files()), &quiet).await.unwrap().status;
+    assert_eq!(s.state, BatchState::Imported, "sync works with the rotated key");
+    let states = ferry_comms::db::tenant_keys(&c.comms.state.db, "beta").await.unwrap();
+    assert!(states.iter().any(|(fp, st, ..)| fp == &before && st == "retired"), "{states:?}");
+
+    // Revocation: the operator revokes beta's key; within seconds it is refused at HTTPS and SSH.
+    assert!(ferry_comms::db::revoke_key(&c.comms.state.db, "beta", &after).await.unwrap());
+    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
+    assert!(b.status(1).await.is_err());
+    assert!(b.sftp().await.is_err());
+    c.stop().await;
+}
