@@ -66,7 +66,10 @@ impl AppClient {
             if sftp.stat_size(&remote).await? == Some(f.compressed_bytes) {
                 continue;
             }
-            sent += sftp.upload_file(&dir.join(&name), &remote).await.with_context(|| format!("relaying {name}"))?;
+            sent += sftp
+                .upload_file_resuming(&dir.join(&name), &remote)
+                .await
+                .with_context(|| format!("relaying {name}"))?;
         }
         sftp.close().await?;
         Ok(sent)

@@ -327,7 +327,10 @@ impl Connector {
                 progress(&format!("  {name} already at the server"));
                 continue;
             }
-            sent += sftp.upload_file(&dir.join(&name), &target).await.with_context(|| format!("uploading {name}"))?;
+            sent += sftp
+                .upload_file_resuming(&dir.join(&name), &target)
+                .await
+                .with_context(|| format!("uploading {name}"))?;
         }
         sftp.close().await?;
         progress(&format!("uploaded {sent} bytes over SFTP"));

@@ -23,7 +23,7 @@ use russh::{Disconnect, Preferred};
 use russh_sftp::client::SftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileType, OpenFlags, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 /// Requests in flight per transfer direction.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -360,6 +360,50 @@ impl SftpClient {
         self.upload(local, remote, true).await
     }
 
+    /// Like [`SftpClient::upload_file`], but continues a `.part` left by an earlier attempt that was cut off:
+    /// the part's tail is compared with the local file and only the rest is sent. Returns bytes sent now.
+    pub async fn upload_file_resuming(&self, local_path: &Path, remote: &str) -> Result<u64, ClientError> {
+        let (dir, name) = split_remote(remote)?;
+        let part = join_remote(dir, &format!(".{name}.part"));
+        let local_len = tokio::fs::metadata(local_path).await.map_err(local("stat", local_path))?.len();
+        let have = match self.sftp.metadata(part.as_str()).await {
+            Ok(m) => m.size.unwrap_or(0),
+            Err(_) => 0,
+        };
+        if have == 0 || have > local_len || !self.tail_matches(local_path, &part, have).await? {
+            return self.upload(local_path, remote, false).await;
+        }
+        let mut src = tokio::fs::File::open(local_path).await.map_err(local("open", local_path))?;
+        src.seek(io::SeekFrom::Start(have)).await.map_err(local("seek", local_path))?;
+        let sent = self.write_part(&mut src, local_path, &part, have).await?;
+        if let Err(e) = self.sftp.rename(part.as_str(), remote).await {
+            return Err(on_remote_err("rename into place", remote, e));
+        }
+        Ok(sent)
+    }
+
+    /// Do the last bytes of the remote part equal the local file at the same offsets?
+    async fn tail_matches(&self, local_path: &Path, part: &str, have: u64) -> Result<bool, ClientError> {
+        let n = have.min(64 * 1024);
+        let mut theirs = vec![0u8; n as usize];
+        let mut f = self.sftp.open_with_flags(part, OpenFlags::READ).await.map_err(on_remote("open", part))?;
+        f.seek(io::SeekFrom::Start(have - n)).await.map_err(|e| ClientError::Transfer {
+            op: "seek",
+            path: part.to_owned(),
+            source: e,
+        })?;
+        f.read_exact(&mut theirs).await.map_err(|e| ClientError::Transfer {
+            op: "read",
+            path: part.to_owned(),
+            source: e,
+        })?;
+        let mut ours = vec![0u8; n as usize];
+        let mut l = tokio::fs::File::open(local_path).await.map_err(local("open", local_path))?;
+        l.seek(io::SeekFrom::Start(have - n)).await.map_err(local("seek", local_path))?;
+        l.read_exact(&mut ours).await.map_err(local("read", local_path))?;
+        Ok(ours == theirs)
+    }
+
     async fn upload(&self, local_path: &Path, remote: &str, replace: bool) -> Result<u64, ClientError> {
         let (dir, name) = split_remote(remote)?;
         let part = join_remote(dir, &format!(".{name}.part"));
@@ -390,11 +434,27 @@ impl SftpClient {
     }
 
     async fn upload_part(&self, src: &mut tokio::fs::File, local_path: &Path, part: &str) -> Result<u64, ClientError> {
-        let mut dst = self
-            .sftp
-            .open_with_flags(part, OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE)
-            .await
-            .map_err(on_remote("create", part))?;
+        self.write_part(src, local_path, part, 0).await
+    }
+
+    /// Write `src` (already positioned) into `part` from offset `start`; `start == 0` truncates.
+    async fn write_part(
+        &self,
+        src: &mut tokio::fs::File,
+        local_path: &Path,
+        part: &str,
+        start: u64,
+    ) -> Result<u64, ClientError> {
+        let flags =
+            if start == 0 { OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE } else { OpenFlags::WRITE };
+        let mut dst = self.sftp.open_with_flags(part, flags).await.map_err(on_remote("create", part))?;
+        if start > 0 {
+            dst.seek(io::SeekFrom::Start(start)).await.map_err(|e| ClientError::Transfer {
+                op: "seek",
+                path: part.to_owned(),
+                source: e,
+            })?;
+        }
         let transfer = |source| ClientError::Transfer { op: "upload", path: part.to_owned(), source };
         let mut buf = vec![0u8; CHUNK];
         let mut sent: u64 = 0;
@@ -414,9 +474,9 @@ impl SftpClient {
         dst.shutdown().await.map_err(transfer)?;
         let size = self.sftp.metadata(part).await.map_err(on_remote("stat", part))?.size;
         if let Some(got) = size
-            && got != sent
+            && got != start + sent
         {
-            return Err(ClientError::SizeMismatch { path: part.to_owned(), expected: sent, got });
+            return Err(ClientError::SizeMismatch { path: part.to_owned(), expected: start + sent, got });
         }
         Ok(sent)
     }

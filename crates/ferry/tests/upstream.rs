@@ -137,3 +137,40 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
     assert_eq!(counts(&c, "acme").await, before);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_cut_halfway_resumes_and_sends_only_the_rest() {
+    let (_dir, c) = cluster().await;
+    let conn = tenant(&c, "acme").await;
+    // 40 MB of incompressible-looking data.
+    let local = c.dir.join("big.bin");
+    let mut data = vec![0u8; 40 * 1024 * 1024];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&local, &data).unwrap();
+    // An earlier attempt died at 50%: its `.part` is on the server.
+    let root = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "acme");
+    std::fs::create_dir_all(root.join("upload")).unwrap();
+    std::fs::write(root.join("upload/.big.bin.part"), &data[..data.len() / 2]).unwrap();
+    let sftp = conn.sftp().await.unwrap();
+    let sent = sftp.upload_file_resuming(&local, "/upload/big.bin").await.unwrap();
+    assert_eq!(sent, (data.len() - data.len() / 2) as u64, "only the missing half is sent");
+    assert_eq!(std::fs::read(root.join("upload/big.bin")).unwrap(), data);
+    assert!(!root.join("upload/.big.bin.part").exists());
+
+    // A part whose tail does not match the local file is not trusted: the whole file is sent again.
+    let mut wrong = data[..data.len() / 2].to_vec();
+    let n = wrong.len();
+    wrong[n - 1] ^= 0xff;
+    std::fs::write(root.join("upload/.again.bin.part"), &wrong).unwrap();
+    let sent = sftp.upload_file_resuming(&local, "/upload/again.bin").await.unwrap();
+    assert_eq!(sent, data.len() as u64);
+    assert_eq!(std::fs::read(root.join("upload/again.bin")).unwrap(), data);
+    sftp.close().await.unwrap();
+    c.stop().await;
+}
