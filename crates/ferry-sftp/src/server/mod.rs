@@ -331,6 +331,36 @@ impl SshHandler {
     }
 }
 
+/// Failed SSH logins per source address, for a growing delay (brute-force protection). Process-wide, so it
+/// holds across connections; an address's record fades after [`THROTTLE_FORGET`] without failures.
+static THROTTLE: std::sync::LazyLock<std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
+
+/// How long a source address's failed logins are remembered.
+pub const THROTTLE_FORGET: Duration = Duration::from_secs(600);
+/// The delay before answering a refused login grows from this, doubling per failure...
+pub const THROTTLE_BASE: Duration = Duration::from_millis(100);
+/// ...up to this.
+pub const THROTTLE_MAX: Duration = Duration::from_secs(8);
+
+/// Record a refused login from `peer`; returns how long to wait before answering it.
+fn throttle_failure(peer: Option<SocketAddr>) -> Duration {
+    let Some(ip) = peer.map(|p| p.ip()) else { return THROTTLE_BASE };
+    let Ok(mut m) = THROTTLE.lock() else { return THROTTLE_BASE };
+    let now = std::time::Instant::now();
+    m.retain(|_, (_, last)| now.duration_since(*last) < THROTTLE_FORGET);
+    let e = m.entry(ip).or_insert((0, now));
+    e.0 = e.0.saturating_add(1);
+    e.1 = now;
+    THROTTLE_BASE.saturating_mul(1u32 << e.0.saturating_sub(1).min(10)).min(THROTTLE_MAX)
+}
+
+fn throttle_success(peer: Option<SocketAddr>) {
+    if let (Some(p), Ok(mut m)) = (peer, THROTTLE.lock()) {
+        m.remove(&p.ip());
+    }
+}
+
 impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
@@ -342,8 +372,11 @@ impl russh::server::Handler for SshHandler {
         if self.auth.authorize(user, offer.public_key).is_some() {
             return Ok(Auth::Accept);
         }
+        let delay = throttle_failure(self.peer);
         tracing::info!(peer = ?self.peer, user = %user.escape_debug(),
-            key = %offer.public_key.fingerprint(HashAlg::Sha256), "sftp login refused: unknown key");
+            key = %offer.public_key.fingerprint(HashAlg::Sha256), delay_ms = delay.as_millis() as u64,
+            "sftp login refused: unknown key");
+        tokio::time::sleep(delay).await;
         Ok(Auth::reject())
     }
 
@@ -358,9 +391,13 @@ impl russh::server::Handler for SshHandler {
                     key = %key.public_key.fingerprint(HashAlg::Sha256), "sftp login");
                 self.principal = Some(principal);
                 self.authenticated.store(true, Ordering::Release);
+                throttle_success(self.peer);
                 Ok(Auth::Accept)
             }
-            None => Ok(Auth::reject()),
+            None => {
+                tokio::time::sleep(throttle_failure(self.peer)).await;
+                Ok(Auth::reject())
+            }
         }
     }
 
