@@ -35,7 +35,7 @@ use ferry_proto::spec::{self, Column, Kind};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, MappingError};
 use crate::source::{Source, SourceError, SqlValue};
 
 /// Rows per chunk sent to the writer thread, and chunks in flight: together they bound the memory of a file.
@@ -100,8 +100,8 @@ pub enum ExtractError {
     RowWidth { file: String, line: u64, got: usize, expected: usize },
     #[error("{file} line {line}, column {column} ({name}): {message}; fix the query in the mapping or the ERP data")]
     Field { file: String, line: u64, column: usize, name: String, message: String },
-    #[error("{file} is not a file of DATA-SPEC.md nor ut_NNN.csv; remove it from the mapping")]
-    UnknownFile { file: String },
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
     #[error("batch {0} was already extracted (its manifest exists); start a new batch")]
     AlreadyExtracted(String),
     #[error("cannot write {path}: {source}; check free space and permissions of the spool directory")]
@@ -116,8 +116,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
 
 /// Extract every file of `mapping` from `source` into `spool_dir/<batch_id>/` and write its manifest there.
 ///
-/// `progress(file, rows)` is called as rows are read (at the start of each file, then every few thousand rows, then
-/// with the final count). On error, the files this call wrote are removed and no manifest exists.
+/// The mapping is [validated](Mapping::validate) first. `progress(file, rows)` is called as rows are read (at the
+/// start of each file, then every 1,024 rows, then with the final count). On error, the files this call wrote are
+/// removed and no manifest exists. The manifest's `tenant` is empty: the receiver takes the tenant from the key.
 pub async fn extract_batch(
     source: &dyn Source,
     mapping: &Mapping,
@@ -126,6 +127,7 @@ pub async fn extract_batch(
     opts: &ExtractOptions,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<(Manifest, ExtractStats), ExtractError> {
+    mapping.validate()?;
     let dir = spool_dir.join(batch_id.as_str());
     let manifest_path = dir.join(MANIFEST_NAME);
     if manifest_path.exists() {
@@ -164,13 +166,8 @@ async fn extract_into(
     let mut files = Vec::new();
     let mut stats = ExtractStats::default();
     for (name, fm) in mapping.ordered() {
-        let layout = if let Some(fs) = spec::file_spec(name) {
-            Layout::Standard(fs.columns)
-        } else if spec::is_custom_file(name) {
-            Layout::Custom
-        } else {
-            return Err(ExtractError::UnknownFile { file: name.to_string() });
-        };
+        // `validate` above guarantees every name is a standard or custom file
+        let layout = spec::file_spec(name).map_or(Layout::Custom, |fs| Layout::Standard(fs.columns));
         let final_path = dir.join(format!("{name}.bz2"));
         let tmp_path = dir.join(format!("{name}.bz2.tmp"));
         written.push(tmp_path.clone());

@@ -31,9 +31,9 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleSize {
-    /// ~300 items, 3 locations, 6 vendors, 2 years of sales (~200k lines); a few seconds to make.
+    /// ~300 items, 3 locations, 6 vendors, 2 years of sales (~150k lines); about a second to make.
     Small,
-    /// ~3,000 items, 3 locations, 24 vendors, 2 years of sales (~2M lines), for benchmarks.
+    /// ~3,000 items, 3 locations, 24 vendors, 2 years of sales (~2.4M lines), for benchmarks.
     Medium,
 }
 
@@ -222,6 +222,8 @@ macro_rules! row {
 }
 
 struct Params {
+    /// Scales every item's sales rate (lines per day).
+    rate_scale: f64,
     items: usize,
     vendors: usize,
     customers: usize,
@@ -245,6 +247,8 @@ struct ItemLoc {
 }
 
 struct Item {
+    /// Index in `CATEGORIES`.
+    cat: usize,
     sku: String,
     uom: &'static str,
     cost: f64,
@@ -276,6 +280,22 @@ const CATEGORIES: [(&str, &str); 8] = [
     ("GRDN", "Garden"),
     ("SAFE", "Safety"),
     ("HVAC", "Heating, ventilation"),
+];
+
+/// Index in `VENDORS` of each category's main vendor.
+const CATEGORY_VENDOR: [usize; 8] = [0, 3, 4, 2, 5, 1, 2, 1];
+
+/// Seasonality per category: (range of amplitude, day of the year demand peaks). Garden peaks in late spring,
+/// heating in winter, paint in summer; fasteners and tools barely move.
+const CATEGORY_SEASON: [((f64, f64), f64); 8] = [
+    ((0.0, 0.15), 120.0),
+    ((0.05, 0.25), 300.0),
+    ((0.0, 0.2), 320.0),
+    ((0.0, 0.2), 340.0),
+    ((0.2, 0.45), 180.0),
+    ((0.5, 0.9), 140.0),
+    ((0.0, 0.15), 90.0),
+    ((0.4, 0.8), 15.0),
 ];
 
 const BRANDS: [(&str, &str); 6] = [
@@ -372,8 +392,12 @@ fn r2(x: f64) -> f64 {
 impl Generator {
     fn new(size: SampleSize, today: NaiveDate) -> Generator {
         let (p, seed) = match size {
-            SampleSize::Small => (Params { items: 300, vendors: 6, customers: 150, days: 730 }, 0x5eed_0001),
-            SampleSize::Medium => (Params { items: 3000, vendors: 24, customers: 1500, days: 730 }, 0x5eed_0002),
+            SampleSize::Small => {
+                (Params { rate_scale: 1.0, items: 300, vendors: 6, customers: 150, days: 730 }, 0x5eed_0001)
+            }
+            SampleSize::Medium => {
+                (Params { rate_scale: 1.6, items: 3000, vendors: 24, customers: 1500, days: 730 }, 0x5eed_0002)
+            }
         };
         Generator {
             rng: StdRng::seed_from_u64(seed),
@@ -529,7 +553,10 @@ impl Generator {
             let sku = format!("{}-{:05}", CATEGORIES[cat].0, id);
             let brand = *pick(&mut self.rng, &BRANDS);
             // each category is bought from one or two vendors
-            let vendor = (cat + if self.chance(0.3) { 1 } else { 0 } + (i / 64) * CATEGORIES.len()) % self.p.vendors;
+            // each category has a main vendor (with more vendors, one of its look-alikes); 20% come from another
+            let main =
+                CATEGORY_VENDOR[cat] + VENDORS.len() * self.rng.gen_range(0..self.p.vendors.div_ceil(VENDORS.len()));
+            let vendor = if self.chance(0.2) { self.rng.gen_range(0..self.p.vendors) } else { main % self.p.vendors };
             let cost = r2((2.0 + 0.9 * self.normal()).exp().clamp(0.15, 400.0));
             let price = (cost * self.rng.gen_range(1.35..2.2)).ceil() - 0.01;
             let created = if self.chance(0.12) {
@@ -543,7 +570,8 @@ impl Generator {
             let pack =
                 if uom == "M" { 50.0 } else { *pick(&mut self.rng, &[1.0, 1.0, 6.0, 10.0, 12.0, 24.0, 50.0, 100.0]) };
             let volume = (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.0001..0.08), 0.0001));
-            let weight = (!self.chance(0.05)).then(|| round_to(self.rng.gen_range(0.01..25.0), 0.001));
+            let density = self.rng.gen_range(80.0..900.0); // kg per m3
+            let weight = volume.filter(|_| !self.chance(0.05)).map(|v| round_to(v * density, 0.001).max(0.001));
             b.row(
                 conn,
                 row![
@@ -561,7 +589,7 @@ impl Generator {
                 ],
             )
             .await?;
-            self.items.push(Item { sku, uom, cost, price, vendor, created: created.max(self.start), until, pack });
+            self.items.push(Item { cat, sku, uom, cost, price, vendor, created: created.max(self.start), until, pack });
         }
         Self::finish(&mut b, conn, counts).await?;
 
@@ -581,7 +609,8 @@ impl Generator {
                 } else {
                     (self.rng.gen_range(0.005..0.04), true)
                 };
-                let rate = if wh == 0 { rate * 0.6 } else { rate };
+                let rate = self.p.rate_scale * if wh == 0 { rate * 0.6 } else { rate };
+                let (amp, peak) = CATEGORY_SEASON[self.items[item].cat];
                 let typical = if self.items[item].uom == "M" {
                     self.rng.gen_range(2.0..15.0)
                 } else if wh == 0 {
@@ -593,8 +622,8 @@ impl Generator {
                     item,
                     wh,
                     rate,
-                    season_amp: self.rng.gen_range(0.0..0.6),
-                    season_phase: self.rng.gen_range(0.0..365.0),
+                    season_amp: self.rng.gen_range(amp.0..amp.1),
+                    season_phase: 91.0 - peak + self.rng.gen_range(-20.0..20.0),
                     trend: self.rng.gen_range(-0.3..0.35),
                     typical,
                     lumpy,

@@ -70,12 +70,7 @@ impl SqliteSource {
             }
             SqliteConnectOptions::new().filename(path)
         };
-        let opts = opts
-            .read_only(true)
-            .create_if_missing(false)
-            .foreign_keys(false)
-            // rows are handed from SQLite's worker thread in batches: fewer thread wake-ups per row
-            .row_buffer_size(4096);
+        let opts = opts.read_only(true).create_if_missing(false).foreign_keys(false);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(opts)

@@ -306,17 +306,6 @@ async fn bench() {
     let s = t.elapsed().as_secs_f64();
     eprintln!("query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s", n as f64 / s, cpu_seconds() - c);
 
-    for rb in [50usize, 512, 4096] {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&db)
-            .read_only(true)
-            .row_buffer_size(rb);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
-        let s2 = SqliteSource::from_pool(pool);
-        let (t, c) = (std::time::Instant::now(), cpu_seconds());
-        let n = s2.rows(q).fold(0u64, |n, r| async move { r.unwrap(); n + 1 }).await;
-        eprintln!("query only, row buffer {rb}: {n} rows in {:.2}s, {:.2} CPU s", t.elapsed().as_secs_f64(), cpu_seconds() - c);
-    }
     let rows: Vec<Vec<SqlValue>> = src.rows(q).map(|r| r.unwrap()).collect().await;
     let t = std::time::Instant::now();
     let mut out = String::new();
