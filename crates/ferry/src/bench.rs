@@ -11,6 +11,8 @@
 //!
 //! The pipeline stages run once. Each comparison runs `--runs` times, ours and the tools taking turns, and keeps
 //! each side's fastest run (the machine may be busy; the 1-minute load average is printed before and after).
+//! Beside wall time goes CPU time (user + system, from /proc): ours is this whole process (every thread, the
+//! in-process servers included), a tool's is its process tree, plus our SFTP server's for the `sftp` comparison.
 //! Peak RSS is `VmHWM`, reset before each stage through `/proc/self/clear_refs` where the kernel allows it (else
 //! the peak since the start), printed with its growth over the RSS at the stage's start; it includes the
 //! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
@@ -138,16 +140,16 @@ impl Bench<'_> {
 
         // 1. extract + CSV + hash + compress, pipelined: one stage.
         rss.start();
-        let t = Instant::now();
+        let clock = Clock::start();
         let manifest = connector.extract_to_spool(&|line: &str| println!("      {line}")).await.context("extract")?;
-        let secs = t.elapsed().as_secs_f64();
         let csv_bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
         let bz_bytes: u64 = manifest.files.iter().map(|f| f.compressed_bytes).sum();
         let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();
-        let extract = Timed { secs, bytes: csv_bytes };
+        let extract = clock.ours(csv_bytes);
         let extract_rss = rss.peak();
         println!(
-            "[extract+csv+hash+bz2] {secs:.2} s, {} csv ({}) -> {} bz2, {} rows; peak RSS {}",
+            "[extract+csv+hash+bz2] {}, {} csv ({}) -> {} bz2, {} rows; peak RSS {}",
+            extract.time(),
             mb(csv_bytes),
             extract.rate(),
             mb(bz_bytes),
@@ -182,15 +184,15 @@ impl Bench<'_> {
         let imported = self.imported_rows(&manifest).await?;
         let mut ok = imported == rows;
         println!(
-            "[upload] {:.2} s, {} bz2 ({}); peak RSS {}",
-            sent.upload.secs,
+            "[upload] {}, {} bz2 ({}); peak RSS {}",
+            sent.upload.time(),
             mb(sent.upload.bytes),
             sent.upload.rate(),
             show(sent.upload_rss)
         );
         println!(
-            "[relay+verify+import] {:.2} s, {} csv ({}), {} rows/s; peak RSS {}; rows in the instance: {} {}",
-            sent.relay.secs,
+            "[relay+verify+import] {}, {} csv ({}), {} rows/s; peak RSS {}; rows in the instance: {} {}",
+            sent.relay.time(),
             mb(sent.relay.bytes),
             sent.relay.rate(),
             int(per_sec(rows, sent.relay.secs)),
@@ -205,7 +207,7 @@ impl Bench<'_> {
         let (sqlite, sqlite_ok) = self.sqlite_import(&big).await;
         let note = match &sqlite {
             Theirs::Ran(t) => format!(
-                "{} rows/s (all files) vs sqlite3 {} rows/s ({} only, text columns)",
+                "{} rows/s, all files; sqlite3 {} rows/s, {} only, as text",
                 int(per_sec(rows, sent.relay.secs)),
                 int(per_sec(big.rows, t.secs)),
                 big.name
@@ -282,9 +284,9 @@ impl Bench<'_> {
         rss.start();
         for _ in 0..self.runs {
             let (src, dst) = (plain.to_path_buf(), ours_out.clone());
-            let t = Instant::now();
+            let clock = Clock::start();
             tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0)).await??;
-            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: size });
+            ours = fastest(ours, clock.ours(size));
             for ((prog, args), best) in TOOLS.iter().zip(theirs.iter_mut()) {
                 let mut argv = args.to_vec();
                 argv.push(&name);
@@ -297,8 +299,8 @@ impl Bench<'_> {
         let ours_rss = rss.peak();
         let our_ratio = ratio(size, std::fs::metadata(&ours_out)?.len());
         println!(
-            "[compress -9] ours {:.2} s ({}, ratio {our_ratio:.2}, incl. fsync); peak RSS {}",
-            ours.secs,
+            "[compress -9] ours {} ({}, ratio {our_ratio:.2}, incl. fsync); peak RSS {}",
+            ours.time(),
             ours.rate(),
             show(ours_rss)
         );
@@ -335,9 +337,9 @@ impl Bench<'_> {
         rss.start();
         for _ in 0..self.runs {
             let src = plain.to_path_buf();
-            let t = Instant::now();
+            let clock = Clock::start();
             let d = tokio::task::spawn_blocking(move || digest_file(&src)).await??;
-            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: d.bytes });
+            ours = fastest(ours, clock.ours(d.bytes));
             for (prog, want, best) in [("md5sum", &d.md5, &mut md5sum), ("sha256sum", &d.sha256, &mut sha256sum)] {
                 let (run, stdout) = tool_output(prog, &[&name], self.bench, None, d.bytes).await;
                 if matches!(run, Theirs::Ran(_)) {
@@ -351,10 +353,13 @@ impl Bench<'_> {
         let ours_rss = rss.peak();
         agree &= d.md5 == f.md5 && d.sha256 == f.sha256;
         let verdict = if agree { "digests agree, = manifest" } else { "DIGESTS DIFFER" };
-        println!("[md5+sha256] ours {:.3} s ({}); peak RSS {}; {verdict}", ours.secs, ours.rate(), show(ours_rss));
+        println!("[md5+sha256] ours {} ({}); peak RSS {}; {verdict}", ours.time(), ours.rate(), show(ours_rss));
         let mut ok = agree;
         let total = match (&md5sum, &sha256sum) {
-            (Theirs::Ran(a), Theirs::Ran(b)) => Some(Timed { secs: a.secs + b.secs, bytes: d.bytes }),
+            (Theirs::Ran(a), Theirs::Ran(b)) => {
+                let cpu = a.cpu.zip(b.cpu).map(|(a, b)| a + b);
+                Some(Timed { secs: a.secs + b.secs, cpu, bytes: d.bytes })
+            }
             _ => None,
         };
         let mut lines = Vec::new();
@@ -373,7 +378,8 @@ impl Bench<'_> {
     }
 
     /// Our SFTP client vs OpenSSH `sftp -b`: the same file to the same Comms server with the same key, each
-    /// timed from connect to disconnect. OpenSSH is given our cipher (aes256-gcm) to compare like for like.
+    /// timed from connect to disconnect, CPU of client and server together. OpenSSH is given our cipher
+    /// (aes256-gcm) to compare like for like.
     /// Every upload must arrive whole; it is removed before the next run.
     async fn upload(
         &self,
@@ -407,17 +413,20 @@ impl Bench<'_> {
         let mut ok = true;
         rss.start();
         for _ in 0..self.runs {
-            let t = Instant::now();
+            let clock = Clock::start();
             let sftp = connector.sftp().await?;
-            let tx = Instant::now();
+            let tx = Clock::start();
             let sent = sftp.upload_file(&file, &ours_remote).await.context("uploading the test file")?;
-            transfer = fastest(transfer, Timed { secs: tx.elapsed().as_secs_f64(), bytes: sent });
+            transfer = fastest(transfer, tx.ours(sent));
             sftp.close().await?;
-            ours = fastest(ours, Timed { secs: t.elapsed().as_secs_f64(), bytes: sent });
+            ours = fastest(ours, clock.ours(sent));
             ok &= arrived(&check, "ferry", &ours_remote, size).await?;
 
-            let run = tool("sftp", &args, self.bench, None, size).await;
-            if matches!(run, Theirs::Ran(_)) {
+            let server = Clock::start();
+            let mut run = tool("sftp", &args, self.bench, None, size).await;
+            if let Theirs::Ran(t) = &mut run {
+                // Like ours, count the server's CPU (in this process) with the client's.
+                t.cpu = t.cpu.zip(server.ours(0).cpu).map(|(client, server)| client + server);
                 ok &= arrived(&check, "openssh", &openssh_remote, size).await?;
             }
             openssh = openssh.keep_best(run);
@@ -427,14 +436,14 @@ impl Bench<'_> {
         let ours_rss = rss.peak();
         ok &= !matches!(openssh, Theirs::Failed(_));
         println!(
-            "[upload sftp] ours {:.2} s ({}; transfer alone {}); peak RSS {} (client and server)",
-            ours.secs,
+            "[upload sftp] ours {} ({}; transfer alone {}); peak RSS {} (client and server)",
+            ours.time(),
             ours.rate(),
             transfer.rate(),
             show(ours_rss)
         );
         println!("      OpenSSH sftp -b: {}", openssh.short());
-        let note = format!("connect..disconnect; ours transfer alone {}", transfer.rate());
+        let note = format!("connect..disconnect, CPU of client+server; ours transfer alone {}", transfer.rate());
         let line = Line::ours("upload sftp", format!("{} test file", mb(size)), ours, ours_rss, note)
             .with_tool("sftp -b (OpenSSH, aes256-gcm)", openssh);
         Ok((vec![line], ok))
@@ -449,21 +458,31 @@ struct Sent {
     relay_rss: Option<RssSample>,
 }
 
+/// The upload's CPU time and peak RSS when it was done, and the RSS the relay starts from.
+struct UploadDone {
+    cpu: Option<f64>,
+    rss: Option<RssSample>,
+    relay_base: Option<u64>,
+}
+
 /// `send` (upload, complete, wait for the verdict), split into its two timed stages with a peak RSS each.
 ///
 /// `SyncReport.timings.relay_import` polls for the verdict with a backoff of up to 2 s; the Comms server stamps
 /// the verdict (`updated_at`), so relay+verify+import is measured as verdict time - send start - upload time.
 async fn send(connector: &Connector, manifest: &Manifest, rss: &mut PeakRss) -> anyhow::Result<Sent> {
-    // The upload's peak is taken, and the peak reset, at the progress line `upload` prints once all is sent.
-    let split: Mutex<Option<(Option<RssSample>, Option<u64>)>> = Mutex::new(None);
+    // The upload's CPU time and peak RSS are taken, and the peak reset, at the progress line `upload` prints
+    // once all is sent.
+    let split: Mutex<Option<UploadDone>> = Mutex::new(None);
     let base = rss.start();
+    let clock = Clock::start();
     let progress = |line: &str| {
         println!("      {line}");
         if line.starts_with("uploaded ")
             && let Ok(mut slot) = split.lock()
             && slot.is_none()
         {
-            *slot = Some((RssSample::read(base), PeakRss::reset()));
+            *slot =
+                Some(UploadDone { cpu: clock.ours(0).cpu, rss: RssSample::read(base), relay_base: PeakRss::reset() });
         }
     };
     let started = chrono::Utc::now();
@@ -472,7 +491,7 @@ async fn send(connector: &Connector, manifest: &Manifest, rss: &mut PeakRss) -> 
     if s.state != BatchState::Imported {
         bail!("batch {} {}: {}", s.batch_id, s.state.as_str(), s.detail.as_deref().unwrap_or(""));
     }
-    let upload = Timed { secs: report.timings.upload.as_secs_f64(), bytes: report.bytes_sent };
+    let mut upload = Timed { secs: report.timings.upload.as_secs_f64(), cpu: None, bytes: report.bytes_sent };
     let polled = report.timings.relay_import.as_secs_f64();
     let stamped = (s.updated_at - started).to_std().map(|d| d.as_secs_f64() - upload.secs);
     let secs = match stamped {
@@ -482,13 +501,16 @@ async fn send(connector: &Connector, manifest: &Manifest, rss: &mut PeakRss) -> 
         }
         _ => polled,
     };
-    let relay = Timed { secs, bytes: manifest.files.iter().map(|f| f.bytes).sum() };
+    let total_cpu = clock.ours(0).cpu;
+    let mut relay = Timed { secs, cpu: total_cpu, bytes: manifest.files.iter().map(|f| f.bytes).sum() };
     let (upload_rss, relay_rss) = match split.into_inner().ok().flatten() {
-        Some((upload_rss, relay_base)) => {
-            rss.note(upload_rss);
-            (upload_rss, rss.peak_since(relay_base))
+        Some(done) => {
+            upload.cpu = done.cpu;
+            relay.cpu = total_cpu.zip(done.cpu).map(|(total, up)| total - up);
+            rss.note(done.rss);
+            (done.rss, rss.peak_since(done.relay_base))
         }
-        // No progress line to split on: both figures cover the whole send.
+        // No progress line to split on: the relay's figures cover the whole send.
         None => {
             let whole = rss.peak();
             (whole, whole)
@@ -617,34 +639,87 @@ async fn run_tool(
         })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let t = Instant::now();
+    let clock = Clock::start();
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", path.display()))?;
     if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(script.as_bytes()).await?;
     }
     let output = child.wait_with_output().await?;
-    let secs = t.elapsed().as_secs_f64();
+    let timed = clock.children(bytes);
     if !output.status.success() {
         bail!("{prog} {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
-    Ok(Some((Timed { secs, bytes }, String::from_utf8_lossy(&output.stdout).into_owned())))
+    Ok(Some((timed, String::from_utf8_lossy(&output.stdout).into_owned())))
 }
 
 // ---- measurements and the table ----
 
+/// A measured run: wall seconds, CPU seconds (ours: every thread of this process; a tool: its process tree) and
+/// the bytes it handled.
 #[derive(Debug, Clone, Copy)]
 struct Timed {
     secs: f64,
+    cpu: Option<f64>,
     bytes: u64,
 }
 
 impl Timed {
+    /// `1.23 s (CPU 2.10 s)`.
+    fn time(&self) -> String {
+        match self.cpu {
+            Some(cpu) => format!("{} s (CPU {} s)", secs(self.secs), secs(cpu)),
+            None => format!("{} s", secs(self.secs)),
+        }
+    }
+
     fn mb_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.secs.max(1e-9)
     }
 
     fn rate(&self) -> String {
         format!("{:.1} MB/s", self.mb_s())
+    }
+}
+
+/// A wall clock, and this process's CPU times when it started.
+struct Clock {
+    wall: Instant,
+    cpu: Option<CpuTimes>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { wall: Instant::now(), cpu: CpuTimes::read() }
+    }
+
+    /// Work done in this process (every thread, the in-process servers included).
+    fn ours(&self, bytes: u64) -> Timed {
+        let cpu = self.cpu.zip(CpuTimes::read()).map(|(a, b)| b.own - a.own);
+        Timed { secs: self.wall.elapsed().as_secs_f64(), cpu, bytes }
+    }
+
+    /// Work done by child processes that exited and were waited for since the start.
+    fn children(&self, bytes: u64) -> Timed {
+        let cpu = self.cpu.zip(CpuTimes::read()).map(|(a, b)| b.children - a.children);
+        Timed { secs: self.wall.elapsed().as_secs_f64(), cpu, bytes }
+    }
+}
+
+/// User + system CPU seconds of this process and of its waited-for children, from /proc/self/stat.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    own: f64,
+    children: f64,
+}
+
+impl CpuTimes {
+    fn read() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // After "pid (comm) " come the fields from `state` (3) on: utime is field 14, cstime field 17.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+        // In ticks of USER_HZ, which is 100 on Linux.
+        let ticks = |field: usize| fields.get(field - 3)?.parse::<f64>().ok().map(|t| t / 100.0);
+        Some(CpuTimes { own: ticks(14)? + ticks(15)?, children: ticks(16)? + ticks(17)? })
     }
 }
 
@@ -682,7 +757,7 @@ impl Theirs {
             Theirs::NoTool => String::new(),
             Theirs::Missing => "not installed".into(),
             Theirs::Failed(e) => format!("failed: {e}"),
-            Theirs::Ran(t) => format!("{:.2} s ({})", t.secs, t.rate()),
+            Theirs::Ran(t) => format!("{} ({})", t.time(), t.rate()),
         }
     }
 }
@@ -726,28 +801,36 @@ impl Line {
 }
 
 fn print_table(lines: &[Line]) {
-    const HEAD: [&str; 9] =
-        ["stage", "data", "ours s", "ours MB/s", "peak RSS (+stage)", "tool", "tool s", "tool MB/s", "notes"];
-    const RIGHT: [bool; 9] = [false, false, true, true, true, false, true, true, false];
-    let rows: Vec<[String; 9]> = lines
+    const N: usize = 11;
+    const HEAD: [&str; N] = [
+        "stage",
+        "data",
+        "ours s",
+        "ours CPU s",
+        "ours MB/s",
+        "peak RSS (+stage)",
+        "tool",
+        "tool s",
+        "tool CPU s",
+        "tool MB/s",
+        "notes",
+    ];
+    const RIGHT: [bool; N] = [false, false, true, true, true, true, false, true, true, true, false];
+    let figures = |t: Option<&Timed>| match t {
+        Some(t) => [secs(t.secs), t.cpu.map(secs).unwrap_or_default(), format!("{:.1}", t.mb_s())],
+        None => Default::default(),
+    };
+    let rows: Vec<[String; N]> = lines
         .iter()
         .map(|l| {
-            let (ts, tr) = match &l.theirs {
-                Theirs::Ran(t) => (format!("{:.2}", t.secs), format!("{:.1}", t.mb_s())),
-                Theirs::NoTool => (String::new(), String::new()),
-                other => (other.short(), String::new()),
+            let [os, oc, or] = figures(l.ours.as_ref());
+            let [ts, tc, tr] = match &l.theirs {
+                Theirs::Ran(t) => figures(Some(t)),
+                Theirs::NoTool => Default::default(),
+                other => [other.short(), String::new(), String::new()],
             };
-            [
-                l.stage.clone(),
-                l.data.clone(),
-                l.ours.map(|t| format!("{:.2}", t.secs)).unwrap_or_default(),
-                l.ours.map(|t| format!("{:.1}", t.mb_s())).unwrap_or_default(),
-                l.rss.map(|r| show(Some(r))).unwrap_or_default(),
-                l.tool.clone(),
-                ts,
-                tr,
-                l.note.clone(),
-            ]
+            let rss = l.rss.map(|r| show(Some(r))).unwrap_or_default();
+            [l.stage.clone(), l.data.clone(), os, oc, or, rss, l.tool.clone(), ts, tc, tr, l.note.clone()]
         })
         .collect();
     let mut width = HEAD.map(str::len);
@@ -756,7 +839,7 @@ fn print_table(lines: &[Line]) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let fmt = |cells: [&str; 9]| {
+    let fmt = |cells: [&str; N]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(width)
@@ -870,6 +953,11 @@ fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, 
     }
 }
 
+/// Seconds with three decimals below 1 s, two above.
+fn secs(s: f64) -> String {
+    if s < 1.0 { format!("{s:.3}") } else { format!("{s:.2}") }
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -891,7 +979,7 @@ fn int(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
