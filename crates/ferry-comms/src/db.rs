@@ -620,3 +620,20 @@ pub async fn download_error(pool: &SqlitePool, tenant: &str, id: &FileId) -> sql
         .await?;
     Ok(row.and_then(|r| r.get(0)))
 }
+
+/// A tenant's downstream files, newest first: (file id, name, state, attempts, created, last error).
+pub async fn tenant_downloads(
+    pool: &SqlitePool,
+    tenant: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<(String, String, String, i64, String, Option<String>)>> {
+    let rows = sqlx::query(
+        "SELECT file_id, name, state, attempts, created_at, last_error FROM downloads WHERE tenant = ?
+         ORDER BY file_id DESC LIMIT ?",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect())
+}

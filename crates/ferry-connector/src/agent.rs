@@ -213,6 +213,11 @@ impl Connector {
         Ok(who.key_fingerprint)
     }
 
+    /// Files received from the cloud, newest first, from the local journal (works offline).
+    pub async fn received(&self, limit: i64) -> anyhow::Result<Vec<crate::journal::ReceivedFile>> {
+        Journal::open(&self.cfg.journal_path()).await?.recent_received(limit).await
+    }
+
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;

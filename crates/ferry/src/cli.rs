@@ -33,6 +33,13 @@ pub enum Command {
     App(AppCmd),
     /// The whole system on loopback: sample ERP, Comms, App, Connector; one full upstream cycle.
     Demo(ferry::demo::DemoArgs),
+    /// Write a sample distributor ERP database (SQLite) to try a Connector against.
+    SampleErp {
+        path: PathBuf,
+        /// small or medium
+        #[arg(long, default_value = "small")]
+        size: String,
+    },
     /// Benchmarks against the standard tools.
     #[command(subcommand)]
     Bench(ferry::bench::BenchCmd),
@@ -158,6 +165,12 @@ pub enum TenantCmd {
         config: ConfigArg,
     },
     List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// A tenant's downstream files: fetching, relayed (waiting for the ERP), delivered, and the last error.
+    Files {
+        name: String,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -288,6 +301,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Comms(c) => comms(c).await,
         Command::App(c) => app(c).await,
         Command::Demo(a) => ferry::demo::run(a).await,
+        Command::SampleErp { path, size } => {
+            let s = ferry_connector::sample::generate_sample_erp(&path, ferry::demo::parse_size(&size)?).await?;
+            println!(
+                "sample ERP written to {} ({} rows); its mapping is what `ferry connector init` writes",
+                path.display(),
+                s.total_rows()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(b) => ferry::bench::run(b).await,
     }
 }
@@ -362,6 +384,16 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     s.updated_at.format("%Y-%m-%d %H:%M:%S"),
                     detail
                 );
+            }
+            let received = c.received(limit).await?;
+            if !received.is_empty() {
+                println!("files from the cloud:");
+            }
+            for r in received {
+                let when =
+                    r.acked_at.or(r.applied_at).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                let err = r.error.map(|e| format!("\n    last error: {e}")).unwrap_or_default();
+                println!("{}  {:<18} {:<8} attempts {}  {when}{err}", r.file_id, r.name, r.state.as_str(), r.attempts);
             }
         }
     }
@@ -451,6 +483,13 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                     t.batches,
                     t.last_batch.unwrap_or_default()
                 );
+            }
+        }
+        TenantCmd::Files { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for f in ferry_comms::db::tenant_downloads(&a.db, &name, 100).await? {
+                let err = f.5.map(|e| format!("\n    last error: {e}")).unwrap_or_default();
+                println!("{}  {:<18} {:<10} attempts {}  {}{err}", f.0, f.1, f.2, f.3, f.4);
             }
         }
         TenantCmd::Keys { name, config } => {
