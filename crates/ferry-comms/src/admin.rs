@@ -19,11 +19,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn open(cfg: CommsConfig) -> anyhow::Result<Admin> {
-        let identity = ServerIdentity::load_or_create(
-            &cfg.data_dir,
-            cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()),
-            &cfg.tls_names,
-        )?;
+        let identity = cfg.identity()?;
         let db = db::open(&cfg.db_path()).await?;
         Ok(Admin { cfg, db, identity })
     }

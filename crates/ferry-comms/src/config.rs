@@ -93,6 +93,15 @@ impl CommsConfig {
         Ok(())
     }
 
+    /// This server's keys and certificate (created under `data_dir` on first use).
+    pub fn identity(&self) -> anyhow::Result<ferry_web::identity::ServerIdentity> {
+        ferry_web::identity::ServerIdentity::load_or_create(
+            &self.data_dir,
+            self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
+            &self.tls_names,
+        )
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("comms.db")
     }

@@ -171,11 +171,7 @@ pub async fn start(
 pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<CommsHandle> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
-    let identity = ServerIdentity::load_or_create(
-        &cfg.data_dir,
-        cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()),
-        &cfg.tls_names,
-    )?;
+    let identity = cfg.identity()?;
     let db = db::open(&cfg.db_path()).await?;
     let (https_addr, ssh_addr) = match &listeners {
         Listeners::Separate { https, ssh } => (https.local_addr()?, ssh.local_addr()?),
