@@ -72,10 +72,10 @@ impl Instance {
             // which the Comms server then re-sends (imports are idempotent).
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("temp_store", "memory")
-            // 64 MiB of page cache per connection: a large import spills less often.
-            .pragma("cache_size", "-65536");
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
+            // Bounded memory whatever the batch size: an App server holds many instances open at once, so each
+            // gets a modest page cache (16 MiB per connection, 2 connections) and temporary b-trees go to disk.
+            .pragma("cache_size", "-16384");
+        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await.map_err(open_err)?;
         let inst = Instance { pool, path: path.to_path_buf(), import_lock: tokio::sync::Mutex::new(()) };
         inst.create_schema().await?;
         Ok(inst)
