@@ -110,15 +110,23 @@ impl Connector {
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
         let stamp = self.cfg.data_dir().join("last_sync");
         tokio::pin!(shutdown);
-        let mut sync_task: Option<tokio::task::JoinHandle<()>> = None;
+        let mut sync_task: Option<tokio::task::JoinHandle<bool>> = None;
+        // After a failed daily sync, the next attempt waits a minute (without holding up a shutdown).
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut backoff = Duration::from_secs(1);
         log(&format!(
             "connector running: files from the cloud as they come; daily extract at {}",
             self.cfg.schedule.daily_at
         ));
         loop {
+            if let Some(h) = sync_task.take_if(|h| h.is_finished())
+                && !h.await.unwrap_or(false)
+            {
+                retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+            }
             if let Some(t) = daily
-                && sync_task.as_ref().is_none_or(|h| h.is_finished())
+                && sync_task.is_none()
+                && retry_at.is_none_or(|r| tokio::time::Instant::now() >= r)
                 && sync_due(&stamp, t)
             {
                 let (me, log2, stamp2) = (self.clone(), log.clone(), stamp.clone());
@@ -126,11 +134,14 @@ impl Connector {
                 sync_task = Some(tokio::spawn(async move {
                     let l = log2.clone();
                     match me.sync(&move |s: &str| l(s)).await {
-                        Ok(r) => log2(&format!("daily sync: batch {} {}", r.status.batch_id, r.status.state.as_str())),
+                        Ok(r) => {
+                            log2(&format!("daily sync: batch {} {}", r.status.batch_id, r.status.state.as_str()));
+                            true
+                        }
                         Err(e) => {
                             log2(&format!("daily sync failed (will retry in a minute): {e:#}"));
                             let _ = std::fs::remove_file(&stamp2);
-                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            false
                         }
                     }
                 }));

@@ -280,6 +280,18 @@ async fn announce(cfg: &AppConfig, inst: &ferry_app::instance::Instance, tenant:
     Ok(())
 }
 
+/// Resolves at the first SIGTERM/Ctrl-C so the current step can finish; a second signal stops the process at
+/// once (everything on disk is written under temporary names and journaled, so that is still safe).
+async fn first_signal_then_hard_stop() {
+    sigterm_or_ctrl_c().await;
+    eprintln!("stopping after the current step (send the signal again to stop at once)");
+    tokio::spawn(async {
+        sigterm_or_ctrl_c().await;
+        eprintln!("stopping now");
+        std::process::exit(130);
+    });
+}
+
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -351,7 +363,7 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let log: std::sync::Arc<dyn Fn(&str) + Send + Sync> = std::sync::Arc::new(|l: &str| {
                 println!("{} {l}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
             });
-            c.run(sigterm_or_ctrl_c(), log).await?;
+            c.run(first_signal_then_hard_stop(), log).await?;
         }
         ConnectorCmd::Receive { config, wait } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
