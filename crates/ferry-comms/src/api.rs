@@ -388,3 +388,15 @@ async fn openapi() -> Json<serde_json::Value> {
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_is_valid_json_and_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        for path in ["/v1/register", "/v1/batches/{id}/complete", "/v1/files", "/v1/files/{id}/ack", "/v1/keys/rotate"]
+        {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing from openapi.json");
+        }
+    }
+}
