@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::Utc;
@@ -15,28 +14,7 @@ use ferry_proto::api::{FileProgress, FileState};
 use crate::{CommsState, db};
 
 pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let idle = match work(&st).await {
-            Ok(true) => {
-                backoff = Duration::from_millis(500);
-                continue;
-            }
-            Ok(false) => Duration::from_secs(30),
-            Err(e) => {
-                tracing::warn!("downstream work failed, retrying in {backoff:?}: {e:#}");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                wait
-            }
-        };
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = st.downstream_wakeup.notified() => {}
-            _ = tokio::time::sleep(idle) => {}
-        }
-    }
+    crate::worker_loop("downstream work", &st.downstream_wakeup, shutdown, || work(&st)).await
 }
 
 /// One pass over the files needing work. Ok(true) if something moved, Err if everything failed.

@@ -295,6 +295,42 @@ async fn serve_shared(
     }
 }
 
+/// The loop every background worker runs: do a pass; if it moved something, go again at once; if not, wait
+/// for a wake-up (or 30 s); if it failed, retry with exponential backoff (0.5 s doubling to 60 s). Returns when
+/// `shutdown` resolves.
+pub(crate) async fn worker_loop<F, Fut>(
+    name: &str,
+    wakeup: &Notify,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let idle = match pass().await {
+            Ok(true) => {
+                backoff = Duration::from_millis(500);
+                continue;
+            }
+            Ok(false) => Duration::from_secs(30),
+            Err(e) => {
+                tracing::warn!("{name} failed, retrying in {backoff:?}: {e:#}");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = wakeup.notified() => {}
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
 fn url_host(url: &str) -> Option<String> {
     let rest = url.strip_prefix("https://")?;
     let hostport = rest.split('/').next()?;

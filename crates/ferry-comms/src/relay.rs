@@ -5,35 +5,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_proto::api::BatchState;
 
 use crate::{CommsState, db};
 
 pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let idle = match relay_pending(&st).await {
-            Ok(true) => {
-                backoff = Duration::from_millis(500);
-                continue;
-            }
-            Ok(false) => Duration::from_secs(30),
-            Err(e) => {
-                tracing::warn!("relay failed, retrying in {backoff:?}: {e:#}");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                wait
-            }
-        };
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = st.relay_wakeup.notified() => {}
-            _ = tokio::time::sleep(idle) => {}
-        }
-    }
+    crate::worker_loop("relay", &st.relay_wakeup, shutdown, || relay_pending(&st)).await
 }
 
 /// Move every pending batch one step forward. Ok(true) if something moved.

@@ -12,6 +12,17 @@ use ferry_io::keys::{self, KeyAlgorithm};
 use ferry_proto::api::BatchState;
 use ferry_proto::token::RegistrationToken;
 
+/// GET `url` carrying the given signature headers (possibly made for another request: that is the point).
+async fn signed_get(http: &reqwest::Client, url: &str, h: &httpsig::SignedHeaders) -> reqwest::Response {
+    http.get(url)
+        .header("content-digest", &h.content_digest)
+        .header("signature-input", &h.signature_input)
+        .header("signature", &h.signature)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_cannot_cross_and_paths_cannot_escape() {
     let (_dir, c) = cluster().await;
@@ -117,56 +128,28 @@ async fn unsigned_unknown_replayed_and_retargeted_calls_are_refused() {
     // Signed by a key nobody registered.
     let stranger = keys::generate(KeyAlgorithm::Ed25519).unwrap();
     let h = httpsig::sign(&stranger, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
-    let r = http
-        .get(url("/v1/whoami"))
-        .header("content-digest", &h.content_digest)
-        .header("signature-input", &h.signature_input)
-        .header("signature", &h.signature)
-        .send()
-        .await
-        .unwrap();
+    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
     assert_eq!(r.status().as_u16(), 401);
 
     // A properly signed call works once; the same signature again is a replay.
     let key = keys::load_private_key(&a.cfg.key_path()).unwrap();
     let h = httpsig::sign(&key, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
-    let send = |path: &'static str| {
-        http.get(url(path))
-            .header("content-digest", &h.content_digest)
-            .header("signature-input", &h.signature_input)
-            .header("signature", &h.signature)
-            .send()
-    };
-    let first = send("/v1/whoami").await.unwrap();
+    let first = signed_get(&http, &url("/v1/whoami"), &h).await;
     assert_eq!(first.status().as_u16(), 200);
     let who: ferry_proto::api::WhoAmI = first.json().await.unwrap();
     assert_eq!(who.tenant, "alpha");
-    let replay = send("/v1/whoami").await.unwrap();
+    let replay = signed_get(&http, &url("/v1/whoami"), &h).await;
     assert_eq!(replay.status().as_u16(), 401);
     assert!(replay.text().await.unwrap().contains("replay"));
 
     // A signature made for one path does not work on another.
     let h = httpsig::sign(&key, "GET", "/v1/batches", b"", httpsig::unix_now()).unwrap();
-    let r = http
-        .get(url("/v1/whoami"))
-        .header("content-digest", &h.content_digest)
-        .header("signature-input", &h.signature_input)
-        .header("signature", &h.signature)
-        .send()
-        .await
-        .unwrap();
+    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
     assert_eq!(r.status().as_u16(), 401);
 
     // A stale signature (older than the server's window) is refused.
     let h = httpsig::sign(&key, "GET", "/v1/whoami", b"", httpsig::unix_now() - 3600).unwrap();
-    let r = http
-        .get(url("/v1/whoami"))
-        .header("content-digest", &h.content_digest)
-        .header("signature-input", &h.signature_input)
-        .header("signature", &h.signature)
-        .send()
-        .await
-        .unwrap();
+    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
     assert_eq!(r.status().as_u16(), 401);
     c.stop().await;
 }
@@ -282,13 +265,9 @@ async fn key_rotation_has_no_downtime_and_retires_the_old_key_and_revocation_is_
     let old_key = keys::load_private_key(&a.cfg.key_path()).unwrap();
     let reg = a.registration().unwrap();
     let http = ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
-    let whoami_with = |k: &russh::keys::PrivateKey| {
+    let whoami_with = async |k: &russh::keys::PrivateKey| {
         let h = httpsig::sign(k, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
-        http.get(format!("{}/v1/whoami", reg.comms_url))
-            .header("content-digest", h.content_digest)
-            .header("signature-input", h.signature_input)
-            .header("signature", h.signature)
-            .send()
+        signed_get(&http, &format!("{}/v1/whoami", reg.comms_url), &h).await
     };
 
     // Server side of a rotation that the connector has not finished yet: both keys work.
@@ -301,14 +280,10 @@ async fn key_rotation_has_no_downtime_and_retires_the_old_key_and_revocation_is_
         )
         .await
         .unwrap();
-    assert_eq!(whoami_with(&old_key).await.unwrap().status().as_u16(), 200, "old key still valid mid-rotation");
+    assert_eq!(whoami_with(&old_key).await.status().as_u16(), 200, "old key still valid mid-rotation");
     // First use of the new key retires the old one.
-    assert_eq!(whoami_with(&new_key).await.unwrap().status().as_u16(), 200);
-    assert_eq!(
-        whoami_with(&old_key).await.unwrap().status().as_u16(),
-        401,
-        "old key retired after the new one was used"
-    );
+    assert_eq!(whoami_with(&new_key).await.status().as_u16(), 200);
+    assert_eq!(whoami_with(&old_key).await.status().as_u16(), 401, "old key retired after the new one was used");
 
     // The connector's own rotate-key (its current key was retired above, so start from a fresh tenant).
     let mut b = tenant(&c, "beta").await;
