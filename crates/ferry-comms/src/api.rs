@@ -1,11 +1,12 @@
 //! The Connector-facing web services (`/v1/...`). Registration is authenticated by the single-use token; every
-//! other call by an RFC 9421 signature whose key decides the tenant.
+//! other call by an RFC 9421 signature whose key decides the tenant ([`Signed`]). Nothing admin-like is served
+//! here: operator actions live on the admin listener ([`crate::admin_api`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +22,7 @@ use ferry_web::ApiError;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::limits::Limit;
 use crate::{CommsState, db};
 
 type St = State<Arc<CommsState>>;
@@ -29,7 +31,8 @@ type St = State<Arc<CommsState>>;
 const MAX_BODY: usize = 1024 * 1024;
 
 pub fn router(state: Arc<CommsState>) -> Router {
-    Router::new()
+    let timeout = Duration::from_secs(state.cfg.request_timeout_secs);
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
         .route("/v1/register", post(register))
@@ -43,13 +46,44 @@ pub fn router(state: Arc<CommsState>) -> Router {
         .route("/v1/files/{id}/error", post(file_error))
         .route("/v1/app/files", post(app_file_ready))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state);
+    ferry_web::serve::with_request_timeout(routes, timeout)
 }
 
 /// The authenticated caller of a signed request.
 pub struct Caller {
     pub tenant: String,
     pub key_fingerprint: String,
+}
+
+/// A request whose RFC 9421 signature was verified: the caller (tenant from the signing key) and the body.
+/// A refused signature is answered 401 and audited (`auth_failed`, coalesced per address).
+pub struct Signed {
+    pub caller: Caller,
+    pub body: Bytes,
+}
+
+impl FromRequest<Arc<CommsState>> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Arc<CommsState>) -> Result<Self, ApiError> {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+            ApiError::BadRequest(format!("the request body is unreadable or larger than {MAX_BODY} bytes"))
+        })?;
+        let caller = match authenticate(st, &parts.method, &parts.uri, &parts.headers, &body).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let ApiError::Unauthorized(why) = &e {
+                    st.auth_failed(peer, &format!("https {} {}: {why}", parts.method, parts.uri.path()));
+                }
+                return Err(e);
+            }
+        };
+        st.note_key_use(&caller.tenant, &caller.key_fingerprint, peer, "https").await;
+        Ok(Signed { caller, body })
+    }
 }
 
 pub async fn authenticate(
@@ -101,6 +135,7 @@ async fn register(
     std::fs::create_dir_all(st.sftp_root(&tenant)).map_err(ApiError::internal)?;
     st.keys.insert(fp.clone(), tenant.clone(), key);
     db::audit(&st.db, Some(&tenant), "registered", &format!("key {fp} host {hostname:?} from {peer}")).await;
+    st.note_key_use(&tenant, &fp, Some(peer), "registration").await;
     tracing::info!(%tenant, key = %fp, "connector registered");
     Ok(Json(RegisterResponse {
         tenant,
@@ -130,12 +165,9 @@ fn check_key_strength(key: &russh::keys::PublicKey) -> Result<(), ApiError> {
 /// the old one keeps working until the new one is first used, so no sync fails during a rotation.
 async fn rotate_key(
     State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Signed { caller: c, body }: Signed,
 ) -> Result<Json<WhoAmI>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let req: RotateKey = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let key = ferry_io::keys::parse_public_key(&req.public_key)
         .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
@@ -148,18 +180,12 @@ async fn rotate_key(
         Err(e) => return Err(ApiError::Conflict(e.to_string())),
     }
     st.keys.insert(fp.clone(), c.tenant.clone(), key);
-    db::audit(&st.db, Some(&c.tenant), "key_rotated", &format!("{} -> {fp}", c.key_fingerprint)).await;
+    db::audit(&st.db, Some(&c.tenant), "key_rotated", &format!("{} -> {fp} from {peer}", c.key_fingerprint)).await;
+    st.note_key_use(&c.tenant, &fp, Some(peer), "rotation").await;
     Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: fp }))
 }
 
-async fn whoami(
-    State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<WhoAmI>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
+async fn whoami(Signed { caller: c, .. }: Signed) -> Result<Json<WhoAmI>, ApiError> {
     Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
 }
 
@@ -170,13 +196,9 @@ struct ListQuery {
 
 async fn list_batches(
     State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
-    body: Bytes,
+    Signed { caller: c, .. }: Signed,
 ) -> Result<Json<Vec<BatchStatus>>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     Ok(Json(db::list_batches(&st.db, &c.tenant, limit).await?))
 }
@@ -188,12 +210,8 @@ fn parse_batch_id(id: &str) -> Result<BatchId, ApiError> {
 async fn get_batch(
     State(st): St,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { caller: c, .. }: Signed,
 ) -> Result<Json<BatchStatus>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_batch_id(&id)?;
     db::batch_status(&st.db, &c.tenant, &id)
         .await?
@@ -207,24 +225,24 @@ async fn get_batch(
 async fn complete_batch(
     State(st): St,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { caller: c, body }: Signed,
 ) -> Result<Json<BatchStatus>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_batch_id(&id)?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     if let Some(existing) = db::batch_status(&st.db, &c.tenant, &id).await? {
         return Ok(Json(existing));
     }
-    if manifest.total_compressed_bytes() > st.cfg.max_batch_bytes {
-        return Err(ApiError::Unprocessable(format!(
-            "batch is {} bytes compressed, above this server's limit of {} bytes",
-            manifest.total_compressed_bytes(),
-            st.cfg.max_batch_bytes
-        )));
+    let limits = st.limits.of(&c.tenant);
+    let files = manifest.files.len() as u64;
+    if files > limits.max_batch_files {
+        let msg = st.refuse(&c.tenant, Limit::MaxBatchFiles, &format!("batch {id} has"), files).await;
+        return Err(ApiError::Unprocessable(msg));
+    }
+    let bytes = manifest.total_compressed_bytes();
+    if bytes > limits.max_batch_bytes {
+        let msg = st.refuse(&c.tenant, Limit::MaxBatchBytes, &format!("batch {id} is (compressed)"), bytes).await;
+        return Err(ApiError::Unprocessable(msg));
     }
     let upload = st.sftp_root(&c.tenant).join("upload").join(id.as_str());
     let dest = st.batch_dir(&c.tenant, id.as_str());
@@ -273,13 +291,9 @@ struct FilesQuery {
 /// after N seconds with an empty list.
 async fn list_files(
     State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Query(q): Query<FilesQuery>,
-    body: Bytes,
+    Signed { caller: c, .. }: Signed,
 ) -> Result<Json<Vec<DownloadFile>>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
@@ -303,12 +317,8 @@ fn parse_file_id(id: &str) -> Result<FileId, ApiError> {
 async fn ack_file(
     State(st): St,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { caller: c, body }: Signed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
@@ -338,12 +348,8 @@ async fn ack_file(
 async fn file_error(
     State(st): St,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { caller: c, body }: Signed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = authenticate(&st, &method, &uri, &headers, &body).await?;
     let id = parse_file_id(&id)?;
     let e: FileError = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let msg: String = e.error.chars().filter(|c| !c.is_control()).take(500).collect();
@@ -374,6 +380,16 @@ async fn app_file_ready(
     }
     if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest("sha256 must be 64 hex digits".into()));
+    }
+    let max = st.limits.of(&f.tenant).max_download_file_bytes;
+    if f.bytes > max {
+        // The App retries its announcements: audit a refused file once an hour, not at every retry.
+        let what = format!("downstream file {} ({}) is", f.file_id, f.name);
+        let msg = match st.refusals.admit(format!("{}/{}", f.tenant, f.file_id)) {
+            Some(_) => st.refuse(&f.tenant, Limit::MaxDownloadFileBytes, &what, f.bytes).await,
+            None => Limit::MaxDownloadFileBytes.refusal(&f.tenant, max, &what, f.bytes),
+        };
+        return Err(ApiError::Unprocessable(msg));
     }
     if !db::insert_download(&st.db, &f).await? {
         return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Limits;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CommsConfig {
@@ -29,8 +31,16 @@ pub struct CommsConfig {
     pub token_ttl_hours: i64,
     /// Signed requests older than this are refused.
     pub signature_max_age_secs: i64,
-    /// Largest batch (sum of compressed files) accepted.
-    pub max_batch_bytes: u64,
+    /// A web-service request (reading its body included) that takes longer than this is answered 408. Must be
+    /// above the longest long-poll (`GET /v1/files?wait=`, 60 s).
+    pub request_timeout_secs: u64,
+    /// The admin API (`/admin/v1/...`, HTTPS, bearer token from `<data_dir>/admin.token`). Loopback by
+    /// default; leave it out to run without an admin API (the local CLI still works).
+    pub listen_admin: Option<SocketAddr>,
+    /// Plain-HTTP listener (port 80) that only redirects to `public_url`; none by default.
+    pub listen_http_redirect: Option<SocketAddr>,
+    /// Default limits of every tenant; `ferry comms tenant limits` overrides them per tenant.
+    pub limits: Limits,
     /// The App server hosting this Comms server's instances.
     pub app: AppEndpoint,
 }
@@ -64,7 +74,10 @@ impl Default for CommsConfig {
             tls_key: None,
             token_ttl_hours: 24,
             signature_max_age_secs: 300,
-            max_batch_bytes: 20 * 1024 * 1024 * 1024,
+            request_timeout_secs: 90,
+            listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 8444))),
+            listen_http_redirect: None,
+            limits: Limits::default(),
             app: AppEndpoint::default(),
         }
     }
@@ -87,6 +100,21 @@ impl CommsConfig {
         if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
             bail!("public_url must start with https:// (got {:?})", self.public_url);
         }
+        if self.request_timeout_secs <= crate::api::MAX_LONG_POLL_SECS {
+            bail!(
+                "request_timeout_secs must be above {} (the longest long-poll); got {}",
+                crate::api::MAX_LONG_POLL_SECS,
+                self.request_timeout_secs
+            );
+        }
+        if let Some(a) = self.listen_admin
+            && !a.ip().is_loopback()
+        {
+            tracing::warn!(
+                "listen_admin = {a} is not a loopback address: the admin API is reachable from the network \
+                 (it still needs the admin token)"
+            );
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
         }
@@ -104,5 +132,19 @@ impl CommsConfig {
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("comms.db")
+    }
+
+    /// The admin API's bearer token (mode 0600, created with the data directory).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    /// The URL Connectors use: `public_url`, or `https://<listen_https>`.
+    pub fn public_base_url(&self) -> String {
+        if self.public_url.is_empty() {
+            format!("https://{}", self.listen_https)
+        } else {
+            self.public_url.trim_end_matches('/').to_string()
+        }
     }
 }

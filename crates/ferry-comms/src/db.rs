@@ -53,6 +53,17 @@ pub async fn active_keys(pool: &SqlitePool) -> sqlx::Result<Vec<KeyRow>> {
     Ok(rows.into_iter().map(|r| KeyRow { fingerprint: r.get(0), tenant: r.get(1), public_key: r.get(2) }).collect())
 }
 
+/// Keys retired by a rotation, of tenants still active: their open sessions may finish.
+pub async fn retired_keys_of_active_tenants(pool: &SqlitePool) -> sqlx::Result<std::collections::HashSet<String>> {
+    let rows = sqlx::query(
+        "SELECT k.fingerprint FROM keys k JOIN tenants t ON t.name = k.tenant
+         WHERE k.status = 'retired' AND t.status = 'active'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 pub async fn add_tenant(pool: &SqlitePool, name: &str) -> sqlx::Result<bool> {
     let r = sqlx::query("INSERT INTO tenants(name, status, created_at) VALUES (?, 'active', ?) ON CONFLICT DO NOTHING")
         .bind(name)
@@ -98,6 +109,81 @@ pub async fn list_tenants(pool: &SqlitePool) -> sqlx::Result<Vec<TenantRow>> {
 pub async fn set_tenant_status(pool: &SqlitePool, name: &str, status: &str) -> sqlx::Result<bool> {
     let r = sqlx::query("UPDATE tenants SET status = ? WHERE name = ?").bind(status).bind(name).execute(pool).await?;
     Ok(r.rows_affected() == 1)
+}
+
+pub async fn tenant_exists(pool: &SqlitePool, name: &str) -> sqlx::Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(name).fetch_optional(pool).await?.is_some())
+}
+
+/// Changes with every change to tenants, keys or limits (by any process): see migration 0005.
+pub async fn access_version(pool: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT v FROM access_version WHERE id = 1").fetch_one(pool).await
+}
+
+/// Every per-tenant limit override: (tenant, limit name, value).
+pub async fn all_tenant_limits(pool: &SqlitePool) -> sqlx::Result<Vec<(String, String, i64)>> {
+    let rows = sqlx::query("SELECT tenant, name, value FROM tenant_limits").fetch_all(pool).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// Set (Some) or remove (None: back to the default) one limit override of a tenant.
+pub async fn set_tenant_limit(pool: &SqlitePool, tenant: &str, name: &str, value: Option<u64>) -> sqlx::Result<()> {
+    match value {
+        Some(v) => {
+            sqlx::query(
+                "INSERT INTO tenant_limits(tenant, name, value) VALUES (?, ?, ?)
+                 ON CONFLICT(tenant, name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(i64::try_from(v).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM tenant_limits WHERE tenant = ? AND name = ?")
+                .bind(tenant)
+                .bind(name)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes uploaded per tenant on `day` (`YYYY-MM-DD`).
+pub async fn upload_usage_on(pool: &SqlitePool, day: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT tenant, bytes FROM upload_usage WHERE day = ?").bind(day).fetch_all(pool).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub async fn add_upload_usage(pool: &SqlitePool, tenant: &str, day: &str, bytes: u64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO upload_usage(tenant, day, bytes) VALUES (?, ?, ?)
+         ON CONFLICT(tenant, day) DO UPDATE SET bytes = bytes + excluded.bytes",
+    )
+    .bind(tenant)
+    .bind(day)
+    .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Remember that key `fp` was used from `address`. Returns whether the address is new for this key, and
+/// whether the key had been seen from any address before.
+pub async fn note_key_address(pool: &SqlitePool, fp: &str, address: &str) -> sqlx::Result<(bool, bool)> {
+    let seen_before =
+        sqlx::query("SELECT 1 FROM key_addresses WHERE fingerprint = ? LIMIT 1").bind(fp).fetch_optional(pool).await?;
+    let r = sqlx::query(
+        "INSERT INTO key_addresses(fingerprint, address, first_seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(fp)
+    .bind(address)
+    .bind(now())
+    .execute(pool)
+    .await?;
+    Ok((r.rows_affected() == 1, seen_before.is_some()))
 }
 
 pub async fn add_token(pool: &SqlitePool, secret_hash: &str, tenant: &str, expires: DateTime<Utc>) -> sqlx::Result<()> {

@@ -16,4 +16,7 @@ pub mod server;
 
 pub use client::{ClientConfig, ClientError, SftpClient};
 pub use path::{PathError, confine};
-pub use server::{Authorizer, KeyList, Principal, ServerConfig, host_key_fingerprint, serve, serve_stream};
+pub use server::{
+    Authorizer, KeyList, Principal, ServerConfig, SessionInfo, Sessions, host_key_fingerprint, serve, serve_stream,
+    serve_with,
+};

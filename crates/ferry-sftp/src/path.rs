@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Longest SFTP path accepted, in bytes (Linux `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;
+/// Longest name of one path component, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
 
 /// Why a client path was refused. The messages go back to the SFTP client: they never contain
 /// a host path.
@@ -29,6 +31,15 @@ pub enum PathError {
     Backslash,
     #[error("the path is longer than {MAX_PATH_LEN} bytes; use a shorter path")]
     TooLong,
+    #[error("a name in the path is longer than {MAX_NAME_LEN} bytes; use shorter names")]
+    NameTooLong,
+    #[error("the path contains a control character; send a plain path without control characters")]
+    Control,
+    #[error(
+        "the path contains the character U+{0:04X}, which looks like a path separator or a dot, or reorders or \
+         hides text; use plain names"
+    )]
+    Deceptive(u32),
     #[error("the path climbs above your root with '..'; use a path inside your root")]
     AboveRoot,
     #[error("the path leads outside your root through a symbolic link; use a path inside your root")]
@@ -39,19 +50,43 @@ pub enum PathError {
     Resolve(io::ErrorKind),
 }
 
+/// Characters refused in names although the file system would take them: look-alikes of `/`, `\` and `.`
+/// (`．．／` is not `../` to the kernel, but it is to a person reading a listing or a log), and characters
+/// that reorder or hide text (a right-to-left override makes `exe.txt` read as `txt.exe`).
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        // slashes and backslashes: fraction slash, division slash, set minus, big solidus, fullwidth forms,
+        // small reverse solidus
+        '\u{2044}' | '\u{2215}' | '\u{2216}' | '\u{29F8}' | '\u{29F9}' | '\u{FF0F}' | '\u{FF3C}' | '\u{FE68}'
+        // dots: one dot leader, two dot leader, small full stop, fullwidth full stop, halfwidth ideographic stop
+        | '\u{2024}' | '\u{2025}' | '\u{FE52}' | '\u{FF0E}' | '\u{FF61}'
+        // bidirectional controls and marks
+        | '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        // zero-width and invisible characters
+        | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'
+    )
+}
+
 /// Splits an SFTP path into its normalised components, without touching the file system.
 ///
 /// Empty components and `.` are dropped, `..` removes the previous component, and absolute and
-/// relative paths are the same thing (the working directory is always the root).
+/// relative paths are the same thing (the working directory is always the root). NUL, `\`, other
+/// control characters and [deceptive](is_deceptive) characters are refused, as are names longer
+/// than [`MAX_NAME_LEN`] and paths longer than [`MAX_PATH_LEN`]. Other Unicode is kept byte for
+/// byte (no normalisation: NFC and NFD spellings of a name are two names, both inside the root).
 pub fn components(sftp_path: &str) -> Result<Vec<&str>, PathError> {
     if sftp_path.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
-    if sftp_path.contains('\0') {
-        return Err(PathError::Nul);
-    }
-    if sftp_path.contains('\\') {
-        return Err(PathError::Backslash);
+    for c in sftp_path.chars() {
+        match c {
+            '\0' => return Err(PathError::Nul),
+            '\\' => return Err(PathError::Backslash),
+            c if c.is_control() => return Err(PathError::Control),
+            c if is_deceptive(c) => return Err(PathError::Deceptive(u32::from(c))),
+            _ => {}
+        }
     }
     let mut parts: Vec<&str> = Vec::new();
     for part in sftp_path.split('/') {
@@ -62,6 +97,7 @@ pub fn components(sftp_path: &str) -> Result<Vec<&str>, PathError> {
                     return Err(PathError::AboveRoot);
                 }
             }
+            name if name.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong),
             name => parts.push(name),
         }
     }
@@ -190,6 +226,31 @@ mod tests {
     }
 
     #[test]
+    fn control_look_alike_and_overlong_names_are_refused() {
+        let (dir, canon) = root();
+        for (p, want) in [
+            ("\u{FF0E}\u{FF0E}/etc", PathError::Deceptive(0xFF0E)),
+            ("..\u{FF0F}etc", PathError::Deceptive(0xFF0F)),
+            ("a\u{2215}..\u{2215}b", PathError::Deceptive(0x2215)),
+            ("report\u{202E}txt.exe", PathError::Deceptive(0x202E)),
+            ("a\u{200B}b", PathError::Deceptive(0x200B)),
+            ("a\nb", PathError::Control),
+            ("a\u{1b}[31mb", PathError::Control),
+            ("a\u{85}b", PathError::Control),
+        ] {
+            assert_eq!(confine(dir.path(), p), Err(want), "{p:?}");
+        }
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(confine(dir.path(), &long), Err(PathError::NameTooLong));
+        assert_eq!(confine(dir.path(), &format!("a/{long}/b")), Err(PathError::NameTooLong));
+        let ok = "x".repeat(MAX_NAME_LEN);
+        assert_eq!(confine(dir.path(), &ok).unwrap(), canon.join(&ok));
+        // plain Unicode stays literal: NFC and NFD spellings are two names, both inside the root
+        assert_eq!(confine(dir.path(), "caf\u{e9}").unwrap(), canon.join("caf\u{e9}"));
+        assert_eq!(confine(dir.path(), "cafe\u{301}").unwrap(), canon.join("cafe\u{301}"));
+    }
+
+    #[test]
     fn normalize_is_pure_and_virtual() {
         assert_eq!(normalize("/").unwrap(), "/");
         assert_eq!(normalize("x/y/../z").unwrap(), "/x/z");
@@ -230,5 +291,69 @@ mod tests {
         std::fs::write(dir.path().join("plain"), b"x").unwrap();
         // a file used as a directory is not an escape; the operation itself will fail
         assert_eq!(confine(dir.path(), "plain/x").unwrap(), canon.join("plain/x"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces that matter (dots, separators, look-alikes, long names), and any string.
+        fn sftp_path() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "..",
+                ".",
+                "",
+                "a",
+                "b c",
+                "dir",
+                "link",
+                "\u{FF0E}\u{FF0E}",
+                "\u{2215}",
+                "caf\u{e9}",
+                "\\",
+                "\0",
+                "\n",
+                "\u{202E}",
+                "etc",
+                "passwd",
+            ]);
+            let long = (1usize..300).prop_map(|n| "n".repeat(n));
+            let part = prop_oneof![4 => piece.prop_map(String::from), 1 => long, 1 => "[^/]{0,12}"];
+            prop_oneof![
+                3 => (any::<bool>(), prop::collection::vec(part, 0..12))
+                    .prop_map(|(abs, v)| format!("{}{}", if abs { "/" } else { "" }, v.join("/"))),
+                1 => any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn normalize_is_absolute_clean_and_idempotent(p in sftp_path()) {
+                if let Ok(n) = normalize(&p) {
+                    prop_assert!(n.starts_with('/'));
+                    prop_assert!(n == "/" || !n[1..].split('/').any(|c| c.is_empty() || c == "." || c == ".."), "{n:?}");
+                    prop_assert_eq!(normalize(&n), Ok(n.clone()));
+                }
+            }
+
+            #[test]
+            fn confine_never_leaves_the_root(p in sftp_path()) {
+                let (dir, canon) = root();
+                let outside = tempfile::tempdir().expect("tempdir");
+                std::fs::create_dir(dir.path().join("dir")).expect("dir");
+                symlink(outside.path(), dir.path().join("link")).expect("symlink");
+                match confine(dir.path(), &p) {
+                    Ok(resolved) => {
+                        prop_assert!(resolved.starts_with(&canon), "{p:?} -> {resolved:?}");
+                        // the same answer for the path as the client will see it afterwards
+                        let n = normalize(&p).expect("confine accepted it, so normalize does");
+                        prop_assert_eq!(confine(dir.path(), &n), Ok(resolved));
+                    }
+                    Err(_) => prop_assert!(true),
+                }
+            }
+        }
     }
 }

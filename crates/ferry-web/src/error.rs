@@ -14,6 +14,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     Unprocessable(String),
+    /// The request took longer than the server allows (408).
+    Timeout(String),
     Internal(anyhow::Error),
 }
 
@@ -38,6 +40,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            ApiError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             ApiError::Internal(e) => {
                 tracing::error!("internal error: {e:#}");
                 (

@@ -1,5 +1,10 @@
 //! Serve an axum router over HTTPS (rustls, ring) on a listener the caller bound — port 0 in tests — until the
-//! shutdown future resolves; open connections get a short grace period.
+//! shutdown future resolves; open connections get a short grace period. Also: the plain-HTTP listener that only
+//! redirects to HTTPS, and the per-request time limit.
+//!
+//! Time limits of every HTTPS connection: TLS handshake [`TLS_HANDSHAKE_TIMEOUT`], request head
+//! [`HEADER_READ_TIMEOUT`] (also while a kept-alive connection is idle); the whole request, body included, is
+//! bounded by [`with_request_timeout`] where the router applies it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +13,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
+
+/// A client must finish its TLS handshake within this time.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a whole request head within this time (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve_https(
     listener: std::net::TcpListener,
@@ -22,10 +32,47 @@ pub async fn serve_https(
         shutdown.await;
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
-    axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))?
-        .handle(handle)
-        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
-        .await
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls))
+        .handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
+    let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle);
+    server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
+    server.serve(router.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+/// Answer every request on `listener` (plain HTTP, e.g. port 80) with `308 Permanent Redirect` to the same
+/// path and query under `https_base` (`https://comms.example`), and nothing else: no route, no body.
+pub async fn serve_redirect(
+    listener: tokio::net::TcpListener,
+    https_base: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let base: Arc<str> = https_base.trim_end_matches('/').into();
+    let router = Router::new().fallback(move |uri: axum::http::Uri| {
+        let base = base.clone();
+        async move {
+            let path = uri.path_and_query().map(|p| p.as_str()).filter(|p| p.starts_with('/')).unwrap_or("/");
+            let location = axum::http::HeaderValue::from_str(&format!("{base}{path}"))
+                .or_else(|_| axum::http::HeaderValue::from_str(&format!("{base}/")))
+                .unwrap_or_else(|_| axum::http::HeaderValue::from_static("/"));
+            (axum::http::StatusCode::PERMANENT_REDIRECT, [(axum::http::header::LOCATION, location)])
+        }
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Answer `408` to any request not finished within `limit` (reading its body included).
+pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(limit, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => axum::response::IntoResponse::into_response(crate::ApiError::Timeout(format!(
+                    "the request took longer than {} s; retry (and send the body without pausing)",
+                    limit.as_secs()
+                ))),
+            }
+        },
+    ))
 }
 
 /// Serve one accepted TCP connection as HTTPS with the router (used when a listener is shared with SSH and
@@ -38,7 +85,7 @@ pub async fn serve_https_connection(
 ) {
     use axum::extract::ConnectInfo;
     use tower::ServiceExt;
-    let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "tls handshake failed: {e}");
@@ -53,7 +100,9 @@ pub async fn serve_https_connection(
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req)
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await {
         tracing::debug!(%peer, "https connection ended: {e}");
     }

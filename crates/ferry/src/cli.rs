@@ -180,13 +180,36 @@ pub enum TenantCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Revoke one of a tenant's keys at once (by fingerprint, from `tenant keys`).
+    /// Show a tenant's limits, or change some (a size like 500M or 10G, a count, or `default`).
+    Limits {
+        name: String,
+        /// Largest batch, sum of its compressed files.
+        #[arg(long)]
+        max_batch_bytes: Option<String>,
+        /// Most files in one batch.
+        #[arg(long)]
+        max_batch_files: Option<String>,
+        /// Most bytes uploaded over SFTP per UTC day.
+        #[arg(long)]
+        upload_bytes_per_day: Option<String>,
+        /// Largest file uploaded over SFTP.
+        #[arg(long)]
+        max_upload_file_bytes: Option<String>,
+        /// Largest downstream file the App may send.
+        #[arg(long)]
+        max_download_file_bytes: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke one of a tenant's keys at once (by fingerprint, from `tenant keys`); its open sessions are closed.
     RevokeKey {
         name: String,
         fingerprint: String,
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Refuse the tenant's keys at SSH and HTTPS and close its open sessions (within a second on a running
+    /// server).
     Disable {
         name: String,
         #[command(flatten)]
@@ -416,8 +439,12 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CommsCmd::Init { config } => {
             let p = path_or(&config, "comms.toml");
-            write_new(&p, &toml::to_string_pretty(&CommsConfig::default())?)?;
+            let cfg = CommsConfig::default();
+            write_new(&p, &toml::to_string_pretty(&cfg)?)?;
+            let token = cfg.admin_token_path();
+            ferry_comms::admin::load_or_create_admin_token(&token)?;
             println!("wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`", p.display());
+            println!("admin api token (mode 0600): {} — send it as `Authorization: Bearer <token>`", token.display());
         }
         CommsCmd::Serve { config } => {
             let cfg = comms_config(&config)?;
@@ -447,6 +474,15 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
             );
             println!("tls fingerprint: {}", a.identity.tls_fingerprint);
             println!("ssh host key:    {}", a.identity.ssh_host_key_fingerprint());
+            match a.cfg.listen_admin {
+                Some(addr) => {
+                    println!(
+                        "admin api:       https://{addr}/admin/v1/ (token in {})",
+                        a.cfg.admin_token_path().display()
+                    )
+                }
+                None => println!("admin api:       off (listen_admin is not set)"),
+            }
         }
         CommsCmd::Tenant(t) => tenant(t).await?,
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
@@ -511,16 +547,47 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             }
         }
         TenantCmd::RevokeKey { name, fingerprint, config } => {
+            Admin::open(comms_config(&config)?).await?.revoke_key(&name, &fingerprint).await?;
+            println!(
+                "key {fingerprint} of {name} revoked (a running server refuses it and closes its sessions within a second)"
+            );
+        }
+        TenantCmd::Limits {
+            name,
+            max_batch_bytes,
+            max_batch_files,
+            upload_bytes_per_day,
+            max_upload_file_bytes,
+            max_download_file_bytes,
+            config,
+        } => {
+            use ferry_comms::limits::{Limit, parse_size};
             let a = Admin::open(comms_config(&config)?).await?;
-            if !ferry_comms::db::revoke_key(&a.db, &name, &fingerprint).await? {
-                anyhow::bail!("tenant {name} has no active key {fingerprint} (see `ferry comms tenant keys {name}`)");
+            let mut changes = Vec::new();
+            for (limit, value) in [
+                (Limit::MaxBatchBytes, max_batch_bytes),
+                (Limit::MaxBatchFiles, max_batch_files),
+                (Limit::UploadBytesPerDay, upload_bytes_per_day),
+                (Limit::MaxUploadFileBytes, max_upload_file_bytes),
+                (Limit::MaxDownloadFileBytes, max_download_file_bytes),
+            ] {
+                let Some(v) = value else { continue };
+                let v = if v == "default" {
+                    None
+                } else {
+                    Some(parse_size(&v).map_err(|e| anyhow::anyhow!("--{}: {e}", limit.key().replace('_', "-")))?)
+                };
+                changes.push((limit, v));
             }
-            ferry_comms::db::audit(&a.db, Some(&name), "key_revoked", &fingerprint).await;
-            println!("key {fingerprint} of {name} revoked (running servers stop accepting it within seconds)");
+            let view = if changes.is_empty() { a.limits(&name).await? } else { a.set_limits(&name, &changes).await? };
+            for limit in Limit::ALL {
+                let set = if view.overrides.contains(&limit.key()) { "set for this tenant" } else { "default" };
+                println!("{:<24} {:>16} {:<6} {set}", limit.key(), limit.get(&view.limits), limit.unit());
+            }
         }
         TenantCmd::Disable { name, config } => {
             Admin::open(comms_config(&config)?).await?.set_enabled(&name, false).await?;
-            println!("tenant {name} disabled");
+            println!("tenant {name} disabled (a running server refuses it and closes its sessions within a second)");
         }
         TenantCmd::Enable { name, config } => {
             Admin::open(comms_config(&config)?).await?.set_enabled(&name, true).await?;

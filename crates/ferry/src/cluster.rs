@@ -91,6 +91,8 @@ impl Cluster {
             },
             listen_https: comms_https.local_addr()?,
             listen_ssh: comms_ssh.local_addr()?,
+            // an admin API on a free loopback port (the default 8444 would clash between clusters)
+            listen_admin: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             ..CommsConfig::default()
         };
         tweak_comms(&mut comms_cfg);

@@ -1,6 +1,5 @@
-//! Isolation and authentication against real servers: tenants cannot cross, SFTP paths cannot escape the
-//! tenant root, unsigned / unknown-key / replayed / re-targeted calls are refused, registration tokens work once
-//! and only against the pinned server.
+//! Security controls that are not attacks (those are in `attack.rs`): the tamper-evident audit log and the
+//! events it must hold, one port for HTTPS and SSH, key rotation without downtime.
 
 mod common;
 
@@ -10,7 +9,6 @@ use common::*;
 use ferry_io::httpsig;
 use ferry_io::keys::{self, KeyAlgorithm};
 use ferry_proto::api::BatchState;
-use ferry_proto::token::RegistrationToken;
 
 /// GET `url` carrying the given signature headers (possibly made for another request: that is the point).
 async fn signed_get(http: &reqwest::Client, url: &str, h: &httpsig::SignedHeaders) -> reqwest::Response {
@@ -21,182 +19,6 @@ async fn signed_get(http: &reqwest::Client, url: &str, h: &httpsig::SignedHeader
         .send()
         .await
         .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tenants_cannot_cross_and_paths_cannot_escape() {
-    let (_dir, c) = cluster().await;
-    let a = tenant(&c, "alpha").await;
-    let b = tenant(&c, "beta").await;
-
-    // A uploads a batch but has not completed it yet.
-    let m = spool_batch(&a, &good_files());
-    let sa = a.sftp().await.unwrap();
-    let remote = format!("/upload/{}", m.batch_id);
-    sa.mkdir_all(&remote).await.unwrap();
-    for f in &m.files {
-        let n = f.compressed_name();
-        sa.upload_file(&a.spool_dir(&m.batch_id).join(&n), &format!("{remote}/{n}")).await.unwrap();
-    }
-    let a_file = format!("{remote}/stock.csv.bz2");
-    assert!(sa.stat_size(&a_file).await.unwrap().is_some());
-
-    // B sees only its own (empty) root, however it names A's file.
-    let sb = b.sftp().await.unwrap();
-    assert!(sb.list("/").await.unwrap().is_empty(), "beta must see an empty root");
-    let tenants_dir = c.comms.state.cfg.data_dir.join("tenants");
-    for p in [
-        a_file.clone(),
-        format!("../alpha/sftp{a_file}"),
-        format!("/../../alpha/sftp{a_file}"),
-        format!("/upload/../../../alpha/sftp{a_file}"),
-        format!("{}/alpha/sftp{a_file}", tenants_dir.display()),
-    ] {
-        assert!(sb.stat_size(&p).await.unwrap_or(None).is_none(), "beta reached {p}");
-        let dst = c.dir.join("stolen");
-        assert!(sb.download_file(&p, &dst).await.is_err(), "beta downloaded {p}");
-        assert!(!dst.exists());
-    }
-    // A symlink planted inside B's root (by someone with shell access) still cannot lead out of it.
-    let b_root = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "beta");
-    std::os::unix::fs::symlink(
-        ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "alpha"),
-        b_root.join("link"),
-    )
-    .unwrap();
-    assert!(sb.download_file(&format!("/link{a_file}"), &c.dir.join("stolen2")).await.is_err());
-    assert!(sb.stat_size(&format!("/link{a_file}")).await.unwrap_or(None).is_none());
-    // B cannot write into A's tree either.
-    let junk = c.dir.join("junk.bz2");
-    std::fs::write(&junk, b"junk").unwrap();
-    assert!(sb.upload_file(&junk, &format!("../alpha/sftp{remote}/evil.bz2")).await.is_err());
-    assert!(sb.rename("/link/upload", "/stolen-upload").await.is_err());
-    sb.close().await.unwrap();
-
-    // B's key, presenting itself as user "alpha", still lands in B's root.
-    let reg = b.registration().unwrap();
-    let cfg = ferry_sftp::client::ClientConfig {
-        user: "alpha".into(),
-        key: std::sync::Arc::new(keys::load_private_key(&b.cfg.key_path()).unwrap()),
-        host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
-        connect_timeout: Duration::from_secs(10),
-        io_timeout: Duration::from_secs(10),
-    };
-    let as_alpha = ferry_sftp::client::SftpClient::connect(&cfg, &reg.ssh_addr).await.unwrap();
-    assert!(as_alpha.stat_size(&a_file).await.unwrap_or(None).is_none());
-    as_alpha.close().await.unwrap();
-
-    // B cannot complete A's batch (B has no such files), nor read its status.
-    let err = b
-        .api()
-        .unwrap()
-        .post::<_, ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}/complete", m.batch_id), &m)
-        .await
-        .expect_err("beta completing alpha's batch");
-    assert_eq!(err.status(), Some(422), "{err}");
-    // A completes it and it lands in A's instance only.
-    let s = a.send(&m, &quiet).await.unwrap().status;
-    assert_eq!(s.state, BatchState::Imported);
-    let err = b
-        .api()
-        .unwrap()
-        .get::<ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}", m.batch_id))
-        .await
-        .expect_err("beta reading alpha's batch");
-    assert_eq!(err.status(), Some(404));
-    assert!(b.status(10).await.unwrap().is_empty());
-    assert_eq!(counts(&c, "alpha").await["stock"], 2);
-    assert_eq!(counts(&c, "beta").await["stock"], 0);
-    sa.close().await.unwrap();
-    c.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn unsigned_unknown_replayed_and_retargeted_calls_are_refused() {
-    let (_dir, c) = cluster().await;
-    let a = tenant(&c, "alpha").await;
-    let reg = a.registration().unwrap();
-    let http = ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
-    let url = |p: &str| format!("{}{p}", reg.comms_url);
-
-    // Unsigned.
-    let r = http.get(url("/v1/whoami")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    let r = http.post(url("/v1/batches/20261128T000000Z-00000000/complete")).body("{}").send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-
-    // Signed by a key nobody registered.
-    let stranger = keys::generate(KeyAlgorithm::Ed25519).unwrap();
-    let h = httpsig::sign(&stranger, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
-    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
-    assert_eq!(r.status().as_u16(), 401);
-
-    // A properly signed call works once; the same signature again is a replay.
-    let key = keys::load_private_key(&a.cfg.key_path()).unwrap();
-    let h = httpsig::sign(&key, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
-    let first = signed_get(&http, &url("/v1/whoami"), &h).await;
-    assert_eq!(first.status().as_u16(), 200);
-    let who: ferry_proto::api::WhoAmI = first.json().await.unwrap();
-    assert_eq!(who.tenant, "alpha");
-    let replay = signed_get(&http, &url("/v1/whoami"), &h).await;
-    assert_eq!(replay.status().as_u16(), 401);
-    assert!(replay.text().await.unwrap().contains("replay"));
-
-    // A signature made for one path does not work on another.
-    let h = httpsig::sign(&key, "GET", "/v1/batches", b"", httpsig::unix_now()).unwrap();
-    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
-    assert_eq!(r.status().as_u16(), 401);
-
-    // A stale signature (older than the server's window) is refused.
-    let h = httpsig::sign(&key, "GET", "/v1/whoami", b"", httpsig::unix_now() - 3600).unwrap();
-    let r = signed_get(&http, &url("/v1/whoami"), &h).await;
-    assert_eq!(r.status().as_u16(), 401);
-    c.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn registration_tokens_are_single_use_expiring_and_pinned() {
-    let (_dir, c) = cluster().await;
-    let token = c.add_tenant("alpha").await.unwrap();
-    let erp = c.dir.join("erp.db");
-
-    // A token whose TLS pin is not this server's certificate: refused before anything is sent.
-    let mut wrong = RegistrationToken::decode(&token).unwrap();
-    wrong.tls = format!("sha256:{}", "ab".repeat(32));
-    let err = c.connector("first", &erp, &wrong.encode()).await.err().expect("pin mismatch must fail");
-    assert!(format!("{err:#}").contains("does not match the pinned fingerprint"), "{err:#}");
-
-    // The real token works once...
-    let conn = c.connector("second", &erp, &token).await.expect("first use");
-    assert_eq!(conn.registration().unwrap().tenant, "alpha");
-    // ...and not twice.
-    let err = c.connector("third", &erp, &token).await.err().expect("reuse must fail");
-    assert!(format!("{err:#}").contains("already used"), "{err:#}");
-
-    // An expired token.
-    let admin = c.admin().await.unwrap();
-    let t = RegistrationToken::generate(&c.comms.url(), &c.comms.state.identity.tls_fingerprint);
-    ferry_comms::db::add_token(
-        &admin.db,
-        &ferry_comms::api::secret_hash(&t.secret),
-        "alpha",
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-    )
-    .await
-    .unwrap();
-    let err = c.connector("fourth", &erp, &t.encode()).await.err().expect("expired must fail");
-    assert!(format!("{err:#}").contains("expired"), "{err:#}");
-
-    // A made-up token.
-    let t = RegistrationToken::generate(&c.comms.url(), &c.comms.state.identity.tls_fingerprint);
-    let err = c.connector("fifth", &erp, &t.encode()).await.err().expect("unknown must fail");
-    assert!(format!("{err:#}").contains("not known"), "{err:#}");
-
-    // The registered connector's private key is 0600.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(conn.cfg.key_path()).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,26 +62,7 @@ async fn one_port_serves_https_and_sftp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_disabled_tenant_is_refused_at_https_and_ssh() {
-    let (_dir, c) = cluster().await;
-    let a = tenant(&c, "alpha").await;
-    assert!(a.status(1).await.is_ok());
-    let admin = c.admin().await.unwrap();
-    admin.set_enabled("alpha", false).await.unwrap();
-    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
-    let err = a.status(1).await.expect_err("disabled tenant must be refused over HTTPS");
-    assert!(format!("{err:#}").contains("401"), "{err:#}");
-    let err = a.sftp().await.err().expect("disabled tenant must be refused over SSH");
-    assert!(format!("{err:#}").contains("refused this key"), "{err:#}");
-    admin.set_enabled("alpha", true).await.unwrap();
-    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
-    assert!(a.status(1).await.is_ok());
-    assert!(a.sftp().await.is_ok());
-    c.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn key_rotation_has_no_downtime_and_retires_the_old_key_and_revocation_is_immediate() {
+async fn key_rotation_has_no_downtime_and_retires_the_old_key() {
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let old_key = keys::load_private_key(&a.cfg.key_path()).unwrap();
@@ -296,10 +99,129 @@ async fn key_rotation_has_no_downtime_and_retires_the_old_key_and_revocation_is_
     let states = ferry_comms::db::tenant_keys(&c.comms.state.db, "beta").await.unwrap();
     assert!(states.iter().any(|(fp, st, ..)| fp == &before && st == "retired"), "{states:?}");
 
-    // Revocation: the operator revokes beta's key; within seconds it is refused at HTTPS and SSH.
-    assert!(ferry_comms::db::revoke_key(&c.comms.state.db, "beta", &after).await.unwrap());
-    tokio::time::sleep(ferry_comms::KEY_RELOAD_INTERVAL + Duration::from_secs(1)).await;
-    assert!(b.status(1).await.is_err());
-    assert!(b.sftp().await.is_err());
+    c.stop().await;
+}
+
+const PO: &str = "order_number,line,item,location,supplier,qty,unit_cost,order_date,due_date,comment\nREC-1,1,A1,L1,S1,24,1.20,2026/11/28,2026/12/05,\n";
+
+async fn events(c: &ferry::cluster::Cluster) -> Vec<(Option<String>, String, String)> {
+    ferry_comms::db::recent_audit(&c.comms.state.db, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.2, e.3, e.4))
+        .collect()
+}
+
+/// Wait (a few seconds at most) for an audit entry some background task writes.
+async fn wait_for(c: &ferry::cluster::Cluster, event: &str, detail: &str) -> bool {
+    for _ in 0..100 {
+        if events(c).await.iter().any(|(_, e, d)| e == event && d.contains(detail)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_security_event_is_audited() {
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    let token = c.add_tenant("alpha").await.unwrap();
+    let mut a = c.connector_with_write_back("alpha", &erp, &token).await.unwrap();
+    let reg = a.registration().unwrap();
+
+    // The key registered from 127.0.0.1; logging in from 127.0.0.2 is a new address (once).
+    let from_other_address = async || {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let stream = sock.connect(reg.ssh_addr.parse().unwrap()).await.unwrap();
+        let cfg = ferry_sftp::client::ClientConfig {
+            user: "connector".into(),
+            key: std::sync::Arc::new(keys::load_private_key(&a.cfg.key_path()).unwrap()),
+            host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
+            connect_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_secs(20),
+        };
+        ferry_sftp::client::SftpClient::connect_stream(&cfg, stream).await.unwrap().close().await.unwrap();
+    };
+    from_other_address().await;
+    assert!(wait_for(&c, "key_new_address", "127.0.0.2 (ssh)").await);
+    from_other_address().await;
+    a.sftp().await.unwrap().close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_addr = events(&c).await.iter().filter(|(_, e, _)| e == "key_new_address").count();
+    assert_eq!(new_addr, 1, "only the first use from an address is audited");
+
+    // Failed authentication, over SSH and HTTPS.
+    let stranger = keys::generate(KeyAlgorithm::Ed25519).unwrap();
+    let cfg = ferry_sftp::client::ClientConfig {
+        user: "alpha".into(),
+        key: std::sync::Arc::new(stranger),
+        host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
+        connect_timeout: Duration::from_secs(20),
+        io_timeout: Duration::from_secs(20),
+    };
+    assert!(ferry_sftp::client::SftpClient::connect(&cfg, &reg.ssh_addr).await.is_err());
+    assert!(wait_for(&c, "auth_failed", "ssh login refused").await);
+
+    // Rotation, a batch, a downstream file delivered.
+    a.rotate_key(KeyAlgorithm::Ed25519).await.unwrap();
+    let s = a.send(&spool_batch(&a, &good_files()), &quiet).await.unwrap().status;
+    assert_eq!(s.state, BatchState::Imported, "{:?}", s.detail);
+    let inst = c.app.state.instance("alpha").await.unwrap().unwrap();
+    let src = c.dir.join("po.csv");
+    std::fs::write(&src, PO).unwrap();
+    ferry_app::outbox::publish(&inst.0, "alpha", &c.app.state.sftp_root(), &src, "po_000001.csv").await.unwrap();
+    c.app.state.announce_wakeup.notify_one();
+    let mut delivered = false;
+    for _ in 0..10 {
+        let out = a.receive(5, &quiet).await.unwrap();
+        if out.iter().any(|o| matches!(o, ferry_connector::receive::Outcome::Applied { .. })) {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered);
+
+    // A quota refusal, a limit change, a disabled tenant with an open session, a revoked key.
+    let admin = c.admin().await.unwrap();
+    admin.set_limits("alpha", &[(ferry_comms::limits::Limit::MaxBatchFiles, Some(1))]).await.unwrap();
+    while c.comms.state.limits.of("alpha").max_batch_files != 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.send(&spool_batch(&a, &good_files()), &quiet).await.is_err());
+    let open = a.sftp().await.unwrap();
+    admin.set_enabled("alpha", false).await.unwrap();
+    assert!(wait_for(&c, "session_closed", "access withdrawn").await);
+    drop(open);
+    admin.set_enabled("alpha", true).await.unwrap();
+    admin.revoke_key("alpha", &a.key_fingerprint()).await.unwrap();
+
+    let ev = events(&c).await;
+    for e in [
+        "tenant_added",
+        "token_issued",
+        "registered",
+        "key_new_address",
+        "auth_failed",
+        "key_rotated",
+        "key_retired",
+        "batch_completed",
+        "batch_imported",
+        "file_delivered",
+        "quota_refused",
+        "limits_changed",
+        "tenant_disabled",
+        "session_closed",
+        "tenant_enabled",
+        "key_revoked",
+    ] {
+        assert!(ev.iter().any(|(_, x, _)| x == e), "{e} missing from the audit log");
+    }
+    // Operator actions say who acted.
+    assert!(ev.iter().any(|(_, e, d)| e == "tenant_disabled" && d == "by cli"));
+    assert!(ferry_comms::db::verify_audit(&c.comms.state.db).await.unwrap().is_ok());
     c.stop().await;
 }

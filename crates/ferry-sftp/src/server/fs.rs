@@ -14,6 +14,9 @@
 //! - A file that was written through a handle is `fdatasync`ed when that handle is closed, so a
 //!   file that the client then renames into place survives a host crash.
 //! - `read` answers at most [`MAX_READ_LEN`] bytes, as advertised by `limits@openssh.com`.
+//! - Every write (and every `setstat` that grows a file) is first put to [`Authorizer::admit_write`]: a
+//!   refused write answers the authorizer's message, closes the handle and removes the file, so a file that
+//!   broke a limit never stays half-written.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -28,6 +31,7 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 
+use super::{Authorizer, Principal};
 use crate::path::{self, PathError};
 
 /// Largest SFTP packet accepted from a client (the OpenSSH value).
@@ -44,7 +48,7 @@ const FILE_MODE: u32 = 0o640;
 const DIR_MODE: u32 = 0o750;
 
 enum OpenHandle {
-    File { file: Arc<fs::File>, written: bool },
+    File { file: Arc<fs::File>, written: bool, path: PathBuf, append: bool },
     Dir { entries: VecDeque<File> },
 }
 
@@ -52,14 +56,41 @@ enum OpenHandle {
 pub(crate) struct ConfinedFs {
     root: PathBuf,
     tenant: String,
+    principal: Principal,
+    auth: Arc<dyn Authorizer>,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
 }
 
 impl ConfinedFs {
     /// `root` must be the canonicalised principal root.
-    pub(crate) fn new(root: PathBuf, tenant: String) -> Self {
-        Self { root, tenant, handles: HashMap::new(), next_handle: 0 }
+    pub(crate) fn new(root: PathBuf, principal: Principal, auth: Arc<dyn Authorizer>) -> Self {
+        Self { root, tenant: principal.name.clone(), principal, auth, handles: HashMap::new(), next_handle: 0 }
+    }
+
+    /// Puts a write to the authorizer; on refusal closes `handle` (if any), removes the file and answers
+    /// the authorizer's message.
+    async fn admit(
+        &mut self,
+        handle: Option<&str>,
+        path: &Path,
+        size_after: u64,
+        bytes: u64,
+    ) -> Result<(), StatusReply> {
+        let Err(why) = self.auth.admit_write(&self.principal, size_after, bytes) else {
+            return Ok(());
+        };
+        tracing::warn!(tenant = %self.tenant, size_after, "sftp write refused: {why}");
+        if let Some(h) = handle {
+            self.handles.remove(h);
+        }
+        let p = path.to_owned();
+        if let Err(e) = blocking(move || fs::remove_file(p)).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(tenant = %self.tenant, "cannot remove a refused upload: {e}");
+        }
+        Err(StatusCode::Failure.with_message(why))
     }
 
     fn confine(&self, sftp_path: &str) -> Result<PathBuf, StatusReply> {
@@ -291,8 +322,9 @@ impl russh_sftp::server::Handler for ConfinedFs {
         }
         // O_NONBLOCK: opening a fifo must not hang the session (it is refused just below).
         opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        let opened = path.clone();
         let file = blocking(move || {
-            let file = opts.open(&path)?;
+            let file = opts.open(&opened)?;
             let meta = file.metadata()?;
             if meta.is_dir() {
                 return Err(io::Error::from(io::ErrorKind::IsADirectory));
@@ -304,13 +336,13 @@ impl russh_sftp::server::Handler for ConfinedFs {
         })
         .await
         .map_err(|e| io_status("open", &e))?;
-        let handle = self.add_handle(OpenHandle::File { file: Arc::new(file), written: false })?;
+        let handle = self.add_handle(OpenHandle::File { file: Arc::new(file), written: false, path, append })?;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(OpenHandle::File { file, written: true }) => {
+            Some(OpenHandle::File { file, written: true, .. }) => {
                 blocking(move || file.sync_data()).await.map_err(|e| io_status("close", &e))?;
                 Ok(ok_status(id))
             }
@@ -330,19 +362,26 @@ impl russh_sftp::server::Handler for ConfinedFs {
     }
 
     async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
-        let file = match self.handles.get_mut(&handle) {
-            Some(OpenHandle::File { file, written }) => {
+        let (file, path, append) = match self.handles.get_mut(&handle) {
+            Some(OpenHandle::File { file, written, path, append }) => {
                 *written = true;
-                file.clone()
+                (file.clone(), path.clone(), *append)
             }
             Some(OpenHandle::Dir { .. }) => {
                 return Err(StatusCode::Failure.with_message("write: the handle is a directory handle"));
             }
             None => return Err(bad_handle()),
         };
-        if offset.checked_add(data.len() as u64).is_none() {
+        let len = data.len() as u64;
+        let Some(mut size_after) = offset.checked_add(len) else {
             return Err(StatusCode::Failure.with_message("write: the offset is out of range"));
+        };
+        if append {
+            let f = file.clone();
+            let now = blocking(move || f.metadata()).await.map_err(|e| io_status("write", &e))?.len();
+            size_after = now.saturating_add(len);
         }
+        self.admit(Some(&handle), &path, size_after, len).await?;
         // With O_APPEND, Linux pwrite appends whatever the offset (SFTP APPEND semantics).
         blocking(move || file.write_all_at(&data, offset)).await.map_err(|e| io_status("write", &e))?;
         Ok(ok_status(id))
@@ -368,6 +407,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
     async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let p = self.confine(&path)?;
         if let Some(size) = attrs.size {
+            self.admit(None, &p, size, 0).await?;
             blocking(move || {
                 let f =
                     fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&p)?;
@@ -385,6 +425,10 @@ impl russh_sftp::server::Handler for ConfinedFs {
     async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let file = self.file(&handle)?;
         if let Some(size) = attrs.size {
+            if let Some(OpenHandle::File { path, .. }) = self.handles.get(&handle) {
+                let path = path.clone();
+                self.admit(Some(&handle), &path, size, 0).await?;
+            }
             blocking(move || file.set_len(size)).await.map_err(|e| io_status("fsetstat", &e))?;
         }
         Ok(ok_status(id))

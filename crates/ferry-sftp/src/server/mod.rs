@@ -16,6 +16,7 @@
 mod fs;
 mod killable;
 mod pump;
+mod sessions;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::fs::{MAX_OPEN_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN};
 pub use self::pump::{MAX_QUEUED_BYTES, MAX_QUEUED_PACKETS};
+pub use self::sessions::{SessionInfo, Sessions, THROTTLE_BASE, THROTTLE_FORGET, THROTTLE_MAX};
 pub use crate::path::{PathError, confine};
 
 /// Login deadline used by [`serve_stream`] (which receives only a russh config).
@@ -57,13 +59,30 @@ pub struct Principal {
     pub root: PathBuf,
 }
 
-/// Decides which principal, if any, a public key logs in as.
+/// Decides which principal, if any, a public key logs in as, and what that principal may write.
+///
+/// Only [`Authorizer::authorize`] is required; the other methods have permissive defaults (no quota) and
+/// no-op notifications.
 pub trait Authorizer: Send + Sync + 'static {
     /// Called for every offered/used public key; return the principal this key logs in as, or None.
     ///
     /// Compare keys with [`same_key`] (key data only): `==` on `PublicKey` also compares the
     /// comment.
     fn authorize(&self, user: &str, key: &PublicKey) -> Option<Principal>;
+
+    /// Called before every write: `bytes` more bytes, after which the file will be at least
+    /// `file_size_after` bytes long. `Err(message)` refuses the write; the message goes to the client as is
+    /// (say which limit, its value and what to do), and the file being written is removed so that nothing
+    /// partial stays visible.
+    fn admit_write(&self, _principal: &Principal, _file_size_after: u64, _bytes: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A login succeeded (e.g. to notice a key used from a new address).
+    fn logged_in(&self, _principal: &Principal, _key: &PublicKey, _peer: Option<SocketAddr>) {}
+
+    /// A login was refused: the key is not authorised for any principal.
+    fn refused(&self, _user: &str, _key: &PublicKey, _peer: Option<SocketAddr>) {}
 }
 
 /// Whether two public keys are the same key (compares key data, ignores the comment).
@@ -178,8 +197,21 @@ pub async fn serve(
     auth: Arc<dyn Authorizer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(cfg, listener, auth, Sessions::new(), shutdown).await
+}
+
+/// [`serve`], with the caller holding the server's [`Sessions`] (to list them, or close those of a
+/// principal or key that has lost its access).
+pub async fn serve_with(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    auth: Arc<dyn Authorizer>,
+    sessions: Sessions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let ssh_cfg = cfg.russh_config();
     let auth_timeout = cfg.auth_timeout;
+    let table = sessions;
     let stop = CancellationToken::new();
     let mut sessions: JoinSet<()> = JoinSet::new();
     let local = listener.local_addr().ok();
@@ -206,9 +238,9 @@ pub async fn serve(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, "set_nodelay failed: {e}");
                 }
-                let (ssh_cfg, auth, stop) = (ssh_cfg.clone(), auth.clone(), stop.child_token());
+                let (ssh_cfg, auth, stop, table) = (ssh_cfg.clone(), auth.clone(), stop.child_token(), table.clone());
                 sessions.spawn(async move {
-                    if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, Some(peer), stop).await {
+                    if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, table, Some(peer), stop).await {
                         tracing::debug!(%peer, "sftp connection ended: {e:#}");
                     }
                 });
@@ -224,18 +256,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serve one already-accepted stream (used later for one-port HTTPS/SSH multiplexing).
+/// Serve one already-accepted stream (for a port shared with HTTPS).
 ///
-/// Build `cfg` with [`ServerConfig::russh_config`]. The login deadline is
+/// Build `cfg` with [`ServerConfig::russh_config`]; pass the same `sessions` for every connection
+/// of one server (brute-force throttle, closing sessions). The login deadline is
 /// [`DEFAULT_AUTH_TIMEOUT`]; set `nodelay` on a TCP stream before calling. Returns when the
 /// connection ends.
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     cfg: Arc<russh::server::Config>,
     stream: S,
     auth: Arc<dyn Authorizer>,
+    sessions: Sessions,
     peer: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    run_session(cfg, DEFAULT_AUTH_TIMEOUT, stream, auth, peer, CancellationToken::new()).await
+    run_session(cfg, DEFAULT_AUTH_TIMEOUT, stream, auth, sessions, peer, CancellationToken::new()).await
 }
 
 async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -243,6 +277,7 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     auth_timeout: Duration,
     stream: S,
     auth: Arc<dyn Authorizer>,
+    sessions: Sessions,
     peer: Option<SocketAddr>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -251,8 +286,20 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let _cut_on_exit = kill.clone().drop_guard();
     let stream = killable::Killable::new(stream, kill.clone());
     let authenticated = Arc::new(AtomicBool::new(false));
-    let handler =
-        SshHandler { auth, peer, principal: None, authenticated: authenticated.clone(), channels: HashMap::new() };
+    // Cancelled when the session's principal or key loses its access (`Sessions::close_where`).
+    let revoked = CancellationToken::new();
+    let id = sessions.next_id();
+    let _deregister = sessions::Deregister { sessions: sessions.clone(), id };
+    let handler = SshHandler {
+        auth,
+        sessions,
+        session_id: id,
+        revoked: revoked.clone(),
+        peer,
+        principal: None,
+        authenticated: authenticated.clone(),
+        channels: HashMap::new(),
+    };
     let session = tokio::time::timeout(auth_timeout, russh::server::run_stream(cfg, stream, handler))
         .await
         .context("the client did not send an SSH version string in time")?
@@ -298,6 +345,19 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     anyhow::bail!("authentication timed out");
                 }
             }
+            () = revoked.cancelled() => {
+                tracing::info!(peer = ?peer, "closing an sftp session: its access was withdrawn");
+                let ending = end("access withdrawn by the operator");
+                tokio::pin!(ending);
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    tokio::select! {
+                        _ = &mut session => {}
+                        () = &mut ending => { let _ = (&mut session).await; }
+                    }
+                })
+                .await;
+                return Ok(());
+            }
             () = stop.cancelled() => {
                 let ending = end("server shutting down");
                 tokio::pin!(ending);
@@ -317,6 +377,9 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 /// Per-connection SSH handler.
 struct SshHandler {
     auth: Arc<dyn Authorizer>,
+    sessions: Sessions,
+    session_id: u64,
+    revoked: CancellationToken,
     peer: Option<SocketAddr>,
     principal: Option<Principal>,
     authenticated: Arc<AtomicBool>,
@@ -331,36 +394,6 @@ impl SshHandler {
     }
 }
 
-/// Failed SSH logins per source address, for a growing delay (brute-force protection). Process-wide, so it
-/// holds across connections; an address's record fades after [`THROTTLE_FORGET`] without failures.
-static THROTTLE: std::sync::LazyLock<std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>> =
-    std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
-
-/// How long a source address's failed logins are remembered.
-pub const THROTTLE_FORGET: Duration = Duration::from_secs(600);
-/// The delay before answering a refused login grows from this, doubling per failure...
-pub const THROTTLE_BASE: Duration = Duration::from_millis(100);
-/// ...up to this.
-pub const THROTTLE_MAX: Duration = Duration::from_secs(8);
-
-/// Record a refused login from `peer`; returns how long to wait before answering it.
-fn throttle_failure(peer: Option<SocketAddr>) -> Duration {
-    let Some(ip) = peer.map(|p| p.ip()) else { return THROTTLE_BASE };
-    let Ok(mut m) = THROTTLE.lock() else { return THROTTLE_BASE };
-    let now = std::time::Instant::now();
-    m.retain(|_, (_, last)| now.duration_since(*last) < THROTTLE_FORGET);
-    let e = m.entry(ip).or_insert((0, now));
-    e.0 = e.0.saturating_add(1);
-    e.1 = now;
-    THROTTLE_BASE.saturating_mul(1u32 << e.0.saturating_sub(1).min(10)).min(THROTTLE_MAX)
-}
-
-fn throttle_success(peer: Option<SocketAddr>) {
-    if let (Some(p), Ok(mut m)) = (peer, THROTTLE.lock()) {
-        m.remove(&p.ip());
-    }
-}
-
 impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
@@ -372,7 +405,8 @@ impl russh::server::Handler for SshHandler {
         if self.auth.authorize(user, offer.public_key).is_some() {
             return Ok(Auth::Accept);
         }
-        let delay = throttle_failure(self.peer);
+        let delay = self.sessions.throttle_failure(self.peer);
+        self.auth.refused(user, offer.public_key, self.peer);
         tracing::info!(peer = ?self.peer, user = %user.escape_debug(),
             key = %offer.public_key.fingerprint(HashAlg::Sha256), delay_ms = delay.as_millis() as u64,
             "sftp login refused: unknown key");
@@ -387,15 +421,29 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<Auth, Self::Error> {
         match self.auth.authorize(user, key.public_key) {
             Some(principal) => {
+                let key_fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
                 tracing::info!(peer = ?self.peer, user = %user.escape_debug(), tenant = %principal.name,
-                    key = %key.public_key.fingerprint(HashAlg::Sha256), "sftp login");
+                    key = %key_fingerprint, "sftp login");
+                self.sessions.insert(
+                    SessionInfo {
+                        id: self.session_id,
+                        principal: principal.name.clone(),
+                        key_fingerprint,
+                        peer: self.peer,
+                        since: std::time::SystemTime::now(),
+                    },
+                    self.revoked.clone(),
+                );
+                self.auth.logged_in(&principal, key.public_key, self.peer);
                 self.principal = Some(principal);
                 self.authenticated.store(true, Ordering::Release);
-                throttle_success(self.peer);
+                self.sessions.throttle_success(self.peer);
                 Ok(Auth::Accept)
             }
             None => {
-                tokio::time::sleep(throttle_failure(self.peer)).await;
+                let delay = self.sessions.throttle_failure(self.peer);
+                self.auth.refused(user, key.public_key, self.peer);
+                tokio::time::sleep(delay).await;
                 Ok(Auth::reject())
             }
         }
@@ -443,8 +491,9 @@ impl russh::server::Handler for SshHandler {
         };
         session.channel_success(channel_id)?;
         tracing::debug!(tenant = %principal.name, "sftp subsystem started");
-        let fs = fs::ConfinedFs::new(root, principal.name.clone());
-        tokio::spawn(pump::run(channel, fs, principal.name));
+        let name = principal.name.clone();
+        let fs = fs::ConfinedFs::new(root, principal, self.auth.clone());
+        tokio::spawn(pump::run(channel, fs, name));
         Ok(())
     }
 
