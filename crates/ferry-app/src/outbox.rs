@@ -78,7 +78,11 @@ pub async fn publish(
         std::fs::rename(&part, &dst)?;
         Ok(d)
     })
-    .await??;
+    .await?
+    .map_err(|e| {
+        let _ = std::fs::remove_file(dir.join(format!(".{name}.part")));
+        ferry_io::retry::disk_full(e, &dir)
+    })?;
     sqlx::query(
         "INSERT INTO outbox(file_id, name, bytes, md5, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, 'created', ?)",
     )

@@ -290,17 +290,34 @@ async fn import(
     Ok(Json(report))
 }
 
-/// Announces outbox files to Comms; retried every 15 s until Comms has them.
+/// Announces outbox files to Comms: at once when woken, every 15 s otherwise, and after a failure again with
+/// backoff and jitter (1 s growing to 5 min); the same error is logged once per 5 minutes with a count.
 async fn announcer(st: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    use ferry_io::retry::{Backoff, FailureLog};
     tokio::pin!(shutdown);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+    let mut failures = FailureLog::new("announcing downstream files to the Comms server", Duration::from_secs(300));
     loop {
-        if let Err(e) = announce_all(&st).await {
-            tracing::warn!("announcing downstream files failed, will retry: {e:#}");
-        }
+        let wait = match announce_all(&st).await {
+            Ok(()) => {
+                backoff.reset();
+                if let Some(line) = failures.success() {
+                    tracing::info!("{line}");
+                }
+                Duration::from_secs(15)
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                if let Some(line) = failures.failure(&format!("{e:#}"), wait) {
+                    tracing::warn!("{line}");
+                }
+                wait
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => return,
             _ = st.announce_wakeup.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

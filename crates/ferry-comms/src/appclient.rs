@@ -80,13 +80,14 @@ impl AppClient {
         Ok(self.api()?.post(&path, m).await?)
     }
 
-    /// Download a file the App announced (`/<tenant>/outbox/<id>/<name>`) to `local`.
+    /// Download a file the App announced (`/<tenant>/outbox/<id>/<name>`) to `local`, continuing a download
+    /// that was cut off earlier (see [`SftpClient::download_file_resuming`]). Returns bytes received now.
     pub async fn fetch_file(&self, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
         let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
             .await
             .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
         let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
-        let n = sftp.download_file(&remote, local).await.with_context(|| format!("fetching {remote}"))?;
+        let n = sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))?;
         sftp.close().await?;
         Ok(n)
     }

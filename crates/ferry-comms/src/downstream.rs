@@ -27,7 +27,8 @@ async fn work(st: &CommsState) -> anyhow::Result<bool> {
             Ok(()) => moved = true,
             Err(e) => {
                 let msg = format!("{e:#}");
-                tracing::warn!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
+                // kept with the file for `tenant files`; the worker loop logs failures, rate-limited
+                tracing::debug!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
                 db::note_download_error(&st.db, &row.tenant, &row.file.file_id, &msg).await?;
                 failure = Some(e);
             }
@@ -42,20 +43,31 @@ async fn work(st: &CommsState) -> anyhow::Result<bool> {
 async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
     let f = &row.file;
     let tmp_dir = st.cfg.data_dir.join("tenants").join(&row.tenant).join("tmp");
-    std::fs::create_dir_all(&tmp_dir)?;
-    let plain = tmp_dir.join(format!("{}.download", f.file_id));
-    st.app.fetch_file(f, &plain).await?;
     let out_dir = st.sftp_root(&row.tenant).join("download").join(f.file_id.as_str());
-    std::fs::create_dir_all(&out_dir)?;
-    let final_path = out_dir.join(format!("{}.bz2", f.name));
-    let part = out_dir.join(format!(".{}.bz2.part", f.name));
-    let expected = f.clone();
-    let (p, fp) = (plain.clone(), part.clone());
-    let compressed = tokio::task::spawn_blocking(move || compress_verified(&p, &fp, expected.bytes, &expected.sha256))
-        .await
-        .context("compression task failed")??;
-    let _ = std::fs::remove_file(&plain);
-    std::fs::rename(&part, &final_path)?;
+    let plain = tmp_dir.join(format!("{}.download", f.file_id));
+    let compressed = async {
+        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        // A fetch cut off earlier continues from its `.part`; the SHA-256 check below catches any mix-up.
+        st.app.fetch_file(f, &plain).await?;
+        std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+        let final_path = out_dir.join(format!("{}.bz2", f.name));
+        let part = out_dir.join(format!(".{}.bz2.part", f.name));
+        let expected = f.clone();
+        let (p, fp) = (plain.clone(), part.clone());
+        let compressed =
+            tokio::task::spawn_blocking(move || compress_verified(&p, &fp, expected.bytes, &expected.sha256))
+                .await
+                .context("compression task failed")?;
+        // Fetched or not, a plain copy that did not make it is not kept for a later resume: only a cut-off
+        // transfer (a `.part`) is.
+        let _ = std::fs::remove_file(&plain);
+        let compressed = compressed?;
+        std::fs::rename(&part, &final_path)
+            .with_context(|| format!("cannot move the compressed file into {}", out_dir.display()))?;
+        anyhow::Ok(compressed)
+    }
+    .await
+    .map_err(|e| ferry_io::retry::disk_full(e, &st.cfg.data_dir))?;
     db::set_download_ready(&st.db, &row.tenant, &f.file_id, compressed).await?;
     tracing::info!(tenant = %row.tenant, file = %f.file_id, name = %f.name, bytes = f.bytes, compressed, "file ready for download");
     st.downloads_changed.send_modify(|v| *v += 1);
@@ -66,6 +78,14 @@ async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
 
 /// Compress `plain` into `out` while checking it is the file the App announced. Returns the compressed size.
 fn compress_verified(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyhow::Result<u64> {
+    let r = compress_checked(plain, out, bytes, sha256);
+    if r.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    r
+}
+
+fn compress_checked(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyhow::Result<u64> {
     let mut input = std::fs::File::open(plain)?;
     let file = std::fs::File::create(out)?;
     let mut w = ferry_io::digest::HashingWriter::new(ferry_io::bz::ParallelBzWriter::new(file, 9, 0));

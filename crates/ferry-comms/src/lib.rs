@@ -561,8 +561,9 @@ async fn serve_shared(
 }
 
 /// The loop every background worker runs: do a pass; if it moved something, go again at once; if not, wait
-/// for a wake-up (or 30 s); if it failed, retry with exponential backoff (0.5 s doubling to 60 s). Returns when
-/// `shutdown` resolves.
+/// for a wake-up (or 30 s); if it failed, retry with exponential backoff and jitter (0.5 s growing to 60 s,
+/// [`ferry_io::retry::Backoff`]), logging the same error once a minute with a count. Returns when `shutdown`
+/// resolves.
 pub(crate) async fn worker_loop<F, Fut>(
     name: &str,
     wakeup: &Notify,
@@ -572,19 +573,27 @@ pub(crate) async fn worker_loop<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
+    use ferry_io::retry::{Backoff, FailureLog};
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut failures = FailureLog::new(name, Duration::from_secs(60));
     loop {
         let idle = match pass().await {
-            Ok(true) => {
-                backoff = Duration::from_millis(500);
-                continue;
+            Ok(moved) => {
+                backoff.reset();
+                if let Some(line) = failures.success() {
+                    tracing::info!("{line}");
+                }
+                if moved {
+                    continue;
+                }
+                Duration::from_secs(30)
             }
-            Ok(false) => Duration::from_secs(30),
             Err(e) => {
-                tracing::warn!("{name} failed, retrying in {backoff:?}: {e:#}");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                let wait = backoff.next_delay();
+                if let Some(line) = failures.failure(&format!("{e:#}"), wait) {
+                    tracing::warn!("{line}");
+                }
                 wait
             }
         };

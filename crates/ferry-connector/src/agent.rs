@@ -21,6 +21,7 @@ use crate::extract::{ExtractOptions, extract_batch};
 use crate::journal::Journal;
 use crate::mapping::Mapping;
 use crate::source::SqliteSource;
+use ferry_io::retry::Backoff;
 
 /// What `init` created.
 pub struct InitReport {
@@ -170,15 +171,18 @@ impl Connector {
     }
 
     pub fn api_for(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
+        self.api_for_with_timeout(reg, self.cfg.network.timeout())
+    }
+
+    /// A signed client whose calls may take up to `timeout` (a long-poll needs its wait on top of the usual).
+    pub fn api_with_timeout(&self, timeout: Duration) -> anyhow::Result<ApiClient> {
+        self.api_for_with_timeout(&self.registration()?, timeout)
+    }
+
+    fn api_for_with_timeout(&self, reg: &Registration, timeout: Duration) -> anyhow::Result<ApiClient> {
         let pin = (!reg.tls_fingerprint.is_empty()).then_some(reg.tls_fingerprint.as_str());
         let proxy = self.proxy_for_url(&reg.comms_url)?;
-        ApiClient::via(
-            &reg.comms_url,
-            pin,
-            Some(self.key.clone()),
-            Duration::from_secs(60),
-            proxy.as_ref().map(|p| p.url()),
-        )
+        ApiClient::via(&reg.comms_url, pin, Some(self.key.clone()), timeout, proxy.as_ref().map(|p| p.url()))
     }
 
     fn sftp_config(&self, reg: &Registration) -> ClientConfig {
@@ -186,8 +190,8 @@ impl Connector {
             user: reg.tenant.clone(),
             key: self.key.clone(),
             host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
-            connect_timeout: Duration::from_secs(30),
-            io_timeout: Duration::from_secs(120),
+            connect_timeout: self.cfg.network.connect_timeout(),
+            io_timeout: self.cfg.network.timeout(),
         }
     }
 
@@ -218,14 +222,69 @@ impl Connector {
         Journal::open(&self.cfg.journal_path()).await?.recent_received(limit).await
     }
 
+    /// What this connector still has to do and why, from its own files (works while the Comms server is
+    /// unreachable): batches not yet accepted, files not delivered or not acknowledged, steps that keep failing
+    /// with their last error and next retry.
+    pub async fn pending(&self) -> anyhow::Result<Vec<String>> {
+        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let mut out = Vec::new();
+        for b in journal.recent(100).await?.iter().rev().filter(|b| b.state == "extracted") {
+            out.push(format!(
+                "batch {}: extracted, not yet accepted by the Comms server (the next sync sends it)",
+                b.manifest.batch_id
+            ));
+        }
+        for r in journal.recent_received(100).await?.iter().rev() {
+            match r.state {
+                crate::journal::ReceivedState::Failed => out.push(format!(
+                    "file {} ({}): not delivered after {} attempts, retried on the next poll; last error: {}",
+                    r.name,
+                    r.file_id,
+                    r.attempts,
+                    r.error.as_deref().unwrap_or("unknown")
+                )),
+                crate::journal::ReceivedState::Applied => out.push(format!(
+                    "file {} ({}): applied; its acknowledgement to the Comms server is sent on the next poll",
+                    r.name, r.file_id
+                )),
+                crate::journal::ReceivedState::Acked => {}
+            }
+        }
+        for f in crate::pending::Pending::new(&self.cfg.data_dir()).list() {
+            let next = match f.next_retry {
+                Some(t) => format!("next retry at {}", t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")),
+                None => "retried when it runs again".to_owned(),
+            };
+            out.push(format!(
+                "{}: failing since {} ({} times in a row), {next}; last error: {}",
+                f.step,
+                f.since.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"),
+                f.failures,
+                f.last_error
+            ));
+        }
+        Ok(out)
+    }
+
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;
         Ok(self.api_for(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
     }
 
-    /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one.
+    /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one. A
+    /// failure is recorded for `status` (see [`crate::pending`]) until a sync succeeds.
     pub async fn sync(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
+        let pending = crate::pending::Pending::new(&self.cfg.data_dir());
+        let r = self.sync_once(progress).await.map_err(|e| ferry_io::retry::disk_full(e, &self.cfg.data_dir()));
+        match &r {
+            Ok(_) => pending.succeeded("sync"),
+            Err(e) => pending.failed("sync", e, None),
+        }
+        r
+    }
+
+    async fn sync_once(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         let spool = self.cfg.spool_dir();
         let mut extract_time = Duration::ZERO;
@@ -250,7 +309,8 @@ impl Connector {
     /// Extract a new batch into the spool folder and journal it as `extracted`.
     pub async fn extract_to_spool(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
         let journal = Journal::open(&self.cfg.journal_path()).await?;
-        let m = self.extract(&self.cfg.spool_dir(), progress).await?;
+        let spool = self.cfg.spool_dir();
+        let m = self.extract(&spool, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &spool))?;
         journal.record(&m, "extracted", None).await?;
         Ok(m)
     }
@@ -263,15 +323,34 @@ impl Connector {
         let id = manifest.batch_id.clone();
         let dir = self.cfg.spool_dir().join(id.as_str());
 
-        let t = Instant::now();
-        let sent = self.upload(&reg, &dir, manifest, progress).await?;
-        timings.upload = t.elapsed();
-
         let api = self.api_for(&reg)?;
-        let status: BatchStatus = api
-            .post(&format!("/v1/batches/{id}/complete"), manifest)
-            .await
-            .with_context(|| format!("the Comms server did not accept batch {id}"))?;
+        let (api_ref, id_ref) = (&api, &id);
+        // A run that died after the server accepted the batch but before the journal said so: nothing to send.
+        let known: Option<BatchStatus> = api.get(&format!("/v1/batches/{id}")).await.ok();
+        let (sent, status) = match known {
+            Some(status) => {
+                progress(&format!("batch {id} was already accepted by the Comms server"));
+                (0, status)
+            }
+            None => {
+                // A cut connection is retried at once with backoff, resuming the upload where it stopped.
+                let t = Instant::now();
+                let (reg_ref, dir_ref) = (&reg, dir.as_path());
+                let sent = self
+                    .retrying("upload", progress, move || self.upload(reg_ref, dir_ref, manifest, progress))
+                    .await?;
+                timings.upload = t.elapsed();
+                let status: BatchStatus = self
+                    .retrying("completing the batch", progress, move || async move {
+                        api_ref
+                            .post(&format!("/v1/batches/{id_ref}/complete"), manifest)
+                            .await
+                            .with_context(|| format!("the Comms server did not accept batch {id_ref}"))
+                    })
+                    .await?;
+                (sent, status)
+            }
+        };
         journal.record(manifest, "completed", None).await?;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("cannot remove the spooled batch {}: {e}", dir.display());
@@ -352,8 +431,19 @@ impl Connector {
         let deadline = Instant::now() + wait;
         let mut last = None;
         let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
-            let s: BatchStatus = api.get(&format!("/v1/batches/{id}")).await?;
+            let s: BatchStatus = match api.get(&format!("/v1/batches/{id}")).await {
+                Ok(s) => s,
+                // the batch is safely at the Comms server: a lost status call is only retried
+                Err(e) if web_transient(&e) && Instant::now() < deadline => {
+                    let d = backoff.next_delay();
+                    progress(&format!("batch {id}: status unavailable, asking again in {:.1} s: {e}", d.as_secs_f64()));
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if last != Some(s.state) {
                 progress(&format!("batch {id}: {}", s.state.as_str()));
                 last = Some(s.state);
@@ -365,6 +455,65 @@ impl Connector {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// How many times `sync` tries a network step before it gives up (the running agent tries again later).
+const SEND_ATTEMPTS: u32 = 4;
+
+impl Connector {
+    /// Run `step` up to [`SEND_ATTEMPTS`] times with backoff and jitter while it fails for a reason that may
+    /// pass (a cut or stalled connection, a server error), saying so on `progress` each time.
+    async fn retrying<T, F, Fut>(&self, what: &str, progress: &(dyn Fn(&str) + Sync), mut step: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+        let mut attempt = 1;
+        loop {
+            match step().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < SEND_ATTEMPTS && transient(&e) => {
+                    let d = backoff.next_delay();
+                    progress(&format!(
+                        "{what} failed (attempt {attempt} of {SEND_ATTEMPTS}), retrying in {:.1} s: {e:#}",
+                        d.as_secs_f64()
+                    ));
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a failed web-service call may work if tried again (no answer, or a server-side error).
+fn web_transient(e: &ferry_web::client::ClientError) -> bool {
+    e.status().is_none_or(|s| s >= 500 || s == 408 || s == 429)
+}
+
+/// Whether an error may pass by itself: network trouble and server errors yes; a refused key, a changed host
+/// key, a rejected request or a full local disk no.
+pub fn transient(e: &anyhow::Error) -> bool {
+    use ferry_sftp::client::ClientError as Sftp;
+    if ferry_io::retry::is_disk_full(e) {
+        return false;
+    }
+    for cause in e.chain() {
+        if let Some(w) = cause.downcast_ref::<ferry_web::client::ClientError>() {
+            return web_transient(w);
+        }
+        if let Some(s) = cause.downcast_ref::<Sftp>() {
+            return matches!(s, Sftp::Connect { .. } | Sftp::Timeout { .. } | Sftp::Ssh(_) | Sftp::Transfer { .. })
+                || matches!(s, Sftp::SizeMismatch { .. })
+                || matches!(s, Sftp::Remote { .. } if !s.is_not_found());
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 #[derive(Debug, Default, Clone)]

@@ -30,6 +30,9 @@ pub struct ConnectorConfig {
     /// When `ferry connector run` extracts, and how it polls.
     #[serde(default)]
     pub schedule: ScheduleConfig,
+    /// Time limits of every connection to the Comms server.
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// Dir of the config file; paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -88,6 +91,33 @@ impl ScheduleConfig {
         chrono::NaiveTime::parse_from_str(self.daily_at.trim(), "%H:%M")
             .map(Some)
             .map_err(|_| anyhow::anyhow!("schedule.daily_at {:?} is not a time like \"02:00\"", self.daily_at))
+    }
+}
+
+/// `[network]`: no call to the Comms server waits forever; a stalled one fails with an error naming the limit and
+/// is retried with backoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Seconds to open a connection: TCP (and proxy tunnel), then the TLS or SSH handshake and the login.
+    pub connect_timeout_secs: u64,
+    /// Seconds one web-service call, or one SFTP request, may go unanswered. A long-poll waits this much longer
+    /// than its own wait.
+    pub timeout_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { connect_timeout_secs: 30, timeout_secs: 60 }
+    }
+}
+
+impl NetworkConfig {
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.max(1))
     }
 }
 
@@ -207,6 +237,12 @@ wait_secs = 600
 daily_at = "02:00"
 # Seconds each poll for files from the cloud waits (files arrive within a second of being ready).
 poll_wait_secs = 25
+
+[network]
+# Seconds to open a connection to the Comms server (TCP/proxy, TLS or SSH handshake, login), and seconds one
+# call or SFTP request may go unanswered; a stalled peer fails with a clear error and is retried with backoff.
+connect_timeout_secs = 30
+timeout_secs = 60
 
 [delivery]
 # Files from the cloud (recommended orders, reports) are written here, complete or not at all.

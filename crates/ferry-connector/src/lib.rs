@@ -7,5 +7,6 @@ pub mod agent;
 pub mod config;
 pub mod delivery;
 pub mod journal;
+pub mod pending;
 pub mod proxy;
 pub mod receive;

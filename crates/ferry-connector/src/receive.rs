@@ -17,6 +17,8 @@ use ferry_web::client::ApiClient;
 use crate::agent::Connector;
 use crate::delivery;
 use crate::journal::Journal;
+use crate::pending::Pending;
+use ferry_io::retry::{Backoff, FailureLog};
 
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,15 +34,38 @@ pub enum Outcome {
 impl Connector {
     /// One round: re-send lost acks, wait up to `wait_secs` for files, apply and acknowledge each.
     pub async fn receive(&self, wait_secs: u64, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Vec<Outcome>> {
+        self.receive_until(wait_secs, progress, &mut std::future::pending()).await
+    }
+
+    /// Like [`Connector::receive`], but when `stop` resolves the long-poll ends at once and no further file is
+    /// started; a file being applied is finished (applied, journaled and acknowledged) first.
+    pub async fn receive_until(
+        &self,
+        wait_secs: u64,
+        progress: &(dyn Fn(&str) + Sync),
+        stop: &mut (impl Future<Output = ()> + Unpin),
+    ) -> anyhow::Result<Vec<Outcome>> {
         let api = self.api()?;
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         for r in journal.pending_acks().await? {
             ack(&api, &r.file_id, &r.sha256).await?;
             journal.mark_acked(&r.file_id).await?;
         }
-        let files: Vec<DownloadFile> = api.get(&format!("/v1/files?wait={wait_secs}")).await?;
+        // The long-poll holds the call open for `wait_secs`: allow that on top of the usual limit.
+        let poll = self.api_with_timeout(Duration::from_secs(wait_secs) + self.cfg.network.timeout())?;
+        let path = format!("/v1/files?wait={wait_secs}");
+        let files: Vec<DownloadFile> = tokio::select! {
+            r = poll.get(&path) => r?,
+            _ = &mut *stop => return Ok(Vec::new()),
+        };
         let mut out = Vec::new();
+        let mut stopping = false;
         for f in files {
+            // Stop between files, never inside one.
+            if stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
+                stopping = true;
+                continue;
+            }
             let id = f.id.to_string();
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
@@ -76,31 +101,46 @@ impl Connector {
         Ok(out)
     }
 
+    /// Download (resuming a cut-off download), decompress and verify, then deliver. An error caused by a full
+    /// disk says which folder's disk it is.
     async fn apply_one(&self, f: &DownloadFile) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
-        std::fs::create_dir_all(&work)?;
+        let plain = self.fetch_verified(f, &work).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
+        let mut cfg = self.cfg.delivery.clone();
+        cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
+        let erp = self.cfg.erp_url();
+        let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await.map_err(|e| {
+            let target = cfg.inbound_dir.clone().unwrap_or_else(|| work.clone());
+            ferry_io::retry::disk_full(e.into(), &target)
+        })?;
+        if let Some(dir) = plain.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(report)
+    }
+
+    /// The plain, verified file under `work/<id>/<name>`.
+    async fn fetch_verified(&self, f: &DownloadFile, work: &std::path::Path) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
         let bz2 = work.join(format!("{}.bz2", f.id));
         let sftp = self.sftp().await?;
-        let got = sftp.download_file(&f.path, &bz2).await.with_context(|| format!("downloading {}", f.name));
+        // A download cut off earlier continues from its `.part` (the SHA-256 check below catches any mix-up).
+        let got = sftp.download_file_resuming(&f.path, &bz2).await.with_context(|| format!("downloading {}", f.name));
         let _ = sftp.close().await;
         got?;
         let plain_dir = work.join(f.id.as_str());
-        std::fs::create_dir_all(&plain_dir)?;
+        std::fs::create_dir_all(&plain_dir).with_context(|| format!("cannot create {}", plain_dir.display()))?;
         let plain = plain_dir.join(&f.name);
         let (b, p, bytes, sha) = (bz2.clone(), plain.clone(), f.bytes, f.sha256.clone());
         let verified = tokio::task::spawn_blocking(move || delivery::decompress_verified(&b, &p, bytes, &sha)).await?;
         let _ = std::fs::remove_file(&bz2);
         verified?;
-        let mut cfg = self.cfg.delivery.clone();
-        cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
-        let erp = self.cfg.erp_url();
-        let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await?;
-        let _ = std::fs::remove_dir_all(&plain_dir);
-        Ok(report)
+        Ok(plain)
     }
 
     /// The long-running agent: downstream continuously, the daily extract at `schedule.daily_at`, until
-    /// `shutdown` resolves (the current step finishes first).
+    /// `shutdown` resolves. Then the current step is finished (a file being applied, a running sync) and
+    /// nothing new starts; a long-poll that is only waiting ends at once.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -109,56 +149,92 @@ impl Connector {
         let daily = self.cfg.schedule.daily_time()?;
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
         let stamp = self.cfg.data_dir().join("last_sync");
-        tokio::pin!(shutdown);
-        let mut sync_task: Option<tokio::task::JoinHandle<bool>> = None;
-        // After a failed daily sync, the next attempt waits a minute (without holding up a shutdown).
+        let pending = Pending::new(&self.cfg.data_dir());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let is_stopped = stop_rx.clone();
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+        };
+        let mut sync_task: Option<tokio::task::JoinHandle<Option<anyhow::Error>>> = None;
+        // A failed daily sync is retried with backoff (1 min growing to 1 h), without holding up a shutdown.
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut backoff = Duration::from_secs(1);
+        let mut sync_backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let mut sync_log = FailureLog::new("daily sync", Duration::from_secs(600));
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut poll_log = FailureLog::new("downstream poll", Duration::from_secs(300));
         log(&format!(
             "connector running: files from the cloud as they come; daily extract at {}",
             self.cfg.schedule.daily_at
         ));
         loop {
-            if let Some(h) = sync_task.take_if(|h| h.is_finished())
-                && !h.await.unwrap_or(false)
-            {
-                retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+            if let Some(h) = sync_task.take_if(|h| h.is_finished()) {
+                match h.await.unwrap_or_else(|e| Some(anyhow::anyhow!("the sync task failed: {e}"))) {
+                    None => {
+                        sync_backoff.reset();
+                        retry_at = None;
+                        if let Some(l) = sync_log.success() {
+                            log(&l);
+                        }
+                    }
+                    Some(e) => {
+                        let delay = sync_backoff.next_delay();
+                        retry_at = Some(tokio::time::Instant::now() + delay);
+                        let _ = std::fs::remove_file(&stamp);
+                        pending.retry_in("sync", delay);
+                        if let Some(l) = sync_log.failure(&format!("{e:#}"), delay) {
+                            log(&l);
+                        }
+                    }
+                }
             }
             if let Some(t) = daily
                 && sync_task.is_none()
                 && retry_at.is_none_or(|r| tokio::time::Instant::now() >= r)
-                && sync_due(&stamp, t)
+                && (retry_at.is_some() || sync_due(&stamp, t))
             {
-                let (me, log2, stamp2) = (self.clone(), log.clone(), stamp.clone());
+                let (me, log2) = (self.clone(), log.clone());
                 let _ = std::fs::write(&stamp, Local::now().date_naive().to_string());
                 sync_task = Some(tokio::spawn(async move {
                     let l = log2.clone();
                     match me.sync(&move |s: &str| l(s)).await {
                         Ok(r) => {
                             log2(&format!("daily sync: batch {} {}", r.status.batch_id, r.status.state.as_str()));
-                            true
+                            None
                         }
-                        Err(e) => {
-                            log2(&format!("daily sync failed (will retry in a minute): {e:#}"));
-                            let _ = std::fs::remove_file(&stamp2);
-                            false
-                        }
+                        Err(e) => Some(e),
                     }
                 }));
             }
             let l = log.clone();
             let progress = move |s: &str| l(s);
-            tokio::select! {
-                _ = &mut shutdown => break,
-                r = self.receive(wait, &progress) => match r {
-                    Ok(_) => backoff = Duration::from_secs(1),
-                    Err(e) => {
-                        log(&format!("downstream poll failed, retrying in {}s: {e:#}", backoff.as_secs()));
-                        tokio::select! {
-                            _ = &mut shutdown => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(300));
+            if *is_stopped.borrow() {
+                break;
+            }
+            let mut stop = stopped();
+            match self.receive_until(wait, &progress, &mut stop).await {
+                Ok(_) => {
+                    backoff.reset();
+                    pending.succeeded("receive");
+                    if let Some(l) = poll_log.success() {
+                        log(&l);
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    pending.failed("receive", &e, Some(delay));
+                    if let Some(l) = poll_log.failure(&format!("{e:#}"), delay) {
+                        log(&l);
+                    }
+                    tokio::select! {
+                        _ = stopped() => break,
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -166,8 +242,10 @@ impl Connector {
         if let Some(t) = sync_task
             && !t.is_finished()
         {
-            log("waiting for the running sync to finish (Ctrl-C again to stop at once)");
-            let _ = t.await;
+            log("waiting for the running sync to finish (send the signal again to stop at once)");
+            if let Ok(Some(e)) = t.await {
+                log(&format!("daily sync failed: {e:#}"));
+            }
         }
         log("connector stopped");
         Ok(())

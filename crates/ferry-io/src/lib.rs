@@ -1,7 +1,8 @@
 //! Ferry's shared I/O building blocks, used by the Connector, the Comms server and the App
 //! server alike: parallel and size-capped bzip2 ([`bz`]), MD5/SHA-256 digests computed while data
 //! streams past ([`digest`]), SSH key pairs ([`keys`]), TLS identities, pinning and HTTP clients
-//! ([`tls`]) and RFC 9421 HTTP message signatures ([`httpsig`]).
+//! ([`tls`]), RFC 9421 HTTP message signatures ([`httpsig`]) and retry pacing with backoff, jitter and
+//! rate-limited failure logs ([`retry`]).
 //!
 //! Every cryptographic operation goes through one backend, `ring` (via russh, rustls and rcgen) plus
 //! the RustCrypto `rsa`/`sha2`/`md-5` crates; nothing here pulls in aws-lc. Nothing here knows about
@@ -12,6 +13,7 @@ pub mod bz;
 pub mod digest;
 pub mod httpsig;
 pub mod keys;
+pub mod retry;
 pub mod tls;
 
 /// Test helper: the whole `source()` chain of an error, joined with `: `.

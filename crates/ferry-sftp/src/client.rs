@@ -8,7 +8,11 @@
 //! Throughput comes from pipelining: up to 64 reads or writes of ~255 KiB in flight, `nodelay`
 //! on the socket. Files are streamed through a fixed buffer; no file is read into memory.
 //! Uploads land under `<dir>/.<name>.part` and are renamed when complete, so a reader never sees
-//! a partial file; downloads do the same locally.
+//! a partial file; downloads do the same locally. The `_resuming` variants continue a part that an
+//! earlier, cut-off attempt left (after checking its tail) instead of starting over.
+//!
+//! Nothing waits forever: connecting (TCP, SSH handshake, login, SFTP start) has `connect_timeout`, every
+//! SFTP request `io_timeout`, closing a few seconds.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -200,6 +204,24 @@ fn join_remote(dir: &str, name: &str) -> String {
     }
 }
 
+/// The temporary `.<name>.part` a download of `local_path` is written to.
+fn local_part(local_path: &Path) -> Result<PathBuf, ClientError> {
+    let name = local_path.file_name().ok_or_else(|| ClientError::Local {
+        op: "name",
+        path: local_path.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"),
+    })?;
+    Ok(local_path.with_file_name(format!(".{}.part", name.to_string_lossy())))
+}
+
+async fn rename_into_place(tmp: &Path, local_path: &Path) -> Result<(), ClientError> {
+    if let Err(e) = tokio::fs::rename(tmp, local_path).await {
+        let _ = tokio::fs::remove_file(tmp).await;
+        return Err(local("rename into place", local_path)(e));
+    }
+    Ok(())
+}
+
 /// Reads until `buf` is full or the reader is at its end; returns the bytes read.
 async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -370,12 +392,12 @@ impl SftpClient {
             Ok(m) => m.size.unwrap_or(0),
             Err(_) => 0,
         };
-        if have == 0 || have > local_len || !self.tail_matches(local_path, &part, have).await? {
-            return self.upload(local_path, remote, false).await;
-        }
+        let start =
+            if have == 0 || have > local_len || !self.tail_matches(local_path, &part, have).await? { 0 } else { have };
+        // A transfer cut off now leaves its part for the next attempt to continue.
         let mut src = tokio::fs::File::open(local_path).await.map_err(local("open", local_path))?;
-        src.seek(io::SeekFrom::Start(have)).await.map_err(local("seek", local_path))?;
-        let sent = self.write_part(&mut src, local_path, &part, have).await?;
+        src.seek(io::SeekFrom::Start(start)).await.map_err(local("seek", local_path))?;
+        let sent = self.write_part(&mut src, local_path, &part, start).await?;
         if let Err(e) = self.sftp.rename(part.as_str(), remote).await {
             return Err(on_remote_err("rename into place", remote, e));
         }
@@ -484,35 +506,66 @@ impl SftpClient {
     /// Downloads `remote` into `local` through a temporary `.<name>.part` next to it, synced and
     /// then renamed into place. Returns bytes received.
     pub async fn download_file(&self, remote: &str, local_path: &Path) -> Result<u64, ClientError> {
-        let name = local_path
-            .file_name()
-            .ok_or_else(|| ClientError::Local {
-                op: "name",
-                path: local_path.to_owned(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"),
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = local_path.with_file_name(format!(".{name}.part"));
-        let result = self.download_to(remote, &tmp).await;
-        let got = match result {
+        let tmp = local_part(local_path)?;
+        let got = match self.download_to(remote, &tmp, false).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
             }
         };
-        if let Err(e) = tokio::fs::rename(&tmp, local_path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(local("rename into place", local_path)(e));
-        }
+        rename_into_place(&tmp, local_path).await?;
         Ok(got)
     }
 
-    async fn download_to(&self, remote: &str, tmp: &Path) -> Result<u64, ClientError> {
+    /// Like [`SftpClient::download_file`], but continues the local `.<name>.part` an earlier attempt left when
+    /// it was cut off: if the part is no longer than the remote file and its last 64 KiB equal the remote
+    /// bytes at the same offsets, only the rest is fetched; otherwise it starts from zero. A transfer cut off
+    /// now keeps its part for the next attempt. Returns the bytes received now. Callers that know the file's
+    /// digest check it afterwards (and delete the file if it does not match, so the next attempt starts over).
+    pub async fn download_file_resuming(&self, remote: &str, local_path: &Path) -> Result<u64, ClientError> {
+        let tmp = local_part(local_path)?;
+        let got = match self.download_to(remote, &tmp, true).await {
+            Ok(n) => n,
+            Err(e) => {
+                // a part that cannot be right is dropped; one that was merely cut off is kept
+                if matches!(e, ClientError::SizeMismatch { .. }) {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
+                return Err(e);
+            }
+        };
+        rename_into_place(&tmp, local_path).await?;
+        Ok(got)
+    }
+
+    /// Fetch `remote` into `tmp`; with `resume`, keep what `tmp` already holds if its tail matches.
+    async fn download_to(&self, remote: &str, tmp: &Path, resume: bool) -> Result<u64, ClientError> {
         let mut src = self.sftp.open(remote).await.map_err(on_remote("open", remote))?;
         let expected = src.metadata().await.map_err(on_remote("stat", remote))?.size;
-        let mut dst = tokio::fs::File::create(tmp).await.map_err(local("create", tmp))?;
+        let have = match tokio::fs::metadata(tmp).await {
+            Ok(m) if resume => m.len(),
+            _ => 0,
+        };
+        let start = if have > 0 && expected.is_some_and(|e| have <= e) {
+            if self.local_tail_matches(&mut src, remote, tmp, have).await? { have } else { 0 }
+        } else {
+            0
+        };
+        let mut dst = if start > 0 {
+            let mut f = tokio::fs::OpenOptions::new().write(true).open(tmp).await.map_err(local("open", tmp))?;
+            f.set_len(start).await.map_err(local("truncate", tmp))?;
+            f.seek(io::SeekFrom::Start(start)).await.map_err(local("seek", tmp))?;
+            src.seek(io::SeekFrom::Start(start)).await.map_err(|source| ClientError::Transfer {
+                op: "seek",
+                path: remote.to_owned(),
+                source,
+            })?;
+            tracing::debug!(remote, start, "resuming a download cut off earlier");
+            f
+        } else {
+            tokio::fs::File::create(tmp).await.map_err(local("create", tmp))?
+        };
         let mut buf = vec![0u8; CHUNK];
         let mut got: u64 = 0;
         loop {
@@ -531,11 +584,35 @@ impl SftpClient {
         dst.flush().await.map_err(local("write", tmp))?;
         dst.sync_all().await.map_err(local("sync", tmp))?;
         if let Some(expected) = expected
-            && expected != got
+            && expected != start + got
         {
-            return Err(ClientError::SizeMismatch { path: remote.to_owned(), expected, got });
+            return Err(ClientError::SizeMismatch { path: remote.to_owned(), expected, got: start + got });
         }
         Ok(got)
+    }
+
+    /// Do the last bytes of the local part equal the remote file at the same offsets?
+    async fn local_tail_matches(
+        &self,
+        src: &mut russh_sftp::client::fs::File,
+        remote: &str,
+        tmp: &Path,
+        have: u64,
+    ) -> Result<bool, ClientError> {
+        let n = have.min(64 * 1024);
+        let transfer = |op| {
+            let path = remote.to_owned();
+            move |source| ClientError::Transfer { op, path, source }
+        };
+        let mut theirs = vec![0u8; n as usize];
+        src.seek(io::SeekFrom::Start(have - n)).await.map_err(transfer("seek"))?;
+        src.read_exact(&mut theirs).await.map_err(transfer("read"))?;
+        let mut ours = vec![0u8; n as usize];
+        let mut l = tokio::fs::File::open(tmp).await.map_err(local("open", tmp))?;
+        l.seek(io::SeekFrom::Start(have - n)).await.map_err(local("seek", tmp))?;
+        l.read_exact(&mut ours).await.map_err(local("read", tmp))?;
+        src.seek(io::SeekFrom::Start(0)).await.map_err(transfer("seek"))?;
+        Ok(ours == theirs)
     }
 
     /// Regular files in `dir` with their sizes, sorted by name (directories are left out;
@@ -582,10 +659,16 @@ impl SftpClient {
         self.sftp.remove_file(path).await.map_err(on_remote("remove", path))
     }
 
-    /// Ends the SFTP session and the SSH connection.
+    /// Ends the SFTP session and the SSH connection (a peer that no longer answers is given a few seconds).
     pub async fn close(self) -> Result<(), ClientError> {
-        let _ = self.sftp.close().await;
-        self.ssh.disconnect(Disconnect::ByApplication, "done", "en").await?;
+        let limit = Duration::from_secs(5);
+        let bye = async {
+            let _ = self.sftp.close().await;
+            self.ssh.disconnect(Disconnect::ByApplication, "done", "en").await
+        };
+        tokio::time::timeout(limit, bye)
+            .await
+            .map_err(|_| ClientError::Timeout { during: "closing the sftp session", secs: secs(limit) })??;
         Ok(())
     }
 }

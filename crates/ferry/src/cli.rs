@@ -404,10 +404,20 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
         }
         ConnectorCmd::Status { config, limit } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
-            let list = c.status(limit).await?;
-            if list.is_empty() {
-                println!("no batches yet: run `ferry connector sync`");
+            let pending = c.pending().await?;
+            if !pending.is_empty() {
+                println!("pending:");
+                for p in &pending {
+                    println!("  {p}");
+                }
             }
+            let list = match c.status(limit).await {
+                Ok(list) => list,
+                Err(e) => {
+                    println!("cannot reach the Comms server for the batch list: {e:#}");
+                    Vec::new()
+                }
+            };
             for s in list {
                 let detail = s.detail.map(|d| format!("\n    {d}")).unwrap_or_default();
                 println!(

@@ -142,9 +142,9 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
 async fn an_upload_cut_halfway_resumes_and_sends_only_the_rest() {
     let (_dir, c) = cluster().await;
     let conn = tenant(&c, "acme").await;
-    // 40 MB of incompressible-looking data.
+    // 100 MB of incompressible-looking data.
     let local = c.dir.join("big.bin");
-    let mut data = vec![0u8; 40 * 1024 * 1024];
+    let mut data = vec![0u8; 100 * 1024 * 1024];
     let mut x: u64 = 0x9E3779B97F4A7C15;
     for chunk in data.chunks_mut(8) {
         x ^= x << 13;

@@ -1,0 +1,479 @@
+//! Fault injection: the real `ferry` binary as three kinds of OS processes — `app serve`, `comms serve` and the
+//! Connector (`connector run` for files from the cloud, `connector sync` per upstream cycle) — with TCP proxies
+//! between Connector -> Comms and Comms -> App. Through many cycles of upstream (the ERP changes, a sync runs,
+//! the App imports) and downstream (the App publishes a file, the Connector applies it to an ERP table and its
+//! inbound folder) it `kill -9`s a random process at a random moment and restarts it, and cuts or stalls the
+//! proxied connections; meanwhile it watches the inbound folder and the instance for anything partial. Then it
+//! checks the invariants: every batch imported exactly once, every file applied exactly once, nothing partial
+//! ever visible, every process recovered (the last cycle runs without faults).
+//!
+//! `FERRY_FAULT_CYCLES` (default 20) sets the number of cycles and `FERRY_FAULT_SEED` replays a run (the seed
+//! is printed at the start). See "Reliability tests" in the README.
+
+mod procs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use procs::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The processes the harness may kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    App,
+    Comms,
+    /// `connector run` (downstream).
+    Run,
+    /// The `connector sync` of the current cycle.
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill(Target),
+    /// Cut every open connection through proxy `n` (0: Connector->Comms, 1: Comms->App HTTPS, 2: Comms->App SSH).
+    Cut(usize),
+    /// Stop all bytes through proxy `n` for this long.
+    Stall(usize, Duration),
+}
+
+struct Nodes {
+    app: Node,
+    comms: Node,
+    run: Node,
+    sync_pid: Option<u32>,
+}
+
+impl Nodes {
+    fn get(&mut self, t: Target) -> Option<&mut Node> {
+        match t {
+            Target::App => Some(&mut self.app),
+            Target::Comms => Some(&mut self.comms),
+            Target::Run => Some(&mut self.run),
+            Target::Sync => None,
+        }
+    }
+}
+
+/// What the watcher saw that must never be seen.
+type Violations = Arc<Mutex<Vec<String>>>;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The downstream file of cycle `c`: a few order lines with numbers unique to the cycle.
+fn po_file(c: u64) -> (String, String) {
+    let mut text = String::from("order_number,line,item,location,supplier,qty,due_date\n");
+    for line in 1..=(1 + c % 3) {
+        text.push_str(&format!("F{c:05},{line},A{line},L1,S1,{}.5,2026/12/01\n", c * 10 + line));
+    }
+    (format!("po_f{c:05}.csv"), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
+    let seed = env_u64("FERRY_FAULT_SEED").unwrap_or_else(|| rand::thread_rng().r#gen());
+    let cycles = env_u64("FERRY_FAULT_CYCLES").unwrap_or(20).max(2);
+    println!("fault injection: FERRY_FAULT_SEED={seed} FERRY_FAULT_CYCLES={cycles}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+
+    let ports = Ports {
+        app_https: free_port(),
+        app_ssh: free_port(),
+        comms: free_port(),
+        comms_public: free_port(),
+        app_https_public: free_port(),
+        app_ssh_public: free_port(),
+    };
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let proxies = Arc::new([
+        Proxy::start(ports.comms_public, addr(ports.comms)).await,
+        Proxy::start(ports.app_https_public, addr(ports.app_https)).await,
+        Proxy::start(ports.app_ssh_public, addr(ports.app_ssh)).await,
+    ]);
+    let d = dir.clone();
+    let (sys, app, comms) = tokio::task::spawn_blocking(move || setup(&d, ports, |_| {})).await.expect("setup");
+    let sys = Arc::new(sys);
+    let logs = dir.join("logs");
+    let run_args = sys.conn_args("run");
+    let mut run = Node::new("connector-run", &run_args.iter().map(String::as_str).collect::<Vec<_>>(), &logs);
+    run.start();
+    let nodes = Arc::new(Mutex::new(Nodes { app, comms, run, sync_pid: None }));
+
+    // Watch the inbound folder and the instance for anything partial, all through the run.
+    let expected: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let violations: Violations = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (sys, expected, violations, stop) = (sys.clone(), expected.clone(), violations.clone(), stop.clone());
+        std::thread::spawn(move || watch(&sys, &expected, &violations, &stop))
+    };
+
+    let started = Instant::now();
+    let mut faults_done = Vec::new();
+    let mut last_imported = String::new();
+    for c in 1..=cycles {
+        let faulty = c < cycles;
+        // The ERP changes: a new sale today.
+        run_sql(
+            &sys.erp,
+            &format!(
+                "INSERT INTO sales_lines(invoice_no, line_no, sku, wh_code, cust_no, order_date, invoice_date, qty,
+                     unit_cost, unit_price, net_amount)
+                 SELECT 'FAULT-{c}', 1, sku, wh_code, NULL, date('now'), date('now'), {c}, 1, 2, 2 * {c}
+                 FROM item_warehouse LIMIT 1"
+            ),
+        );
+        // The App publishes a file for the ERP.
+        let (name, text) = po_file(c);
+        expected.lock().expect("lock").insert(name.clone(), text.clone());
+        let s2 = sys.clone();
+        tokio::task::spawn_blocking(move || s2.publish(&name, &text)).await.expect("publish");
+
+        // Faults at random moments while the sync runs.
+        let plan: Vec<(Duration, Fault)> = if faulty {
+            (0..rng.gen_range(0..=2))
+                .map(|_| {
+                    let at = Duration::from_millis(rng.gen_range(0..4000));
+                    let fault = match rng.gen_range(0..10) {
+                        0 => Fault::Kill(Target::App),
+                        1 => Fault::Kill(Target::Comms),
+                        2 | 3 => Fault::Kill(Target::Run),
+                        4 | 5 => Fault::Kill(Target::Sync),
+                        6 | 7 => Fault::Cut(rng.gen_range(0..3)),
+                        _ => Fault::Stall(rng.gen_range(0..3), Duration::from_millis(rng.gen_range(200..6000))),
+                    };
+                    (at, fault)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let restart_delay = Duration::from_millis(rng.gen_range(0..800));
+        faults_done.extend(plan.iter().map(|(at, f)| format!("cycle {c} +{at:?}: {f:?}")));
+        let chaos = {
+            let (nodes, proxies) = (nodes.clone(), proxies.clone());
+            tokio::spawn(async move {
+                let t0 = tokio::time::Instant::now();
+                let mut plan = plan;
+                plan.sort_by_key(|(at, _)| *at);
+                for (at, fault) in plan {
+                    tokio::time::sleep_until(t0 + at).await;
+                    inject(&nodes, &proxies, fault, restart_delay).await;
+                }
+            })
+        };
+
+        // Upstream: sync until this cycle's batch is imported (a killed or failed sync is simply run again,
+        // as cron or an operator would).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            assert!(attempt <= 12, "cycle {c}: no sync succeeded after {} attempts (seed {seed})", attempt - 1);
+            let args = sys.conn_args("sync");
+            let mut sync =
+                Node::new(&format!("sync-{c}-{attempt}"), &args.iter().map(String::as_str).collect::<Vec<_>>(), &logs);
+            sync.start();
+            nodes.lock().expect("lock").sync_pid = sync.pid();
+            let status = tokio::task::spawn_blocking(move || {
+                let s = sync.wait_exit(Duration::from_secs(240));
+                (s, sync)
+            })
+            .await
+            .expect("wait");
+            nodes.lock().expect("lock").sync_pid = None;
+            let (status, sync) = status;
+            let Some(status) = status else {
+                panic!("cycle {c}: a sync hung for 4 minutes (seed {seed}); log {}", sync.log_path().display())
+            };
+            let out = sync.log_text();
+            if let Some(id) = imported_batch(&out) {
+                last_imported = id;
+                break;
+            }
+            assert!(!out.contains("rejected"), "cycle {c}: a batch was rejected (seed {seed}):\n{out}");
+            let _ = status;
+            // give restarts a moment before trying again
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        chaos.await.expect("chaos task");
+        ensure_running(&nodes);
+        for p in proxies.iter() {
+            p.stall(false);
+        }
+        println!(
+            "cycle {c}/{cycles}: imported after {attempt} sync(s), {:.0} s so far",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("faults injected ({}):\n  {}", faults_done.len(), faults_done.join("\n  "));
+
+    // The last cycle ran without faults: everything published must now arrive.
+    let names: Vec<String> = expected.lock().expect("lock").keys().cloned().collect();
+    let t = Instant::now();
+    loop {
+        let missing: Vec<&String> = names.iter().filter(|n| !acked(&sys, n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "files never applied (seed {seed}): {missing:?}\nconnector log: {}",
+            nodes.lock().expect("lock").run.log_path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Comms and the App hear about every delivery.
+    let t = Instant::now();
+    loop {
+        let comms_states = query(&sys.comms_db(), "SELECT state FROM downloads");
+        let receipts = query(&sys.instance_db(), "SELECT state FROM outbox");
+        let all = |rows: &Vec<Vec<String>>| rows.len() == names.len() && rows.iter().all(|r| r[0] == "delivered");
+        if all(&comms_states) && all(&receipts) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "deliveries not confirmed (seed {seed}): comms {comms_states:?}, app {receipts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Every process is still up (none died by itself); the Connector stops cleanly on SIGTERM.
+    {
+        let mut guard = nodes.lock().expect("lock");
+        let n = &mut *guard;
+        for node in [&mut n.app, &mut n.comms, &mut n.run] {
+            assert!(node.is_running(), "{} died by itself (seed {seed}); log {}", node.name, node.log_path().display());
+        }
+        n.run.term();
+        let status = n.run.wait_exit(Duration::from_secs(60)).expect("connector run stops after SIGTERM");
+        assert!(status.success(), "connector run exited with {status} after SIGTERM");
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().expect("watcher");
+
+    check_upstream(&sys, &last_imported, seed);
+    let reapplied = check_downstream(&sys, &expected.lock().expect("lock"), seed);
+    let seen = violations.lock().expect("lock");
+    assert!(seen.is_empty(), "seen during the run (seed {seed}):\n{}", seen.join("\n"));
+    let logs_text: String = std::fs::read_dir(&logs)
+        .expect("logs")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(!logs_text.contains("panicked"), "a process panicked (seed {seed}); see {}", logs.display());
+    println!(
+        "fault injection passed: {cycles} cycles, {} faults, {:.0} s; files re-applied after a crash between the \
+         ERP commit and the journal entry (harmless with idempotent write-back): {reapplied}",
+        faults_done.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restart_delay: Duration) {
+    match fault {
+        Fault::Kill(Target::Sync) => {
+            if let Some(pid) = nodes.lock().expect("lock").sync_pid {
+                signal(pid, "KILL");
+            }
+        }
+        Fault::Kill(t) => {
+            if let Some(n) = nodes.lock().expect("lock").get(t) {
+                n.kill9();
+            }
+            tokio::time::sleep(restart_delay).await;
+            if let Some(n) = nodes.lock().expect("lock").get(t)
+                && !n.is_running()
+            {
+                n.start();
+            }
+        }
+        Fault::Cut(i) => proxies[i].cut(),
+        Fault::Stall(i, d) => {
+            proxies[i].stall(true);
+            tokio::time::sleep(d).await;
+            proxies[i].stall(false);
+        }
+    }
+}
+
+fn ensure_running(nodes: &Mutex<Nodes>) {
+    let mut guard = nodes.lock().expect("lock");
+    let n = &mut *guard;
+    for node in [&mut n.app, &mut n.comms, &mut n.run] {
+        if !node.is_running() {
+            let _ = node.exited();
+            node.start();
+        }
+    }
+}
+
+/// The batch id of `batch <id>: imported (...)` in a sync's output.
+fn imported_batch(out: &str) -> Option<String> {
+    out.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("batch ")?;
+        let (id, state) = rest.split_once(": ")?;
+        state.starts_with("imported (").then(|| id.to_string())
+    })
+}
+
+/// Whether the Connector's journal has the file `name` applied and acknowledged.
+fn acked(sys: &System, name: &str) -> bool {
+    let rows = query(&sys.journal_db(), &format!("SELECT state FROM received WHERE name = '{name}'"));
+    rows.len() == 1 && rows[0][0] == "acked"
+}
+
+/// Polls the inbound folder and the instance until `stop`: a visible file must be one that was published,
+/// complete; the instance's tables must always hold exactly the rows of the last batch it logged as imported.
+fn watch(sys: &System, expected: &Mutex<BTreeMap<String, String>>, violations: &Violations, stop: &AtomicBool) {
+    let inbound = sys.inbound();
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(entries) = std::fs::read_dir(&inbound) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // a temporary name, hidden from the ERP's jobs
+                }
+                let want = expected.lock().expect("lock").get(&name).cloned();
+                let got = std::fs::read_to_string(e.path()).unwrap_or_default();
+                match want {
+                    None => {
+                        violations.lock().expect("lock").push(format!("unexpected file in the inbound folder: {name}"))
+                    }
+                    Some(w) if w != got => violations.lock().expect("lock").push(format!(
+                        "{name} visible with {} of {} bytes or other content",
+                        got.len(),
+                        w.len()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        n += 1;
+        if n % 8 == 0
+            && let Err(why) = instance_consistent(&sys.instance_db())
+        {
+            violations.lock().expect("lock").push(why);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// In one read transaction: the rows of every standard table equal the rows of the last imported batch.
+fn instance_consistent(db: &Path) -> Result<(), String> {
+    let url = format!("sqlite:{}?mode=ro", db.display());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async {
+                use sqlx::Connection;
+                let Ok(mut c) = sqlx::SqliteConnection::connect(&url).await else { return Ok(()) };
+                let Ok(mut tx) = c.begin().await else { return Ok(()) };
+                let last: Option<(String, String)> = sqlx::query_as(
+                    "SELECT batch_id, files_json FROM batch_log WHERE state = 'imported' ORDER BY rowid DESC LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await
+                .unwrap_or(None);
+                let Some((batch, files)) = last else { return Ok(()) };
+                let files: Vec<ferry_proto::api::FileRows> = serde_json::from_str(&files).unwrap_or_default();
+                for f in files {
+                    let Some(spec) = ferry_proto::spec::STANDARD_FILES.iter().find(|s| s.name == f.name) else {
+                        continue;
+                    };
+                    let n: i64 =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM \"{}\"", spec.table)))
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(|e| format!("count {}: {e}", spec.table))?;
+                    if n as u64 != f.rows {
+                        return Err(format!(
+                            "the instance shows {n} rows in {} while its last imported batch {batch} has {}",
+                            spec.table, f.rows
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .join()
+        .expect("instance check")
+    })
+}
+
+/// Every batch the Connector completed was imported once, none was rejected, the App holds nothing the
+/// Connector did not send, and the instance holds the last batch.
+fn check_upstream(sys: &System, last_imported: &str, seed: u64) {
+    let journal: BTreeMap<String, String> = query(&sys.journal_db(), "SELECT batch_id, state FROM batches")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let app: BTreeMap<String, String> = query(&sys.instance_db(), "SELECT batch_id, state FROM batch_log")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let comms: BTreeMap<String, String> = query(&sys.comms_db(), "SELECT batch_id, state FROM batches")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    for (id, state) in &app {
+        assert_eq!(state, "imported", "batch {id} is {state} at the App (seed {seed})");
+        assert!(journal.contains_key(id), "the App imported {id}, which the Connector never journaled (seed {seed})");
+        assert_eq!(comms.get(id).map(String::as_str), Some("imported"), "batch {id} at Comms (seed {seed})");
+    }
+    for (id, state) in &journal {
+        if state != "extracted" {
+            assert!(
+                app.contains_key(id),
+                "batch {id} is {state} in the journal but the App never imported it (seed {seed})"
+            );
+        }
+    }
+    for (id, state) in &comms {
+        assert_eq!(state, "imported", "batch {id} is {state} at Comms (seed {seed})");
+    }
+    let latest = query(&sys.instance_db(), "SELECT batch_id FROM batch_log ORDER BY rowid DESC LIMIT 1");
+    assert_eq!(latest[0][0], last_imported, "the instance does not hold the last batch (seed {seed})");
+    instance_consistent(&sys.instance_db()).unwrap_or_else(|e| panic!("{e} (seed {seed})"));
+    println!("upstream: {} batches imported once each, {} journaled", app.len(), journal.len());
+}
+
+/// Every published file is in the inbound folder, complete, once; its order lines are in the ERP table once;
+/// the journal has it acked once; no temporary file is left. Returns how many files were applied more than
+/// once (the documented window between the ERP's commit and the journal entry).
+fn check_downstream(sys: &System, expected: &BTreeMap<String, String>, seed: u64) -> usize {
+    let inbound = sys.inbound();
+    let mut present: Vec<PathBuf> = std::fs::read_dir(&inbound).expect("inbound").flatten().map(|e| e.path()).collect();
+    present.sort();
+    let names: Vec<String> =
+        present.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+    assert_eq!(names, expected.keys().cloned().collect::<Vec<_>>(), "inbound folder (seed {seed})");
+    let mut reapplied = 0;
+    for (name, text) in expected {
+        assert_eq!(&std::fs::read_to_string(inbound.join(name)).expect("read"), text, "{name} (seed {seed})");
+        let order = name.trim_start_matches("po_f").trim_end_matches(".csv");
+        let lines = text.lines().count() as i64 - 1;
+        let rows = query(&sys.erp, &format!("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'F{order}'"));
+        assert_eq!(rows[0][0], lines.to_string(), "order lines of {name} in the ERP (seed {seed})");
+        let applied = query(&sys.erp, &format!("SELECT COUNT(*) FROM applied_log WHERE order_number = 'F{order}'"));
+        let times: i64 = applied[0][0].parse().expect("count");
+        assert!(times >= lines && times % lines == 0, "{name}: {times} applied rows for {lines} lines (seed {seed})");
+        if times > lines {
+            reapplied += 1;
+        }
+        let journal = query(&sys.journal_db(), &format!("SELECT state FROM received WHERE name = '{name}'"));
+        assert_eq!(journal, vec![vec!["acked".to_string()]], "journal entry of {name} (seed {seed})");
+    }
+    println!("downstream: {} files applied, each once in the inbound folder and the ERP table", expected.len());
+    reapplied
+}
