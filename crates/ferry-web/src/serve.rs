@@ -120,3 +120,42 @@ pub async fn sniff_is_tls(stream: &tokio::net::TcpStream, wait: Duration) -> std
         Err(_) => Ok(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_request_over_the_time_limit_is_answered_408() {
+        let router = axum::Router::new().route("/fast", axum::routing::get(|| async { "ok" })).route(
+            "/slow",
+            axum::routing::get(|| async { tokio::time::sleep(std::time::Duration::from_secs(5)).await }),
+        );
+        let router = super::with_request_timeout(router, std::time::Duration::from_millis(100));
+        let fast = router.clone().oneshot(Request::get("/fast").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(fast.status(), StatusCode::OK);
+        let slow = router.oneshot(Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn the_redirect_listener_answers_308_to_the_same_path_and_nothing_else() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(super::serve_redirect(l, "https://comms.example:443/".into(), async move {
+            let _ = rx.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/files?wait=5 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        assert!(answer.contains("location: https://comms.example:443/v1/files?wait=5\r\n"), "{answer}");
+        let _ = tx.send(());
+        task.await.unwrap().unwrap();
+    }
+}

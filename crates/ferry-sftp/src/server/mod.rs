@@ -434,6 +434,12 @@ impl russh::server::Handler for SshHandler {
                     },
                     self.revoked.clone(),
                 );
+                // Access withdrawn between the check above and the registration would not be seen by a
+                // `close_where` that ran in between: check once more now that the session is listed.
+                if self.auth.authorize(user, key.public_key).is_none() {
+                    self.sessions.remove(self.session_id);
+                    return Ok(Auth::reject());
+                }
                 self.auth.logged_in(&principal, key.public_key, self.peer);
                 self.principal = Some(principal);
                 self.authenticated.store(true, Ordering::Release);
