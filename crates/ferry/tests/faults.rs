@@ -82,8 +82,9 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     let cycles = env_u64("FERRY_FAULT_CYCLES").unwrap_or(20).max(2);
     println!("fault injection: FERRY_FAULT_SEED={seed} FERRY_FAULT_CYCLES={cycles}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().to_path_buf();
+    // Kept when the test fails (the logs of every process are in `<dir>/logs`); removed when it passes.
+    let dir = tempfile::Builder::new().prefix("ferry-faults-").tempdir().expect("tempdir").keep();
+    println!("fault injection: working in {}", dir.display());
 
     let ports = Ports {
         app_https: free_port(),
@@ -100,7 +101,16 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
         Proxy::start(ports.app_ssh_public, addr(ports.app_ssh)).await,
     ]);
     let d = dir.clone();
-    let (sys, app, comms) = tokio::task::spawn_blocking(move || setup(&d, ports, |_| {})).await.expect("setup");
+    let (sys, app, comms) = tokio::task::spawn_blocking(move || {
+        setup(&d, ports, |t| {
+            // short limits, so that a stalled connection is given up and retried within a cycle
+            let n = section(t, "network");
+            n.insert("connect_timeout_secs".into(), 5.into());
+            n.insert("timeout_secs".into(), 5.into());
+        })
+    })
+    .await
+    .expect("setup");
     let sys = Arc::new(sys);
     let logs = dir.join("logs");
     let run_args = sys.conn_args("run");
@@ -140,7 +150,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
 
         // Faults at random moments while the sync runs.
         let plan: Vec<(Duration, Fault)> = if faulty {
-            (0..rng.gen_range(0..=2))
+            (0..rng.gen_range(0..=3))
                 .map(|_| {
                     let at = Duration::from_millis(rng.gen_range(0..4000));
                     let fault = match rng.gen_range(0..10) {
@@ -277,6 +287,8 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
         faults_done.len(),
         started.elapsed().as_secs_f64()
     );
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restart_delay: Duration) {

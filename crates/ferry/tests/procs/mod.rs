@@ -37,7 +37,12 @@ pub fn ferry(args: &[&str]) -> String {
 }
 
 pub fn ferry_output(args: &[&str]) -> Output {
-    Command::new(ferry_bin()).args(args).env("FERRY_LOG", "warn").stdin(Stdio::null()).output().expect("run ferry")
+    Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_LOG", "warn,sqlx=error")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
 }
 
 /// A long-running `ferry` process that can be killed and started again with the same arguments.
@@ -66,7 +71,7 @@ impl Node {
         let err = log.try_clone().expect("log clone");
         let child = Command::new(ferry_bin())
             .args(&self.args)
-            .env("FERRY_LOG", "info")
+            .env("FERRY_LOG", "info,sqlx=error")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
