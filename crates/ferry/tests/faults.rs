@@ -372,7 +372,7 @@ fn watch(sys: &System, expected: &Mutex<BTreeMap<String, String>>, violations: &
             }
         }
         n += 1;
-        if n % 8 == 0
+        if n.is_multiple_of(8)
             && let Err(why) = instance_consistent(&sys.instance_db())
         {
             violations.lock().expect("lock").push(why);
