@@ -110,7 +110,13 @@ impl Connector {
         cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
         let erp = self.cfg.erp_url();
         let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await.map_err(|e| {
-            let target = cfg.inbound_dir.clone().unwrap_or_else(|| work.clone());
+            // which disk: the ERP database's for the SQL write-back, else the inbound folder's
+            let target = match &e {
+                delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
+                    PathBuf::from(&erp)
+                }
+                _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
+            };
             ferry_io::retry::disk_full(e.into(), &target)
         })?;
         if let Some(dir) = plain.parent() {

@@ -97,7 +97,7 @@ pub enum ClientError {
         #[source]
         source: SftpError,
     },
-    #[error("sftp {op} {path:?} failed during the transfer: {source}")]
+    #[error("sftp {op} {path:?} failed during the transfer: {}", transfer_reason(.source))]
     Transfer {
         op: &'static str,
         path: String,
@@ -124,6 +124,16 @@ fn remote_reason(e: &SftpError) -> String {
         SftpError::Status(s) => s.error_message.clone(),
         SftpError::Timeout => "no answer from the server in time".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// russh-sftp reports a session that went away mid-transfer as "sender dropped" or a closed channel: say so.
+fn transfer_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("sender dropped") || text.contains("channel closed") || e.kind() == io::ErrorKind::BrokenPipe {
+        format!("the connection was lost ({text}); the next attempt continues where this one stopped")
+    } else {
+        text
     }
 }
 

@@ -418,6 +418,9 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     Vec::new()
                 }
             };
+            if list.is_empty() && pending.is_empty() && c.registration().is_ok() {
+                println!("no batches at the Comms server yet: run `ferry connector sync`");
+            }
             for s in list {
                 let detail = s.detail.map(|d| format!("\n    {d}")).unwrap_or_default();
                 println!(

@@ -49,12 +49,15 @@ async fn planned_orders_reach_the_erp_once_and_the_app_sees_them_delivered() {
     // The App plans after the import and announces po files; wait for them to be on the download list.
     let inst = c.app.state.instance("acme").await.unwrap().unwrap();
     let t = Instant::now();
+    // (the planner publishes its files one by one: wait until their number holds still)
+    let mut seen = 0;
     let receipts = loop {
         let r = ferry_app::outbox::receipts(&inst.0).await.unwrap();
-        if !r.is_empty() || t.elapsed() > Duration::from_secs(60) {
+        if (!r.is_empty() && r.len() == seen) || t.elapsed() > Duration::from_secs(60) {
             break r;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = r.len();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     };
     assert!(!receipts.is_empty(), "the planner produced no orders for the sample ERP");
     let outcomes = receive_applied(&conn, receipts.len()).await;
