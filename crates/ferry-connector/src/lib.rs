@@ -9,3 +9,4 @@ pub mod delivery;
 pub mod journal;
 pub mod proxy;
 pub mod receive;
+mod writeback_sql;

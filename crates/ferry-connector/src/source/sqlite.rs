@@ -8,12 +8,13 @@ use futures::stream::{BoxStream, StreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, redact_url};
+use super::{Source, SourceError, SqlValue, TextEncoding, redact_url};
 
 /// An SQLite database opened read-only.
 #[derive(Debug, Clone)]
 pub struct SqliteSource {
     pool: SqlitePool,
+    encoding: TextEncoding,
 }
 
 impl SqliteSource {
@@ -37,12 +38,18 @@ impl SqliteSource {
             .connect_with(opts)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(SqliteSource { pool })
+        Ok(SqliteSource { pool, encoding: TextEncoding::Utf8 })
+    }
+
+    /// Decode text that is not UTF-8, and BLOBs, from `encoding` (`[erp] encoding`).
+    pub fn with_encoding(mut self, encoding: TextEncoding) -> SqliteSource {
+        self.encoding = encoding;
+        self
     }
 
     /// Use an already opened pool (tests, or a caller that configures its own options).
     pub fn from_pool(pool: SqlitePool) -> SqliteSource {
-        SqliteSource { pool }
+        SqliteSource { pool, encoding: TextEncoding::Utf8 }
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -68,7 +75,9 @@ impl Source for SqliteSource {
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         sqlx::query(AssertSqlSafe(sql))
             .fetch(&self.pool)
-            .map(|row| row.map_err(|e| SourceError::Query(e.to_string())).and_then(|r| decode_sqlite_row(&r)))
+            .map(|row| {
+                row.map_err(|e| SourceError::Query(e.to_string())).and_then(|r| decode_sqlite_row(&r, self.encoding))
+            })
             .boxed()
     }
 }
@@ -81,7 +90,7 @@ enum Ty {
 }
 
 /// Decode each column by the type of the value SQLite holds (SQLite types values, not columns).
-fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
+fn decode_sqlite_row(row: &SqliteRow, encoding: TextEncoding) -> Result<Vec<SqlValue>, SourceError> {
     let n = row.columns().len();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -101,14 +110,16 @@ fn decode_sqlite_row(row: &SqliteRow) -> Result<Vec<SqlValue>, SourceError> {
         let v = match ty {
             Ty::Int => SqlValue::Int(row.try_get_unchecked::<i64, _>(i).map_err(|e| err(e.to_string()))?),
             Ty::Float => SqlValue::Float(row.try_get_unchecked::<f64, _>(i).map_err(|e| err(e.to_string()))?),
-            Ty::Blob => SqlValue::Bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?),
-            Ty::Text => match row.try_get_unchecked::<Vec<u8>, _>(i) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(s) => SqlValue::Text(s),
-                    Err(e) => SqlValue::Bytes(e.into_bytes()),
-                },
-                Err(e) => return Err(err(e.to_string())),
-            },
+            Ty::Blob => {
+                let bytes = row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?;
+                match encoding {
+                    TextEncoding::Utf8 => SqlValue::Bytes(bytes),
+                    legacy => legacy.value_from_bytes(bytes),
+                }
+            }
+            Ty::Text => {
+                encoding.value_from_bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?)
+            }
         };
         out.push(v);
     }
@@ -144,6 +155,11 @@ mod tests {
         let e = src.columns("SELECT nope FROM t").await.unwrap_err().to_string();
         assert!(e.starts_with("the query failed") && e.contains("nope"), "{e}");
         assert!(src.rows("INSERT INTO t VALUES (2, 'y')").collect::<Vec<_>>().await[0].is_err(), "must be read-only");
+
+        // a legacy encoding turns cp1252 text and BLOBs into UTF-8 text
+        let src = src.with_encoding(TextEncoding::Windows1252);
+        let rows: Vec<_> = src.rows("SELECT CAST(X'43616fe9' AS TEXT), X'80'").collect().await;
+        assert_eq!(rows[0].as_ref().unwrap(), &vec![SqlValue::Text("Caoé".into()), SqlValue::Text("€".into())]);
 
         let e = SqliteSource::open("/nonexistent/erp.db").await.unwrap_err().to_string();
         assert!(e.contains("/nonexistent/erp.db") && e.contains("no such file"), "{e}");
