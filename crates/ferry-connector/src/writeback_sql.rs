@@ -390,7 +390,7 @@ mod tests {
         let d = PgDecimalText::parse("123456789012.3456").unwrap();
         assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[1234, 5678, 9012, 3456][..], 2, 4, false));
         let d = PgDecimalText::parse("-0.000012").unwrap();
-        assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[12][..], -2, 6, true));
+        assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[1200][..], -2, 6, true));
         let d = PgDecimalText::parse("70000").unwrap();
         assert_eq!((d.digits.as_slice(), d.weight, d.scale), (&[7][..], 1, 0));
         let d = PgDecimalText::parse("-0.00").unwrap();

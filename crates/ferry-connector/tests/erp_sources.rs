@@ -15,7 +15,7 @@ use ferry_connector::extract::format_value;
 use ferry_connector::source::{Source, SqlValue, open_source};
 use ferry_proto::spec::{Column, Kind};
 use futures::StreamExt;
-use sqlx::{AssertSqlSafe, Connection, Executor};
+use sqlx::{AssertSqlSafe, Connection};
 
 fn server(var: &str, test: &str) -> Option<String> {
     match std::env::var(var) {
@@ -36,10 +36,13 @@ async fn fresh_db(url: &str, tag: &str) -> String {
     let (base, _) = url.rsplit_once('/').unwrap();
     if url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        c.execute(AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
     } else {
         let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
-        c.execute(AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")))
+            .execute(&mut c)
+            .await
+            .unwrap();
     }
     format!("{base}/{name}")
 }
@@ -50,17 +53,17 @@ async fn exec_all(url: &str, script: &str) {
     if url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         for s in stmts {
-            c.execute(AssertSqlSafe(s.to_string())).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
         }
     } else if url.starts_with("mysql") {
         let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
         for s in stmts {
-            c.execute(AssertSqlSafe(s.to_string())).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
         }
     } else {
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{url}?mode=rwc")).await.unwrap();
         for s in stmts {
-            c.execute(AssertSqlSafe(s.to_string())).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
         }
     }
 }
@@ -92,7 +95,8 @@ fn erp_schema(backend: &str) -> String {
     let (money, boolean, ts, text) = match backend {
         "postgres" => ("NUMERIC(18,4)", "BOOLEAN", "TIMESTAMP", "TEXT"),
         "mysql" => ("DECIMAL(18,4)", "BOOLEAN", "DATETIME", "TEXT"),
-        _ => ("NUMERIC", "BOOLEAN", "TEXT", "TEXT"),
+        // SQLite has no exact decimal type: an ERP on SQLite keeps money as text
+        _ => ("TEXT", "BOOLEAN", "TEXT", "TEXT"),
     };
     let (t, f) = if backend == "sqlite" { ("1", "0") } else { ("TRUE", "FALSE") };
     let mut s = format!(
@@ -117,6 +121,8 @@ fn erp_schema(backend: &str) -> String {
     ];
     for (code, descr, price, cost, weight, active, created, changed, qty) in rows {
         let descr = descr.replace('\'', "''");
+        let (price, cost) =
+            if backend == "sqlite" { (format!("'{price}'"), format!("'{cost}'")) } else { (price.into(), cost.into()) };
         s.push_str(&format!(
             "INSERT INTO items VALUES ('{code}', '{descr}', {price}, {cost}, {weight}, {active}, '{created}', '{changed}', {qty});\n"
         ));
@@ -257,7 +263,7 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         let db = fresh_db(&url, "wb").await;
         exec_all(
             &db,
-            "CREATE TABLE recommended_orders (order_number VARCHAR(20), line INTEGER, item VARCHAR(40), \
+            "CREATE TABLE recommended_orders (order_number VARCHAR(20), line INTEGER, item VARCHAR(80), \
              qty NUMERIC(18,4), due_date DATE, urgent BOOLEAN, PRIMARY KEY (order_number, line))",
         )
         .await;
@@ -314,7 +320,8 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password), "{e}");
         let e = open_source(&erp, &pw_url).await.err().unwrap().to_string();
         assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password) && e.contains("cannot open"), "{e}");
-        let e = open_source(&ErpConfig::new(backend, &db.replace("127.0.0.1", "127.0.0.1:1")), &db).await.err();
+        let broken = db.replace("127.0.0.1", "127.0.0.1:1");
+        let e = open_source(&ErpConfig::new(backend, &broken), &broken).await.err();
         assert!(e.is_some_and(|e| !e.to_string().contains(&password)));
     }
 }

@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(numeric_to_string(&wire(4, 2, 0, 4, &[1234, 5678, 9012, 3456])).unwrap(), "123456789012.3456");
         assert_eq!(numeric_to_string(&wire(2, 0, 0, 4, &[12, 3400])).unwrap(), "12.3400");
         assert_eq!(numeric_to_string(&wire(1, -1, NUMERIC_NEG, 2, &[5000])).unwrap(), "-0.50");
-        assert_eq!(numeric_to_string(&wire(1, -2, 0, 6, &[12])).unwrap(), "0.000012");
+        assert_eq!(numeric_to_string(&wire(1, -2, 0, 6, &[1200])).unwrap(), "0.000012");
         assert_eq!(numeric_to_string(&wire(0, 0, 0, 0, &[])).unwrap(), "0");
         assert_eq!(numeric_to_string(&wire(1, 1, 0, 0, &[7])).unwrap(), "70000");
         assert_eq!(numeric_to_string(&wire(0, 0, 0, 3, &[])).unwrap(), "0.000");
