@@ -20,7 +20,7 @@ use crate::config::{ConnectorConfig, Registration};
 use crate::extract::{ExtractOptions, extract_batch};
 use crate::journal::Journal;
 use crate::mapping::Mapping;
-use crate::source::SqliteSource;
+use crate::source::open_source;
 use ferry_io::retry::Backoff;
 
 /// What `init` created.
@@ -372,12 +372,12 @@ impl Connector {
         let text = std::fs::read_to_string(&mapping_path)
             .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
         let mapping = Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))?;
-        let source = SqliteSource::open(&self.cfg.erp_url()).await?;
+        let source = open_source(&self.cfg.erp, &self.cfg.erp_url()).await?;
         let id = BatchId::new(chrono::Utc::now());
         progress(&format!("extracting batch {id}"));
         let opts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
         let (mut manifest, _stats) =
-            extract_batch(&source, &mapping, spool, &id, &opts, &|_file: &str, _rows: u64| {}).await?;
+            extract_batch(source.as_ref(), &mapping, spool, &id, &opts, &|_file: &str, _rows: u64| {}).await?;
         if let Ok(reg) = self.registration() {
             manifest.tenant = reg.tenant;
         }

@@ -41,13 +41,83 @@ pub struct ConnectorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErpConfig {
-    /// `sqlite` for now (PostgreSQL, MySQL, ODBC and CSV folders slot in behind the same source trait).
+    /// `sqlite`, `postgres` or `mysql` (also MariaDB); ODBC and CSV folders slot in behind the same source trait.
     pub kind: String,
-    /// Database path or URL.
+    /// Database path or URL (`postgres://user@host:5432/erp`, `mysql://user@host:3306/erp`). A password may be
+    /// in the URL, but is better kept apart in `password`, `password_env` or `password_file`.
     pub url: String,
     /// TOML mapping: one SQL query per standard file.
     #[serde(default = "d_mapping")]
     pub mapping: PathBuf,
+    /// The database password, written in this file (prefer `password_env` or `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// The name of an environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file holding the password (its first line; relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How non-UTF-8 text in the ERP is encoded: `utf-8` (default), `windows-1252` or `latin-1`.
+    #[serde(default = "d_encoding")]
+    pub encoding: String,
+}
+
+/// A password: read from the config, never shown by `Debug` or in messages.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl ErpConfig {
+    /// An `[erp]` section with this kind and URL and everything else at its default.
+    pub fn new(kind: &str, url: &str) -> ErpConfig {
+        ErpConfig {
+            kind: kind.into(),
+            url: url.into(),
+            mapping: d_mapping(),
+            password: None,
+            password_env: None,
+            password_file: None,
+            encoding: d_encoding(),
+        }
+    }
+
+    /// The password from `password`, `password_env` or `password_file` (at most one may be set), or `None`.
+    /// The error says which setting is wrong and never contains the password.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        let set = [self.password.is_some(), self.password_env.is_some(), self.password_file.is_some()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            return Err("set only one of [erp] password, password_env and password_file".into());
+        }
+        if let Some(p) = &self.password {
+            return Ok(Some(p.0.clone()));
+        }
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(v) => Ok(Some(v)),
+                Err(_) => Err(format!(
+                    "[erp] password_env names the environment variable {var:?}, which is not set (or not UTF-8); \
+                     set it for the Connector's service"
+                )),
+            };
+        }
+        if let Some(path) = &self.password_file {
+            return match std::fs::read_to_string(path) {
+                Ok(text) => Ok(Some(text.lines().next().unwrap_or("").to_string())),
+                Err(e) => Err(format!(
+                    "cannot read the password file {} ([erp] password_file): {e}; check the path and its permissions",
+                    path.display()
+                )),
+            };
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +200,9 @@ fn d_key() -> PathBuf {
 fn d_mapping() -> PathBuf {
     PathBuf::from("mapping.toml")
 }
+fn d_encoding() -> String {
+    "utf-8".into()
+}
 
 impl ConnectorConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -139,8 +212,15 @@ impl ConnectorConfig {
         let mut cfg: ConnectorConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if cfg.erp.kind != "sqlite" {
-            bail!("erp.kind {:?} is not supported by this build; use \"sqlite\"", cfg.erp.kind);
+        if !matches!(cfg.erp.kind.as_str(), "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb") {
+            bail!(
+                "erp.kind {:?} is not supported by this build; use \"sqlite\", \"postgres\" or \"mysql\"",
+                cfg.erp.kind
+            );
+        }
+        crate::source::TextEncoding::parse(&cfg.erp.encoding).map_err(anyhow::Error::msg)?;
+        if let Some(p) = cfg.erp.password_file.take() {
+            cfg.erp.password_file = Some(cfg.resolve(&p));
         }
         cfg.schedule.daily_time()?;
         if !(1..=9).contains(&cfg.extract.level) {
@@ -219,9 +299,15 @@ key = "keys/ferry_key"
 proxy = ""
 
 [erp]
-# Source database: "sqlite" (PostgreSQL, MySQL/MariaDB, ODBC and CSV folders: later releases).
+# Source database: "sqlite", "postgres" (url = "postgres://user@host:5432/erp") or "mysql" (MySQL/MariaDB,
+# url = "mysql://user@host:3306/erp").
 kind = "sqlite"
 url = "{erp_url}"
+# The database password, kept out of the URL: from an environment variable, a file, or (least safe) written here.
+# password_env = "FERRY_ERP_PASSWORD"
+# password_file = "erp-password.txt"
+# Encoding of text the ERP stores in bytes or non-UTF-8 text: "utf-8", "windows-1252" or "latin-1".
+encoding = "utf-8"
 # One SQL query per standard file of DATA-SPEC.md.
 mapping = "mapping.toml"
 

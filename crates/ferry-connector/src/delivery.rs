@@ -33,9 +33,14 @@ use ferry_io::bz::capped_decoder;
 use ferry_io::digest::{Digests, HashingWriter};
 use ferry_proto::api::valid_file_name;
 use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlConnection;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Either, Executor, SqlSafeStr, SqlStr, Statement};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
+
+use crate::config::ErpConfig;
+use crate::writeback_sql::{numbered_placeholders, open_erp_server};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -367,14 +372,14 @@ fn sync_parent(path: &Path) {
 
 /// Delivers the verified plain `file` (downstream name `name`) into the ERP as `cfg` says: SQL write-back (if
 /// configured and `cfg.sql_applies_to(name)`), then the inbound folder, then the command; see the
-/// [module docs](self). `erp_sqlite_url` is the ERP database (`ConnectorConfig::erp_url`), needed only for the
-/// SQL write-back.
+/// [module docs](self). `erp` is the `[erp]` section with its `url` resolved (`ConnectorConfig::erp_url`), needed
+/// only for the SQL write-back: SQLite, PostgreSQL or MySQL/MariaDB, by its `kind`.
 ///
 /// Nothing is visible in the ERP unless the SQL step succeeded as a whole; the inbound file appears only after
 /// it, complete. Reads the CSV with blocking I/O between database calls (files are local and read buffered).
 pub async fn deliver(
     cfg: &DeliveryConfig,
-    erp_sqlite_url: Option<&str>,
+    erp: Option<&ErpConfig>,
     file: &Path,
     name: &str,
 ) -> Result<DeliveryReport, DeliveryError> {
@@ -387,9 +392,9 @@ pub async fn deliver(
             "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]".into(),
         ));
     }
-    let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), erp_sqlite_url) {
+    let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), erp) {
         (true, _) => None,
-        (false, Some(url)) => Some(url),
+        (false, Some(erp)) => Some(erp),
         (false, None) => {
             return Err(DeliveryError::Config(
                 "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
@@ -404,8 +409,8 @@ pub async fn deliver(
         None => None,
     };
     let mut report = DeliveryReport::default();
-    if let Some(url) = sql_url {
-        report.sql_rows = write_back(url, &cfg.sql, file, name).await?;
+    if let Some(erp) = sql_url {
+        report.sql_rows = write_back(erp, &cfg.sql, file, name).await?;
     }
     if let Some(staged) = staged {
         report.inbound_path = Some(staged.publish()?);
@@ -485,13 +490,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A configured statement, prepared for one file: which header column feeds each `?`.
-struct PlannedStatement {
-    sql: SqlStr,
-    columns: Vec<usize>,
+pub(crate) struct PlannedStatement {
+    pub(crate) sql: SqlStr,
+    pub(crate) columns: Vec<usize>,
 }
 
 /// Runs the configured statements for every data row of `file`, in one transaction.
-async fn write_back(url: &str, statements: &[SqlWriteBack], file: &Path, name: &str) -> Result<u64, DeliveryError> {
+async fn write_back(
+    erp: &ErpConfig,
+    statements: &[SqlWriteBack],
+    file: &Path,
+    name: &str,
+) -> Result<u64, DeliveryError> {
     let input = File::open(file).map_err(io_err(format!("cannot open the received file {}", file.display())))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(BufReader::new(input));
     let headers = reader.headers().map_err(|e| csv_error(name, 1, &e))?.clone();
@@ -514,24 +524,35 @@ async fn write_back(url: &str, statements: &[SqlWriteBack], file: &Path, name: &
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        plan.push(PlannedStatement { sql: AssertSqlSafe(s.statement.clone()).into_sql_str(), columns });
+        let statement = if matches!(erp.kind.as_str(), "postgres" | "postgresql") {
+            numbered_placeholders(&s.statement)
+        } else {
+            s.statement.clone()
+        };
+        plan.push(PlannedStatement { sql: AssertSqlSafe(statement).into_sql_str(), columns });
     }
-    let mut db = open_erp(url).await?;
+    let mut db = open_erp(erp).await?;
     let result = db.apply(&plan, &mut reader, name).await;
     db.close().await;
     result
 }
 
-/// An open ERP database for the write-back. SQLite for now; PostgreSQL and MySQL slot in as further variants of
-/// this enum, opened by [`open_erp`] from their URL scheme (their statements keep their own placeholder syntax).
-enum ErpDb {
+/// An open ERP database for the write-back, by `[erp] kind`. The `String` is the redacted target for messages.
+pub(crate) enum ErpDb {
     Sqlite(SqliteConnection, String),
+    Postgres(PgConnection, String),
+    MySql(MySqlConnection, String),
 }
 
-/// Opens the ERP database read-write: `sqlite:` URLs as given, anything else as the path of an existing SQLite
-/// file (the Connector never creates the ERP database).
-async fn open_erp(url: &str) -> Result<ErpDb, DeliveryError> {
+/// Opens the ERP database read-write, by `erp.kind`. SQLite: `sqlite:` URLs as given, anything else as the path
+/// of an existing file (the Connector never creates the ERP database). PostgreSQL and MySQL/MariaDB: the URL with
+/// the password of `[erp]` (which never appears in a message).
+async fn open_erp(erp: &ErpConfig) -> Result<ErpDb, DeliveryError> {
+    let url = erp.url.as_str();
     let target = crate::source::redact_url(url);
+    if erp.kind != "sqlite" {
+        return open_erp_server(erp, target).await;
+    }
     let open_err = |reason: String| DeliveryError::Database {
         target: target.clone(),
         reason: format!("cannot open it for the write-back: {reason}"),
@@ -560,12 +581,20 @@ impl ErpDb {
     ) -> Result<u64, DeliveryError> {
         match self {
             ErpDb::Sqlite(conn, target) => apply_sqlite(conn, target, plan, rows, name).await,
+            ErpDb::Postgres(conn, target) => crate::writeback_sql::apply_postgres(conn, target, plan, rows, name).await,
+            ErpDb::MySql(conn, target) => crate::writeback_sql::apply_mysql(conn, target, plan, rows, name).await,
         }
     }
 
     async fn close(self) {
         match self {
             ErpDb::Sqlite(conn, _) => {
+                let _ = conn.close().await;
+            }
+            ErpDb::Postgres(conn, _) => {
+                let _ = conn.close().await;
+            }
+            ErpDb::MySql(conn, _) => {
                 let _ = conn.close().await;
             }
         }
@@ -636,11 +665,11 @@ async fn apply_sqlite<R: Read>(
     }
 }
 
-fn write_back_err(file: &str, line: u64, reason: String) -> DeliveryError {
+pub(crate) fn write_back_err(file: &str, line: u64, reason: String) -> DeliveryError {
     DeliveryError::WriteBack { file: file.to_string(), line, reason }
 }
 
-fn csv_error(file: &str, fallback_line: u64, e: &csv::Error) -> DeliveryError {
+pub(crate) fn csv_error(file: &str, fallback_line: u64, e: &csv::Error) -> DeliveryError {
     let line = e.position().map_or(fallback_line, |p| p.line());
     let reason = match e.kind() {
         csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {

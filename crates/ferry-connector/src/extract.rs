@@ -11,6 +11,9 @@
 //! - integers as they are; a date column also takes an integer `YYYYMMDD`;
 //! - floats rounded to 15 significant digits (what an `f64` holds exactly), then written as the shortest decimal
 //!   that reads back to that value, never with an exponent: `0.1 + 0.2` -> `0.3`, `12.0` -> `12`, `-0.0` -> `0`;
+//! - exact decimals (`NUMERIC`, `DECIMAL`, and decimals stored as text in a decimal column) without redundant
+//!   zeros, never through a float: `012.3400` -> `12.34`, `5.000` -> `5`; booleans as `1`/`0`;
+//! - `DATE` and `TIMESTAMP` values as `YYYY/MM/DD` (a timestamp's time is dropped);
 //! - text as it is, except that codes and numbers are trimmed (ERPs pad `CHAR` columns), descriptions lose trailing
 //!   spaces, and line breaks become spaces; an empty or blank text is an empty field;
 //! - dates (columns of kind `Date`): `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS` (or with a `T`, fractions of seconds) and
@@ -438,6 +441,27 @@ fn format_custom_row(row: &[SqlValue], out: &mut String, scratch: &mut String) {
                 }
                 Kind::Dec
             }
+            SqlValue::Decimal(d) => {
+                if normalize_decimal(d, scratch).is_err() {
+                    scratch.clear();
+                    scratch.push_str(d.trim());
+                    Kind::Text
+                } else {
+                    Kind::Dec
+                }
+            }
+            SqlValue::Bool(b) => {
+                scratch.push(if *b { '1' } else { '0' });
+                Kind::Dec
+            }
+            SqlValue::Date(d) => {
+                push_date(*d, scratch);
+                Kind::Date
+            }
+            SqlValue::Timestamp(t) => {
+                push_date(t.date(), scratch);
+                Kind::Date
+            }
             SqlValue::Text(s) => {
                 scratch.push_str(s);
                 Kind::Text
@@ -499,12 +523,71 @@ fn to_plain(kind: Kind, value: &SqlValue, out: &mut String) -> Result<(), String
             Err(format!("the number {f} is not a date; return YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD text"))
         }
         SqlValue::Float(f) => format_float(*f, out),
+        SqlValue::Decimal(d) if kind == Kind::Date => {
+            Err(format!("the number {d} is not a date; return a DATE, YYYY-MM-DD text or a YYYYMMDD number"))
+        }
+        SqlValue::Decimal(d) => normalize_decimal(d, out),
+        SqlValue::Bool(b) if kind == Kind::Date => Err(format!("{b} is not a date; return a DATE or YYYY-MM-DD text")),
+        SqlValue::Bool(b) => {
+            out.push(if *b { '1' } else { '0' });
+            Ok(())
+        }
+        SqlValue::Date(d) => date_value(kind, *d, out),
+        SqlValue::Timestamp(t) => date_value(kind, t.date(), out),
         SqlValue::Text(s) => text(kind, s, out),
         SqlValue::Bytes(b) => match std::str::from_utf8(b) {
             Ok(s) => text(kind, s, out),
             Err(_) => Err("the value is binary data (BLOB), not UTF-8 text; convert it to text in the query".into()),
         },
     }
+}
+
+/// A date or the date of a timestamp: `YYYY/MM/DD` in a date column, and in a text or code column too (the time of
+/// a timestamp is dropped: DATA-SPEC files hold dates only).
+fn date_value(kind: Kind, d: NaiveDate, out: &mut String) -> Result<(), String> {
+    match kind {
+        Kind::Int | Kind::Dec | Kind::Flag | Kind::OneOf(_) => {
+            Err(format!("the date {d} is not a number or code; return a number for this column"))
+        }
+        _ => {
+            push_date(d, out);
+            Ok(())
+        }
+    }
+}
+
+/// An exact decimal from the database, written without redundant zeros so that every source gives the same text:
+/// `+012.3400` -> `12.34`, `5.000` -> `5`, `-0.0` -> `0`, `.5` -> `0.5`. Exponent forms are refused.
+pub fn normalize_decimal(raw: &str, out: &mut String) -> Result<(), String> {
+    let s = raw.trim();
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return Err(format!(
+            "{:?} is not a decimal number (digits, optional sign and one '.'); cast it to a decimal or text like -123.45",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if int.is_empty() && frac.is_empty() {
+        out.push('0');
+        return Ok(());
+    }
+    if neg {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(())
 }
 
 fn text(kind: Kind, s: &str, out: &mut String) -> Result<(), String> {
@@ -517,6 +600,9 @@ fn text(kind: Kind, s: &str, out: &mut String) -> Result<(), String> {
     }
     if kind == Kind::Date {
         return text_date(s, out);
+    }
+    if kind == Kind::Dec {
+        return normalize_decimal(s, out);
     }
     out.extend(s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
     Ok(())

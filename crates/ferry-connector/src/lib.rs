@@ -10,3 +10,4 @@ pub mod journal;
 pub mod pending;
 pub mod proxy;
 pub mod receive;
+mod writeback_sql;

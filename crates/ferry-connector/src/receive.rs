@@ -108,12 +108,13 @@ impl Connector {
         let plain = self.fetch_verified(f, &work).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
         let mut cfg = self.cfg.delivery.clone();
         cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
-        let erp = self.cfg.erp_url();
+        let mut erp = self.cfg.erp.clone();
+        erp.url = self.cfg.erp_url();
         let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await.map_err(|e| {
             // which disk: the ERP database's for the SQL write-back, else the inbound folder's
             let target = match &e {
                 delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
-                    PathBuf::from(&erp)
+                    PathBuf::from(&erp.url)
                 }
                 _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
             };

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{
     DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver,
 };
@@ -149,7 +150,7 @@ async fn delivers_into_the_inbound_folder_and_the_erp_tables() {
         ..DeliveryConfig::default()
     };
 
-    let report = deliver(&cfg, Some(&url), &file, "po_000001.csv").await.unwrap();
+    let report = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000001.csv").await.unwrap();
     assert_eq!(
         report,
         DeliveryReport { sql_rows: 3, inbound_path: Some(inbound.join("po_000001.csv")), command_status: None }
@@ -208,7 +209,7 @@ async fn a_failing_row_writes_nothing_and_names_its_line() {
     let cfg =
         DeliveryConfig { inbound_dir: Some(inbound.clone()), sql: write_back_config(), ..DeliveryConfig::default() };
 
-    let err = deliver(&cfg, Some(&url), &file, "po_000003.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000003.csv").await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(&err, DeliveryError::WriteBack { line: 4, .. }), "{err:?}");
     assert!(msg.starts_with("po_000003.csv:4: row 3: delivery.sql[0] failed"), "{msg}");
@@ -222,7 +223,7 @@ async fn a_failing_row_writes_nothing_and_names_its_line() {
 
     // A row with too few fields: a CSV error, with its line.
     let short = plain_file(dir.path(), "po_000004.csv", &format!("{HEADER}PO4,1,I,W,S,1,1,d,d,\nPO4,2,I\n"));
-    let err = deliver(&cfg, Some(&url), &short, "po_000004.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &short, "po_000004.csv").await.unwrap_err();
     assert!(err.to_string().starts_with("po_000004.csv:3: the row has 3 fields, the header has 10"), "{err}");
     assert_eq!(count(&mut erp, "recommended_orders").await, 0);
 }
@@ -233,7 +234,7 @@ async fn a_missing_header_is_named_with_the_headers_present() {
     let (url, mut erp) = erp_db(dir.path()).await;
     let file = plain_file(dir.path(), "po_000005.csv", "order_number,line,item\nPO5,1,I\n");
     let cfg = DeliveryConfig { sql: write_back_config(), ..DeliveryConfig::default() };
-    let err = deliver(&cfg, Some(&url), &file, "po_000005.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000005.csv").await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(&err, DeliveryError::MissingHeader { header, .. } if header == "location"), "{err:?}");
     assert!(msg.contains("\"location\""), "{msg}");
@@ -248,7 +249,7 @@ async fn a_missing_header_is_named_with_the_headers_present() {
         }],
         ..DeliveryConfig::default()
     };
-    let err = deliver(&cfg, Some(&url), &file, "po_000005.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000005.csv").await.unwrap_err();
     assert!(err.to_string().contains("has 3 ? placeholders but lists 2 params"), "{err}");
 }
 

@@ -229,7 +229,19 @@ fn values_are_formatted_per_spec() {
     assert_eq!(fmt(Kind::Dec, Float(0.1 + 0.2)).unwrap(), "0.3");
     assert_eq!(fmt(Kind::Dec, Float(-2.0)).unwrap(), "-2");
     assert_eq!(fmt(Kind::Dec, Int(-7)).unwrap(), "-7");
-    assert_eq!(fmt(Kind::Dec, Text(" 12.50 ".into())).unwrap(), "12.50");
+    assert_eq!(fmt(Kind::Dec, Text(" 12.50 ".into())).unwrap(), "12.5");
+    for (raw, want) in [("+012.3400", "12.34"), ("5.000", "5"), ("-0.0", "0"), (".5", "0.5"), ("-7.", "-7"), ("0", "0")]
+    {
+        assert_eq!(fmt(Kind::Dec, Decimal(raw.into())).unwrap(), want, "{raw}");
+    }
+    assert_eq!(fmt(Kind::Dec, Decimal("123456789012345678.123456789".into())).unwrap(), "123456789012345678.123456789");
+    assert!(fmt(Kind::Dec, Decimal("1E+2".into())).unwrap_err().contains("not a decimal"));
+    assert_eq!(fmt(Kind::Flag, Bool(true)).unwrap(), "1");
+    assert_eq!(fmt(Kind::Int, Bool(false)).unwrap(), "0");
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 2, 28).unwrap();
+    assert_eq!(fmt(Kind::Date, Date(day)).unwrap(), "2026/02/28");
+    assert_eq!(fmt(Kind::Date, Timestamp(day.and_hms_opt(23, 59, 59).unwrap())).unwrap(), "2026/02/28");
+    assert!(fmt(Kind::Dec, Date(day)).is_err());
     assert!(fmt(Kind::Dec, Text("1,5".into())).unwrap_err().contains("not a decimal"));
     assert_eq!(fmt(Kind::Int, Float(12.0)).unwrap(), "12");
     assert!(fmt(Kind::Int, Float(12.5)).unwrap_err().contains("whole number"));

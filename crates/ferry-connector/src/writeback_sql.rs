@@ -1,0 +1,416 @@
+//! The SQL write-back ([`crate::delivery`]) against PostgreSQL and MySQL/MariaDB: one transaction per file, every
+//! value bound as a parameter, never written into the SQL text.
+//!
+//! MySQL converts bound text to the column's type itself. PostgreSQL does not convert text parameters to numbers
+//! or dates, so each CSV field is bound with the type PostgreSQL infers for its placeholder (integers, floats,
+//! `NUMERIC` exactly, booleans, dates, timestamps; anything else as text). `?` placeholders are numbered `$1, $2,
+//! ...` for PostgreSQL, so one statement works on every backend.
+
+use std::io::Read;
+use std::str::FromStr;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgConnection, PgTypeInfo, Postgres};
+use sqlx::{Connection, Either, Encode, Executor, Statement, Type, TypeInfo};
+
+use crate::config::ErpConfig;
+use crate::delivery::{DeliveryError, ErpDb, PlannedStatement, csv_error, write_back_err};
+use crate::source::postgres_pw_in_url;
+use crate::source::scrub;
+
+/// Opens a PostgreSQL or MySQL/MariaDB ERP database (`erp.kind`) for the write-back.
+pub(crate) async fn open_erp_server(erp: &ErpConfig, target: String) -> Result<ErpDb, DeliveryError> {
+    let url = erp.url.as_str();
+    let url_pw = postgres_pw_in_url(url);
+    let open_err = |reason: String, pw: Option<&str>| DeliveryError::Database {
+        target: target.clone(),
+        reason: format!("cannot open it for the write-back: {}", scrub(scrub(reason, url_pw.as_deref()), pw)),
+    };
+    let password = erp.password().map_err(|r| open_err(r, None))?;
+    let pw = password.as_deref();
+    match erp.kind.as_str() {
+        "postgres" | "postgresql" => {
+            let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
+            if let Some(p) = pw {
+                opts = opts.password(p);
+            }
+            let conn = PgConnection::connect_with(&opts.application_name("ferry-connector"))
+                .await
+                .map_err(|e| open_err(e.to_string(), pw))?;
+            Ok(ErpDb::Postgres(conn, target.clone()))
+        }
+        "mysql" | "mariadb" => {
+            let mut opts = MySqlConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
+            if let Some(p) = pw {
+                opts = opts.password(p);
+            }
+            let conn = MySqlConnection::connect_with(&opts.charset("utf8mb4"))
+                .await
+                .map_err(|e| open_err(e.to_string(), pw))?;
+            Ok(ErpDb::MySql(conn, target.clone()))
+        }
+        other => Err(open_err(format!("the SQL write-back does not support [erp] kind {other:?}"), pw)),
+    }
+}
+
+/// `?` placeholders numbered `$1, $2, ...` (PostgreSQL's form), outside quoted strings, quoted names and
+/// comments. A statement that already uses `$n` is returned unchanged.
+pub(crate) fn numbered_placeholders(sql: &str) -> String {
+    if sql.contains("$1") {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == c {
+                        break; // a doubled quote simply closes and reopens
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '?' => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reads the next CSV record; `Ok(None)` at the end. Returns the record's line.
+fn next_record<R: Read>(
+    rows: &mut csv::Reader<R>,
+    record: &mut csv::StringRecord,
+    name: &str,
+) -> Result<Option<u64>, DeliveryError> {
+    let line_before = rows.position().line();
+    match rows.read_record(record) {
+        Ok(true) => Ok(Some(record.position().map_or(line_before, |p| p.line()))),
+        Ok(false) => Ok(None),
+        Err(e) => Err(csv_error(name, line_before, &e)),
+    }
+}
+
+fn field(record: &csv::StringRecord, c: usize) -> Option<&str> {
+    record.get(c).filter(|v| !v.is_empty())
+}
+
+pub(crate) async fn apply_mysql<R: Read>(
+    conn: &mut MySqlConnection,
+    target: &str,
+    plan: &[PlannedStatement],
+    rows: &mut csv::Reader<R>,
+    name: &str,
+) -> Result<u64, DeliveryError> {
+    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
+        target: target.to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
+    let result = async {
+        for (i, s) in plan.iter().enumerate() {
+            let stmt = (&mut *tx)
+                .prepare(s.sql.clone())
+                .await
+                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
+            check_count(stmt.parameters(), s, i, name)?;
+        }
+        let mut record = csv::StringRecord::new();
+        let mut count = 0u64;
+        while let Some(line) = next_record(rows, &mut record, name)? {
+            count += 1;
+            for (i, s) in plan.iter().enumerate() {
+                let mut q = sqlx::query(s.sql.clone());
+                for &c in &s.columns {
+                    q = q.bind(field(&record, c).map(str::to_owned));
+                }
+                q.execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
+            }
+        }
+        Ok(count)
+    }
+    .await;
+    finish(tx, result, db_err).await
+}
+
+pub(crate) async fn apply_postgres<R: Read>(
+    conn: &mut PgConnection,
+    target: &str,
+    plan: &[PlannedStatement],
+    rows: &mut csv::Reader<R>,
+    name: &str,
+) -> Result<u64, DeliveryError> {
+    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
+        target: target.to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
+    let result = async {
+        // the type PostgreSQL infers for each placeholder decides how the CSV text is bound
+        let mut types = Vec::with_capacity(plan.len());
+        for (i, s) in plan.iter().enumerate() {
+            let stmt = (&mut *tx)
+                .prepare(s.sql.clone())
+                .await
+                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
+            check_count(stmt.parameters(), s, i, name)?;
+            let names: Vec<String> = match stmt.parameters() {
+                Some(Either::Left(t)) => t.iter().map(|t| t.name().to_string()).collect(),
+                _ => vec!["TEXT".to_string(); s.columns.len()],
+            };
+            types.push(names);
+        }
+        let mut record = csv::StringRecord::new();
+        let mut count = 0u64;
+        while let Some(line) = next_record(rows, &mut record, name)? {
+            count += 1;
+            for (i, s) in plan.iter().enumerate() {
+                let mut q = sqlx::query(s.sql.clone());
+                for (k, &c) in s.columns.iter().enumerate() {
+                    let ty = types[i].get(k).map_or("TEXT", String::as_str);
+                    q = bind_pg(q, ty, field(&record, c)).map_err(|reason| {
+                        write_back_err(
+                            name,
+                            line,
+                            format!("row {count}: delivery.sql[{i}] parameter ${}: {reason}", k + 1),
+                        )
+                    })?;
+                }
+                q.execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
+            }
+        }
+        Ok(count)
+    }
+    .await;
+    finish(tx, result, db_err).await
+}
+
+fn check_count<T>(
+    params: Option<Either<&[T], usize>>,
+    s: &PlannedStatement,
+    i: usize,
+    name: &str,
+) -> Result<(), DeliveryError> {
+    let n = match params {
+        Some(Either::Left(t)) => t.len(),
+        Some(Either::Right(n)) => n,
+        None => return Ok(()),
+    };
+    if n != s.columns.len() {
+        return Err(write_back_err(
+            name,
+            1,
+            format!("delivery.sql[{i}] has {n} placeholders but lists {} params", s.columns.len()),
+        ));
+    }
+    Ok(())
+}
+
+async fn finish<DB: sqlx::Database>(
+    tx: sqlx::Transaction<'_, DB>,
+    result: Result<u64, DeliveryError>,
+    db_err: impl Fn(&str, sqlx::Error) -> DeliveryError,
+) -> Result<u64, DeliveryError> {
+    match result {
+        Ok(count) => {
+            tx.commit().await.map_err(|e| db_err("cannot commit the write-back", e))?;
+            Ok(count)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `value` (None = NULL) as the PostgreSQL type `ty`; the error says why the text does not fit.
+fn bind_pg<'q>(q: PgQuery<'q>, ty: &str, value: Option<&str>) -> Result<PgQuery<'q>, String> {
+    let v = value.map(str::trim);
+    let parse_err =
+        |what: &str| format!("{:?} is not {what}", value.unwrap_or("").chars().take(40).collect::<String>());
+    Ok(match ty {
+        "INT2" => q.bind(v.map(|s| s.parse::<i16>()).transpose().map_err(|_| parse_err("a small integer"))?),
+        "INT4" => q.bind(v.map(|s| s.parse::<i32>()).transpose().map_err(|_| parse_err("an integer"))?),
+        "INT8" => q.bind(v.map(|s| s.parse::<i64>()).transpose().map_err(|_| parse_err("an integer"))?),
+        "FLOAT4" => q.bind(v.map(|s| s.parse::<f32>()).transpose().map_err(|_| parse_err("a number"))?),
+        "FLOAT8" => q.bind(v.map(|s| s.parse::<f64>()).transpose().map_err(|_| parse_err("a number"))?),
+        "NUMERIC" => q.bind(v.map(PgDecimalText::parse).transpose().map_err(|_| parse_err("a decimal number"))?),
+        "BOOL" => q.bind(v.map(parse_bool).transpose().map_err(|_| parse_err("a boolean (1/0, true/false)"))?),
+        "DATE" => q.bind(v.map(parse_date).transpose().map_err(|_| parse_err("a date (YYYY-MM-DD or YYYY/MM/DD)"))?),
+        "TIMESTAMP" => q.bind(v.map(parse_timestamp).transpose().map_err(|_| parse_err("a date or date-time"))?),
+        "TIMESTAMPTZ" => q.bind(
+            v.map(parse_timestamp)
+                .transpose()
+                .map_err(|_| parse_err("a date or date-time"))?
+                .map(|t| t.and_local_timezone(chrono::Local).earliest().map_or_else(|| t.and_utc(), |l| l.to_utc())),
+        ),
+        _ => q.bind(value.map(str::to_owned)),
+    })
+}
+
+fn parse_bool(s: &str) -> Result<bool, ()> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "y" | "yes" => Ok(true),
+        "0" | "f" | "false" | "n" | "no" => Ok(false),
+        _ => Err(()),
+    }
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, ()> {
+    ["%Y-%m-%d", "%Y/%m/%d", "%Y%m%d"]
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(s, f).ok())
+        .or_else(|| parse_timestamp(s).ok().map(|t| t.date()))
+        .ok_or(())
+}
+
+fn parse_timestamp(s: &str) -> Result<NaiveDateTime, ()> {
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y/%m/%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .or_else(|| {
+            ["%Y-%m-%d", "%Y/%m/%d", "%Y%m%d"]
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(s, f).ok())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+        .ok_or(())
+}
+
+/// A decimal written as text, bound as PostgreSQL `NUMERIC` in its exact binary form (no float in between).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PgDecimalText {
+    negative: bool,
+    /// Base-10000 digits, without leading or trailing zero groups.
+    digits: Vec<i16>,
+    weight: i16,
+    scale: u16,
+}
+
+impl PgDecimalText {
+    pub(crate) fn parse(s: &str) -> Result<PgDecimalText, ()> {
+        let s = s.trim();
+        let (negative, body) = match s.as_bytes().first() {
+            Some(b'-') => (true, &s[1..]),
+            Some(b'+') => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) || frac.len() > 16383 {
+            return Err(());
+        }
+        let int = int.trim_start_matches('0');
+        let int_groups = int.len().div_ceil(4);
+        let mut padded = "0".repeat(int_groups * 4 - int.len());
+        padded.push_str(int);
+        padded.push_str(frac);
+        padded.push_str(&"0".repeat((4 - frac.len() % 4) % 4));
+        let mut digits: Vec<i16> =
+            padded.as_bytes().chunks(4).map(|c| c.iter().fold(0i16, |a, d| a * 10 + i16::from(d - b'0'))).collect();
+        let mut weight = i64::try_from(int_groups).map_err(|_| ())? - 1;
+        let lead = digits.iter().take_while(|d| **d == 0).count();
+        digits.drain(..lead);
+        weight -= i64::try_from(lead).map_err(|_| ())?;
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        if digits.is_empty() {
+            weight = 0;
+        }
+        Ok(PgDecimalText {
+            negative: negative && !digits.is_empty(),
+            digits,
+            weight: i16::try_from(weight).map_err(|_| ())?,
+            scale: u16::try_from(frac.len()).map_err(|_| ())?,
+        })
+    }
+}
+
+impl Type<Postgres> for PgDecimalText {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(1700))
+    }
+}
+
+impl Encode<'_, Postgres> for PgDecimalText {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        let n = i16::try_from(self.digits.len())?;
+        buf.extend(n.to_be_bytes());
+        buf.extend(self.weight.to_be_bytes());
+        buf.extend(if self.negative { 0x4000u16 } else { 0 }.to_be_bytes());
+        buf.extend(self.scale.to_be_bytes());
+        for d in &self.digits {
+            buf.extend(d.to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_marks_become_numbered_outside_quotes() {
+        assert_eq!(numbered_placeholders("INSERT INTO t(a, b) VALUES (?, ?)"), "INSERT INTO t(a, b) VALUES ($1, $2)");
+        assert_eq!(
+            numbered_placeholders("UPDATE \"w?\" SET c = '?' || ? -- why?\nWHERE d = ?"),
+            "UPDATE \"w?\" SET c = '?' || $1 -- why?\nWHERE d = $2"
+        );
+        assert_eq!(numbered_placeholders("SELECT $1, '?'"), "SELECT $1, '?'");
+    }
+
+    #[test]
+    fn decimals_are_encoded_exactly() {
+        let d = PgDecimalText::parse("123456789012.3456").unwrap();
+        assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[1234, 5678, 9012, 3456][..], 2, 4, false));
+        let d = PgDecimalText::parse("-0.000012").unwrap();
+        assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[1200][..], -2, 6, true));
+        let d = PgDecimalText::parse("70000").unwrap();
+        assert_eq!((d.digits.as_slice(), d.weight, d.scale), (&[7][..], 1, 0));
+        let d = PgDecimalText::parse("-0.00").unwrap();
+        assert_eq!((d.digits.len(), d.weight, d.scale, d.negative), (0, 0, 2, false));
+        // what the extract side decodes is what was encoded
+        let mut buf = PgArgumentBuffer::default();
+        let _ = PgDecimalText::parse("12.3400").unwrap().encode_by_ref(&mut buf).unwrap();
+        assert_eq!(crate::source::postgres_numeric_to_string(&buf).unwrap(), "12.3400");
+        for bad in ["", "-", "1e5", "1.2.3", "12a", "."] {
+            assert!(PgDecimalText::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn csv_text_parses_as_dates_and_booleans() {
+        assert_eq!(parse_date("2026/11/28"), Ok(NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()));
+        assert_eq!(parse_date("2026-11-28"), parse_date("20261128"));
+        assert!(parse_date("28.11.2026").is_err());
+        assert_eq!(parse_timestamp("2026-11-28 10:30:00").unwrap().to_string(), "2026-11-28 10:30:00");
+        assert_eq!(parse_bool("TRUE"), Ok(true));
+        assert!(parse_bool("maybe").is_err());
+    }
+}

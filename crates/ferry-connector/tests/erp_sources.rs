@@ -1,0 +1,335 @@
+//! The same ERP data in SQLite, PostgreSQL and MariaDB, each with its natural column types (NUMERIC/DECIMAL for
+//! money, DATE, BOOLEAN, TIMESTAMP/DATETIME, TEXT), extracted through the source trait and formatted by the
+//! extract's `format_value` gives byte-identical CSV; tricky values come out exactly; the SQL write-back works on
+//! PostgreSQL and MariaDB with bound parameters in one transaction; passwords never appear in errors.
+//!
+//! The servers come from `scripts/test-databases.sh` (see README "Database tests"): without
+//! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
+//! `FERRY_CI=1`.
+
+use std::path::Path;
+
+use ferry_connector::config::ErpConfig;
+use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
+use ferry_connector::extract::format_value;
+use ferry_connector::source::{Source, SqlValue, open_source};
+use ferry_proto::spec::{Column, Kind};
+use futures::StreamExt;
+use sqlx::{AssertSqlSafe, Connection};
+
+fn server(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("FERRY_CI").is_ok_and(|v| v == "1") => {
+            panic!("{test}: {var} is not set but FERRY_CI=1; .ci/run starts the servers with scripts/test-databases.sh")
+        }
+        _ => {
+            eprintln!("SKIPPED: {test}: set {var} (see README, Database tests)");
+            None
+        }
+    }
+}
+
+/// A fresh database on the server of `url` (so tests can run in parallel), and its URL.
+async fn fresh_db(url: &str, tag: &str) -> String {
+    let name = format!("ferry_{tag}_{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("x"));
+    let (base, _) = url.rsplit_once('/').unwrap();
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    format!("{base}/{name}")
+}
+
+/// Runs each `;`-separated statement.
+async fn exec_all(url: &str, script: &str) {
+    let stmts: Vec<&str> = script.split(";\n").map(str::trim).filter(|s| !s.is_empty()).collect();
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        for s in stmts {
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    } else if url.starts_with("mysql") {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        for s in stmts {
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{url}?mode=rwc")).await.unwrap();
+        for s in stmts {
+            sqlx::query(AssertSqlSafe(s.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+}
+
+fn col(kind: Kind) -> Column {
+    Column { name: "c", kind, required: false }
+}
+
+/// Extract `sql` from `src` and format it as CSV with `kinds`, as the extract writes standard files.
+async fn extract_csv(src: &dyn Source, sql: &str, kinds: &[Kind]) -> String {
+    let mut out = String::new();
+    let mut rows = src.rows(sql);
+    while let Some(row) = rows.next().await {
+        let row = row.unwrap_or_else(|e| panic!("{} {sql}: {e}", src.kind()));
+        for (i, (v, k)) in row.iter().zip(kinds).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            format_value(&col(*k), v, &mut out).unwrap_or_else(|e| panic!("{} column {i} {v:?}: {e}", src.kind()));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// An ERP-like schema per backend, natural types for each: money NUMERIC/DECIMAL (exact), dates DATE, flags
+/// BOOLEAN, timestamps, text; plus one row of data that every backend stores its own way.
+fn erp_schema(backend: &str) -> String {
+    let (money, boolean, ts, text) = match backend {
+        "postgres" => ("NUMERIC(18,4)", "BOOLEAN", "TIMESTAMP", "TEXT"),
+        "mysql" => ("DECIMAL(18,4)", "BOOLEAN", "DATETIME", "TEXT"),
+        // SQLite has no exact decimal type: an ERP on SQLite keeps money as text
+        _ => ("TEXT", "BOOLEAN", "TEXT", "TEXT"),
+    };
+    let (t, f) = if backend == "sqlite" { ("1", "0") } else { ("TRUE", "FALSE") };
+    let mut s = format!(
+        "CREATE TABLE items (code VARCHAR(20) PRIMARY KEY, descr {text}, price {money}, cost {money}, weight DOUBLE PRECISION, \
+         active {boolean}, created DATE, changed {ts}, qty INTEGER);\n"
+    );
+    let rows = [
+        ("A-001", "Widget, large", "12.5000", "7.25", "1.5", t, "2026-01-31", "2026-11-28 13:45:00", "12"),
+        (
+            "A-002",
+            "Say \"hi\" — Café",
+            "0.0000",
+            "123456789012.3456",
+            "0.1",
+            f,
+            "2025-12-01",
+            "2026-11-27 00:00:01",
+            "-3",
+        ),
+        ("B-100", "  padded  ", "-5.5000", "0.0001", "1e-7", t, "2024-02-29", "2000-01-01 23:59:59", "0"),
+        ("C-7", "line\nbreak", "1000000", "99.9900", "12345.678", f, "1999-12-31", "2026-06-15 12:00:00", "2147483647"),
+    ];
+    for (code, descr, price, cost, weight, active, created, changed, qty) in rows {
+        let descr = descr.replace('\'', "''");
+        let (price, cost) =
+            if backend == "sqlite" { (format!("'{price}'"), format!("'{cost}'")) } else { (price.into(), cost.into()) };
+        s.push_str(&format!(
+            "INSERT INTO items VALUES ('{code}', '{descr}', {price}, {cost}, {weight}, {active}, '{created}', '{changed}', {qty});\n"
+        ));
+    }
+    s.push_str("INSERT INTO items (code) VALUES ('N-NULL');\n");
+    s
+}
+
+const ITEMS_SQL: &str =
+    "SELECT code, descr, price, cost, weight, active, created, changed, qty FROM items ORDER BY code";
+const ITEMS_KINDS: &[Kind] =
+    &[Kind::Code, Kind::Text, Kind::Dec, Kind::Dec, Kind::Dec, Kind::Flag, Kind::Date, Kind::Date, Kind::Int];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_erp_data_gives_identical_csv_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("erp.db");
+    exec_all(sqlite.to_str().unwrap(), &erp_schema("sqlite")).await;
+    let src = open_source(&ErpConfig::new("sqlite", sqlite.to_str().unwrap()), sqlite.to_str().unwrap()).await.unwrap();
+    let reference = extract_csv(src.as_ref(), ITEMS_SQL, ITEMS_KINDS).await;
+    assert_eq!(
+        reference,
+        "\"A-001\",\"Widget, large\",12.5,7.25,1.5,1,2026/01/31,2026/11/28,12\n\
+         \"A-002\",\"Say \"\"hi\"\" — Café\",0,123456789012.3456,0.1,0,2025/12/01,2026/11/27,-3\n\
+         \"B-100\",\"  padded\",-5.5,0.0001,0.0000001,1,2024/02/29,2000/01/01,0\n\
+         \"C-7\",\"line break\",1000000,99.99,12345.678,0,1999/12/31,2026/06/15,2147483647\n\
+         \"N-NULL\",,,,,,,,\n"
+    );
+    let mut compared = 0;
+    for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
+        let Some(url) = server(var, "same_erp_data_gives_identical_csv_on_every_backend") else { continue };
+        let db = fresh_db(&url, "xb").await;
+        exec_all(&db, &erp_schema(backend)).await;
+        let src = open_source(&ErpConfig::new(backend, &db), &db).await.unwrap();
+        assert_eq!(src.kind(), backend);
+        assert_eq!(src.columns(ITEMS_SQL).await.unwrap()[2], "price");
+        let csv = extract_csv(src.as_ref(), ITEMS_SQL, ITEMS_KINDS).await;
+        assert_eq!(csv, reference, "{backend} differs from SQLite");
+        compared += 1;
+    }
+    eprintln!("compared {compared} server backends with SQLite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_values_decode_by_type() {
+    let Some(url) = server("FERRY_TEST_POSTGRES_URL", "postgres_values_decode_by_type") else { return };
+    let db = fresh_db(&url, "pgv").await;
+    exec_all(
+        &db,
+        "CREATE TABLE t (n NUMERIC, r REAL, i2 SMALLINT, b BOOLEAN, ts TIMESTAMP, d DATE, bin BYTEA, dtext TEXT, ch CHAR(6));\n\
+         INSERT INTO t VALUES (123456789012.3456, 1.1, -7, TRUE, '2026-11-28 10:00:00', '2026-02-01', '\\xe9'::bytea, '00012.500', 'ab')",
+    )
+    .await;
+    let mut erp = ErpConfig::new("postgres", &db);
+    erp.encoding = "windows-1252".into();
+    let src = open_source(&erp, &db).await.unwrap();
+    let rows: Vec<_> =
+        src.rows("SELECT n, r, i2, b, ts, d, bin, dtext, ch, NULL::int, 0.10::numeric(5,3) FROM t").collect().await;
+    let row = rows[0].as_ref().unwrap();
+    assert_eq!(row[0], SqlValue::Decimal("123456789012.3456".into()));
+    assert_eq!(row[1], SqlValue::Float(1.1));
+    assert_eq!(row[2], SqlValue::Int(-7));
+    assert_eq!(row[3], SqlValue::Bool(true));
+    assert_eq!(
+        row[4],
+        SqlValue::Timestamp(chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap().and_hms_opt(10, 0, 0).unwrap())
+    );
+    assert_eq!(row[5], SqlValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap()));
+    assert_eq!(row[6], SqlValue::Text("é".into()), "a cp1252 byte becomes UTF-8");
+    assert_eq!(row[7], SqlValue::Text("00012.500".into()));
+    assert_eq!(row[8], SqlValue::Text("ab    ".into()));
+    assert_eq!(row[9], SqlValue::Null);
+    assert_eq!(row[10], SqlValue::Decimal("0.100".into()));
+    let mut out = String::new();
+    format_value(&col(Kind::Dec), &row[7], &mut out).unwrap();
+    assert_eq!(out, "12.5", "a decimal stored as text is normalised like a NUMERIC");
+    // the session is read-only
+    let e = src.rows("INSERT INTO t (n) VALUES (1) RETURNING n").collect::<Vec<_>>().await;
+    assert!(e[0].as_ref().unwrap_err().to_string().contains("read-only"), "{:?}", e[0]);
+    // a type it cannot read says what to do
+    let e = src.rows("SELECT '1 day'::interval").collect::<Vec<_>>().await;
+    assert!(e[0].as_ref().unwrap_err().to_string().contains("cast the column"), "{:?}", e[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_values_decode_by_type() {
+    let Some(url) = server("FERRY_TEST_MYSQL_URL", "mariadb_values_decode_by_type") else { return };
+    let db = fresh_db(&url, "myv").await;
+    exec_all(
+        &db,
+        "CREATE TABLE t (n DECIMAL(20,4), f FLOAT, u TINYINT UNSIGNED, big BIGINT UNSIGNED, flag TINYINT(1), \
+         d DATE, dt DATETIME, l1 VARCHAR(20) CHARACTER SET latin1, raw VARBINARY(20), zd DATE)",
+    )
+    .await;
+    let mut c = sqlx::MySqlConnection::connect(&db).await.unwrap();
+    sqlx::query("SET SESSION sql_mode = ''").execute(&mut c).await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (123456789012.3456, 1.1, 200, 18446744073709551615, 1, '2026-11-28', '2026-11-28 23:59:59', ?, ?, '0000-00-00')")
+        .bind("Crème brûlée")
+        .bind(b"Caf\xe9 \x80".to_vec())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut erp = ErpConfig::new("mysql", &db);
+    erp.encoding = "windows-1252".into();
+    let src = open_source(&erp, &db).await.unwrap();
+    let rows: Vec<_> = src.rows("SELECT n, f, u, big, flag, d, dt, l1, raw, zd, NULL FROM t").collect().await;
+    let row = rows[0].as_ref().unwrap();
+    assert_eq!(row[0], SqlValue::Decimal("123456789012.3456".into()));
+    assert_eq!(row[1], SqlValue::Float(1.1));
+    assert_eq!(row[2], SqlValue::Int(200));
+    assert_eq!(row[3], SqlValue::Decimal("18446744073709551615".into()));
+    assert_eq!(row[4], SqlValue::Int(1));
+    assert_eq!(row[5], SqlValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()));
+    assert_eq!(
+        row[6],
+        SqlValue::Timestamp(chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap().and_hms_opt(23, 59, 59).unwrap())
+    );
+    assert_eq!(row[7], SqlValue::Text("Crème brûlée".into()), "a latin1 column arrives as UTF-8");
+    assert_eq!(row[8], SqlValue::Text("Café €".into()), "cp1252 bytes are decoded");
+    assert_eq!(row[9], SqlValue::Null, "a zero date is NULL");
+    assert_eq!(row[10], SqlValue::Null);
+    let e = src.rows("INSERT INTO t (n) VALUES (1)").collect::<Vec<_>>().await;
+    assert!(e.first().is_some_and(|r| r.is_err()), "the session is read-only: {e:?}");
+}
+
+/// The downstream CSV the write-back test applies.
+fn po_file(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("po.csv");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_binds_parameters_on_postgres_and_mariadb() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
+        let Some(url) = server(var, "write_back_binds_parameters_on_postgres_and_mariadb") else { continue };
+        let db = fresh_db(&url, "wb").await;
+        exec_all(
+            &db,
+            "CREATE TABLE recommended_orders (order_number VARCHAR(20), line INTEGER, item VARCHAR(80), \
+             qty NUMERIC(18,4), due_date DATE, urgent BOOLEAN, PRIMARY KEY (order_number, line))",
+        )
+        .await;
+        let cfg = DeliveryConfig {
+            sql: vec![SqlWriteBack {
+                statement: "INSERT INTO recommended_orders(order_number, line, item, qty, due_date, urgent) \
+                            VALUES (?, ?, ?, ?, ?, ?)"
+                    .into(),
+                params: ["order_number", "line", "item", "qty", "due_date", "urgent"].map(String::from).to_vec(),
+            }],
+            ..DeliveryConfig::default()
+        };
+        // the password comes from password_env, not the URL
+        let (pw_url, password) = split_password(&db);
+        let env = format!("FERRY_TEST_WB_PW_{}", backend.to_uppercase());
+        // SAFETY: tests in this file set only their own variable names
+        unsafe { std::env::set_var(&env, &password) };
+        let mut erp = ErpConfig::new(backend, &pw_url);
+        erp.password_env = Some(env.clone());
+        let good = po_file(
+            dir.path(),
+            "order_number,line,item,qty,due_date,urgent\n\
+             PO1,1,\"Robert'); DROP TABLE recommended_orders;--\",123456789012.3456,2026/12/01,1\n\
+             PO1,2,Café,0.5,2026-12-02,0\n\
+             PO1,3,X,,,\n",
+        );
+        let report = deliver(&cfg, Some(&erp), &good, "po_000001.csv").await.unwrap();
+        assert_eq!(report.sql_rows, 3);
+        let src = open_source(&erp, &pw_url).await.unwrap();
+        let got = extract_csv(
+            src.as_ref(),
+            "SELECT order_number, line, item, qty, due_date, urgent FROM recommended_orders ORDER BY line",
+            &[Kind::Code, Kind::Int, Kind::Text, Kind::Dec, Kind::Date, Kind::Flag],
+        )
+        .await;
+        assert_eq!(
+            got,
+            "\"PO1\",1,\"Robert'); DROP TABLE recommended_orders;--\",123456789012.3456,2026/12/01,1\n\
+             \"PO1\",2,\"Café\",0.5,2026/12/02,0\n\"PO1\",3,\"X\",,,\n",
+            "{backend}"
+        );
+        // a failing row rolls the whole file back and names its line
+        let bad = po_file(
+            dir.path(),
+            "order_number,line,item,qty,due_date,urgent\nPO2,1,A,1,2026/12/01,1\nPO2,2,B,notanumber,2026/12/01,1\n",
+        );
+        let e = deliver(&cfg, Some(&erp), &bad, "po_000002.csv").await.unwrap_err().to_string();
+        assert!(e.contains("po_000002.csv:3") && e.contains("nothing from this file"), "{backend}: {e}");
+        let n: Vec<_> = src.rows("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'PO2'").collect().await;
+        assert_eq!(n[0].as_ref().unwrap()[0], SqlValue::Int(0), "{backend}: rolled back");
+        // a wrong password: the error names the target, never the password
+        unsafe { std::env::set_var(&env, "wrong-Pa55word-xyz") };
+        let e = deliver(&cfg, Some(&erp), &good, "po_000003.csv").await.unwrap_err().to_string();
+        assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password), "{e}");
+        let e = open_source(&erp, &pw_url).await.err().unwrap().to_string();
+        assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password) && e.contains("cannot open"), "{e}");
+        let broken = db.replace("127.0.0.1", "127.0.0.1:1");
+        let e = open_source(&ErpConfig::new(backend, &broken), &broken).await.err();
+        assert!(e.is_some_and(|e| !e.to_string().contains(&password)));
+    }
+}
+
+/// `scheme://user:pw@host/db` -> (`scheme://user@host/db`, `pw`).
+fn split_password(url: &str) -> (String, String) {
+    let mut u = url::Url::parse(url).unwrap();
+    let pw = u.password().unwrap_or("").to_string();
+    u.set_password(None).unwrap();
+    (u.to_string(), pw)
+}
