@@ -38,13 +38,49 @@ pub struct ConnectorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErpConfig {
-    /// `sqlite` for now (PostgreSQL, MySQL, ODBC and CSV folders slot in behind the same source trait).
+    /// `sqlite`, `odbc` or `csv` (a folder of files the ERP exports).
     pub kind: String,
-    /// Database path or URL.
+    /// Database path or URL; for `odbc` a connection string (`Driver=/path/driver.so;Server=...` or `DSN=erp`),
+    /// for `csv` the folder.
     pub url: String,
+    /// The database password, if not in `url`: given here, or read from the environment variable `password_env`
+    /// or from the file `password_file` (first line; relative to this file). At most one of the three. Never
+    /// printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// TOML mapping: one SQL query per standard file.
     #[serde(default = "d_mapping")]
     pub mapping: PathBuf,
+}
+
+impl ErpConfig {
+    /// The password from `password`, `password_env` or `password_file` (a relative file is taken from the current
+    /// folder; [`ConnectorConfig::load`] makes it absolute). The error names the setting, never the password.
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        let set = [self.password.is_some(), self.password_env.is_some(), self.password_file.is_some()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            bail!("[erp] sets more than one of password, password_env and password_file; keep one");
+        }
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                anyhow::anyhow!("[erp] password_env names {var:?}, which is not set; export it before starting")
+            });
+        }
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file).with_context(|| {
+                format!("cannot read [erp] password_file {}; check the path and permissions", file.display())
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,8 +145,11 @@ impl ConnectorConfig {
         let mut cfg: ConnectorConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if cfg.erp.kind != "sqlite" {
-            bail!("erp.kind {:?} is not supported by this build; use \"sqlite\"", cfg.erp.kind);
+        if !["sqlite", "odbc", "csv"].contains(&cfg.erp.kind.as_str()) {
+            bail!("erp.kind {:?} is not supported by this build; use \"sqlite\", \"odbc\" or \"csv\"", cfg.erp.kind);
+        }
+        if let Some(f) = &cfg.erp.password_file {
+            cfg.erp.password_file = Some(cfg.resolve(f));
         }
         cfg.schedule.daily_time()?;
         if !(1..=9).contains(&cfg.extract.level) {
@@ -142,10 +181,26 @@ impl ConnectorConfig {
         self.data_dir().join("journal.db")
     }
 
-    /// The ERP database path/URL; a relative sqlite path is taken from the config's folder.
+    /// What the SQL write-back connects to: [`erp_url`](Self::erp_url), with the password appended as `PWD` for an
+    /// ODBC connection string. Contains the password: show it only through `source::redact_url`.
+    pub fn erp_write_url(&self) -> anyhow::Result<String> {
+        let url = self.erp_url();
+        if self.erp.kind == "odbc" {
+            return Ok(crate::source::with_password(&url, self.erp.password()?.as_deref()));
+        }
+        Ok(url)
+    }
+
+    /// The ERP database path/URL; a relative sqlite path or CSV folder is taken from the config's folder; an ODBC
+    /// connection string comes back as written (without the password, which [`ErpConfig::password`] gives).
     pub fn erp_url(&self) -> String {
         let u = &self.erp.url;
-        if u.contains(':') { u.clone() } else { self.resolve(Path::new(u)).display().to_string() }
+        match self.erp.kind.as_str() {
+            "odbc" => u.clone(),
+            "csv" => self.resolve(Path::new(u)).display().to_string(),
+            _ if u.contains(':') => u.clone(),
+            _ => self.resolve(Path::new(u)).display().to_string(),
+        }
     }
 }
 
@@ -189,7 +244,9 @@ key = "keys/ferry_key"
 proxy = ""
 
 [erp]
-# Source database: "sqlite" (PostgreSQL, MySQL/MariaDB, ODBC and CSV folders: later releases).
+# Source database: "sqlite", "odbc" (url = "Driver=/path/driver.so;Server=...;UID=..." or "DSN=name") or
+# "csv" (url = the folder an ERP job exports CSV files to). Password, if needed: password, password_env or
+# password_file (never printed).
 kind = "sqlite"
 url = "{erp_url}"
 # One SQL query per standard file of DATA-SPEC.md.

@@ -367,8 +367,8 @@ fn sync_parent(path: &Path) {
 
 /// Delivers the verified plain `file` (downstream name `name`) into the ERP as `cfg` says: SQL write-back (if
 /// configured and `cfg.sql_applies_to(name)`), then the inbound folder, then the command; see the
-/// [module docs](self). `erp_sqlite_url` is the ERP database (`ConnectorConfig::erp_url`), needed only for the
-/// SQL write-back.
+/// [module docs](self). `erp_sqlite_url` is the ERP database (`ConnectorConfig::erp_write_url`: an SQLite path or
+/// URL, or an ODBC connection string with its password), needed only for the SQL write-back.
 ///
 /// Nothing is visible in the ERP unless the SQL step succeeded as a whole; the inbound file appears only after
 /// it, complete. Reads the CSV with blocking I/O between database calls (files are local and read buffered).
@@ -516,6 +516,10 @@ async fn write_back(url: &str, statements: &[SqlWriteBack], file: &Path, name: &
             .collect::<Result<Vec<_>, _>>()?;
         plan.push(PlannedStatement { sql: AssertSqlSafe(s.statement.clone()).into_sql_str(), columns });
     }
+    if crate::source::is_odbc_connection_string(url) {
+        let (url, name) = (url.to_string(), name.to_string());
+        return blocking(move || apply_odbc(&url, &plan, &mut reader, &name)).await;
+    }
     let mut db = open_erp(url).await?;
     let result = db.apply(&plan, &mut reader, name).await;
     db.close().await;
@@ -524,6 +528,7 @@ async fn write_back(url: &str, statements: &[SqlWriteBack], file: &Path, name: &
 
 /// An open ERP database for the write-back. SQLite for now; PostgreSQL and MySQL slot in as further variants of
 /// this enum, opened by [`open_erp`] from their URL scheme (their statements keep their own placeholder syntax).
+/// An ODBC connection string (`Driver=...`/`DSN=...`) goes to [`apply_odbc`] instead, on a blocking thread.
 enum ErpDb {
     Sqlite(SqliteConnection, String),
 }
@@ -631,6 +636,79 @@ async fn apply_sqlite<R: Read>(
         }
         Err(e) => {
             let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The ODBC write-back (blocking): `conn_str` may carry `PWD=`; every message shows it redacted. Autocommit is
+/// off, so all rows of the file are one transaction, committed at the end or rolled back on the first error.
+/// Values are bound as text parameters (NULL for an empty field); the driver converts them to the column types.
+fn apply_odbc<R: Read>(
+    conn_str: &str,
+    plan: &[PlannedStatement],
+    rows: &mut csv::Reader<R>,
+    name: &str,
+) -> Result<u64, DeliveryError> {
+    use odbc_api::IntoParameter;
+
+    let target = crate::source::redact_url(conn_str);
+    let scrub = |e: odbc_api::Error| crate::source::redact_url(&e.to_string());
+    let db_err = |reason: String| DeliveryError::Database { target: target.clone(), reason };
+    let env =
+        odbc_api::environment().map_err(|e| db_err(format!("cannot start the ODBC driver manager: {}", scrub(e))))?;
+    let conn = env
+        .connect_with_connection_string(conn_str, odbc_api::ConnectionOptions::default())
+        .map_err(|e| db_err(format!("cannot open it for the write-back: {}", scrub(e))))?;
+    conn.set_autocommit(false).map_err(|e| db_err(format!("cannot start a transaction: {}", scrub(e))))?;
+    let result = (|| {
+        let mut prepared = Vec::with_capacity(plan.len());
+        for (i, s) in plan.iter().enumerate() {
+            let mut stmt = conn
+                .prepare(s.sql.as_str())
+                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {}", scrub(e))))?;
+            if let Ok(n) = stmt.num_params()
+                && usize::from(n) != s.columns.len()
+            {
+                return Err(write_back_err(
+                    name,
+                    1,
+                    format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
+                ));
+            }
+            prepared.push(stmt);
+        }
+        let mut record = csv::StringRecord::new();
+        let mut count = 0u64;
+        loop {
+            let line_before = rows.position().line();
+            match rows.read_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(csv_error(name, line_before, &e)),
+            }
+            count += 1;
+            let line = record.position().map_or(line_before, |p| p.line());
+            for (i, (s, stmt)) in plan.iter().zip(prepared.iter_mut()).enumerate() {
+                let params: Vec<_> = s
+                    .columns
+                    .iter()
+                    .map(|&c| record.get(c).filter(|v| !v.is_empty()).map(str::to_owned).into_parameter())
+                    .collect();
+                stmt.execute(&params[..]).map_err(|e| {
+                    write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {}", scrub(e)))
+                })?;
+            }
+        }
+        Ok(count)
+    })();
+    match result {
+        Ok(count) => {
+            conn.commit().map_err(|e| db_err(format!("cannot commit the write-back: {}", scrub(e))))?;
+            Ok(count)
+        }
+        Err(e) => {
+            let _ = conn.rollback();
             Err(e)
         }
     }

@@ -93,7 +93,7 @@ impl Connector {
         verified?;
         let mut cfg = self.cfg.delivery.clone();
         cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
-        let erp = self.cfg.erp_url();
+        let erp = self.cfg.erp_write_url()?;
         let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await?;
         let _ = std::fs::remove_dir_all(&plain_dir);
         Ok(report)
