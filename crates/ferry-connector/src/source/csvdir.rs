@@ -195,9 +195,9 @@ impl CsvDirSource {
         &self,
         sql: &str,
         tx: &mpsc::Sender<Result<Vec<Vec<SqlValue>>, SourceError>>,
+        batch: &mut Vec<Vec<SqlValue>>,
     ) -> Result<(), SourceError> {
         let (q, plan, mut reader) = self.plan(sql)?;
-        let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut record = csv::ByteRecord::new();
         let mut pending = plan.replay.clone();
         loop {
@@ -229,12 +229,9 @@ impl CsvDirSource {
                 });
             }
             batch.push(row);
-            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(batch))).is_err() {
                 return Ok(());
             }
-        }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(Ok(batch));
         }
         Ok(())
     }
@@ -304,7 +301,12 @@ impl Source for CsvDirSource {
         let start = async move {
             let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = me.fetch_all(&sql, &tx) {
+                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                let result = me.fetch_all(&sql, &tx, &mut batch);
+                if !batch.is_empty() {
+                    let _ = tx.blocking_send(Ok(batch)); // the rows before an error come first
+                }
+                if let Err(e) = result {
                     let _ = tx.blocking_send(Err(e));
                 }
             });

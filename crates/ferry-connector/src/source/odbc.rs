@@ -141,6 +141,7 @@ impl OdbcSource {
         &self,
         sql: &str,
         tx: &mpsc::Sender<Result<Vec<Vec<SqlValue>>, SourceError>>,
+        batch: &mut Vec<Vec<SqlValue>>,
     ) -> Result<(), SourceError> {
         let conn = self.connect()?;
         let Some(mut cursor) = conn.execute(sql, (), None).map_err(|e| self.query_err(e))? else {
@@ -156,7 +157,6 @@ impl OdbcSource {
             kinds.push(if unsigned { Kind::Decimal } else { Kind::of(&ty) });
             names.push(cursor.col_name(col).map_err(|e| self.query_err(e))?);
         }
-        let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut buf = Vec::new();
         while let Some(mut row) = cursor.next_row().map_err(|e| self.query_err(e))? {
             let mut values = Vec::with_capacity(kinds.len());
@@ -169,12 +169,9 @@ impl OdbcSource {
                 values.push(v);
             }
             batch.push(values);
-            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(batch))).is_err() {
                 return Ok(()); // the stream was dropped: stop reading
             }
-        }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(Ok(batch));
         }
         Ok(())
     }
@@ -309,7 +306,12 @@ impl Source for OdbcSource {
         let start = async move {
             let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = me.fetch_all(&sql, &tx) {
+                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                let result = me.fetch_all(&sql, &tx, &mut batch);
+                if !batch.is_empty() {
+                    let _ = tx.blocking_send(Ok(batch)); // the rows before an error come first
+                }
+                if let Err(e) = result {
                     let _ = tx.blocking_send(Err(e));
                 }
             });
