@@ -460,7 +460,7 @@ impl Parser {
             self.pos += 1;
             Ok(())
         } else {
-            Err(syntax_err(self.at(), &format!("expected {kw}")))
+            Err(syntax_err(self.at(), &format!("expected {}", kw.to_ascii_uppercase())))
         }
     }
     fn expect(&mut self, tok: Tok, what: &str) -> Result<(), SourceError> {
@@ -624,7 +624,7 @@ mod tests {
             ("SELECT a FROM \"x.csv\" WITH (delimiter ';;')", "delimiter must be one ASCII character"),
             ("SELECT a FROM \"x.csv\" WITH (encoding 'utf-16le')", "UTF-16LE files are not supported"),
             ("SELECT a FROM \"x.csv\" WITH (encoding 'klingon')", "unknown encoding 'klingon'"),
-            ("SELECT a FROM \"x.csv\" WHERE a = 1", "unexpected text after the query"),
+            ("SELECT a FROM \"x.csv\" WHERE a", "unexpected text after the query"),
             ("SELECT 'a FROM \"x.csv\"", "the quote is never closed"),
             ("SELECT #0 FROM \"x.csv\"", "column number from 1"),
             ("SELECT 1.2.3 FROM \"x.csv\"", "`1.2.3` is not a number"),
