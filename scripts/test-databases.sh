@@ -62,6 +62,9 @@ SQL
     log "PostgreSQL ($bin) on 127.0.0.1:$port, data in $dir"
   fi
   echo "export FERRY_TEST_POSTGRES_URL=postgres://ferry:$PG_PASSWORD@127.0.0.1:$port/ferry"
+  # the same server in parts, for the ODBC connection string .ci/run builds
+  echo "export FERRY_TEST_POSTGRES_HOST=127.0.0.1 FERRY_TEST_POSTGRES_PORT=$port FERRY_TEST_POSTGRES_DB=ferry"
+  echo "export FERRY_TEST_POSTGRES_USER=ferry FERRY_TEST_POSTGRES_PASSWORD=$PG_PASSWORD"
 }
 
 start_mariadb() {

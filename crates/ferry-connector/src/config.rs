@@ -41,10 +41,11 @@ pub struct ConnectorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErpConfig {
-    /// `sqlite`, `postgres` or `mysql` (also MariaDB); ODBC and CSV folders slot in behind the same source trait.
+    /// `sqlite`, `postgres`, `mysql` (also MariaDB), `odbc` or `csv` (a folder of files the ERP exports).
     pub kind: String,
-    /// Database path or URL (`postgres://user@host:5432/erp`, `mysql://user@host:3306/erp`). A password may be
-    /// in the URL, but is better kept apart in `password`, `password_env` or `password_file`.
+    /// Database path or URL (`postgres://user@host:5432/erp`, `mysql://user@host:3306/erp`); for `odbc` a
+    /// connection string (`Driver=/path/driver.so;Server=...` or `DSN=erp`); for `csv` the folder. A password may
+    /// be in the URL, but is better kept apart in `password`, `password_env` or `password_file`.
     pub url: String,
     /// TOML mapping: one SQL query per standard file.
     #[serde(default = "d_mapping")]
@@ -212,9 +213,10 @@ impl ConnectorConfig {
         let mut cfg: ConnectorConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if !matches!(cfg.erp.kind.as_str(), "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb") {
+        if !matches!(cfg.erp.kind.as_str(), "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" | "odbc" | "csv")
+        {
             bail!(
-                "erp.kind {:?} is not supported by this build; use \"sqlite\", \"postgres\" or \"mysql\"",
+                "erp.kind {:?} is not supported by this build; use \"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\"",
                 cfg.erp.kind
             );
         }
@@ -252,10 +254,26 @@ impl ConnectorConfig {
         self.data_dir().join("journal.db")
     }
 
-    /// The ERP database path/URL; a relative sqlite path is taken from the config's folder.
+    /// What the SQL write-back connects to: [`erp_url`](Self::erp_url), with the password appended as `PWD` for an
+    /// ODBC connection string. Contains the password: show it only through `source::redact_url`.
+    pub fn erp_write_url(&self) -> anyhow::Result<String> {
+        let url = self.erp_url();
+        if self.erp.kind == "odbc" {
+            return Ok(crate::source::with_password(&url, self.erp.password().map_err(anyhow::Error::msg)?.as_deref()));
+        }
+        Ok(url)
+    }
+
+    /// The ERP database path/URL; a relative sqlite path or CSV folder is taken from the config's folder; an ODBC
+    /// connection string comes back as written (without the password, which [`ErpConfig::password`] gives).
     pub fn erp_url(&self) -> String {
         let u = &self.erp.url;
-        if u.contains(':') { u.clone() } else { self.resolve(Path::new(u)).display().to_string() }
+        match self.erp.kind.as_str() {
+            "odbc" => u.clone(),
+            "csv" => self.resolve(Path::new(u)).display().to_string(),
+            _ if u.contains(':') => u.clone(),
+            _ => self.resolve(Path::new(u)).display().to_string(),
+        }
     }
 }
 
@@ -299,8 +317,9 @@ key = "keys/ferry_key"
 proxy = ""
 
 [erp]
-# Source database: "sqlite", "postgres" (url = "postgres://user@host:5432/erp") or "mysql" (MySQL/MariaDB,
-# url = "mysql://user@host:3306/erp").
+# Source database: "sqlite", "postgres" (url = "postgres://user@host:5432/erp"), "mysql" (MySQL/MariaDB,
+# url = "mysql://user@host:3306/erp"), "odbc" (url = "Driver=/path/driver.so;Server=...;UID=..." or "DSN=name")
+# or "csv" (url = the folder an ERP job exports CSV files to).
 kind = "sqlite"
 url = "{erp_url}"
 # The database password, kept out of the URL: from an environment variable, a file, or (least safe) written here.

@@ -531,6 +531,12 @@ async fn write_back(
         };
         plan.push(PlannedStatement { sql: AssertSqlSafe(statement).into_sql_str(), columns });
     }
+    if erp.kind == "odbc" || crate::source::is_odbc_connection_string(&erp.url) {
+        let target = crate::source::redact_url(&erp.url);
+        let password = erp.password().map_err(|reason| DeliveryError::Database { target, reason })?;
+        let (url, name) = (crate::source::with_password(&erp.url, password.as_deref()), name.to_string());
+        return blocking(move || apply_odbc(&url, &plan, &mut reader, &name)).await;
+    }
     let mut db = open_erp(erp).await?;
     let result = db.apply(&plan, &mut reader, name).await;
     db.close().await;
@@ -660,6 +666,79 @@ async fn apply_sqlite<R: Read>(
         }
         Err(e) => {
             let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The ODBC write-back (blocking): `conn_str` may carry `PWD=`; every message shows it redacted. Autocommit is
+/// off, so all rows of the file are one transaction, committed at the end or rolled back on the first error.
+/// Values are bound as text parameters (NULL for an empty field); the driver converts them to the column types.
+fn apply_odbc<R: Read>(
+    conn_str: &str,
+    plan: &[PlannedStatement],
+    rows: &mut csv::Reader<R>,
+    name: &str,
+) -> Result<u64, DeliveryError> {
+    use odbc_api::IntoParameter;
+
+    let target = crate::source::redact_url(conn_str);
+    let scrub = |e: odbc_api::Error| crate::source::redact_url(&e.to_string());
+    let db_err = |reason: String| DeliveryError::Database { target: target.clone(), reason };
+    let env =
+        odbc_api::environment().map_err(|e| db_err(format!("cannot start the ODBC driver manager: {}", scrub(e))))?;
+    let conn = env
+        .connect_with_connection_string(conn_str, odbc_api::ConnectionOptions::default())
+        .map_err(|e| db_err(format!("cannot open it for the write-back: {}", scrub(e))))?;
+    conn.set_autocommit(false).map_err(|e| db_err(format!("cannot start a transaction: {}", scrub(e))))?;
+    let result = (|| {
+        let mut prepared = Vec::with_capacity(plan.len());
+        for (i, s) in plan.iter().enumerate() {
+            let mut stmt = conn
+                .prepare(s.sql.as_str())
+                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {}", scrub(e))))?;
+            if let Ok(n) = stmt.num_params()
+                && usize::from(n) != s.columns.len()
+            {
+                return Err(write_back_err(
+                    name,
+                    1,
+                    format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
+                ));
+            }
+            prepared.push(stmt);
+        }
+        let mut record = csv::StringRecord::new();
+        let mut count = 0u64;
+        loop {
+            let line_before = rows.position().line();
+            match rows.read_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(csv_error(name, line_before, &e)),
+            }
+            count += 1;
+            let line = record.position().map_or(line_before, |p| p.line());
+            for (i, (s, stmt)) in plan.iter().zip(prepared.iter_mut()).enumerate() {
+                let params: Vec<_> = s
+                    .columns
+                    .iter()
+                    .map(|&c| record.get(c).filter(|v| !v.is_empty()).map(str::to_owned).into_parameter())
+                    .collect();
+                stmt.execute(&params[..]).map_err(|e| {
+                    write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {}", scrub(e)))
+                })?;
+            }
+        }
+        Ok(count)
+    })();
+    match result {
+        Ok(count) => {
+            conn.commit().map_err(|e| db_err(format!("cannot commit the write-back: {}", scrub(e))))?;
+            Ok(count)
+        }
+        Err(e) => {
+            let _ = conn.rollback();
             Err(e)
         }
     }

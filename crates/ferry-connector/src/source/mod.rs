@@ -1,6 +1,7 @@
 //! Where the Connector reads ERP data from: a [`Source`] runs one SQL query and streams its rows as [`SqlValue`]s,
-//! never holding a whole result in memory. [`SqliteSource`] reads an SQLite database read-only; PostgreSQL,
-//! MySQL/MariaDB and ODBC sources implement the same trait.
+//! never holding a whole result in memory. [`SqliteSource`] reads an SQLite database read-only, [`OdbcSource`] any
+//! database with an ODBC driver, [`CsvDirSource`] a folder of CSV files an ERP job exports (its "SQL" is a small
+//! strict `SELECT ... FROM "file.csv"`, see [`CsvQuery`]).
 //!
 //! Error messages say which database or query failed and why, and never contain a password: connection strings
 //! are shown through [`redact_url`].
@@ -8,11 +9,15 @@
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+mod csvdir;
 mod mysql;
+mod odbc;
 mod postgres;
 mod sqlite;
 
+pub use csvdir::{CsvDirSource, CsvQuery};
 pub use mysql::MySqlSource;
+pub use odbc::{OdbcSource, is_odbc_connection_string, with_password};
 pub use postgres::PostgresSource;
 #[cfg(test)]
 pub(crate) use postgres::numeric_to_string as postgres_numeric_to_string;
@@ -101,9 +106,27 @@ fn redact_params(s: &str) -> String {
         out.push_str(&rest[..i + klen]);
         out.push_str("***");
         let value = &rest[i + klen..];
-        let end = value.find([';', '&']).unwrap_or(value.len());
+        let end =
+            if value.starts_with('{') { braced_end(value) } else { value.find([';', '&']).unwrap_or(value.len()) };
         rest = &value[end..];
     }
+}
+
+/// The length of an ODBC `{...}` value at the start of `value` (`}}` is an escaped `}`); all of it if unclosed.
+fn braced_end(value: &str) -> usize {
+    let b = value.as_bytes();
+    let mut i = 1;
+    while i < b.len() {
+        if b[i] == b'}' {
+            if b.get(i + 1) == Some(&b'}') {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 /// Open the source the `[erp]` section configures. The error names the kind and target (password redacted).
@@ -120,9 +143,14 @@ pub async fn open_source(erp: &ErpConfig, url: &str) -> Result<Box<dyn Source>, 
             let password = erp.password().map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
             Ok(Box::new(MySqlSource::open(url, password.as_deref(), encoding).await?))
         }
+        "odbc" => {
+            let password = erp.password().map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
+            Ok(Box::new(OdbcSource::open(url, password.as_deref()).await?))
+        }
+        "csv" => Ok(Box::new(CsvDirSource::open(url)?)),
         other => Err(SourceError::Open {
             target: redact_url(url),
-            reason: format!("unknown ERP kind {other:?}; use one of: sqlite, postgres, mysql"),
+            reason: format!("unknown ERP kind {other:?}; use one of: sqlite, postgres, mysql, odbc, csv"),
         }),
     }
 }
@@ -195,6 +223,8 @@ mod tests {
         assert_eq!(redact_url("/var/lib/erp.db"), "/var/lib/erp.db");
         assert_eq!(redact_url("DSN=erp;UID=ferry;PWD=hunter2;X=1"), "DSN=erp;UID=ferry;PWD=***;X=1");
         assert_eq!(redact_url("postgres://db/erp?user=a&password=b"), "postgres://db/erp?user=a&password=***");
+        assert_eq!(redact_url("DSN=erp;PWD={a;b}}c};UID=x"), "DSN=erp;PWD=***;UID=x");
+        assert_eq!(redact_url("DSN=erp;PWD={a;b"), "DSN=erp;PWD=***");
     }
 
     #[test]
