@@ -202,14 +202,6 @@ pub struct System {
 }
 
 impl System {
-    pub fn app_args(&self) -> Vec<String> {
-        vec!["app".into(), "serve".into(), "--config".into(), self.app_cfg.display().to_string()]
-    }
-
-    pub fn comms_args(&self) -> Vec<String> {
-        vec!["comms".into(), "serve".into(), "--config".into(), self.comms_cfg.display().to_string()]
-    }
-
     pub fn conn_args(&self, cmd: &str) -> Vec<String> {
         vec!["connector".into(), cmd.into(), "--config".into(), self.conn_cfg.display().to_string()]
     }
@@ -241,8 +233,9 @@ impl System {
 }
 
 /// Write the three configs (App, Comms on one port, Connector with an inbound folder and SQL write-back of
-/// `po_` files) and register the Connector. `start` runs the servers during registration: it gets the system
-/// and must return the running App and Comms nodes.
+/// `po_` files; `tweak_connector` edits connector.toml last), start the App and Comms processes, add the tenant
+/// and register the Connector. Returns the system and the running App and Comms nodes. Whatever `ports` routes
+/// through (proxies) must already listen.
 pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::Table)) -> (System, Node, Node) {
     let app_dir = dir.join("app");
     let comms_dir = dir.join("comms");
