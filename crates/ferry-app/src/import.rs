@@ -24,8 +24,16 @@
 //! - `Err(ImportError)`: infrastructure (disk, database): the caller should retry later.
 //!
 //! # What a batch replaces
-//! A full batch replaces, table by table, the rows of every standard file it carries (tables it does not carry are
-//! left as they were), and the rows of every custom file `ut_NNN.csv` it carries. An incremental batch appends.
+//! Each file replaces what its manifest entry's scope says (`ferry_proto::manifest`), inside the one transaction:
+//! - a **full** file replaces its whole table (a custom file `ut_NNN.csv` replaces its own rows of `custom_rows`);
+//! - a **window** (`column`, `from`) replaces exactly the rows of its table whose `column >= from`: instance rows
+//!   carry no primary key (a sales line has no identity in `DATA-SPEC.md`), so a window is the unit of
+//!   replacement. Dates are stored as ISO `YYYY-MM-DD` text, so the comparison is a text comparison. Every row of
+//!   a window file must lie in its window (a date, on or after `from`), or the batch is rejected: otherwise the
+//!   next window would leave that row behind twice.
+//!
+//! Tables the batch does not carry are left as they were. In a manifest without scopes (older ferry versions) every
+//! file of a full batch is full, and every file of an incremental batch is appended.
 //!
 //! Rows of custom files are counted without their header row, in the manifest as in the report.
 
@@ -37,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use ferry_proto::api::{BatchState, FileRows, ImportReport};
-use ferry_proto::manifest::{Manifest, ManifestFile, Mode};
+use ferry_proto::manifest::{Manifest, ManifestFile, Mode, Scope};
 use ferry_proto::spec::{self, FileSpec, Value};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
@@ -235,19 +243,30 @@ async fn load(
         targets.push(t);
     }
 
-    if manifest.mode == Mode::Full {
-        for (f, t) in manifest.files.iter().zip(&targets) {
-            match t {
-                Target::Standard(s) => {
-                    sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table))).execute(&mut *tx).await?;
-                }
-                Target::Custom => {
-                    sqlx::query("DELETE FROM custom_rows WHERE file = ?")
-                        .bind(f.name.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
+    for (f, t) in manifest.files.iter().zip(&targets) {
+        let full = match &f.scope {
+            Some(Scope::Full) => true,
+            Some(Scope::Window(_)) => false,
+            None => manifest.mode == Mode::Full,
+        };
+        match (t, f.window()) {
+            (Target::Standard(s), Some(w)) => {
+                // `check` accepted the window, so its column is a date column of this file (a static name).
+                let Some(col) = s.date_columns().find(|c| *c == w.column) else {
+                    return Ok(Err(format!("{}: {:?} is not a date column of the file", f.name, w.column)));
+                };
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\" WHERE \"{col}\" >= ?", s.table)))
+                    .bind(w.from.format("%Y-%m-%d").to_string())
+                    .execute(&mut *tx)
+                    .await?;
             }
+            (Target::Standard(s), None) if full => {
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\"", s.table))).execute(&mut *tx).await?;
+            }
+            (Target::Custom, _) if full => {
+                sqlx::query("DELETE FROM custom_rows WHERE file = ?").bind(f.name.as_str()).execute(&mut *tx).await?;
+            }
+            _ => {} // legacy incremental: append
         }
     }
 
@@ -424,7 +443,13 @@ fn read_file(
     let mut hashing = ferry_io::digest::HashingReader::new(ferry_io::bz::capped_decoder(source, cap));
     let guard = LineGuard::new(&mut hashing, limits.max_line_bytes);
 
-    let mut parser = FileParser { name, index, target, sender, values: Vec::new(), chunk_rows: 0, rows: 0 };
+    let window = match (target, entry.window()) {
+        (Target::Standard(spec), Some(w)) => {
+            spec.column_index(&w.column).map(|i| WindowCheck { column: i, from: w.from.format("%Y-%m-%d").to_string() })
+        }
+        _ => None,
+    };
+    let mut parser = FileParser { name, index, target, sender, window, values: Vec::new(), chunk_rows: 0, rows: 0 };
     let outcome = parser.parse(guard);
     let rows = parser.rows;
     if let Err(e) = outcome {
@@ -533,11 +558,18 @@ fn read_error(e: csv::Error) -> ParseError {
     }
 }
 
+/// The window of an incremental file: every row's date in `column` (0-based) must be on or after `from` (ISO).
+struct WindowCheck {
+    column: usize,
+    from: String,
+}
+
 struct FileParser<'a> {
     name: &'a str,
     index: usize,
     target: Target,
     sender: &'a mpsc::Sender<Chunk>,
+    window: Option<WindowCheck>,
     values: Vec<Value>,
     chunk_rows: usize,
     rows: u64,
@@ -592,6 +624,15 @@ impl FileParser<'_> {
                 })?;
                 let value = spec::parse_field(col, text)
                     .map_err(|why| reject(format!("{name}:{line}: column {pos} ({}): {why}", col.name)))?;
+                if let Some(w) = self.window.as_ref().filter(|w| w.column == i) {
+                    check_window(&value, w).map_err(|why| {
+                        reject(format!(
+                            "{name}:{line}: column {pos} ({}): {why}; the Connector sent a row outside \
+                             the window it announced: run `ferry connector sync --full`",
+                            col.name
+                        ))
+                    })?;
+                }
                 self.values.push(value);
             }
             self.row_done()?;
@@ -660,6 +701,17 @@ impl FileParser<'_> {
         let chunk = Chunk { file: self.index, rows: self.chunk_rows, values };
         self.chunk_rows = 0;
         self.sender.blocking_send(chunk).map_err(|_| Stop::Cancelled)
+    }
+}
+
+/// A window file's row must have a date on or after the window's first day.
+fn check_window(value: &Value, w: &WindowCheck) -> Result<(), String> {
+    match value {
+        Value::Text(iso) if iso.as_str() >= w.from.as_str() => Ok(()),
+        Value::Text(iso) => {
+            Err(format!("{} is before the window of this incremental file, which starts {}", iso, w.from))
+        }
+        _ => Err(format!("the date is empty, but this incremental file replaces the rows from {} on", w.from)),
     }
 }
 

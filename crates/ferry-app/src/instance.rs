@@ -5,6 +5,9 @@
 //! (`FileSpec::table`), one column per spec column in order (`Int`/`Flag` as INTEGER, everything else as TEXT —
 //! decimals stay exact text, dates ISO `YYYY-MM-DD`; `Unused` columns are not stored), plus `custom_rows` for the
 //! free-form `ut_NNN.csv` files and `batch_log`, the record of every batch that was imported or rejected.
+//! Rows carry no primary key (a sales line has no identity in `DATA-SPEC.md`): a batch replaces a whole table, or
+//! for an incremental file the rows of a date window (`crate::import`); dates being ISO text, a window is a text
+//! range (`invoice_date >= '2026-03-07'`).
 //! `PRAGMA user_version` carries the schema version so that a later ferry can migrate it.
 //!
 //! **Invariant**: table and column names in SQL come only from the static spec, never from input; every value is a

@@ -12,7 +12,7 @@ use ferry_app::import::{ImportLimits, import_batch};
 use ferry_app::instance::Instance;
 use ferry_proto::api::{BatchState, FileRows, ImportReport};
 use ferry_proto::batch::BatchId;
-use ferry_proto::manifest::{Manifest, ManifestFile, Mode};
+use ferry_proto::manifest::{Manifest, ManifestFile, Mode, Scope, Window};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 use tempfile::TempDir;
@@ -106,6 +106,7 @@ fn entry(name: &str, content: &[u8], compressed: &[u8]) -> ManifestFile {
         compressed_bytes: compressed.len() as u64,
         md5: hex::encode(Md5::digest(content)),
         sha256: hex::encode(Sha256::digest(content)),
+        scope: None,
     }
 }
 
@@ -280,6 +281,74 @@ async fn a_full_batch_replaces_the_tables_it_carries() {
     assert_eq!(f.inst.count_rows("master").await.unwrap(), 5);
     let ids: Vec<BatchId> = f.inst.batches().await.unwrap().into_iter().map(|b| b.batch_id).collect();
     assert_eq!(ids, vec![id(3), id(2), id(1)]);
+}
+
+/// Sales rows dated `dates` (invoice and order date), item I1 at L1, details `tag N`.
+fn dated_sales(dates: &[&str], tag: &str) -> String {
+    dates.iter().enumerate().map(|(i, d)| format!("\"I1\",\"L1\",,{d},{d},{}.5,,,,\"{tag} {i}\"\n", i + 1)).collect()
+}
+
+/// An incremental batch: `sales.csv` as a window on invoice_date from `from`, master.csv full.
+fn window_batch(dir: &Path, batch: &BatchId, sales: String, from: (i32, u32, u32)) -> (std::path::PathBuf, Manifest) {
+    let (bdir, mut m) = write_batch(dir, batch, Mode::Incremental, &[("master.csv", master(3)), ("sales.csv", sales)]);
+    let from = chrono::NaiveDate::from_ymd_opt(from.0, from.1, from.2).unwrap();
+    m.files[0].scope = Some(Scope::Full);
+    m.files[1].scope = Some(Scope::Window(Window { column: "invoice_date".into(), from }));
+    (bdir, m)
+}
+
+async fn sales_on_or_after(inst: &Instance, day: &str) -> (i64, i64) {
+    let q = "SELECT (SELECT COUNT(*) FROM sales WHERE invoice_date < ?), (SELECT COUNT(*) FROM sales WHERE invoice_date >= ?)";
+    sqlx::query_as(q).bind(day).bind(day).fetch_one(inst.pool()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_window_replaces_exactly_its_rows_and_rows_outside_it_are_rejected() {
+    let f = fixture().await;
+    let (before, inside) = sales_on_or_after(&f.inst, "2026-01-20").await;
+    assert!(before > 0 && inside > 0);
+    let old_rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT invoice_date, details FROM sales WHERE invoice_date < '2026-01-20' ORDER BY 1, 2")
+            .fetch_all(f.inst.pool())
+            .await
+            .unwrap();
+
+    // a row before the window: rejected whole, nothing changes
+    let (bdir, m) =
+        window_batch(f.dir.path(), &id(2), dated_sales(&["2026/01/20", "2026/01/19"], "new"), (2026, 1, 20));
+    assert_rejected(
+        &f,
+        &bdir,
+        &m,
+        &["sales.csv:2: column 5 (invoice_date)", "2026-01-19 is before the window", "2026-01-20"],
+    )
+    .await;
+
+    // the window: rows dated 2026-01-20 and later are replaced by the file's rows, older rows stay as they were
+    let (bdir, m) = window_batch(
+        f.dir.path(),
+        &id(3),
+        dated_sales(&["2026/01/20", "2026/01/31", "2026/02/01"], "new"),
+        (2026, 1, 20),
+    );
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
+    assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
+    assert_eq!(sales_on_or_after(&f.inst, "2026-01-20").await, (before, 3));
+    let kept: Vec<(String, String)> =
+        sqlx::query_as("SELECT invoice_date, details FROM sales WHERE invoice_date < '2026-01-20' ORDER BY 1, 2")
+            .fetch_all(f.inst.pool())
+            .await
+            .unwrap();
+    assert_eq!(kept, old_rows);
+    // the full file of the same batch replaced its table; tables the batch does not carry are untouched
+    assert_eq!(f.inst.count_rows("master").await.unwrap(), 3);
+    assert_eq!(f.inst.count_rows("stock").await.unwrap(), 5);
+
+    // an empty window is valid: it deletes the window's rows
+    let (bdir, m) = window_batch(f.dir.path(), &id(4), String::new(), (2026, 1, 31));
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
+    assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
+    assert_eq!(sales_on_or_after(&f.inst, "2026-01-20").await, (before, 1));
 }
 
 #[tokio::test]

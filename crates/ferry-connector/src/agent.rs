@@ -1,6 +1,8 @@
 //! What the Connector does, command by command: `init` (config skeleton + key pair), `register` (send the
-//! public key with a registration token, pin the server's identity), `sync` (extract -> compress -> upload over
-//! SFTP -> complete -> wait for the verdict, resuming an unfinished batch first) and `status`.
+//! public key with a registration token, pin the server's identity), `check` (validate every query's rows, send
+//! nothing), `sync` (plan full files and windows -> extract + validate -> compress -> upload over SFTP -> complete
+//! -> wait for the verdict -> move the watermarks of incremental files, resuming an unfinished batch first) and
+//! `status`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,12 +18,51 @@ use ferry_sftp::client::{ClientConfig, SftpClient};
 use ferry_web::client::ApiClient;
 use russh::keys::PrivateKey;
 
+use crate::check::{CheckLimits, CheckReport};
 use crate::config::{ConnectorConfig, Registration};
-use crate::extract::{ExtractOptions, extract_batch};
-use crate::journal::Journal;
-use crate::mapping::Mapping;
-use crate::source::open_source;
+use crate::extract::{ExtractOptions, ExtractPlan, check_mapping, extract_planned};
+use crate::journal::{Journal, PlannedWatermark};
+use crate::mapping::{Decision, Mapping};
+use crate::source::Source;
 use ferry_io::retry::Backoff;
+
+/// The choices of one `sync`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Extract every file whole, incremental ones too (`sync --full`).
+    pub full: bool,
+    /// Send a batch whose only problems are warnings (`sync --allow-warnings`; also `allow_warnings` in the
+    /// mapping).
+    pub allow_warnings: bool,
+    /// The date of the extract: the watermark it sets and the base of the windows. Default: today (local time).
+    pub today: Option<chrono::NaiveDate>,
+}
+
+/// Read and validate the mapping named by the config.
+pub fn load_mapping(cfg: &ConnectorConfig) -> anyhow::Result<Mapping> {
+    let mapping_path = cfg.mapping_path();
+    let text = std::fs::read_to_string(&mapping_path)
+        .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
+    Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))
+}
+
+/// The ERP database the config names, as a [`Source`].
+pub async fn open_source(cfg: &ConnectorConfig) -> anyhow::Result<Box<dyn Source>> {
+    Ok(crate::source::open_source(&cfg.erp, &cfg.erp_url()).await?)
+}
+
+/// `ferry connector check`: run every query of the mapping and validate its rows; nothing is written or sent, and
+/// neither a key nor a registration is needed. Returns the mapping (for its `allow_warnings`) and the report.
+pub async fn check(
+    cfg: &ConnectorConfig,
+    limits: CheckLimits,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> anyhow::Result<(Mapping, CheckReport)> {
+    let mapping = load_mapping(cfg)?;
+    let source = open_source(cfg).await?;
+    let report = check_mapping(source.as_ref(), &mapping, limits, progress).await;
+    Ok((mapping, report))
+}
 
 /// What `init` created.
 pub struct InitReport {
@@ -266,17 +307,29 @@ impl Connector {
         Ok(out)
     }
 
+    /// The watermark of each incremental file (from the local journal; works offline).
+    pub async fn watermarks(&self) -> anyhow::Result<std::collections::BTreeMap<String, crate::journal::Watermark>> {
+        Journal::open(&self.cfg.journal_path()).await?.watermarks().await
+    }
+
     /// Batches as the Comms server sees them (newest first).
     pub async fn status(&self, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
         let reg = self.registration()?;
         Ok(self.api_for(&reg)?.get(&format!("/v1/batches?limit={limit}")).await?)
     }
 
-    /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one. A
-    /// failure is recorded for `status` (see [`crate::pending`]) until a sync succeeds.
+    /// One upstream run with the default [`SyncOptions`] (incremental files as windows when due, warnings
+    /// allowed only if the mapping says so).
     pub async fn sync(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
+        self.sync_with(&SyncOptions::default(), progress).await
+    }
+
+    /// One upstream run. Resumes a batch that was extracted but not completed before extracting a new one. A new
+    /// batch that fails validation is not sent (its spooled files are removed) and the error says why. A failure
+    /// is recorded for `status` (see [`crate::pending`]) until a sync succeeds.
+    pub async fn sync_with(&self, opts: &SyncOptions, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
         let pending = crate::pending::Pending::new(&self.cfg.data_dir());
-        let r = self.sync_once(progress).await.map_err(|e| ferry_io::retry::disk_full(e, &self.cfg.data_dir()));
+        let r = self.sync_once(opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &self.cfg.data_dir()));
         match &r {
             Ok(_) => pending.succeeded("sync"),
             Err(e) => pending.failed("sync", e, None),
@@ -284,8 +337,9 @@ impl Connector {
         r
     }
 
-    async fn sync_once(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
+    async fn sync_once(&self, opts: &SyncOptions, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
         let journal = Journal::open(&self.cfg.journal_path()).await?;
+        self.collect_verdicts(&journal, progress).await;
         let spool = self.cfg.spool_dir();
         let mut extract_time = Duration::ZERO;
         let (manifest, resumed) = match journal.unfinished().await? {
@@ -295,7 +349,7 @@ impl Connector {
             }
             _ => {
                 let t = Instant::now();
-                let m = self.extract_to_spool(progress).await?;
+                let m = self.extract_to_spool_with(opts, progress).await?;
                 extract_time = t.elapsed();
                 (m, false)
             }
@@ -306,13 +360,54 @@ impl Connector {
         Ok(report)
     }
 
-    /// Extract a new batch into the spool folder and journal it as `extracted`.
+    /// Extract a new batch (default options) into the spool folder and journal it as `extracted`.
     pub async fn extract_to_spool(&self, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
+        self.extract_to_spool_with(&SyncOptions::default(), progress).await
+    }
+
+    /// Extract a new batch into the spool folder and journal it as `extracted`, with the watermarks it sets once
+    /// imported.
+    pub async fn extract_to_spool_with(
+        &self,
+        opts: &SyncOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<Manifest> {
         let journal = Journal::open(&self.cfg.journal_path()).await?;
         let spool = self.cfg.spool_dir();
-        let m = self.extract(&spool, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &spool))?;
+        let (m, planned) =
+            self.extract(&spool, &journal, opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &spool))?;
         journal.record(&m, "extracted", None).await?;
+        journal.plan_watermarks(&m.batch_id, &planned).await?;
         Ok(m)
+    }
+
+    /// Ask the Comms server for the verdict of batches sent earlier whose verdict this journal has not seen (the
+    /// wait ran out, or `wait_secs = 0`), so the watermarks of imported ones move. Best effort: offline, it leaves
+    /// them for next time (windows then simply start earlier).
+    async fn collect_verdicts(&self, journal: &Journal, progress: &(dyn Fn(&str) + Sync)) {
+        let Ok(pending) = journal.awaiting_verdict().await else { return };
+        if pending.is_empty() {
+            return;
+        }
+        let Ok(api) = self.api() else { return };
+        for b in pending {
+            let id = &b.manifest.batch_id;
+            let Ok(s) = api.get::<BatchStatus>(&format!("/v1/batches/{id}")).await else { continue };
+            if !s.state.is_final() {
+                continue;
+            }
+            if journal.record(&b.manifest, s.state.as_str(), s.detail.as_deref()).await.is_ok()
+                && s.state == ferry_proto::api::BatchState::Imported
+            {
+                match journal.advance_watermarks(id).await {
+                    Ok(moved) if !moved.is_empty() => {
+                        progress(&format!("batch {id} was imported: watermarks of {} moved", moved.join(", ")))
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot move the watermarks of batch {id}: {e:#}"),
+                }
+            }
+        }
     }
 
     /// Upload a spooled batch over SFTP, complete it, and wait for the verdict (`extract.wait_secs`).
@@ -364,20 +459,63 @@ impl Connector {
         if final_status.state.is_final() {
             journal.record(manifest, final_status.state.as_str(), final_status.detail.as_deref()).await?;
         }
+        if final_status.state == ferry_proto::api::BatchState::Imported {
+            let moved = journal.advance_watermarks(&id).await?;
+            if !moved.is_empty() {
+                progress(&format!("batch imported: the watermarks of {} moved", moved.join(", ")));
+            }
+        }
         Ok(SyncReport { manifest: manifest.clone(), resumed: false, bytes_sent: sent, status: final_status, timings })
     }
 
-    async fn extract(&self, spool: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Manifest> {
-        let mapping_path = self.cfg.mapping_path();
-        let text = std::fs::read_to_string(&mapping_path)
-            .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
-        let mapping = Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))?;
-        let source = open_source(&self.cfg.erp, &self.cfg.erp_url()).await?;
+    /// Plan (full file or window per incremental file, from the journal's watermarks), extract and validate.
+    async fn extract(
+        &self,
+        spool: &Path,
+        journal: &Journal,
+        opts: &SyncOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<(Manifest, Vec<PlannedWatermark>)> {
+        let mapping = load_mapping(&self.cfg)?;
+        let today = opts.today.unwrap_or_else(|| chrono::Local::now().date_naive());
+        let marks = journal.watermarks().await?;
+        let mut plan =
+            ExtractPlan { allow_warnings: opts.allow_warnings || mapping.allow_warnings, ..ExtractPlan::default() };
+        let mut planned = Vec::new();
         let id = BatchId::new(chrono::Utc::now());
         progress(&format!("extracting batch {id}"));
-        let opts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
-        let (mut manifest, _stats) =
-            extract_batch(source.as_ref(), &mapping, spool, &id, &opts, &|_file: &str, _rows: u64| {}).await?;
+        for (name, fm) in mapping.ordered() {
+            let Some(inc) = &fm.incremental else { continue };
+            let fingerprint = fm.fingerprint();
+            let last = marks.get(name);
+            let decision = inc.decide(&fingerprint, last, today, opts.full);
+            match &decision {
+                Decision::Window { from } => {
+                    let since = last.map(|w| w.through.format("%Y/%m/%d").to_string()).unwrap_or_default();
+                    progress(&format!(
+                        "  {name}: window from {} on {} (last imported extract {since}, overlap {} days)",
+                        from.format("%Y/%m/%d"),
+                        inc.column,
+                        inc.overlap_days
+                    ));
+                    plan.windows.insert(name.to_string(), *from);
+                }
+                Decision::Full(reason) => progress(&format!("  {name}: full ({reason})")),
+            }
+            planned.push(PlannedWatermark {
+                file: name.to_string(),
+                column: inc.column.clone(),
+                fingerprint,
+                through: today,
+                full: matches!(decision, Decision::Full(_)),
+            });
+        }
+        let source = open_source(&self.cfg).await?;
+        let xopts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
+        let extracted = extract_planned(source.as_ref(), &mapping, spool, &id, &xopts, &plan, &|_: &str, _: u64| {})
+            .await
+            .with_context(|| format!("batch {id} was not sent"))?;
+        let mut manifest = extracted.manifest;
         if let Ok(reg) = self.registration() {
             manifest.tenant = reg.tenant;
         }
@@ -387,7 +525,14 @@ impl Connector {
                 f.name, f.rows, f.bytes, f.compressed_bytes
             ));
         }
-        Ok(manifest)
+        let warnings = extracted.check.warnings();
+        if warnings > 0 {
+            progress(&format!("  sending with {warnings} warning(s), as allowed:"));
+            for p in extracted.check.problems().take(10) {
+                progress(&format!("    {p}"));
+            }
+        }
+        Ok((manifest, planned))
     }
 
     async fn upload(

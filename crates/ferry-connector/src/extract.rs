@@ -22,7 +22,19 @@
 //!
 //! Custom files `ut_NNN.csv` carry a header row of the query's column names; their text is quoted, numbers bare,
 //! nothing is checked. Their row count in the manifest excludes the header.
+//!
+//! **Validation in the same pass** ([`crate::check`]): the writer thread feeds every converted row to a
+//! [`FileCheck`] (keys, references to codes of earlier files, the incremental date), and a value that fails its
+//! conversion is recorded as a problem instead of stopping the file. The files that define codes (location,
+//! master, supplier, group) are extracted first. A file with errors stops the run; at the end, warnings stop it
+//! unless allowed. A stopped run leaves no files and no manifest: nothing can be sent. [`check_mapping`] runs the
+//! same pipeline without writing anything, for `ferry connector check`.
+//!
+//! **Windows** ([`ExtractPlan::windows`]): an incremental file extracted as a window keeps only the rows whose date
+//! column, once converted, is on or after the window's first day. The filter runs here, on the converted date, so
+//! it works the same for every source (the query is not changed).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -33,11 +45,12 @@ use chrono::{Datelike, NaiveDate, Utc};
 use ferry_io::bz::ParallelBzWriter;
 use ferry_io::digest::HashingWriter;
 use ferry_proto::batch::BatchId;
-use ferry_proto::manifest::{MANIFEST_NAME, Manifest, ManifestFile, Mode};
+use ferry_proto::manifest::{MANIFEST_NAME, Manifest, ManifestFile, Mode, Scope, Window};
 use ferry_proto::spec::{self, Column, Kind};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::check::{At, CheckLimits, CheckReport, FileCheck, FileReport, Known, Severity};
 use crate::mapping::{Mapping, MappingError};
 use crate::source::{Source, SourceError, SqlValue};
 
@@ -93,16 +106,33 @@ impl ExtractStats {
     }
 }
 
+/// What a run does beyond what the mapping says: which incremental files are windows, and whether warnings block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtractPlan {
+    /// Incremental files extracted as a window this run, with the window's first day; the column is the file's
+    /// `incremental.column` in the mapping. Every other file is extracted whole.
+    pub windows: BTreeMap<String, NaiveDate>,
+    /// Write the batch even if validation found warnings (errors always stop it).
+    pub allow_warnings: bool,
+}
+
+/// A batch written to the spool, with what validation found (warnings, if they were allowed).
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub manifest: Manifest,
+    pub stats: ExtractStats,
+    pub check: CheckReport,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("{file}: {source}; check the query for {file} in the mapping")]
     Source { file: String, source: SourceError },
-    #[error("{file}: the query returns {got} columns, DATA-SPEC.md {file} has {expected} — {hint}")]
-    ColumnCount { file: String, got: usize, expected: usize, hint: String },
-    #[error("{file} line {line}: the row has {got} values but the query announced {expected} columns")]
+    #[error("{file} row {line}: the row has {got} values but the query announced {expected} columns")]
     RowWidth { file: String, line: u64, got: usize, expected: usize },
-    #[error("{file} line {line}, column {column} ({name}): {message}; fix the query in the mapping or the ERP data")]
-    Field { file: String, line: u64, column: usize, name: String, message: String },
+    /// Validation found errors, or warnings that were not allowed: nothing was written.
+    #[error("{}", refusal(.report, .allow_warnings))]
+    Invalid { report: Box<CheckReport>, allow_warnings: bool },
     #[error(transparent)]
     Mapping(#[from] MappingError),
     #[error("batch {0} was already extracted (its manifest exists); start a new batch")]
@@ -111,6 +141,10 @@ pub enum ExtractError {
     Io { path: PathBuf, source: io::Error },
     #[error("the writer thread for {file} failed: {message}")]
     Writer { file: String, message: String },
+}
+
+fn refusal(report: &CheckReport, allow_warnings: &bool) -> String {
+    report.refusal(*allow_warnings)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
@@ -122,6 +156,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
 /// The mapping is [validated](Mapping::validate) first. `progress(file, rows)` is called as rows are read (at the
 /// start of each file, then every 1,024 rows, then with the final count). On error, the files this call wrote are
 /// removed and no manifest exists. The manifest's `tenant` is empty: the receiver takes the tenant from the key.
+///
+/// Every file is extracted whole and validated; warnings stop the run unless the mapping says `allow_warnings`.
 pub async fn extract_batch(
     source: &dyn Source,
     mapping: &Mapping,
@@ -130,7 +166,29 @@ pub async fn extract_batch(
     opts: &ExtractOptions,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<(Manifest, ExtractStats), ExtractError> {
+    let plan = ExtractPlan { allow_warnings: mapping.allow_warnings, ..ExtractPlan::default() };
+    let e = extract_planned(source, mapping, spool_dir, batch_id, opts, &plan, progress).await?;
+    Ok((e.manifest, e.stats))
+}
+
+/// [`extract_batch`] with a plan: windows for incremental files, and whether warnings stop the run. The manifest
+/// marks every file `full` or as its window; a batch with a window has mode `incremental`.
+pub async fn extract_planned(
+    source: &dyn Source,
+    mapping: &Mapping,
+    spool_dir: &Path,
+    batch_id: &BatchId,
+    opts: &ExtractOptions,
+    plan: &ExtractPlan,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> Result<Extracted, ExtractError> {
     mapping.validate()?;
+    if let Some(f) = plan.windows.keys().find(|f| mapping.incremental(f).is_none()) {
+        return Err(ExtractError::Mapping(MappingError::Incremental {
+            file: f.clone(),
+            why: "this run asks for a window, but the mapping does not mark it incremental".into(),
+        }));
+    }
     let dir = spool_dir.join(batch_id.as_str());
     let manifest_path = dir.join(MANIFEST_NAME);
     if manifest_path.exists() {
@@ -139,7 +197,7 @@ pub async fn extract_batch(
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
 
     let mut written = Vec::new();
-    let result = extract_into(source, mapping, &dir, batch_id, opts, progress, &mut written).await;
+    let result = extract_into(source, mapping, &dir, batch_id, opts, plan, progress, &mut written).await;
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -149,15 +207,17 @@ pub async fn extract_batch(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn extract_into(
     source: &dyn Source,
     mapping: &Mapping,
     dir: &Path,
     batch_id: &BatchId,
     opts: &ExtractOptions,
+    plan: &ExtractPlan,
     progress: &(dyn Fn(&str, u64) + Sync),
     written: &mut Vec<PathBuf>,
-) -> Result<(Manifest, ExtractStats), ExtractError> {
+) -> Result<Extracted, ExtractError> {
     let t0 = Instant::now();
     let started = Utc::now();
     let threads = match opts.threads {
@@ -165,28 +225,71 @@ async fn extract_into(
         n => n,
     };
     let level = opts.level.clamp(1, 9);
+    let limits = CheckLimits { max_problems: 20, samples: 0 };
+    let invalid =
+        |report: CheckReport| ExtractError::Invalid { report: Box::new(report), allow_warnings: plan.allow_warnings };
 
     let mut files = Vec::new();
     let mut stats = ExtractStats::default();
-    for (name, fm) in mapping.ordered() {
+    let mut report = CheckReport::default();
+    let mut known = Known::default();
+    // The files that define codes go first, so the others' references can be checked in the same pass.
+    for (name, fm) in crate::check::check_order(mapping.ordered()) {
         // `validate` above guarantees every name is a standard or custom file
         let layout = spec::file_spec(name).map_or(Layout::Custom, |fs| Layout::Standard(fs.columns));
+        let window = plan.windows.get(name).copied();
+        let inc = fm.incremental.as_ref();
+        let check = FileCheck::new(name, inc, window.is_some(), &known, limits);
         let final_path = dir.join(format!("{name}.bz2"));
         let tmp_path = dir.join(format!("{name}.bz2.tmp"));
         written.push(tmp_path.clone());
-        let (entry, fstats) =
-            extract_file(source, name, &fm.query, layout, &tmp_path, &final_path, level, threads, progress).await?;
+        let filter =
+            window.zip(inc).and_then(|(from, i)| Some((spec::file_spec(name)?.column_index(&i.column)?, from)));
+        let sink = Sink { tmp_path, final_path: final_path.clone(), level, threads };
+        let job = FileJob { name, query: &fm.query, layout, window: filter, sink: Some(sink) };
+        let out = extract_file(source, job, check, progress).await?;
         written.push(final_path);
+        let mut file_report = out.report;
+        file_report.note = match (window, inc) {
+            (Some(from), Some(i)) => format!("window from {} ({})", from.format("%Y/%m/%d"), i.column),
+            _ => "full".into(),
+        };
+        let errors = file_report.errors;
+        report.files.push(file_report);
+        if let Some(codes) = out.codes
+            && let Some(fs) = spec::file_spec(name)
+        {
+            known.insert(fs.name, codes);
+        }
+        if errors > 0 {
+            return Err(invalid(report)); // the batch cannot be sent: stop here
+        }
+        let Some((mut entry, fstats)) = out.written else {
+            return Err(invalid(report));
+        };
+        entry.scope = Some(match (window, inc) {
+            (Some(from), Some(i)) => Scope::Window(Window { column: i.column.clone(), from }),
+            _ => Scope::Full,
+        });
         files.push(entry);
         stats.files.push(fstats);
     }
+    if report.blocks(plan.allow_warnings) {
+        return Err(invalid(report));
+    }
+    // back to batch order
+    let order: Vec<&str> = mapping.ordered().into_iter().map(|(n, _)| n).collect();
+    let pos = |n: &str| order.iter().position(|o| *o == n);
+    files.sort_by_key(|f| pos(&f.name));
+    stats.files.sort_by_key(|f| pos(&f.name));
 
+    let any_window = files.iter().any(|f| f.window().is_some());
     let manifest = Manifest {
         batch_id: batch_id.clone(),
         tenant: String::new(),
         spec_version: ferry_proto::SPEC_VERSION.to_string(),
         connector_version: ferry_proto::FERRY_VERSION.to_string(),
-        mode: Mode::Full,
+        mode: if any_window { Mode::Incremental } else { Mode::Full },
         extract_started: started,
         extract_finished: Utc::now(),
         files,
@@ -197,7 +300,59 @@ async fn extract_into(
     written.push(tmp.clone());
     write_atomically(&tmp, &dir.join(MANIFEST_NAME), &json)?;
     stats.seconds = t0.elapsed().as_secs_f64();
-    Ok((manifest, stats))
+    Ok(Extracted { manifest, stats, check: report })
+}
+
+/// `ferry connector check`: run every query of `mapping` through the extract's conversion and validation, writing
+/// nothing, and report every file — a broken query or a wrong column count is a problem of its file, and the run
+/// goes on with the next file. Incremental files are checked whole.
+pub async fn check_mapping(
+    source: &dyn Source,
+    mapping: &Mapping,
+    limits: CheckLimits,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> CheckReport {
+    let mut report = CheckReport::default();
+    let mut known = Known::default();
+    for (name, fm) in crate::check::check_order(mapping.ordered()) {
+        let layout = spec::file_spec(name).map_or(Layout::Custom, |fs| Layout::Standard(fs.columns));
+        let inc = fm.incremental.as_ref();
+        let check = FileCheck::new(name, inc, false, &known, limits);
+        let job = FileJob { name, query: &fm.query, layout, window: None, sink: None };
+        let mut file_report = match extract_file(source, job, check, progress).await {
+            Ok(out) => {
+                if let (Some(codes), Some(fs)) = (out.codes, spec::file_spec(name)) {
+                    known.insert(fs.name, codes);
+                }
+                out.report
+            }
+            Err(e) => {
+                let mut r = FileReport::new(name);
+                let message = match e {
+                    ExtractError::Source { source, .. } => {
+                        format!("{source}; check the query for {name} in the mapping")
+                    }
+                    other => other.to_string(),
+                };
+                r.add(
+                    crate::check::Problem { file: name.into(), at: At::File, severity: Severity::Error, message },
+                    &limits,
+                );
+                r
+            }
+        };
+        file_report.note = match inc {
+            Some(i) => format!(
+                "incremental on {}: overlap {} days, full every {} days",
+                i.column, i.overlap_days, i.full_every_days
+            ),
+            None => String::new(),
+        };
+        report.files.push(file_report);
+    }
+    let order: Vec<&str> = mapping.ordered().into_iter().map(|(n, _)| n).collect();
+    report.files.sort_by_key(|f| order.iter().position(|o| *o == f.file));
+    report
 }
 
 fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ExtractError> {
@@ -225,24 +380,49 @@ enum Msg {
     Done,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn extract_file(
-    source: &dyn Source,
-    name: &str,
-    query: &str,
-    layout: Layout,
-    tmp_path: &Path,
-    final_path: &Path,
+/// Where a file's CSV goes: compressed into `tmp_path`, renamed to `final_path` once complete.
+struct Sink {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
     level: u32,
     threads: usize,
+}
+
+/// One file to run: its query, its columns, the window filter (column index, first day) and where it goes
+/// (`None`: nowhere, `check` only).
+struct FileJob<'a> {
+    name: &'a str,
+    query: &'a str,
+    layout: Layout,
+    window: Option<(usize, NaiveDate)>,
+    sink: Option<Sink>,
+}
+
+/// What running one file gave: the manifest entry and stats (if it was written), the checks' report, and the codes
+/// it defines for the checks of later files.
+struct FileOutcome {
+    written: Option<(ManifestFile, FileStats)>,
+    report: FileReport,
+    codes: Option<std::sync::Arc<crate::check::KeySet>>,
+}
+
+async fn extract_file(
+    source: &dyn Source,
+    job: FileJob<'_>,
+    mut check: FileCheck,
     progress: &(dyn Fn(&str, u64) + Sync),
-) -> Result<(ManifestFile, FileStats), ExtractError> {
+) -> Result<FileOutcome, ExtractError> {
     let t0 = Instant::now();
+    let name = job.name;
     let src_err = |source| ExtractError::Source { file: name.to_string(), source };
-    let names = source.columns(query).await.map_err(src_err)?;
-    let width = match layout {
+    let names = source.columns(job.query).await.map_err(src_err)?;
+    let width = match job.layout {
         Layout::Standard(cols) => {
-            check_column_count(name, names.len(), cols)?;
+            if let Some(p) = crate::check::column_count(name, names.len(), cols) {
+                check.add(p); // nothing of the file can be read position by position
+                let (report, codes) = check.finish();
+                return Ok(FileOutcome { written: None, report, codes });
+            }
             cols.len()
         }
         Layout::Custom => names.len(),
@@ -250,14 +430,25 @@ async fn extract_file(
     progress(name, 0);
 
     let (tx, rx) = mpsc::channel::<Msg>(CHUNKS_IN_FLIGHT);
-    let job =
-        WriterJob { file: name.to_string(), layout, header: names, tmp_path: tmp_path.to_path_buf(), level, threads };
-    let writer = tokio::task::spawn_blocking(move || job.run(rx));
+    let tmp_path = job.sink.as_ref().map(|s| s.tmp_path.clone());
+    let writer_job = WriterJob {
+        file: name.to_string(),
+        layout: job.layout,
+        header: names,
+        sink: job.sink.as_ref().map(|s| (s.tmp_path.clone(), s.level, s.threads)),
+        window: job.window.map(|(i, from)| {
+            let mut f = String::new();
+            push_date(from, &mut f);
+            (i, f)
+        }),
+        check,
+    };
+    let writer = tokio::task::spawn_blocking(move || writer_job.run(rx));
 
     let mut failure = None;
     let mut sent = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-    let mut rows = source.rows(query);
+    let mut rows = source.rows(job.query);
     while let Some(row) = rows.next().await {
         match row {
             Ok(row) if row.len() == width => chunk.push(row),
@@ -295,15 +486,21 @@ async fn extract_file(
         .await
         .map_err(|e| ExtractError::Writer { file: name.to_string(), message: e.to_string() })
         .and_then(|r| r);
-    let outcome = match (failure, outcome) {
+    let (outcome, check) = match (failure, outcome) {
         (Some(e), _) | (None, Err(e)) => {
-            let _ = fs::remove_file(tmp_path);
+            if let Some(p) = &tmp_path {
+                let _ = fs::remove_file(p);
+            }
             return Err(e);
         }
         (None, Ok(o)) => o,
     };
-    fs::rename(tmp_path, final_path).map_err(io_err(final_path))?;
     progress(name, outcome.rows);
+    let (report, codes) = check.finish();
+    let Some(sink) = job.sink else {
+        return Ok(FileOutcome { written: None, report, codes });
+    };
+    fs::rename(&sink.tmp_path, &sink.final_path).map_err(io_err(&sink.final_path))?;
 
     let entry = ManifestFile {
         name: name.to_string(),
@@ -312,6 +509,7 @@ async fn extract_file(
         compressed_bytes: outcome.compressed_bytes,
         md5: outcome.md5,
         sha256: outcome.sha256,
+        scope: None,
     };
     let stats = FileStats {
         name: name.to_string(),
@@ -320,29 +518,18 @@ async fn extract_file(
         compressed_bytes: outcome.compressed_bytes,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    Ok((entry, stats))
-}
-
-fn check_column_count(file: &str, got: usize, cols: &[Column]) -> Result<(), ExtractError> {
-    if got == cols.len() {
-        return Ok(());
-    }
-    let hint = if got < cols.len() {
-        let last = cols.last().map_or("", |c| c.name);
-        format!("add empty columns ('' AS {last}) or fix the query")
-    } else {
-        format!("remove {} columns or fix the query", got - cols.len())
-    };
-    Err(ExtractError::ColumnCount { file: file.to_string(), got, expected: cols.len(), hint })
+    Ok(FileOutcome { written: Some((entry, stats)), report, codes })
 }
 
 struct WriterJob {
     file: String,
     layout: Layout,
     header: Vec<String>,
-    tmp_path: PathBuf,
-    level: u32,
-    threads: usize,
+    /// `tmp_path`, bzip2 level and threads; `None`: convert and check only.
+    sink: Option<(PathBuf, u32, usize)>,
+    /// The window: column index and first day as `YYYY/MM/DD` (the converted form, which sorts as dates do).
+    window: Option<(usize, String)>,
+    check: FileCheck,
 }
 
 struct WriterOutcome {
@@ -353,16 +540,30 @@ struct WriterOutcome {
     sha256: String,
 }
 
+type Compressed = HashingWriter<ParallelBzWriter<BufWriter<File>>>;
+
 impl WriterJob {
-    /// Runs on a blocking thread: format, hash, compress, write `tmp_path`.
-    fn run(self, mut rx: mpsc::Receiver<Msg>) -> Result<WriterOutcome, ExtractError> {
-        let path = self.tmp_path.as_path();
-        let file = File::create(path).map_err(io_err(path))?;
-        let bz = ParallelBzWriter::new(BufWriter::with_capacity(1 << 20, file), self.level, self.threads);
-        let mut out = HashingWriter::new(bz);
+    /// Runs on a blocking thread: filter, convert, check, then format, hash, compress and write `tmp_path`.
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<(WriterOutcome, FileCheck), ExtractError> {
+        let mut out: Option<(PathBuf, Compressed)> = match &self.sink {
+            Some((path, level, threads)) => {
+                let file = File::create(path).map_err(io_err(path))?;
+                let bz = ParallelBzWriter::new(BufWriter::with_capacity(1 << 20, file), *level, *threads);
+                Some((path.clone(), HashingWriter::new(bz)))
+            }
+            None => None,
+        };
         let mut buf = String::with_capacity(WRITE_BUF + 4096);
         let mut scratch = String::new();
         let mut rows = 0u64;
+        let mut query_row = 0u64;
+        let width = match self.layout {
+            Layout::Standard(cols) => cols.len(),
+            Layout::Custom => 0,
+        };
+        let mut plain = vec![String::new(); width];
+        let mut ok = vec![false; width];
+        let (mut wout, mut wplain) = (String::new(), String::new());
 
         if let Layout::Custom = self.layout {
             write_header(&self.header, &mut buf);
@@ -371,13 +572,44 @@ impl WriterJob {
             match rx.blocking_recv() {
                 Some(Msg::Rows(chunk)) => {
                     for row in &chunk {
+                        query_row += 1;
+                        if let (Some((i, from)), Layout::Standard(cols)) = (&self.window, self.layout)
+                            && let (Some(col), Some(value)) = (cols.get(*i), row.get(*i))
+                            && before_window(col, value, from, &mut wout, &mut wplain)
+                        {
+                            self.check.skipped();
+                            continue;
+                        }
                         rows += 1;
+                        let start = buf.len();
                         match self.layout {
-                            Layout::Standard(cols) => format_row(&self.file, rows, cols, row, &mut buf, &mut scratch)?,
-                            Layout::Custom => format_custom_row(row, &mut buf, &mut scratch),
+                            Layout::Standard(cols) => format_row(
+                                query_row,
+                                cols,
+                                row,
+                                &mut buf,
+                                &mut scratch,
+                                &mut self.check,
+                                &mut plain,
+                                &mut ok,
+                            ),
+                            Layout::Custom => {
+                                format_custom_row(row, &mut buf, &mut scratch);
+                                self.check.row(query_row, &[], &[]);
+                            }
+                        }
+                        if self.check.wants_sample() {
+                            let line = buf[start..].trim_end_matches('\n').to_string();
+                            self.check.sample(&line);
+                        }
+                        if out.is_some() && self.check.report().errors > 0 {
+                            // This file cannot be sent: stop compressing it (the checks go on, to count problems).
+                            out = None;
                         }
                         if buf.len() >= WRITE_BUF {
-                            out.write_all(buf.as_bytes()).map_err(io_err(path))?;
+                            if let Some((path, w)) = &mut out {
+                                w.write_all(buf.as_bytes()).map_err(io_err(path))?;
+                            }
                             buf.clear();
                         }
                     }
@@ -388,38 +620,63 @@ impl WriterJob {
                 }
             }
         }
-        out.write_all(buf.as_bytes()).map_err(io_err(path))?;
-        let (bz, digests) = out.finish();
+        let Some((path, mut w)) = out else {
+            let outcome =
+                WriterOutcome { rows, bytes: 0, compressed_bytes: 0, md5: String::new(), sha256: String::new() };
+            return Ok((outcome, self.check));
+        };
+        let path = path.as_path();
+        w.write_all(buf.as_bytes()).map_err(io_err(path))?;
+        let (bz, digests) = w.finish();
         let file = bz.finish().map_err(io_err(path))?.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
         file.sync_all().map_err(io_err(path))?;
         let compressed_bytes = file.metadata().map_err(io_err(path))?.len();
-        Ok(WriterOutcome { rows, bytes: digests.bytes, compressed_bytes, md5: digests.md5, sha256: digests.sha256 })
+        let outcome =
+            WriterOutcome { rows, bytes: digests.bytes, compressed_bytes, md5: digests.md5, sha256: digests.sha256 };
+        Ok((outcome, self.check))
     }
 }
 
-/// Append one standard CSV line (with its `\n`) for `row`, checking every field; `line` is 1-based.
+/// Does `value` of the window column `col` lie before the window that starts `from` (`YYYY/MM/DD`)? Only a valid,
+/// non-empty date can: an empty or bad date stays in, so that its row's check reports it.
+pub(crate) fn before_window(col: &Column, value: &SqlValue, from: &str, out: &mut String, plain: &mut String) -> bool {
+    out.clear();
+    field(col, value, out, plain).is_ok() && !plain.is_empty() && plain.as_str() < from
+}
+
+/// Append one standard CSV line (with its `\n`) for `row`, converting and checking every field; a field that fails
+/// is reported to `check` (and left empty). `line` is the row's 1-based position in the query's result.
+#[allow(clippy::too_many_arguments)]
 fn format_row(
-    file: &str,
     line: u64,
     cols: &[Column],
     row: &[SqlValue],
     out: &mut String,
     scratch: &mut String,
-) -> Result<(), ExtractError> {
+    check: &mut FileCheck,
+    plain: &mut [String],
+    ok: &mut [bool],
+) {
     for (i, (col, value)) in cols.iter().zip(row).enumerate() {
         if i > 0 {
             out.push(',');
         }
-        field(col, value, out, scratch).map_err(|message| ExtractError::Field {
-            file: file.to_string(),
-            line,
-            column: i + 1,
-            name: col.name.to_string(),
-            message,
-        })?;
+        match field(col, value, out, scratch) {
+            Ok(()) => {
+                ok[i] = true;
+                if check.wants(i) {
+                    plain[i].clear();
+                    plain[i].push_str(scratch);
+                }
+            }
+            Err(message) => {
+                ok[i] = false;
+                check.field_error(line, i, &message);
+            }
+        }
     }
     out.push('\n');
-    Ok(())
+    check.row(line, plain, ok);
 }
 
 fn format_custom_row(row: &[SqlValue], out: &mut String, scratch: &mut String) {

@@ -1,17 +1,26 @@
 //! The Connector's local journal (SQLite): each batch's progress, so `sync` after a crash resumes the batch it
-//! had extracted instead of extracting a new one, and never completes the same batch twice; and each downstream
-//! file received ([`ReceivedFile`]), so a file applied to the ERP is never applied again, only acknowledged.
+//! had extracted instead of extracting a new one, and never completes the same batch twice; each downstream
+//! file received ([`ReceivedFile`]), so a file applied to the ERP is never applied again, only acknowledged; and
+//! the watermark of each incremental file ([`Watermark`]): how far the App's instance is known to be complete.
+//!
+//! **Invariant**: a watermark moves only when the App has imported a batch carrying the file. A batch journals
+//! the watermarks it would set ([`PlannedWatermark`]) when it is extracted; [`Journal::advance_watermarks`] applies
+//! them once its verdict is `imported`, never for a batch that failed, was refused or is still on its way, and
+//! never moves a watermark back to an older batch.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
+
+pub use crate::mapping::Watermark;
 
 pub struct Journal {
     pool: SqlitePool,
@@ -85,6 +94,113 @@ impl Journal {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| to_batch(&r)).transpose()
+    }
+}
+
+/// The watermark one incremental file gets when the App imports the batch that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedWatermark {
+    pub file: String,
+    pub column: String,
+    pub fingerprint: String,
+    /// The date of the extract.
+    pub through: NaiveDate,
+    /// Was the file extracted whole (then it also becomes the date of the last full extract)?
+    pub full: bool,
+}
+
+impl Journal {
+    /// The watermark of every incremental file the App has imported at least once, by file name.
+    pub async fn watermarks(&self) -> anyhow::Result<BTreeMap<String, Watermark>> {
+        let rows = sqlx::query("SELECT file, column_name, fingerprint, through, last_full FROM watermarks")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let file: String = r.get(0);
+            let date = |i: usize| -> anyhow::Result<NaiveDate> {
+                let t: String = r.get(i);
+                NaiveDate::parse_from_str(&t, "%Y-%m-%d").map_err(|e| {
+                    anyhow::anyhow!("the journal's watermark of {file} has a bad date {t:?}: {e}; run `sync --full`")
+                })
+            };
+            let wm = Watermark { column: r.get(1), fingerprint: r.get(2), through: date(3)?, last_full: date(4)? };
+            out.insert(file, wm);
+        }
+        Ok(out)
+    }
+
+    /// Remember the watermarks batch `id` sets once imported. The batch must be journaled already.
+    pub async fn plan_watermarks(&self, id: &BatchId, plan: &[PlannedWatermark]) -> anyhow::Result<()> {
+        let json = (!plan.is_empty()).then(|| serde_json::to_string(plan)).transpose()?;
+        let done = sqlx::query("UPDATE batches SET watermarks = ? WHERE batch_id = ?")
+            .bind(json)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        anyhow::ensure!(done.rows_affected() == 1, "batch {id} is not in the journal; journal it before its plan");
+        Ok(())
+    }
+
+    /// The App imported batch `id`: move the watermarks it planned (in one transaction). A file whose watermark
+    /// was set by a batch extracted later keeps it. Returns the files whose watermark moved.
+    pub async fn advance_watermarks(&self, id: &BatchId) -> anyhow::Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Option<String>, String)> =
+            sqlx::query_as("SELECT watermarks, manifest FROM batches WHERE batch_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((Some(plan), manifest)) = row else {
+            return Ok(Vec::new());
+        };
+        let damaged = |e: serde_json::Error| anyhow::anyhow!("the journal's record of batch {id} is damaged: {e}");
+        let plan: Vec<PlannedWatermark> = serde_json::from_str(&plan).map_err(damaged)?;
+        let manifest: Manifest = serde_json::from_str(&manifest).map_err(damaged)?;
+        // Fixed width, so that text order is time order.
+        let extracted_at = manifest.extract_started.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let now = Utc::now().to_rfc3339();
+        let mut moved = Vec::new();
+        for p in &plan {
+            let through = p.through.format("%Y-%m-%d").to_string();
+            let done = sqlx::query(
+                "INSERT INTO watermarks(file, column_name, fingerprint, through, last_full, batch_id, extracted_at,
+                     updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(file) DO UPDATE SET column_name = excluded.column_name,
+                     fingerprint = excluded.fingerprint, through = excluded.through,
+                     last_full = CASE WHEN ? THEN excluded.last_full ELSE watermarks.last_full END,
+                     batch_id = excluded.batch_id, extracted_at = excluded.extracted_at,
+                     updated_at = excluded.updated_at
+                 WHERE excluded.extracted_at > watermarks.extracted_at",
+            )
+            .bind(&p.file)
+            .bind(&p.column)
+            .bind(&p.fingerprint)
+            .bind(&through)
+            .bind(&through)
+            .bind(id.as_str())
+            .bind(&extracted_at)
+            .bind(&now)
+            .bind(p.full)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                moved.push(p.file.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// Batches the Comms server accepted whose final verdict (imported or rejected) this journal has not seen.
+    pub async fn awaiting_verdict(&self) -> anyhow::Result<Vec<JournalBatch>> {
+        let rows = sqlx::query(
+            "SELECT manifest, state, detail FROM batches WHERE state = 'completed' ORDER BY batch_id LIMIT 20",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(to_batch).collect()
     }
 }
 
@@ -277,4 +393,74 @@ fn to_received(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ReceivedFile> {
 fn to_batch(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JournalBatch> {
     let m: String = r.get(0);
     Ok(JournalBatch { manifest: serde_json::from_str(&m)?, state: r.get(1), detail: r.get(2) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 3, d).unwrap()
+    }
+
+    fn manifest(n: u32) -> Manifest {
+        let now = Utc::now();
+        Manifest {
+            batch_id: BatchId::parse(&format!("20260310T0{n}0000Z-0000000{n}")).unwrap(),
+            tenant: String::new(),
+            spec_version: ferry_proto::SPEC_VERSION.into(),
+            connector_version: "test".into(),
+            mode: ferry_proto::manifest::Mode::Full,
+            extract_started: now,
+            extract_finished: now,
+            files: Vec::new(),
+        }
+    }
+
+    fn plan(through: NaiveDate, full: bool) -> Vec<PlannedWatermark> {
+        vec![PlannedWatermark {
+            file: "sales.csv".into(),
+            column: "invoice_date".into(),
+            fingerprint: "fp".into(),
+            through,
+            full,
+        }]
+    }
+
+    #[tokio::test]
+    async fn watermarks_move_only_on_import_and_never_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).await.unwrap();
+        assert!(j.watermarks().await.unwrap().is_empty());
+
+        // batch 1: full on day 10, extracted and sent: nothing moves until it is imported
+        let (m1, m2, m3) = (manifest(1), manifest(2), manifest(3));
+        j.record(&m1, "extracted", None).await.unwrap();
+        j.plan_watermarks(&m1.batch_id, &plan(day(10), true)).await.unwrap();
+        j.record(&m1, "completed", None).await.unwrap();
+        assert!(j.watermarks().await.unwrap().is_empty());
+        assert_eq!(j.awaiting_verdict().await.unwrap().len(), 1);
+        assert_eq!(j.advance_watermarks(&m1.batch_id).await.unwrap(), vec!["sales.csv"]);
+        let wm = &j.watermarks().await.unwrap()["sales.csv"];
+        assert_eq!((wm.through, wm.last_full, wm.column.as_str()), (day(10), day(10), "invoice_date"));
+
+        // batch 3 (a window on day 12) is imported before the older batch 2 (a full on day 11) reports back
+        j.record(&m2, "extracted", None).await.unwrap();
+        j.plan_watermarks(&m2.batch_id, &plan(day(11), true)).await.unwrap();
+        j.record(&m3, "extracted", None).await.unwrap();
+        j.plan_watermarks(&m3.batch_id, &plan(day(12), false)).await.unwrap();
+        assert_eq!(j.advance_watermarks(&m3.batch_id).await.unwrap(), vec!["sales.csv"]);
+        let wm = &j.watermarks().await.unwrap()["sales.csv"];
+        assert_eq!((wm.through, wm.last_full), (day(12), day(10)), "a window keeps the date of the last full");
+        assert!(j.advance_watermarks(&m2.batch_id).await.unwrap().is_empty(), "an older batch never moves it back");
+        assert_eq!(j.watermarks().await.unwrap()["sales.csv"].through, day(12));
+
+        // a batch without a plan, or unknown, moves nothing; a plan needs a journaled batch
+        let m4 = manifest(4);
+        j.record(&m4, "extracted", None).await.unwrap();
+        j.plan_watermarks(&m4.batch_id, &[]).await.unwrap();
+        assert!(j.advance_watermarks(&m4.batch_id).await.unwrap().is_empty());
+        assert!(j.advance_watermarks(&manifest(5).batch_id).await.unwrap().is_empty());
+        assert!(j.plan_watermarks(&manifest(6).batch_id, &plan(day(13), true)).await.is_err());
+    }
 }

@@ -1,3 +1,4 @@
+pub mod check;
 pub mod extract;
 pub mod mapping;
 pub mod sample;

@@ -148,9 +148,13 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000001").unwrap();
     let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "stock.csv: the query returns 19 columns, DATA-SPEC.md stock.csv has 21 — add empty columns ('' AS custom5) or fix the query"
+    let msg = err.to_string();
+    assert!(
+        msg.contains(
+            "stock.csv:*:20: error: the query returns 19 columns, DATA-SPEC.md stock.csv has 21: column 20 (custom4) \
+             and after are missing; add them to the SELECT in order ('' AS custom4 for a column the ERP lacks)"
+        ),
+        "{msg}"
     );
     assert!(!spool.join(batch.as_str()).exists(), "a failed extract must leave no files behind");
 
@@ -160,7 +164,8 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
         "SELECT wh_code, name, is_active, region, 'XX' FROM warehouses ORDER BY wh_code".into();
     let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with("location.csv line 1, column 5 (location_type):") && msg.contains("ST, DC, CW"), "{msg}");
+    assert!(msg.contains("location.csv:1:5: error: location_type \"XX\" is not one of ST, DC, CW"), "{msg}");
+    assert!(!spool.join(batch.as_str()).exists(), "a batch that fails validation leaves no files behind");
 
     // a broken query names the file and the database's complaint
     mapping.files.get_mut("location.csv").unwrap().query = "SELECT nope FROM warehouses".into();
@@ -183,7 +188,7 @@ async fn custom_files_carry_a_header() {
     }
     let custom = "ut_001.csv".to_string();
     let query = "SELECT wh_code, name AS \"warehouse name\", 1.5 AS x, NULL AS empty FROM warehouses ORDER BY wh_code";
-    mapping.files.insert(custom.clone(), ferry_connector::mapping::FileMapping { query: query.into() });
+    mapping.files.insert(custom.clone(), ferry_connector::mapping::FileMapping::new(query));
     mapping.validate().unwrap();
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000002").unwrap();

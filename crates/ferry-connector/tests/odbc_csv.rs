@@ -150,7 +150,7 @@ async fn export_to_csv(src: &SqliteSource, mapping: &Mapping, folder: &Path) -> 
             std::fs::write(folder.join(name), &out).unwrap();
             format!("select * from \"{name}\";")
         };
-        csv_mapping.files.insert(name.to_string(), FileMapping { query });
+        csv_mapping.files.insert(name.to_string(), FileMapping::new(query));
     }
     csv_mapping
 }

@@ -1,10 +1,21 @@
 //! The batch manifest (`manifest.json`): the metadata file of `MISSION.md` that lists, per file, the row count,
 //! size and the MD5 (and SHA-256) of the plain CSV, so the App can prove what it received is what was extracted.
 //! [`Manifest::parse`] checks everything a hostile or broken sender could get wrong before any file is opened.
+//!
+//! # Full files and windows
+//! Each file says what it replaces in the instance ([`ManifestFile::scope`]):
+//! - `"scope": "full"` — the file holds every row: the App replaces the whole table;
+//! - `"scope": {"window": {"column": "invoice_date", "from": "2026-03-07"}}` — the file holds exactly the rows whose
+//!   `column` is on or after `from` (an incremental extract): the App deletes the rows of that table with
+//!   `column >= from` and inserts the file's rows, in the same all-or-nothing transaction as the rest of the batch.
+//!
+//! A batch with at least one window has `mode: incremental`. Backward compatibility: a manifest without `scope`
+//! (written by a ferry before incremental extracts) means what it always meant — in a `full` batch every file is
+//! full; in an `incremental` batch a file without a scope is appended.
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::BatchId;
@@ -22,6 +33,26 @@ pub enum Mode {
     Incremental,
 }
 
+/// What one file of a batch replaces in the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every row of the file: the whole table is replaced.
+    Full,
+    /// Only the rows dated on or after [`Window::from`]: those rows of the table are replaced.
+    Window(Window),
+}
+
+/// The rows an incremental file replaces: those whose date `column` is on or after `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// A date column of the file, named as in `ferry_proto::spec` (`invoice_date`).
+    pub column: String,
+    /// First day of the window (ISO `YYYY-MM-DD` in JSON).
+    pub from: NaiveDate,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestFile {
     /// `stock.csv`; the batch carries it as `stock.csv.bz2`.
@@ -33,11 +64,22 @@ pub struct ManifestFile {
     pub compressed_bytes: u64,
     pub md5: String,
     pub sha256: String,
+    /// Full file or window (see the module documentation); absent in manifests of older ferry versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
 }
 
 impl ManifestFile {
     pub fn compressed_name(&self) -> String {
         format!("{}.bz2", self.name)
+    }
+
+    /// The window this file replaces, if it is an incremental file.
+    pub fn window(&self) -> Option<&Window> {
+        match &self.scope {
+            Some(Scope::Window(w)) => Some(w),
+            _ => None,
+        }
     }
 }
 
@@ -110,6 +152,26 @@ impl Manifest {
             if !is_hex(&f.sha256, 64) {
                 return Err(bad("sha256 must be 64 lowercase hex digits"));
             }
+            if let Some(w) = f.window() {
+                if self.mode == Mode::Full {
+                    return Err(bad("a window in a full batch; a batch with windows has mode \"incremental\""));
+                }
+                let Some(spec) = spec::file_spec(&f.name) else {
+                    return Err(bad("a custom file cannot be a window; send it full"));
+                };
+                if !spec.date_columns().any(|c| c == w.column) {
+                    let dates = spec.date_columns().collect::<Vec<_>>().join(", ");
+                    let what = if dates.is_empty() {
+                        "the file has no date column to window on; send it full".to_string()
+                    } else {
+                        format!(
+                            "window column {:?} is not a date column of the file; use one of {dates}",
+                            w.column.chars().take(40).collect::<String>()
+                        )
+                    };
+                    return Err(bad(&what));
+                }
+            }
         }
         if self.mode == Mode::Full {
             for req in spec::STANDARD_FILES.iter().filter(|f| f.required) {
@@ -146,6 +208,7 @@ pub(crate) fn sample() -> Manifest {
             compressed_bytes: 50,
             md5: "0".repeat(32),
             sha256: "a".repeat(64),
+            scope: None,
         })
         .collect();
     Manifest {
@@ -190,5 +253,50 @@ mod tests {
         assert!(matches!(Manifest::parse(b"{\"batch_id\":\"../x\"}"), Err(ManifestError::Json(_))));
         let other = BatchId::parse("20261128T051600Z-00000000").unwrap();
         assert!(sample().check_batch(&other).is_err());
+    }
+
+    fn window(column: &str) -> Option<Scope> {
+        Some(Scope::Window(Window { column: column.into(), from: NaiveDate::from_ymd_opt(2026, 3, 7).unwrap() }))
+    }
+
+    #[test]
+    fn scopes_are_checked_and_old_manifests_still_parse() {
+        // the JSON an older ferry wrote: no scope at all
+        let mut old = serde_json::to_value(sample()).unwrap();
+        for f in old["files"].as_array_mut().unwrap() {
+            assert!(f.get("scope").is_none(), "no scope is written when there is none");
+            f.as_object_mut().unwrap().remove("scope");
+        }
+        let m = Manifest::parse(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(m.files.iter().all(|f| f.scope.is_none() && f.window().is_none()));
+
+        let mut m = sample();
+        m.mode = Mode::Incremental;
+        for f in &mut m.files {
+            f.scope = Some(Scope::Full);
+        }
+        let sales = m.files.iter().position(|f| f.name == "sales.csv").unwrap();
+        m.files[sales].scope = window("invoice_date");
+        m.check().unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""scope":{"window":{"column":"invoice_date","from":"2026-03-07"}}"#), "{json}");
+        assert!(json.contains(r#""scope":"full""#), "{json}");
+        assert_eq!(Manifest::parse(json.as_bytes()).unwrap(), m);
+        assert_eq!(m.files[sales].window().unwrap().column, "invoice_date");
+
+        let mut bad = m.clone();
+        bad.mode = Mode::Full;
+        assert!(bad.check().unwrap_err().to_string().contains("incremental"));
+        let mut bad = m.clone();
+        bad.files[sales].scope = window("qty");
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("sales.csv") && e.contains("order_date, invoice_date"), "{e}");
+        let mut bad = m.clone();
+        let loc = bad.files.iter().position(|f| f.name == "location.csv").unwrap();
+        bad.files[loc].scope = window("location");
+        assert!(bad.check().unwrap_err().to_string().contains("no date column"));
+        let mut bad = m;
+        bad.files[sales].name = "ut_001.csv".into();
+        assert!(bad.check().unwrap_err().to_string().contains("custom file"));
     }
 }

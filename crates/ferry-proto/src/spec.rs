@@ -30,6 +30,54 @@ pub struct Column {
     pub required: bool,
 }
 
+/// Which codes a column must name when it is not empty: the references between the files of `DATA-SPEC.md`
+/// (a sales row's item is an item of `master.csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefTo {
+    /// An item code of `master.csv`.
+    Item,
+    /// A location code of `location.csv`.
+    Location,
+    /// A supplier code of `supplier.csv`.
+    Supplier,
+    /// A supplier of `supplier.csv` or a location of `location.csv` (stock's supply code: supplier or supplying
+    /// location).
+    SupplierOrLocation,
+    /// A value of custom group N (1-5) in `group.csv`.
+    Group(u8),
+}
+
+impl RefTo {
+    /// The files whose codes (their first key) this reference may name.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            RefTo::Item => &["master.csv"],
+            RefTo::Location => &["location.csv"],
+            RefTo::Supplier => &["supplier.csv"],
+            RefTo::SupplierOrLocation => &["supplier.csv", "location.csv"],
+            RefTo::Group(_) => &["group.csv"],
+        }
+    }
+
+    /// What the codes are, in words: `an item of master.csv`.
+    pub fn describe(self) -> String {
+        match self {
+            RefTo::Item => "an item of master.csv".into(),
+            RefTo::Location => "a location of location.csv".into(),
+            RefTo::Supplier => "a supplier of supplier.csv".into(),
+            RefTo::SupplierOrLocation => "a supplier of supplier.csv nor a location of location.csv".into(),
+            RefTo::Group(n) => format!("a value of custom group {n} in group.csv"),
+        }
+    }
+}
+
+/// A column whose (non-empty) values must be codes that another file defines.
+#[derive(Debug, Clone, Copy)]
+pub struct Ref {
+    pub column: &'static str,
+    pub to: RefTo,
+}
+
 #[derive(Debug)]
 pub struct FileSpec {
     /// File name in a batch, e.g. `stock.csv` (shipped as `stock.csv.bz2`).
@@ -39,16 +87,36 @@ pub struct FileSpec {
     /// Must every full batch carry it?
     pub required: bool,
     pub columns: &'static [Column],
+    /// The keys of the file: each a set of columns that no two rows may share (rows with an empty key column are
+    /// not compared). The first key is also the set of codes other files refer to ([`RefTo`]). Transaction files
+    /// (`sales.csv`, `pohist.csv`) have none: the same line may legitimately repeat.
+    pub keys: &'static [&'static [&'static str]],
+    /// Columns that must name codes of another file.
+    pub refs: &'static [Ref],
 }
 
 impl FileSpec {
     pub fn stem(&self) -> &'static str {
         self.name.trim_end_matches(".csv")
     }
+
+    /// Position (0-based) of the column called `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The names of the date columns (the columns an incremental extract can window on).
+    pub fn date_columns(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.columns.iter().filter(|c| c.kind == Kind::Date).map(|c| c.name)
+    }
 }
 
 const fn c(name: &'static str, kind: Kind, required: bool) -> Column {
     Column { name, kind, required }
+}
+
+const fn r(column: &'static str, to: RefTo) -> Ref {
+    Ref { column, to }
 }
 
 use Kind::*;
@@ -64,6 +132,8 @@ pub static LOCATION: FileSpec = FileSpec {
         c("location_group", Code, false),
         c("location_type", OneOf(&["ST", "DC", "CW"]), false),
     ],
+    keys: &[&["location"]],
+    refs: &[],
 };
 
 pub static MASTER: FileSpec = FileSpec {
@@ -81,6 +151,8 @@ pub static MASTER: FileSpec = FileSpec {
         c("unused8", Unused, false),
         c("uid", Code, true),
     ],
+    keys: &[&["item"], &["uid"]],
+    refs: &[],
 };
 
 pub static STOCK: FileSpec = FileSpec {
@@ -110,6 +182,18 @@ pub static STOCK: FileSpec = FileSpec {
         c("custom4", Code, false),
         c("custom5", Code, false),
     ],
+    keys: &[&["item", "location"]],
+    refs: &[
+        r("item", RefTo::Item),
+        r("location", RefTo::Location),
+        r("supply_code", RefTo::SupplierOrLocation),
+        r("supplier", RefTo::Supplier),
+        r("custom1", RefTo::Group(1)),
+        r("custom2", RefTo::Group(2)),
+        r("custom3", RefTo::Group(3)),
+        r("custom4", RefTo::Group(4)),
+        r("custom5", RefTo::Group(5)),
+    ],
 };
 
 pub static GROUP: FileSpec = FileSpec {
@@ -121,6 +205,8 @@ pub static GROUP: FileSpec = FileSpec {
         c("value", Code, true),
         c("description", Text, false),
     ],
+    keys: &[&["group_number", "value"]],
+    refs: &[],
 };
 
 pub static SUPPLIER: FileSpec = FileSpec {
@@ -133,6 +219,8 @@ pub static SUPPLIER: FileSpec = FileSpec {
         c("supplier_type", OneOf(&["local", "import", "internal"]), false),
         c("lead_time_days", Dec, false),
     ],
+    keys: &[&["supplier"]],
+    refs: &[],
 };
 
 pub static SALES: FileSpec = FileSpec {
@@ -151,6 +239,8 @@ pub static SALES: FileSpec = FileSpec {
         c("issues_qty", Dec, false),
         c("details", Text, false),
     ],
+    keys: &[],
+    refs: &[r("item", RefTo::Item), r("location", RefTo::Location)],
 };
 
 pub static PO: FileSpec = FileSpec {
@@ -170,6 +260,8 @@ pub static PO: FileSpec = FileSpec {
         c("order_type", OneOf(&["P", "M"]), false),
         c("unit_cost", Dec, false),
     ],
+    keys: &[&["order_number", "line"]],
+    refs: &[r("item", RefTo::Item), r("location", RefTo::Location), r("supplier", RefTo::Supplier)],
 };
 
 pub static POHIST: FileSpec = FileSpec {
@@ -190,6 +282,8 @@ pub static POHIST: FileSpec = FileSpec {
         c("receipt_date", Date, false),
         c("unit_cost", Dec, false),
     ],
+    keys: &[],
+    refs: &[r("item", RefTo::Item), r("location", RefTo::Location), r("supplier", RefTo::Supplier)],
 };
 
 pub static CO: FileSpec = FileSpec {
@@ -207,6 +301,8 @@ pub static CO: FileSpec = FileSpec {
         c("requested_date", Date, false),
         c("outstanding_qty", Dec, false),
     ],
+    keys: &[&["order_number", "line"]],
+    refs: &[r("item", RefTo::Item), r("location", RefTo::Location)],
 };
 
 pub static TRANSFER: FileSpec = FileSpec {
@@ -225,6 +321,8 @@ pub static TRANSFER: FileSpec = FileSpec {
         c("qty_to_ship", Dec, false),
         c("qty_to_receive", Dec, false),
     ],
+    keys: &[&["transfer_number", "line"]],
+    refs: &[r("item", RefTo::Item), r("source_location", RefTo::Location), r("dest_location", RefTo::Location)],
 };
 
 pub static BOM: FileSpec = FileSpec {
@@ -238,6 +336,13 @@ pub static BOM: FileSpec = FileSpec {
         c("component_location", Code, false),
         c("ratio", Dec, false),
     ],
+    keys: &[&["item", "location", "component", "component_location"]],
+    refs: &[
+        r("item", RefTo::Item),
+        r("location", RefTo::Location),
+        r("component", RefTo::Item),
+        r("component_location", RefTo::Location),
+    ],
 };
 
 pub static SUPERSESSIONS: FileSpec = FileSpec {
@@ -245,6 +350,8 @@ pub static SUPERSESSIONS: FileSpec = FileSpec {
     table: "supersessions",
     required: false,
     columns: &[c("old_item", Code, false), c("new_item", Code, false), c("factor", Dec, false)],
+    keys: &[&["old_item"]],
+    refs: &[r("new_item", RefTo::Item)],
 };
 
 /// Every standard upstream file, in the order a batch carries them.
@@ -388,6 +495,28 @@ mod tests {
         assert_eq!(STOCK.columns.len(), 21);
         assert_eq!(MASTER.columns.len(), 9);
         assert_eq!(PO.columns.len(), 11);
+    }
+
+    #[test]
+    fn keys_and_refs_name_real_columns() {
+        for f in STANDARD_FILES {
+            for key in f.keys {
+                assert!(!key.is_empty(), "{}", f.name);
+                for col in *key {
+                    assert!(f.column_index(col).is_some(), "{}: key column {col}", f.name);
+                }
+            }
+            for r in f.refs {
+                let i = f.column_index(r.column).unwrap_or_else(|| panic!("{}: ref column {}", f.name, r.column));
+                assert!(matches!(f.columns[i].kind, Code), "{}: {} is not a code", f.name, r.column);
+                for target in r.to.files() {
+                    assert!(!file_spec(target).unwrap().keys.is_empty(), "{target} has no key to refer to");
+                }
+            }
+        }
+        assert_eq!(SALES.date_columns().collect::<Vec<_>>(), ["order_date", "invoice_date"]);
+        assert_eq!(POHIST.column_index("receipt_date"), Some(10));
+        assert!(RefTo::Group(3).describe().contains("group 3"));
     }
 
     #[test]

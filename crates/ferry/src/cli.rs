@@ -76,10 +76,31 @@ pub enum ConnectorCmd {
         #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
         token: String,
     },
-    /// Extract, compress, upload and import one batch now.
+    /// Run every query of the mapping and validate the rows against DATA-SPEC.md; send nothing. Exit code 1 when
+    /// there are errors, 2 when there are warnings that `sync` would refuse.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Problems printed per file (the rest are counted).
+        #[arg(long, default_value_t = 20)]
+        max_problems: usize,
+        /// Sample rows printed per file.
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+        /// Treat warnings as `sync --allow-warnings` would (exit code 0 if there are no errors).
+        #[arg(long)]
+        allow_warnings: bool,
+    },
+    /// Extract, validate, compress, upload and import one batch now (incremental files as a window when due).
     Sync {
         #[command(flatten)]
         config: ConfigArg,
+        /// Extract every file whole, incremental ones too.
+        #[arg(long)]
+        full: bool,
+        /// Send the batch even if validation found warnings (unknown codes, duplicate keys); errors always block.
+        #[arg(long)]
+        allow_warnings: bool,
     },
     /// The long-running agent: files from the cloud as they come, plus the daily extract (SIGTERM/Ctrl-C stops).
     Run {
@@ -358,7 +379,10 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);
             println!("fingerprint: {}", r.fingerprint);
-            println!("next: edit mapping.toml for your ERP, then `ferry connector register --token <token>`");
+            println!(
+                "next: edit mapping.toml for your ERP (docs/mapping.md), test it with `ferry connector check`, then \
+                 `ferry connector register --token <token>`"
+            );
         }
         ConnectorCmd::Register { config, token } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
@@ -369,9 +393,28 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 r.comms_url, r.ssh_addr, r.ssh_host_key_fingerprint
             );
         }
-        ConnectorCmd::Sync { config } => {
+        ConnectorCmd::Check { config, max_problems, samples, allow_warnings } => {
+            let cfg = ferry_connector::config::ConnectorConfig::load(&path_or(&config, "connector.toml"))?;
+            println!(
+                "checking the mapping {} against the ERP database ({}); nothing is sent",
+                cfg.mapping_path().display(),
+                cfg.erp.kind
+            );
+            let limits = ferry_connector::check::CheckLimits { max_problems, samples };
+            let (mapping, report) = agent::check(&cfg, limits, &|_: &str, _: u64| {}).await?;
+            let allow = allow_warnings || mapping.allow_warnings;
+            print!("{}", report.render(allow));
+            if report.errors() > 0 {
+                return Ok(ExitCode::from(1));
+            }
+            if report.blocks(allow) {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        ConnectorCmd::Sync { config, full, allow_warnings } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
-            let r = c.sync(&|line: &str| println!("{line}")).await?;
+            let opts = agent::SyncOptions { full, allow_warnings, today: None };
+            let r = c.sync_with(&opts, &|line: &str| println!("{line}")).await?;
             let s = &r.status;
             match (s.state, &s.detail) {
                 (ferry_proto::api::BatchState::Rejected, d) => {
@@ -431,6 +474,18 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     s.rows,
                     s.updated_at.format("%Y-%m-%d %H:%M:%S"),
                     detail
+                );
+            }
+            let marks = c.watermarks().await?;
+            if !marks.is_empty() {
+                println!("incremental files (the next window starts overlap_days before `through`):");
+            }
+            for (file, w) in marks {
+                println!(
+                    "  {file:<18} on {:<14} through {}  last full {}",
+                    w.column,
+                    w.through.format("%Y/%m/%d"),
+                    w.last_full.format("%Y/%m/%d")
                 );
             }
             let received = c.received(limit).await?;

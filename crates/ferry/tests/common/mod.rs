@@ -64,6 +64,7 @@ pub fn spool_batch(conn: &Connector, files: &[(&str, String)]) -> Manifest {
             compressed_bytes: std::fs::metadata(&path).expect("meta").len(),
             md5: d.md5,
             sha256: d.sha256,
+            scope: None,
         });
     }
     let now = chrono::Utc::now();
@@ -100,4 +101,63 @@ pub fn quiet(_: &str) {}
 
 pub fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `examples/mappings/<name>/` of the repository (an example ERP schema and its mapping).
+pub fn example_dir(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mappings").join(name)
+}
+
+/// Create the SQLite database `db` from the SQL script `schema` (tables and rows).
+pub async fn load_schema(db: &Path, schema: &Path) {
+    use sqlx::Connection;
+    let sql = std::fs::read_to_string(schema).expect("read schema");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite:{}?mode=rwc", db.display())).await.expect("create erp db");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.expect("load schema");
+    conn.close().await.expect("close");
+}
+
+/// Run statements against an ERP database (tests change the ERP's data between syncs).
+pub async fn erp_exec(db: &Path, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", db.display())).await.expect("open erp db");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut conn).await.expect("erp statements");
+    conn.close().await.expect("close");
+}
+
+/// Replace a connector's mapping file.
+pub fn set_mapping(conn: &Connector, text: &str) {
+    std::fs::write(conn.cfg.mapping_path(), text).expect("write mapping");
+}
+
+/// Every row of every standard table of a tenant's instance, as JSON arrays, sorted: two instances hold the same
+/// data exactly when these are equal.
+pub async fn instance_rows(c: &Cluster, tenant: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let inst = c.app.state.instance(tenant).await.expect("open").expect("instance exists");
+    let mut out = BTreeMap::new();
+    for f in spec::STANDARD_FILES {
+        let cols: Vec<String> =
+            f.columns.iter().filter(|c| c.kind != spec::Kind::Unused).map(|c| format!("\"{}\"", c.name)).collect();
+        let sql = format!("SELECT json_array({}) FROM \"{}\"", cols.join(", "), f.table);
+        let mut rows: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(inst.0.pool()).await.expect("read table");
+        rows.sort();
+        out.insert(f.table, rows);
+    }
+    out
+}
+
+/// Assert that nothing of any batch reached the Comms server or the App for `tenant`, and that the Connector's
+/// spool holds no batch.
+pub async fn assert_nothing_sent(c: &Cluster, conn: &Connector, tenant: &str) {
+    assert!(conn.status(10).await.expect("status").is_empty(), "the Comms server must have no batch");
+    let inst = c.app.state.instance(tenant).await.expect("open").expect("instance exists");
+    assert!(inst.0.batches().await.expect("batches").is_empty(), "the App must have seen no batch");
+    assert!(counts(c, tenant).await.values().all(|n| *n == 0), "the instance must be empty");
+    let upload = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, tenant).join("upload");
+    let uploaded = std::fs::read_dir(&upload).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(uploaded, 0, "nothing may be uploaded over SFTP");
+    let spooled = std::fs::read_dir(conn.cfg.spool_dir()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(spooled, 0, "a refused batch leaves nothing in the spool");
 }
