@@ -303,6 +303,12 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
     ferry(&["sample-erp", &erp.display().to_string()]);
     shrink_erp(&erp);
     ferry(&["connector", "init", "--dir", &conn_dir.display().to_string(), "--erp", "erp.db"]);
+    // Full extracts only: the invariants compare the instance with the last batch's row counts, which a window
+    // (incremental sales.csv, tested in incremental.rs) does not carry.
+    let mapping = conn_dir.join("mapping.toml");
+    let text = std::fs::read_to_string(&mapping).expect("mapping.toml");
+    let full: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("incremental")).collect();
+    std::fs::write(&mapping, full.join("\n") + "\n").expect("write mapping.toml");
     let conn_cfg = conn_dir.join("connector.toml");
     edit_toml(&conn_cfg, |t| {
         let s = section(t, "schedule");
