@@ -454,11 +454,11 @@ async fn a_full_disk_fails_the_step_cleanly_names_the_disk_and_the_step_succeeds
     //    waiting, and it is applied once space is freed.
     let text = format!("order_number,line,item,qty\n{}", "R1,1,A1,5\n".repeat(30_000));
     publish(&c, "report_big.csv", &text).await;
-    let filler = inbound_disk.fill(64 * 1024);
+    let filler = inbound_disk.fill(0);
     let mut failed = None;
     let t = Instant::now();
     while failed.is_none() && t.elapsed() < Duration::from_secs(30) {
-        // (the planner's orders from the import above arrive too, and fail the same way)
+        // (the planner's orders from the import above arrive too, and fail the same way: nothing fits)
         for o in conn.receive(2, &quiet).await.unwrap() {
             match o {
                 Outcome::Failed { name, error } if name == "report_big.csv" => failed = Some(error),
