@@ -129,6 +129,32 @@ fn braced_end(value: &str) -> usize {
     b.len()
 }
 
+/// Decode every column of a sqlx row (PostgreSQL, MySQL) with `decode`; NULL is handled here, and an error names
+/// the column.
+fn decode_sqlx_row<R>(
+    row: &R,
+    decode: impl Fn(<R::Database as sqlx::Database>::ValueRef<'_>) -> Result<SqlValue, String>,
+) -> Result<Vec<SqlValue>, SourceError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+{
+    use sqlx::{Column, ValueRef};
+    let n = row.columns().len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let err =
+            |reason: String| SourceError::Decode { column: i + 1, name: row.columns()[i].name().to_string(), reason };
+        let raw = row.try_get_raw(i).map_err(|e| err(e.to_string()))?;
+        if raw.is_null() {
+            out.push(SqlValue::Null);
+            continue;
+        }
+        out.push(decode(raw).map_err(err)?);
+    }
+    Ok(out)
+}
+
 /// Open the source the `[erp]` section configures. The error names the kind and target (password redacted).
 pub async fn open_source(erp: &ErpConfig, url: &str) -> Result<Box<dyn Source>, SourceError> {
     let encoding =

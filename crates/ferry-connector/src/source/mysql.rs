@@ -7,11 +7,11 @@ use std::str::FromStr;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlValueRef};
-use sqlx::{AssertSqlSafe, Column, Decode, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlValueRef};
+use sqlx::{AssertSqlSafe, Column, Decode, Executor, SqlSafeStr, Statement, TypeInfo, ValueRef};
 
 use super::postgres::{f32_to_f64, pw_in_url};
-use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, scrub};
+use super::{Source, SourceError, SqlValue, TextEncoding, decode_sqlx_row, redact_url, scrub};
 
 /// A MySQL or MariaDB database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -80,26 +80,10 @@ impl Source for MySqlSource {
             .fetch(&self.pool)
             .map(move |row| {
                 row.map_err(|e| SourceError::Query(scrub(e, self.password.as_deref())))
-                    .and_then(|r| decode_row(&r, encoding))
+                    .and_then(|r| decode_sqlx_row(&r, |raw| decode_value(raw, encoding)))
             })
             .boxed()
     }
-}
-
-fn decode_row(row: &MySqlRow, encoding: TextEncoding) -> Result<Vec<SqlValue>, SourceError> {
-    let n = row.columns().len();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let err =
-            |reason: String| SourceError::Decode { column: i + 1, name: row.columns()[i].name().to_string(), reason };
-        let raw = row.try_get_raw(i).map_err(|e| err(e.to_string()))?;
-        if raw.is_null() {
-            out.push(SqlValue::Null);
-            continue;
-        }
-        out.push(decode_value(raw, encoding).map_err(err)?);
-    }
-    Ok(out)
 }
 
 fn dec<'r, T: Decode<'r, MySql>>(raw: MySqlValueRef<'r>) -> Result<T, String> {

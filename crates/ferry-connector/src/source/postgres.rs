@@ -8,10 +8,10 @@ use std::str::FromStr;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgValueFormat, PgValueRef, Postgres};
-use sqlx::{AssertSqlSafe, Column, Decode, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
+use sqlx::{AssertSqlSafe, Column, Decode, Executor, SqlSafeStr, Statement, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, scrub};
+use super::{Source, SourceError, SqlValue, TextEncoding, decode_sqlx_row, redact_url, scrub};
 
 /// A PostgreSQL database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -87,26 +87,10 @@ impl Source for PostgresSource {
             .fetch(&self.pool)
             .map(move |row| {
                 row.map_err(|e| SourceError::Query(scrub(e, self.password.as_deref())))
-                    .and_then(|r| decode_row(&r, encoding))
+                    .and_then(|r| decode_sqlx_row(&r, |raw| decode_value(raw, encoding)))
             })
             .boxed()
     }
-}
-
-fn decode_row(row: &PgRow, encoding: TextEncoding) -> Result<Vec<SqlValue>, SourceError> {
-    let n = row.columns().len();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let err =
-            |reason: String| SourceError::Decode { column: i + 1, name: row.columns()[i].name().to_string(), reason };
-        let raw = row.try_get_raw(i).map_err(|e| err(e.to_string()))?;
-        if raw.is_null() {
-            out.push(SqlValue::Null);
-            continue;
-        }
-        out.push(decode_value(raw, encoding).map_err(err)?);
-    }
-    Ok(out)
 }
 
 fn dec<'r, T: Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T, String> {
