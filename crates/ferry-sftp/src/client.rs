@@ -579,11 +579,15 @@ impl SftpClient {
         let mut buf = vec![0u8; CHUNK];
         let mut got: u64 = 0;
         loop {
-            let n = fill(&mut src, &mut buf).await.map_err(|source| ClientError::Transfer {
-                op: "download",
-                path: remote.to_owned(),
-                source,
-            })?;
+            let n = match fill(&mut src, &mut buf).await {
+                Ok(n) => n,
+                Err(source) => {
+                    // tokio writes in the background: wait for what was handed over, so the part on disk is
+                    // final when we return and the next attempt resumes from its true end
+                    let _ = dst.flush().await;
+                    return Err(ClientError::Transfer { op: "download", path: remote.to_owned(), source });
+                }
+            };
             if n == 0 {
                 break;
             }
