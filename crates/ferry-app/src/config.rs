@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     /// Instances (one SQLite file per tenant), keys, certificate and the SFTP area live here.
+    /// Relative paths here and in `tls_cert`/`tls_key` are taken from the config file's folder.
     pub data_dir: PathBuf,
     pub listen_https: SocketAddr,
     pub listen_ssh: SocketAddr,
@@ -62,8 +63,12 @@ impl AppConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read the app config {}", path.display()))?;
-        let cfg: AppConfig =
+        let mut cfg: AppConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid app config", path.display()))?;
+        cfg.data_dir = ferry_io::relative_to_config(path, &cfg.data_dir);
+        for p in [&mut cfg.tls_cert, &mut cfg.tls_key].into_iter().flatten() {
+            *p = ferry_io::relative_to_config(path, p);
+        }
         cfg.validate()?;
         Ok(cfg)
     }

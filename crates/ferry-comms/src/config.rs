@@ -13,6 +13,7 @@ use crate::limits::Limits;
 #[serde(default, deny_unknown_fields)]
 pub struct CommsConfig {
     /// Metadata database, keys, certificates and tenant file roots live here.
+    /// Relative paths here and in `tls_cert`/`tls_key` are taken from the config file's folder.
     pub data_dir: PathBuf,
     /// HTTPS listener.
     pub listen_https: SocketAddr,
@@ -87,8 +88,12 @@ impl CommsConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the comms config {}", path.display()))?;
-        let cfg: CommsConfig =
+        let mut cfg: CommsConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid comms config", path.display()))?;
+        cfg.data_dir = ferry_io::relative_to_config(path, &cfg.data_dir);
+        for p in [&mut cfg.tls_cert, &mut cfg.tls_key].into_iter().flatten() {
+            *p = ferry_io::relative_to_config(path, p);
+        }
         cfg.validate()?;
         Ok(cfg)
     }

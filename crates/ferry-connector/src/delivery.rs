@@ -36,11 +36,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlConnection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Either, Executor, SqlSafeStr, SqlStr, Statement};
+use sqlx::{AssertSqlSafe, Connection, Either, SqlSafeStr, SqlStr};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::config::ErpConfig;
-use crate::writeback_sql::{numbered_placeholders, open_erp_server};
+use crate::writeback_sql::{apply_text, check_count, field, next_record, numbered_placeholders, open_erp_server};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -586,9 +586,9 @@ impl ErpDb {
         name: &str,
     ) -> Result<u64, DeliveryError> {
         match self {
-            ErpDb::Sqlite(conn, target) => apply_sqlite(conn, target, plan, rows, name).await,
+            ErpDb::Sqlite(conn, target) => apply_text::<sqlx::Sqlite, _>(conn, target, plan, rows, name).await,
             ErpDb::Postgres(conn, target) => crate::writeback_sql::apply_postgres(conn, target, plan, rows, name).await,
-            ErpDb::MySql(conn, target) => crate::writeback_sql::apply_mysql(conn, target, plan, rows, name).await,
+            ErpDb::MySql(conn, target) => apply_text::<sqlx::MySql, _>(conn, target, plan, rows, name).await,
         }
     }
 
@@ -603,70 +603,6 @@ impl ErpDb {
             ErpDb::MySql(conn, _) => {
                 let _ = conn.close().await;
             }
-        }
-    }
-}
-
-async fn apply_sqlite<R: Read>(
-    conn: &mut SqliteConnection,
-    target: &str,
-    plan: &[PlannedStatement],
-    rows: &mut csv::Reader<R>,
-    name: &str,
-) -> Result<u64, DeliveryError> {
-    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
-        target: target.to_string(),
-        reason: format!("{what}: {e}"),
-    };
-    let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
-    let result = async {
-        for (i, s) in plan.iter().enumerate() {
-            let stmt = (&mut *tx)
-                .prepare(s.sql.clone())
-                .await
-                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
-            if let Some(Either::Right(n)) = stmt.parameters()
-                && n != s.columns.len()
-            {
-                return Err(write_back_err(
-                    name,
-                    1,
-                    format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
-                ));
-            }
-        }
-        let mut record = csv::StringRecord::new();
-        let mut count = 0u64;
-        loop {
-            let line_before = rows.position().line();
-            match rows.read_record(&mut record) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return Err(csv_error(name, line_before, &e)),
-            }
-            count += 1;
-            let line = record.position().map_or(line_before, |p| p.line());
-            for (i, s) in plan.iter().enumerate() {
-                let mut q = sqlx::query(s.sql.clone());
-                for &c in &s.columns {
-                    q = q.bind(record.get(c).filter(|v| !v.is_empty()).map(str::to_owned));
-                }
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
-            }
-        }
-        Ok(count)
-    }
-    .await;
-    match result {
-        Ok(count) => {
-            tx.commit().await.map_err(|e| db_err("cannot commit the write-back", e))?;
-            Ok(count)
-        }
-        Err(e) => {
-            let _ = tx.rollback().await;
-            Err(e)
         }
     }
 }
@@ -697,34 +633,16 @@ fn apply_odbc<R: Read>(
             let mut stmt = conn
                 .prepare(s.sql.as_str())
                 .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {}", scrub(e))))?;
-            if let Ok(n) = stmt.num_params()
-                && usize::from(n) != s.columns.len()
-            {
-                return Err(write_back_err(
-                    name,
-                    1,
-                    format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
-                ));
-            }
+            check_count::<()>(stmt.num_params().ok().map(|n| Either::Right(usize::from(n))), s, i, name)?;
             prepared.push(stmt);
         }
         let mut record = csv::StringRecord::new();
         let mut count = 0u64;
-        loop {
-            let line_before = rows.position().line();
-            match rows.read_record(&mut record) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return Err(csv_error(name, line_before, &e)),
-            }
+        while let Some(line) = next_record(rows, &mut record, name)? {
             count += 1;
-            let line = record.position().map_or(line_before, |p| p.line());
             for (i, (s, stmt)) in plan.iter().zip(prepared.iter_mut()).enumerate() {
-                let params: Vec<_> = s
-                    .columns
-                    .iter()
-                    .map(|&c| record.get(c).filter(|v| !v.is_empty()).map(str::to_owned).into_parameter())
-                    .collect();
+                let params: Vec<_> =
+                    s.columns.iter().map(|&c| field(&record, c).map(str::to_owned).into_parameter()).collect();
                 stmt.execute(&params[..]).map_err(|e| {
                     write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {}", scrub(e)))
                 })?;

@@ -170,7 +170,8 @@ impl Connector {
             })
         };
         let mut sync_task: Option<tokio::task::JoinHandle<Option<anyhow::Error>>> = None;
-        // A failed daily sync is retried with backoff (1 min growing to 1 h), without holding up a shutdown.
+        // A failed daily sync is retried with backoff (1 min growing to 1 h), without holding up a shutdown; a
+        // batch refused by validation only after an hour (see `sync_retry_delay`).
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut sync_backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(3600));
         let mut sync_log = FailureLog::new("daily sync", Duration::from_secs(600));
@@ -191,7 +192,7 @@ impl Connector {
                         }
                     }
                     Some(e) => {
-                        let delay = sync_backoff.next_delay();
+                        let delay = sync_retry_delay(&e, &mut sync_backoff);
                         retry_at = Some(tokio::time::Instant::now() + delay);
                         let _ = std::fs::remove_file(&stamp);
                         pending.retry_in("sync", delay);
@@ -271,4 +272,35 @@ async fn ack(api: &ApiClient, id: &str, sha256: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("acknowledging file {id}"))?;
     Ok(())
+}
+
+/// How long `run` waits before extracting again after a failed sync. Network and server trouble: the backoff
+/// (1 min growing to 1 h). A batch refused by validation is bad ERP data or a bad mapping, which does not mend
+/// itself within a minute: the next attempt is an hour away (the admin runs `ferry connector check`, fixes the
+/// cause and `ferry connector sync`s at once), so the ERP is not queried again and again for nothing.
+pub(crate) fn sync_retry_delay(e: &anyhow::Error, backoff: &mut Backoff) -> Duration {
+    let refused = e.chain().any(|c| matches!(c.downcast_ref(), Some(crate::extract::ExtractError::Invalid { .. })));
+    let delay = backoff.next_delay();
+    if refused { VALIDATION_RETRY.max(delay) } else { delay }
+}
+
+const VALIDATION_RETRY: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_refused_by_validation_is_retried_after_an_hour_other_failures_with_backoff() {
+        let mut b = Backoff::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let net = anyhow::anyhow!("connection refused").context("batch x was not sent");
+        let d = sync_retry_delay(&net, &mut b);
+        assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(60), "{d:?}");
+        let invalid =
+            anyhow::Error::new(crate::extract::ExtractError::Invalid { report: Box::default(), allow_warnings: false })
+                .context("batch y was not sent");
+        assert_eq!(sync_retry_delay(&invalid, &mut b), VALIDATION_RETRY);
+        // the backoff still counts the failure, so a later network failure waits longer
+        assert_eq!(b.failures(), 2);
+    }
 }

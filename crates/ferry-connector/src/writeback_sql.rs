@@ -96,7 +96,7 @@ pub(crate) fn numbered_placeholders(sql: &str) -> String {
 }
 
 /// Reads the next CSV record; `Ok(None)` at the end. Returns the record's line.
-fn next_record<R: Read>(
+pub(crate) fn next_record<R: Read>(
     rows: &mut csv::Reader<R>,
     record: &mut csv::StringRecord,
     name: &str,
@@ -109,17 +109,26 @@ fn next_record<R: Read>(
     }
 }
 
-fn field(record: &csv::StringRecord, c: usize) -> Option<&str> {
+pub(crate) fn field(record: &csv::StringRecord, c: usize) -> Option<&str> {
     record.get(c).filter(|v| !v.is_empty())
 }
 
-pub(crate) async fn apply_mysql<R: Read>(
-    conn: &mut MySqlConnection,
+/// The write-back on a database that converts bound text to the column's type itself (SQLite, MySQL/MariaDB):
+/// every field is bound as text, an empty one as NULL.
+pub(crate) async fn apply_text<DB, R>(
+    conn: &mut DB::Connection,
     target: &str,
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-) -> Result<u64, DeliveryError> {
+) -> Result<u64, DeliveryError>
+where
+    DB: sqlx::Database,
+    R: Read,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+{
     let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
         target: target.to_string(),
         reason: format!("{what}: {e}"),
@@ -138,7 +147,7 @@ pub(crate) async fn apply_mysql<R: Read>(
         while let Some(line) = next_record(rows, &mut record, name)? {
             count += 1;
             for (i, s) in plan.iter().enumerate() {
-                let mut q = sqlx::query(s.sql.clone());
+                let mut q = sqlx::query::<DB>(s.sql.clone());
                 for &c in &s.columns {
                     q = q.bind(field(&record, c).map(str::to_owned));
                 }
@@ -207,7 +216,7 @@ pub(crate) async fn apply_postgres<R: Read>(
     finish(tx, result, db_err).await
 }
 
-fn check_count<T>(
+pub(crate) fn check_count<T>(
     params: Option<Either<&[T], usize>>,
     s: &PlannedStatement,
     i: usize,
@@ -222,7 +231,7 @@ fn check_count<T>(
         return Err(write_back_err(
             name,
             1,
-            format!("delivery.sql[{i}] has {n} placeholders but lists {} params", s.columns.len()),
+            format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
         ));
     }
     Ok(())

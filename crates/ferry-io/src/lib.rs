@@ -16,6 +16,15 @@ pub mod keys;
 pub mod retry;
 pub mod tls;
 
+/// A path from a config file, as the program should open it: relative paths are taken from the config file's
+/// folder (as `sshd_config` and `postgresql.conf` do), not from wherever the program was started.
+pub fn relative_to_config(config_file: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    match config_file.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
 /// Test helper: the whole `source()` chain of an error, joined with `: `.
 #[cfg(test)]
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {

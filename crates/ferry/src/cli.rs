@@ -507,9 +507,9 @@ async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CommsCmd::Init { config } => {
             let p = path_or(&config, "comms.toml");
-            let cfg = CommsConfig::default();
-            write_new(&p, &toml::to_string_pretty(&cfg)?)?;
-            let token = cfg.admin_token_path();
+            write_new(&p, &toml::to_string_pretty(&CommsConfig::default())?)?;
+            // read back, so the data folder is taken from the config file's folder as `serve` will
+            let token = CommsConfig::load(&p)?.admin_token_path();
             ferry_comms::admin::load_or_create_admin_token(&token)?;
             println!("wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`", p.display());
             println!("admin api token (mode 0600): {} — send it as `Authorization: Bearer <token>`", token.display());

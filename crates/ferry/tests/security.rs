@@ -225,3 +225,37 @@ async fn every_security_event_is_audited() {
     assert!(ferry_comms::db::verify_audit(&c.comms.state.db).await.unwrap().is_ok());
     c.stop().await;
 }
+
+/// `comms init` / `app init` with `--config` elsewhere: the data folder (and with it the admin token, keys and
+/// certificates) is created next to the config file, never in whatever folder the operator happened to be in.
+#[test]
+fn server_data_lives_next_to_the_config_file_not_in_the_current_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ferry {args:?}: {text}");
+        text
+    };
+    let comms = etc.join("comms.toml").display().to_string();
+    let app = etc.join("app.toml").display().to_string();
+    let out = run(&["comms", "init", "--config", &comms]);
+    let token = etc.join("ferry-data/comms/admin.token");
+    assert!(out.contains(&token.display().to_string()), "init names the token it wrote: {out}");
+    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
+    run(&["comms", "info", "--config", &comms]);
+    run(&["app", "init", "--config", &app]);
+    run(&["app", "info", "--config", &app]);
+    assert!(etc.join("ferry-data/app").is_dir());
+    let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "nothing is written to the current folder: {left:?}");
+}

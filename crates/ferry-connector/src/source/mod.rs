@@ -133,7 +133,7 @@ fn braced_end(value: &str) -> usize {
 /// the column.
 fn decode_sqlx_row<R>(
     row: &R,
-    decode: impl Fn(<R::Database as sqlx::Database>::ValueRef<'_>) -> Result<SqlValue, String>,
+    decode: &impl Fn(<R::Database as sqlx::Database>::ValueRef<'_>) -> Result<SqlValue, String>,
 ) -> Result<Vec<SqlValue>, SourceError>
 where
     R: sqlx::Row,
@@ -153,6 +153,49 @@ where
         out.push(decode(raw).map_err(err)?);
     }
     Ok(out)
+}
+
+/// [`Source::columns`] of a sqlx pool (PostgreSQL, MySQL): the query is prepared, not run.
+fn sqlx_columns<'a, DB>(
+    pool: &'a sqlx::Pool<DB>,
+    sql: &'a str,
+    password: Option<&'a str>,
+) -> futures::future::BoxFuture<'a, Result<Vec<String>, SourceError>>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    use sqlx::{Column, Executor, SqlSafeStr, Statement};
+    Box::pin(async move {
+        let stmt = pool
+            .prepare(sqlx::AssertSqlSafe(sql).into_sql_str())
+            .await
+            .map_err(|e| SourceError::Query(scrub(e, password)))?;
+        Ok(stmt.columns().iter().map(|c| c.name().to_string()).collect())
+    })
+}
+
+/// [`Source::rows`] of a sqlx pool: rows stream as the server sends them, each value decoded by `decode`.
+fn sqlx_rows<'a, DB, F>(
+    pool: &'a sqlx::Pool<DB>,
+    sql: &'a str,
+    password: Option<&'a str>,
+    decode: F,
+) -> futures::stream::BoxStream<'a, Result<Vec<SqlValue>, SourceError>>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    F: Fn(<DB as sqlx::Database>::ValueRef<'_>) -> Result<SqlValue, String> + Send + Sync + 'a,
+{
+    use futures::StreamExt;
+    sqlx::query::<DB>(sqlx::AssertSqlSafe(sql))
+        .fetch(pool)
+        .map(move |row| {
+            row.map_err(|e| SourceError::Query(scrub(e, password))).and_then(|r| decode_sqlx_row(&r, &decode))
+        })
+        .boxed()
 }
 
 /// Open the source the `[erp]` section configures. The error names the kind and target (password redacted).

@@ -6,12 +6,12 @@
 use std::str::FromStr;
 
 use futures::future::BoxFuture;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::BoxStream;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlValueRef};
-use sqlx::{AssertSqlSafe, Column, Decode, Executor, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use sqlx::{Decode, Executor, TypeInfo, ValueRef};
 
 use super::postgres::{f32_to_f64, pw_in_url};
-use super::{Source, SourceError, SqlValue, TextEncoding, decode_sqlx_row, redact_url, scrub};
+use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, scrub, sqlx_columns, sqlx_rows};
 
 /// A MySQL or MariaDB database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -65,24 +65,12 @@ impl Source for MySqlSource {
     }
 
     fn columns<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Vec<String>, SourceError>> {
-        Box::pin(async move {
-            let stmt = (&self.pool)
-                .prepare(AssertSqlSafe(sql).into_sql_str())
-                .await
-                .map_err(|e| SourceError::Query(scrub(e, self.password.as_deref())))?;
-            Ok(stmt.columns().iter().map(|c| c.name().to_string()).collect())
-        })
+        sqlx_columns(&self.pool, sql, self.password.as_deref())
     }
 
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         let encoding = self.encoding;
-        sqlx::query(AssertSqlSafe(sql))
-            .fetch(&self.pool)
-            .map(move |row| {
-                row.map_err(|e| SourceError::Query(scrub(e, self.password.as_deref())))
-                    .and_then(|r| decode_sqlx_row(&r, |raw| decode_value(raw, encoding)))
-            })
-            .boxed()
+        sqlx_rows(&self.pool, sql, self.password.as_deref(), move |raw| decode_value(raw, encoding))
     }
 }
 

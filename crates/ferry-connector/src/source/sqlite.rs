@@ -4,11 +4,11 @@ use std::path::Path;
 use std::str::FromStr;
 
 use futures::future::BoxFuture;
-use futures::stream::{BoxStream, StreamExt};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use futures::stream::BoxStream;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteValueRef};
+use sqlx::{Decode, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, TextEncoding, redact_url};
+use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, sqlx_columns, sqlx_rows};
 
 /// An SQLite database opened read-only.
 #[derive(Debug, Clone)]
@@ -63,73 +63,37 @@ impl Source for SqliteSource {
     }
 
     fn columns<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Vec<String>, SourceError>> {
-        Box::pin(async move {
-            let stmt = (&self.pool)
-                .prepare(AssertSqlSafe(sql).into_sql_str())
-                .await
-                .map_err(|e| SourceError::Query(e.to_string()))?;
-            Ok(stmt.columns().iter().map(|c| c.name().to_string()).collect())
-        })
+        sqlx_columns(&self.pool, sql, None)
     }
 
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
-        sqlx::query(AssertSqlSafe(sql))
-            .fetch(&self.pool)
-            .map(|row| {
-                row.map_err(|e| SourceError::Query(e.to_string())).and_then(|r| decode_sqlite_row(&r, self.encoding))
-            })
-            .boxed()
+        let encoding = self.encoding;
+        sqlx_rows(&self.pool, sql, None, move |raw| decode_value(raw, encoding))
     }
 }
 
-enum Ty {
-    Int,
-    Float,
-    Text,
-    Blob,
+fn dec<'r, T: Decode<'r, Sqlite>>(raw: SqliteValueRef<'r>) -> Result<T, String> {
+    T::decode(raw).map_err(|e| e.to_string())
 }
 
-/// Decode each column by the type of the value SQLite holds (SQLite types values, not columns).
-fn decode_sqlite_row(row: &SqliteRow, encoding: TextEncoding) -> Result<Vec<SqlValue>, SourceError> {
-    let n = row.columns().len();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let err =
-            |reason: String| SourceError::Decode { column: i + 1, name: row.columns()[i].name().to_string(), reason };
-        let raw = row.try_get_raw(i).map_err(|e| err(e.to_string()))?;
-        if raw.is_null() {
-            out.push(SqlValue::Null);
-            continue;
-        }
-        let ty = match raw.type_info().name() {
-            "INTEGER" | "BOOLEAN" | "INT4" => Ty::Int,
-            "REAL" => Ty::Float,
-            "BLOB" => Ty::Blob,
-            _ => Ty::Text,
-        };
-        let v = match ty {
-            Ty::Int => SqlValue::Int(row.try_get_unchecked::<i64, _>(i).map_err(|e| err(e.to_string()))?),
-            Ty::Float => SqlValue::Float(row.try_get_unchecked::<f64, _>(i).map_err(|e| err(e.to_string()))?),
-            Ty::Blob => {
-                let bytes = row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?;
-                match encoding {
-                    TextEncoding::Utf8 => SqlValue::Bytes(bytes),
-                    legacy => legacy.value_from_bytes(bytes),
-                }
-            }
-            Ty::Text => {
-                encoding.value_from_bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(|e| err(e.to_string()))?)
-            }
-        };
-        out.push(v);
-    }
-    Ok(out)
+/// Decode a value by the type SQLite holds for it (SQLite types values, not columns).
+fn decode_value(raw: SqliteValueRef<'_>, encoding: TextEncoding) -> Result<SqlValue, String> {
+    Ok(match raw.type_info().name() {
+        "INTEGER" | "BOOLEAN" | "INT4" => SqlValue::Int(dec::<i64>(raw)?),
+        "REAL" => SqlValue::Float(dec::<f64>(raw)?),
+        "BLOB" => match encoding {
+            TextEncoding::Utf8 => SqlValue::Bytes(dec::<Vec<u8>>(raw)?),
+            legacy => legacy.value_from_bytes(dec::<Vec<u8>>(raw)?),
+        },
+        _ => encoding.value_from_bytes(dec::<Vec<u8>>(raw)?),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use sqlx::Executor;
 
     #[tokio::test]
     async fn decodes_by_runtime_type_and_streams() {
