@@ -29,13 +29,11 @@ use std::path::{Component, Path, PathBuf};
 
 use encoding_rs::Encoding;
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::mpsc;
+use futures::stream::BoxStream;
 
-use super::{Source, SourceError, SqlValue};
+use super::{RowSink, Source, SourceError, SqlValue, blocking, blocking_rows};
 
 const BATCH_ROWS: usize = 512;
-const BATCHES_IN_FLIGHT: usize = 4;
 
 const SYNTAX: &str = "write SELECT col, \"Col B\", #3, NULL, 'text' FROM \"file.csv\" \
                       [WITH (delimiter ';', header true, encoding 'windows-1252')]";
@@ -191,12 +189,7 @@ impl CsvDirSource {
         Ok((q, Plan { names, outs, replay }, reader))
     }
 
-    fn fetch_all(
-        &self,
-        sql: &str,
-        tx: &mpsc::Sender<Result<Vec<Vec<SqlValue>>, SourceError>>,
-        batch: &mut Vec<Vec<SqlValue>>,
-    ) -> Result<(), SourceError> {
+    fn fetch_all(&self, sql: &str, sink: &mut RowSink) -> Result<(), SourceError> {
         let (q, plan, mut reader) = self.plan(sql)?;
         let mut record = csv::ByteRecord::new();
         let mut pending = plan.replay.clone();
@@ -228,9 +221,8 @@ impl CsvDirSource {
                     }
                 });
             }
-            batch.push(row);
-            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(batch))).is_err() {
-                return Ok(());
+            if !sink.push(row) {
+                return Ok(()); // the stream was dropped: stop reading
             }
         }
         Ok(())
@@ -288,40 +280,13 @@ impl Source for CsvDirSource {
     fn columns<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Vec<String>, SourceError>> {
         let me = self.clone();
         let sql = sql.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || me.plan(&sql).map(|(_, plan, _)| plan.names))
-                .await
-                .map_err(|e| SourceError::Query(format!("the CSV reader failed: {e}")))?
-        })
+        Box::pin(blocking("CSV reader", move || me.plan(&sql).map(|(_, plan, _)| plan.names)))
     }
 
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         let me = self.clone();
         let sql = sql.to_string();
-        let start = async move {
-            let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
-            tokio::task::spawn_blocking(move || {
-                let mut batch = Vec::with_capacity(BATCH_ROWS);
-                let result = me.fetch_all(&sql, &tx, &mut batch);
-                if !batch.is_empty() {
-                    let _ = tx.blocking_send(Ok(batch)); // the rows before an error come first
-                }
-                if let Err(e) = result {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            });
-            stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) })
-        };
-        stream::once(start)
-            .flatten()
-            .flat_map(|batch| {
-                let items: Vec<Result<Vec<SqlValue>, SourceError>> = match batch {
-                    Ok(rows) => rows.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                stream::iter(items)
-            })
-            .boxed()
+        blocking_rows(BATCH_ROWS, move |sink| me.fetch_all(&sql, sink))
     }
 }
 

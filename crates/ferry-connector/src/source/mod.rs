@@ -198,6 +198,66 @@ where
         .boxed()
 }
 
+/// Where a blocking reader (ODBC, a CSV folder) puts its rows: they go to the stream in batches, through a
+/// channel of a few batches, so memory stays bounded whatever the size of the result.
+pub(crate) struct RowSink {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<Vec<SqlValue>>, SourceError>>,
+    batch: Vec<Vec<SqlValue>>,
+    batch_rows: usize,
+}
+
+impl RowSink {
+    /// Queue one row; `false` when the stream was dropped and the reader should stop.
+    pub(crate) fn push(&mut self, row: Vec<SqlValue>) -> bool {
+        self.batch.push(row);
+        self.batch.len() < self.batch_rows || self.tx.blocking_send(Ok(std::mem::take(&mut self.batch))).is_ok()
+    }
+}
+
+/// Batches of rows in flight between a blocking reader and the stream.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// [`Source::rows`] of a blocking reader: `fetch` runs on a blocking thread and pushes rows into a [`RowSink`];
+/// the rows read before an error come first, then the error.
+pub(crate) fn blocking_rows<'a>(
+    batch_rows: usize,
+    fetch: impl FnOnce(&mut RowSink) -> Result<(), SourceError> + Send + 'static,
+) -> futures::stream::BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
+    use futures::stream::{self, StreamExt};
+    let start = async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
+        tokio::task::spawn_blocking(move || {
+            let mut sink = RowSink { tx, batch: Vec::with_capacity(batch_rows), batch_rows };
+            let result = fetch(&mut sink);
+            if !sink.batch.is_empty() {
+                let _ = sink.tx.blocking_send(Ok(std::mem::take(&mut sink.batch)));
+            }
+            if let Err(e) = result {
+                let _ = sink.tx.blocking_send(Err(e));
+            }
+        });
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) })
+    };
+    stream::once(start)
+        .flatten()
+        .flat_map(|batch| {
+            let items: Vec<Result<Vec<SqlValue>, SourceError>> = match batch {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            stream::iter(items)
+        })
+        .boxed()
+}
+
+/// Runs a blocking reader's `f` on a blocking thread; `what` names the reader if that thread fails.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SourceError::Query(format!("the {what} thread failed: {e}")))?
+}
+
 /// Open the source the `[erp]` section configures. The error names the kind and target (password redacted).
 pub async fn open_source(erp: &ErpConfig, url: &str) -> Result<Box<dyn Source>, SourceError> {
     let encoding =

@@ -6,8 +6,8 @@
 //!
 //! ODBC calls block, so every query runs on a blocking thread: it fetches row by row, reads each value with
 //! `SQLGetData` into the type its column description asks for (so a value of any length is read whole), and sends
-//! the rows in batches of [`BATCH_ROWS`] through a channel of [`BATCHES_IN_FLIGHT`]: memory stays bounded whatever
-//! the size of the result, and dropping the stream stops the thread at the next batch.
+//! the rows in batches of [`BATCH_ROWS`] through a channel of a few batches (`super::blocking_rows`): memory stays
+//! bounded whatever the size of the result, and dropping the stream stops the thread at the next batch.
 //!
 //! Types: TINYINT/SMALLINT/INTEGER/BIGINT -> [`SqlValue::Int`] (an unsigned BIGINT -> `Decimal`), DECIMAL/NUMERIC ->
 //! [`SqlValue::Decimal`] as the driver prints it (never through a float), REAL/FLOAT/DOUBLE -> `Float`, BIT ->
@@ -18,16 +18,14 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::BoxStream;
 use odbc_api::sys::{Date, Timestamp};
 use odbc_api::{Bit, Connection, ConnectionOptions, Cursor, CursorRow, DataType, Nullable, ResultSetMetadata};
-use tokio::sync::mpsc;
 
-use super::{Source, SourceError, SqlValue, redact_url};
+use super::{RowSink, Source, SourceError, SqlValue, blocking, blocking_rows, redact_url};
 
 /// Rows per message from the fetching thread, and messages in flight.
 pub const BATCH_ROWS: usize = 256;
-pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A database reached through an ODBC driver. Each call opens its own connection on a blocking thread.
 #[derive(Clone)]
@@ -96,7 +94,7 @@ impl OdbcSource {
             }),
         };
         let probe = src.clone();
-        blocking(move || probe.connect().map(drop)).await?;
+        blocking("ODBC", move || probe.connect().map(drop)).await?;
         Ok(src)
     }
 
@@ -137,12 +135,7 @@ impl OdbcSource {
     }
 
     /// Runs on the blocking thread: fetch every row and send them in batches until done or the receiver is gone.
-    fn fetch_all(
-        &self,
-        sql: &str,
-        tx: &mpsc::Sender<Result<Vec<Vec<SqlValue>>, SourceError>>,
-        batch: &mut Vec<Vec<SqlValue>>,
-    ) -> Result<(), SourceError> {
+    fn fetch_all(&self, sql: &str, sink: &mut RowSink) -> Result<(), SourceError> {
         let conn = self.connect()?;
         let Some(mut cursor) = conn.execute(sql, (), None).map_err(|e| self.query_err(e))? else {
             return Err(SourceError::Query("the statement returns no rows; write a SELECT".into()));
@@ -168,19 +161,12 @@ impl OdbcSource {
                 })?;
                 values.push(v);
             }
-            batch.push(values);
-            if batch.len() == BATCH_ROWS && tx.blocking_send(Ok(std::mem::take(batch))).is_err() {
+            if !sink.push(values) {
                 return Ok(()); // the stream was dropped: stop reading
             }
         }
         Ok(())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
-) -> Result<T, SourceError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| SourceError::Query(format!("the ODBC thread failed: {e}")))?
 }
 
 /// What a column is read as, from its ODBC description.
@@ -297,36 +283,13 @@ impl Source for OdbcSource {
     fn columns<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Vec<String>, SourceError>> {
         let me = self.clone();
         let sql = sql.to_string();
-        Box::pin(blocking(move || me.column_names(&sql)))
+        Box::pin(blocking("ODBC", move || me.column_names(&sql)))
     }
 
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         let me = self.clone();
         let sql = sql.to_string();
-        let start = async move {
-            let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
-            tokio::task::spawn_blocking(move || {
-                let mut batch = Vec::with_capacity(BATCH_ROWS);
-                let result = me.fetch_all(&sql, &tx, &mut batch);
-                if !batch.is_empty() {
-                    let _ = tx.blocking_send(Ok(batch)); // the rows before an error come first
-                }
-                if let Err(e) = result {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            });
-            stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) })
-        };
-        stream::once(start)
-            .flatten()
-            .flat_map(|batch| {
-                let items: Vec<Result<Vec<SqlValue>, SourceError>> = match batch {
-                    Ok(rows) => rows.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                stream::iter(items)
-            })
-            .boxed()
+        blocking_rows(BATCH_ROWS, move |sink| me.fetch_all(&sql, sink))
     }
 }
 
