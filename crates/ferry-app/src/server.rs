@@ -23,7 +23,7 @@ use ferry_web::ApiError;
 use ferry_web::auth::SignatureVerifier;
 use ferry_web::identity::ServerIdentity;
 use russh::keys::PublicKey;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 use crate::config::AppConfig;
 use crate::import::{ImportLimits, import_batch};
@@ -104,8 +104,7 @@ pub struct AppHandle {
     pub https_addr: SocketAddr,
     pub ssh_addr: SocketAddr,
     pub state: Arc<AppState>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: ferry_web::serve::Tasks,
 }
 
 impl AppHandle {
@@ -114,10 +113,7 @@ impl AppHandle {
     }
 
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        self.tasks.stop().await;
     }
 }
 
@@ -161,32 +157,16 @@ pub async fn start(
         comms,
         announce_wakeup: tokio::sync::Notify::new(),
     });
-    let (tx, rx) = watch::channel(false);
-    let sd = |rx: &watch::Receiver<bool>| {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
-    let mut tasks = Vec::new();
+    let mut tasks = ferry_web::serve::Tasks::default();
     let router = router(state.clone());
-    let s = sd(&rx);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = ferry_web::serve::serve_https(https, router, tls, s).await {
-            tracing::error!("https server stopped: {e}");
-        }
-    }));
+    let sd = tasks.shutdown_signal();
+    tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, sd));
     let auth = Arc::new(CommsAuthorizer(state.clone()));
-    let s = sd(&rx);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = ferry_sftp::server::serve(ssh_cfg, ssh, auth, s).await {
-            tracing::error!("sftp server stopped: {e:#}");
-        }
-    }));
-    let (st, s) = (state.clone(), sd(&rx));
-    tasks.push(tokio::spawn(announcer(st, s)));
+    let sd = tasks.shutdown_signal();
+    tasks.spawn_logged("sftp server", ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd));
+    tasks.spawn(announcer(state.clone(), tasks.shutdown_signal()));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
-    Ok(AppHandle { https_addr, ssh_addr, state, shutdown: tx, tasks })
+    Ok(AppHandle { https_addr, ssh_addr, state, tasks })
 }
 
 type St = State<Arc<AppState>>;

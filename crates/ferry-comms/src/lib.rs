@@ -89,8 +89,7 @@ pub struct CommsHandle {
     /// The plain-HTTP redirect listener, if `listen_http_redirect` is set.
     pub http_redirect_addr: Option<SocketAddr>,
     pub state: Arc<CommsState>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: ferry_web::serve::Tasks,
 }
 
 impl CommsHandle {
@@ -99,17 +98,7 @@ impl CommsHandle {
     }
 
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
-
-fn shutdown_signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = rx.clone();
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
+        self.tasks.stop().await;
     }
 }
 
@@ -199,60 +188,39 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     state.keys.reload(&state.db).await?;
     state.limits.reload(&state.db).await?;
     state.usage.load(&state.db).await?;
-    let (tx, rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = ferry_web::serve::Tasks::default();
     let router = api::router(state.clone());
     let auth = Arc::new(access::TenantAuthorizer(state.clone()));
     let sessions = state.sessions.clone();
     if let Some(l) = admin_listener {
-        let (router, tls, sd) = (admin_api::router(state.clone(), admin_token), tls.clone(), shutdown_signal(&rx));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = ferry_web::serve::serve_https(l, router, tls, sd).await {
-                tracing::error!("admin api stopped: {e}");
-            }
-        }));
+        let router = admin_api::router(state.clone(), admin_token);
+        let sd = tasks.shutdown_signal();
+        tasks.spawn_logged("admin api", ferry_web::serve::serve_https(l, router, tls.clone(), sd));
     }
     if let Some(l) = redirect_listener {
-        let (base, sd) = (state.cfg.public_base_url(), shutdown_signal(&rx));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = ferry_web::serve::serve_redirect(l, base, sd).await {
-                tracing::error!("http redirect listener stopped: {e}");
-            }
-        }));
+        let sd = tasks.shutdown_signal();
+        tasks.spawn_logged(
+            "http redirect listener",
+            ferry_web::serve::serve_redirect(l, state.cfg.public_base_url(), sd),
+        );
     }
     match listeners {
         Listeners::Separate { https, ssh } => {
-            let sd = shutdown_signal(&rx);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = ferry_web::serve::serve_https(https, router, tls, sd).await {
-                    tracing::error!("https server stopped: {e}");
-                }
-            }));
-            let sd = shutdown_signal(&rx);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = ferry_sftp::server::serve_with(ssh_cfg, ssh, auth, sessions, sd).await {
-                    tracing::error!("sftp server stopped: {e:#}");
-                }
-            }));
+            let sd = tasks.shutdown_signal();
+            tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, sd));
+            let sd = tasks.shutdown_signal();
+            tasks.spawn_logged("sftp server", ferry_sftp::server::serve_with(ssh_cfg, ssh, auth, sessions, sd));
         }
         Listeners::Shared(listener) => {
-            tasks.push(tokio::spawn(serve_shared(
-                listener,
-                router,
-                tls,
-                ssh_cfg,
-                auth,
-                sessions,
-                shutdown_signal(&rx),
-            )));
+            let sd = tasks.shutdown_signal();
+            tasks.spawn(serve_shared(listener, router, tls, ssh_cfg, auth, sessions, sd));
         }
     }
-    tasks.push(tokio::spawn(downstream::run(state.clone(), shutdown_signal(&rx))));
-    tasks.push(tokio::spawn(relay::run(state.clone(), shutdown_signal(&rx))));
-
-    tasks.push(tokio::spawn(access::watch_access(state.clone(), shutdown_signal(&rx))));
+    tasks.spawn(downstream::run(state.clone(), tasks.shutdown_signal()));
+    tasks.spawn(relay::run(state.clone(), tasks.shutdown_signal()));
+    tasks.spawn(access::watch_access(state.clone(), tasks.shutdown_signal()));
     tracing::info!(%https_addr, %ssh_addr, ?admin_addr, ?http_redirect_addr, "comms server listening");
-    Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, shutdown: tx, tasks })
+    Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, tasks })
 }
 
 /// One port, two protocols: peek at each connection's first byte and hand it to HTTPS or SSH.

@@ -121,6 +121,53 @@ pub async fn sniff_is_tls(stream: &tokio::net::TcpStream, wait: Duration) -> std
     }
 }
 
+/// The long-running tasks of a server (listeners, relays, watchers) and the one signal that stops them all.
+pub struct Tasks {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks { shutdown: tokio::sync::watch::channel(false).0, handles: Vec::new() }
+    }
+}
+
+impl Tasks {
+    /// A future that resolves once [`Tasks::stop`] is called; hand one to every task.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handles.push(tokio::spawn(task));
+    }
+
+    /// Spawn a task whose error (it stopped serving) is logged as `<what> stopped: <error>`.
+    pub fn spawn_logged<E: std::fmt::Display>(
+        &mut self,
+        what: &'static str,
+        task: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) {
+        self.spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!("{what} stopped: {e:#}");
+            }
+        });
+    }
+
+    /// Signal every task to stop and wait for each (at most 10 s apiece: open connections get a grace period).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;

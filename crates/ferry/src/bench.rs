@@ -976,13 +976,5 @@ fn per_sec(n: u64, secs: f64) -> u64 {
 
 /// `1234567` -> `1,234,567`.
 fn int(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    ferry_connector::check::thousands(n)
 }

@@ -309,22 +309,7 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let login_deadline = tokio::time::sleep(auth_timeout);
     tokio::pin!(login_deadline);
     let mut deadline_passed = false;
-    // Politely ask russh to disconnect, then cut the stream if it has not ended meanwhile
-    // (russh ignores the request during a key exchange).
-    let end = |reason: &'static str| {
-        let handle = handle.clone();
-        let kill = kill.clone();
-        async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                handle.disconnect(Disconnect::ByApplication, reason.into(), "en".into()),
-            )
-            .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            kill.cancel();
-        }
-    };
-    loop {
+    let (reason, outcome) = loop {
         tokio::select! {
             result = &mut session => {
                 return result.context("the SSH session failed");
@@ -333,45 +318,36 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 deadline_passed = true;
                 if !authenticated.load(Ordering::Acquire) {
                     tracing::info!(peer = ?peer, "sftp client did not log in within {auth_timeout:?}; disconnecting");
-                    let ending = end("authentication timed out");
-                    tokio::pin!(ending);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        tokio::select! {
-                            _ = &mut session => {}
-                            () = &mut ending => { let _ = (&mut session).await; }
-                        }
-                    })
-                    .await;
-                    anyhow::bail!("authentication timed out");
+                    break ("authentication timed out", Err(anyhow::anyhow!("authentication timed out")));
                 }
             }
             () = revoked.cancelled() => {
                 tracing::info!(peer = ?peer, "closing an sftp session: its access was withdrawn");
-                let ending = end("access withdrawn by the operator");
-                tokio::pin!(ending);
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    tokio::select! {
-                        _ = &mut session => {}
-                        () = &mut ending => { let _ = (&mut session).await; }
-                    }
-                })
-                .await;
-                return Ok(());
+                break ("access withdrawn by the operator", Ok(()));
             }
-            () = stop.cancelled() => {
-                let ending = end("server shutting down");
-                tokio::pin!(ending);
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    tokio::select! {
-                        _ = &mut session => {}
-                        () = &mut ending => { let _ = (&mut session).await; }
-                    }
-                })
-                .await;
-                return Ok(());
-            }
+            () = stop.cancelled() => break ("server shutting down", Ok(())),
         }
-    }
+    };
+    // Politely ask russh to disconnect, then cut the stream if it has not ended meanwhile
+    // (russh ignores the request during a key exchange).
+    let ending = async {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            handle.disconnect(Disconnect::ByApplication, reason.into(), "en".into()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        kill.cancel();
+    };
+    tokio::pin!(ending);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            _ = &mut session => {}
+            () = &mut ending => { let _ = (&mut session).await; }
+        }
+    })
+    .await;
+    outcome
 }
 
 /// Per-connection SSH handler.
