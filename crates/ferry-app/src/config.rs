@@ -27,6 +27,9 @@ pub struct AppConfig {
     pub plan_after_import: bool,
     /// Service level for the planner's safety stock (0.5-0.9999).
     pub service_level: f64,
+    /// Instances kept open at once (two SQLite connections each); the least recently used idle one is closed
+    /// beyond this, and opened again on its next request.
+    pub max_open_instances: usize,
     /// The Comms server this App announces downstream files to.
     pub comms: CommsEndpoint,
 }
@@ -54,6 +57,7 @@ impl Default for AppConfig {
             max_decompressed_bytes: 8 * 1024 * 1024 * 1024,
             plan_after_import: true,
             service_level: 0.95,
+            max_open_instances: 256,
             comms: CommsEndpoint::default(),
         }
     }
@@ -81,6 +85,9 @@ impl AppConfig {
         }
         if !(0.5..1.0).contains(&self.service_level) {
             bail!("service_level must be between 0.5 and 0.9999 (got {})", self.service_level);
+        }
+        if self.max_open_instances == 0 {
+            bail!("max_open_instances must be at least 1");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");

@@ -94,6 +94,10 @@ pub async fn publish(
     .bind(Utc::now().to_rfc3339())
     .execute(inst.pool())
     .await?;
+    // tell the App server's announcer (perhaps another process) that this instance has news for Comms
+    if let Err(e) = mark_for_announcement(inst.path()) {
+        tracing::warn!("cannot leave the announcement marker for {name}: {e}; it is announced at the next full scan");
+    }
     Ok(FileReady {
         tenant: tenant.to_string(),
         file_id,
@@ -102,6 +106,21 @@ pub async fn publish(
         md5: digests.md5,
         sha256: digests.sha256,
     })
+}
+
+/// The marker that says the instance at `instance_path` has files to announce: `<instances>/announce/<tenant>`.
+/// The announcer lists only this folder, so thousands of quiet instances cost nothing between full scans.
+pub fn announce_marker(instance_path: &Path) -> Option<PathBuf> {
+    let tenant = instance_path.file_stem()?;
+    Some(instance_path.parent()?.join("announce").join(tenant))
+}
+
+pub fn mark_for_announcement(instance_path: &Path) -> std::io::Result<()> {
+    let Some(marker) = announce_marker(instance_path) else { return Ok(()) };
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(marker, b"")
 }
 
 pub fn outbox_dir(sftp_root: &Path, tenant: &str) -> PathBuf {

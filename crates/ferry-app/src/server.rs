@@ -37,8 +37,10 @@ pub struct AppState {
     pub identity: ServerIdentity,
     comms_keys: HashMap<String, PublicKey>,
     verifier: SignatureVerifier,
-    /// Open instances; the mutex serialises imports into one instance.
-    instances: Mutex<HashMap<String, SharedInstance>>,
+    /// Open instances with the tick of their last use; at most `max_open_instances` are kept (see
+    /// [`AppState::instance`]).
+    instances: Mutex<HashMap<String, (SharedInstance, u64)>>,
+    tick: std::sync::atomic::AtomicU64,
     /// Signed client for the Comms server (downstream announcements), if configured.
     comms: Option<ferry_web::client::ApiClient>,
     /// Wakes the announcer (a file was published).
@@ -54,22 +56,50 @@ impl AppState {
         self.cfg.data_dir.join("sftp")
     }
 
-    /// An existing instance (None if the tenant has none on this server).
+    /// An existing instance (None if the tenant has none on this server). Opened on first use and kept open;
+    /// beyond `max_open_instances` the least recently used instance nobody is using is closed.
     pub async fn instance(&self, tenant: &str) -> anyhow::Result<Option<SharedInstance>> {
+        self.cached_instance(tenant, false).await
+    }
+
+    /// The open instance of `tenant`, opening it (with `create`, creating it) if needed.
+    async fn cached_instance(&self, tenant: &str, create: bool) -> anyhow::Result<Option<SharedInstance>> {
         if !valid_tenant_name(tenant) {
             return Ok(None);
         }
         let mut map = self.instances.lock().await;
-        if let Some(i) = map.get(tenant) {
+        let now = self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((i, used)) = map.get_mut(tenant) {
+            *used = now;
             return Ok(Some(i.clone()));
         }
         let path = self.instance_path(tenant);
-        if !path.exists() {
+        if !create && !path.exists() {
             return Ok(None);
         }
         let inst = Arc::new((Instance::open(&path).await?, Mutex::new(())));
-        map.insert(tenant.to_string(), inst.clone());
+        map.insert(tenant.to_string(), (inst.clone(), now));
+        self.close_idle(&mut map).await;
         Ok(Some(inst))
+    }
+
+    /// Close least recently used instances until at most `max_open_instances` are open. An instance someone
+    /// holds (an import, a request) stays open: the map may exceed the cap until it is released.
+    async fn close_idle(&self, map: &mut HashMap<String, (SharedInstance, u64)>) {
+        while map.len() > self.cfg.max_open_instances {
+            let idle = map
+                .iter()
+                .filter(|(_, (i, _))| Arc::strong_count(i) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(t, _)| t.clone());
+            let Some((inst, _)) = idle.and_then(|t| map.remove(&t)) else { break };
+            inst.0.close().await;
+        }
+    }
+
+    /// How many instances are open now.
+    pub async fn open_instances(&self) -> usize {
+        self.instances.lock().await.len()
     }
 
     async fn create_instance(&self, tenant: &str) -> anyhow::Result<bool> {
@@ -79,8 +109,7 @@ impl AppState {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::create_dir_all(self.sftp_root().join(tenant).join("incoming"))?;
-        let inst = Arc::new((Instance::open(&path).await?, Mutex::new(())));
-        self.instances.lock().await.insert(tenant.to_string(), inst);
+        self.cached_instance(tenant, true).await?;
         Ok(created)
     }
 }
@@ -154,6 +183,7 @@ pub async fn start(
         identity,
         comms_keys,
         instances: Mutex::new(HashMap::new()),
+        tick: std::sync::atomic::AtomicU64::new(0),
         comms,
         announce_wakeup: tokio::sync::Notify::new(),
     });
@@ -270,21 +300,28 @@ async fn import(
     Ok(Json(report))
 }
 
-/// Announces outbox files to Comms: at once when woken, every 15 s otherwise, and after a failure again with
+/// Announces outbox files to Comms: at once when woken (this process published a file), every 2 s for the
+/// instances that left a marker (`outbox::announce_marker`, also written by `ferry app publish` in another
+/// process), and every instance at start and once an hour as a safety net. After a failure it tries again with
 /// backoff and jitter (1 s growing to 5 min); the same error is logged once per 5 minutes with a count.
 async fn announcer(st: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
     use ferry_io::retry::{Backoff, FailureLog};
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
     let mut failures = FailureLog::new("announcing downstream files to the Comms server", Duration::from_secs(300));
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        let wait = match announce_all(&st).await {
+        let full = tokio::time::Instant::now() >= next_full;
+        let wait = match announce_all(&st, full).await {
             Ok(()) => {
                 backoff.reset();
+                if full {
+                    next_full = tokio::time::Instant::now() + FULL_ANNOUNCE_SCAN;
+                }
                 if let Some(line) = failures.success() {
                     tracing::info!("{line}");
                 }
-                Duration::from_secs(15)
+                Duration::from_secs(2)
             }
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -302,15 +339,36 @@ async fn announcer(st: Arc<AppState>, shutdown: impl std::future::Future<Output 
     }
 }
 
-async fn announce_all(st: &AppState) -> anyhow::Result<()> {
+const FULL_ANNOUNCE_SCAN: Duration = Duration::from_secs(3600);
+
+/// Announce what the marked instances (`full`: all instances) have not announced yet. A marker is removed before
+/// its instance is read and left again if announcing fails, so a file published meanwhile is never missed.
+async fn announce_all(st: &AppState, full: bool) -> anyhow::Result<()> {
     let Some(comms) = &st.comms else { return Ok(()) };
     let dir = st.cfg.data_dir.join("instances");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(tenant) = name.strip_suffix(".db") else { continue };
-        if let Some(inst) = st.instance(tenant).await? {
-            crate::downstream::announce_pending(comms, &inst.0, tenant).await?;
+    let (listed, suffix) = if full { (dir.clone(), ".db") } else { (dir.join("announce"), "") };
+    let Ok(entries) = std::fs::read_dir(&listed) else { return Ok(()) };
+    let tenants: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(suffix)).map(str::to_owned))
+        .filter(|t| valid_tenant_name(t))
+        .collect();
+    for tenant in tenants {
+        let path = st.instance_path(&tenant);
+        let marker = crate::outbox::announce_marker(&path);
+        if let Some(m) = &marker {
+            let _ = std::fs::remove_file(m);
+        }
+        let result = async {
+            if let Some(inst) = st.instance(&tenant).await? {
+                crate::downstream::announce_pending(comms, &inst.0, &tenant).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = crate::outbox::mark_for_announcement(&path);
+            return Err(e);
         }
     }
     Ok(())

@@ -189,3 +189,43 @@ async fn tenants_never_see_or_ack_each_others_files_and_corrupt_files_are_refetc
     assert_eq!(erp_rows(&dir.path().join("a.db")).await, 2);
     c.stop().await;
 }
+
+/// An App server for many tenants keeps only `max_open_instances` open, and a file published by another process
+/// (`ferry app publish` opens the instance itself and cannot wake the server) still reaches the download list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tenants_keep_few_instances_open_and_files_published_elsewhere_are_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(dir.path(), |a| a.max_open_instances = 2, |_| {}).await.unwrap();
+    let tenants = ["t1", "t2", "t3", "t4", "t5"];
+    for t in tenants {
+        c.add_tenant(t).await.unwrap();
+        assert!(c.app.state.open_instances().await <= 2);
+    }
+    // Another process publishes to t1 (long closed by now), straight into the instance file.
+    let other = ferry_app::instance::Instance::open(&c.app.state.instance_path("t1")).await.unwrap();
+    let src = c.dir.join("src-po");
+    std::fs::write(&src, PO).unwrap();
+    let f = ferry_app::outbox::publish(&other, "t1", &c.app.state.sftp_root(), &src, "po_000001.csv").await.unwrap();
+    other.close().await;
+    let t = Instant::now();
+    loop {
+        let ready = ferry_comms::db::ready_downloads(&c.comms.state.db, "t1").await.unwrap();
+        if ready.iter().any(|d| d.id == f.file_id) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the file published by another process was not announced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("announced after {:?}", t.elapsed());
+    assert!(c.app.state.open_instances().await <= 2);
+    assert!(!c.app.state.cfg.data_dir.join("instances/announce/t1").exists(), "the marker is consumed");
+    // every tenant's instance still answers (closed ones are opened again)
+    for t in tenants {
+        let inst = c.app.state.instance(t).await.unwrap().expect("instance");
+        ferry_app::outbox::receipts(&inst.0).await.unwrap();
+    }
+    for t in ["t2", "t3", "t4", "t5"] {
+        assert!(ferry_comms::db::ready_downloads(&c.comms.state.db, t).await.unwrap().is_empty(), "{t}");
+    }
+    c.stop().await;
+}
