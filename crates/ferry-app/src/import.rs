@@ -255,6 +255,10 @@ async fn load(
                 let Some(col) = s.date_columns().find(|c| *c == w.column) else {
                     return Ok(Err(format!("{}: {:?} is not a date column of the file", f.name, w.column)));
                 };
+                // an index on the window's column, so the delete (and the next ones) does not scan the table
+                let index = format!("{}_{col}_window", s.table);
+                let create = format!("CREATE INDEX IF NOT EXISTS \"{index}\" ON \"{}\" (\"{col}\")", s.table);
+                sqlx::query(AssertSqlSafe(create)).execute(&mut *tx).await?;
                 sqlx::query(AssertSqlSafe(format!("DELETE FROM \"{}\" WHERE \"{col}\" >= ?", s.table)))
                     .bind(w.from.format("%Y-%m-%d").to_string())
                     .execute(&mut *tx)

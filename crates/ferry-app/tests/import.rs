@@ -334,6 +334,13 @@ async fn a_window_replaces_exactly_its_rows_and_rows_outside_it_are_rejected() {
     let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
     assert_eq!(sales_on_or_after(&f.inst, "2026-01-20").await, (before, 3));
+    // the window's delete uses an index on its column, not a scan of the table
+    let plan: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as("EXPLAIN QUERY PLAN DELETE FROM sales WHERE invoice_date >= '2026-01-20'")
+            .fetch_all(f.inst.pool())
+            .await
+            .unwrap();
+    assert!(plan.iter().any(|p| p.3.contains("USING INDEX sales_invoice_date_window")), "{plan:?}");
     let kept: Vec<(String, String)> =
         sqlx::query_as("SELECT invoice_date, details FROM sales WHERE invoice_date < '2026-01-20' ORDER BY 1, 2")
             .fetch_all(f.inst.pool())
