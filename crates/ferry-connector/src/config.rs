@@ -357,6 +357,9 @@ inbound_dir = "from_cloud"
 # [[delivery.sql]]
 # statement = "INSERT INTO recommended_orders(order_number, line, item, location, supplier, qty, due_date) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # params = ["order_number", "line", "item", "location", "supplier", "qty", "due_date"]
+# Exactly once across crashes: each applied file's id is recorded in this ERP table in the write-back's own
+# transaction, and a file already recorded is never written back again (docs/sources.md).
+# ledger_table = "ferry_applied"
 # Optional command run with each delivered file: {{file}} is replaced by its path.
 # command = ["/opt/erp/bin/import-orders", "{{file}}"]
 "#

@@ -16,9 +16,12 @@
 //! ([`Journal::mark_applied`](crate::journal::Journal::mark_applied)) right after `deliver` succeeds and never
 //! delivers a file whose journal state is applied or acked again — it only acknowledges it. The steps above are
 //! not one atomic unit with the journal, though: a crash between the SQL commit and the journal entry, or a
-//! command that fails after the SQL write-back committed, means the next attempt runs the statements again.
-//! Write them so a repeat is harmless (e.g. `INSERT OR IGNORE` into a table with a unique key on
-//! `order_number, line`), and prefer one write-back (SQL *or* command) per file.
+//! command that fails after the SQL write-back committed, means the next attempt runs the statements again —
+//! unless `ledger_table` is set: then the file's id is written to that table of the ERP database **in the
+//! write-back's own transaction**, and a file the ledger already holds is not written back again (the SQL step
+//! and its record commit together or not at all). Without a ledger, write the statements so a repeat is harmless
+//! (e.g. `INSERT OR IGNORE` into a table with a unique key on `order_number, line`); either way prefer one
+//! write-back (SQL *or* command) per file.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -40,7 +43,9 @@ use sqlx::{AssertSqlSafe, Connection, Either, SqlSafeStr, SqlStr};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::config::ErpConfig;
-use crate::writeback_sql::{apply_text, check_count, field, next_record, numbered_placeholders, open_erp_server};
+use crate::writeback_sql::{
+    Ledger, apply_text, check_count, field, next_record, numbered_placeholders, open_erp_server, valid_table_name,
+};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -90,7 +95,17 @@ pub struct DeliveryConfig {
     /// (`"po_"` = every name starting with `po_`); one with them is a glob over the whole name (`"po_*.csv"`).
     /// Empty: every `.csv` file. The inbound folder and the command always get every file.
     pub only: Vec<String>,
+    /// `ledger_table`: a table of the ERP database (e.g. `"ferry_applied"`, or `"erp.ferry_applied"`) where the
+    /// SQL write-back records each file it applied, in the same transaction: a file found there is never written
+    /// back twice, even after a crash between the ERP's commit and the Connector's journal. Created if missing
+    /// on SQLite, PostgreSQL and MySQL/MariaDB ([`LEDGER_DDL`]); over ODBC create it first. Not set: no ledger.
+    pub ledger_table: Option<String>,
 }
+
+/// The ledger table `ledger_table` names (`{table}` replaced): created by the Connector where the database
+/// understands `IF NOT EXISTS`; the same columns work on SQL Server and other ODBC databases without it.
+pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS {table} (file_id VARCHAR(64) NOT NULL PRIMARY KEY, \
+                              file_name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL)";
 
 /// One `[[delivery.sql]]` statement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +129,7 @@ impl Default for DeliveryConfig {
             command: None,
             command_timeout_secs: DEFAULT_COMMAND_TIMEOUT_SECS,
             only: Vec::new(),
+            ledger_table: None,
         }
     }
 }
@@ -150,6 +166,14 @@ impl DeliveryConfig {
                 )));
             }
         }
+        if let Some(t) = &self.ledger_table
+            && !valid_table_name(t)
+        {
+            return Err(DeliveryError::Config(format!(
+                "delivery.ledger_table {t:?} is not a table name: use letters, digits and '_' (optionally \
+                 schema.table), e.g. \"ferry_applied\""
+            )));
+        }
         if self.only.iter().any(|p| p.is_empty()) {
             return Err(DeliveryError::Config(
                 "delivery.only has an empty entry; remove it or give a prefix such as \"po_\"".into(),
@@ -178,6 +202,8 @@ impl DeliveryConfig {
 pub struct DeliveryReport {
     /// CSV data rows written back with SQL (each ran every configured statement); 0 if no write-back applied.
     pub sql_rows: u64,
+    /// The ledger (`ledger_table`) already held this file: the SQL write-back was not run again.
+    pub already_in_ledger: bool,
     /// Where the file now is in the inbound folder, if one is configured.
     pub inbound_path: Option<PathBuf>,
     /// The command's exit code (always 0: any other code is an error), if a command is configured.
@@ -383,6 +409,18 @@ pub async fn deliver(
     file: &Path,
     name: &str,
 ) -> Result<DeliveryReport, DeliveryError> {
+    deliver_file(cfg, erp, file, name, None).await
+}
+
+/// [`deliver`] for the file the Comms server knows as `file_id`: with `ledger_table` set, the SQL write-back
+/// records that id in the ERP database in its own transaction and is skipped for an id already recorded.
+pub async fn deliver_file(
+    cfg: &DeliveryConfig,
+    erp: Option<&ErpConfig>,
+    file: &Path,
+    name: &str,
+    file_id: Option<&str>,
+) -> Result<DeliveryReport, DeliveryError> {
     if !valid_file_name(name) {
         return Err(DeliveryError::InvalidName(name.to_string()));
     }
@@ -410,7 +448,14 @@ pub async fn deliver(
     };
     let mut report = DeliveryReport::default();
     if let Some(erp) = sql_url {
-        report.sql_rows = write_back(erp, &cfg.sql, file, name).await?;
+        let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger { table, file_id: id, name });
+        match write_back(erp, &cfg.sql, file, name, ledger.as_ref()).await? {
+            Some(rows) => report.sql_rows = rows,
+            None => {
+                tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
+                report.already_in_ledger = true;
+            }
+        }
     }
     if let Some(staged) = staged {
         report.inbound_path = Some(staged.publish()?);
@@ -496,17 +541,19 @@ pub(crate) struct PlannedStatement {
 }
 
 /// Runs the configured statements for every data row of `file`, in one transaction.
+/// Runs the write-back; `None` when the ledger shows the file was applied before.
 async fn write_back(
     erp: &ErpConfig,
     statements: &[SqlWriteBack],
     file: &Path,
     name: &str,
-) -> Result<u64, DeliveryError> {
+    ledger: Option<&Ledger<'_>>,
+) -> Result<Option<u64>, DeliveryError> {
     let input = File::open(file).map_err(io_err(format!("cannot open the received file {}", file.display())))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(BufReader::new(input));
     let headers = reader.headers().map_err(|e| csv_error(name, 1, &e))?.clone();
     if headers.is_empty() {
-        return Ok(0); // an empty file: no header, no rows
+        return Ok(Some(0)); // an empty file: no header, no rows
     }
     let present: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
     let mut plan = Vec::with_capacity(statements.len());
@@ -535,10 +582,15 @@ async fn write_back(
         let target = crate::source::redact_url(&erp.url);
         let password = erp.password().map_err(|reason| DeliveryError::Database { target, reason })?;
         let (url, name) = (crate::source::with_password(&erp.url, password.as_deref()), name.to_string());
-        return blocking(move || apply_odbc(&url, &plan, &mut reader, &name)).await;
+        let ledger = ledger.map(Ledger::owned);
+        return blocking(move || {
+            let ledger = ledger.as_ref().map(|(t, i, n)| Ledger { table: t, file_id: i, name: n });
+            apply_odbc(&url, &plan, &mut reader, &name, ledger.as_ref())
+        })
+        .await;
     }
     let mut db = open_erp(erp).await?;
-    let result = db.apply(&plan, &mut reader, name).await;
+    let result = db.apply(&plan, &mut reader, name, ledger).await;
     db.close().await;
     result
 }
@@ -584,11 +636,14 @@ impl ErpDb {
         plan: &[PlannedStatement],
         rows: &mut csv::Reader<R>,
         name: &str,
-    ) -> Result<u64, DeliveryError> {
+        ledger: Option<&Ledger<'_>>,
+    ) -> Result<Option<u64>, DeliveryError> {
         match self {
-            ErpDb::Sqlite(conn, target) => apply_text::<sqlx::Sqlite, _>(conn, target, plan, rows, name).await,
-            ErpDb::Postgres(conn, target) => crate::writeback_sql::apply_postgres(conn, target, plan, rows, name).await,
-            ErpDb::MySql(conn, target) => apply_text::<sqlx::MySql, _>(conn, target, plan, rows, name).await,
+            ErpDb::Sqlite(conn, target) => apply_text::<sqlx::Sqlite, _>(conn, target, plan, rows, name, ledger).await,
+            ErpDb::Postgres(conn, target) => {
+                crate::writeback_sql::apply_postgres(conn, target, plan, rows, name, ledger).await
+            }
+            ErpDb::MySql(conn, target) => apply_text::<sqlx::MySql, _>(conn, target, plan, rows, name, ledger).await,
         }
     }
 
@@ -615,7 +670,8 @@ fn apply_odbc<R: Read>(
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-) -> Result<u64, DeliveryError> {
+    ledger: Option<&Ledger<'_>>,
+) -> Result<Option<u64>, DeliveryError> {
     use odbc_api::IntoParameter;
 
     let target = crate::source::redact_url(conn_str);
@@ -626,8 +682,26 @@ fn apply_odbc<R: Read>(
     let conn = env
         .connect_with_connection_string(conn_str, odbc_api::ConnectionOptions::default())
         .map_err(|e| db_err(format!("cannot open it for the write-back: {}", scrub(e))))?;
+    if let Some(l) = ledger {
+        // before the transaction, and only an attempt: databases without `IF NOT EXISTS` need it created by hand
+        let _ = conn.execute(&l.create_sql(), (), None);
+    }
     conn.set_autocommit(false).map_err(|e| db_err(format!("cannot start a transaction: {}", scrub(e))))?;
     let result = (|| {
+        if let Some(l) = ledger {
+            let id = l.file_id.into_parameter();
+            let found = match conn.execute(&l.check_sql(false), &id, None) {
+                Ok(Some(mut cursor)) => {
+                    use odbc_api::Cursor;
+                    cursor.next_row().map_err(|e| l.error(scrub(e)))?.is_some()
+                }
+                Ok(None) => false,
+                Err(e) => return Err(l.error(scrub(e))),
+            };
+            if found {
+                return Ok(None);
+            }
+        }
         let mut prepared = Vec::with_capacity(plan.len());
         for (i, s) in plan.iter().enumerate() {
             let mut stmt = conn
@@ -648,7 +722,12 @@ fn apply_odbc<R: Read>(
                 })?;
             }
         }
-        Ok(count)
+        if let Some(l) = ledger {
+            let (id, file, at) = l.values();
+            let params = (&id.into_parameter(), &file.into_parameter(), &at.into_parameter());
+            conn.execute(&l.record_sql(false), params, None).map_err(|e| l.error(scrub(e)))?;
+        }
+        Ok(Some(count))
     })();
     match result {
         Ok(count) => {

@@ -81,12 +81,18 @@ impl Connector {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
                     ack(&api, &id, &f.sha256).await?;
                     journal.mark_acked(&id).await?;
-                    progress(&format!("{}: delivered ({} bytes)", f.name, f.bytes));
-                    out.push(Outcome::Applied {
-                        name: f.name,
-                        inbound: report.inbound_path,
-                        sql_rows: report.sql_rows,
-                    });
+                    if report.already_in_ledger {
+                        // the ERP committed it before a crash took the journal entry with it
+                        progress(&format!("{}: already in the ERP's ledger, not written back again", f.name));
+                        out.push(Outcome::AlreadyApplied { name: f.name });
+                    } else {
+                        progress(&format!("{}: delivered ({} bytes)", f.name, f.bytes));
+                        out.push(Outcome::Applied {
+                            name: f.name,
+                            inbound: report.inbound_path,
+                            sql_rows: report.sql_rows,
+                        });
+                    }
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -110,16 +116,17 @@ impl Connector {
         cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
         let mut erp = self.cfg.erp.clone();
         erp.url = self.cfg.erp_url();
-        let report = delivery::deliver(&cfg, Some(&erp), &plain, &f.name).await.map_err(|e| {
-            // which disk: the ERP database's for the SQL write-back, else the inbound folder's
-            let target = match &e {
-                delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
-                    PathBuf::from(&erp.url)
-                }
-                _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
-            };
-            ferry_io::retry::disk_full(e.into(), &target)
-        })?;
+        let report =
+            delivery::deliver_file(&cfg, Some(&erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
+                // which disk: the ERP database's for the SQL write-back, else the inbound folder's
+                let target = match &e {
+                    delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
+                        PathBuf::from(&erp.url)
+                    }
+                    _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
+                };
+                ferry_io::retry::disk_full(e.into(), &target)
+            })?;
         if let Some(dir) = plain.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }

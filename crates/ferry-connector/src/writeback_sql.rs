@@ -14,7 +14,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgConnection, PgTypeInfo, Postgres};
-use sqlx::{Connection, Either, Encode, Executor, Statement, Type, TypeInfo};
+use sqlx::{AssertSqlSafe, Connection, Either, Encode, Executor, Statement, Type, TypeInfo};
 
 use crate::config::ErpConfig;
 use crate::delivery::{DeliveryError, ErpDb, PlannedStatement, csv_error, write_back_err};
@@ -54,6 +54,63 @@ pub(crate) async fn open_erp_server(erp: &ErpConfig, target: String) -> Result<E
         }
         other => Err(open_err(format!("the SQL write-back does not support [erp] kind {other:?}"), pw)),
     }
+}
+
+/// The ERP-side record of applied files (`[delivery] ledger_table`), read and written in the write-back's
+/// transaction. The table name was checked by [`valid_table_name`]; the values are bound.
+pub(crate) struct Ledger<'a> {
+    pub table: &'a str,
+    pub file_id: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> Ledger<'a> {
+    pub(crate) fn owned(&self) -> (String, String, String) {
+        (self.table.to_string(), self.file_id.to_string(), self.name.to_string())
+    }
+
+    pub(crate) fn create_sql(&self) -> String {
+        crate::delivery::LEDGER_DDL.replace("{table}", self.table)
+    }
+
+    pub(crate) fn check_sql(&self, pg: bool) -> String {
+        let p = if pg { "$1" } else { "?" };
+        format!("SELECT file_id FROM {} WHERE file_id = {p}", self.table)
+    }
+
+    pub(crate) fn record_sql(&self, pg: bool) -> String {
+        let (a, b, c) = if pg { ("$1", "$2", "$3") } else { ("?", "?", "?") };
+        format!("INSERT INTO {} (file_id, file_name, applied_at) VALUES ({a}, {b}, {c})", self.table)
+    }
+
+    /// The values of the record: file id, file name, time applied (UTC, RFC 3339).
+    pub(crate) fn values(&self) -> (String, String, String) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        (self.file_id.to_string(), self.name.to_string(), at)
+    }
+
+    pub(crate) fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
+        write_back_err(
+            self.name,
+            1,
+            format!(
+                "the ledger table {} cannot be used: {e}; create it with: {}",
+                self.table,
+                crate::delivery::LEDGER_DDL.replace("{table}", self.table)
+            ),
+        )
+    }
+}
+
+/// `name` or `schema.name`, each part letters, digits and `_`, not starting with a digit.
+pub(crate) fn valid_table_name(t: &str) -> bool {
+    let part = |p: &str| {
+        p.len() <= 63
+            && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let parts: Vec<&str> = t.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part(p))
 }
 
 /// `?` placeholders numbered `$1, $2, ...` (PostgreSQL's form), outside quoted strings, quoted names and
@@ -121,7 +178,8 @@ pub(crate) async fn apply_text<DB, R>(
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-) -> Result<u64, DeliveryError>
+    ledger: Option<&Ledger<'_>>,
+) -> Result<Option<u64>, DeliveryError>
 where
     DB: sqlx::Database,
     R: Read,
@@ -133,8 +191,16 @@ where
         target: target.to_string(),
         reason: format!("{what}: {e}"),
     };
+    if let Some(l) = ledger {
+        ledger_create::<DB>(conn, l).await;
+    }
     let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
     let result = async {
+        if let Some(l) = ledger
+            && ledger_has::<DB>(&mut tx, l, false).await?
+        {
+            return Ok(None);
+        }
         for (i, s) in plan.iter().enumerate() {
             let stmt = (&mut *tx)
                 .prepare(s.sql.clone())
@@ -156,7 +222,10 @@ where
                     .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
             }
         }
-        Ok(count)
+        if let Some(l) = ledger {
+            ledger_record::<DB>(&mut tx, l, false).await?;
+        }
+        Ok(Some(count))
     }
     .await;
     finish(tx, result, db_err).await
@@ -168,13 +237,22 @@ pub(crate) async fn apply_postgres<R: Read>(
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-) -> Result<u64, DeliveryError> {
+    ledger: Option<&Ledger<'_>>,
+) -> Result<Option<u64>, DeliveryError> {
     let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
         target: target.to_string(),
         reason: format!("{what}: {e}"),
     };
+    if let Some(l) = ledger {
+        ledger_create::<Postgres>(conn, l).await;
+    }
     let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
     let result = async {
+        if let Some(l) = ledger
+            && ledger_has::<Postgres>(&mut tx, l, true).await?
+        {
+            return Ok(None);
+        }
         // the type PostgreSQL infers for each placeholder decides how the CSV text is bound
         let mut types = Vec::with_capacity(plan.len());
         for (i, s) in plan.iter().enumerate() {
@@ -210,10 +288,59 @@ pub(crate) async fn apply_postgres<R: Read>(
                     .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
             }
         }
-        Ok(count)
+        if let Some(l) = ledger {
+            ledger_record::<Postgres>(&mut tx, l, true).await?;
+        }
+        Ok(Some(count))
     }
     .await;
     finish(tx, result, db_err).await
+}
+
+/// Creates the ledger table if the database lacks it. Outside the transaction (MySQL commits around DDL) and only
+/// an attempt: if it fails, the check in the transaction says why and how to create the table.
+async fn ledger_create<DB>(conn: &mut DB::Connection, l: &Ledger<'_>)
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let _ = sqlx::query::<DB>(AssertSqlSafe(l.create_sql())).execute(&mut *conn).await;
+}
+
+/// Whether the ledger already holds the file.
+async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger<'_>, pg: bool) -> Result<bool, DeliveryError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    let found = sqlx::query::<DB>(AssertSqlSafe(l.check_sql(pg)))
+        .bind(Some(l.file_id.to_string()))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| l.error(e))?;
+    Ok(found.is_some())
+}
+
+/// Records the file in the ledger (in the write-back's transaction).
+async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger<'_>, pg: bool) -> Result<(), DeliveryError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    let (id, file, at) = l.values();
+    sqlx::query::<DB>(AssertSqlSafe(l.record_sql(pg)))
+        .bind(Some(id))
+        .bind(Some(file))
+        .bind(Some(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| l.error(e))?;
+    Ok(())
 }
 
 pub(crate) fn check_count<T>(
@@ -237,11 +364,11 @@ pub(crate) fn check_count<T>(
     Ok(())
 }
 
-async fn finish<DB: sqlx::Database>(
+async fn finish<DB: sqlx::Database, T>(
     tx: sqlx::Transaction<'_, DB>,
-    result: Result<u64, DeliveryError>,
+    result: Result<T, DeliveryError>,
     db_err: impl Fn(&str, sqlx::Error) -> DeliveryError,
-) -> Result<u64, DeliveryError> {
+) -> Result<T, DeliveryError> {
     match result {
         Ok(count) => {
             tx.commit().await.map_err(|e| db_err("cannot commit the write-back", e))?;

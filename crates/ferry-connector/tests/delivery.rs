@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{
-    DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver,
+    DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver, deliver_file,
 };
 use ferry_connector::journal::{Journal, ReceivedState};
 use ferry_io::bz::ParallelBzWriter;
@@ -153,7 +153,12 @@ async fn delivers_into_the_inbound_folder_and_the_erp_tables() {
     let report = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000001.csv").await.unwrap();
     assert_eq!(
         report,
-        DeliveryReport { sql_rows: 3, inbound_path: Some(inbound.join("po_000001.csv")), command_status: None }
+        DeliveryReport {
+            sql_rows: 3,
+            already_in_ledger: false,
+            inbound_path: Some(inbound.join("po_000001.csv")),
+            command_status: None
+        }
     );
     assert_eq!(files_in(&inbound), ["po_000001.csv"]);
     assert_eq!(std::fs::read_to_string(inbound.join("po_000001.csv")).unwrap(), po_file());
@@ -398,4 +403,56 @@ async fn the_journal_remembers_received_files() {
         j.recent_received(10).await.unwrap().into_iter().map(|f| (f.file_id, f.state)).collect();
     assert_eq!(recent, [("F2".to_string(), ReceivedState::Applied), ("F1".to_string(), ReceivedState::Acked)]);
     assert_eq!(j.recent_received(1).await.unwrap().len(), 1);
+}
+
+/// The ledger closes the gap between the ERP's commit and the journal: a file whose id the ledger holds is not
+/// written back again (the comments table has no key, so a repeat would show), a rolled-back file leaves no
+/// record and applies once fixed, and a bad table name is refused before anything runs.
+#[tokio::test]
+async fn the_ledger_makes_a_replayed_file_a_no_op_and_commits_with_the_write_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut erp) = erp_db(dir.path()).await;
+    let erp_cfg = ErpConfig::new("sqlite", &url);
+    let cfg = DeliveryConfig {
+        sql: write_back_config(),
+        ledger_table: Some("ferry_applied".into()),
+        ..DeliveryConfig::default()
+    };
+    let file = plain_file(dir.path(), "po_000001.csv", &po_file());
+    let first = deliver_file(&cfg, Some(&erp_cfg), &file, "po_000001.csv", Some("20261128T101500Z-aaaa")).await;
+    assert_eq!(first.unwrap().sql_rows, 3);
+    let ledger: Vec<(String, String)> =
+        sqlx::query_as("SELECT file_id, file_name FROM ferry_applied").fetch_all(&mut erp).await.unwrap();
+    assert_eq!(ledger, [("20261128T101500Z-aaaa".to_string(), "po_000001.csv".to_string())]);
+
+    // the same file again (the journal entry was lost in a crash): nothing is written twice
+    let again = deliver_file(&cfg, Some(&erp_cfg), &file, "po_000001.csv", Some("20261128T101500Z-aaaa")).await;
+    let again = again.unwrap();
+    assert!(again.already_in_ledger && again.sql_rows == 0, "{again:?}");
+    assert_eq!(count(&mut erp, "recommended_orders").await, 3);
+    assert_eq!(count(&mut erp, "order_comments").await, 2);
+    // without the ledger the same replay runs the statements again (here the key refuses it)
+    let plain = DeliveryConfig { ledger_table: None, ..cfg.clone() };
+    assert!(deliver_file(&plain, Some(&erp_cfg), &file, "po_000001.csv", Some("20261128T101500Z-aaaa")).await.is_err());
+
+    // a file that fails is rolled back with its ledger record, and applies once it is right
+    let bad = format!(
+        "{HEADER}PO000009,1,ITEM-001,WH1,SUP-A,5,1,2026-03-02,2026-03-16,x\nPO000009,2,,WH1,SUP-A,7,1,2026-03-02,2026-03-16,\n"
+    );
+    let bad = plain_file(dir.path(), "po_000009.csv", &bad);
+    let id = Some("20261128T101600Z-bbbb");
+    assert!(deliver_file(&cfg, Some(&erp_cfg), &bad, "po_000009.csv", id).await.is_err());
+    assert_eq!(count(&mut erp, "ferry_applied").await, 1);
+    assert_eq!(count(&mut erp, "order_comments").await, 2);
+    let good = format!("{HEADER}PO000009,1,ITEM-001,WH1,SUP-A,5,1,2026-03-02,2026-03-16,x\n");
+    let good = plain_file(dir.path(), "po_000009b.csv", &good);
+    assert_eq!(deliver_file(&cfg, Some(&erp_cfg), &good, "po_000009.csv", id).await.unwrap().sql_rows, 1);
+    assert_eq!(count(&mut erp, "ferry_applied").await, 2);
+    assert_eq!(count(&mut erp, "order_comments").await, 3);
+
+    for bad_name in ["ferry applied", "x;DROP TABLE t", "1abc", "a.b.c", ""] {
+        let cfg = DeliveryConfig { ledger_table: Some(bad_name.into()), ..cfg.clone() };
+        let e = deliver_file(&cfg, Some(&erp_cfg), &file, "po_000001.csv", Some("x")).await.unwrap_err();
+        assert!(e.to_string().contains("is not a table name"), "{bad_name}: {e}");
+    }
 }

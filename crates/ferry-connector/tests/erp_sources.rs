@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use ferry_connector::config::ErpConfig;
-use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
+use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
 use ferry_connector::extract::format_value;
 use ferry_connector::source::{Source, SqlValue, open_source};
 use ferry_proto::spec::{Column, Kind};
@@ -314,6 +314,23 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         assert!(e.contains("po_000002.csv:3") && e.contains("nothing from this file"), "{backend}: {e}");
         let n: Vec<_> = src.rows("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'PO2'").collect().await;
         assert_eq!(n[0].as_ref().unwrap()[0], SqlValue::Int(0), "{backend}: rolled back");
+        // the ledger: written with the write-back, a replay is a no-op, a failed file leaves no record
+        let with_ledger = DeliveryConfig { ledger_table: Some("ferry_applied".into()), ..cfg.clone() };
+        let ok = po_file(dir.path(), "order_number,line,item,qty,due_date,urgent\nPO4,1,A,1,2026/12/01,1\n");
+        for replay in [false, true] {
+            let r = deliver_file(&with_ledger, Some(&erp), &ok, "po_000004.csv", Some("F4")).await.unwrap();
+            assert_eq!((r.sql_rows, r.already_in_ledger), (if replay { 0 } else { 1 }, replay), "{backend}");
+        }
+        let bad = po_file(
+            dir.path(),
+            "order_number,line,item,qty,due_date,urgent\nPO2,1,A,1,2026/12/01,1\nPO2,2,B,notanumber,2026/12/01,1\n",
+        );
+        assert!(deliver_file(&with_ledger, Some(&erp), &bad, "po_000002.csv", Some("F2")).await.is_err());
+        let n: Vec<_> = src.rows("SELECT file_id FROM ferry_applied ORDER BY file_id").collect().await;
+        let n: Vec<_> = n.into_iter().map(Result::unwrap).collect();
+        assert_eq!(n, [vec![SqlValue::Text("F4".into())]], "{backend}: only the applied file is in the ledger");
+        let n: Vec<_> = src.rows("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'PO4'").collect().await;
+        assert_eq!(n[0].as_ref().unwrap()[0], SqlValue::Int(1), "{backend}: applied once");
         // a wrong password: the error names the target, never the password
         unsafe { std::env::set_var(&env, "wrong-Pa55word-xyz") };
         let e = deliver(&cfg, Some(&erp), &good, "po_000003.csv").await.unwrap_err().to_string();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
+use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
 use ferry_connector::mapping::{FileMapping, Mapping, default_mapping};
 use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
@@ -346,6 +346,23 @@ async fn write_back_through(conn_str: &str, count: impl AsyncFn() -> i64) {
     assert!(e.starts_with("po_000002.csv:4: row 3: delivery.sql[0] failed"), "{e}");
     assert!(e.contains("nothing from this file was written"), "{e}");
     assert_eq!(count().await, 2, "rolled back");
+
+    // the ledger (created by the Connector; both drivers understand IF NOT EXISTS): a replay is a no-op, a
+    // rolled-back file leaves no record (ids unique per run: the PostgreSQL database outlives the test)
+    let with_ledger = DeliveryConfig { ledger_table: Some("ferry_applied".into()), ..cfg.clone() };
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (id3, id2) = (format!("F3-{run}"), format!("F2-{run}"));
+    let third = dir.path().join("po_000003.csv");
+    std::fs::write(&third, "order_number,line,item,qty,due_date\nPO000003,3,L,1,\n").unwrap();
+    for replay in [false, true] {
+        let r = deliver_file(&with_ledger, Some(&erp), &third, "po_000003.csv", Some(&id3)).await.unwrap();
+        assert_eq!((r.sql_rows, r.already_in_ledger), (if replay { 0 } else { 1 }, replay));
+    }
+    assert_eq!(count().await, 3, "applied once");
+    assert!(deliver_file(&with_ledger, Some(&erp), &bad, "po_000002.csv", Some(&id2)).await.is_err());
+    assert_eq!(count().await, 3, "rolled back");
+    let r = deliver_file(&with_ledger, Some(&erp), &third, "po_000003.csv", Some(&id3)).await.unwrap();
+    assert!(r.already_in_ledger, "the failed file did not disturb the ledger");
 
     let wrong = DeliveryConfig {
         sql: vec![SqlWriteBack {

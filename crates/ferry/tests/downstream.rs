@@ -229,3 +229,44 @@ async fn many_tenants_keep_few_instances_open_and_files_published_elsewhere_are_
     }
     c.stop().await;
 }
+
+/// A crash after the ERP committed a file's write-back but before the Connector journaled it: with
+/// `ledger_table`, the next attempt finds the file in the ERP's ledger and acknowledges it without writing it back
+/// a second time (the table has no key that would refuse a repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_the_erp_commit_and_the_journal_applies_nothing_twice_with_a_ledger() {
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    let conn = connector_with_write_back(&c, "acme", &erp).await;
+    let cfg_path = conn.cfg.base.join("connector.toml");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let text = text.replace("\n[delivery]\n", "\n[delivery]\nledger_table = \"ferry_applied\"\n");
+    assert!(text.contains("ledger_table"));
+    std::fs::write(&cfg_path, text).unwrap();
+    let conn = Connector::load(&cfg_path).unwrap();
+    let f = publish(&c, "acme", "po_000001.csv", PO).await;
+
+    // What the crashed attempt left: the ERP committed this file (same content, same id), the journal has nothing.
+    let copy = dir.path().join("crashed-copy.csv");
+    std::fs::write(&copy, PO).unwrap();
+    let mut erp_cfg = conn.cfg.erp.clone();
+    erp_cfg.url = conn.cfg.erp_url();
+    let delivery = ferry_connector::delivery::DeliveryConfig { inbound_dir: None, ..conn.cfg.delivery.clone() };
+    let id = Some(f.file_id.as_str());
+    let r = ferry_connector::delivery::deliver_file(&delivery, Some(&erp_cfg), &copy, "po_000001.csv", id);
+    assert_eq!(r.await.unwrap().sql_rows, 2);
+
+    let mut out = Vec::new();
+    let t = Instant::now();
+    while out.is_empty() && t.elapsed() < Duration::from_secs(30) {
+        out.extend(conn.receive(5, &quiet).await.expect("receive"));
+    }
+    assert!(matches!(&out[..], [Outcome::AlreadyApplied { name }] if name == "po_000001.csv"), "{out:?}");
+    assert_eq!(erp_rows(&erp).await, 2, "the order lines are in the ERP once");
+    assert_eq!(std::fs::read_to_string(conn.cfg.base.join("from_cloud/po_000001.csv")).unwrap(), PO);
+    assert!(ferry_comms::db::ready_downloads(&c.comms.state.db, "acme").await.unwrap().is_empty(), "acknowledged");
+    // nothing more is offered or applied
+    assert!(conn.receive(1, &quiet).await.unwrap().is_empty());
+    assert_eq!(erp_rows(&erp).await, 2);
+    c.stop().await;
+}

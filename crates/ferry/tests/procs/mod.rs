@@ -320,8 +320,9 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
         let d = section(t, "delivery");
         d.insert("inbound_dir".into(), "from_cloud".into());
         d.insert("only".into(), toml::Value::Array(vec!["po_".into()]));
-        // Idempotent write-back, as the docs ask (unique key + INSERT OR IGNORE), and a plain log of every
-        // application so a test can see whether a file was ever applied twice.
+        // The ERP's ledger makes the write-back exactly once even when a kill lands between the ERP's commit and
+        // the journal entry; a plain log without a key shows any second application.
+        d.insert("ledger_table".into(), "ferry_applied".into());
         let sql = |stmt: &str| {
             let mut s = toml::Table::new();
             s.insert("statement".into(), stmt.into());
@@ -331,7 +332,7 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
         d.insert(
             "sql".into(),
             toml::Value::Array(vec![
-                sql("INSERT OR IGNORE INTO recommended_orders(order_number, line, qty) VALUES (?, ?, ?)"),
+                sql("INSERT INTO recommended_orders(order_number, line, qty) VALUES (?, ?, ?)"),
                 sql("INSERT INTO applied_log(order_number, line, qty) VALUES (?, ?, ?)"),
             ]),
         );
