@@ -254,16 +254,6 @@ impl ConnectorConfig {
         self.data_dir().join("journal.db")
     }
 
-    /// What the SQL write-back connects to: [`erp_url`](Self::erp_url), with the password appended as `PWD` for an
-    /// ODBC connection string. Contains the password: show it only through `source::redact_url`.
-    pub fn erp_write_url(&self) -> anyhow::Result<String> {
-        let url = self.erp_url();
-        if self.erp.kind == "odbc" {
-            return Ok(crate::source::with_password(&url, self.erp.password().map_err(anyhow::Error::msg)?.as_deref()));
-        }
-        Ok(url)
-    }
-
     /// The ERP database path/URL; a relative sqlite path or CSV folder is taken from the config's folder; an ODBC
     /// connection string comes back as written (without the password, which [`ErpConfig::password`] gives).
     pub fn erp_url(&self) -> String {

@@ -7,7 +7,11 @@
 //! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
 //! `FERRY_CI=1`.
 
+mod common;
+
 use std::path::Path;
+
+use common::{fresh_db, server};
 
 use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
@@ -16,36 +20,6 @@ use ferry_connector::source::{Source, SqlValue, open_source};
 use ferry_proto::spec::{Column, Kind};
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
-
-fn server(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("FERRY_CI").is_ok_and(|v| v == "1") => {
-            panic!("{test}: {var} is not set but FERRY_CI=1; .ci/run starts the servers with scripts/test-databases.sh")
-        }
-        _ => {
-            eprintln!("SKIPPED: {test}: set {var} (see README, Database tests)");
-            None
-        }
-    }
-}
-
-/// A fresh database on the server of `url` (so tests can run in parallel), and its URL.
-async fn fresh_db(url: &str, tag: &str) -> String {
-    let name = format!("ferry_{tag}_{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("x"));
-    let (base, _) = url.rsplit_once('/').unwrap();
-    if url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    }
-    format!("{base}/{name}")
-}
 
 /// Runs each `;`-separated statement.
 async fn exec_all(url: &str, script: &str) {
