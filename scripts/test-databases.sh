@@ -7,6 +7,7 @@
 # Idempotent: servers already started by an earlier run (same state folder) are reused. `stop` stops them.
 # Needs PostgreSQL (/usr/lib/postgresql/*/bin or on PATH) and MariaDB (mariadb-install-db, mariadbd); a missing
 # server is reported on stderr and its variable is not printed, so its tests skip (and fail under FERRY_CI=1).
+# Both servers also accept TLS, with a certificate for 127.0.0.1 from a test CA (FERRY_TEST_DB_CA; needs openssl).
 # Only messages go to stderr; stdout holds nothing but `export` lines.
 set -euo pipefail
 
@@ -21,6 +22,31 @@ free_port() { # the first port from $1 up that nothing listens on
   local p=$1
   while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
   echo "$p"
+}
+
+make_certs() { # a test CA and a server certificate for 127.0.0.1, so both servers also speak TLS
+  local t="$STATE/tls"
+  if [ -f "$t/server.crt" ]; then return 0; fi
+  if ! command -v openssl >/dev/null; then log "openssl not found: the servers run without TLS"; return 1; fi
+  mkdir -p "$t"
+  (
+    cd "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=ferry test CA" \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > ext.cnf
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile ext.cnf \
+      -out server.crt
+  ) >"$STATE/tls.log" 2>&1 || { log "making the test certificates failed, see $STATE/tls.log"; rm -rf "$t"; return 1; }
+  chmod 644 "$t/ca.crt" "$t/server.crt"
+}
+
+# copies the server certificate and key into $1 (owned by $2, key 0600); prints nothing
+install_cert() {
+  [ -f "$STATE/tls/server.crt" ] || return 1
+  cp "$STATE/tls/server.crt" "$STATE/tls/server.key" "$1/"
+  chmod 600 "$1/server.key"
+  if [ "$(id -u)" = 0 ] && [ -n "${2:-}" ]; then chown "$2": "$1/server.crt" "$1/server.key"; fi
 }
 
 as_pg_user() { # postgres refuses to run as root
@@ -47,8 +73,12 @@ start_postgres() {
         || { log "initdb failed, see $dir/initdb.log"; return 1; }
     fi
     port=$(free_port 54329)
+    local ssl=""
+    if install_cert "$dir" postgres; then
+      ssl="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+    fi
     as_pg_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 $ssl" start >/dev/null \
       || { log "PostgreSQL did not start, see $dir/server.log"; return 1; }
     echo "$port" > "$dir/port"
     as_pg_user "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
@@ -85,7 +115,11 @@ start_mariadb() {
         --skip-test-db >"$dir/install.log" 2>&1 || { log "mariadb-install-db failed, see $dir/install.log"; return 1; }
     fi
     port=$(free_port 33069)
-    setsid nohup "$mysqld" --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \
+    local ssl=()
+    if install_cert "$dir" "$(id -un)"; then
+      ssl=(--ssl-ca="$STATE/tls/ca.crt" --ssl-cert="$dir/server.crt" --ssl-key="$dir/server.key")
+    fi
+    setsid nohup "$mysqld" --no-defaults "${ssl[@]}" --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \
       --bind-address=127.0.0.1 --skip-name-resolve --user="$(id -un)" --pid-file="$dir/mysqld.pid" \
       --log-error="$dir/server.log" --innodb-flush-log-at-trx-commit=0 --character-set-server=utf8mb4 \
       --collation-server=utf8mb4_general_ci </dev/null >/dev/null 2>&1 &
@@ -122,8 +156,11 @@ stop_all() {
 
 case "${1:-start}" in
   start)
+    make_certs || true
     start_postgres || true
     start_mariadb || true
+    # servers started by an older version of this script may still run without TLS: `stop`, then start again
+    if [ -f "$STATE/tls/ca.crt" ]; then echo "export FERRY_TEST_DB_CA=$STATE/tls/ca.crt"; fi
     ;;
   stop) stop_all ;;
   *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;

@@ -324,3 +324,50 @@ fn split_password(url: &str) -> (String, String) {
     u.set_password(None).unwrap();
     (u.to_string(), pw)
 }
+
+/// An ERP database on another machine is reached over TLS with the server's certificate verified: `sslmode=
+/// verify-full&sslrootcert=<ca>` (PostgreSQL) and `ssl-mode=verify_identity&ssl-ca=<ca>` (MariaDB) in `[erp] url`.
+/// The session really is encrypted, and a server whose certificate the Connector cannot verify is refused with a
+/// message that says so (never with the password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_and_mariadb_is_used_and_the_server_verified() {
+    let Some(ca) = server("FERRY_TEST_DB_CA", "tls_to_postgres_and_mariadb_is_used_and_the_server_verified") else {
+        return;
+    };
+    let cases = [
+        (
+            "FERRY_TEST_POSTGRES_URL",
+            "postgres",
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+            "sslmode=verify-full",
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+        ),
+        (
+            "FERRY_TEST_MYSQL_URL",
+            "mysql",
+            format!("ssl-mode=verify_identity&ssl-ca={ca}"),
+            "ssl-mode=verify_ca",
+            "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_version'",
+        ),
+    ];
+    for (var, backend, verify, untrusted, version_sql) in cases {
+        let Some(url) = server(var, "tls_to_postgres_and_mariadb_is_used_and_the_server_verified") else { continue };
+        let (_, password) = split_password(&url);
+        let tls = format!("{url}?{verify}");
+        let src = open_source(&ErpConfig::new(backend, &tls), &tls).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let rows: Vec<_> = src.rows(version_sql).collect().await;
+        let version = rows.first().and_then(|r| r.as_ref().ok()).and_then(|r| r.first().cloned());
+        assert!(
+            matches!(&version, Some(SqlValue::Text(v)) if v.starts_with("TLSv1.")),
+            "{backend}: the session is not encrypted: {version:?}"
+        );
+        // the system's roots do not include the test CA: the server is not trusted, and the message says why
+        let plain = format!("{url}?{untrusted}");
+        let e = open_source(&ErpConfig::new(backend, &plain), &plain).await.err().expect("an untrusted server");
+        let e = e.to_string();
+        assert!(e.contains("UnknownIssuer") && e.contains("TLS certificate is not trusted"), "{backend}: {e}");
+        let ca_param = if backend == "postgres" { "sslrootcert=" } else { "ssl-ca=" };
+        assert!(e.contains(ca_param), "{backend}: the message says how to fix it: {e}");
+        assert!(!e.contains(&password), "{backend}: {e}");
+    }
+}

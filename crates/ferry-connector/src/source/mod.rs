@@ -155,6 +155,19 @@ where
     Ok(out)
 }
 
+/// A PostgreSQL or MySQL connection failure with what to do about it: an untrusted TLS certificate needs the
+/// server's CA in the URL (`ca_param`), anything else is the URL, the password or the server's user.
+fn open_hint(reason: String, ca_param: &str) -> String {
+    if reason.contains("certificate") {
+        format!(
+            "{reason}; the database server's TLS certificate is not trusted: add {ca_param}=<file of its CA, PEM> to \
+             [erp] url (or install the CA in the system's certificate store)"
+        )
+    } else {
+        format!("{reason}; check [erp] url, the password and that the server accepts this user")
+    }
+}
+
 /// [`Source::columns`] of a sqlx pool (PostgreSQL, MySQL): the query is prepared, not run.
 fn sqlx_columns<'a, DB>(
     pool: &'a sqlx::Pool<DB>,

@@ -11,7 +11,7 @@ use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySql
 use sqlx::{Decode, Executor, TypeInfo, ValueRef};
 
 use super::postgres::{f32_to_f64, pw_in_url};
-use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, scrub, sqlx_columns, sqlx_rows};
+use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows};
 
 /// A MySQL or MariaDB database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -28,10 +28,7 @@ impl MySqlSource {
         let target = redact_url(url);
         let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
             target: target.clone(),
-            reason: format!(
-                "{}; check [erp] url, the password and that the server accepts this user",
-                scrub(e, password)
-            ),
+            reason: open_hint(scrub(e, password), "ssl-ca"),
         };
         let mut opts =
             MySqlConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref())))?;

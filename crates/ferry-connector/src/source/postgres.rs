@@ -11,7 +11,7 @@ use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
 use sqlx::{Decode, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, TextEncoding, redact_url, scrub, sqlx_columns, sqlx_rows};
+use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows};
 
 /// A PostgreSQL database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -32,10 +32,7 @@ impl PostgresSource {
         let target = redact_url(url);
         let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
             target: target.clone(),
-            reason: format!(
-                "{}; check [erp] url, the password and that the server accepts this user",
-                scrub(e, password)
-            ),
+            reason: open_hint(scrub(e, password), "sslrootcert"),
         };
         let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref())))?;
         if let Some(pw) = password {
