@@ -83,6 +83,14 @@ pub async fn publish(
         let _ = std::fs::remove_file(dir.join(format!(".{name}.part")));
         ferry_io::retry::disk_full(e, &dir)
     })?;
+    // the announcer's marker, before the row (a crash after the commit still leaves it) and again after it (an
+    // announcer that took the first marker before the row was there must look again)
+    let mark = |when: &str| {
+        if let Err(e) = mark_for_announcement(inst.path()) {
+            tracing::warn!("cannot leave the announcement marker {when} {name}: {e}; the hourly scan announces it");
+        }
+    };
+    mark("before recording");
     sqlx::query(
         "INSERT INTO outbox(file_id, name, bytes, md5, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, 'created', ?)",
     )
@@ -94,10 +102,7 @@ pub async fn publish(
     .bind(Utc::now().to_rfc3339())
     .execute(inst.pool())
     .await?;
-    // tell the App server's announcer (perhaps another process) that this instance has news for Comms
-    if let Err(e) = mark_for_announcement(inst.path()) {
-        tracing::warn!("cannot leave the announcement marker for {name}: {e}; it is announced at the next full scan");
-    }
+    mark("after recording");
     Ok(FileReady {
         tenant: tenant.to_string(),
         file_id,
