@@ -30,17 +30,6 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 const EVIL: &[&str] = &["'; DROP TABLE tenants; --", "\"", "\0", "%", "_", "x' OR '1'='1", "a\"; DELETE FROM keys; --"];
 
-/// GET `url` carrying the given signature headers (possibly made for another request: that is the point).
-async fn signed_get(http: &reqwest::Client, url: &str, h: &httpsig::SignedHeaders) -> reqwest::Response {
-    http.get(url)
-        .header("content-digest", &h.content_digest)
-        .header("signature-input", &h.signature_input)
-        .header("signature", &h.signature)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn pinned_http(c: &Cluster) -> reqwest::Client {
     ferry_io::tls::http_client(Some(&c.comms.state.identity.tls_fingerprint), Duration::from_secs(20)).unwrap()
 }

@@ -57,8 +57,8 @@ INSERT INTO receipt VALUES (5, 2, 1, '2026-03-11', 150), (6, 3, 1, '2026-03-11',
 UPDATE product_site SET on_hand = on_hand - 2 WHERE product_id = 102;
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
+/// A cluster and a registered Connector for tenant `acme` on the "normalised" example ERP with its mapping.
+async fn normalised_erp() -> (tempfile::TempDir, ferry::cluster::Cluster, std::path::PathBuf, String, Connector) {
     let (dir, c) = cluster().await;
     let erp = dir.path().join("erp.db");
     let example = example_dir("normalised");
@@ -67,6 +67,12 @@ async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
     let token = c.add_tenant("acme").await.unwrap();
     let conn = c.connector("acme", &erp, &token).await.unwrap();
     set_mapping(&conn, &mapping);
+    (dir, c, erp, mapping, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
+    let (_dir, c, erp, mapping, conn) = normalised_erp().await;
 
     // Day 1 (2026-03-10): the first run is full, every file.
     let m1 = sync_on(&conn, day(3, 10), false).await;
@@ -128,14 +134,7 @@ async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_refused_by_validation_does_not_move_the_watermark() {
-    let (dir, c) = cluster().await;
-    let erp = dir.path().join("erp.db");
-    let example = example_dir("normalised");
-    load_schema(&erp, &example.join("schema.sql")).await;
-    let mapping = std::fs::read_to_string(example.join("mapping.toml")).unwrap();
-    let token = c.add_tenant("acme").await.unwrap();
-    let conn = c.connector("acme", &erp, &token).await.unwrap();
-    set_mapping(&conn, &mapping);
+    let (_dir, c, _erp, mapping, conn) = normalised_erp().await;
     let journal = Journal::open(&conn.cfg.journal_path()).await.unwrap();
 
     // refused by validation (an unknown item in the window): no watermark, and the next run is still a first run

@@ -10,17 +10,6 @@ use ferry_io::httpsig;
 use ferry_io::keys::{self, KeyAlgorithm};
 use ferry_proto::api::BatchState;
 
-/// GET `url` carrying the given signature headers (possibly made for another request: that is the point).
-async fn signed_get(http: &reqwest::Client, url: &str, h: &httpsig::SignedHeaders) -> reqwest::Response {
-    http.get(url)
-        .header("content-digest", &h.content_digest)
-        .header("signature-input", &h.signature_input)
-        .header("signature", &h.signature)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_log_detects_edits_and_removals() {
     let (_dir, c) = cluster().await;

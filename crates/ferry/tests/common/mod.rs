@@ -161,3 +161,14 @@ pub async fn assert_nothing_sent(c: &Cluster, conn: &Connector, tenant: &str) {
     let spooled = std::fs::read_dir(conn.cfg.spool_dir()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(spooled, 0, "a refused batch leaves nothing in the spool");
 }
+
+/// GET `url` carrying the given signature headers (possibly made for another request: that is the point).
+pub async fn signed_get(http: &reqwest::Client, url: &str, h: &ferry_io::httpsig::SignedHeaders) -> reqwest::Response {
+    http.get(url)
+        .header("content-digest", &h.content_digest)
+        .header("signature-input", &h.signature_input)
+        .header("signature", &h.signature)
+        .send()
+        .await
+        .unwrap()
+}
