@@ -98,14 +98,15 @@ pub struct DeliveryConfig {
     /// `ledger_table`: a table of the ERP database (e.g. `"ferry_applied"`, or `"erp.ferry_applied"`) where the
     /// SQL write-back records each file it applied, in the same transaction: a file found there is never written
     /// back twice, even after a crash between the ERP's commit and the Connector's journal. Created if missing
-    /// on SQLite, PostgreSQL and MySQL/MariaDB ([`LEDGER_DDL`]); over ODBC create it first. Not set: no ledger.
+    /// on SQLite, PostgreSQL and MySQL/MariaDB ([`LEDGER_COLUMNS`]); over ODBC create it first. Not set: no ledger.
     pub ledger_table: Option<String>,
 }
 
-/// The ledger table `ledger_table` names (`{table}` replaced): created by the Connector where the database
-/// understands `IF NOT EXISTS`; the same columns work on SQL Server and other ODBC databases without it.
-pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS {table} (file_id VARCHAR(64) NOT NULL PRIMARY KEY, \
-                              file_name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL)";
+/// The columns of the ledger table `ledger_table` names: the Connector creates it with `CREATE TABLE IF NOT EXISTS`
+/// where the database understands that; elsewhere (SQL Server and other ODBC databases) an admin runs
+/// `CREATE TABLE <name> (<these columns>)` once.
+pub const LEDGER_COLUMNS: &str =
+    "file_id VARCHAR(64) NOT NULL PRIMARY KEY, file_name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL";
 
 /// One `[[delivery.sql]]` statement.
 #[derive(Debug, Clone, Serialize, Deserialize)]

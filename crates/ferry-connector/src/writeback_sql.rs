@@ -70,7 +70,7 @@ impl<'a> Ledger<'a> {
     }
 
     pub(crate) fn create_sql(&self) -> String {
-        crate::delivery::LEDGER_DDL.replace("{table}", self.table)
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, crate::delivery::LEDGER_COLUMNS)
     }
 
     pub(crate) fn check_sql(&self, pg: bool) -> String {
@@ -94,9 +94,9 @@ impl<'a> Ledger<'a> {
             self.name,
             1,
             format!(
-                "the ledger table {} cannot be used: {e}; create it with: {}",
-                self.table,
-                crate::delivery::LEDGER_DDL.replace("{table}", self.table)
+                "the ledger table {t} cannot be used: {e}; create it with: CREATE TABLE {t} ({})",
+                crate::delivery::LEDGER_COLUMNS,
+                t = self.table
             ),
         )
     }

@@ -450,6 +450,17 @@ async fn the_ledger_makes_a_replayed_file_a_no_op_and_commits_with_the_write_bac
     assert_eq!(count(&mut erp, "ferry_applied").await, 2);
     assert_eq!(count(&mut erp, "order_comments").await, 3);
 
+    // a ledger the Connector cannot create (here: a schema SQLite does not have) fails the delivery, nothing is
+    // written, and the message gives the statement to create it by hand
+    let nowhere = DeliveryConfig { ledger_table: Some("erp.ferry_applied".into()), ..cfg.clone() };
+    let e = deliver_file(&nowhere, Some(&erp_cfg), &file, "po_000001.csv", Some("x")).await.unwrap_err().to_string();
+    assert!(e.contains("the ledger table erp.ferry_applied cannot be used"), "{e}");
+    assert!(
+        e.contains("create it with: CREATE TABLE erp.ferry_applied (file_id VARCHAR(64) NOT NULL PRIMARY KEY"),
+        "{e}"
+    );
+    assert_eq!(count(&mut erp, "order_comments").await, 3);
+
     for bad_name in ["ferry applied", "x;DROP TABLE t", "1abc", "a.b.c", ""] {
         let cfg = DeliveryConfig { ledger_table: Some(bad_name.into()), ..cfg.clone() };
         let e = deliver_file(&cfg, Some(&erp_cfg), &file, "po_000001.csv", Some("x")).await.unwrap_err();
