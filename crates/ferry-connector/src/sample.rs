@@ -37,6 +37,19 @@ pub enum SampleSize {
     Medium,
 }
 
+impl std::str::FromStr for SampleSize {
+    type Err = String;
+
+    /// `small` or `medium`.
+    fn from_str(s: &str) -> Result<SampleSize, String> {
+        match s {
+            "small" => Ok(SampleSize::Small),
+            "medium" => Ok(SampleSize::Medium),
+            other => Err(format!("unknown size {other:?}: use small or medium")),
+        }
+    }
+}
+
 /// What was generated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleSummary {

@@ -12,10 +12,12 @@
 
 pub mod client;
 pub mod path;
+#[cfg(unix)] // the SFTP server runs on the cloud side (Linux); the client runs on Windows ERP servers too
 pub mod server;
 
 pub use client::{ClientConfig, ClientError, SftpClient};
 pub use path::{PathError, confine};
+#[cfg(unix)]
 pub use server::{
     Authorizer, KeyList, Principal, ServerConfig, SessionInfo, Sessions, host_key_fingerprint, serve, serve_stream,
     serve_with,

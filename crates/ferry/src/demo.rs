@@ -27,11 +27,7 @@ pub struct DemoArgs {
 }
 
 pub fn parse_size(s: &str) -> anyhow::Result<SampleSize> {
-    match s {
-        "small" => Ok(SampleSize::Small),
-        "medium" => Ok(SampleSize::Medium),
-        other => anyhow::bail!("unknown size {other:?}: use small or medium"),
-    }
+    s.parse().map_err(anyhow::Error::msg)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let default_level = match &args.command {
+        #[cfg(unix)]
         cli::Command::Comms(_) | cli::Command::App(_) => "info",
         _ => "warn,sqlx=error",
     };

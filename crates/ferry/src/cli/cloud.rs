@@ -1,0 +1,444 @@
+//! The cloud side of the command line: `ferry comms ...` and `ferry app ...`. Unix only: the Comms and App
+//! servers run on Linux; the Connector (the rest of the CLI) also builds for Windows ERP servers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use ferry_app::AppConfig;
+use ferry_comms::CommsConfig;
+use ferry_comms::admin::Admin;
+
+use super::{ConfigArg, path_or, sigterm_or_ctrl_c};
+
+#[derive(Subcommand)]
+pub enum CommsCmd {
+    /// Write a default comms.toml to edit.
+    Init {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the Comms server (HTTPS + SFTP + relay).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print this server's identity: service public key (for app.toml), TLS and SSH fingerprints.
+    Info {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Tenants (customers).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check that no entry was edited, inserted or removed.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the most recent entries.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant and its instance on the App server; print a registration token.
+    Add {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a new registration token for an existing tenant.
+    Token {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// A tenant's downstream files: fetching, relayed (waiting for the ERP), delivered, and the last error.
+    Files {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List a tenant's keys (active, retired, revoked).
+    Keys {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show a tenant's limits, or change some (a size like 500M or 10G, a count, or `default`).
+    Limits {
+        name: String,
+        /// Largest batch, sum of its compressed files.
+        #[arg(long)]
+        max_batch_bytes: Option<String>,
+        /// Most files in one batch.
+        #[arg(long)]
+        max_batch_files: Option<String>,
+        /// Most bytes uploaded over SFTP per UTC day.
+        #[arg(long)]
+        upload_bytes_per_day: Option<String>,
+        /// Largest file uploaded over SFTP.
+        #[arg(long)]
+        max_upload_file_bytes: Option<String>,
+        /// Largest downstream file the App may send.
+        #[arg(long)]
+        max_download_file_bytes: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke one of a tenant's keys at once (by fingerprint, from `tenant keys`); its open sessions are closed.
+    RevokeKey {
+        name: String,
+        fingerprint: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Refuse the tenant's keys at SSH and HTTPS and close its open sessions (within a second on a running
+    /// server).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    Enable {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AppCmd {
+    /// Write a default app.toml to edit.
+    Init {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the App server (HTTPS + SFTP).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print this server's TLS and SSH fingerprints (for comms.toml).
+    Info {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Plan a tenant's instance now and send the recommended orders (po_NNNNNN.csv) down to its ERP.
+    Plan {
+        tenant: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Send any file (a report...) down to a tenant's ERP.
+    Publish {
+        tenant: String,
+        file: PathBuf,
+        /// Name in the ERP's inbound folder (default: the file's own name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Files sent to a tenant and their receipts: created -> relayed -> delivered.
+    Files {
+        tenant: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn comms_config(c: &ConfigArg) -> anyhow::Result<CommsConfig> {
+    CommsConfig::load(&path_or(c, "comms.toml"))
+}
+
+fn app_config(c: &ConfigArg) -> anyhow::Result<AppConfig> {
+    AppConfig::load(&path_or(c, "app.toml"))
+}
+
+fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        anyhow::bail!("{} already exists; edit it or remove it first", path.display());
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn open_instance(cfg: &AppConfig, tenant: &str) -> anyhow::Result<ferry_app::instance::Instance> {
+    let path = cfg.data_dir.join("instances").join(format!("{tenant}.db"));
+    if !ferry_proto::api::valid_tenant_name(tenant) || !path.exists() {
+        anyhow::bail!("no instance for tenant {tenant:?} in {}", cfg.data_dir.display());
+    }
+    Ok(ferry_app::instance::Instance::open(&path).await?)
+}
+
+/// Tell Comms about new outbox files now; if it cannot be reached, the running App server retries.
+async fn announce(cfg: &AppConfig, inst: &ferry_app::instance::Instance, tenant: &str) -> anyhow::Result<()> {
+    let id = ferry_app::server::identity(cfg)?;
+    match ferry_app::downstream::comms_client(cfg, &id.service_key)? {
+        None => println!("no [comms] configured in the app config: files stay in the outbox"),
+        Some(c) => match ferry_app::downstream::announce_pending(&c, inst, tenant).await {
+            Ok(n) => println!("{n} file(s) announced to the Comms server"),
+            Err(e) => println!("could not reach the Comms server now ({e:#}); the App server will retry"),
+        },
+    }
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM/Ctrl-C so the current step can finish; a second signal stops the process at
+/// once (everything on disk is written under temporary names and journaled, so that is still safe).
+pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CommsCmd::Init { config } => {
+            let p = path_or(&config, "comms.toml");
+            write_new(&p, &toml::to_string_pretty(&CommsConfig::default())?)?;
+            // read back, so the data folder is taken from the config file's folder as `serve` will
+            let token = CommsConfig::load(&p)?.admin_token_path();
+            ferry_comms::admin::load_or_create_admin_token(&token)?;
+            println!("wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`", p.display());
+            println!("admin api token (mode 0600): {} — send it as `Authorization: Bearer <token>`", token.display());
+        }
+        CommsCmd::Serve { config } => {
+            let cfg = comms_config(&config)?;
+            let listeners = if cfg.listen_https == cfg.listen_ssh {
+                let l = tokio::net::TcpListener::bind(cfg.listen_https)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (listen_https = listen_ssh)", cfg.listen_https))?;
+                ferry_comms::Listeners::Shared(l)
+            } else {
+                let https = std::net::TcpListener::bind(cfg.listen_https)
+                    .with_context(|| format!("cannot listen on {} (listen_https)", cfg.listen_https))?;
+                let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
+                ferry_comms::Listeners::Separate { https, ssh }
+            };
+            let h = ferry_comms::start_on(cfg, listeners).await?;
+            println!("comms server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
+            sigterm_or_ctrl_c().await;
+            h.stop().await;
+        }
+        CommsCmd::Info { config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            println!(
+                "service key (put in app.toml comms_keys): {}",
+                ferry_io::keys::public_key_openssh(a.identity.service_key.public_key())?
+            );
+            println!("tls fingerprint: {}", a.identity.tls_fingerprint);
+            println!("ssh host key:    {}", a.identity.ssh_host_key_fingerprint());
+            match a.cfg.listen_admin {
+                Some(addr) => {
+                    println!(
+                        "admin api:       https://{addr}/admin/v1/ (token in {})",
+                        a.cfg.admin_token_path().display()
+                    )
+                }
+                None => println!("admin api:       off (listen_admin is not set)"),
+            }
+        }
+        CommsCmd::Tenant(t) => tenant(t).await?,
+        CommsCmd::Audit(AuditCmd::Verify { config }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            match ferry_comms::db::verify_audit(&a.db).await? {
+                Ok(n) => println!("audit log intact: {n} entries, chain verified"),
+                Err(why) => {
+                    println!("audit log TAMPERED: {why}");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
+        CommsCmd::Audit(AuditCmd::Show { config, limit }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for e in ferry_comms::db::recent_audit(&a.db, limit).await? {
+                println!("{:>6} {} {:<20} {:<18} {}", e.0, e.1, e.2.unwrap_or_default(), e.3, e.4);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Add { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            let url = a.public_url();
+            let token = a.add_tenant(&name, &url).await?;
+            println!("tenant {name} created; its instance is ready on the App server.");
+            println!("registration token (single use, expires in {} h):\n{token}", a.cfg.token_ttl_hours);
+        }
+        TenantCmd::Token { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            let url = a.public_url();
+            println!("{}", a.token(&name, &url).await?);
+        }
+        TenantCmd::List { config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            println!("{:<24} {:<9} {:>4} {:>8}  last batch", "tenant", "status", "keys", "batches");
+            for t in ferry_comms::db::list_tenants(&a.db).await? {
+                println!(
+                    "{:<24} {:<9} {:>4} {:>8}  {}",
+                    t.name,
+                    t.status,
+                    t.keys,
+                    t.batches,
+                    t.last_batch.unwrap_or_default()
+                );
+            }
+        }
+        TenantCmd::Files { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for f in ferry_comms::db::tenant_downloads(&a.db, &name, 100).await? {
+                let err = f.5.map(|e| format!("\n    last error: {e}")).unwrap_or_default();
+                println!("{}  {:<18} {:<10} attempts {}  {}{err}", f.0, f.1, f.2, f.3, f.4);
+            }
+        }
+        TenantCmd::Keys { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            for (fp, status, created, host) in ferry_comms::db::tenant_keys(&a.db, &name).await? {
+                println!("{fp}  {status:<8} {created}  {host}");
+            }
+        }
+        TenantCmd::RevokeKey { name, fingerprint, config } => {
+            Admin::open(comms_config(&config)?).await?.revoke_key(&name, &fingerprint).await?;
+            println!(
+                "key {fingerprint} of {name} revoked (a running server refuses it and closes its sessions within a second)"
+            );
+        }
+        TenantCmd::Limits {
+            name,
+            max_batch_bytes,
+            max_batch_files,
+            upload_bytes_per_day,
+            max_upload_file_bytes,
+            max_download_file_bytes,
+            config,
+        } => {
+            use ferry_comms::limits::{Limit, parse_size};
+            let a = Admin::open(comms_config(&config)?).await?;
+            let mut changes = Vec::new();
+            for (limit, value) in [
+                (Limit::MaxBatchBytes, max_batch_bytes),
+                (Limit::MaxBatchFiles, max_batch_files),
+                (Limit::UploadBytesPerDay, upload_bytes_per_day),
+                (Limit::MaxUploadFileBytes, max_upload_file_bytes),
+                (Limit::MaxDownloadFileBytes, max_download_file_bytes),
+            ] {
+                let Some(v) = value else { continue };
+                let v = if v == "default" {
+                    None
+                } else {
+                    Some(parse_size(&v).map_err(|e| anyhow::anyhow!("--{}: {e}", limit.key().replace('_', "-")))?)
+                };
+                changes.push((limit, v));
+            }
+            let view = if changes.is_empty() { a.limits(&name).await? } else { a.set_limits(&name, &changes).await? };
+            for limit in Limit::ALL {
+                let set = if view.overrides.contains(&limit.key()) { "set for this tenant" } else { "default" };
+                println!("{:<24} {:>16} {:<6} {set}", limit.key(), limit.get(&view.limits), limit.unit());
+            }
+        }
+        TenantCmd::Disable { name, config } => {
+            Admin::open(comms_config(&config)?).await?.set_enabled(&name, false).await?;
+            println!("tenant {name} disabled (a running server refuses it and closes its sessions within a second)");
+        }
+        TenantCmd::Enable { name, config } => {
+            Admin::open(comms_config(&config)?).await?.set_enabled(&name, true).await?;
+            println!("tenant {name} enabled");
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AppCmd::Init { config } => {
+            let p = path_or(&config, "app.toml");
+            write_new(&p, &toml::to_string_pretty(&AppConfig::default())?)?;
+            println!(
+                "wrote {}: add the Comms service key to comms_keys (`ferry comms info`), then `ferry app serve`",
+                p.display()
+            );
+        }
+        AppCmd::Serve { config } => {
+            let cfg = app_config(&config)?;
+            let https = std::net::TcpListener::bind(cfg.listen_https)
+                .with_context(|| format!("cannot listen on {} (listen_https)", cfg.listen_https))?;
+            let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
+                .await
+                .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
+            let h = ferry_app::server::start(cfg, https, ssh).await?;
+            println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
+            sigterm_or_ctrl_c().await;
+            h.stop().await;
+        }
+        AppCmd::Plan { tenant, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let today = chrono::Utc::now().date_naive();
+            let (plan, files) = ferry_app::downstream::plan_and_publish(&cfg, &inst, &tenant, today).await?;
+            println!("{} order lines for {tenant}", plan.lines.len());
+            for f in &files {
+                println!("  {} ({} bytes)", f.name, f.bytes);
+            }
+            announce(&cfg, &inst, &tenant).await?;
+        }
+        AppCmd::Publish { tenant, file, name, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let name = match name {
+                Some(n) => n,
+                None => file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+            };
+            let f = ferry_app::outbox::publish(&inst, &tenant, &cfg.data_dir.join("sftp"), &file, &name).await?;
+            println!("published {} as file {}", f.name, f.file_id);
+            announce(&cfg, &inst, &tenant).await?;
+        }
+        AppCmd::Files { tenant, config } => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            let t = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                d.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+            };
+            println!("{:<26} {:<18} {:<10} {:<20} {:<20} delivered", "file id", "name", "state", "created", "relayed");
+            for r in ferry_app::outbox::receipts(&inst).await? {
+                println!(
+                    "{:<26} {:<18} {:<10} {:<20} {:<20} {}",
+                    r.file_id.as_str(),
+                    r.name,
+                    r.state.as_str(),
+                    t(Some(r.created_at)),
+                    t(r.relayed_at),
+                    t(r.delivered_at)
+                );
+            }
+        }
+        AppCmd::Info { config } => {
+            let cfg = app_config(&config)?;
+            let id = ferry_app::server::identity(&cfg)?;
+            println!("[app] section for comms.toml:");
+            println!("api_url = \"https://{}\"", cfg.listen_https);
+            println!("tls_fingerprint = \"{}\"", id.tls_fingerprint);
+            println!("ssh_addr = \"{}\"", cfg.listen_ssh);
+            println!("ssh_host_key_fingerprint = \"{}\"", id.ssh_host_key_fingerprint());
+            println!("service_key = \"{}\"", ferry_io::keys::public_key_openssh(id.service_key.public_key())?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
