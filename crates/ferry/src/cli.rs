@@ -64,7 +64,8 @@ pub enum ConnectorCmd {
         /// Folder for the connector's files.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// ERP database (SQLite file path for now).
+        /// ERP database for `[erp] url` (a SQLite file path; for PostgreSQL, MySQL, ODBC or a CSV folder edit
+        /// `[erp] kind` and `url` afterwards, see docs/sources.md).
         #[arg(long, default_value = "erp.db")]
         erp: String,
         /// rsa2048 (default), rsa3072, rsa4096 or ed25519.
