@@ -37,14 +37,14 @@ use ferry_io::digest::{Digests, HashingWriter};
 use ferry_proto::api::valid_file_name;
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlConnection;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, Postgres};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Either, SqlSafeStr, SqlStr};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::config::ErpConfig;
 use crate::writeback_sql::{
-    Ledger, apply_text, check_count, field, next_record, numbered_placeholders, open_erp_server, valid_table_name,
+    Ledger, apply_sqlx, check_count, field, next_record, numbered_placeholders, open_erp_server, valid_table_name,
 };
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
@@ -640,11 +640,9 @@ impl ErpDb {
         ledger: Option<&Ledger<'_>>,
     ) -> Result<Option<u64>, DeliveryError> {
         match self {
-            ErpDb::Sqlite(conn, target) => apply_text::<sqlx::Sqlite, _>(conn, target, plan, rows, name, ledger).await,
-            ErpDb::Postgres(conn, target) => {
-                crate::writeback_sql::apply_postgres(conn, target, plan, rows, name, ledger).await
-            }
-            ErpDb::MySql(conn, target) => apply_text::<sqlx::MySql, _>(conn, target, plan, rows, name, ledger).await,
+            ErpDb::Sqlite(conn, target) => apply_sqlx::<sqlx::Sqlite, _>(conn, target, plan, rows, name, ledger).await,
+            ErpDb::Postgres(conn, target) => apply_sqlx::<Postgres, _>(conn, target, plan, rows, name, ledger).await,
+            ErpDb::MySql(conn, target) => apply_sqlx::<sqlx::MySql, _>(conn, target, plan, rows, name, ledger).await,
         }
     }
 

@@ -1,7 +1,8 @@
-//! The SQL write-back ([`crate::delivery`]) against PostgreSQL and MySQL/MariaDB: one transaction per file, every
-//! value bound as a parameter, never written into the SQL text.
+//! The SQL write-back ([`crate::delivery`]) through sqlx, one code path for SQLite, PostgreSQL and MySQL/MariaDB
+//! ([`apply_sqlx`]): one transaction per file (with the optional ledger in it), every value bound as a parameter,
+//! never written into the SQL text.
 //!
-//! MySQL converts bound text to the column's type itself. PostgreSQL does not convert text parameters to numbers
+//! SQLite and MySQL convert bound text to the column's type themselves. PostgreSQL does not convert text parameters to numbers
 //! or dates, so each CSV field is bound with the type PostgreSQL infers for its placeholder (integers, floats,
 //! `NUMERIC` exactly, booleans, dates, timestamps; anything else as text). `?` placeholders are numbered `$1, $2,
 //! ...` for PostgreSQL, so one statement works on every backend.
@@ -170,9 +171,42 @@ pub(crate) fn field(record: &csv::StringRecord, c: usize) -> Option<&str> {
     record.get(c).filter(|v| !v.is_empty())
 }
 
-/// The write-back on a database that converts bound text to the column's type itself (SQLite, MySQL/MariaDB):
-/// every field is bound as text, an empty one as NULL.
-pub(crate) async fn apply_text<DB, R>(
+/// What differs between the sqlx backends in the write-back: how one CSV field is bound, and the placeholders.
+/// By default a field is bound as text, which SQLite (by column affinity) and MySQL/MariaDB convert themselves.
+pub(crate) trait WriteBackDb: sqlx::Database {
+    /// Placeholders are numbered `$1, $2, ...` (PostgreSQL) rather than `?`.
+    const NUMBERED: bool = false;
+
+    /// Binds `value` (None = NULL) to the next placeholder, whose type the database reported as `ty` ("TEXT"
+    /// if it did not say); the error says why the text does not fit.
+    fn bind_field<'q>(
+        q: sqlx::query::Query<'q, Self, Self::Arguments>,
+        _ty: &str,
+        value: Option<&str>,
+    ) -> Result<sqlx::query::Query<'q, Self, Self::Arguments>, String>
+    where
+        for<'e> Option<String>: Encode<'e, Self> + Type<Self>,
+    {
+        Ok(q.bind(value.map(str::to_owned)))
+    }
+}
+
+impl WriteBackDb for sqlx::Sqlite {}
+
+impl WriteBackDb for sqlx::MySql {}
+
+/// PostgreSQL does not convert text parameters: each field is bound as the type inferred for its placeholder.
+impl WriteBackDb for Postgres {
+    const NUMBERED: bool = true;
+
+    fn bind_field<'q>(q: PgQuery<'q>, ty: &str, value: Option<&str>) -> Result<PgQuery<'q>, String> {
+        bind_pg(q, ty, value)
+    }
+}
+
+/// Runs `plan` for every record of `rows` in one transaction, with the ledger's check and record in it; `None`
+/// when the ledger shows the file was applied before.
+pub(crate) async fn apply_sqlx<DB, R>(
     conn: &mut DB::Connection,
     target: &str,
     plan: &[PlannedStatement],
@@ -181,7 +215,7 @@ pub(crate) async fn apply_text<DB, R>(
     ledger: Option<&Ledger<'_>>,
 ) -> Result<Option<u64>, DeliveryError>
 where
-    DB: sqlx::Database,
+    DB: WriteBackDb,
     R: Read,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
@@ -197,63 +231,11 @@ where
     let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
     let result = async {
         if let Some(l) = ledger
-            && ledger_has::<DB>(&mut tx, l, false).await?
+            && ledger_has::<DB>(&mut tx, l).await?
         {
             return Ok(None);
         }
-        for (i, s) in plan.iter().enumerate() {
-            let stmt = (&mut *tx)
-                .prepare(s.sql.clone())
-                .await
-                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
-            check_count(stmt.parameters(), s, i, name)?;
-        }
-        let mut record = csv::StringRecord::new();
-        let mut count = 0u64;
-        while let Some(line) = next_record(rows, &mut record, name)? {
-            count += 1;
-            for (i, s) in plan.iter().enumerate() {
-                let mut q = sqlx::query::<DB>(s.sql.clone());
-                for &c in &s.columns {
-                    q = q.bind(field(&record, c).map(str::to_owned));
-                }
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
-            }
-        }
-        if let Some(l) = ledger {
-            ledger_record::<DB>(&mut tx, l, false).await?;
-        }
-        Ok(Some(count))
-    }
-    .await;
-    finish(tx, result, db_err).await
-}
-
-pub(crate) async fn apply_postgres<R: Read>(
-    conn: &mut PgConnection,
-    target: &str,
-    plan: &[PlannedStatement],
-    rows: &mut csv::Reader<R>,
-    name: &str,
-    ledger: Option<&Ledger<'_>>,
-) -> Result<Option<u64>, DeliveryError> {
-    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
-        target: target.to_string(),
-        reason: format!("{what}: {e}"),
-    };
-    if let Some(l) = ledger {
-        ledger_create::<Postgres>(conn, l).await;
-    }
-    let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
-    let result = async {
-        if let Some(l) = ledger
-            && ledger_has::<Postgres>(&mut tx, l, true).await?
-        {
-            return Ok(None);
-        }
-        // the type PostgreSQL infers for each placeholder decides how the CSV text is bound
+        // the type the database reports for each placeholder (PostgreSQL binds by it)
         let mut types = Vec::with_capacity(plan.len());
         for (i, s) in plan.iter().enumerate() {
             let stmt = (&mut *tx)
@@ -272,10 +254,10 @@ pub(crate) async fn apply_postgres<R: Read>(
         while let Some(line) = next_record(rows, &mut record, name)? {
             count += 1;
             for (i, s) in plan.iter().enumerate() {
-                let mut q = sqlx::query(s.sql.clone());
+                let mut q = sqlx::query::<DB>(s.sql.clone());
                 for (k, &c) in s.columns.iter().enumerate() {
                     let ty = types[i].get(k).map_or("TEXT", String::as_str);
-                    q = bind_pg(q, ty, field(&record, c)).map_err(|reason| {
+                    q = DB::bind_field(q, ty, field(&record, c)).map_err(|reason| {
                         write_back_err(
                             name,
                             line,
@@ -289,7 +271,7 @@ pub(crate) async fn apply_postgres<R: Read>(
             }
         }
         if let Some(l) = ledger {
-            ledger_record::<Postgres>(&mut tx, l, true).await?;
+            ledger_record::<DB>(&mut tx, l).await?;
         }
         Ok(Some(count))
     }
@@ -309,14 +291,14 @@ where
 }
 
 /// Whether the ledger already holds the file.
-async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger<'_>, pg: bool) -> Result<bool, DeliveryError>
+async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger<'_>) -> Result<bool, DeliveryError>
 where
-    DB: sqlx::Database,
+    DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
 {
-    let found = sqlx::query::<DB>(AssertSqlSafe(l.check_sql(pg)))
+    let found = sqlx::query::<DB>(AssertSqlSafe(l.check_sql(DB::NUMBERED)))
         .bind(Some(l.file_id.to_string()))
         .fetch_optional(&mut *tx)
         .await
@@ -325,15 +307,15 @@ where
 }
 
 /// Records the file in the ledger (in the write-back's transaction).
-async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger<'_>, pg: bool) -> Result<(), DeliveryError>
+async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger<'_>) -> Result<(), DeliveryError>
 where
-    DB: sqlx::Database,
+    DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
 {
     let (id, file, at) = l.values();
-    sqlx::query::<DB>(AssertSqlSafe(l.record_sql(pg)))
+    sqlx::query::<DB>(AssertSqlSafe(l.record_sql(DB::NUMBERED)))
         .bind(Some(id))
         .bind(Some(file))
         .bind(Some(at))
