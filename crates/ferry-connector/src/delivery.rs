@@ -449,7 +449,11 @@ pub async fn deliver_file(
     };
     let mut report = DeliveryReport::default();
     if let Some(erp) = sql_url {
-        let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger { table, file_id: id, name });
+        let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger {
+            table: table.to_string(),
+            file_id: id.to_string(),
+            name: name.to_string(),
+        });
         match write_back(erp, &cfg.sql, file, name, ledger.as_ref()).await? {
             Some(rows) => report.sql_rows = rows,
             None => {
@@ -548,7 +552,7 @@ async fn write_back(
     statements: &[SqlWriteBack],
     file: &Path,
     name: &str,
-    ledger: Option<&Ledger<'_>>,
+    ledger: Option<&Ledger>,
 ) -> Result<Option<u64>, DeliveryError> {
     let input = File::open(file).map_err(io_err(format!("cannot open the received file {}", file.display())))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(BufReader::new(input));
@@ -583,12 +587,8 @@ async fn write_back(
         let target = crate::source::redact_url(&erp.url);
         let password = erp.password().map_err(|reason| DeliveryError::Database { target, reason })?;
         let (url, name) = (crate::source::with_password(&erp.url, password.as_deref()), name.to_string());
-        let ledger = ledger.map(Ledger::owned);
-        return blocking(move || {
-            let ledger = ledger.as_ref().map(|(t, i, n)| Ledger { table: t, file_id: i, name: n });
-            apply_odbc(&url, &plan, &mut reader, &name, ledger.as_ref())
-        })
-        .await;
+        let ledger = ledger.cloned();
+        return blocking(move || apply_odbc(&url, &plan, &mut reader, &name, ledger.as_ref())).await;
     }
     let mut db = open_erp(erp).await?;
     let result = db.apply(&plan, &mut reader, name, ledger).await;
@@ -637,7 +637,7 @@ impl ErpDb {
         plan: &[PlannedStatement],
         rows: &mut csv::Reader<R>,
         name: &str,
-        ledger: Option<&Ledger<'_>>,
+        ledger: Option<&Ledger>,
     ) -> Result<Option<u64>, DeliveryError> {
         match self {
             ErpDb::Sqlite(conn, target) => apply_sqlx::<sqlx::Sqlite, _>(conn, target, plan, rows, name, ledger).await,
@@ -669,7 +669,7 @@ fn apply_odbc<R: Read>(
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-    ledger: Option<&Ledger<'_>>,
+    ledger: Option<&Ledger>,
 ) -> Result<Option<u64>, DeliveryError> {
     use odbc_api::IntoParameter;
 
@@ -688,7 +688,7 @@ fn apply_odbc<R: Read>(
     conn.set_autocommit(false).map_err(|e| db_err(format!("cannot start a transaction: {}", scrub(e))))?;
     let result = (|| {
         if let Some(l) = ledger {
-            let id = l.file_id.into_parameter();
+            let id = l.file_id.as_str().into_parameter();
             let found = match conn.execute(&l.check_sql(false), &id, None) {
                 Ok(Some(mut cursor)) => {
                     use odbc_api::Cursor;

@@ -59,17 +59,14 @@ pub(crate) async fn open_erp_server(erp: &ErpConfig, target: String) -> Result<E
 
 /// The ERP-side record of applied files (`[delivery] ledger_table`), read and written in the write-back's
 /// transaction. The table name was checked by [`valid_table_name`]; the values are bound.
-pub(crate) struct Ledger<'a> {
-    pub table: &'a str,
-    pub file_id: &'a str,
-    pub name: &'a str,
+#[derive(Debug, Clone)]
+pub(crate) struct Ledger {
+    pub table: String,
+    pub file_id: String,
+    pub name: String,
 }
 
-impl<'a> Ledger<'a> {
-    pub(crate) fn owned(&self) -> (String, String, String) {
-        (self.table.to_string(), self.file_id.to_string(), self.name.to_string())
-    }
-
+impl Ledger {
     pub(crate) fn create_sql(&self) -> String {
         format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, crate::delivery::LEDGER_COLUMNS)
     }
@@ -87,12 +84,12 @@ impl<'a> Ledger<'a> {
     /// The values of the record: file id, file name, time applied (UTC, RFC 3339).
     pub(crate) fn values(&self) -> (String, String, String) {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        (self.file_id.to_string(), self.name.to_string(), at)
+        (self.file_id.clone(), self.name.clone(), at)
     }
 
     pub(crate) fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
         write_back_err(
-            self.name,
+            &self.name,
             1,
             format!(
                 "the ledger table {t} cannot be used: {e}; create it with: CREATE TABLE {t} ({})",
@@ -212,7 +209,7 @@ pub(crate) async fn apply_sqlx<DB, R>(
     plan: &[PlannedStatement],
     rows: &mut csv::Reader<R>,
     name: &str,
-    ledger: Option<&Ledger<'_>>,
+    ledger: Option<&Ledger>,
 ) -> Result<Option<u64>, DeliveryError>
 where
     DB: WriteBackDb,
@@ -281,7 +278,7 @@ where
 
 /// Creates the ledger table if the database lacks it. Outside the transaction (MySQL commits around DDL) and only
 /// an attempt: if it fails, the check in the transaction says why and how to create the table.
-async fn ledger_create<DB>(conn: &mut DB::Connection, l: &Ledger<'_>)
+async fn ledger_create<DB>(conn: &mut DB::Connection, l: &Ledger)
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -291,7 +288,7 @@ where
 }
 
 /// Whether the ledger already holds the file.
-async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger<'_>) -> Result<bool, DeliveryError>
+async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<bool, DeliveryError>
 where
     DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -299,7 +296,7 @@ where
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
 {
     let found = sqlx::query::<DB>(AssertSqlSafe(l.check_sql(DB::NUMBERED)))
-        .bind(Some(l.file_id.to_string()))
+        .bind(Some(l.file_id.clone()))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| l.error(e))?;
@@ -307,7 +304,7 @@ where
 }
 
 /// Records the file in the ledger (in the write-back's transaction).
-async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger<'_>) -> Result<(), DeliveryError>
+async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<(), DeliveryError>
 where
     DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
