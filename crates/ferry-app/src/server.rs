@@ -37,10 +37,9 @@ pub struct AppState {
     pub identity: ServerIdentity,
     comms_keys: HashMap<String, PublicKey>,
     verifier: SignatureVerifier,
-    /// Open instances with the tick of their last use; at most `max_open_instances` are kept (see
+    /// Open instances with the time of their last use; at most `max_open_instances` are kept (see
     /// [`AppState::instance`]).
-    instances: Mutex<HashMap<String, (SharedInstance, u64)>>,
-    tick: std::sync::atomic::AtomicU64,
+    instances: Mutex<HashMap<String, (SharedInstance, std::time::Instant)>>,
     /// Signed client for the Comms server (downstream announcements), if configured.
     comms: Option<ferry_web::client::ApiClient>,
     /// Wakes the announcer (a file was published).
@@ -68,7 +67,7 @@ impl AppState {
             return Ok(None);
         }
         let mut map = self.instances.lock().await;
-        let now = self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
         if let Some((i, used)) = map.get_mut(tenant) {
             *used = now;
             return Ok(Some(i.clone()));
@@ -85,7 +84,7 @@ impl AppState {
 
     /// Close least recently used instances until at most `max_open_instances` are open. An instance someone
     /// holds (an import, a request) stays open: the map may exceed the cap until it is released.
-    async fn close_idle(&self, map: &mut HashMap<String, (SharedInstance, u64)>) {
+    async fn close_idle(&self, map: &mut HashMap<String, (SharedInstance, std::time::Instant)>) {
         while map.len() > self.cfg.max_open_instances {
             let idle = map
                 .iter()
@@ -183,7 +182,6 @@ pub async fn start(
         identity,
         comms_keys,
         instances: Mutex::new(HashMap::new()),
-        tick: std::sync::atomic::AtomicU64::new(0),
         comms,
         announce_wakeup: tokio::sync::Notify::new(),
     });
