@@ -129,7 +129,7 @@ fn braced_end(value: &str) -> usize {
     b.len()
 }
 
-/// Decode every column of a sqlx row (PostgreSQL, MySQL) with `decode`; NULL is handled here, and an error names
+/// Decode every column of a sqlx row (SQLite, PostgreSQL, MySQL) with `decode`; NULL is handled here, and an error names
 /// the column.
 fn decode_sqlx_row<R>(
     row: &R,
@@ -168,7 +168,7 @@ fn open_hint(reason: String, ca_param: &str) -> String {
     }
 }
 
-/// [`Source::columns`] of a sqlx pool (PostgreSQL, MySQL): the query is prepared, not run.
+/// [`Source::columns`] of a sqlx pool (SQLite, PostgreSQL, MySQL): the query is prepared, not run.
 fn sqlx_columns<'a, DB>(
     pool: &'a sqlx::Pool<DB>,
     sql: &'a str,
