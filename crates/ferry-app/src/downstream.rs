@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_proto::api::FileReady;
-use ferry_web::client::ApiClient;
+use ferry_io::client::ApiClient;
 use russh::keys::PrivateKey;
 
 use crate::config::AppConfig;

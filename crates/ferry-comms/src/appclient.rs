@@ -9,7 +9,7 @@ use anyhow::Context;
 use ferry_proto::api::{CreateInstance, FileProgress, FileReady, ImportReport, InstanceCreated};
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
-use ferry_web::client::ApiClient;
+use ferry_io::client::ApiClient;
 use russh::keys::PrivateKey;
 
 use crate::config::AppEndpoint;

@@ -15,7 +15,7 @@ use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
 use ferry_proto::token::RegistrationToken;
 use ferry_sftp::client::{ClientConfig, SftpClient};
-use ferry_web::client::ApiClient;
+use ferry_io::client::ApiClient;
 use russh::keys::PrivateKey;
 
 use crate::check::{CheckLimits, CheckReport};
@@ -634,7 +634,7 @@ impl Connector {
 }
 
 /// Whether a failed web-service call may work if tried again (no answer, or a server-side error).
-fn web_transient(e: &ferry_web::client::ClientError) -> bool {
+fn web_transient(e: &ferry_io::client::ClientError) -> bool {
     e.status().is_none_or(|s| s >= 500 || s == 408 || s == 429)
 }
 
@@ -646,7 +646,7 @@ pub fn transient(e: &anyhow::Error) -> bool {
         return false;
     }
     for cause in e.chain() {
-        if let Some(w) = cause.downcast_ref::<ferry_web::client::ClientError>() {
+        if let Some(w) = cause.downcast_ref::<ferry_io::client::ClientError>() {
             return web_transient(w);
         }
         if let Some(s) = cause.downcast_ref::<Sftp>() {

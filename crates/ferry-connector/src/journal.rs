@@ -10,14 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
 pub use crate::mapping::Watermark;
@@ -35,17 +33,13 @@ pub struct JournalBatch {
 
 impl Journal {
     pub async fn open(path: &Path) -> anyhow::Result<Journal> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts)
+        let options = ferry_io::sqlite::Options {
+            max_connections: 2,
+            busy_timeout: Duration::from_secs(10),
+            create_folder: true,
+            ..Default::default()
+        };
+        let pool = ferry_io::sqlite::open(path, &options)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the connector journal {}: {e}", path.display()))?;
         sqlx::migrate!("./migrations").run(&pool).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{Local, NaiveDate};
 use ferry_proto::api::{DownloadFile, FileAck, FileError};
-use ferry_web::client::ApiClient;
+use ferry_io::client::ApiClient;
 
 use crate::agent::Connector;
 use crate::delivery;

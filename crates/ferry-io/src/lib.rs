@@ -1,7 +1,8 @@
 //! Ferry's shared I/O building blocks, used by the Connector, the Comms server and the App
 //! server alike: parallel and size-capped bzip2 ([`bz`]), MD5/SHA-256 digests computed while data
 //! streams past ([`digest`]), SSH key pairs ([`keys`]), TLS identities, pinning and HTTP clients
-//! ([`tls`]), RFC 9421 HTTP message signatures ([`httpsig`]) and retry pacing with backoff, jitter and
+//! ([`tls`]), RFC 9421 HTTP message signatures ([`httpsig`]), the signed JSON client of Ferry's web services
+//! ([`client`]), SQLite pools ([`sqlite`]), config files ([`config`]) and retry pacing with backoff, jitter and
 //! rate-limited failure logs ([`retry`]).
 //!
 //! Every cryptographic operation goes through one backend, `ring` (via russh, rustls and rcgen) plus
@@ -10,20 +11,16 @@
 //! pass on to an operator.
 
 pub mod bz;
+pub mod client;
+pub mod config;
 pub mod digest;
 pub mod httpsig;
 pub mod keys;
 pub mod retry;
+pub mod sqlite;
 pub mod tls;
 
-/// A path from a config file, as the program should open it: relative paths are taken from the config file's
-/// folder (as `sshd_config` and `postgresql.conf` do), not from wherever the program was started.
-pub fn relative_to_config(config_file: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
-    match config_file.parent() {
-        Some(dir) if p.is_relative() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
-}
+pub use config::relative_to_config;
 
 /// Test helper: the whole `source()` chain of an error, joined with `: `.
 #[cfg(test)]

@@ -56,7 +56,7 @@ impl ApiClient {
         timeout: Duration,
         proxy: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let http = ferry_io::tls::http_client_via(tls_pin, timeout, proxy)?;
+        let http = crate::tls::http_client_via(tls_pin, timeout, proxy)?;
         Ok(ApiClient { http, base: base.trim_end_matches('/').to_string(), key })
     }
 
@@ -82,7 +82,7 @@ impl ApiClient {
         let url = self.url(path);
         let mut rb = self.http.request(method.clone(), &url).header("content-type", "application/json");
         rb = match &self.key {
-            Some(key) => ferry_io::httpsig::apply(rb, key, method.as_str(), path, body).map_err(|e| {
+            Some(key) => crate::httpsig::apply(rb, key, method.as_str(), path, body).map_err(|e| {
                 ClientError::Transport { url: url.clone(), source: anyhow::anyhow!("cannot sign the request: {e}") }
             })?,
             None => rb.body(body),
