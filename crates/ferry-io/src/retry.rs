@@ -6,7 +6,7 @@
 //!
 //! Jitter keeps many Connectors that lost the same server from all coming back in the same second.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -111,40 +111,57 @@ impl FailureLog {
     }
 }
 
-/// If `err`'s chain holds a local "no space left on device" (or a disk quota error, or SQLite's "database or
-/// disk is full"), an error saying which disk is full and what to do; otherwise `err` unchanged. `path` is
-/// the folder the step was writing to. Only the innermost caller that names a disk adds this.
+/// A step failed because the local disk holding `disk` is full. [`disk_full`] adds it to an error chain as context;
+/// [`is_disk_full`] finds it by type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the disk holding {} is full (no space left on device): free some space there and run again; nothing partial \
+     was kept",
+    disk.display()
+)]
+pub struct DiskFull {
+    pub disk: PathBuf,
+}
+
+/// If `err`'s chain holds a local "no space left on device" (an `io::Error` of kind `StorageFull` or
+/// `QuotaExceeded`, or SQLite's `SQLITE_FULL`), the error with a [`DiskFull`] naming `path`, the folder the step
+/// was writing to; otherwise `err` unchanged. Only the innermost caller that names a disk adds this: an error
+/// that already carries a [`DiskFull`] is returned as it is.
 pub fn disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
-    let named = err.chain().any(|e| e.to_string().starts_with("the disk holding "));
-    if !named && local_disk_full(&err) {
-        let msg = format!(
-            "the disk holding {} is full (no space left on device): free some space there and run again; nothing \
-             partial was kept",
-            path.display()
-        );
-        err.context(msg)
+    if named_disk(&err).is_none() && local_disk_full(&err) {
+        err.context(DiskFull { disk: path.to_path_buf() })
     } else {
         err
     }
 }
 
+/// The [`DiskFull`] anywhere in `err` (as context at any depth, or as an error in its chain).
+pub fn named_disk(err: &anyhow::Error) -> Option<&DiskFull> {
+    err.downcast_ref::<DiskFull>().or_else(|| err.chain().find_map(|e| e.downcast_ref::<DiskFull>()))
+}
+
 fn local_disk_full(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && (matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
-                || matches!(io.raw_os_error(), Some(28) | Some(122)))
-        {
-            return true;
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+                || matches!(io.raw_os_error(), Some(28) | Some(122));
         }
-        let text = e.to_string().to_ascii_lowercase();
-        text.contains("no space left on device") || text.contains("database or disk is full")
+        // SQLITE_FULL (13): "database or disk is full"
+        matches!(e.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(d)) if d.code().as_deref() == Some("13"))
     })
 }
 
-/// Whether an error chain says a disk is full, here (see [`disk_full`]) or at a peer (a server's "disk is
-/// full" answer). Such a step is not retried at once: it waits for someone to free space.
+/// What a peer's SFTP server answers when its disk is full (`ferry-sftp`; SFTP v3 has no status code for it, so
+/// the message is all that crosses the wire).
+pub const PEER_DISK_FULL: &str = "the server's disk is full";
+
+/// Whether an error chain says a disk is full, here ([`DiskFull`], or a local disk-full error not named yet) or
+/// at a peer (its SFTP answer [`PEER_DISK_FULL`]). Such a step is not retried at once: it waits for someone to
+/// free space.
 pub fn is_disk_full(err: &anyhow::Error) -> bool {
-    local_disk_full(err) || err.chain().any(|e| e.to_string().to_ascii_lowercase().contains("disk is full"))
+    named_disk(err).is_some()
+        || local_disk_full(err)
+        || err.chain().any(|e| e.to_string().contains(PEER_DISK_FULL))
 }
 
 #[cfg(test)]
@@ -203,8 +220,15 @@ mod tests {
         let err = disk_full(anyhow::Error::new(io).context("writing master.csv.bz2"), Path::new("/srv/spool"));
         let text = format!("{err:#}");
         assert!(text.starts_with("the disk holding /srv/spool is full"), "{text}");
+        assert_eq!(named_disk(&err), Some(&DiskFull { disk: "/srv/spool".into() }));
+        assert!(is_disk_full(&err.context("syncing")));
+        let err = disk_full(anyhow::Error::new(std::io::Error::from_raw_os_error(28)), Path::new("/srv/spool"));
         let remote = anyhow::anyhow!("sftp upload failed: the server's disk is full; try again later");
         assert!(is_disk_full(&remote));
+        assert_eq!(named_disk(&remote), None);
+        // a text that merely looks like a named disk is not one
+        let lookalike = anyhow::anyhow!("the disk holding /x is full");
+        assert_eq!(named_disk(&lookalike), None);
         // a peer's full disk is not ours: no local path is named
         assert_eq!(
             format!("{:#}", disk_full(remote, Path::new("/srv"))),
