@@ -1,11 +1,16 @@
-//! Web-service plumbing that both servers and every client share, so the rules live in one place: HTTPS serving
-//! on a given listener ([`serve`]), verification of RFC 9421 signed requests with replay protection ([`auth`]),
-//! a signing JSON client ([`client`]) and the one API error type ([`error`]).
+//! Web-service plumbing that both servers share, so the rules live in one place: HTTPS serving on a given
+//! listener and the tasks of a server ([`serve`]), verification of RFC 9421 signed requests with replay
+//! protection ([`auth`]) and the one extractor every signed route uses ([`signed`]), the one background worker
+//! loop, tenants concurrently ([`worker`]), a server's identity on disk ([`identity`]) and the one API error type
+//! ([`error`]). Server side only: the signed JSON client is `ferry_io::client`, so a Connector compiles no HTTP
+//! server.
 
 pub mod auth;
-pub mod client;
 pub mod error;
 pub mod identity;
 pub mod serve;
+pub mod signed;
+pub mod worker;
 
 pub use error::ApiError;
+pub use signed::{Signed, SignedBy};

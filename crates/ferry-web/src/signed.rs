@@ -1,0 +1,78 @@
+//! The one extractor for signed requests, on every server: [`Signed<C>`] reads the body, verifies its RFC 9421
+//! signature (replays refused, [`crate::auth`]) against the key the server finds for its `keyid`, and hands the
+//! handler the verified caller `C` and the body — nothing else. A refused signature is answered 401 and
+//! reported to the server ([`SignedBy::refused`], e.g. audited).
+//!
+//! Invariant: who the caller is comes only from the key that signed; never from the path, a header or the body.
+//! A server says how it finds a key and who a key is by implementing [`SignedBy<C>`] on its state, once per kind
+//! of caller (a tenant's Connector, the App service, the Comms service).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Request};
+use russh::keys::PublicKey;
+
+use crate::ApiError;
+use crate::auth::SignatureVerifier;
+
+/// Largest signed body accepted (a manifest is a few kB).
+pub const MAX_SIGNED_BODY: usize = 1024 * 1024;
+
+/// How a server's state checks requests signed by callers of kind `C`.
+pub trait SignedBy<C>: Send + Sync + 'static {
+    fn verifier(&self) -> &SignatureVerifier;
+
+    /// Whether this kind of caller can be accepted at all (e.g. a key is configured); refused otherwise.
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// The public key of `keyid`, if it may sign.
+    fn key(&self, keyid: &str) -> Option<PublicKey>;
+
+    /// The caller behind the verified `keyid` (it may record the key's use).
+    fn caller(&self, keyid: String, peer: Option<SocketAddr>) -> impl Future<Output = Result<C, ApiError>> + Send;
+
+    /// A signature was refused (`what`: method, path and why): audit it if the server does.
+    fn refused(&self, _peer: Option<SocketAddr>, _what: &str) {}
+}
+
+/// A request whose signature was verified: the caller and the body.
+pub struct Signed<C> {
+    pub caller: C,
+    pub body: Bytes,
+}
+
+impl<S, C> FromRequest<Arc<S>> for Signed<C>
+where
+    S: SignedBy<C>,
+    C: Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Arc<S>) -> Result<Self, ApiError> {
+        st.ready()?;
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_SIGNED_BODY).await.map_err(|_| {
+            ApiError::BadRequest(format!("the request body is unreadable or larger than {MAX_SIGNED_BODY} bytes"))
+        })?;
+        let verified = st.verifier().verify(&parts.method, &parts.uri, &parts.headers, &body, |k| st.key(k));
+        let caller = match verified {
+            Ok(v) => st.caller(v.keyid, peer).await,
+            Err(e) => Err(e),
+        };
+        match caller {
+            Ok(caller) => Ok(Signed { caller, body }),
+            Err(e) => {
+                if let ApiError::Unauthorized(why) = &e {
+                    st.refused(peer, &format!("https {} {}: {why}", parts.method, parts.uri.path()));
+                }
+                Err(e)
+            }
+        }
+    }
+}
