@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+use russh::keys::PublicKey;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,8 +20,8 @@ pub struct AppConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub signature_max_age_secs: i64,
-    /// OpenSSH public keys of the Comms servers allowed to call this App server.
-    pub comms_keys: Vec<String>,
+    /// OpenSSH public keys of the Comms servers allowed to call this App server (parsed at load).
+    pub comms_keys: Vec<CommsKey>,
     /// Cap on the decompressed size of any one file of a batch (bzip2 bombs).
     pub max_decompressed_bytes: u64,
     /// Run the planner after every successful import and send the recommended orders down.
@@ -30,8 +31,43 @@ pub struct AppConfig {
     /// Instances kept open at once (two SQLite connections each); the least recently used idle one is closed
     /// beyond this, and opened again on its next request.
     pub max_open_instances: usize,
+    /// Tenants the announcer serves at once (each tenant's files still go one after another). Default 8.
+    pub max_concurrent_tenants: usize,
     /// The Comms server this App announces downstream files to.
     pub comms: CommsEndpoint,
+}
+
+/// A Comms service key allowed to call this App server: an OpenSSH public key line in `app.toml`, parsed once at
+/// load, with its fingerprint (the `keyid` of the requests it signs).
+#[derive(Debug, Clone)]
+pub struct CommsKey {
+    pub key: PublicKey,
+    pub fingerprint: String,
+}
+
+impl CommsKey {
+    pub fn new(key: PublicKey) -> Self {
+        CommsKey { fingerprint: ferry_io::keys::fingerprint(&key), key }
+    }
+}
+
+impl Serialize for CommsKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let line = ferry_io::keys::public_key_openssh(&self.key).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&line)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommsKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let line = String::deserialize(d)?;
+        let key = ferry_io::keys::parse_public_key(&line).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "not an OpenSSH public key (copy it from `ferry comms info`): {e}"
+            ))
+        })?;
+        Ok(CommsKey::new(key))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,30 +94,35 @@ impl Default for AppConfig {
             plan_after_import: true,
             service_level: 0.95,
             max_open_instances: 256,
+            max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             comms: CommsEndpoint::default(),
         }
     }
 }
 
+impl ferry_io::config::ConfigFile for AppConfig {
+    const WHAT: &'static str = "app config";
+
+    /// `data_dir`, `tls_cert` and `tls_key`.
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths = vec![&mut self.data_dir];
+        paths.extend([&mut self.tls_cert, &mut self.tls_key].into_iter().flatten());
+        paths
+    }
+
+    fn validate(&mut self) -> anyhow::Result<()> {
+        AppConfig::validate(self)
+    }
+}
+
 impl AppConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the app config {}", path.display()))?;
-        let mut cfg: AppConfig =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid app config", path.display()))?;
-        cfg.data_dir = ferry_io::relative_to_config(path, &cfg.data_dir);
-        for p in [&mut cfg.tls_cert, &mut cfg.tls_key].into_iter().flatten() {
-            *p = ferry_io::relative_to_config(path, p);
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        ferry_io::config::load(path)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (i, k) in self.comms_keys.iter().enumerate() {
-            ferry_io::keys::parse_public_key(k).with_context(|| {
-                format!("comms_keys[{i}] is not an OpenSSH public key (copy it from `ferry comms info`)")
-            })?;
+        if self.max_concurrent_tenants == 0 {
+            bail!("max_concurrent_tenants must be at least 1");
         }
         if !(0.5..1.0).contains(&self.service_level) {
             bail!("service_level must be between 0.5 and 0.9999 (got {})", self.service_level);

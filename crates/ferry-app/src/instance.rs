@@ -19,7 +19,7 @@ use std::time::Duration;
 use ferry_proto::api::{BatchState, FileRows, ImportReport};
 use ferry_proto::batch::BatchId;
 use ferry_proto::spec::{self, Column, FileSpec, Kind};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqliteSynchronous;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 
 /// Version of the schema this build creates (`PRAGMA user_version`).
@@ -67,18 +67,18 @@ impl Instance {
     /// Open the instance database at `path`, creating the file and the schema if absent.
     pub async fn open(path: &Path) -> Result<Instance> {
         let open_err = |source| InstanceError::Open { path: path.to_path_buf(), source };
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+        let options = ferry_io::sqlite::Options {
+            max_connections: 2,
             // NORMAL is durable across application crashes in WAL mode; a power cut may lose the last commit,
             // which the Comms server then re-sends (imports are idempotent).
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
+            synchronous: SqliteSynchronous::Normal,
+            busy_timeout: Duration::from_secs(30),
             // Bounded memory whatever the batch size: an App server holds many instances open at once, so each
             // gets a modest page cache (16 MiB per connection, 2 connections) and temporary b-trees go to disk.
-            .pragma("cache_size", "-16384");
-        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await.map_err(open_err)?;
+            cache_size_kib: Some(16 * 1024),
+            ..Default::default()
+        };
+        let pool = ferry_io::sqlite::open(path, &options).await.map_err(open_err)?;
         let inst = Instance { pool, path: path.to_path_buf(), import_lock: tokio::sync::Mutex::new(()) };
         inst.create_schema().await?;
         Ok(inst)

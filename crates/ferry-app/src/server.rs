@@ -11,19 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::api::{CreateInstance, ImportReport, InstanceCreated, valid_tenant_name};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
-use ferry_web::ApiError;
 use ferry_web::auth::SignatureVerifier;
 use ferry_web::identity::ServerIdentity;
+use ferry_web::worker::Worker;
+use ferry_web::{ApiError, Signed, SignedBy};
 use russh::keys::PublicKey;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::AppConfig;
 use crate::import::{ImportLimits, import_batch};
@@ -32,16 +31,22 @@ use crate::instance::Instance;
 /// An open instance and the lock that serialises imports into it.
 pub type SharedInstance = Arc<(Instance, Mutex<()>)>;
 
+/// A tenant's place in the cache: opened once, by the first request that needs it, while later requests for
+/// the same tenant wait on the cell (not on the map).
+type Slot = Arc<OnceCell<SharedInstance>>;
+
 pub struct AppState {
     pub cfg: AppConfig,
     pub identity: ServerIdentity,
+    /// The Comms service keys allowed to call, by fingerprint (`comms_keys`, parsed at load).
     comms_keys: HashMap<String, PublicKey>,
     verifier: SignatureVerifier,
     /// Open instances with the time of their last use; at most `max_open_instances` are kept (see
-    /// [`AppState::instance`]).
-    instances: Mutex<HashMap<String, (SharedInstance, std::time::Instant)>>,
+    /// [`AppState::instance`]). The map's lock is only ever held to look up, insert or remove a slot — never
+    /// while an instance opens or closes (that happens in the slot, [`Slot`]).
+    instances: std::sync::Mutex<HashMap<String, (Slot, std::time::Instant)>>,
     /// Signed client for the Comms server (downstream announcements), if configured.
-    comms: Option<ferry_web::client::ApiClient>,
+    comms: Option<ferry_io::client::ApiClient>,
     /// Wakes the announcer (a file was published).
     pub announce_wakeup: tokio::sync::Notify,
 }
@@ -66,39 +71,76 @@ impl AppState {
         if !valid_tenant_name(tenant) {
             return Ok(None);
         }
-        let mut map = self.instances.lock().await;
-        let now = std::time::Instant::now();
-        if let Some((i, used)) = map.get_mut(tenant) {
-            *used = now;
-            return Ok(Some(i.clone()));
-        }
         let path = self.instance_path(tenant);
-        if !create && !path.exists() {
-            return Ok(None);
-        }
-        let inst = Arc::new((Instance::open(&path).await?, Mutex::new(())));
-        map.insert(tenant.to_string(), (inst.clone(), now));
-        self.close_idle(&mut map).await;
+        let slot = {
+            let mut map = self.lock_instances();
+            let now = std::time::Instant::now();
+            match map.get_mut(tenant) {
+                Some((slot, used)) => {
+                    *used = now;
+                    slot.clone()
+                }
+                None => {
+                    if !create && !path.exists() {
+                        return Ok(None);
+                    }
+                    let slot = Slot::default();
+                    map.insert(tenant.to_string(), (slot.clone(), now));
+                    slot
+                }
+            }
+        };
+        let opened = slot
+            .get_or_try_init(|| async { anyhow::Ok(Arc::new((Instance::open(&path).await?, Mutex::new(())))) })
+            .await;
+        let inst = match opened {
+            Ok(inst) => inst.clone(),
+            Err(e) => {
+                // Forget the slot (if it is still ours) so that the next request tries again.
+                let mut map = self.lock_instances();
+                if map.get(tenant).is_some_and(|(s, _)| Arc::ptr_eq(s, &slot) && s.get().is_none()) {
+                    map.remove(tenant);
+                }
+                return Err(e);
+            }
+        };
+        self.close_idle().await;
         Ok(Some(inst))
     }
 
+    fn lock_instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Slot, std::time::Instant)>> {
+        // The map holds no invariant a panicking holder could break half-way.
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Close least recently used instances until at most `max_open_instances` are open. An instance someone
-    /// holds (an import, a request) stays open: the map may exceed the cap until it is released.
-    async fn close_idle(&self, map: &mut HashMap<String, (SharedInstance, std::time::Instant)>) {
-        while map.len() > self.cfg.max_open_instances {
-            let idle = map
-                .iter()
-                .filter(|(_, (i, _))| Arc::strong_count(i) == 1)
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(t, _)| t.clone());
-            let Some((inst, _)) = idle.and_then(|t| map.remove(&t)) else { break };
+    /// holds (an import, a request, one being opened) stays open: the map may exceed the cap until it is
+    /// released. The idle ones are taken out of the map under its lock and closed after it is released.
+    async fn close_idle(&self) {
+        let closing: Vec<SharedInstance> = {
+            let mut map = self.lock_instances();
+            let mut out = Vec::new();
+            while map.len() > self.cfg.max_open_instances {
+                let idle = map
+                    .iter()
+                    .filter(|(_, (slot, _))| {
+                        Arc::strong_count(slot) == 1 && slot.get().is_some_and(|i| Arc::strong_count(i) == 1)
+                    })
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(t, _)| t.clone());
+                let Some((slot, _)) = idle.and_then(|t| map.remove(&t)) else { break };
+                out.extend(slot.get().cloned());
+            }
+            out
+        };
+        for inst in closing {
             inst.0.close().await;
         }
     }
 
-    /// How many instances are open now.
+    /// How many instances are open (or opening) now.
     pub async fn open_instances(&self) -> usize {
-        self.instances.lock().await.len()
+        self.lock_instances().len()
     }
 
     async fn create_instance(&self, tenant: &str) -> anyhow::Result<bool> {
@@ -158,11 +200,8 @@ pub async fn start(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = identity(&cfg)?;
-    let mut comms_keys = HashMap::new();
-    for k in &cfg.comms_keys {
-        let k = ferry_io::keys::parse_public_key(k)?;
-        comms_keys.insert(ferry_io::keys::fingerprint(&k), k);
-    }
+    let comms_keys: HashMap<String, PublicKey> =
+        cfg.comms_keys.iter().map(|k| (k.fingerprint.clone(), k.key.clone())).collect();
     if comms_keys.is_empty() {
         tracing::warn!("no comms_keys configured: no Comms server can call this App server yet");
     }
@@ -181,7 +220,7 @@ pub async fn start(
         cfg,
         identity,
         comms_keys,
-        instances: Mutex::new(HashMap::new()),
+        instances: std::sync::Mutex::new(HashMap::new()),
         comms,
         announce_wakeup: tokio::sync::Notify::new(),
     });
@@ -207,23 +246,33 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances/{tenant}/batches/{id}/import", post(import))
         .route("/v1/instances/{tenant}/files", get(files))
         .route("/v1/instances/{tenant}/files/{id}/state", post(file_state))
-        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(ferry_web::signed::MAX_SIGNED_BODY))
         .with_state(state)
 }
 
-fn authenticate(st: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    st.verifier.verify(method, uri, headers, body, |keyid| st.comms_keys.get(keyid).cloned())?;
-    Ok(())
+/// The caller of every App route: a Comms server, known by one of the `comms_keys` that signed the request.
+pub struct CommsService {
+    pub key_fingerprint: String,
+}
+
+impl SignedBy<CommsService> for AppState {
+    fn verifier(&self) -> &SignatureVerifier {
+        &self.verifier
+    }
+
+    fn key(&self, keyid: &str) -> Option<PublicKey> {
+        self.comms_keys.get(keyid).cloned()
+    }
+
+    async fn caller(&self, keyid: String, _peer: Option<SocketAddr>) -> Result<CommsService, ApiError> {
+        Ok(CommsService { key_fingerprint: keyid })
+    }
 }
 
 async fn create(
     State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { body, .. }: Signed<CommsService>,
 ) -> Result<Json<InstanceCreated>, ApiError> {
-    authenticate(&st, &method, &uri, &headers, &body)?;
     let req: CreateInstance =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     if !valid_tenant_name(&req.tenant) {
@@ -244,12 +293,8 @@ async fn open_instance(st: &AppState, tenant: &str) -> Result<SharedInstance, Ap
 async fn list(
     State(st): St,
     Path(tenant): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: Signed<CommsService>,
 ) -> Result<Json<Vec<ImportReport>>, ApiError> {
-    authenticate(&st, &method, &uri, &headers, &body)?;
     let inst = open_instance(&st, &tenant).await?;
     Ok(Json(inst.0.batches().await.map_err(|e| ApiError::Internal(e.into()))?))
 }
@@ -257,12 +302,8 @@ async fn list(
 async fn import(
     State(st): St,
     Path((tenant, id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { body, .. }: Signed<CommsService>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    authenticate(&st, &method, &uri, &headers, &body)?;
     let id = BatchId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
@@ -298,89 +339,79 @@ async fn import(
     Ok(Json(report))
 }
 
-/// Announces outbox files to Comms: at once when woken (this process published a file), every 2 s for the
-/// instances that left a marker (`outbox::announce_marker`, also written by `ferry app publish` in another
-/// process), and every instance at start and once an hour as a safety net. After a failure it tries again with
+/// Announces outbox files to Comms, per tenant, tenants concurrently (at most `max_concurrent_tenants`,
+/// [`ferry_web::worker`]): at once when woken (this process published a file), every 2 s for the instances that
+/// left a marker (`outbox::announce_marker`, also written by `ferry app publish` in another process), and every
+/// instance at start and once an hour as a safety net. A tenant whose announcement failed tries again with
 /// backoff and jitter (1 s growing to 5 min); the same error is logged once per 5 minutes with a count.
 async fn announcer(st: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    use ferry_io::retry::{Backoff, FailureLog};
-    tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-    let mut failures = FailureLog::new("announcing downstream files to the Comms server", Duration::from_secs(300));
-    let mut next_full = tokio::time::Instant::now();
-    loop {
-        let full = tokio::time::Instant::now() >= next_full;
-        let wait = match announce_all(&st, full).await {
-            Ok(()) => {
-                backoff.reset();
-                if full {
-                    next_full = tokio::time::Instant::now() + FULL_ANNOUNCE_SCAN;
-                }
-                if let Some(line) = failures.success() {
-                    tracing::info!("{line}");
-                }
-                Duration::from_secs(2)
-            }
-            Err(e) => {
-                let wait = backoff.next_delay();
-                if let Some(line) = failures.failure(&format!("{e:#}"), wait) {
-                    tracing::warn!("{line}");
-                }
-                wait
-            }
-        };
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = st.announce_wakeup.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+    let worker = Worker {
+        idle: Duration::from_secs(2),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(300),
+        log_interval: Duration::from_secs(300),
+        ..Worker::new("announcing downstream files to the Comms server", st.cfg.max_concurrent_tenants)
+    };
+    let next_full = std::sync::Mutex::new(tokio::time::Instant::now());
+    let list = || async {
+        let now = tokio::time::Instant::now();
+        let full = next_full.lock().map(|n| now >= *n).unwrap_or(true);
+        let tenants = tenants_to_announce(&st, full);
+        if full && let Ok(mut n) = next_full.lock() {
+            *n = now + FULL_ANNOUNCE_SCAN;
         }
-    }
+        anyhow::Ok(tenants.into_iter().map(|t| (t.clone(), t)).collect::<Vec<_>>())
+    };
+    let work = |tenant: String| {
+        let st = st.clone();
+        async move { announce_tenant(&st, &tenant).await }
+    };
+    worker.run(&st.announce_wakeup, shutdown, list, work).await
 }
 
 const FULL_ANNOUNCE_SCAN: Duration = Duration::from_secs(3600);
 
-/// Announce what the marked instances (`full`: all instances) have not announced yet. A marker is removed before
-/// its instance is read and left again if announcing fails, so a file published meanwhile is never missed.
-async fn announce_all(st: &AppState, full: bool) -> anyhow::Result<()> {
-    let Some(comms) = &st.comms else { return Ok(()) };
+/// The tenants to announce: those that left a marker (`full`: every instance). None without a Comms server.
+fn tenants_to_announce(st: &AppState, full: bool) -> Vec<String> {
+    if st.comms.is_none() {
+        return Vec::new();
+    }
     let dir = st.cfg.data_dir.join("instances");
     let (listed, suffix) = if full { (dir.clone(), ".db") } else { (dir.join("announce"), "") };
-    let Ok(entries) = std::fs::read_dir(&listed) else { return Ok(()) };
-    let tenants: Vec<String> = entries
+    let Ok(entries) = std::fs::read_dir(&listed) else { return Vec::new() };
+    entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(suffix)).map(str::to_owned))
         .filter(|t| valid_tenant_name(t))
-        .collect();
-    for tenant in tenants {
-        let path = st.instance_path(&tenant);
-        let marker = crate::outbox::announce_marker(&path);
-        if let Some(m) = &marker {
-            let _ = std::fs::remove_file(m);
-        }
-        let result = async {
-            if let Some(inst) = st.instance(&tenant).await? {
-                crate::downstream::announce_pending(comms, &inst.0, &tenant).await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = crate::outbox::mark_for_announcement(&path);
-            return Err(e);
-        }
+        .collect()
+}
+
+/// Announce what `tenant`'s instance has not announced yet. Its marker is removed before the instance is read and
+/// left again if announcing fails, so a file published meanwhile is never missed.
+async fn announce_tenant(st: &AppState, tenant: &str) -> anyhow::Result<()> {
+    let Some(comms) = &st.comms else { return Ok(()) };
+    let path = st.instance_path(tenant);
+    if let Some(m) = crate::outbox::announce_marker(&path) {
+        let _ = std::fs::remove_file(m);
     }
-    Ok(())
+    let result = async {
+        if let Some(inst) = st.instance(tenant).await? {
+            crate::downstream::announce_pending(comms, &inst.0, tenant).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = crate::outbox::mark_for_announcement(&path);
+    }
+    result
 }
 
 async fn files(
     State(st): St,
     Path(tenant): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: Signed<CommsService>,
 ) -> Result<Json<Vec<ferry_proto::api::FileReceipt>>, ApiError> {
-    authenticate(&st, &method, &uri, &headers, &body)?;
     let inst = open_instance(&st, &tenant).await?;
     Ok(Json(crate::outbox::receipts(&inst.0).await.map_err(ApiError::Internal)?))
 }
@@ -388,12 +419,8 @@ async fn files(
 async fn file_state(
     State(st): St,
     Path((tenant, id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { body, .. }: Signed<CommsService>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authenticate(&st, &method, &uri, &headers, &body)?;
     let id = ferry_proto::api::FileId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let p: ferry_proto::api::FileProgress =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;

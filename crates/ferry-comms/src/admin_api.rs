@@ -111,7 +111,7 @@ fn refused(e: anyhow::Error) -> ApiError {
 }
 
 async fn list_tenants(State(a): St) -> Result<Json<Vec<db::TenantRow>>, ApiError> {
-    Ok(Json(db::list_tenants(&a.st.db).await?))
+    Ok(Json(db::list_tenants(&a.st.db).await.map_err(ApiError::internal)?))
 }
 
 #[derive(Deserialize)]
@@ -146,7 +146,7 @@ async fn enable(State(a): St, peer: Peer, Path(name): Path<String>) -> Result<Js
 }
 
 async fn keys(State(a): St, Path(name): Path<String>) -> Result<Json<Vec<Value>>, ApiError> {
-    let rows = db::tenant_keys(&a.st.db, &name).await?;
+    let rows = db::tenant_keys(&a.st.db, &name).await.map_err(ApiError::internal)?;
     Ok(Json(
         rows.into_iter()
             .map(|(fp, status, created, host)| json!({ "fingerprint": fp, "status": status, "created_at": created, "hostname": host }))
@@ -220,7 +220,7 @@ struct AuditQuery {
 }
 
 async fn audit(State(a): St, Query(q): Query<AuditQuery>) -> Result<Json<Vec<Value>>, ApiError> {
-    let rows = db::recent_audit(&a.st.db, q.limit.unwrap_or(50).clamp(1, 10_000)).await?;
+    let rows = db::recent_audit(&a.st.db, q.limit.unwrap_or(50).clamp(1, 10_000)).await.map_err(ApiError::internal)?;
     Ok(Json(
         rows.into_iter()
             .map(|(id, at, tenant, event, detail)| json!({ "id": id, "at": at, "tenant": tenant, "event": event, "detail": detail }))

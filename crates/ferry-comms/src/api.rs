@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::time::Duration;
@@ -18,7 +16,9 @@ use ferry_proto::api::{
 };
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
-use ferry_web::ApiError;
+use ferry_web::auth::SignatureVerifier;
+use ferry_web::{ApiError, Signed, SignedBy};
+use russh::keys::PublicKey;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -28,7 +28,7 @@ use crate::{CommsState, db};
 type St = State<Arc<CommsState>>;
 
 /// Largest JSON body accepted (a manifest is a few kB).
-const MAX_BODY: usize = 1024 * 1024;
+const MAX_BODY: usize = ferry_web::signed::MAX_SIGNED_BODY;
 
 pub fn router(state: Arc<CommsState>) -> Router {
     let timeout = Duration::from_secs(state.cfg.request_timeout_secs);
@@ -50,60 +50,65 @@ pub fn router(state: Arc<CommsState>) -> Router {
     ferry_web::serve::with_request_timeout(routes, timeout)
 }
 
-/// The authenticated caller of a signed request.
+/// The authenticated caller of a signed request: a tenant's Connector, known by the key that signed.
 pub struct Caller {
     pub tenant: String,
     pub key_fingerprint: String,
 }
 
-/// A request whose RFC 9421 signature was verified: the caller (tenant from the signing key) and the body.
-/// A refused signature is answered 401 and audited (`auth_failed`, coalesced per address).
-pub struct Signed {
-    pub caller: Caller,
-    pub body: Bytes,
-}
+/// The App server, known by its service key (`[app] service_key`); it announces downstream files.
+pub struct AppService;
 
-impl FromRequest<Arc<CommsState>> for Signed {
-    type Rejection = ApiError;
+/// Connectors' requests: the tenant comes from the signing key alone; a refused signature is audited
+/// (`auth_failed`, coalesced per address).
+impl SignedBy<Caller> for CommsState {
+    fn verifier(&self) -> &SignatureVerifier {
+        &self.verifier
+    }
 
-    async fn from_request(req: Request, st: &Arc<CommsState>) -> Result<Self, ApiError> {
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-            ApiError::BadRequest(format!("the request body is unreadable or larger than {MAX_BODY} bytes"))
-        })?;
-        let caller = match authenticate(st, &parts.method, &parts.uri, &parts.headers, &body).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let ApiError::Unauthorized(why) = &e {
-                    st.auth_failed(peer, &format!("https {} {}: {why}", parts.method, parts.uri.path()));
-                }
-                return Err(e);
-            }
-        };
-        st.note_key_use(&caller.tenant, &caller.key_fingerprint, peer, "https").await;
-        Ok(Signed { caller, body })
+    fn key(&self, keyid: &str) -> Option<PublicKey> {
+        self.keys.tenant_of(keyid).map(|(_, k)| k)
+    }
+
+    async fn caller(&self, keyid: String, peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
+        let (tenant, _) = self
+            .keys
+            .tenant_of(&keyid)
+            .ok_or_else(|| ApiError::Unauthorized("this key is not registered (or was revoked)".into()))?;
+        // The first use of a rotated-in key retires the key it replaced.
+        if let Some(old) = db::retire_replaced(&self.db, &keyid).await.map_err(ApiError::internal)? {
+            self.keys.remove(&old);
+            db::audit(&self.db, Some(&tenant), "key_retired", &format!("{old} replaced by {keyid}")).await;
+        }
+        self.note_key_use(&tenant, &keyid, peer, "https").await;
+        Ok(Caller { tenant, key_fingerprint: keyid })
+    }
+
+    fn refused(&self, peer: Option<SocketAddr>, what: &str) {
+        self.auth_failed(peer, what);
     }
 }
 
-pub async fn authenticate(
-    st: &CommsState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Caller, ApiError> {
-    let v = st.verifier.verify(method, uri, headers, body, |keyid| st.keys.tenant_of(keyid).map(|(_, k)| k))?;
-    let (tenant, _) = st
-        .keys
-        .tenant_of(&v.keyid)
-        .ok_or_else(|| ApiError::Unauthorized("this key is not registered (or was revoked)".into()))?;
-    // The first use of a rotated-in key retires the key it replaced.
-    if let Some(old) = db::retire_replaced(&st.db, &v.keyid).await? {
-        st.keys.remove(&old);
-        db::audit(&st.db, Some(&tenant), "key_retired", &format!("{old} replaced by {}", v.keyid)).await;
+/// The App's announcements, signed by its service key.
+impl SignedBy<AppService> for CommsState {
+    fn verifier(&self) -> &SignatureVerifier {
+        &self.verifier
     }
-    Ok(Caller { tenant, key_fingerprint: v.keyid })
+
+    fn ready(&self) -> Result<(), ApiError> {
+        match self.app_service_key {
+            Some(_) => Ok(()),
+            None => Err(ApiError::Unauthorized("this Comms server has no [app] service_key configured".into())),
+        }
+    }
+
+    fn key(&self, keyid: &str) -> Option<PublicKey> {
+        self.app_service_key.clone().filter(|k| ferry_io::keys::fingerprint(k) == keyid)
+    }
+
+    async fn caller(&self, _keyid: String, _peer: Option<SocketAddr>) -> Result<AppService, ApiError> {
+        Ok(AppService)
+    }
 }
 
 pub fn secret_hash(secret: &str) -> String {
@@ -123,7 +128,7 @@ async fn register(
     let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
     let tenant = match db::register_key(&st.db, &secret_hash(&req.token_secret), &fp, &openssh, &hostname).await {
         Ok(t) => t,
-        Err(db::RegisterError::Db(e)) => return Err(e.into()),
+        Err(db::RegisterError::Db(e)) => return Err(ApiError::internal(e)),
         Err(e) => {
             db::audit(&st.db, None, "register_refused", &format!("from {peer}: {e}")).await;
             return Err(match e {
@@ -166,7 +171,7 @@ fn check_key_strength(key: &russh::keys::PublicKey) -> Result<(), ApiError> {
 async fn rotate_key(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Signed { caller: c, body }: Signed,
+    Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<WhoAmI>, ApiError> {
     let req: RotateKey = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let key = ferry_io::keys::parse_public_key(&req.public_key)
@@ -176,7 +181,7 @@ async fn rotate_key(
     let openssh = ferry_io::keys::public_key_openssh(&key).map_err(ApiError::internal)?;
     match db::add_rotated_key(&st.db, &c.tenant, &c.key_fingerprint, &fp, &openssh).await {
         Ok(()) => {}
-        Err(db::RegisterError::Db(e)) => return Err(e.into()),
+        Err(db::RegisterError::Db(e)) => return Err(ApiError::internal(e)),
         Err(e) => return Err(ApiError::Conflict(e.to_string())),
     }
     st.keys.insert(fp.clone(), c.tenant.clone(), key);
@@ -185,7 +190,7 @@ async fn rotate_key(
     Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: fp }))
 }
 
-async fn whoami(Signed { caller: c, .. }: Signed) -> Result<Json<WhoAmI>, ApiError> {
+async fn whoami(Signed { caller: c, .. }: Signed<Caller>) -> Result<Json<WhoAmI>, ApiError> {
     Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
 }
 
@@ -197,10 +202,10 @@ struct ListQuery {
 async fn list_batches(
     State(st): St,
     Query(q): Query<ListQuery>,
-    Signed { caller: c, .. }: Signed,
+    Signed { caller: c, .. }: Signed<Caller>,
 ) -> Result<Json<Vec<BatchStatus>>, ApiError> {
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    Ok(Json(db::list_batches(&st.db, &c.tenant, limit).await?))
+    Ok(Json(db::list_batches(&st.db, &c.tenant, limit).await.map_err(ApiError::internal)?))
 }
 
 fn parse_batch_id(id: &str) -> Result<BatchId, ApiError> {
@@ -210,11 +215,11 @@ fn parse_batch_id(id: &str) -> Result<BatchId, ApiError> {
 async fn get_batch(
     State(st): St,
     Path(id): Path<String>,
-    Signed { caller: c, .. }: Signed,
+    Signed { caller: c, .. }: Signed<Caller>,
 ) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_batch_id(&id)?;
     db::batch_status(&st.db, &c.tenant, &id)
-        .await?
+        .await.map_err(ApiError::internal)?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("batch {id} is not known for this connector")))
 }
@@ -225,12 +230,12 @@ async fn get_batch(
 async fn complete_batch(
     State(st): St,
     Path(id): Path<String>,
-    Signed { caller: c, body }: Signed,
+    Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_batch_id(&id)?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     manifest.check_batch(&id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if let Some(existing) = db::batch_status(&st.db, &c.tenant, &id).await? {
+    if let Some(existing) = db::batch_status(&st.db, &c.tenant, &id).await.map_err(ApiError::internal)? {
         return Ok(Json(existing));
     }
     let limits = st.limits.of(&c.tenant);
@@ -292,14 +297,14 @@ struct FilesQuery {
 async fn list_files(
     State(st): St,
     Query(q): Query<FilesQuery>,
-    Signed { caller: c, .. }: Signed,
+    Signed { caller: c, .. }: Signed<Caller>,
 ) -> Result<Json<Vec<DownloadFile>>, ApiError> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
     loop {
         changed.mark_unchanged();
-        let files = db::ready_downloads(&st.db, &c.tenant).await?;
+        let files = db::ready_downloads(&st.db, &c.tenant).await.map_err(ApiError::internal)?;
         if !files.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(files));
         }
@@ -317,19 +322,19 @@ fn parse_file_id(id: &str) -> Result<FileId, ApiError> {
 async fn ack_file(
     State(st): St,
     Path(id): Path<String>,
-    Signed { caller: c, body }: Signed,
+    Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
-        .await?
+        .await.map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound(format!("file {id} is not on this connector's download list")))?;
     if row.file.sha256 != ack.sha256 {
         return Err(ApiError::Unprocessable(format!(
             "file {id}: the acknowledged sha256 differs from the file's; download it again"
         )));
     }
-    if !db::set_download_delivered(&st.db, &c.tenant, &id).await? {
+    if !db::set_download_delivered(&st.db, &c.tenant, &id).await.map_err(ApiError::internal)? {
         return Err(ApiError::Conflict(format!("file {id} is not ready yet")));
     }
     if row.state != FileState::Delivered {
@@ -348,12 +353,12 @@ async fn ack_file(
 async fn file_error(
     State(st): St,
     Path(id): Path<String>,
-    Signed { caller: c, body }: Signed,
+    Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_file_id(&id)?;
     let e: FileError = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let msg: String = e.error.chars().filter(|c| !c.is_control()).take(500).collect();
-    if !db::note_download_error(&st.db, &c.tenant, &id, &format!("connector: {msg}")).await? {
+    if !db::note_download_error(&st.db, &c.tenant, &id, &format!("connector: {msg}")).await.map_err(ApiError::internal)? {
         return Err(ApiError::NotFound(format!("file {id} is not on this connector's download list")));
     }
     tracing::warn!(tenant = %c.tenant, file = %id, "connector could not deliver: {msg}");
@@ -363,17 +368,8 @@ async fn file_error(
 /// `POST /v1/app/files` (signed by the App's service key): a file is waiting in a tenant's outbox.
 async fn app_file_ready(
     State(st): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { caller: AppService, body }: Signed<AppService>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let app_key = st
-        .app_service_key
-        .clone()
-        .ok_or_else(|| ApiError::Unauthorized("this Comms server has no [app] service_key configured".into()))?;
-    let app_fp = ferry_io::keys::fingerprint(&app_key);
-    st.verifier.verify(&method, &uri, &headers, &body, |keyid| (keyid == app_fp).then(|| app_key.clone()))?;
     let f: FileReady = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     if !valid_tenant_name(&f.tenant) || !valid_file_name(&f.name) {
         return Err(ApiError::BadRequest("invalid tenant or file name".into()));
@@ -391,7 +387,7 @@ async fn app_file_ready(
         };
         return Err(ApiError::Unprocessable(msg));
     }
-    if !db::insert_download(&st.db, &f).await? {
+    if !db::insert_download(&st.db, &f).await.map_err(ApiError::internal)? {
         return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));
     }
     tracing::info!(tenant = %f.tenant, file = %f.file_id, name = %f.name, "file announced by the App");

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
@@ -40,6 +40,9 @@ pub struct CommsConfig {
     pub listen_admin: Option<SocketAddr>,
     /// Plain-HTTP listener (port 80) that only redirects to `public_url`; none by default.
     pub listen_http_redirect: Option<SocketAddr>,
+    /// Tenants the relay and the downstream worker each serve at once (a large import delays only its own tenant;
+    /// each tenant's batches still go one after another, in order). Default 8.
+    pub max_concurrent_tenants: usize,
     /// Default limits of every tenant; `ferry comms tenant limits` overrides them per tenant.
     pub limits: Limits,
     /// The App server hosting this Comms server's instances.
@@ -78,29 +81,39 @@ impl Default for CommsConfig {
             request_timeout_secs: 90,
             listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 8444))),
             listen_http_redirect: None,
+            max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             limits: Limits::default(),
             app: AppEndpoint::default(),
         }
     }
 }
 
+impl ferry_io::config::ConfigFile for CommsConfig {
+    const WHAT: &'static str = "comms config";
+
+    /// `data_dir`, `tls_cert` and `tls_key`.
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths = vec![&mut self.data_dir];
+        paths.extend([&mut self.tls_cert, &mut self.tls_key].into_iter().flatten());
+        paths
+    }
+
+    fn validate(&mut self) -> anyhow::Result<()> {
+        CommsConfig::validate(self)
+    }
+}
+
 impl CommsConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the comms config {}", path.display()))?;
-        let mut cfg: CommsConfig =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid comms config", path.display()))?;
-        cfg.data_dir = ferry_io::relative_to_config(path, &cfg.data_dir);
-        for p in [&mut cfg.tls_cert, &mut cfg.tls_key].into_iter().flatten() {
-            *p = ferry_io::relative_to_config(path, p);
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        ferry_io::config::load(path)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
+        }
+        if self.max_concurrent_tenants == 0 {
+            bail!("max_concurrent_tenants must be at least 1");
         }
         if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
             bail!("public_url must start with https:// (got {:?})", self.public_url);

@@ -2,29 +2,23 @@
 //! built from strings. Tenants, keys, single-use registration tokens, the batch state machine and an audit trail.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_proto::api::{BatchState, BatchStatus};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
 pub async fn open(path: &Path) -> anyhow::Result<SqlitePool> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let opts = SqliteConnectOptions::from_str("sqlite:")?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(opts)
+    let options = ferry_io::sqlite::Options {
+        max_connections: 8,
+        busy_timeout: Duration::from_secs(10),
+        foreign_keys: true,
+        create_folder: true,
+        ..Default::default()
+    };
+    let pool = ferry_io::sqlite::open(path, &options)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the comms database {}: {e}", path.display()))?;
     sqlx::migrate!("./migrations").run(&pool).await?;
@@ -424,17 +418,34 @@ pub async fn verify_audit(pool: &SqlitePool) -> anyhow::Result<Result<u64, Strin
     Ok(Ok(rows.len() as u64))
 }
 
-fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<BatchStatus> {
-    let id: String = r.get("batch_id");
-    let state: String = r.get("state");
-    let updated: String = r.get("updated_at");
-    Some(BatchStatus {
-        batch_id: BatchId::parse(&id).ok()?,
-        state: BatchState::parse(&state)?,
-        detail: r.get("detail"),
-        files: r.get::<i64, _>("files") as u32,
-        rows: r.get::<i64, _>("rows") as u64,
-        updated_at: DateTime::parse_from_rfc3339(&updated).map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
+/// A `batches` row the database holds but this build cannot read: an error, never a row silently skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("the comms database holds an unreadable batch record {batch:?}: {what}")]
+pub struct CorruptBatch {
+    pub batch: String,
+    pub what: String,
+}
+
+/// A batch state as stored, or [`CorruptBatch`] for one this build does not know.
+fn parse_state(batch: &str, state: &str) -> Result<BatchState, CorruptBatch> {
+    BatchState::parse(state)
+        .ok_or_else(|| CorruptBatch { batch: batch.chars().take(64).collect(), what: format!("unknown state {state:?}") })
+}
+
+fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<BatchStatus> {
+    let id: String = r.try_get("batch_id")?;
+    let corrupt = |what: String| CorruptBatch { batch: id.chars().take(64).collect(), what };
+    let state: String = r.try_get("state")?;
+    let updated: String = r.try_get("updated_at")?;
+    Ok(BatchStatus {
+        batch_id: BatchId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
+        state: parse_state(&id, &state)?,
+        detail: r.try_get("detail")?,
+        files: r.try_get::<i64, _>("files")? as u32,
+        rows: r.try_get::<i64, _>("rows")? as u64,
+        updated_at: DateTime::parse_from_rfc3339(&updated)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| corrupt(format!("updated_at {updated:?}: {e}")))?,
     })
 }
 
@@ -457,22 +468,22 @@ pub async fn insert_batch(pool: &SqlitePool, tenant: &str, m: &Manifest) -> anyh
     batch_status(pool, tenant, &m.batch_id).await?.ok_or_else(|| anyhow::anyhow!("batch vanished after insert"))
 }
 
-pub async fn batch_status(pool: &SqlitePool, tenant: &str, id: &BatchId) -> sqlx::Result<Option<BatchStatus>> {
+pub async fn batch_status(pool: &SqlitePool, tenant: &str, id: &BatchId) -> anyhow::Result<Option<BatchStatus>> {
     let row = sqlx::query("SELECT * FROM batches WHERE tenant = ? AND batch_id = ?")
         .bind(tenant)
         .bind(id.as_str())
         .fetch_optional(pool)
         .await?;
-    Ok(row.as_ref().and_then(status_from_row))
+    row.as_ref().map(status_from_row).transpose()
 }
 
-pub async fn list_batches(pool: &SqlitePool, tenant: &str, limit: i64) -> sqlx::Result<Vec<BatchStatus>> {
+pub async fn list_batches(pool: &SqlitePool, tenant: &str, limit: i64) -> anyhow::Result<Vec<BatchStatus>> {
     let rows = sqlx::query("SELECT * FROM batches WHERE tenant = ? ORDER BY batch_id DESC LIMIT ?")
         .bind(tenant)
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows.iter().filter_map(status_from_row).collect())
+    rows.iter().map(status_from_row).collect()
 }
 
 /// A batch the relay still has to move: (tenant, manifest, state).
@@ -492,14 +503,11 @@ pub async fn pending_batches(pool: &SqlitePool) -> anyhow::Result<Vec<PendingBat
     .await?;
     let mut out = Vec::new();
     for r in rows {
-        let manifest: String = r.get(1);
-        let state: String = r.get(2);
-        out.push(PendingBatch {
-            tenant: r.get(0),
-            manifest: serde_json::from_str(&manifest)?,
-            state: BatchState::parse(&state).unwrap_or(BatchState::Uploaded),
-            attempts: r.get(3),
-        });
+        let manifest: String = r.try_get(1)?;
+        let state: String = r.try_get(2)?;
+        let manifest: Manifest = serde_json::from_str(&manifest)?;
+        let state = parse_state(manifest.batch_id.as_str(), &state)?;
+        out.push(PendingBatch { tenant: r.try_get(0)?, manifest, state, attempts: r.try_get(3)? });
     }
     Ok(out)
 }

@@ -1,7 +1,8 @@
-//! Downstream worker: fetches each file the App announced over SFTP, verifies its SHA-256, compresses it with
-//! bzip2 into the tenant's `download/<id>/` folder (temporary name, then rename) and puts it on the tenant's
-//! download list, waking long-polling Connectors. It also tells the App how each file progresses (relayed,
-//! delivered), retrying until the App has heard. State lives in the `downloads` table: a restart resumes.
+//! Downstream worker (tenants concurrently, [`ferry_web::worker`]): fetches each file the App announced over
+//! SFTP, verifies its SHA-256, compresses it with bzip2 into the tenant's `download/<id>/` folder (temporary
+//! name, then rename) and puts it on the tenant's download list, waking long-polling Connectors. It also tells
+//! the App how each file progresses (relayed, delivered), retrying until the App has heard. State lives in the
+//! `downloads` table: a restart resumes.
 
 use std::future::Future;
 use std::path::Path;
@@ -11,33 +12,33 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use ferry_proto::api::{FileProgress, FileState};
 
+use ferry_web::worker::Worker;
+
 use crate::{CommsState, db};
 
 pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    crate::worker_loop("downstream work", &st.downstream_wakeup, shutdown, || work(&st)).await
+    let worker = Worker::new("downstream work", st.cfg.max_concurrent_tenants);
+    let list = || async {
+        let rows = db::downloads_needing_work(&st.db).await?;
+        anyhow::Ok(rows.into_iter().map(|r| (r.tenant.clone(), r)).collect::<Vec<_>>())
+    };
+    let work = |row: db::DownloadRow| {
+        let st = st.clone();
+        async move { work_or_note(&st, &row).await }
+    };
+    worker.run(&st.downstream_wakeup, shutdown, list, work).await
 }
 
-/// One pass over the files needing work. Ok(true) if something moved, Err if everything failed.
-async fn work(st: &CommsState) -> anyhow::Result<bool> {
-    let rows = db::downloads_needing_work(&st.db).await?;
-    let (mut moved, mut failure) = (false, None);
-    for row in rows {
-        let r = if row.state == FileState::Fetching { fetch(st, &row).await } else { tell_app(st, &row).await };
-        match r {
-            Ok(()) => moved = true,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                // kept with the file for `tenant files`; the worker loop logs failures, rate-limited
-                tracing::debug!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
-                db::note_download_error(&st.db, &row.tenant, &row.file.file_id, &msg).await?;
-                failure = Some(e);
-            }
-        }
-    }
-    match failure {
-        Some(e) if !moved => Err(e),
-        _ => Ok(moved),
-    }
+/// One step of one file (fetch it, or tell the App how it went); a failure is noted with the file (for `tenant
+/// files`) and returned.
+async fn work_or_note(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
+    let r = if row.state == FileState::Fetching { fetch(st, row).await } else { tell_app(st, row).await };
+    let Err(e) = r else { return Ok(()) };
+    let msg = format!("{e:#}");
+    // kept with the file for `tenant files`; the worker loop logs failures, rate-limited
+    tracing::debug!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
+    db::note_download_error(&st.db, &row.tenant, &row.file.file_id, &msg).await?;
+    Err(e)
 }
 
 async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {

@@ -267,51 +267,6 @@ async fn serve_shared(
     }
 }
 
-/// The loop every background worker runs: do a pass; if it moved something, go again at once; if not, wait
-/// for a wake-up (or 30 s); if it failed, retry with exponential backoff and jitter (0.5 s growing to 60 s,
-/// [`ferry_io::retry::Backoff`]), logging the same error once a minute with a count. Returns when `shutdown`
-/// resolves.
-pub(crate) async fn worker_loop<F, Fut>(
-    name: &str,
-    wakeup: &Notify,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut pass: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    use ferry_io::retry::{Backoff, FailureLog};
-    tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    let mut failures = FailureLog::new(name, Duration::from_secs(60));
-    loop {
-        let idle = match pass().await {
-            Ok(moved) => {
-                backoff.reset();
-                if let Some(line) = failures.success() {
-                    tracing::info!("{line}");
-                }
-                if moved {
-                    continue;
-                }
-                Duration::from_secs(30)
-            }
-            Err(e) => {
-                let wait = backoff.next_delay();
-                if let Some(line) = failures.failure(&format!("{e:#}"), wait) {
-                    tracing::warn!("{line}");
-                }
-                wait
-            }
-        };
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = wakeup.notified() => {}
-            _ = tokio::time::sleep(idle) => {}
-        }
-    }
-}
-
 fn url_host(url: &str) -> Option<String> {
     let rest = url.strip_prefix("https://")?;
     let hostport = rest.split('/').next()?;

@@ -1,39 +1,37 @@
-//! The relay worker: takes completed batches in order, copies them to the App server over SFTP (`uploaded ->
-//! relayed`), asks the App to import them and records the verdict (`imported` or `rejected: why`). A failure
-//! leaves the batch where it was, notes the reason and retries with exponential backoff; a restart resumes
-//! from the state in the database.
+//! The relay worker: takes completed batches in order (tenants concurrently, each tenant's batches one after
+//! another: [`ferry_web::worker`]), copies them to the App server over SFTP (`uploaded -> relayed`), asks the
+//! App to import them and records the verdict (`imported` or `rejected: why`). A failure leaves the batch where
+//! it was, notes the reason and retries with exponential backoff; a restart resumes from the state in the
+//! database.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use ferry_proto::api::BatchState;
 
+use ferry_web::worker::Worker;
+
 use crate::{CommsState, db};
 
 pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    crate::worker_loop("relay", &st.relay_wakeup, shutdown, || relay_pending(&st)).await
+    let worker = Worker::new("relay", st.cfg.max_concurrent_tenants);
+    let list = || async {
+        let pending = db::pending_batches(&st.db).await?;
+        anyhow::Ok(pending.into_iter().map(|b| (b.tenant.clone(), b)).collect::<Vec<_>>())
+    };
+    let work = |b: db::PendingBatch| {
+        let st = st.clone();
+        async move { relay_or_note(&st, &b).await }
+    };
+    worker.run(&st.relay_wakeup, shutdown, list, work).await
 }
 
-/// Move every pending batch one step forward. Ok(true) if something moved.
-async fn relay_pending(st: &CommsState) -> anyhow::Result<bool> {
-    let pending = db::pending_batches(&st.db).await?;
-    let mut moved = false;
-    let mut failure = None;
-    for b in pending {
-        let id = b.manifest.batch_id.clone();
-        match relay_one(st, &b).await {
-            Ok(()) => moved = true,
-            Err(e) => {
-                let msg = format!("relay to the App server failed (attempt {}), will retry: {e:#}", b.attempts + 1);
-                db::note_batch_failure(&st.db, &b.tenant, &id, &msg).await?;
-                failure = Some(e);
-            }
-        }
-    }
-    match failure {
-        Some(e) if !moved => Err(e),
-        _ => Ok(moved),
-    }
+/// Move one pending batch a step forward; a failure is noted with the batch (for `status`) and returned.
+async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {
+    let Err(e) = relay_one(st, b).await else { return Ok(()) };
+    let msg = format!("relay to the App server failed (attempt {}), will retry: {e:#}", b.attempts + 1);
+    db::note_batch_failure(&st.db, &b.tenant, &b.manifest.batch_id, &msg).await?;
+    Err(e)
 }
 
 async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {

@@ -70,7 +70,7 @@ impl Cluster {
         let (comms_https, comms_ssh) = listeners().await?;
         let mut app_cfg = AppConfig {
             data_dir: dir.join("app"),
-            comms_keys: vec![ferry_io::keys::public_key_openssh(comms_id.service_key.public_key())?],
+            comms_keys: vec![ferry_app::config::CommsKey::new(comms_id.service_key.public_key().clone())],
             comms: CommsEndpoint {
                 api_url: format!("https://{}", comms_https.local_addr()?),
                 tls_fingerprint: comms_id.tls_fingerprint.clone(),
