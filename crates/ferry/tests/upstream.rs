@@ -174,3 +174,35 @@ async fn an_upload_cut_halfway_resumes_and_sends_only_the_rest() {
     sftp.close().await.unwrap();
     c.stop().await;
 }
+
+/// The relay serves tenants concurrently: while one tenant's import is held (its instance's import lock taken,
+/// as a long import holds it), another tenant's batch is still relayed, imported and answered; the held batch
+/// follows once released. Asserted by order of completion, not by wall-clock times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_import_of_one_tenant_does_not_hold_back_another_tenants_sync() {
+    let (_dir, c) = cluster().await;
+    let big = tenant(&c, "big").await;
+    let small = tenant(&c, "small").await;
+    let inst = c.app.state.instance("big").await.expect("open").expect("instance exists");
+    let held = inst.1.lock().await;
+    let m_big = spool_batch(&big, &good_files());
+    let big_id = m_big.batch_id.clone();
+    let big_sync = tokio::spawn(async move { big.send(&m_big, &quiet).await.map(|r| r.status) });
+    // Wait until the big batch is at the App and its import is waiting for the lock.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = ferry_comms::db::batch_status(&c.comms.state.db, "big", &big_id).await.expect("status");
+        if s.is_some_and(|s| s.state == BatchState::Relayed) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the big batch was never relayed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let s = send(&small, &spool_batch(&small, &good_files())).await;
+    assert_eq!(s.state, BatchState::Imported, "{:?}", s.detail);
+    assert!(!big_sync.is_finished(), "the big batch finished while its import was held");
+    drop(held);
+    let s = big_sync.await.expect("join").expect("big sync");
+    assert_eq!(s.state, BatchState::Imported, "{:?}", s.detail);
+    c.stop().await;
+}
