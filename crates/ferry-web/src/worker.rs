@@ -226,7 +226,10 @@ mod tests {
             let worker = Worker { idle: Duration::from_secs(3600), ..Worker::new("test", max) };
             let list = || {
                 let q = q.clone();
-                async move { anyhow::Ok(q.pending.lock().unwrap().clone()) }
+                async move {
+                    let pending = q.pending.lock().unwrap().clone();
+                    anyhow::Ok(pending.into_iter().map(|j| (j.0.clone(), j)).collect::<Vec<_>>())
+                }
             };
             let work = |(tenant, n): (String, u32)| {
                 let q = q.clone();
