@@ -62,9 +62,7 @@ impl<'de> Deserialize<'de> for CommsKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let line = String::deserialize(d)?;
         let key = ferry_io::keys::parse_public_key(&line).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "not an OpenSSH public key (copy it from `ferry comms info`): {e}"
-            ))
+            serde::de::Error::custom(format!("not an OpenSSH public key (copy it from `ferry comms info`): {e}"))
         })?;
         Ok(CommsKey::new(key))
     }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_proto::api::FileReady;
 use ferry_io::client::ApiClient;
+use ferry_proto::api::FileReady;
 use russh::keys::PrivateKey;
 
 use crate::config::AppConfig;

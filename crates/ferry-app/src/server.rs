@@ -269,10 +269,7 @@ impl SignedBy<CommsService> for AppState {
     }
 }
 
-async fn create(
-    State(st): St,
-    Signed { body, .. }: Signed<CommsService>,
-) -> Result<Json<InstanceCreated>, ApiError> {
+async fn create(State(st): St, Signed { body, .. }: Signed<CommsService>) -> Result<Json<InstanceCreated>, ApiError> {
     let req: CreateInstance =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     if !valid_tenant_name(&req.tenant) {

@@ -219,7 +219,8 @@ async fn get_batch(
 ) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_batch_id(&id)?;
     db::batch_status(&st.db, &c.tenant, &id)
-        .await.map_err(ApiError::internal)?
+        .await
+        .map_err(ApiError::internal)?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("batch {id} is not known for this connector")))
 }
@@ -327,7 +328,8 @@ async fn ack_file(
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
-        .await.map_err(ApiError::internal)?
+        .await
+        .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound(format!("file {id} is not on this connector's download list")))?;
     if row.file.sha256 != ack.sha256 {
         return Err(ApiError::Unprocessable(format!(
@@ -358,7 +360,10 @@ async fn file_error(
     let id = parse_file_id(&id)?;
     let e: FileError = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     let msg: String = e.error.chars().filter(|c| !c.is_control()).take(500).collect();
-    if !db::note_download_error(&st.db, &c.tenant, &id, &format!("connector: {msg}")).await.map_err(ApiError::internal)? {
+    if !db::note_download_error(&st.db, &c.tenant, &id, &format!("connector: {msg}"))
+        .await
+        .map_err(ApiError::internal)?
+    {
         return Err(ApiError::NotFound(format!("file {id} is not on this connector's download list")));
     }
     tracing::warn!(tenant = %c.tenant, file = %id, "connector could not deliver: {msg}");

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_io::client::ApiClient;
 use ferry_proto::api::{CreateInstance, FileProgress, FileReady, ImportReport, InstanceCreated};
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
-use ferry_io::client::ApiClient;
 use russh::keys::PrivateKey;
 
 use crate::config::AppEndpoint;

@@ -428,8 +428,10 @@ pub struct CorruptBatch {
 
 /// A batch state as stored, or [`CorruptBatch`] for one this build does not know.
 fn parse_state(batch: &str, state: &str) -> Result<BatchState, CorruptBatch> {
-    BatchState::parse(state)
-        .ok_or_else(|| CorruptBatch { batch: batch.chars().take(64).collect(), what: format!("unknown state {state:?}") })
+    BatchState::parse(state).ok_or_else(|| CorruptBatch {
+        batch: batch.chars().take(64).collect(),
+        what: format!("unknown state {state:?}"),
+    })
 }
 
 fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<BatchStatus> {

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ferry_io::client::ApiClient;
 use ferry_io::keys::{self, KeyAlgorithm};
 use ferry_proto::api::{BatchStatus, RegisterRequest, RegisterResponse};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
 use ferry_proto::token::RegistrationToken;
 use ferry_sftp::client::{ClientConfig, SftpClient};
-use ferry_io::client::ApiClient;
 use russh::keys::PrivateKey;
 
 use crate::check::{CheckLimits, CheckReport};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{Local, NaiveDate};
-use ferry_proto::api::{DownloadFile, FileAck, FileError};
 use ferry_io::client::ApiClient;
+use ferry_proto::api::{DownloadFile, FileAck, FileError};
 
 use crate::agent::Connector;
 use crate::delivery;

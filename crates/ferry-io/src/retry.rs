@@ -159,9 +159,7 @@ pub const PEER_DISK_FULL: &str = "the server's disk is full";
 /// at a peer (its SFTP answer [`PEER_DISK_FULL`]). Such a step is not retried at once: it waits for someone to
 /// free space.
 pub fn is_disk_full(err: &anyhow::Error) -> bool {
-    named_disk(err).is_some()
-        || local_disk_full(err)
-        || err.chain().any(|e| e.to_string().contains(PEER_DISK_FULL))
+    named_disk(err).is_some() || local_disk_full(err) || err.chain().any(|e| e.to_string().contains(PEER_DISK_FULL))
 }
 
 #[cfg(test)]

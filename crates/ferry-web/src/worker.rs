@@ -60,13 +60,8 @@ impl Worker {
     ///
     /// `list` returns the jobs waiting, as `(tenant, job)` in the order each tenant's jobs must run; `work` turns
     /// a job into the future that does it. Jobs of a tenant that is still busy are left for a later listing.
-    pub async fn run<J, L, LF, W, WF>(
-        self,
-        wakeup: &Notify,
-        shutdown: impl Future<Output = ()>,
-        mut list: L,
-        work: W,
-    ) where
+    pub async fn run<J, L, LF, W, WF>(self, wakeup: &Notify, shutdown: impl Future<Output = ()>, mut list: L, work: W)
+    where
         L: FnMut() -> LF,
         LF: Future<Output = anyhow::Result<Vec<(String, J)>>>,
         W: Fn(J) -> WF,
@@ -143,7 +138,12 @@ impl Worker {
     }
 
     /// Book a tenant's finished run: a failure with nothing moved backs the tenant off; a success resets it.
-    fn finished(&self, retries: &mut HashMap<String, Retry>, tenant: String, (moved, failure): (bool, Option<anyhow::Error>)) {
+    fn finished(
+        &self,
+        retries: &mut HashMap<String, Retry>,
+        tenant: String,
+        (moved, failure): (bool, Option<anyhow::Error>),
+    ) {
         match failure {
             Some(e) if !moved => {
                 let r = retries.entry(tenant.clone()).or_insert_with(|| Retry {
