@@ -23,7 +23,7 @@ use crate::config::{ConnectorConfig, Registration};
 use crate::extract::{ExtractOptions, ExtractPlan, check_mapping, extract_planned};
 use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
-use crate::source::Source;
+use crate::erp::source::Source;
 use ferry_io::retry::Backoff;
 
 /// The choices of one `sync`.
@@ -48,7 +48,7 @@ pub fn load_mapping(cfg: &ConnectorConfig) -> anyhow::Result<Mapping> {
 
 /// The ERP database the config names, as a [`Source`].
 pub async fn open_source(cfg: &ConnectorConfig) -> anyhow::Result<Box<dyn Source>> {
-    Ok(crate::source::open_source(&cfg.erp, &cfg.erp_url()).await?)
+    Ok(crate::erp::source::open_source(&cfg.erp).await?)
 }
 
 /// `ferry connector check`: run every query of the mapping and validate its rows; nothing is written or sent, and
@@ -84,7 +84,7 @@ pub fn init(dir: &Path, erp_url: &str, alg: KeyAlgorithm, force_key: bool) -> an
         std::fs::write(&mapping, crate::mapping::default_mapping())?;
     }
     let cfg = ConnectorConfig::load(&config)?;
-    let key_path = cfg.key_path();
+    let key_path = cfg.key_path().to_path_buf();
     if key_path.exists() && !force_key {
         let key = keys::load_private_key(&key_path)?;
         let public = keys::public_key_openssh(key.public_key())?;
@@ -239,7 +239,7 @@ impl Connector {
     /// Replace this connector's key without downtime: register a new key with a call signed by the current one,
     /// switch the key files, then use the new key once so the server retires the old. Returns the new fingerprint.
     pub async fn rotate_key(&mut self, alg: KeyAlgorithm) -> anyhow::Result<String> {
-        let path = self.cfg.key_path();
+        let path = self.cfg.key_path().to_path_buf();
         let new_path = path.with_extension("new");
         let new_key = keys::generate(alg)?;
         keys::write_private_key(&new_path, &new_key, true)?;

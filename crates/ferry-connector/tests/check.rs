@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use ferry_connector::check::{CheckLimits, Severity};
 use ferry_connector::extract::{ExtractError, ExtractOptions, ExtractPlan, check_mapping, extract_planned};
 use ferry_connector::mapping::Mapping;
-use ferry_connector::source::SqliteSource;
+use ferry_connector::erp::source::SqliteSource;
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{Mode, Scope, Window};
 use sqlx::Executor;

@@ -1,10 +1,10 @@
-//! Where the Connector reads ERP data from: a [`Source`] runs one SQL query and streams its rows as [`SqlValue`]s,
+//! `erp::source`: where the Connector reads ERP data from: a [`Source`] runs one SQL query and streams its rows as [`SqlValue`]s,
 //! never holding a whole result in memory. [`SqliteSource`] reads an SQLite database read-only, [`OdbcSource`] any
 //! database with an ODBC driver, [`CsvDirSource`] a folder of CSV files an ERP job exports (its "SQL" is a small
 //! strict `SELECT ... FROM "file.csv"`, see [`CsvQuery`]).
 //!
 //! Error messages say which database or query failed and why, and never contain a password: connection strings
-//! are shown through [`redact_url`].
+//! are shown through [`redact_url`](super::redact_url).
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -17,14 +17,13 @@ mod sqlite;
 
 pub use csvdir::{CsvDirSource, CsvQuery};
 pub use mysql::MySqlSource;
-pub use odbc::{OdbcSource, is_odbc_connection_string, with_password};
+pub use odbc::OdbcSource;
 pub use postgres::PostgresSource;
 #[cfg(test)]
 pub(crate) use postgres::numeric_to_string as postgres_numeric_to_string;
-pub(crate) use postgres::pw_in_url as postgres_pw_in_url;
 pub use sqlite::SqliteSource;
 
-use crate::config::ErpConfig;
+use super::{ErpConfig, ErpKind, TextEncoding, is_odbc_connection_string, redact_url, scrub, with_password};
 
 /// One value of a result row, by the type the database reports for it at run time.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,67 +67,6 @@ pub trait Source: Send + Sync {
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>>;
 }
 
-/// A connection string fit for messages and logs: the password of `scheme://user:password@host/...` and any
-/// `password=`/`pwd=` parameter (ODBC style, query string) replaced by `***`. Plain paths come back unchanged.
-pub fn redact_url(url: &str) -> String {
-    let mut s = url.to_string();
-    if let Some(scheme_end) = s.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = s[rest_start..].find(['/', '?', '#']).map_or(s.len(), |i| rest_start + i);
-        if let Some(at) = s[rest_start..authority_end].rfind('@') {
-            let userinfo = &s[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                s.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
-        }
-    }
-    redact_params(&s)
-}
-
-fn redact_params(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    loop {
-        let lower = rest.to_ascii_lowercase();
-        let hit = ["password=", "pwd="]
-            .iter()
-            .filter_map(|k| {
-                lower
-                    .match_indices(k)
-                    .find(|(i, _)| *i == 0 || matches!(lower.as_bytes()[i - 1], b';' | b'&' | b'?' | b' '))
-                    .map(|(i, _)| (i, k.len()))
-            })
-            .min();
-        let Some((i, klen)) = hit else {
-            out.push_str(rest);
-            return out;
-        };
-        out.push_str(&rest[..i + klen]);
-        out.push_str("***");
-        let value = &rest[i + klen..];
-        let end =
-            if value.starts_with('{') { braced_end(value) } else { value.find([';', '&']).unwrap_or(value.len()) };
-        rest = &value[end..];
-    }
-}
-
-/// The length of an ODBC `{...}` value at the start of `value` (`}}` is an escaped `}`); all of it if unclosed.
-fn braced_end(value: &str) -> usize {
-    let b = value.as_bytes();
-    let mut i = 1;
-    while i < b.len() {
-        if b[i] == b'}' {
-            if b.get(i + 1) == Some(&b'}') {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
-    }
-    b.len()
-}
-
 /// Decode every column of a sqlx row (SQLite, PostgreSQL, MySQL) with `decode`; NULL is handled here, and an error names
 /// the column.
 fn decode_sqlx_row<R>(
@@ -155,10 +93,11 @@ where
     Ok(out)
 }
 
-/// A PostgreSQL or MySQL connection failure with what to do about it: an untrusted TLS certificate needs the
-/// server's CA in the URL (`ca_param`), anything else is the URL, the password or the server's user.
-fn open_hint(reason: String, ca_param: &str) -> String {
-    if reason.contains("certificate") {
+/// A PostgreSQL or MySQL connection failure with what to do about it: an untrusted TLS certificate
+/// ([`untrusted_certificate`]) needs the server's CA in the URL (`ca_param`), anything else is the URL, the
+/// password or the server's user.
+fn open_hint(reason: String, untrusted: bool, ca_param: &str) -> String {
+    if untrusted {
         format!(
             "{reason}; the database server's TLS certificate is not trusted: add {ca_param}=<file of its CA, PEM> to \
              [erp] url (or install the CA in the system's certificate store)"
@@ -166,6 +105,22 @@ fn open_hint(reason: String, ca_param: &str) -> String {
     } else {
         format!("{reason}; check [erp] url, the password and that the server accepts this user")
     }
+}
+
+/// Whether a connection failed because the server's TLS certificate could not be verified: a
+/// `rustls::Error::InvalidCertificate` somewhere in the error's chain (an I/O error of the handshake carries it).
+fn untrusted_certificate(e: &sqlx::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(_)) = candidate.downcast_ref::<rustls::Error>() {
+                return true;
+            }
+        }
+        cur = inner.and_then(|i| i.source()).or_else(|| err.source());
+    }
+    false
 }
 
 /// [`Source::columns`] of a sqlx pool (SQLite, PostgreSQL, MySQL): the query is prepared, not run.
@@ -271,87 +226,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| SourceError::Query(format!("the {what} thread failed: {e}")))?
 }
 
-/// Open the source the `[erp]` section configures. The error names the kind and target (password redacted).
-pub async fn open_source(erp: &ErpConfig, url: &str) -> Result<Box<dyn Source>, SourceError> {
-    let encoding =
-        TextEncoding::parse(&erp.encoding).map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
-    match erp.kind.as_str() {
-        "sqlite" => Ok(Box::new(SqliteSource::open(url).await?.with_encoding(encoding))),
-        "postgres" | "postgresql" => {
-            let password = erp.password().map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
-            Ok(Box::new(PostgresSource::open(url, password.as_deref(), encoding).await?))
-        }
-        "mysql" | "mariadb" => {
-            let password = erp.password().map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
-            Ok(Box::new(MySqlSource::open(url, password.as_deref(), encoding).await?))
-        }
-        "odbc" => {
-            let password = erp.password().map_err(|reason| SourceError::Open { target: redact_url(url), reason })?;
-            Ok(Box::new(OdbcSource::open(url, password.as_deref()).await?))
-        }
-        "csv" => Ok(Box::new(CsvDirSource::open(url)?)),
-        other => Err(SourceError::Open {
-            target: redact_url(url),
-            reason: format!("unknown ERP kind {other:?}; use one of: sqlite, postgres, mysql, odbc, csv"),
-        }),
-    }
-}
-
-/// How the ERP stores text that is not UTF-8 (`[erp] encoding`). PostgreSQL and MySQL/MariaDB convert text
-/// columns to UTF-8 themselves; the setting applies to byte values (BLOB, BYTEA, VARBINARY, a latin1 column read
-/// as bytes) and to text that is not valid UTF-8 (SQLite, a PostgreSQL `SQL_ASCII` database).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TextEncoding {
-    /// UTF-8: bytes that are valid UTF-8 are text, other bytes stay bytes (and fail in a text column).
-    #[default]
-    Utf8,
-    /// Windows code page 1252 (what most "Latin-1" Windows software and MySQL's `latin1` really write).
-    Windows1252,
-    /// ISO-8859-1: every byte is the Unicode code point of the same number.
-    Latin1,
-}
-
-impl TextEncoding {
-    /// `utf-8`, `windows-1252` (`cp1252`) or `latin-1` (`iso-8859-1`), any case.
-    pub fn parse(name: &str) -> Result<TextEncoding, String> {
-        match name.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "" | "utf-8" | "utf8" => Ok(TextEncoding::Utf8),
-            "windows-1252" | "cp1252" => Ok(TextEncoding::Windows1252),
-            "latin-1" | "latin1" | "iso-8859-1" => Ok(TextEncoding::Latin1),
-            _ => Err(format!(
-                "encoding {name:?} is not supported; set [erp] encoding to \"utf-8\", \"windows-1252\" or \"latin-1\""
-            )),
-        }
-    }
-
-    /// A byte value as the source should report it: UTF-8 text if valid, else decoded from a legacy encoding,
-    /// else (UTF-8 configured) the bytes themselves.
-    pub fn value_from_bytes(self, bytes: Vec<u8>) -> SqlValue {
-        match String::from_utf8(bytes) {
-            Ok(s) => SqlValue::Text(s),
-            Err(e) if self == TextEncoding::Utf8 => SqlValue::Bytes(e.into_bytes()),
-            Err(e) => SqlValue::Text(decode_text(e.as_bytes(), self)),
-        }
-    }
-}
-
-/// `bytes` in `encoding` as UTF-8 text. Never fails: invalid UTF-8 becomes U+FFFD; every Windows-1252 and Latin-1
-/// byte has a character.
-pub fn decode_text(bytes: &[u8], encoding: TextEncoding) -> String {
-    match encoding {
-        TextEncoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
-        TextEncoding::Windows1252 => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
-        TextEncoding::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
-    }
-}
-
-/// `message` with every occurrence of `secret` replaced by `***`: database drivers may quote a connection string.
-pub(crate) fn scrub(message: impl std::fmt::Display, secret: Option<&str>) -> String {
-    let message = message.to_string();
-    match secret {
-        Some(s) if !s.is_empty() => message.replace(s, "***"),
-        _ => message,
-    }
+/// Open the source the `[erp]` section configures (its `url` already resolved). The error names the kind and
+/// target (password redacted).
+pub async fn open_source(erp: &ErpConfig) -> Result<Box<dyn Source>, SourceError> {
+    let url = erp.url.as_str();
+    let password = || {
+        erp.password().map_err(|e| SourceError::Open { target: redact_url(url), reason: e.to_string() })
+    };
+    let encoding = erp.encoding;
+    Ok(match erp.kind {
+        ErpKind::Sqlite => Box::new(SqliteSource::open(url).await?.with_encoding(encoding)),
+        ErpKind::Postgres => Box::new(PostgresSource::open(url, password()?.as_deref(), encoding).await?),
+        ErpKind::MySql => Box::new(MySqlSource::open(url, password()?.as_deref(), encoding).await?),
+        ErpKind::Odbc => Box::new(OdbcSource::open(url, password()?.as_deref()).await?),
+        ErpKind::Csv => Box::new(CsvDirSource::open(url)?),
+    })
 }
 
 #[cfg(test)]
@@ -359,30 +248,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://erp:s3cr@t@db:5432/erp"), "postgres://erp:***@db:5432/erp");
-        assert_eq!(redact_url("mysql://erp@db/erp"), "mysql://erp@db/erp");
-        assert_eq!(redact_url("/var/lib/erp.db"), "/var/lib/erp.db");
-        assert_eq!(redact_url("DSN=erp;UID=ferry;PWD=hunter2;X=1"), "DSN=erp;UID=ferry;PWD=***;X=1");
-        assert_eq!(redact_url("postgres://db/erp?user=a&password=b"), "postgres://db/erp?user=a&password=***");
-        assert_eq!(redact_url("DSN=erp;PWD={a;b}}c};UID=x"), "DSN=erp;PWD=***;UID=x");
-        assert_eq!(redact_url("DSN=erp;PWD={a;b"), "DSN=erp;PWD=***");
-    }
-
-    #[test]
-    fn legacy_encodings_become_utf8() {
-        let cp1252 = b"Caf\xe9 \x80 \x93quoted\x94 na\xefve";
-        assert_eq!(decode_text(cp1252, TextEncoding::Windows1252), "Café € “quoted” naïve");
-        assert_eq!(decode_text(b"Caf\xe9 \xff", TextEncoding::Latin1), "Café ÿ");
-        assert_eq!(decode_text(b"\x80", TextEncoding::Latin1), "\u{80}");
-        assert_eq!(TextEncoding::parse("Windows-1252").unwrap(), TextEncoding::Windows1252);
-        assert_eq!(TextEncoding::parse("latin1").unwrap(), TextEncoding::Latin1);
-        assert_eq!(TextEncoding::parse("").unwrap(), TextEncoding::Utf8);
-        assert!(TextEncoding::parse("ebcdic").unwrap_err().contains("windows-1252"));
+    fn bytes_become_text_by_the_configured_encoding() {
         // valid UTF-8 stays as it is; other bytes are decoded only when a legacy encoding is configured
         assert_eq!(TextEncoding::Windows1252.value_from_bytes("é".into()), SqlValue::Text("é".into()));
         assert_eq!(TextEncoding::Windows1252.value_from_bytes(vec![0xe9]), SqlValue::Text("é".into()));
         assert_eq!(TextEncoding::Utf8.value_from_bytes(vec![0xe9]), SqlValue::Bytes(vec![0xe9]));
-        assert_eq!(scrub("bad url postgres://u:hunter2@h", Some("hunter2")), "bad url postgres://u:***@h");
     }
 }
