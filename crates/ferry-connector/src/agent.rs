@@ -20,10 +20,10 @@ use russh::keys::PrivateKey;
 
 use crate::check::{CheckLimits, CheckReport};
 use crate::config::{ConnectorConfig, Registration};
+use crate::erp::source::Source;
 use crate::extract::{ExtractOptions, ExtractPlan, check_mapping, extract_planned};
 use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
-use crate::erp::source::Source;
 use ferry_io::retry::Backoff;
 
 /// The choices of one `sync`.

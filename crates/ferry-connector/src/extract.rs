@@ -51,8 +51,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::check::{At, CheckLimits, CheckReport, FieldError, FileCheck, FileReport, Known, Severity};
-use crate::mapping::{Mapping, MappingError};
 use crate::erp::source::{Source, SourceError, SqlValue};
+use crate::mapping::{Mapping, MappingError};
 
 /// Rows per chunk sent to the writer thread, and chunks in flight: together they bound the memory of a file.
 const CHUNK_ROWS: usize = 1024;

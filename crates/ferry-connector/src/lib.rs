@@ -7,10 +7,11 @@
 //! 1. `erp` — the ERP connection (`ErpConfig`, `ErpKind`, passwords, `TextEncoding`, connection strings) with
 //!    `erp::source` (the `Source` trait and its backends) and `erp::writeback` (the `WriteBack` trait and its
 //!    backends, the ledger). Imports nothing from the crate.
-//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending` — import nothing from the crate (`sample` uses
-//!    nothing either).
+//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending`, `sample` — no code imports from the crate
+//!    (`mapping` and `sample` only link to each other in their docs).
 //! 3. `check` (validation; uses `mapping`), `journal` (uses `mapping`).
-//! 4. `extract` (uses `check`, `mapping`, `erp::source`), `delivery` (uses `erp`; not `config`).
+//! 4. `extract` (uses `check`, `mapping`, `erp::source`), `delivery` (uses `erp`, links to `journal` in its docs;
+//!    never `config`).
 //! 5. `config` (`connector.toml` parsed into typed values; uses `erp` and `delivery`'s config types).
 //! 6. `agent` (the `Connector` and its commands), then `receive` (the `Connector`'s downstream side and `run`).
 

@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::delivery::{
     DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver, deliver_file,
 };
+use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::journal::{Journal, ReceivedState};
 use ferry_io::bz::ParallelBzWriter;
 use ferry_io::digest::Digests;

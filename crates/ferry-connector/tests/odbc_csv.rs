@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use common::conformance::{
-    ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance,
-};
+use common::conformance::{ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance};
 use ferry_connector::erp::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
@@ -447,7 +445,6 @@ async fn tricky_values_through_the_sqlite_odbc_driver() {
     assert_eq!(src.columns(TRICKY_SELECT).await.unwrap(), ["id", "qty", "ratio", "day", "at", "note"]);
     // SQLite stores DECIMAL as a REAL and its driver describes the column as text: the driver's print of 12.34
     check_tricky(&all_rows(&src, TRICKY_SELECT).await, SqlValue::Text("12.34".into()));
-
 }
 
 #[tokio::test]
@@ -517,7 +514,8 @@ async fn the_odbc_write_back_passes_the_conformance_suite_through_the_sqlite_dri
 
 #[tokio::test]
 async fn the_odbc_write_back_passes_the_conformance_suite_through_postgres() {
-    let Some(prefix) = driver("FERRY_TEST_ODBC_PG", "the_odbc_write_back_passes_the_conformance_suite_through_postgres")
+    let Some(prefix) =
+        driver("FERRY_TEST_ODBC_PG", "the_odbc_write_back_passes_the_conformance_suite_through_postgres")
     else {
         return;
     };

@@ -96,9 +96,7 @@ impl std::str::FromStr for ErpKind {
 
 /// `[erp] kind` names no kind this build supports; the message lists the valid ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "erp.kind {0:?} is not supported by this build; use \"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\""
-)]
+#[error("erp.kind {0:?} is not supported by this build; use \"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\"")]
 pub struct UnknownKind(pub String);
 
 /// `[erp] encoding` names no encoding the Connector knows; the message lists the valid ones.
@@ -279,7 +277,10 @@ mod tests {
             assert_eq!(ErpKind::parse(k.as_str()), Ok(k));
         }
         let e = ErpKind::parse("oracle").unwrap_err().to_string();
-        assert!(e.contains("\"oracle\"") && e.contains("\"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\""), "{e}");
+        assert!(
+            e.contains("\"oracle\"") && e.contains("\"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\""),
+            "{e}"
+        );
     }
 
     #[test]

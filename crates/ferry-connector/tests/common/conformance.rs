@@ -241,7 +241,10 @@ pub async fn writeback_conformance(erp: &ErpConfig, reader: &dyn Source) {
 
     // a statement the database refuses is reported against the file's first line, before any record
     let wrong = WriteJob {
-        statements: vec![Statement { sql: "INSERT INTO recommended_orders(item) VALUES (?, ?)".into(), columns: vec![2] }],
+        statements: vec![Statement {
+            sql: "INSERT INTO recommended_orders(item) VALUES (?, ?)".into(),
+            columns: vec![2],
+        }],
         ..job("po_000005.csv", "PO5,1,A,1,\n", None)
     };
     match apply(erp, wrong).await {

@@ -112,7 +112,10 @@ fn open_hint(reason: String, untrusted: bool, ca_param: &str) -> String {
 fn untrusted_certificate(e: &sqlx::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        let inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static));
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
         for candidate in [Some(err), inner].into_iter().flatten() {
             if let Some(rustls::Error::InvalidCertificate(_)) = candidate.downcast_ref::<rustls::Error>() {
                 return true;
@@ -230,9 +233,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// target (password redacted).
 pub async fn open_source(erp: &ErpConfig) -> Result<Box<dyn Source>, SourceError> {
     let url = erp.url.as_str();
-    let password = || {
-        erp.password().map_err(|e| SourceError::Open { target: redact_url(url), reason: e.to_string() })
-    };
+    let password = || erp.password().map_err(|e| SourceError::Open { target: redact_url(url), reason: e.to_string() });
     let encoding = erp.encoding;
     Ok(match erp.kind {
         ErpKind::Sqlite => Box::new(SqliteSource::open(url).await?.with_encoding(encoding)),

@@ -11,8 +11,11 @@ use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySql
 use sqlx::{Decode, Executor, TypeInfo, ValueRef};
 
 use super::postgres::f32_to_f64;
+use super::{
+    Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows,
+    untrusted_certificate,
+};
 use crate::erp::password_in_url as pw_in_url;
-use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows, untrusted_certificate};
 
 /// A MySQL or MariaDB database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]

@@ -22,7 +22,10 @@ use futures::stream::BoxStream;
 use odbc_api::sys::{Date, Timestamp};
 use odbc_api::{Bit, Connection, ConnectionOptions, Cursor, CursorRow, DataType, Nullable, ResultSetMetadata};
 
-use super::{RowSink, Source, SourceError, SqlValue, blocking, blocking_rows, is_odbc_connection_string, redact_url, with_password};
+use super::{
+    RowSink, Source, SourceError, SqlValue, blocking, blocking_rows, is_odbc_connection_string, redact_url,
+    with_password,
+};
 
 /// Rows per message from the fetching thread, and messages in flight.
 pub const BATCH_ROWS: usize = 256;

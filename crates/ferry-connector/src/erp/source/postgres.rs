@@ -11,7 +11,10 @@ use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
 use sqlx::{Decode, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows, untrusted_certificate};
+use super::{
+    Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows,
+    untrusted_certificate,
+};
 use crate::erp::password_in_url as pw_in_url;
 
 /// A PostgreSQL database, reached with a small pool of read-only sessions.
@@ -35,7 +38,8 @@ impl PostgresSource {
             target: target.clone(),
             reason: open_hint(scrub(e, password), untrusted, "sslrootcert"),
         };
-        let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref()), false))?;
+        let mut opts =
+            PgConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref()), false))?;
         if let Some(pw) = password {
             opts = opts.password(pw);
         }

@@ -229,11 +229,7 @@ where
                 for (k, &c) in s.columns.iter().enumerate() {
                     let ty = types[i].get(k).map_or("TEXT", String::as_str);
                     q = DB::bind_field(q, ty, field(&record, c)).map_err(|reason| {
-                        record_err(
-                            name,
-                            line,
-                            format!("row {count}: delivery.sql[{i}] parameter ${}: {reason}", k + 1),
-                        )
+                        record_err(name, line, format!("row {count}: delivery.sql[{i}] parameter ${}: {reason}", k + 1))
                     })?;
                 }
                 q.execute(&mut *tx)
