@@ -46,7 +46,7 @@ impl Connector {
         stop: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<Vec<Outcome>> {
         let api = self.api()?;
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         for r in journal.pending_acks().await? {
             ack(&api, &r.file_id, &r.sha256).await?;
             journal.mark_acked(&r.file_id).await?;
@@ -160,7 +160,7 @@ impl Connector {
         let daily = self.cfg.schedule.daily_at;
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
         let stamp = self.cfg.data_dir().join("last_sync");
-        let pending = Pending::new(&self.cfg.data_dir());
+        let pending = Pending::new(self.cfg.data_dir());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
