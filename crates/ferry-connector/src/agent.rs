@@ -20,10 +20,10 @@ use russh::keys::PrivateKey;
 
 use crate::check::{CheckLimits, CheckReport};
 use crate::config::{ConnectorConfig, Registration};
+use crate::erp::source::Source;
 use crate::extract::{ExtractOptions, ExtractPlan, check_mapping, extract_planned};
 use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
-use crate::source::Source;
 use ferry_io::retry::Backoff;
 
 /// The choices of one `sync`.
@@ -41,14 +41,14 @@ pub struct SyncOptions {
 /// Read and validate the mapping named by the config.
 pub fn load_mapping(cfg: &ConnectorConfig) -> anyhow::Result<Mapping> {
     let mapping_path = cfg.mapping_path();
-    let text = std::fs::read_to_string(&mapping_path)
+    let text = std::fs::read_to_string(mapping_path)
         .with_context(|| format!("cannot read the mapping {}", mapping_path.display()))?;
     Mapping::from_toml(&text).with_context(|| format!("mapping {}", mapping_path.display()))
 }
 
 /// The ERP database the config names, as a [`Source`].
 pub async fn open_source(cfg: &ConnectorConfig) -> anyhow::Result<Box<dyn Source>> {
-    Ok(crate::source::open_source(&cfg.erp, &cfg.erp_url()).await?)
+    Ok(crate::erp::source::open_source(&cfg.erp).await?)
 }
 
 /// `ferry connector check`: run every query of the mapping and validate its rows; nothing is written or sent, and
@@ -84,7 +84,7 @@ pub fn init(dir: &Path, erp_url: &str, alg: KeyAlgorithm, force_key: bool) -> an
         std::fs::write(&mapping, crate::mapping::default_mapping())?;
     }
     let cfg = ConnectorConfig::load(&config)?;
-    let key_path = cfg.key_path();
+    let key_path = cfg.key_path().to_path_buf();
     if key_path.exists() && !force_key {
         let key = keys::load_private_key(&key_path)?;
         let public = keys::public_key_openssh(key.public_key())?;
@@ -114,7 +114,7 @@ pub struct Connector {
 impl Connector {
     pub fn load(config: &Path) -> anyhow::Result<Connector> {
         let cfg = ConnectorConfig::load(config)?;
-        let key = keys::load_private_key(&cfg.key_path())?;
+        let key = keys::load_private_key(cfg.key_path())?;
         Ok(Connector { cfg, key: Arc::new(key) })
     }
 
@@ -169,7 +169,7 @@ impl Connector {
             registered_at: chrono::Utc::now(),
         };
         std::fs::create_dir_all(self.cfg.data_dir())?;
-        reg.save(&self.cfg.registration_path())?;
+        reg.save(self.cfg.registration_path())?;
         Ok(reg)
     }
 
@@ -208,7 +208,7 @@ impl Connector {
     }
 
     pub fn registration(&self) -> anyhow::Result<Registration> {
-        Registration::load(&self.cfg.registration_path())
+        Registration::load(self.cfg.registration_path())
     }
 
     pub fn api_for(&self, reg: &Registration) -> anyhow::Result<ApiClient> {
@@ -239,7 +239,7 @@ impl Connector {
     /// Replace this connector's key without downtime: register a new key with a call signed by the current one,
     /// switch the key files, then use the new key once so the server retires the old. Returns the new fingerprint.
     pub async fn rotate_key(&mut self, alg: KeyAlgorithm) -> anyhow::Result<String> {
-        let path = self.cfg.key_path();
+        let path = self.cfg.key_path().to_path_buf();
         let new_path = path.with_extension("new");
         let new_key = keys::generate(alg)?;
         keys::write_private_key(&new_path, &new_key, true)?;
@@ -260,14 +260,14 @@ impl Connector {
 
     /// Files received from the cloud, newest first, from the local journal (works offline).
     pub async fn received(&self, limit: i64) -> anyhow::Result<Vec<crate::journal::ReceivedFile>> {
-        Journal::open(&self.cfg.journal_path()).await?.recent_received(limit).await
+        Journal::open(self.cfg.journal_path()).await?.recent_received(limit).await
     }
 
     /// What this connector still has to do and why, from its own files (works while the Comms server is
     /// unreachable): batches not yet accepted, files not delivered or not acknowledged, steps that keep failing
     /// with their last error and next retry.
     pub async fn pending(&self) -> anyhow::Result<Vec<String>> {
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         let mut out = Vec::new();
         for b in journal.recent(100).await?.iter().rev().filter(|b| b.state == "extracted") {
             out.push(format!(
@@ -291,7 +291,7 @@ impl Connector {
                 crate::journal::ReceivedState::Acked => {}
             }
         }
-        for f in crate::pending::Pending::new(&self.cfg.data_dir()).list() {
+        for f in crate::pending::Pending::new(self.cfg.data_dir()).list() {
             let next = match f.next_retry {
                 Some(t) => format!("next retry at {}", t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")),
                 None => "retried when it runs again".to_owned(),
@@ -309,7 +309,7 @@ impl Connector {
 
     /// The watermark of each incremental file (from the local journal; works offline).
     pub async fn watermarks(&self) -> anyhow::Result<std::collections::BTreeMap<String, crate::journal::Watermark>> {
-        Journal::open(&self.cfg.journal_path()).await?.watermarks().await
+        Journal::open(self.cfg.journal_path()).await?.watermarks().await
     }
 
     /// Batches as the Comms server sees them (newest first).
@@ -328,8 +328,8 @@ impl Connector {
     /// batch that fails validation is not sent (its spooled files are removed) and the error says why. A failure
     /// is recorded for `status` (see [`crate::pending`]) until a sync succeeds.
     pub async fn sync_with(&self, opts: &SyncOptions, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
-        let pending = crate::pending::Pending::new(&self.cfg.data_dir());
-        let r = self.sync_once(opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &self.cfg.data_dir()));
+        let pending = crate::pending::Pending::new(self.cfg.data_dir());
+        let r = self.sync_once(opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, self.cfg.data_dir()));
         match &r {
             Ok(_) => pending.succeeded("sync"),
             Err(e) => pending.failed("sync", e, None),
@@ -338,7 +338,7 @@ impl Connector {
     }
 
     async fn sync_once(&self, opts: &SyncOptions, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         self.collect_verdicts(&journal, progress).await;
         let spool = self.cfg.spool_dir();
         let mut extract_time = Duration::ZERO;
@@ -372,10 +372,10 @@ impl Connector {
         opts: &SyncOptions,
         progress: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Manifest> {
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         let spool = self.cfg.spool_dir();
         let (m, planned) =
-            self.extract(&spool, &journal, opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, &spool))?;
+            self.extract(spool, &journal, opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, spool))?;
         journal.record(&m, "extracted", None).await?;
         journal.plan_watermarks(&m.batch_id, &planned).await?;
         Ok(m)
@@ -413,7 +413,7 @@ impl Connector {
     /// Upload a spooled batch over SFTP, complete it, and wait for the verdict (`extract.wait_secs`).
     pub async fn send(&self, manifest: &Manifest, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<SyncReport> {
         let reg = self.registration()?;
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         let mut timings = Timings::default();
         let id = manifest.batch_id.clone();
         let dir = self.cfg.spool_dir().join(id.as_str());

@@ -319,6 +319,20 @@ struct RefCheck {
     sets: Vec<Arc<KeySet>>,
 }
 
+/// Why one field of a row is not valid: told apart by kind, so the report can say what to do about each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// A required column is empty (NULL or empty text).
+    #[error("{column} is required but empty")]
+    RequiredEmpty { column: String },
+    /// The spec's check ([`ferry_proto::spec::parse_field`]) refused the value; the message names the column.
+    #[error("{0}")]
+    Spec(String),
+    /// The database value cannot become a value of the column's kind; the message does not name the column.
+    #[error("{0}")]
+    Conversion(String),
+}
+
 /// The cross-row checks of one file, fed row by row with the converted (plain) values by the extract pipeline.
 pub struct FileCheck {
     report: FileReport,
@@ -428,11 +442,14 @@ impl FileCheck {
     }
 
     /// The value of column `i` (0-based) of row `row` could not be converted, or failed the spec's check.
-    pub fn field_error(&mut self, row: u64, i: usize, why: &str) {
+    pub fn field_error(&mut self, row: u64, i: usize, why: &FieldError) {
         let (name, required) = self.spec.and_then(|s| s.columns.get(i)).map_or(("?", false), |c| (c.name, c.required));
         let file = self.report.file.clone();
-        let what = if why.starts_with(name) { why.to_string() } else { format!("{name}: {why}") };
-        let todo = if required && why.contains("is required but empty") {
+        let what = match why {
+            FieldError::Conversion(reason) => format!("{name}: {reason}"),
+            FieldError::RequiredEmpty { .. } | FieldError::Spec(_) => why.to_string(),
+        };
+        let todo = if required && matches!(why, FieldError::RequiredEmpty { .. }) {
             format!(
                 "return a value on every row (e.g. COALESCE) or leave such rows out of the query for {file} in the \
                  mapping"
@@ -651,8 +668,8 @@ mod tests {
         let mut s = FileCheck::new("sales.csv", Some(&inc), false, &Known::default(), CheckLimits::default());
         assert!(s.wants(4) && !s.wants(3));
         feed(&mut s, &[&["A1", "L1", "", "2026/03/01", "", "1", "", "", "", ""]]);
-        s.field_error(2, 5, "qty is required but empty");
-        s.field_error(2, 3, "the number 45000 is not a date; return YYYY-MM-DD");
+        s.field_error(2, 5, &FieldError::RequiredEmpty { column: "qty".into() });
+        s.field_error(2, 3, &FieldError::Conversion("the number 45000 is not a date; return YYYY-MM-DD".into()));
         let (report, _) = s.finish();
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
         assert!(lines[0].starts_with("sales.csv:1:5: error: invoice_date is empty, but sales.csv is incremental"));

@@ -2,45 +2,78 @@
 //! from the directory holding the config file, so the whole Connector can live in one folder. What registration
 //! learns (Comms address, pinned fingerprints, tenant) is kept apart in `registration.json`, so the admin's file
 //! is never rewritten by the program.
+//!
+//! Parsed once, in two steps (as ripgrep does): serde reads the TOML into a raw form that mirrors the file
+//! ([`RawConfig`], every key and default as documented), then [`ConnectorConfig::load`] validates it into typed
+//! values — the ERP kind and encoding as enums ([`ErpConfig`]), `daily_at` as a time, every path absolute —
+//! before anything runs. Each error names the key that is wrong and what to write instead.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::DeliveryConfig;
+use crate::erp::{ErpConfig, ErpKind, Password, Secret, TextEncoding};
+
+/// The Connector's configuration, validated: what the rest of the Connector reads.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    /// The folder holding the config file; relative paths in it were resolved against this folder.
+    pub base: PathBuf,
+    /// HTTP CONNECT proxy for both HTTPS and SSH: `http://[user:pass@]host:port`; empty = `HTTPS_PROXY` from the
+    /// environment (honouring `NO_PROXY`); "none" = connect directly.
+    pub proxy: String,
+    /// The ERP database (`[erp]`), its `url` resolved.
+    pub erp: ErpConfig,
+    pub extract: ExtractConfig,
+    /// Downstream: how files from the cloud are applied to the ERP; `inbound_dir` resolved.
+    pub delivery: DeliveryConfig,
+    /// When `ferry connector run` extracts, and how it polls.
+    pub schedule: ScheduleConfig,
+    /// Time limits of every connection to the Comms server.
+    pub network: NetworkConfig,
+    paths: Paths,
+}
+
+/// Every file and folder of the Connector, absolute, computed once by [`ConnectorConfig::load`].
+#[derive(Debug, Clone)]
+struct Paths {
+    data_dir: PathBuf,
+    key: PathBuf,
+    mapping: PathBuf,
+    spool: PathBuf,
+    registration: PathBuf,
+    journal: PathBuf,
+}
+
+/// `connector.toml` as written: what serde reads, before validation. Field names are the TOML keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectorConfig {
+pub struct RawConfig {
     /// Working folder: journal, spool, registration. Relative to the config file.
     #[serde(default = "d_data")]
     pub data_dir: PathBuf,
     /// The private key (OpenSSH format, mode 0600). Never leaves this machine.
     #[serde(default = "d_key")]
     pub key: PathBuf,
-    /// HTTP CONNECT proxy for both HTTPS and SSH: `http://[user:pass@]host:port`; empty = `HTTPS_PROXY` from the
-    /// environment (honouring `NO_PROXY`); "none" = connect directly.
     #[serde(default)]
     pub proxy: String,
-    pub erp: ErpConfig,
+    pub erp: RawErpConfig,
     #[serde(default)]
     pub extract: ExtractConfig,
-    /// Downstream: how files from the cloud are applied to the ERP.
     #[serde(default)]
-    pub delivery: crate::delivery::DeliveryConfig,
-    /// When `ferry connector run` extracts, and how it polls.
+    pub delivery: DeliveryConfig,
     #[serde(default)]
-    pub schedule: ScheduleConfig,
-    /// Time limits of every connection to the Comms server.
+    pub schedule: RawScheduleConfig,
     #[serde(default)]
     pub network: NetworkConfig,
-    /// Dir of the config file; paths are resolved against it.
-    #[serde(skip)]
-    pub base: PathBuf,
 }
 
+/// `[erp]` as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ErpConfig {
+pub struct RawErpConfig {
     /// `sqlite`, `postgres`, `mysql` (also MariaDB), `odbc` or `csv` (a folder of files the ERP exports).
     pub kind: String,
     /// Database path or URL (`postgres://user@host:5432/erp`, `mysql://user@host:3306/erp`); for `odbc` a
@@ -64,63 +97,6 @@ pub struct ErpConfig {
     pub encoding: String,
 }
 
-/// A password: read from the config, never shown by `Debug` or in messages.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl ErpConfig {
-    /// An `[erp]` section with this kind and URL and everything else at its default.
-    pub fn new(kind: &str, url: &str) -> ErpConfig {
-        ErpConfig {
-            kind: kind.into(),
-            url: url.into(),
-            mapping: d_mapping(),
-            password: None,
-            password_env: None,
-            password_file: None,
-            encoding: d_encoding(),
-        }
-    }
-
-    /// The password from `password`, `password_env` or `password_file` (at most one may be set), or `None`.
-    /// The error says which setting is wrong and never contains the password.
-    pub fn password(&self) -> Result<Option<String>, String> {
-        let set = [self.password.is_some(), self.password_env.is_some(), self.password_file.is_some()];
-        if set.iter().filter(|s| **s).count() > 1 {
-            return Err("set only one of [erp] password, password_env and password_file".into());
-        }
-        if let Some(p) = &self.password {
-            return Ok(Some(p.0.clone()));
-        }
-        if let Some(var) = &self.password_env {
-            return match std::env::var(var) {
-                Ok(v) => Ok(Some(v)),
-                Err(_) => Err(format!(
-                    "[erp] password_env names the environment variable {var:?}, which is not set (or not UTF-8); \
-                     set it for the Connector's service"
-                )),
-            };
-        }
-        if let Some(path) = &self.password_file {
-            return match std::fs::read_to_string(path) {
-                Ok(text) => Ok(Some(text.lines().next().unwrap_or("").to_string())),
-                Err(e) => Err(format!(
-                    "cannot read the password file {} ([erp] password_file): {e}; check the path and its permissions",
-                    path.display()
-                )),
-            };
-        }
-        Ok(None)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExtractConfig {
@@ -138,30 +114,45 @@ impl Default for ExtractConfig {
     }
 }
 
+/// `[schedule]` as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ScheduleConfig {
+pub struct RawScheduleConfig {
     /// Local time of the daily extract, `HH:MM` (24 h). Empty: no scheduled extract.
     pub daily_at: String,
     /// Seconds each `GET /v1/files` long-poll waits for a file (the Comms server caps it at 60).
     pub poll_wait_secs: u64,
 }
 
-impl Default for ScheduleConfig {
+impl Default for RawScheduleConfig {
     fn default() -> Self {
-        ScheduleConfig { daily_at: "02:00".into(), poll_wait_secs: 25 }
+        RawScheduleConfig { daily_at: "02:00".into(), poll_wait_secs: 25 }
     }
 }
 
-impl ScheduleConfig {
-    /// The daily time, if set and valid.
-    pub fn daily_time(&self) -> anyhow::Result<Option<chrono::NaiveTime>> {
-        if self.daily_at.trim().is_empty() {
-            return Ok(None);
-        }
-        chrono::NaiveTime::parse_from_str(self.daily_at.trim(), "%H:%M")
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("schedule.daily_at {:?} is not a time like \"02:00\"", self.daily_at))
+/// `[schedule]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// Local time of the daily extract; `None`: no scheduled extract (`daily_at = ""`).
+    pub daily_at: Option<chrono::NaiveTime>,
+    /// Seconds each `GET /v1/files` long-poll waits for a file (the Comms server caps it at 60).
+    pub poll_wait_secs: u64,
+}
+
+impl RawScheduleConfig {
+    fn validate(self) -> anyhow::Result<ScheduleConfig> {
+        let at = self.daily_at.trim();
+        let daily_at = if at.is_empty() {
+            None
+        } else {
+            Some(chrono::NaiveTime::parse_from_str(at, "%H:%M").map_err(|_| {
+                anyhow::anyhow!(
+                    "schedule.daily_at {:?} is not a time like \"02:00\" (HH:MM, 24 h; \"\" for no daily extract)",
+                    self.daily_at
+                )
+            })?)
+        };
+        Ok(ScheduleConfig { daily_at, poll_wait_secs: self.poll_wait_secs })
     }
 }
 
@@ -205,65 +196,98 @@ fn d_encoding() -> String {
     "utf-8".into()
 }
 
+/// `p` taken relative to `base` unless it is absolute.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+impl RawErpConfig {
+    /// The typed `[erp]`: kind and encoding parsed, at most one password source, paths resolved against `base`.
+    fn validate(self, base: &Path) -> anyhow::Result<ErpConfig> {
+        let kind = ErpKind::parse(&self.kind)?;
+        let encoding = TextEncoding::parse(&self.encoding)?;
+        let password = match (self.password, self.password_env, self.password_file) {
+            (None, None, None) => Password::None,
+            (Some(p), None, None) => Password::Inline(p),
+            (None, Some(var), None) => Password::Env(var),
+            (None, None, Some(file)) => Password::File(resolve(base, &file)),
+            _ => anyhow::bail!("set only one of [erp] password, password_env and password_file"),
+        };
+        Ok(ErpConfig { kind, url: self.url, password, encoding }.resolve_url(base))
+    }
+}
+
+impl RawConfig {
+    /// The typed config; `base` is the folder of the config file.
+    pub fn validate(self, base: &Path) -> anyhow::Result<ConnectorConfig> {
+        if !(1..=9).contains(&self.extract.level) {
+            anyhow::bail!("extract.level must be between 1 and 9");
+        }
+        let data_dir = resolve(base, &self.data_dir);
+        let paths = Paths {
+            key: resolve(base, &self.key),
+            mapping: resolve(base, &self.erp.mapping),
+            spool: data_dir.join("spool"),
+            registration: data_dir.join("registration.json"),
+            journal: data_dir.join("journal.db"),
+            data_dir,
+        };
+        let mut delivery = self.delivery;
+        delivery.inbound_dir = delivery.inbound_dir.map(|d| resolve(base, &d));
+        Ok(ConnectorConfig {
+            base: base.to_path_buf(),
+            proxy: self.proxy,
+            erp: self.erp.validate(base)?,
+            extract: self.extract,
+            delivery,
+            schedule: self.schedule.validate()?,
+            network: self.network,
+            paths,
+        })
+    }
+}
+
 impl ConnectorConfig {
+    /// Reads and validates `path`; every path in it is resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!("cannot read the connector config {} (create one with `ferry connector init`)", path.display())
         })?;
-        let mut cfg: ConnectorConfig =
+        let raw: RawConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
-        cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if !matches!(cfg.erp.kind.as_str(), "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" | "odbc" | "csv")
-        {
-            bail!(
-                "erp.kind {:?} is not supported by this build; use \"sqlite\", \"postgres\", \"mysql\", \"odbc\" or \"csv\"",
-                cfg.erp.kind
-            );
-        }
-        crate::source::TextEncoding::parse(&cfg.erp.encoding).map_err(anyhow::Error::msg)?;
-        if let Some(p) = cfg.erp.password_file.take() {
-            cfg.erp.password_file = Some(cfg.resolve(&p));
-        }
-        cfg.schedule.daily_time()?;
-        if !(1..=9).contains(&cfg.extract.level) {
-            bail!("extract.level must be between 1 and 9");
-        }
-        Ok(cfg)
+        raw.validate(&path.parent().map(Path::to_path_buf).unwrap_or_default())
     }
 
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+    /// Working folder: journal, spool, registration (`data_dir`).
+    pub fn data_dir(&self) -> &Path {
+        &self.paths.data_dir
+    }
+    /// The private key (`key`).
+    pub fn key_path(&self) -> &Path {
+        &self.paths.key
+    }
+    /// The mapping (`[erp] mapping`).
+    pub fn mapping_path(&self) -> &Path {
+        &self.paths.mapping
+    }
+    /// Where extracted batches wait to be sent (`<data_dir>/spool`).
+    pub fn spool_dir(&self) -> &Path {
+        &self.paths.spool
+    }
+    /// What registration learned (`<data_dir>/registration.json`).
+    pub fn registration_path(&self) -> &Path {
+        &self.paths.registration
+    }
+    /// The local journal (`<data_dir>/journal.db`).
+    pub fn journal_path(&self) -> &Path {
+        &self.paths.journal
     }
 
-    pub fn data_dir(&self) -> PathBuf {
-        self.resolve(&self.data_dir)
-    }
-    pub fn key_path(&self) -> PathBuf {
-        self.resolve(&self.key)
-    }
-    pub fn mapping_path(&self) -> PathBuf {
-        self.resolve(&self.erp.mapping)
-    }
-    pub fn spool_dir(&self) -> PathBuf {
-        self.data_dir().join("spool")
-    }
-    pub fn registration_path(&self) -> PathBuf {
-        self.data_dir().join("registration.json")
-    }
-    pub fn journal_path(&self) -> PathBuf {
-        self.data_dir().join("journal.db")
-    }
-
-    /// The ERP database path/URL; a relative sqlite path or CSV folder is taken from the config's folder; an ODBC
-    /// connection string comes back as written (without the password, which [`ErpConfig::password`] gives).
+    /// The ERP database path/URL as resolved at load (the same as `erp.url`): a relative sqlite path or CSV folder
+    /// is taken from the config's folder; an ODBC connection string comes back as written (without the password,
+    /// which [`ErpConfig::password`] gives).
     pub fn erp_url(&self) -> String {
-        let u = &self.erp.url;
-        match self.erp.kind.as_str() {
-            "odbc" => u.clone(),
-            "csv" => self.resolve(Path::new(u)).display().to_string(),
-            _ if u.contains(':') => u.clone(),
-            _ => self.resolve(Path::new(u)).display().to_string(),
-        }
+        self.erp.url.clone()
     }
 }
 
@@ -354,4 +378,51 @@ inbound_dir = "from_cloud"
 # command = ["/opt/erp/bin/import-orders", "{{file}}"]
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<ConnectorConfig> {
+        let raw: RawConfig = toml::from_str(text)?;
+        raw.validate(Path::new("/opt/ferry"))
+    }
+
+    #[test]
+    fn the_skeleton_loads_into_typed_values_with_paths_resolved() {
+        let cfg = load(&skeleton("erp.db")).unwrap();
+        assert_eq!(cfg.erp.kind, ErpKind::Sqlite);
+        assert_eq!(cfg.erp.url, "/opt/ferry/erp.db");
+        assert_eq!(cfg.erp.encoding, TextEncoding::Utf8);
+        assert_eq!(cfg.erp.password, Password::None);
+        assert_eq!(cfg.schedule.daily_at, chrono::NaiveTime::from_hms_opt(2, 0, 0));
+        assert_eq!(cfg.data_dir(), Path::new("/opt/ferry/data"));
+        assert_eq!(cfg.key_path(), Path::new("/opt/ferry/keys/ferry_key"));
+        assert_eq!(cfg.mapping_path(), Path::new("/opt/ferry/mapping.toml"));
+        assert_eq!(cfg.spool_dir(), Path::new("/opt/ferry/data/spool"));
+        assert_eq!(cfg.journal_path(), Path::new("/opt/ferry/data/journal.db"));
+        assert_eq!(cfg.registration_path(), Path::new("/opt/ferry/data/registration.json"));
+        assert_eq!(cfg.delivery.inbound_dir.as_deref(), Some(Path::new("/opt/ferry/from_cloud")));
+    }
+
+    #[test]
+    fn each_error_names_its_key() {
+        let with = |erp: &str, rest: &str| format!("[erp]\nkind = \"sqlite\"\nurl = \"e.db\"\n{erp}\n{rest}");
+        let e = load(&with("", "[schedule]\ndaily_at = \"25:00\"")).unwrap_err().to_string();
+        assert!(e.contains("schedule.daily_at \"25:00\""), "{e}");
+        let cfg = load(&with("", "[schedule]\ndaily_at = \"\"")).unwrap();
+        assert_eq!(cfg.schedule.daily_at, None);
+        let e = load("[erp]\nkind = \"oracle\"\nurl = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("erp.kind \"oracle\"") && e.contains("\"odbc\" or \"csv\""), "{e}");
+        let e = load(&with("encoding = \"ebcdic\"", "")).unwrap_err().to_string();
+        assert!(e.contains("[erp] encoding"), "{e}");
+        let e = load(&with("password = \"a\"\npassword_env = \"B\"", "")).unwrap_err().to_string();
+        assert!(e.contains("only one of [erp] password"), "{e}");
+        let cfg = load(&with("password_file = \"pw.txt\"\nencoding = \"cp1252\"", "")).unwrap();
+        assert_eq!(cfg.erp.password, Password::File(PathBuf::from("/opt/ferry/pw.txt")));
+        assert_eq!(cfg.erp.encoding, TextEncoding::Windows1252);
+        let e = load(&with("", "[extract]\nlevel = 0")).unwrap_err().to_string();
+        assert!(e.contains("extract.level"), "{e}");
+    }
 }

@@ -29,23 +29,17 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Duration;
 
 use ferry_io::bz::capped_decoder;
 use ferry_io::digest::{Digests, HashingWriter};
 use ferry_proto::api::valid_file_name;
 use serde::{Deserialize, Serialize};
-use sqlx::mysql::MySqlConnection;
-use sqlx::postgres::{PgConnection, Postgres};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Either, SqlSafeStr, SqlStr};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
-use crate::config::ErpConfig;
-use crate::writeback_sql::{
-    Ledger, apply_sqlx, check_count, field, next_record, numbered_placeholders, open_erp_server, valid_table_name,
-};
+use crate::erp::ErpConfig;
+pub use crate::erp::writeback::LEDGER_COLUMNS;
+use crate::erp::writeback::{Ledger, Statement, WriteBackError, WriteJob, csv_error, open_writeback, valid_table_name};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -101,12 +95,6 @@ pub struct DeliveryConfig {
     /// on SQLite, PostgreSQL and MySQL/MariaDB ([`LEDGER_COLUMNS`]); over ODBC create it first. Not set: no ledger.
     pub ledger_table: Option<String>,
 }
-
-/// The columns of the ledger table `ledger_table` names: the Connector creates it with `CREATE TABLE IF NOT EXISTS`
-/// where the database understands that; elsewhere (SQL Server and other ODBC databases) an admin runs
-/// `CREATE TABLE <name> (<these columns>)` once.
-pub const LEDGER_COLUMNS: &str =
-    "file_id VARCHAR(64) NOT NULL PRIMARY KEY, file_name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL";
 
 /// One `[[delivery.sql]]` statement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -399,8 +387,8 @@ fn sync_parent(path: &Path) {
 
 /// Delivers the verified plain `file` (downstream name `name`) into the ERP as `cfg` says: SQL write-back (if
 /// configured and `cfg.sql_applies_to(name)`), then the inbound folder, then the command; see the
-/// [module docs](self). `erp` is the `[erp]` section with its `url` resolved (`ConnectorConfig::erp_url`), needed
-/// only for the SQL write-back: SQLite, PostgreSQL or MySQL/MariaDB, by its `kind`.
+/// [module docs](self). `erp` is the `[erp]` section (its `url` resolved when the config was loaded), needed only
+/// for the SQL write-back: SQLite, PostgreSQL, MySQL/MariaDB or ODBC, by its `kind`.
 ///
 /// Nothing is visible in the ERP unless the SQL step succeeded as a whole; the inbound file appears only after
 /// it, complete. Reads the CSV with blocking I/O between database calls (files are local and read buffered).
@@ -454,7 +442,7 @@ pub async fn deliver_file(
             file_id: id.to_string(),
             name: name.to_string(),
         });
-        match write_back(erp, &cfg.sql, file, name, ledger.as_ref()).await? {
+        match write_back(erp, &cfg.sql, file, name, ledger).await? {
             Some(rows) => report.sql_rows = rows,
             None => {
                 tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
@@ -539,24 +527,20 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// A configured statement, prepared for one file: which header column feeds each `?`.
-pub(crate) struct PlannedStatement {
-    pub(crate) sql: SqlStr,
-    pub(crate) columns: Vec<usize>,
-}
-
-/// Runs the configured statements for every data row of `file`, in one transaction.
-/// Runs the write-back; `None` when the ledger shows the file was applied before.
+/// Runs the configured statements for every data row of `file` through the [`WriteBack`](crate::erp::writeback)
+/// of `erp`, in one transaction; `None` when the ledger shows the file was applied before. The statements are
+/// planned (header names to fields) before the database is opened, so a missing header fails without it.
 async fn write_back(
     erp: &ErpConfig,
     statements: &[SqlWriteBack],
     file: &Path,
     name: &str,
-    ledger: Option<&Ledger>,
+    ledger: Option<Ledger>,
 ) -> Result<Option<u64>, DeliveryError> {
     let input = File::open(file).map_err(io_err(format!("cannot open the received file {}", file.display())))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(BufReader::new(input));
-    let headers = reader.headers().map_err(|e| csv_error(name, 1, &e))?.clone();
+    let input: Box<dyn Read + Send> = Box::new(BufReader::new(input));
+    let mut records = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
+    let headers = records.headers().map_err(|e| csv_error(name, 1, &e))?.clone();
     if headers.is_empty() {
         return Ok(Some(0)); // an empty file: no header, no rows
     }
@@ -576,184 +560,21 @@ async fn write_back(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let statement = if matches!(erp.kind.as_str(), "postgres" | "postgresql") {
-            numbered_placeholders(&s.statement)
-        } else {
-            s.statement.clone()
-        };
-        plan.push(PlannedStatement { sql: AssertSqlSafe(statement).into_sql_str(), columns });
+        plan.push(Statement { sql: s.statement.clone(), columns });
     }
-    if erp.kind == "odbc" || crate::source::is_odbc_connection_string(&erp.url) {
-        let target = crate::source::redact_url(&erp.url);
-        let password = erp.password().map_err(|reason| DeliveryError::Database { target, reason })?;
-        let (url, name) = (crate::source::with_password(&erp.url, password.as_deref()), name.to_string());
-        let ledger = ledger.cloned();
-        return blocking(move || apply_odbc(&url, &plan, &mut reader, &name, ledger.as_ref())).await;
-    }
-    let mut db = open_erp(erp).await?;
-    let result = db.apply(&plan, &mut reader, name, ledger).await;
+    let mut db = open_writeback(erp).await?;
+    let result = db.apply(WriteJob { file: name.to_string(), statements: plan, records, ledger }).await;
     db.close().await;
-    result
+    Ok(result?)
 }
 
-/// An open ERP database for the write-back, by `[erp] kind`. The `String` is the redacted target for messages.
-pub(crate) enum ErpDb {
-    Sqlite(SqliteConnection, String),
-    Postgres(PgConnection, String),
-    MySql(MySqlConnection, String),
-}
-
-/// Opens the ERP database read-write, by `erp.kind`. SQLite: `sqlite:` URLs as given, anything else as the path
-/// of an existing file (the Connector never creates the ERP database). PostgreSQL and MySQL/MariaDB: the URL with
-/// the password of `[erp]` (which never appears in a message).
-async fn open_erp(erp: &ErpConfig) -> Result<ErpDb, DeliveryError> {
-    let url = erp.url.as_str();
-    let target = crate::source::redact_url(url);
-    if erp.kind != "sqlite" {
-        return open_erp_server(erp, target).await;
-    }
-    let open_err = |reason: String| DeliveryError::Database {
-        target: target.clone(),
-        reason: format!("cannot open it for the write-back: {reason}"),
-    };
-    let opts = if url.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(url).map_err(|e| open_err(e.to_string()))?
-    } else {
-        let path = Path::new(url);
-        if !path.is_file() {
-            return Err(open_err("no such file; check url under [erp] in connector.toml".into()));
-        }
-        SqliteConnectOptions::new().filename(path)
-    };
-    let opts = opts.create_if_missing(false).foreign_keys(false).busy_timeout(Duration::from_secs(30));
-    let conn = SqliteConnection::connect_with(&opts).await.map_err(|e| open_err(e.to_string()))?;
-    Ok(ErpDb::Sqlite(conn, target))
-}
-
-impl ErpDb {
-    /// Runs `plan` for every remaining record of `rows` in one transaction; returns the number of rows.
-    async fn apply<R: Read>(
-        &mut self,
-        plan: &[PlannedStatement],
-        rows: &mut csv::Reader<R>,
-        name: &str,
-        ledger: Option<&Ledger>,
-    ) -> Result<Option<u64>, DeliveryError> {
-        match self {
-            ErpDb::Sqlite(conn, target) => apply_sqlx::<sqlx::Sqlite, _>(conn, target, plan, rows, name, ledger).await,
-            ErpDb::Postgres(conn, target) => apply_sqlx::<Postgres, _>(conn, target, plan, rows, name, ledger).await,
-            ErpDb::MySql(conn, target) => apply_sqlx::<sqlx::MySql, _>(conn, target, plan, rows, name, ledger).await,
+impl From<WriteBackError> for DeliveryError {
+    fn from(e: WriteBackError) -> DeliveryError {
+        match e {
+            WriteBackError::Database { target, reason } => DeliveryError::Database { target, reason },
+            WriteBackError::Record { file, line, reason } => DeliveryError::WriteBack { file, line, reason },
         }
     }
-
-    async fn close(self) {
-        match self {
-            ErpDb::Sqlite(conn, _) => {
-                let _ = conn.close().await;
-            }
-            ErpDb::Postgres(conn, _) => {
-                let _ = conn.close().await;
-            }
-            ErpDb::MySql(conn, _) => {
-                let _ = conn.close().await;
-            }
-        }
-    }
-}
-
-/// The ODBC write-back (blocking): `conn_str` may carry `PWD=`; every message shows it redacted. Autocommit is
-/// off, so all rows of the file are one transaction, committed at the end or rolled back on the first error.
-/// Values are bound as text parameters (NULL for an empty field); the driver converts them to the column types.
-fn apply_odbc<R: Read>(
-    conn_str: &str,
-    plan: &[PlannedStatement],
-    rows: &mut csv::Reader<R>,
-    name: &str,
-    ledger: Option<&Ledger>,
-) -> Result<Option<u64>, DeliveryError> {
-    use odbc_api::IntoParameter;
-
-    let target = crate::source::redact_url(conn_str);
-    let scrub = |e: odbc_api::Error| crate::source::redact_url(&e.to_string());
-    let db_err = |reason: String| DeliveryError::Database { target: target.clone(), reason };
-    let env =
-        odbc_api::environment().map_err(|e| db_err(format!("cannot start the ODBC driver manager: {}", scrub(e))))?;
-    let conn = env
-        .connect_with_connection_string(conn_str, odbc_api::ConnectionOptions::default())
-        .map_err(|e| db_err(format!("cannot open it for the write-back: {}", scrub(e))))?;
-    if let Some(l) = ledger {
-        // before the transaction, and only an attempt: databases without `IF NOT EXISTS` need it created by hand
-        let _ = conn.execute(&l.create_sql(), (), None);
-    }
-    conn.set_autocommit(false).map_err(|e| db_err(format!("cannot start a transaction: {}", scrub(e))))?;
-    let result = (|| {
-        if let Some(l) = ledger {
-            let id = l.file_id.as_str().into_parameter();
-            let found = match conn.execute(&l.check_sql(false), &id, None) {
-                Ok(Some(mut cursor)) => {
-                    use odbc_api::Cursor;
-                    cursor.next_row().map_err(|e| l.error(scrub(e)))?.is_some()
-                }
-                Ok(None) => false,
-                Err(e) => return Err(l.error(scrub(e))),
-            };
-            if found {
-                return Ok(None);
-            }
-        }
-        let mut prepared = Vec::with_capacity(plan.len());
-        for (i, s) in plan.iter().enumerate() {
-            let mut stmt = conn
-                .prepare(s.sql.as_str())
-                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {}", scrub(e))))?;
-            check_count::<()>(stmt.num_params().ok().map(|n| Either::Right(usize::from(n))), s, i, name)?;
-            prepared.push(stmt);
-        }
-        let mut record = csv::StringRecord::new();
-        let mut count = 0u64;
-        while let Some(line) = next_record(rows, &mut record, name)? {
-            count += 1;
-            for (i, (s, stmt)) in plan.iter().zip(prepared.iter_mut()).enumerate() {
-                let params: Vec<_> =
-                    s.columns.iter().map(|&c| field(&record, c).map(str::to_owned).into_parameter()).collect();
-                stmt.execute(&params[..]).map_err(|e| {
-                    write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {}", scrub(e)))
-                })?;
-            }
-        }
-        if let Some(l) = ledger {
-            let (id, file, at) = l.values();
-            let params = (&id.into_parameter(), &file.into_parameter(), &at.into_parameter());
-            conn.execute(&l.record_sql(false), params, None).map_err(|e| l.error(scrub(e)))?;
-        }
-        Ok(Some(count))
-    })();
-    match result {
-        Ok(count) => {
-            conn.commit().map_err(|e| db_err(format!("cannot commit the write-back: {}", scrub(e))))?;
-            Ok(count)
-        }
-        Err(e) => {
-            let _ = conn.rollback();
-            Err(e)
-        }
-    }
-}
-
-pub(crate) fn write_back_err(file: &str, line: u64, reason: String) -> DeliveryError {
-    DeliveryError::WriteBack { file: file.to_string(), line, reason }
-}
-
-pub(crate) fn csv_error(file: &str, fallback_line: u64, e: &csv::Error) -> DeliveryError {
-    let line = e.position().map_or(fallback_line, |p| p.line());
-    let reason = match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-            format!("the row has {len} fields, the header has {expected_len}")
-        }
-        csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
-        _ => format!("cannot read the CSV: {e}"),
-    };
-    write_back_err(file, line, reason)
 }
 
 /// Runs the configured command on `target`; returns its exit code (0) or the reason it failed.

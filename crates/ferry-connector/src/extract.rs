@@ -50,9 +50,9 @@ use ferry_proto::spec::{self, Column, Kind};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::check::{At, CheckLimits, CheckReport, FileCheck, FileReport, Known, Severity};
+use crate::check::{At, CheckLimits, CheckReport, FieldError, FileCheck, FileReport, Known, Severity};
+use crate::erp::source::{Source, SourceError, SqlValue};
 use crate::mapping::{Mapping, MappingError};
-use crate::source::{Source, SourceError, SqlValue};
 
 /// Rows per chunk sent to the writer thread, and chunks in flight: together they bound the memory of a file.
 const CHUNK_ROWS: usize = 1024;
@@ -749,19 +749,22 @@ fn write_header(names: &[String], out: &mut String) {
 
 /// Append `value` as the CSV field of `col` (quoted as `DATA-SPEC.md` wants), after converting it as the module
 /// documentation describes and checking it with [`spec::parse_field`]. The error says what is wrong with the value.
-pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<(), String> {
+pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<(), FieldError> {
     field(col, value, out, &mut String::new())
 }
 
-fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), String> {
+fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), FieldError> {
     plain.clear();
-    to_plain(col.kind, value, plain)?;
+    to_plain(col.kind, value, plain).map_err(FieldError::Conversion)?;
     // A non-empty date, code or text made by `to_plain` is valid by construction (a real date written YYYY/MM/DD;
     // trimmed, without line breaks): only the other cases need the spec's check.
     let valid_by_construction =
         !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Unused);
     if !valid_by_construction {
-        spec::parse_field(col, plain)?;
+        if plain.is_empty() && col.required && col.kind != Kind::Unused {
+            return Err(FieldError::RequiredEmpty { column: col.name.to_string() });
+        }
+        spec::parse_field(col, plain).map_err(FieldError::Spec)?;
     }
     spec::format_field(col.kind, plain, out);
     Ok(())

@@ -111,14 +111,15 @@ impl Journal {
             .await?;
         let mut out = BTreeMap::new();
         for r in rows {
-            let file: String = r.get(0);
+            let file: String = r.try_get(0)?;
             let date = |i: usize| -> anyhow::Result<NaiveDate> {
-                let t: String = r.get(i);
+                let t: String = r.try_get(i)?;
                 NaiveDate::parse_from_str(&t, "%Y-%m-%d").map_err(|e| {
                     anyhow::anyhow!("the journal's watermark of {file} has a bad date {t:?}: {e}; run `sync --full`")
                 })
             };
-            let wm = Watermark { column: r.get(1), fingerprint: r.get(2), through: date(3)?, last_full: date(4)? };
+            let wm =
+                Watermark { column: r.try_get(1)?, fingerprint: r.try_get(2)?, through: date(3)?, last_full: date(4)? };
             out.insert(file, wm);
         }
         Ok(out)
@@ -360,10 +361,10 @@ impl Journal {
 }
 
 fn to_received(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ReceivedFile> {
-    let file_id: String = r.get(0);
-    let state: String = r.get(3);
+    let file_id: String = r.try_get(0)?;
+    let state: String = r.try_get(3)?;
     let time = |i: usize| -> anyhow::Result<Option<DateTime<Utc>>> {
-        r.get::<Option<String>, _>(i)
+        r.try_get::<Option<String>, _>(i)?
             .map(|t| {
                 DateTime::parse_from_rfc3339(&t)
                     .map(|t| t.with_timezone(&Utc))
@@ -374,10 +375,10 @@ fn to_received(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ReceivedFile> {
     Ok(ReceivedFile {
         state: ReceivedState::parse(&state)
             .ok_or_else(|| anyhow::anyhow!("the journal entry of file {file_id} has an unknown state {state:?}"))?,
-        name: r.get(1),
-        sha256: r.get(2),
-        attempts: r.get(4),
-        error: r.get(5),
+        name: r.try_get(1)?,
+        sha256: r.try_get(2)?,
+        attempts: r.try_get(4)?,
+        error: r.try_get(5)?,
         applied_at: time(6)?,
         acked_at: time(7)?,
         file_id,
@@ -385,8 +386,8 @@ fn to_received(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ReceivedFile> {
 }
 
 fn to_batch(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JournalBatch> {
-    let m: String = r.get(0);
-    Ok(JournalBatch { manifest: serde_json::from_str(&m)?, state: r.get(1), detail: r.get(2) })
+    let m: String = r.try_get(0)?;
+    Ok(JournalBatch { manifest: serde_json::from_str(&m)?, state: r.try_get(1)?, detail: r.try_get(2)? })
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl Connector {
         stop: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<Vec<Outcome>> {
         let api = self.api()?;
-        let journal = Journal::open(&self.cfg.journal_path()).await?;
+        let journal = Journal::open(self.cfg.journal_path()).await?;
         for r in journal.pending_acks().await? {
             ack(&api, &r.file_id, &r.sha256).await?;
             journal.mark_acked(&r.file_id).await?;
@@ -112,12 +112,9 @@ impl Connector {
     async fn apply_one(&self, f: &DownloadFile) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
         let plain = self.fetch_verified(f, &work).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
-        let mut cfg = self.cfg.delivery.clone();
-        cfg.inbound_dir = cfg.inbound_dir.map(|d| self.cfg.resolve(&d));
-        let mut erp = self.cfg.erp.clone();
-        erp.url = self.cfg.erp_url();
+        let (cfg, erp) = (&self.cfg.delivery, &self.cfg.erp);
         let report =
-            delivery::deliver_file(&cfg, Some(&erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
+            delivery::deliver_file(cfg, Some(erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
                 // which disk: the ERP database's for the SQL write-back, else the inbound folder's
                 let target = match &e {
                     delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
@@ -160,10 +157,10 @@ impl Connector {
         shutdown: impl Future<Output = ()> + Send + 'static,
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> anyhow::Result<()> {
-        let daily = self.cfg.schedule.daily_time()?;
+        let daily = self.cfg.schedule.daily_at;
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
         let stamp = self.cfg.data_dir().join("last_sync");
-        let pending = Pending::new(&self.cfg.data_dir());
+        let pending = Pending::new(self.cfg.data_dir());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -184,10 +181,8 @@ impl Connector {
         let mut sync_log = FailureLog::new("daily sync", Duration::from_secs(600));
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         let mut poll_log = FailureLog::new("downstream poll", Duration::from_secs(300));
-        log(&format!(
-            "connector running: files from the cloud as they come; daily extract at {}",
-            self.cfg.schedule.daily_at
-        ));
+        let at = daily.map(|t| t.format("%H:%M").to_string()).unwrap_or_default();
+        log(&format!("connector running: files from the cloud as they come; daily extract at {at}"));
         loop {
             if let Some(h) = sync_task.take_if(|h| h.is_finished()) {
                 match h.await.unwrap_or_else(|e| Some(anyhow::anyhow!("the sync task failed: {e}"))) {

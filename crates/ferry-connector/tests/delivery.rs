@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{
     DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver, deliver_file,
 };
+use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::journal::{Journal, ReceivedState};
 use ferry_io::bz::ParallelBzWriter;
 use ferry_io::digest::Digests;
@@ -150,7 +150,7 @@ async fn delivers_into_the_inbound_folder_and_the_erp_tables() {
         ..DeliveryConfig::default()
     };
 
-    let report = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000001.csv").await.unwrap();
+    let report = deliver(&cfg, Some(&ErpConfig::new(ErpKind::Sqlite, &url)), &file, "po_000001.csv").await.unwrap();
     assert_eq!(
         report,
         DeliveryReport {
@@ -214,7 +214,7 @@ async fn a_failing_row_writes_nothing_and_names_its_line() {
     let cfg =
         DeliveryConfig { inbound_dir: Some(inbound.clone()), sql: write_back_config(), ..DeliveryConfig::default() };
 
-    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000003.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new(ErpKind::Sqlite, &url)), &file, "po_000003.csv").await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(&err, DeliveryError::WriteBack { line: 4, .. }), "{err:?}");
     assert!(msg.starts_with("po_000003.csv:4: row 3: delivery.sql[0] failed"), "{msg}");
@@ -228,7 +228,7 @@ async fn a_failing_row_writes_nothing_and_names_its_line() {
 
     // A row with too few fields: a CSV error, with its line.
     let short = plain_file(dir.path(), "po_000004.csv", &format!("{HEADER}PO4,1,I,W,S,1,1,d,d,\nPO4,2,I\n"));
-    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &short, "po_000004.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new(ErpKind::Sqlite, &url)), &short, "po_000004.csv").await.unwrap_err();
     assert!(err.to_string().starts_with("po_000004.csv:3: the row has 3 fields, the header has 10"), "{err}");
     assert_eq!(count(&mut erp, "recommended_orders").await, 0);
 }
@@ -239,7 +239,7 @@ async fn a_missing_header_is_named_with_the_headers_present() {
     let (url, mut erp) = erp_db(dir.path()).await;
     let file = plain_file(dir.path(), "po_000005.csv", "order_number,line,item\nPO5,1,I\n");
     let cfg = DeliveryConfig { sql: write_back_config(), ..DeliveryConfig::default() };
-    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000005.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new(ErpKind::Sqlite, &url)), &file, "po_000005.csv").await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(&err, DeliveryError::MissingHeader { header, .. } if header == "location"), "{err:?}");
     assert!(msg.contains("\"location\""), "{msg}");
@@ -254,7 +254,7 @@ async fn a_missing_header_is_named_with_the_headers_present() {
         }],
         ..DeliveryConfig::default()
     };
-    let err = deliver(&cfg, Some(&ErpConfig::new("sqlite", &url)), &file, "po_000005.csv").await.unwrap_err();
+    let err = deliver(&cfg, Some(&ErpConfig::new(ErpKind::Sqlite, &url)), &file, "po_000005.csv").await.unwrap_err();
     assert!(err.to_string().contains("has 3 ? placeholders but lists 2 params"), "{err}");
 }
 
@@ -412,7 +412,7 @@ async fn the_journal_remembers_received_files() {
 async fn the_ledger_makes_a_replayed_file_a_no_op_and_commits_with_the_write_back() {
     let dir = tempfile::tempdir().unwrap();
     let (url, mut erp) = erp_db(dir.path()).await;
-    let erp_cfg = ErpConfig::new("sqlite", &url);
+    let erp_cfg = ErpConfig::new(ErpKind::Sqlite, &url);
     let cfg = DeliveryConfig {
         sql: write_back_config(),
         ledger_table: Some("ferry_applied".into()),

@@ -1,7 +1,8 @@
-//! The same ERP data in SQLite, PostgreSQL and MariaDB, each with its natural column types (NUMERIC/DECIMAL for
-//! money, DATE, BOOLEAN, TIMESTAMP/DATETIME, TEXT), extracted through the source trait and formatted by the
-//! extract's `format_value` gives byte-identical CSV; tricky values come out exactly; the SQL write-back works on
-//! PostgreSQL and MariaDB with bound parameters in one transaction; passwords never appear in errors.
+//! Every ERP source and write-back backend passes the conformance suites (`common::conformance`): the same ERP
+//! data in SQLite, PostgreSQL and MariaDB, each with its natural column types (NUMERIC/DECIMAL for money, DATE,
+//! BOOLEAN, TIMESTAMP/DATETIME, TEXT), extracts to byte-identical CSV, and the SQL write-back works alike on each.
+//! Then what only a server backend does: values decode by the server's types, PostgreSQL binds each CSV field as
+//! the type of its placeholder, the password comes from `password_env` and never appears in errors, TLS.
 //!
 //! The servers come from `scripts/test-databases.sh` (see README "Database tests"): without
 //! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
@@ -11,12 +12,15 @@ mod common;
 
 use std::path::Path;
 
+use common::conformance::{
+    ORDERS_TABLE, SourceBackend, extract_csv, items_schema, source_conformance, writeback_conformance,
+};
 use common::{fresh_db, server};
 
-use ferry_connector::config::ErpConfig;
-use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
+use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
+use ferry_connector::erp::source::{SqlValue, open_source};
+use ferry_connector::erp::{ErpConfig, ErpKind, Password, TextEncoding};
 use ferry_connector::extract::format_value;
-use ferry_connector::source::{Source, SqlValue, open_source};
 use ferry_proto::spec::{Column, Kind};
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
@@ -46,98 +50,45 @@ fn col(kind: Kind) -> Column {
     Column { name: "c", kind, required: false }
 }
 
-/// Extract `sql` from `src` and format it as CSV with `kinds`, as the extract writes standard files.
-async fn extract_csv(src: &dyn Source, sql: &str, kinds: &[Kind]) -> String {
-    let mut out = String::new();
-    let mut rows = src.rows(sql);
-    while let Some(row) = rows.next().await {
-        let row = row.unwrap_or_else(|e| panic!("{} {sql}: {e}", src.kind()));
-        for (i, (v, k)) in row.iter().zip(kinds).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            format_value(&col(*k), v, &mut out).unwrap_or_else(|e| panic!("{} column {i} {v:?}: {e}", src.kind()));
+/// The backends of this file: SQLite always, the servers when their URL is set.
+fn backends(test: &str) -> Vec<(ErpKind, Option<String>)> {
+    let mut out = vec![(ErpKind::Sqlite, None)];
+    for (var, kind) in [("FERRY_TEST_POSTGRES_URL", ErpKind::Postgres), ("FERRY_TEST_MYSQL_URL", ErpKind::MySql)] {
+        if let Some(url) = server(var, test) {
+            out.push((kind, Some(url)));
         }
-        out.push('\n');
     }
     out
 }
 
-/// An ERP-like schema per backend, natural types for each: money NUMERIC/DECIMAL (exact), dates DATE, flags
-/// BOOLEAN, timestamps, text; plus one row of data that every backend stores its own way.
-fn erp_schema(backend: &str) -> String {
-    let (money, boolean, ts, text) = match backend {
-        "postgres" => ("NUMERIC(18,4)", "BOOLEAN", "TIMESTAMP", "TEXT"),
-        "mysql" => ("DECIMAL(18,4)", "BOOLEAN", "DATETIME", "TEXT"),
-        // SQLite has no exact decimal type: an ERP on SQLite keeps money as text
-        _ => ("TEXT", "BOOLEAN", "TEXT", "TEXT"),
+/// A fresh database of `kind` (an SQLite file in `dir`, a new database on a server) holding `script`.
+async fn fresh(kind: ErpKind, server_url: Option<&str>, dir: &Path, tag: &str, script: &str) -> ErpConfig {
+    let url = match server_url {
+        Some(url) => fresh_db(url, tag).await,
+        None => dir.join(format!("{tag}.db")).display().to_string(),
     };
-    let (t, f) = if backend == "sqlite" { ("1", "0") } else { ("TRUE", "FALSE") };
-    let mut s = format!(
-        "CREATE TABLE items (code VARCHAR(20) PRIMARY KEY, descr {text}, price {money}, cost {money}, weight DOUBLE PRECISION, \
-         active {boolean}, created DATE, changed {ts}, qty INTEGER);\n"
-    );
-    let rows = [
-        ("A-001", "Widget, large", "12.5000", "7.25", "1.5", t, "2026-01-31", "2026-11-28 13:45:00", "12"),
-        (
-            "A-002",
-            "Say \"hi\" — Café",
-            "0.0000",
-            "123456789012.3456",
-            "0.1",
-            f,
-            "2025-12-01",
-            "2026-11-27 00:00:01",
-            "-3",
-        ),
-        ("B-100", "  padded  ", "-5.5000", "0.0001", "1e-7", t, "2024-02-29", "2000-01-01 23:59:59", "0"),
-        ("C-7", "line\nbreak", "1000000", "99.9900", "12345.678", f, "1999-12-31", "2026-06-15 12:00:00", "2147483647"),
-    ];
-    for (code, descr, price, cost, weight, active, created, changed, qty) in rows {
-        let descr = descr.replace('\'', "''");
-        let (price, cost) =
-            if backend == "sqlite" { (format!("'{price}'"), format!("'{cost}'")) } else { (price.into(), cost.into()) };
-        s.push_str(&format!(
-            "INSERT INTO items VALUES ('{code}', '{descr}', {price}, {cost}, {weight}, {active}, '{created}', '{changed}', {qty});\n"
-        ));
-    }
-    s.push_str("INSERT INTO items (code) VALUES ('N-NULL');\n");
-    s
+    exec_all(&url, script).await;
+    ErpConfig::new(kind, &url)
 }
 
-const ITEMS_SQL: &str =
-    "SELECT code, descr, price, cost, weight, active, created, changed, qty FROM items ORDER BY code";
-const ITEMS_KINDS: &[Kind] =
-    &[Kind::Code, Kind::Text, Kind::Dec, Kind::Dec, Kind::Dec, Kind::Flag, Kind::Date, Kind::Date, Kind::Int];
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_source_backend_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, url) in backends("every_source_backend_passes_the_conformance_suite") {
+        let erp = fresh(kind, url.as_deref(), dir.path(), "xb", &items_schema(kind.as_str())).await;
+        let src = open_source(&erp).await.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        source_conformance(src.as_ref(), SourceBackend { kind: kind.as_str(), read_only: true }).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_erp_data_gives_identical_csv_on_every_backend() {
+async fn every_sqlx_write_back_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = dir.path().join("erp.db");
-    exec_all(sqlite.to_str().unwrap(), &erp_schema("sqlite")).await;
-    let src = open_source(&ErpConfig::new("sqlite", sqlite.to_str().unwrap()), sqlite.to_str().unwrap()).await.unwrap();
-    let reference = extract_csv(src.as_ref(), ITEMS_SQL, ITEMS_KINDS).await;
-    assert_eq!(
-        reference,
-        "\"A-001\",\"Widget, large\",12.5,7.25,1.5,1,2026/01/31,2026/11/28,12\n\
-         \"A-002\",\"Say \"\"hi\"\" — Café\",0,123456789012.3456,0.1,0,2025/12/01,2026/11/27,-3\n\
-         \"B-100\",\"  padded\",-5.5,0.0001,0.0000001,1,2024/02/29,2000/01/01,0\n\
-         \"C-7\",\"line break\",1000000,99.99,12345.678,0,1999/12/31,2026/06/15,2147483647\n\
-         \"N-NULL\",,,,,,,,\n"
-    );
-    let mut compared = 0;
-    for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
-        let Some(url) = server(var, "same_erp_data_gives_identical_csv_on_every_backend") else { continue };
-        let db = fresh_db(&url, "xb").await;
-        exec_all(&db, &erp_schema(backend)).await;
-        let src = open_source(&ErpConfig::new(backend, &db), &db).await.unwrap();
-        assert_eq!(src.kind(), backend);
-        assert_eq!(src.columns(ITEMS_SQL).await.unwrap()[2], "price");
-        let csv = extract_csv(src.as_ref(), ITEMS_SQL, ITEMS_KINDS).await;
-        assert_eq!(csv, reference, "{backend} differs from SQLite");
-        compared += 1;
+    for (kind, url) in backends("every_sqlx_write_back_passes_the_conformance_suite") {
+        let erp = fresh(kind, url.as_deref(), dir.path(), "wbc", &format!("{ORDERS_TABLE};\n")).await;
+        let reader = open_source(&erp).await.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        writeback_conformance(&erp, reader.as_ref()).await;
     }
-    eprintln!("compared {compared} server backends with SQLite");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,9 +101,9 @@ async fn postgres_values_decode_by_type() {
          INSERT INTO t VALUES (123456789012.3456, 1.1, -7, TRUE, '2026-11-28 10:00:00', '2026-02-01', '\\xe9'::bytea, '00012.500', 'ab')",
     )
     .await;
-    let mut erp = ErpConfig::new("postgres", &db);
-    erp.encoding = "windows-1252".into();
-    let src = open_source(&erp, &db).await.unwrap();
+    let mut erp = ErpConfig::new(ErpKind::Postgres, &db);
+    erp.encoding = TextEncoding::Windows1252;
+    let src = open_source(&erp).await.unwrap();
     let rows: Vec<_> =
         src.rows("SELECT n, r, i2, b, ts, d, bin, dtext, ch, NULL::int, 0.10::numeric(5,3) FROM t").collect().await;
     let row = rows[0].as_ref().unwrap();
@@ -199,9 +150,9 @@ async fn mariadb_values_decode_by_type() {
         .execute(&mut c)
         .await
         .unwrap();
-    let mut erp = ErpConfig::new("mysql", &db);
-    erp.encoding = "windows-1252".into();
-    let src = open_source(&erp, &db).await.unwrap();
+    let mut erp = ErpConfig::new(ErpKind::MySql, &db);
+    erp.encoding = TextEncoding::Windows1252;
+    let src = open_source(&erp).await.unwrap();
     let rows: Vec<_> = src.rows("SELECT n, f, u, big, flag, d, dt, l1, raw, zd, NULL FROM t").collect().await;
     let row = rows[0].as_ref().unwrap();
     assert_eq!(row[0], SqlValue::Decimal("123456789012.3456".into()));
@@ -232,7 +183,9 @@ fn po_file(dir: &Path, body: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_binds_parameters_on_postgres_and_mariadb() {
     let dir = tempfile::tempdir().unwrap();
-    for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
+    for (var, backend, kind) in
+        [("FERRY_TEST_POSTGRES_URL", "postgres", ErpKind::Postgres), ("FERRY_TEST_MYSQL_URL", "mysql", ErpKind::MySql)]
+    {
         let Some(url) = server(var, "write_back_binds_parameters_on_postgres_and_mariadb") else { continue };
         let db = fresh_db(&url, "wb").await;
         exec_all(
@@ -255,8 +208,8 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         let env = format!("FERRY_TEST_WB_PW_{}", backend.to_uppercase());
         // SAFETY: tests in this file set only their own variable names
         unsafe { std::env::set_var(&env, &password) };
-        let mut erp = ErpConfig::new(backend, &pw_url);
-        erp.password_env = Some(env.clone());
+        let mut erp = ErpConfig::new(kind, &pw_url);
+        erp.password = Password::Env(env.clone());
         let good = po_file(
             dir.path(),
             "order_number,line,item,qty,due_date,urgent\n\
@@ -266,7 +219,7 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         );
         let report = deliver(&cfg, Some(&erp), &good, "po_000001.csv").await.unwrap();
         assert_eq!(report.sql_rows, 3);
-        let src = open_source(&erp, &pw_url).await.unwrap();
+        let src = open_source(&erp).await.unwrap();
         let got = extract_csv(
             src.as_ref(),
             "SELECT order_number, line, item, qty, due_date, urgent FROM recommended_orders ORDER BY line",
@@ -288,31 +241,14 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         assert!(e.contains("po_000002.csv:3") && e.contains("nothing from this file"), "{backend}: {e}");
         let n: Vec<_> = src.rows("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'PO2'").collect().await;
         assert_eq!(n[0].as_ref().unwrap()[0], SqlValue::Int(0), "{backend}: rolled back");
-        // the ledger: written with the write-back, a replay is a no-op, a failed file leaves no record
-        let with_ledger = DeliveryConfig { ledger_table: Some("ferry_applied".into()), ..cfg.clone() };
-        let ok = po_file(dir.path(), "order_number,line,item,qty,due_date,urgent\nPO4,1,A,1,2026/12/01,1\n");
-        for replay in [false, true] {
-            let r = deliver_file(&with_ledger, Some(&erp), &ok, "po_000004.csv", Some("F4")).await.unwrap();
-            assert_eq!((r.sql_rows, r.already_in_ledger), (if replay { 0 } else { 1 }, replay), "{backend}");
-        }
-        let bad = po_file(
-            dir.path(),
-            "order_number,line,item,qty,due_date,urgent\nPO2,1,A,1,2026/12/01,1\nPO2,2,B,notanumber,2026/12/01,1\n",
-        );
-        assert!(deliver_file(&with_ledger, Some(&erp), &bad, "po_000002.csv", Some("F2")).await.is_err());
-        let n: Vec<_> = src.rows("SELECT file_id FROM ferry_applied ORDER BY file_id").collect().await;
-        let n: Vec<_> = n.into_iter().map(Result::unwrap).collect();
-        assert_eq!(n, [vec![SqlValue::Text("F4".into())]], "{backend}: only the applied file is in the ledger");
-        let n: Vec<_> = src.rows("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'PO4'").collect().await;
-        assert_eq!(n[0].as_ref().unwrap()[0], SqlValue::Int(1), "{backend}: applied once");
         // a wrong password: the error names the target, never the password
         unsafe { std::env::set_var(&env, "wrong-Pa55word-xyz") };
         let e = deliver(&cfg, Some(&erp), &good, "po_000003.csv").await.unwrap_err().to_string();
         assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password), "{e}");
-        let e = open_source(&erp, &pw_url).await.err().unwrap().to_string();
+        let e = open_source(&erp).await.err().unwrap().to_string();
         assert!(!e.contains("wrong-Pa55word-xyz") && !e.contains(&password) && e.contains("cannot open"), "{e}");
         let broken = db.replace("127.0.0.1", "127.0.0.1:1");
-        let e = open_source(&ErpConfig::new(backend, &broken), &broken).await.err();
+        let e = open_source(&ErpConfig::new(kind, &broken)).await.err();
         assert!(e.is_some_and(|e| !e.to_string().contains(&password)));
     }
 }
@@ -351,10 +287,11 @@ async fn tls_to_postgres_and_mariadb_is_used_and_the_server_verified() {
         ),
     ];
     for (var, backend, verify, untrusted, version_sql) in cases {
+        let kind = ErpKind::parse(backend).unwrap();
         let Some(url) = server(var, "tls_to_postgres_and_mariadb_is_used_and_the_server_verified") else { continue };
         let (_, password) = split_password(&url);
         let tls = format!("{url}?{verify}");
-        let src = open_source(&ErpConfig::new(backend, &tls), &tls).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let src = open_source(&ErpConfig::new(kind, &tls)).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
         let rows: Vec<_> = src.rows(version_sql).collect().await;
         let version = rows.first().and_then(|r| r.as_ref().ok()).and_then(|r| r.first().cloned());
         assert!(
@@ -363,7 +300,7 @@ async fn tls_to_postgres_and_mariadb_is_used_and_the_server_verified() {
         );
         // the system's roots do not include the test CA: the server is not trusted, and the message says why
         let plain = format!("{url}?{untrusted}");
-        let e = open_source(&ErpConfig::new(backend, &plain), &plain).await.err().expect("an untrusted server");
+        let e = open_source(&ErpConfig::new(kind, &plain)).await.err().expect("an untrusted server");
         let e = e.to_string();
         assert!(e.contains("UnknownIssuer") && e.contains("TLS certificate is not trusted"), "{backend}: {e}");
         let ca_param = if backend == "postgres" { "sslrootcert=" } else { "ssl-ca=" };

@@ -8,10 +8,11 @@ use std::sync::Mutex;
 
 use bzip2::read::MultiBzDecoder;
 use chrono::NaiveDate;
+use ferry_connector::check::FieldError;
+use ferry_connector::erp::source::{Source, SqlValue, SqliteSource};
 use ferry_connector::extract::{ExtractError, ExtractOptions, extract_batch, format_float, format_value};
 use ferry_connector::mapping::{Mapping, default_mapping};
 use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
-use ferry_connector::source::{Source, SqlValue, SqliteSource};
 use ferry_io::digest::Digests;
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
@@ -210,7 +211,7 @@ fn col(kind: Kind, required: bool) -> Column {
 
 fn fmt(kind: Kind, v: SqlValue) -> Result<String, String> {
     let mut s = String::new();
-    format_value(&col(kind, false), &v, &mut s).map(|_| s)
+    format_value(&col(kind, false), &v, &mut s).map(|_| s).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -283,7 +284,7 @@ fn values_are_formatted_per_spec() {
 
     let mut s = String::new();
     let e = format_value(&Column { name: "supplier", kind: Kind::Code, required: true }, &Text("   ".into()), &mut s);
-    assert!(e.unwrap_err().contains("supplier is required but empty"));
+    assert_eq!(e, Err(FieldError::RequiredEmpty { column: "supplier".into() }), "blank text is empty");
 }
 
 /// CPU seconds this process used so far (user + system, all threads), from /proc; 0 where unavailable.

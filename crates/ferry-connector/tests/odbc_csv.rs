@@ -1,8 +1,8 @@
 //! Every source against the SQLite source: the sample ERP copied into PostgreSQL and MariaDB, reached through the
 //! SQLite ODBC driver, and exported to a folder of CSV files, extracts to byte-identical standard files; tricky values come through
-//! ODBC as the right `SqlValue`s (SQLite driver, and PostgreSQL through psqlODBC when configured); the SQL
-//! write-back works through ODBC in one transaction; the CSV folder refuses escapes and reports file, line and
-//! column.
+//! ODBC as the right `SqlValue`s (SQLite driver, and PostgreSQL through psqlODBC when configured); the ODBC source
+//! and write-back pass the conformance suites (`common::conformance`); the CSV folder refuses escapes and reports
+//! file, line and column.
 //!
 //! Drivers: `FERRY_TEST_ODBC_SQLITE` (e.g. `Driver=/usr/lib/x86_64-linux-gnu/odbc/libsqlite3odbc.so`) and
 //! `FERRY_TEST_ODBC_PG` (e.g. `Driver=/usr/lib/x86_64-linux-gnu/odbc/psqlodbcw.so;Server=127.0.0.1;Port=5432;
@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use ferry_connector::config::ErpConfig;
-use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
+use common::conformance::{ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance};
+use ferry_connector::erp::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
+use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
 use ferry_connector::mapping::{FileMapping, Mapping, default_mapping};
 use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
-use ferry_connector::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::ManifestFile;
 use futures::StreamExt;
@@ -132,7 +132,7 @@ async fn sample_erp_in_postgres_and_mariadb_is_byte_identical() {
             "mysql" => text.replace("invoice_no || '/' || line_no", "CONCAT(invoice_no, '/', line_no)"),
             _ => text.clone(),
         };
-        let src = open_source(&ErpConfig::new(backend, &url), &url).await.unwrap();
+        let src = open_source(&ErpConfig::new(ErpKind::parse(backend).unwrap(), &url)).await.unwrap();
         let spool = dir.path().join(format!("spool-{backend}"));
         let got = extract(src.as_ref(), &Mapping::from_toml(&text).unwrap(), &spool).await;
         assert_same_files(want.keys().cloned(), &dir.path().join("spool-sqlite"), &spool, backend);
@@ -445,11 +445,6 @@ async fn tricky_values_through_the_sqlite_odbc_driver() {
     assert_eq!(src.columns(TRICKY_SELECT).await.unwrap(), ["id", "qty", "ratio", "day", "at", "note"]);
     // SQLite stores DECIMAL as a REAL and its driver describes the column as text: the driver's print of 12.34
     check_tricky(&all_rows(&src, TRICKY_SELECT).await, SqlValue::Text("12.34".into()));
-
-    let e = src.columns("SELECT nope FROM tricky").await.unwrap_err().to_string();
-    assert!(e.starts_with("the query failed") && e.contains("nope"), "{e}");
-    let stream_err = src.rows("SELECT * FROM missing_table").next().await.unwrap().unwrap_err().to_string();
-    assert!(stream_err.contains("missing_table"), "{stream_err}");
 }
 
 #[tokio::test]
@@ -479,93 +474,42 @@ fn odbc_exec(conn_str: &str, statements: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn write_back() -> Vec<SqlWriteBack> {
-    vec![SqlWriteBack {
-        statement: "INSERT INTO recommended_orders(order_number, line, item, qty, due_date) VALUES (?, ?, ?, ?, ?)"
-            .into(),
-        params: ["order_number", "line", "item", "qty", "due_date"].map(String::from).to_vec(),
-    }]
-}
-
-const PO: &str = "order_number,line,item,qty,due_date\n\
-                  PO000001,1,ITEM-001,120,2026-03-16\n\
-                  PO000001,2,\"Bolt, 10 \"\"mm\"\" é\",12.5,2026-03-16\n";
-
-async fn write_back_through(conn_str: &str, count: impl AsyncFn() -> i64) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = DeliveryConfig { sql: write_back(), ..DeliveryConfig::default() };
-    let erp = ferry_connector::config::ErpConfig::new("odbc", conn_str);
-    let file = dir.path().join("po_000001.csv");
-    std::fs::write(&file, PO).unwrap();
-    let report = deliver(&cfg, Some(&erp), &file, "po_000001.csv").await.unwrap();
-    assert_eq!(report.sql_rows, 2);
-    assert_eq!(count().await, 2);
-
-    // the third row breaks the primary key: the whole file is rolled back, the error says where
-    let bad = dir.path().join("po_000002.csv");
-    std::fs::write(&bad, "order_number,line,item,qty,due_date\nPO000002,1,X,1,\nPO000002,2,Y,2,\nPO000001,1,Z,3,\n")
-        .unwrap();
-    let e = deliver(&cfg, Some(&erp), &bad, "po_000002.csv").await.unwrap_err().to_string();
-    assert!(e.starts_with("po_000002.csv:4: row 3: delivery.sql[0] failed"), "{e}");
-    assert!(e.contains("nothing from this file was written"), "{e}");
-    assert_eq!(count().await, 2, "rolled back");
-
-    // the ledger (created by the Connector; both drivers understand IF NOT EXISTS): a replay is a no-op, a
-    // rolled-back file leaves no record (ids unique per run: the PostgreSQL database outlives the test)
-    let with_ledger = DeliveryConfig { ledger_table: Some("ferry_applied".into()), ..cfg.clone() };
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let (id3, id2) = (format!("F3-{run}"), format!("F2-{run}"));
-    let third = dir.path().join("po_000003.csv");
-    std::fs::write(&third, "order_number,line,item,qty,due_date\nPO000003,3,L,1,\n").unwrap();
-    for replay in [false, true] {
-        let r = deliver_file(&with_ledger, Some(&erp), &third, "po_000003.csv", Some(&id3)).await.unwrap();
-        assert_eq!((r.sql_rows, r.already_in_ledger), (if replay { 0 } else { 1 }, replay));
-    }
-    assert_eq!(count().await, 3, "applied once");
-    assert!(deliver_file(&with_ledger, Some(&erp), &bad, "po_000002.csv", Some(&id2)).await.is_err());
-    assert_eq!(count().await, 3, "rolled back");
-    let r = deliver_file(&with_ledger, Some(&erp), &third, "po_000003.csv", Some(&id3)).await.unwrap();
-    assert!(r.already_in_ledger, "the failed file did not disturb the ledger");
-
-    let wrong = DeliveryConfig {
-        sql: vec![SqlWriteBack {
-            statement: "INSERT INTO recommended_orders(item) VALUES (?, ?)".into(),
-            ..write_back()[0].clone()
-        }],
-        ..DeliveryConfig::default()
-    };
-    let e = deliver(&wrong, Some(&erp), &file, "po_000001.csv").await.unwrap_err().to_string();
-    assert!(e.contains("po_000001.csv:1: delivery.sql[0]"), "{e}");
+/// An SQLite database file in `dir` holding `script` (`;`-separated), made with sqlx.
+async fn sqlite_db(dir: &Path, name: &str, script: &str) -> std::path::PathBuf {
+    let db = dir.join(name);
+    let opts = SqliteConnectOptions::new().filename(&db).create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_string())).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    db
 }
 
 #[tokio::test]
-async fn sql_write_back_through_the_sqlite_odbc_driver() {
-    let Some(prefix) = driver("FERRY_TEST_ODBC_SQLITE", "sql_write_back_through_the_sqlite_odbc_driver") else {
+async fn the_odbc_source_passes_the_conformance_suite() {
+    let Some(prefix) = driver("FERRY_TEST_ODBC_SQLITE", "the_odbc_source_passes_the_conformance_suite") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("erp.db");
-    let opts = SqliteConnectOptions::new().filename(&db).create_if_missing(true);
-    let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE recommended_orders(order_number TEXT NOT NULL, line INTEGER NOT NULL, item TEXT NOT NULL,
-         qty NUMERIC, due_date DATE, PRIMARY KEY(order_number, line))",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
-    let conn_str = format!("{prefix};Database={}", db.display());
-    let count = async || {
-        let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-        match all_rows(&src, "SELECT COUNT(*) FROM recommended_orders").await[0][0] {
-            SqlValue::Int(n) => n,
-            ref v => panic!("{v:?}"),
-        }
+    let db = sqlite_db(dir.path(), "items.db", &items_schema("sqlite")).await;
+    let src = OdbcSource::open(&format!("{prefix};Database={}", db.display()), None).await.unwrap();
+    source_conformance(&src, SourceBackend { kind: "odbc", read_only: false }).await;
+}
+
+#[tokio::test]
+async fn the_odbc_write_back_passes_the_conformance_suite_through_the_sqlite_driver() {
+    let Some(prefix) = driver("FERRY_TEST_ODBC_SQLITE", "the_odbc_write_back_passes_the_conformance_suite") else {
+        return;
     };
-    write_back_through(&conn_str, count).await;
-    let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-    let rows = all_rows(&src, "SELECT item, qty, due_date FROM recommended_orders ORDER BY line").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path(), "erp.db", ORDERS_TABLE).await;
+    let erp = ErpConfig::new(ErpKind::Odbc, &format!("{prefix};Database={}", db.display()));
+    let reader = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
+    writeback_conformance(&erp, &reader).await;
+    let rows = all_rows(
+        &reader,
+        "SELECT item, qty, due_date FROM recommended_orders WHERE order_number = 'PO1' ORDER BY line",
+    )
+    .await;
     assert_eq!(
         rows[1],
         vec![SqlValue::Text("Bolt, 10 \"mm\" é".into()), SqlValue::Float(12.5), SqlValue::Text("2026-03-16".into())]
@@ -573,26 +517,18 @@ async fn sql_write_back_through_the_sqlite_odbc_driver() {
 }
 
 #[tokio::test]
-async fn sql_write_back_through_postgres_odbc() {
-    let Some(prefix) = driver("FERRY_TEST_ODBC_PG", "sql_write_back_through_postgres_odbc") else {
+async fn the_odbc_write_back_passes_the_conformance_suite_through_postgres() {
+    let Some(prefix) =
+        driver("FERRY_TEST_ODBC_PG", "the_odbc_write_back_passes_the_conformance_suite_through_postgres")
+    else {
         return;
     };
-    odbc_exec(
-        &prefix,
-        &[
-            "DROP TABLE IF EXISTS recommended_orders",
-            "CREATE TABLE recommended_orders(order_number TEXT NOT NULL, line INTEGER NOT NULL, item TEXT NOT NULL, \
-             qty NUMERIC(12,3), due_date DATE, PRIMARY KEY(order_number, line))",
-        ],
-    )
-    .unwrap();
+    odbc_exec(&prefix, &["DROP TABLE IF EXISTS recommended_orders", ORDERS_TABLE]).unwrap();
     let src = OdbcSource::open(&prefix, None).await.unwrap();
-    let count = async || match all_rows(&src, "SELECT COUNT(*) FROM recommended_orders").await[0][0] {
-        SqlValue::Int(n) => n,
-        ref v => panic!("{v:?}"),
-    };
-    write_back_through(&prefix, count).await;
-    let rows = all_rows(&src, "SELECT item, qty, due_date FROM recommended_orders ORDER BY line").await;
+    writeback_conformance(&ErpConfig::new(ErpKind::Odbc, &prefix), &src).await;
+    let rows =
+        all_rows(&src, "SELECT item, qty, due_date FROM recommended_orders WHERE order_number = 'PO1' ORDER BY line")
+            .await;
     assert_eq!(
         rows[1],
         vec![

@@ -41,7 +41,7 @@ async fn tricky_values_reach_the_instance_exactly() {
     assert!(mapping.matches("FROM tricky").count() == 2, "the example mapping changed; adapt this test");
     let token = c.add_tenant("acme").await.unwrap();
     let mut conn = c.connector("acme", &erp, &token).await.unwrap();
-    conn.cfg.erp.encoding = "windows-1252".into();
+    conn.cfg.erp.encoding = ferry_connector::erp::TextEncoding::Windows1252;
     set_mapping(&conn, &mapping);
 
     let r = conn.sync(&quiet).await.expect("sync");

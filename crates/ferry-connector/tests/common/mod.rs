@@ -33,3 +33,4 @@ pub async fn fresh_db(url: &str, tag: &str) -> String {
     }
     format!("{base}/{name}")
 }
+pub mod conformance;

@@ -1,171 +1,136 @@
-//! The SQL write-back ([`crate::delivery`]) through sqlx, one code path for SQLite, PostgreSQL and MySQL/MariaDB
-//! ([`apply_sqlx`]): one transaction per file (with the optional ledger in it), every value bound as a parameter,
-//! never written into the SQL text.
+//! The write-back through sqlx, one implementation for SQLite, PostgreSQL and MySQL/MariaDB ([`SqlxWriteBack`]):
+//! the one place those databases are opened read-write; one transaction per file (with the optional ledger in
+//! it), every value bound as a parameter, never written into the SQL text.
 //!
-//! SQLite and MySQL convert bound text to the column's type themselves. PostgreSQL does not convert text parameters to numbers
-//! or dates, so each CSV field is bound with the type PostgreSQL infers for its placeholder (integers, floats,
-//! `NUMERIC` exactly, booleans, dates, timestamps; anything else as text). `?` placeholders are numbered `$1, $2,
-//! ...` for PostgreSQL, so one statement works on every backend.
+//! SQLite and MySQL convert bound text to the column's type themselves. PostgreSQL does not convert text
+//! parameters to numbers or dates, so each CSV field is bound with the type PostgreSQL infers for its placeholder
+//! (integers, floats, `NUMERIC` exactly, booleans, dates, timestamps; anything else as text). `?` placeholders are
+//! numbered `$1, $2, ...` for PostgreSQL, so one statement works on every backend.
 
-use std::io::Read;
+use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
+use futures::future::BoxFuture;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgConnection, PgTypeInfo, Postgres};
-use sqlx::{AssertSqlSafe, Connection, Either, Encode, Executor, Statement, Type, TypeInfo};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Either, Encode, Executor, SqlSafeStr, SqlStr, Statement as _, Type, TypeInfo};
 
-use crate::config::ErpConfig;
-use crate::delivery::{DeliveryError, ErpDb, PlannedStatement, csv_error, write_back_err};
-use crate::source::postgres_pw_in_url;
-use crate::source::scrub;
+use super::{Ledger, Statement, WriteBack, WriteBackError, WriteJob, check_count, field, next_record, record_err};
+use crate::erp::{ErpConfig, ErpKind, password_in_url, redact_url, scrub};
 
-/// Opens a PostgreSQL or MySQL/MariaDB ERP database (`erp.kind`) for the write-back.
-pub(crate) async fn open_erp_server(erp: &ErpConfig, target: String) -> Result<ErpDb, DeliveryError> {
-    let url = erp.url.as_str();
-    let url_pw = postgres_pw_in_url(url);
-    let open_err = |reason: String, pw: Option<&str>| DeliveryError::Database {
-        target: target.clone(),
-        reason: format!("cannot open it for the write-back: {}", scrub(scrub(reason, url_pw.as_deref()), pw)),
-    };
-    let password = erp.password().map_err(|r| open_err(r, None))?;
-    let pw = password.as_deref();
-    match erp.kind.as_str() {
-        "postgres" | "postgresql" => {
-            let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
-            if let Some(p) = pw {
-                opts = opts.password(p);
-            }
-            let conn = PgConnection::connect_with(&opts.application_name("ferry-connector"))
-                .await
-                .map_err(|e| open_err(e.to_string(), pw))?;
-            Ok(ErpDb::Postgres(conn, target.clone()))
-        }
-        "mysql" | "mariadb" => {
-            let mut opts = MySqlConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
-            if let Some(p) = pw {
-                opts = opts.password(p);
-            }
-            let conn = MySqlConnection::connect_with(&opts.charset("utf8mb4"))
-                .await
-                .map_err(|e| open_err(e.to_string(), pw))?;
-            Ok(ErpDb::MySql(conn, target.clone()))
-        }
-        other => Err(open_err(format!("the SQL write-back does not support [erp] kind {other:?}"), pw)),
-    }
+/// An ERP database of one of the sqlx kinds, open read-write for the write-back.
+pub struct SqlxWriteBack {
+    conn: SqlxConnection,
+    /// The database without its password, for messages.
+    target: String,
 }
 
-/// The ERP-side record of applied files (`[delivery] ledger_table`), read and written in the write-back's
-/// transaction. The table name was checked by [`valid_table_name`]; the values are bound.
-#[derive(Debug, Clone)]
-pub(crate) struct Ledger {
-    pub table: String,
-    pub file_id: String,
-    pub name: String,
+enum SqlxConnection {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+    MySql(MySqlConnection),
 }
 
-impl Ledger {
-    pub(crate) fn create_sql(&self) -> String {
-        format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, crate::delivery::LEDGER_COLUMNS)
-    }
-
-    pub(crate) fn check_sql(&self, pg: bool) -> String {
-        let p = if pg { "$1" } else { "?" };
-        format!("SELECT file_id FROM {} WHERE file_id = {p}", self.table)
-    }
-
-    pub(crate) fn record_sql(&self, pg: bool) -> String {
-        let (a, b, c) = if pg { ("$1", "$2", "$3") } else { ("?", "?", "?") };
-        format!("INSERT INTO {} (file_id, file_name, applied_at) VALUES ({a}, {b}, {c})", self.table)
-    }
-
-    /// The values of the record: file id, file name, time applied (UTC, RFC 3339).
-    pub(crate) fn values(&self) -> (String, String, String) {
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        (self.file_id.clone(), self.name.clone(), at)
-    }
-
-    pub(crate) fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
-        write_back_err(
-            &self.name,
-            1,
-            format!(
-                "the ledger table {t} cannot be used: {e}; create it with: CREATE TABLE {t} ({})",
-                crate::delivery::LEDGER_COLUMNS,
-                t = self.table
-            ),
-        )
-    }
-}
-
-/// `name` or `schema.name`, each part letters, digits and `_`, not starting with a digit.
-pub(crate) fn valid_table_name(t: &str) -> bool {
-    let part = |p: &str| {
-        p.len() <= 63
-            && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    let parts: Vec<&str> = t.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| part(p))
-}
-
-/// `?` placeholders numbered `$1, $2, ...` (PostgreSQL's form), outside quoted strings, quoted names and
-/// comments. A statement that already uses `$n` is returned unchanged.
-pub(crate) fn numbered_placeholders(sql: &str) -> String {
-    if sql.contains("$1") {
-        return sql.to_string();
-    }
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' => {
-                out.push(c);
-                for d in chars.by_ref() {
-                    out.push(d);
-                    if d == c {
-                        break; // a doubled quote simply closes and reopens
+impl SqlxWriteBack {
+    /// Opens `erp` read-write, by its kind. SQLite: `sqlite:` URLs as given, anything else as the path of an
+    /// existing file (the Connector never creates the ERP database). PostgreSQL and MySQL/MariaDB: the URL with
+    /// the password of `[erp]` (which never appears in a message).
+    pub async fn open(erp: &ErpConfig) -> Result<SqlxWriteBack, WriteBackError> {
+        let url = erp.url.as_str();
+        let target = redact_url(url);
+        let url_pw = password_in_url(url);
+        let open_err = |reason: String, pw: Option<&str>| WriteBackError::Database {
+            target: target.clone(),
+            reason: format!("cannot open it for the write-back: {}", scrub(scrub(reason, url_pw.as_deref()), pw)),
+        };
+        let conn = match erp.kind {
+            ErpKind::Sqlite => {
+                let opts = if url.starts_with("sqlite:") {
+                    SqliteConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), None))?
+                } else {
+                    let path = Path::new(url);
+                    if !path.is_file() {
+                        return Err(open_err("no such file; check url under [erp] in connector.toml".into(), None));
                     }
+                    SqliteConnectOptions::new().filename(path)
+                };
+                let opts = opts.create_if_missing(false).foreign_keys(false).busy_timeout(Duration::from_secs(30));
+                SqlxConnection::Sqlite(
+                    SqliteConnection::connect_with(&opts).await.map_err(|e| open_err(e.to_string(), None))?,
+                )
+            }
+            ErpKind::Postgres => {
+                let password = erp.password().map_err(|e| open_err(e.to_string(), None))?;
+                let pw = password.as_deref();
+                let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
+                if let Some(p) = pw {
+                    opts = opts.password(p);
                 }
+                SqlxConnection::Postgres(
+                    PgConnection::connect_with(&opts.application_name("ferry-connector"))
+                        .await
+                        .map_err(|e| open_err(e.to_string(), pw))?,
+                )
             }
-            '-' if chars.peek() == Some(&'-') => {
-                out.push(c);
-                for d in chars.by_ref() {
-                    out.push(d);
-                    if d == '\n' {
-                        break;
-                    }
+            ErpKind::MySql => {
+                let password = erp.password().map_err(|e| open_err(e.to_string(), None))?;
+                let pw = password.as_deref();
+                let mut opts = MySqlConnectOptions::from_str(url).map_err(|e| open_err(e.to_string(), pw))?;
+                if let Some(p) = pw {
+                    opts = opts.password(p);
                 }
+                SqlxConnection::MySql(
+                    MySqlConnection::connect_with(&opts.charset("utf8mb4"))
+                        .await
+                        .map_err(|e| open_err(e.to_string(), pw))?,
+                )
             }
-            '?' => {
-                n += 1;
-                out.push_str(&format!("${n}"));
+            other @ (ErpKind::Odbc | ErpKind::Csv) => {
+                let password = erp.password().map_err(|e| open_err(e.to_string(), None))?;
+                return Err(open_err(
+                    format!("the SQL write-back does not support [erp] kind {:?}", other.as_str()),
+                    password.as_deref(),
+                ));
             }
-            _ => out.push(c),
+        };
+        Ok(SqlxWriteBack { conn, target })
+    }
+}
+
+impl WriteBack for SqlxWriteBack {
+    fn kind(&self) -> ErpKind {
+        match self.conn {
+            SqlxConnection::Sqlite(_) => ErpKind::Sqlite,
+            SqlxConnection::Postgres(_) => ErpKind::Postgres,
+            SqlxConnection::MySql(_) => ErpKind::MySql,
         }
     }
-    out
-}
 
-/// Reads the next CSV record; `Ok(None)` at the end. Returns the record's line.
-pub(crate) fn next_record<R: Read>(
-    rows: &mut csv::Reader<R>,
-    record: &mut csv::StringRecord,
-    name: &str,
-) -> Result<Option<u64>, DeliveryError> {
-    let line_before = rows.position().line();
-    match rows.read_record(record) {
-        Ok(true) => Ok(Some(record.position().map_or(line_before, |p| p.line()))),
-        Ok(false) => Ok(None),
-        Err(e) => Err(csv_error(name, line_before, &e)),
+    fn apply(&mut self, mut job: WriteJob) -> BoxFuture<'_, Result<Option<u64>, WriteBackError>> {
+        Box::pin(async move {
+            let (target, job) = (self.target.as_str(), &mut job);
+            match &mut self.conn {
+                SqlxConnection::Sqlite(c) => apply_sqlx::<sqlx::Sqlite>(c, target, job).await,
+                SqlxConnection::Postgres(c) => apply_sqlx::<Postgres>(c, target, job).await,
+                SqlxConnection::MySql(c) => apply_sqlx::<sqlx::MySql>(c, target, job).await,
+            }
+        })
     }
-}
 
-pub(crate) fn field(record: &csv::StringRecord, c: usize) -> Option<&str> {
-    record.get(c).filter(|v| !v.is_empty())
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = match self.conn {
+                SqlxConnection::Sqlite(c) => c.close().await,
+                SqlxConnection::Postgres(c) => c.close().await,
+                SqlxConnection::MySql(c) => c.close().await,
+            };
+        })
+    }
 }
 
 /// What differs between the sqlx backends in the write-back: how one CSV field is bound, and the placeholders.
@@ -201,24 +166,29 @@ impl WriteBackDb for Postgres {
     }
 }
 
-/// Runs `plan` for every record of `rows` in one transaction, with the ledger's check and record in it; `None`
+/// Runs `job` for every record of its rows in one transaction, with the ledger's check and record in it; `None`
 /// when the ledger shows the file was applied before.
-pub(crate) async fn apply_sqlx<DB, R>(
+async fn apply_sqlx<DB>(
     conn: &mut DB::Connection,
     target: &str,
-    plan: &[PlannedStatement],
-    rows: &mut csv::Reader<R>,
-    name: &str,
-    ledger: Option<&Ledger>,
-) -> Result<Option<u64>, DeliveryError>
+    job: &mut WriteJob,
+) -> Result<Option<u64>, WriteBackError>
 where
     DB: WriteBackDb,
-    R: Read,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
 {
-    let db_err = |what: &str, e: sqlx::Error| DeliveryError::Database {
+    let (name, ledger, rows) = (job.file.as_str(), job.ledger.as_ref(), &mut job.records);
+    let plan: Vec<(SqlStr, &Statement)> = job
+        .statements
+        .iter()
+        .map(|s| {
+            let sql = if DB::NUMBERED { super::numbered_placeholders(&s.sql) } else { s.sql.clone() };
+            (AssertSqlSafe(sql).into_sql_str(), s)
+        })
+        .collect();
+    let db_err = |what: &str, e: sqlx::Error| WriteBackError::Database {
         target: target.to_string(),
         reason: format!("{what}: {e}"),
     };
@@ -234,12 +204,16 @@ where
         }
         // the type the database reports for each placeholder (PostgreSQL binds by it)
         let mut types = Vec::with_capacity(plan.len());
-        for (i, s) in plan.iter().enumerate() {
+        for (i, (sql, s)) in plan.iter().enumerate() {
             let stmt = (&mut *tx)
-                .prepare(s.sql.clone())
+                .prepare(sql.clone())
                 .await
-                .map_err(|e| write_back_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
-            check_count(stmt.parameters(), s, i, name)?;
+                .map_err(|e| record_err(name, 1, format!("delivery.sql[{i}] is not valid: {e}")))?;
+            let count = stmt.parameters().map(|p| match p {
+                Either::Left(types) => types.len(),
+                Either::Right(n) => n,
+            });
+            check_count(count, s, i, name)?;
             let names: Vec<String> = match stmt.parameters() {
                 Some(Either::Left(t)) => t.iter().map(|t| t.name().to_string()).collect(),
                 _ => vec!["TEXT".to_string(); s.columns.len()],
@@ -250,21 +224,17 @@ where
         let mut count = 0u64;
         while let Some(line) = next_record(rows, &mut record, name)? {
             count += 1;
-            for (i, s) in plan.iter().enumerate() {
-                let mut q = sqlx::query::<DB>(s.sql.clone());
+            for (i, (sql, s)) in plan.iter().enumerate() {
+                let mut q = sqlx::query::<DB>(sql.clone());
                 for (k, &c) in s.columns.iter().enumerate() {
                     let ty = types[i].get(k).map_or("TEXT", String::as_str);
                     q = DB::bind_field(q, ty, field(&record, c)).map_err(|reason| {
-                        write_back_err(
-                            name,
-                            line,
-                            format!("row {count}: delivery.sql[{i}] parameter ${}: {reason}", k + 1),
-                        )
+                        record_err(name, line, format!("row {count}: delivery.sql[{i}] parameter ${}: {reason}", k + 1))
                     })?;
                 }
                 q.execute(&mut *tx)
                     .await
-                    .map_err(|e| write_back_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
+                    .map_err(|e| record_err(name, line, format!("row {count}: delivery.sql[{i}] failed: {e}")))?;
             }
         }
         if let Some(l) = ledger {
@@ -288,7 +258,7 @@ where
 }
 
 /// Whether the ledger already holds the file.
-async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<bool, DeliveryError>
+async fn ledger_has<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<bool, WriteBackError>
 where
     DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -304,7 +274,7 @@ where
 }
 
 /// Records the file in the ledger (in the write-back's transaction).
-async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<(), DeliveryError>
+async fn ledger_record<DB>(tx: &mut DB::Connection, l: &Ledger) -> Result<(), WriteBackError>
 where
     DB: WriteBackDb,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -322,32 +292,11 @@ where
     Ok(())
 }
 
-pub(crate) fn check_count<T>(
-    params: Option<Either<&[T], usize>>,
-    s: &PlannedStatement,
-    i: usize,
-    name: &str,
-) -> Result<(), DeliveryError> {
-    let n = match params {
-        Some(Either::Left(t)) => t.len(),
-        Some(Either::Right(n)) => n,
-        None => return Ok(()),
-    };
-    if n != s.columns.len() {
-        return Err(write_back_err(
-            name,
-            1,
-            format!("delivery.sql[{i}] has {n} ? placeholders but lists {} params", s.columns.len()),
-        ));
-    }
-    Ok(())
-}
-
 async fn finish<DB: sqlx::Database, T>(
     tx: sqlx::Transaction<'_, DB>,
-    result: Result<T, DeliveryError>,
-    db_err: impl Fn(&str, sqlx::Error) -> DeliveryError,
-) -> Result<T, DeliveryError> {
+    result: Result<T, WriteBackError>,
+    db_err: impl Fn(&str, sqlx::Error) -> WriteBackError,
+) -> Result<T, WriteBackError> {
     match result {
         Ok(count) => {
             tx.commit().await.map_err(|e| db_err("cannot commit the write-back", e))?;
@@ -491,16 +440,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn question_marks_become_numbered_outside_quotes() {
-        assert_eq!(numbered_placeholders("INSERT INTO t(a, b) VALUES (?, ?)"), "INSERT INTO t(a, b) VALUES ($1, $2)");
-        assert_eq!(
-            numbered_placeholders("UPDATE \"w?\" SET c = '?' || ? -- why?\nWHERE d = ?"),
-            "UPDATE \"w?\" SET c = '?' || $1 -- why?\nWHERE d = $2"
-        );
-        assert_eq!(numbered_placeholders("SELECT $1, '?'"), "SELECT $1, '?'");
-    }
-
-    #[test]
     fn decimals_are_encoded_exactly() {
         let d = PgDecimalText::parse("123456789012.3456").unwrap();
         assert_eq!((d.digits.as_slice(), d.weight, d.scale, d.negative), (&[1234, 5678, 9012, 3456][..], 2, 4, false));
@@ -513,7 +452,7 @@ mod tests {
         // what the extract side decodes is what was encoded
         let mut buf = PgArgumentBuffer::default();
         let _ = PgDecimalText::parse("12.3400").unwrap().encode_by_ref(&mut buf).unwrap();
-        assert_eq!(crate::source::postgres_numeric_to_string(&buf).unwrap(), "12.3400");
+        assert_eq!(crate::erp::source::postgres_numeric_to_string(&buf).unwrap(), "12.3400");
         for bad in ["", "-", "1e5", "1.2.3", "12a", "."] {
             assert!(PgDecimalText::parse(bad).is_err(), "{bad}");
         }

@@ -10,8 +10,12 @@ use futures::stream::BoxStream;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlValueRef};
 use sqlx::{Decode, Executor, TypeInfo, ValueRef};
 
-use super::postgres::{f32_to_f64, pw_in_url};
-use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows};
+use super::postgres::f32_to_f64;
+use super::{
+    Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows,
+    untrusted_certificate,
+};
+use crate::erp::password_in_url as pw_in_url;
 
 /// A MySQL or MariaDB database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -26,12 +30,12 @@ impl MySqlSource {
     /// Connect to `url` (`mysql://user@host:3306/db`, `mariadb://...`); `password`, if given, replaces the URL's.
     pub async fn open(url: &str, password: Option<&str>, encoding: TextEncoding) -> Result<MySqlSource, SourceError> {
         let target = redact_url(url);
-        let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+        let open_err = |e: &dyn std::fmt::Display, untrusted: bool| SourceError::Open {
             target: target.clone(),
-            reason: open_hint(scrub(e, password), "ssl-ca"),
+            reason: open_hint(scrub(e, password), untrusted, "ssl-ca"),
         };
         let mut opts =
-            MySqlConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref())))?;
+            MySqlConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref()), false))?;
         if let Some(pw) = password {
             opts = opts.password(pw);
         }
@@ -47,7 +51,7 @@ impl MySqlSource {
             })
             .connect_with(opts)
             .await
-            .map_err(|e| open_err(&e))?;
+            .map_err(|e| open_err(&e, untrusted_certificate(&e)))?;
         Ok(MySqlSource { pool, encoding, password: password.map(str::to_owned).or_else(|| pw_in_url(url)) })
     }
 

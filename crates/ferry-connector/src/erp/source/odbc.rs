@@ -22,7 +22,10 @@ use futures::stream::BoxStream;
 use odbc_api::sys::{Date, Timestamp};
 use odbc_api::{Bit, Connection, ConnectionOptions, Cursor, CursorRow, DataType, Nullable, ResultSetMetadata};
 
-use super::{RowSink, Source, SourceError, SqlValue, blocking, blocking_rows, redact_url};
+use super::{
+    RowSink, Source, SourceError, SqlValue, blocking, blocking_rows, is_odbc_connection_string, redact_url,
+    with_password,
+};
 
 /// Rows per message from the fetching thread, and messages in flight.
 pub const BATCH_ROWS: usize = 256;
@@ -46,31 +49,6 @@ impl std::fmt::Debug for OdbcSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OdbcSource").field("target", &self.inner.target).finish()
     }
-}
-
-/// `connection_string` with `PWD={password}` appended (braces quote `;` and `=`; a `}` is doubled), unless the
-/// password is empty or absent.
-pub fn with_password(connection_string: &str, password: Option<&str>) -> String {
-    let mut s = connection_string.trim().to_string();
-    if let Some(p) = password.filter(|p| !p.is_empty()) {
-        if !s.is_empty() && !s.ends_with(';') {
-            s.push(';');
-        }
-        s.push_str("PWD={");
-        s.push_str(&p.replace('}', "}}"));
-        s.push_str("};");
-    }
-    s
-}
-
-/// Whether `url` reads as an ODBC connection string (`Driver=...`, `DSN=...` or `FileDSN=...` among its
-/// `;`-separated attributes) rather than a URL or a path.
-pub fn is_odbc_connection_string(url: &str) -> bool {
-    !url.contains("://")
-        && url.split(';').any(|attr| {
-            attr.split_once('=')
-                .is_some_and(|(k, _)| matches!(k.trim().to_ascii_lowercase().as_str(), "driver" | "dsn" | "filedsn"))
-        })
 }
 
 impl OdbcSource {
@@ -296,25 +274,6 @@ impl Source for OdbcSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn password_is_appended_quoted_and_redacted() {
-        let s = with_password("Driver=/x.so;Server=db", Some("p;a}ss"));
-        assert_eq!(s, "Driver=/x.so;Server=db;PWD={p;a}}ss};");
-        assert!(!redact_url(&s).contains("a}}ss"), "{}", redact_url(&s));
-        assert_eq!(with_password("DSN=erp;", None), "DSN=erp;");
-        assert_eq!(with_password("DSN=erp", Some("")), "DSN=erp");
-    }
-
-    #[test]
-    fn recognises_connection_strings() {
-        assert!(is_odbc_connection_string("Driver=/usr/lib/odbc/psqlodbcw.so;Server=db"));
-        assert!(is_odbc_connection_string("DSN=erp;UID=ferry"));
-        assert!(is_odbc_connection_string(" dsn = erp"));
-        assert!(!is_odbc_connection_string("/var/lib/erp.db"));
-        assert!(!is_odbc_connection_string("postgres://u@h/db?dsn=x"));
-        assert!(!is_odbc_connection_string("sqlite:erp.db?mode=ro"));
-    }
 
     #[tokio::test]
     async fn a_bad_driver_is_an_open_error_without_the_password() {

@@ -11,7 +11,11 @@ use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
 use sqlx::{Decode, TypeInfo, ValueRef};
 
-use super::{Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows};
+use super::{
+    Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows,
+    untrusted_certificate,
+};
+use crate::erp::password_in_url as pw_in_url;
 
 /// A PostgreSQL database, reached with a small pool of read-only sessions.
 #[derive(Debug, Clone)]
@@ -30,11 +34,12 @@ impl PostgresSource {
         encoding: TextEncoding,
     ) -> Result<PostgresSource, SourceError> {
         let target = redact_url(url);
-        let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+        let open_err = |e: &dyn std::fmt::Display, untrusted: bool| SourceError::Open {
             target: target.clone(),
-            reason: open_hint(scrub(e, password), "sslrootcert"),
+            reason: open_hint(scrub(e, password), untrusted, "sslrootcert"),
         };
-        let mut opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref())))?;
+        let mut opts =
+            PgConnectOptions::from_str(url).map_err(|e| open_err(&scrub(e, pw_in_url(url).as_deref()), false))?;
         if let Some(pw) = password {
             opts = opts.password(pw);
         }
@@ -46,21 +51,13 @@ impl PostgresSource {
             .acquire_timeout(std::time::Duration::from_secs(30))
             .connect_with(opts)
             .await
-            .map_err(|e| open_err(&e))?;
+            .map_err(|e| open_err(&e, untrusted_certificate(&e)))?;
         Ok(PostgresSource { pool, encoding, password: password.map(str::to_owned).or_else(|| pw_in_url(url)) })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-/// The password written in a URL, so that driver messages quoting the URL can be scrubbed.
-pub(crate) fn pw_in_url(url: &str) -> Option<String> {
-    let u = url::Url::parse(url).ok()?;
-    u.password().map(|p| {
-        url::form_urlencoded::parse(format!("x={p}").as_bytes()).next().map_or_else(|| p.to_string(), |(_, v)| v.into())
-    })
 }
 
 impl Source for PostgresSource {
@@ -223,11 +220,5 @@ mod tests {
     fn f32_keeps_its_short_form() {
         assert_eq!(f32_to_f64(1.1), 1.1);
         assert_eq!(f32_to_f64(-0.25), -0.25);
-    }
-
-    #[test]
-    fn password_in_url_is_found_for_scrubbing() {
-        assert_eq!(pw_in_url("postgres://u:s%40cret@h/db").as_deref(), Some("s@cret"));
-        assert_eq!(pw_in_url("postgres://u@h/db"), None);
     }
 }
