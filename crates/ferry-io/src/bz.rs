@@ -234,6 +234,7 @@ pub struct CappedDecoder<R: Read> {
 /// cap …"); input that ends mid-stream fails with [`io::ErrorKind::UnexpectedEof`] ("truncated
 /// bzip2 stream"); corrupt input fails with [`io::ErrorKind::InvalidData`]. Output of exactly
 /// `max_out` bytes is fine.
+#[allow(clippy::disallowed_methods)] // the one place the uncapped decoder is wrapped
 pub fn capped_decoder<R: Read>(r: R, max_out: u64) -> CappedDecoder<R> {
     CappedDecoder { inner: MultiBzDecoder::new(r), produced: 0, max_out }
 }
