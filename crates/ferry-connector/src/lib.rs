@@ -1,7 +1,6 @@
 pub mod check;
 pub mod extract;
 pub mod mapping;
-pub mod sample;
 pub mod source;
 
 pub mod agent;

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use bzip2::read::MultiBzDecoder;
 use chrono::NaiveDate;
 use ferry_connector::extract::{ExtractError, ExtractOptions, extract_batch, format_float, format_value};
-use ferry_connector::mapping::{Mapping, default_mapping};
-use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
+use ferry_connector::mapping::Mapping;
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use ferry_connector::source::{Source, SqlValue, SqliteSource};
 use ferry_io::digest::Digests;
 use ferry_proto::batch::BatchId;
@@ -47,7 +47,7 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     );
 
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20261128T051600Z-3fa2b7c1").unwrap();
     let seen = Mutex::new(Vec::new());
@@ -141,7 +141,7 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     generate_sample_erp_at(&db, SampleSize::Small, NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()).await.unwrap();
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
 
-    let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mut mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let q =
         mapping.files["stock.csv"].query.replace("i.category, i.brand, NULL, NULL, NULL", "i.category, i.brand, NULL");
     mapping.files.get_mut("stock.csv").unwrap().query = q;
@@ -159,7 +159,7 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     assert!(!spool.join(batch.as_str()).exists(), "a failed extract must leave no files behind");
 
     // a bad value names file, line and column
-    let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mut mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     mapping.files.get_mut("location.csv").unwrap().query =
         "SELECT wh_code, name, is_active, region, 'XX' FROM warehouses ORDER BY wh_code".into();
     let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
@@ -184,7 +184,7 @@ async fn custom_files_carry_a_header() {
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
     let mut mapping = Mapping::default();
     for f in spec::STANDARD_FILES.iter().filter(|f| f.required) {
-        mapping.files.insert(f.name.into(), Mapping::from_toml(default_mapping()).unwrap().files[f.name].clone());
+        mapping.files.insert(f.name.into(), Mapping::from_toml(ferry_sample::MAPPING).unwrap().files[f.name].clone());
     }
     let custom = "ut_001.csv".to_string();
     let query = "SELECT wh_code, name AS \"warehouse name\", 1.5 AS x, NULL AS empty FROM warehouses ORDER BY wh_code";
@@ -309,7 +309,7 @@ async fn bench() {
     let summary = generate_sample_erp_at(&db, size, NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()).await.unwrap();
     eprintln!("generate {size:?}: {} rows in {:.1}s ({:?})", summary.total_rows(), summary.seconds, summary.tables);
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
 
     let q = &mapping.files["sales.csv"].query;
     let (t, c) = (std::time::Instant::now(), cpu_seconds());

@@ -18,8 +18,8 @@ use chrono::NaiveDate;
 use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
-use ferry_connector::mapping::{FileMapping, Mapping, default_mapping};
-use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
+use ferry_connector::mapping::{FileMapping, Mapping};
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use ferry_connector::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::ManifestFile;
@@ -100,7 +100,7 @@ async fn sample_erp_through_sqlite_odbc_driver_is_byte_identical() {
     // The SQLite engine inside the ODBC driver (the system's) and the one sqlx bundles are different versions,
     // and SQLite's ROUND() changed between them (3.40 rounds -3.5 * 5.71 to -19.99, newer ones to -19.98):
     // compare the unrounded product, which both engines compute identically.
-    let text = default_mapping().replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
+    let text = ferry_sample::MAPPING.replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
     let mapping = Mapping::from_toml(&text).unwrap();
     let (db, _, want) = sample(dir.path(), &mapping).await;
     let odbc = OdbcSource::open(&format!("{prefix};Database={}", db.display()), None).await.unwrap();
@@ -119,7 +119,7 @@ async fn sample_erp_through_sqlite_odbc_driver_is_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_erp_in_postgres_and_mariadb_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let text = default_mapping().replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
+    let text = ferry_sample::MAPPING.replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
     let (db, _, want) = sample(dir.path(), &Mapping::from_toml(&text).unwrap()).await;
     for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
         let Some(server) = common::server(var, "sample_erp_in_postgres_and_mariadb_is_byte_identical") else {
@@ -321,7 +321,7 @@ async fn export_to_csv(src: &SqliteSource, mapping: &Mapping, folder: &Path) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_erp_through_a_csv_folder_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let (_, src, want) = sample(dir.path(), &mapping).await;
     let folder = dir.path().join("exports");
     std::fs::create_dir_all(folder.join("legacy")).unwrap();

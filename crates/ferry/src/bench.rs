@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use ferry_connector::agent::Connector;
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
+use ferry_sample::{SampleSize, generate_sample_erp};
 use ferry_io::digest::{Digester, Digests, HashingWriter};
 use ferry_proto::api::BatchState;
 use ferry_proto::manifest::{Manifest, ManifestFile};

@@ -13,7 +13,7 @@ use common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
+use ferry_sample::{SampleSize, generate_sample_erp};
 use procs::*;
 
 /// Deterministic bytes that do not compress.
