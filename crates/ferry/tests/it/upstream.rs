@@ -1,9 +1,8 @@
 //! Upstream end to end against real servers on 127.0.0.1: full sync of a generated ERP, and every way a batch
 //! can be bad (checksum, truncated bzip2, missing file, malformed row) rejected precisely with nothing imported.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use ferry_connector::mapping::Mapping;
 use ferry_sample::{SampleSize, generate_sample_erp};
 use ferry_proto::api::BatchState;

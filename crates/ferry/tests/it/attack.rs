@@ -9,12 +9,11 @@
 //! - SQL metacharacters in every identifier that reaches SQL
 //! - brute-force SSH authentication; admin paths on the public port; plain HTTP serving anything but a redirect
 
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_comms::limits::Limit;
 use ferry_connector::agent::Connector;

@@ -3,18 +3,16 @@
 //! step and a second one stops at once, and the next start resumes; a full disk fails a step cleanly, says
 //! which disk, and the step succeeds once space is freed. (The many-faults-at-once harness is `faults.rs`.)
 
-mod common;
-mod procs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
 use ferry_sample::{SampleSize, generate_sample_erp};
-use procs::*;
+use crate::procs::*;
 
 /// Deterministic bytes that do not compress.
 fn noise(len: usize, seed: u64) -> Vec<u8> {

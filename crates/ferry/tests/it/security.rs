@@ -1,11 +1,10 @@
 //! Security controls that are not attacks (those are in `attack.rs`): the tamper-evident audit log and the
 //! events it must hold, one port for HTTPS and SSH, key rotation without downtime.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ferry_io::httpsig;
 use ferry_io::keys::{self, KeyAlgorithm};
 use ferry_proto::api::BatchState;

@@ -10,7 +10,6 @@
 //! `FERRY_FAULT_CYCLES` (default 20) sets the number of cycles and `FERRY_FAULT_SEED` replays a run (the seed
 //! is printed at the start). See "Reliability tests" in the README.
 
-mod procs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procs::*;
+use crate::procs::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -7,11 +7,10 @@
 //! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
 //! `FERRY_CI=1`.
 
-mod common;
 
 use std::path::Path;
 
-use common::{fresh_db, server};
+use crate::common::{fresh_db, server};
 
 use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};

@@ -1,5 +1,4 @@
 //! Helpers of the tests that need a database server (`scripts/test-databases.sh`, README "Database tests").
-#![allow(dead_code)] // each test binary uses its own part
 
 use sqlx::{AssertSqlSafe, Connection};
 

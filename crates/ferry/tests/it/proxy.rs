@@ -2,12 +2,11 @@
 //! SFTP upload and the signed calls all go through it; a proxy that needs credentials works with them and gives
 //! a clear error without; a proxy that refuses the tunnel gives a clear error.
 
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::{self, Connector};
 use ferry_io::keys::KeyAlgorithm;

@@ -9,7 +9,6 @@
 //! Database=ferry_test;UID=postgres`) are connection-string prefixes. Unset: the test prints SKIPPED and returns,
 //! unless `FERRY_CI=1`, where it fails.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -122,10 +121,10 @@ async fn sample_erp_in_postgres_and_mariadb_is_byte_identical() {
     let text = ferry_sample::MAPPING.replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
     let (db, _, want) = sample(dir.path(), &Mapping::from_toml(&text).unwrap()).await;
     for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
-        let Some(server) = common::server(var, "sample_erp_in_postgres_and_mariadb_is_byte_identical") else {
+        let Some(server) = crate::common::server(var, "sample_erp_in_postgres_and_mariadb_is_byte_identical") else {
             continue;
         };
-        let url = common::fresh_db(&server, "sample").await;
+        let url = crate::common::fresh_db(&server, "sample").await;
         let copied = copy_sample(&db, &url, backend).await;
         println!("{backend}: copied {copied} rows of the sample ERP");
         let text = match backend {

@@ -2,11 +2,10 @@
 //! table exactly once; a lost ack never re-applies; long-poll delivers within seconds; tenants never see each
 //! other's files; a corrupt file is refused, reported and fetched again.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
