@@ -10,12 +10,12 @@ use bzip2::read::MultiBzDecoder;
 use chrono::NaiveDate;
 use ferry_connector::extract::{ExtractError, ExtractOptions, extract_batch, format_float, format_value};
 use ferry_connector::mapping::Mapping;
-use ferry_sample::{SampleSize, generate_sample_erp_at};
 use ferry_connector::source::{Source, SqlValue, SqliteSource};
 use ferry_io::digest::Digests;
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
 use ferry_proto::spec::{self, Column, Kind};
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use futures::StreamExt;
 
 /// Split one CSV line of the standard format into unquoted fields (no line breaks inside fields by spec).
@@ -296,7 +296,8 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Throughput of each stage on a generated sample: `FERRY_BENCH_SIZE=medium cargo test --release -p ferry-connector
-/// --test extract bench -- --ignored --nocapture`.
+/// --test it extract::bench -- --ignored --nocapture`. Asserts that every stage saw the whole sample: the query
+/// every sales line, the extract every mapped file with rows, bytes and a compression ratio, alike at both levels.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn bench() {
@@ -322,6 +323,7 @@ async fn bench() {
         .await;
     let s = t.elapsed().as_secs_f64();
     eprintln!("query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s", n as f64 / s, cpu_seconds() - c);
+    assert_eq!(Some(&n), summary.tables.get("sales_lines"), "the query reads every sales line");
 
     let rows: Vec<Vec<SqlValue>> = src.rows(q).map(|r| r.unwrap()).collect().await;
     let t = std::time::Instant::now();
@@ -338,7 +340,11 @@ async fn bench() {
     }
     let s = t.elapsed().as_secs_f64();
     eprintln!("format only: sales.csv {} rows in {s:.2}s = {:.0} rows/s", rows.len(), rows.len() as f64 / s);
+    assert_eq!(rows.len() as u64, n);
     drop(rows);
+
+    let mapped: Vec<String> = mapping.ordered().into_iter().map(|(name, _)| name.to_string()).collect();
+    let mut per_level = Vec::new();
 
     for level in [9, 1] {
         let batch = BatchId::new(chrono::Utc::now());
@@ -355,5 +361,15 @@ async fn bench() {
             mb / stats.seconds,
             cpu_seconds() - c
         );
+        let names: Vec<&str> = stats.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, mapped, "level {level}: every mapped file, in order");
+        for f in &stats.files {
+            assert!(f.rows > 0 && f.bytes > 0 && f.compressed_bytes > 0, "level {level}: {f:?}");
+        }
+        assert_eq!(stats.files.iter().find(|f| f.name == "sales.csv").map(|f| f.rows), Some(n), "level {level}");
+        let ratio = stats.bytes() as f64 / stats.compressed_bytes() as f64;
+        assert!(ratio > 1.0 && stats.seconds > 0.0, "level {level}: ratio {ratio:.2} in {:.2} s", stats.seconds);
+        per_level.push(stats.files.iter().map(|f| (f.name.clone(), f.rows, f.bytes)).collect::<Vec<_>>());
     }
+    assert_eq!(per_level[0], per_level[1], "both levels extract the same rows and CSV bytes");
 }
