@@ -7,7 +7,6 @@
 //! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
 //! `FERRY_CI=1`.
 
-
 use std::path::Path;
 
 use crate::common::{fresh_db, server};
@@ -252,7 +251,8 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         // the password comes from password_env, not the URL
         let (pw_url, password) = split_password(&db);
         let env = format!("FERRY_TEST_WB_PW_{}", backend.to_uppercase());
-        // SAFETY: tests in this file set only their own variable names
+        // SAFETY: a variable of this test alone (no other test of the `it` binary reads or sets it); std serialises
+        // its own environment access.
         unsafe { std::env::set_var(&env, &password) };
         let mut erp = ErpConfig::new(backend, &pw_url);
         erp.password_env = Some(env.clone());

@@ -9,7 +9,6 @@
 //! Database=ferry_test;UID=postgres`) are connection-string prefixes. Unset: the test prints SKIPPED and returns,
 //! unless `FERRY_CI=1`, where it fails.
 
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -18,10 +17,10 @@ use ferry_connector::config::ErpConfig;
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver, deliver_file};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
 use ferry_connector::mapping::{FileMapping, Mapping};
-use ferry_sample::{SampleSize, generate_sample_erp_at};
 use ferry_connector::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::ManifestFile;
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use futures::StreamExt;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};

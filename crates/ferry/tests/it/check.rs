@@ -4,7 +4,6 @@
 //! `sync`, and nothing reaches the Comms server or the App; `--allow-warnings` lets a batch with only warnings
 //! through.
 
-
 use std::path::Path;
 use std::process::Command;
 

@@ -6,7 +6,6 @@
 //! values (PostgreSQL NUMERIC/DATE/BOOLEAN, MariaDB DECIMAL/DATETIME, ODBC) is proved byte for byte in
 //! `ferry-connector/tests/it/erp_sources.rs` and `odbc_csv.rs`.
 
-
 use crate::common::*;
 use ferry_proto::api::BatchState;
 

@@ -1,12 +1,11 @@
 //! Upstream end to end against real servers on 127.0.0.1: full sync of a generated ERP, and every way a batch
 //! can be bad (checksum, truncated bzip2, missing file, malformed row) rejected precisely with nothing imported.
 
-
 use crate::common::*;
 use ferry_connector::mapping::Mapping;
-use ferry_sample::{SampleSize, generate_sample_erp};
 use ferry_proto::api::BatchState;
 use ferry_proto::spec;
+use ferry_sample::{SampleSize, generate_sample_erp};
 use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
