@@ -72,16 +72,23 @@ pub struct InitReport {
     pub fingerprint: String,
 }
 
-/// Create `dir/connector.toml`, `dir/mapping.toml` (if absent) and a new key pair under `dir/keys/`.
-pub fn init(dir: &Path, erp_url: &str, alg: KeyAlgorithm, force_key: bool) -> anyhow::Result<InitReport> {
+/// Create `dir/connector.toml`, `dir/mapping.toml` (if absent: `mapping`, the text to start from) and a new key
+/// pair under `dir/keys/`.
+pub fn init(
+    dir: &Path,
+    erp_url: &str,
+    mapping: &str,
+    alg: KeyAlgorithm,
+    force_key: bool,
+) -> anyhow::Result<InitReport> {
     std::fs::create_dir_all(dir.join("keys")).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("connector.toml");
     if !config.exists() {
         std::fs::write(&config, crate::config::skeleton(erp_url))?;
     }
-    let mapping = dir.join("mapping.toml");
-    if !mapping.exists() {
-        std::fs::write(&mapping, crate::mapping::default_mapping())?;
+    let mapping_path = dir.join("mapping.toml");
+    if !mapping_path.exists() {
+        std::fs::write(&mapping_path, mapping)?;
     }
     let cfg = ConnectorConfig::load(&config)?;
     let key_path = cfg.key_path().to_path_buf();

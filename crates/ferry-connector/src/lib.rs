@@ -7,8 +7,7 @@
 //! 1. `erp` — the ERP connection (`ErpConfig`, `ErpKind`, passwords, `TextEncoding`, connection strings) with
 //!    `erp::source` (the `Source` trait and its backends) and `erp::writeback` (the `WriteBack` trait and its
 //!    backends, the ledger). Imports nothing from the crate.
-//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending`, `sample` — no code imports from the crate
-//!    (`mapping` and `sample` only link to each other in their docs).
+//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending` — no code imports from the crate.
 //! 3. `check` (validation; uses `mapping`), `journal` (uses `mapping`).
 //! 4. `extract` (uses `check`, `mapping`, `erp::source`), `delivery` (uses `erp`, links to `journal` in its docs;
 //!    never `config`).
@@ -19,7 +18,6 @@ pub mod check;
 pub mod erp;
 pub mod extract;
 pub mod mapping;
-pub mod sample;
 
 pub mod agent;
 pub mod config;

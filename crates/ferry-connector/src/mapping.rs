@@ -15,8 +15,8 @@
 //! column the ERP does not have). Custom files `ut_NNN.csv` take any columns; their header row is the query's
 //! column names. A standard file with a date column may be [`Incremental`]: after the first full extract, `sync`
 //! sends only the rows dated since the last imported batch (minus an overlap), and the App replaces exactly that
-//! window. `docs/mapping.md` is the reference for admins. [`default_mapping`] is the mapping of the sample ERP that
-//! [`crate::sample`] generates.
+//! window. `docs/mapping.md` is the reference for admins; the sample ERP's mapping (`ferry_sample::MAPPING`) is a
+//! worked example.
 
 use std::collections::BTreeMap;
 
@@ -250,129 +250,14 @@ fn check_incremental(file: &str, inc: &Incremental) -> Result<(), MappingError> 
     Ok(())
 }
 
-/// The mapping of the sample ERP schema of [`crate::sample`] (shipped by `ferry connector init --sample` and the
-/// demo). It also serves as a worked example for admins writing their own.
-pub fn default_mapping() -> &'static str {
-    DEFAULT_MAPPING
-}
-
-const DEFAULT_MAPPING: &str = r#"# Ferry Connector mapping: one SQL query per standard file of DATA-SPEC.md.
-# The query's result columns map by position onto the file's columns; return NULL for a column the ERP lacks.
-# Dates may come back as YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD; the Connector writes YYYY/MM/DD.
-# This mapping reads the sample ERP database made by `ferry connector init --sample`.
-
-[files."location.csv"]
-# location, description, active, group, type (ST/DC/CW)
-query = """
-SELECT wh_code, name, is_active, region,
-       CASE wh_type WHEN 'STORE' THEN 'ST' WHEN 'DC' THEN 'DC' ELSE 'CW' END
-FROM warehouses
-ORDER BY wh_code
-"""
-
-[files."master.csv"]
-# item, description, planning uom, unit volume, unit weight, 3 unused, unique id
-query = """
-SELECT sku, description, uom, volume_m3, weight_kg, NULL, NULL, NULL, item_id
-FROM items
-ORDER BY item_id
-"""
-
-[files."stock.csv"]
-# item, location, date added, inventory cost, purchase cost, price, on hand, allocated, supply type, supply code,
-# supplier, purchase uom, purchase factor, lead time, min order qty, order multiple, custom groups 1-5
-query = """
-SELECT iw.sku, iw.wh_code, iw.added_on, iw.avg_cost, iw.last_cost, iw.list_price, iw.on_hand, iw.allocated,
-       CASE WHEN iw.supply_wh IS NULL THEN 'EX' ELSE 'IN' END,
-       COALESCE(iw.supply_wh, iw.vendor_no),
-       COALESCE(iw.supply_wh, iw.vendor_no),
-       iw.purch_uom, iw.pack_qty, iw.lead_days, iw.min_order, iw.order_multiple,
-       i.category, i.brand, NULL, NULL, NULL
-FROM item_warehouse iw
-JOIN items i ON i.sku = iw.sku
-ORDER BY iw.sku, iw.wh_code
-"""
-
-[files."group.csv"]
-# group number (1-5), value, description: custom group 1 = category, 2 = brand
-query = """
-SELECT 1, cat_code, name FROM categories
-UNION ALL
-SELECT 2, brand_code, name FROM brands
-"""
-
-[files."supplier.csv"]
-# supplier, description, type (local/import/internal), lead time days; the DC supplies the stores
-query = """
-SELECT vendor_no, name, CASE WHEN country = 'US' THEN 'local' ELSE 'import' END, lead_days
-FROM vendors
-UNION ALL
-SELECT wh_code, name, 'internal', 2 FROM warehouses WHERE wh_type = 'DC'
-"""
-
-[files."sales.csv"]
-# item, location, customer, order date, invoice date, qty, cost of sales, sales value, issues qty, details
-# Incremental: after the first full extract, only lines invoiced in the last week are sent (the App replaces
-# exactly those days); a full extract every 7 days.
-query = """
-SELECT sku, wh_code, cust_no, order_date, invoice_date, qty,
-       ROUND(qty * unit_cost, 2), net_amount, NULL,
-       invoice_no || '/' || line_no
-FROM sales_lines
-ORDER BY line_id
-"""
-incremental = { column = "invoice_date", overlap_days = 7, full_every_days = 7 }
-
-[files."po.csv"]
-# open purchase orders: item, location, supplier, order number, line, order date, order qty, expected date,
-# outstanding qty, order type (P/M), unit cost
-query = """
-SELECT l.sku, h.wh_code, h.vendor_no, h.po_no, l.line_no, h.order_date, l.qty_ordered, l.due_date,
-       l.qty_ordered - l.qty_received, 'P', l.unit_cost
-FROM purchase_orders h
-JOIN po_lines l ON l.po_no = h.po_no
-WHERE h.status = 'OPEN' AND l.qty_received < l.qty_ordered
-ORDER BY h.po_no, l.line_no
-"""
-
-[files."pohist.csv"]
-# receipts: item, location, supplier, order number, line, order date, order qty, expected date, urgency (ST/EM),
-# qty received, receipt date, unit cost (add a date filter here to send only the last 12 months)
-query = """
-SELECT l.sku, h.wh_code, h.vendor_no, h.po_no, l.line_no, h.order_date, l.qty_ordered, l.due_date,
-       CASE WHEN h.urgent = 1 THEN 'EM' ELSE 'ST' END,
-       l.qty_received, l.received_date, l.unit_cost
-FROM purchase_orders h
-JOIN po_lines l ON l.po_no = h.po_no
-WHERE l.qty_received > 0
-ORDER BY l.received_date, h.po_no, l.line_no
-"""
-
-[files."co.csv"]
-# open customer orders: item, location, customer, order number, line, order date, order qty, requested date,
-# outstanding qty (not yet allocated)
-query = """
-SELECT sku, wh_code, cust_no, order_no, line_no, order_date, qty_ordered, requested_date,
-       qty_ordered - qty_shipped - qty_allocated
-FROM customer_orders
-WHERE qty_ordered > qty_shipped
-ORDER BY order_no, line_no
-"""
-
-[files."transfer.csv"]
-# open transfers: item, from, to, transfer number, line, transfer date, expected arrival, qty, to ship, to receive
-query = """
-SELECT sku, from_wh, to_wh, transfer_no, line_no, created_on, eta, qty,
-       qty - qty_shipped, qty - qty_received
-FROM transfers
-WHERE qty_received < qty
-ORDER BY transfer_no, line_no
-"""
-"#;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sample ERP's mapping: a real, complete mapping to test against.
+    fn default_mapping() -> &'static str {
+        ferry_sample::MAPPING
+    }
 
     #[test]
     fn default_mapping_is_valid_and_covers_required_files() {

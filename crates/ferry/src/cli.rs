@@ -176,7 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => ferry::demo::run(a).await,
         Command::SampleErp { path, size } => {
             let size = size.parse().map_err(anyhow::Error::msg)?;
-            let s = ferry_connector::sample::generate_sample_erp(&path, size).await?;
+            let s = ferry_sample::generate_sample_erp(&path, size).await?;
             println!(
                 "sample ERP written to {} ({} rows); its mapping is what `ferry connector init` writes",
                 path.display(),
@@ -193,7 +193,7 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ConnectorCmd::Init { dir, erp, key_type, force_key } => {
             let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
-            let r = agent::init(&dir, &erp, alg, force_key)?;
+            let r = agent::init(&dir, &erp, ferry_sample::MAPPING, alg, force_key)?;
             println!("config:      {}", r.config.display());
             println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);

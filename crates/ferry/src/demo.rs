@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
 use ferry_proto::api::BatchState;
 use ferry_proto::spec;
+use ferry_sample::{SampleSize, generate_sample_erp};
 
 use crate::cluster::Cluster;
 

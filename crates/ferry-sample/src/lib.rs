@@ -1,6 +1,6 @@
 //! A sample distributor ERP as an SQLite database, for `ferry connector init --sample`, the demo, tests and
-//! benchmarks. It has its **own** schema, the way a real ERP would (not Ferry's file layout), so that
-//! [`crate::mapping::default_mapping`] is a genuine mapping:
+//! benchmarks, with its mapping. It has its **own** schema, the way a real ERP would (not Ferry's file layout), so
+//! that [`MAPPING`] is a genuine mapping:
 //!
 //! | table | holds |
 //! |---|---|
@@ -28,6 +28,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Connection, Executor};
+
+/// The mapping of the sample ERP's schema: what `ferry connector init` writes as `mapping.toml` (and the demo
+/// uses). It also serves as a worked example for admins writing their own.
+pub const MAPPING: &str = include_str!("mapping.toml");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleSize {

@@ -4,12 +4,10 @@
 //! `sync`, and nothing reaches the Comms server or the App; `--allow-warnings` lets a batch with only warnings
 //! through.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::{Connector, SyncOptions};
 use ferry_connector::mapping::Mapping;

@@ -10,15 +10,14 @@
 //! `FERRY_FAULT_CYCLES` (default 20) sets the number of cycles and `FERRY_FAULT_SEED` replays a run (the seed
 //! is printed at the start). See "Reliability tests" in the README.
 
-mod procs;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procs::*;
+use crate::common::eventually;
+use crate::procs::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,23 +85,11 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     let dir = tempfile::Builder::new().prefix("ferry-faults-").tempdir().expect("tempdir").keep();
     println!("fault injection: working in {}", dir.display());
 
-    let ports = Ports {
-        app_https: free_port(),
-        app_ssh: free_port(),
-        comms: free_port(),
-        comms_public: free_port(),
-        app_https_public: free_port(),
-        app_ssh_public: free_port(),
-    };
-    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    let proxies = Arc::new([
-        Proxy::start(ports.comms_public, addr(ports.comms)).await,
-        Proxy::start(ports.app_https_public, addr(ports.app_https)).await,
-        Proxy::start(ports.app_ssh_public, addr(ports.app_ssh)).await,
-    ]);
-    let d = dir.clone();
+    // Connector -> Comms, Comms -> App (HTTPS), Comms -> App (SSH); routed once the servers are up.
+    let proxies = Arc::new([Proxy::unrouted().await, Proxy::unrouted().await, Proxy::unrouted().await]);
+    let (d, p) = (dir.clone(), proxies.clone());
     let (sys, app, comms) = tokio::task::spawn_blocking(move || {
-        setup(&d, ports, |t| {
+        setup(&d, &p, |t| {
             // short limits, so that a stalled connection is given up and retried within a cycle
             let n = section(t, "network");
             n.insert("connect_timeout_secs".into(), 5.into());
@@ -211,7 +198,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
             }
             assert!(!out.contains("rejected"), "cycle {c}: a batch was rejected (seed {seed}):\n{out}");
             let _ = status;
-            // give restarts a moment before trying again
+            // a pause between attempts, as cron or an operator would leave (not a wait for anything)
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         chaos.await.expect("chaos task");
@@ -228,33 +215,24 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
 
     // The last cycle ran without faults: everything published must now arrive.
     let names: Vec<String> = expected.lock().expect("lock").keys().cloned().collect();
-    let t = Instant::now();
-    loop {
+    let all_acked = async || names.iter().all(|n| acked(&sys, n));
+    if eventually(Duration::from_secs(180), all_acked).await.is_none() {
         let missing: Vec<&String> = names.iter().filter(|n| !acked(&sys, n)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "files never applied (seed {seed}): {missing:?}\nconnector log: {}",
-            nodes.lock().expect("lock").run.log_path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let log = nodes.lock().expect("lock").run.log_path().display().to_string();
+        panic!("files never applied (seed {seed}): {missing:?}\nconnector log: {log}");
     }
     // Comms and the App hear about every delivery.
-    let t = Instant::now();
-    loop {
-        let comms_states = query(&sys.comms_db(), "SELECT state FROM downloads");
-        let receipts = query(&sys.instance_db(), "SELECT state FROM outbox");
-        let all = |rows: &Vec<Vec<String>>| rows.len() == names.len() && rows.iter().all(|r| r[0] == "delivered");
-        if all(&comms_states) && all(&receipts) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "deliveries not confirmed (seed {seed}): comms {comms_states:?}, app {receipts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let states = || {
+        (query(&sys.comms_db(), "SELECT state FROM downloads"), query(&sys.instance_db(), "SELECT state FROM outbox"))
+    };
+    let all = |rows: &Vec<Vec<String>>| rows.len() == names.len() && rows.iter().all(|r| r[0] == "delivered");
+    let confirmed = async || {
+        let (comms, app) = states();
+        all(&comms) && all(&app)
+    };
+    if eventually(Duration::from_secs(120), confirmed).await.is_none() {
+        let (comms_states, receipts) = states();
+        panic!("deliveries not confirmed (seed {seed}): comms {comms_states:?}, app {receipts:?}");
     }
 
     // Every process is still up (none died by itself); the Connector stops cleanly on SIGTERM.
@@ -304,6 +282,7 @@ async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restar
             if let Some(n) = nodes.lock().expect("lock").get(t) {
                 n.kill9();
             }
+            // the process stays down this long (part of the fault)
             tokio::time::sleep(restart_delay).await;
             if let Some(n) = nodes.lock().expect("lock").get(t)
                 && !n.is_running()
@@ -314,6 +293,7 @@ async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restar
         Fault::Cut(i) => proxies[i].cut(),
         Fault::Stall(i, d) => {
             proxies[i].stall(true);
+            // the stall lasts this long (part of the fault)
             tokio::time::sleep(d).await;
             proxies[i].stall(false);
         }
@@ -379,6 +359,7 @@ fn watch(sys: &System, expected: &Mutex<BTreeMap<String, String>>, violations: &
         {
             violations.lock().expect("lock").push(why);
         }
+        // the watcher's sampling interval
         std::thread::sleep(Duration::from_millis(25));
     }
 }

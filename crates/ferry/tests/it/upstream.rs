@@ -1,13 +1,11 @@
 //! Upstream end to end against real servers on 127.0.0.1: full sync of a generated ERP, and every way a batch
 //! can be bad (checksum, truncated bzip2, missing file, malformed row) rejected precisely with nothing imported.
 
-mod common;
-
-use common::*;
-use ferry_connector::mapping::{Mapping, default_mapping};
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
+use crate::common::*;
+use ferry_connector::mapping::Mapping;
 use ferry_proto::api::BatchState;
 use ferry_proto::spec;
+use ferry_sample::{SampleSize, generate_sample_erp};
 use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +18,7 @@ async fn full_upstream_rows_in_instance_equal_rows_in_erp() {
     let report = conn.sync(&quiet).await.expect("sync");
     assert_eq!(report.status.state, BatchState::Imported, "{:?}", report.status.detail);
 
-    let mapping = Mapping::from_toml(default_mapping()).expect("mapping");
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).expect("mapping");
     let mut erp_db = sqlx::SqliteConnection::connect(&format!("sqlite:{}", erp.display())).await.expect("erp");
     let inst = counts(&c, "acme").await;
     assert_eq!(report.manifest.files.len(), mapping.files.len());

@@ -3,18 +3,15 @@
 //! step and a second one stops at once, and the next start resumes; a full disk fails a step cleanly, says
 //! which disk, and the step succeeds once space is freed. (The many-faults-at-once harness is `faults.rs`.)
 
-mod common;
-mod procs;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::procs::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
-use procs::*;
+use ferry_sample::{SampleSize, generate_sample_erp};
 
 /// Deterministic bytes that do not compress.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -46,7 +43,7 @@ fn reroute(conn: &Connector, ssh: Option<String>, https: Option<String>) -> Conn
 async fn transfers_cut_at_half_resume_and_move_only_the_other_half() {
     let (_dir, c) = cluster().await;
     let conn = tenant(&c, "acme").await;
-    let proxy = Proxy::start(free_port(), c.comms.ssh_addr).await;
+    let proxy = Proxy::start(c.comms.ssh_addr).await;
     let conn = reroute(&conn, Some(format!("127.0.0.1:{}", proxy.port)), None);
     const LEN: u64 = 100 * 1024 * 1024;
     let data = noise(LEN as usize, 1);
@@ -61,20 +58,10 @@ async fn transfers_cut_at_half_resume_and_move_only_the_other_half() {
     let err = sftp.upload_file_resuming(&local, "/upload/big.bin").await.expect_err("the cut stops the upload");
     println!("upload cut: {err}");
     let part = root.join("upload/.big.bin.part");
-    let kept = tokio::time::timeout(Duration::from_secs(10), async {
-        // the server finishes writing what it had received
-        let mut last = u64::MAX;
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let now = file_size(&part);
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-    })
-    .await
-    .unwrap();
+    // The server finishes writing what it had received, then closes the file (it runs in this process).
+    let closed = eventually(Duration::from_secs(10), async || !held_open(&part)).await;
+    assert!(closed.is_some(), "the server still holds {} open", part.display());
+    let kept = file_size(&part);
     assert!(kept > LEN / 4 && kept <= LEN / 2, "the server kept {kept} bytes of the cut upload");
     let before = proxy.up.load(std::sync::atomic::Ordering::SeqCst);
     let sftp = conn.sftp().await.unwrap();
@@ -224,11 +211,13 @@ fn journal_state(conn: &Connector, name: &str) -> Option<String> {
 }
 
 async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(eventually(limit, async || f()).await.is_some(), "timed out waiting for {what}");
+}
+
+/// Whether a file descriptor of this process is open on `path` (Linux: `/proc/self/fd`).
+fn held_open(path: &Path) -> bool {
+    let (Ok(path), Ok(fds)) = (std::fs::canonicalize(path), std::fs::read_dir("/proc/self/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
 }
 
 fn visible(dir: &Path) -> Vec<String> {
@@ -296,7 +285,10 @@ async fn sigterm_finishes_the_current_step_a_second_one_stops_at_once_and_the_ne
         .await;
     let t = Instant::now();
     run.term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the first signal to be taken", Duration::from_secs(10), || {
+        run.log_text().contains("stopping after the current step")
+    })
+    .await;
     run.term();
     let (status, run) =
         tokio::task::spawn_blocking(move || (run.wait_exit(Duration::from_secs(10)), run)).await.unwrap();

@@ -3,10 +3,8 @@
 //! the window, and the instance then equals, row for row, a full extract of day 2 loaded into a fresh instance.
 //! `--full` and the schedule force full extracts; the manifest marks every file full or as its window.
 
-mod common;
-
+use crate::common::*;
 use chrono::NaiveDate;
-use common::*;
 use ferry_connector::agent::{Connector, SyncOptions};
 use ferry_connector::journal::Journal;
 use ferry_proto::api::BatchState;

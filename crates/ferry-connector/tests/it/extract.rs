@@ -11,12 +11,12 @@ use chrono::NaiveDate;
 use ferry_connector::check::FieldError;
 use ferry_connector::erp::source::{Source, SqlValue, SqliteSource};
 use ferry_connector::extract::{ExtractError, ExtractOptions, extract_batch, format_float, format_value};
-use ferry_connector::mapping::{Mapping, default_mapping};
-use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
+use ferry_connector::mapping::Mapping;
 use ferry_io::digest::Digests;
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest};
 use ferry_proto::spec::{self, Column, Kind};
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use futures::StreamExt;
 
 /// Split one CSV line of the standard format into unquoted fields (no line breaks inside fields by spec).
@@ -48,7 +48,7 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     );
 
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20261128T051600Z-3fa2b7c1").unwrap();
     let seen = Mutex::new(Vec::new());
@@ -142,7 +142,7 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     generate_sample_erp_at(&db, SampleSize::Small, NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()).await.unwrap();
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
 
-    let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mut mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let q =
         mapping.files["stock.csv"].query.replace("i.category, i.brand, NULL, NULL, NULL", "i.category, i.brand, NULL");
     mapping.files.get_mut("stock.csv").unwrap().query = q;
@@ -160,7 +160,7 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     assert!(!spool.join(batch.as_str()).exists(), "a failed extract must leave no files behind");
 
     // a bad value names file, line and column
-    let mut mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mut mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     mapping.files.get_mut("location.csv").unwrap().query =
         "SELECT wh_code, name, is_active, region, 'XX' FROM warehouses ORDER BY wh_code".into();
     let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
@@ -185,7 +185,7 @@ async fn custom_files_carry_a_header() {
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
     let mut mapping = Mapping::default();
     for f in spec::STANDARD_FILES.iter().filter(|f| f.required) {
-        mapping.files.insert(f.name.into(), Mapping::from_toml(default_mapping()).unwrap().files[f.name].clone());
+        mapping.files.insert(f.name.into(), Mapping::from_toml(ferry_sample::MAPPING).unwrap().files[f.name].clone());
     }
     let custom = "ut_001.csv".to_string();
     let query = "SELECT wh_code, name AS \"warehouse name\", 1.5 AS x, NULL AS empty FROM warehouses ORDER BY wh_code";
@@ -297,7 +297,8 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Throughput of each stage on a generated sample: `FERRY_BENCH_SIZE=medium cargo test --release -p ferry-connector
-/// --test extract bench -- --ignored --nocapture`.
+/// --test it extract::bench -- --ignored --nocapture`. Asserts that every stage saw the whole sample: the query
+/// every sales line, the extract every mapped file with rows, bytes and a compression ratio, alike at both levels.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn bench() {
@@ -310,7 +311,7 @@ async fn bench() {
     let summary = generate_sample_erp_at(&db, size, NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()).await.unwrap();
     eprintln!("generate {size:?}: {} rows in {:.1}s ({:?})", summary.total_rows(), summary.seconds, summary.tables);
     let src = SqliteSource::open(db.to_str().unwrap()).await.unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
 
     let q = &mapping.files["sales.csv"].query;
     let (t, c) = (std::time::Instant::now(), cpu_seconds());
@@ -323,6 +324,7 @@ async fn bench() {
         .await;
     let s = t.elapsed().as_secs_f64();
     eprintln!("query only: sales.csv {n} rows in {s:.2}s = {:.0} rows/s, {:.2} CPU s", n as f64 / s, cpu_seconds() - c);
+    assert_eq!(Some(&n), summary.tables.get("sales_lines"), "the query reads every sales line");
 
     let rows: Vec<Vec<SqlValue>> = src.rows(q).map(|r| r.unwrap()).collect().await;
     let t = std::time::Instant::now();
@@ -339,7 +341,11 @@ async fn bench() {
     }
     let s = t.elapsed().as_secs_f64();
     eprintln!("format only: sales.csv {} rows in {s:.2}s = {:.0} rows/s", rows.len(), rows.len() as f64 / s);
+    assert_eq!(rows.len() as u64, n);
     drop(rows);
+
+    let mapped: Vec<String> = mapping.ordered().into_iter().map(|(name, _)| name.to_string()).collect();
+    let mut per_level = Vec::new();
 
     for level in [9, 1] {
         let batch = BatchId::new(chrono::Utc::now());
@@ -356,5 +362,15 @@ async fn bench() {
             mb / stats.seconds,
             cpu_seconds() - c
         );
+        let names: Vec<&str> = stats.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, mapped, "level {level}: every mapped file, in order");
+        for f in &stats.files {
+            assert!(f.rows > 0 && f.bytes > 0 && f.compressed_bytes > 0, "level {level}: {f:?}");
+        }
+        assert_eq!(stats.files.iter().find(|f| f.name == "sales.csv").map(|f| f.rows), Some(n), "level {level}");
+        let ratio = stats.bytes() as f64 / stats.compressed_bytes() as f64;
+        assert!(ratio > 1.0 && stats.seconds > 0.0, "level {level}: ratio {ratio:.2} in {:.2} s", stats.seconds);
+        per_level.push(stats.files.iter().map(|f| (f.name.clone(), f.rows, f.bytes)).collect::<Vec<_>>());
     }
+    assert_eq!(per_level[0], per_level[1], "both levels extract the same rows and CSV bytes");
 }

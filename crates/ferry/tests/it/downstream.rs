@@ -2,16 +2,14 @@
 //! table exactly once; a lost ack never re-applies; long-poll delivers within seconds; tenants never see each
 //! other's files; a corrupt file is refused, reported and fetched again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
-use ferry_connector::sample::{SampleSize, generate_sample_erp};
 use ferry_proto::api::{BatchState, FileState};
+use ferry_sample::{SampleSize, generate_sample_erp};
 use sqlx::Connection;
 
 /// A connector whose config delivers into `from_cloud/` and writes `po_` files into `recommended_orders`.
@@ -46,20 +44,17 @@ async fn planned_orders_reach_the_erp_once_and_the_app_sees_them_delivered() {
     let r = conn.sync(&quiet).await.unwrap();
     assert_eq!(r.status.state, BatchState::Imported);
 
-    // The App plans after the import and announces po files; wait for them to be on the download list.
+    // The App plans after the import and publishes one po file per supplier of the plan: the same plan, made
+    // here, says how many to wait for.
     let inst = c.app.state.instance("acme").await.unwrap().unwrap();
-    let t = Instant::now();
-    // (the planner publishes its files one by one: wait until their number holds still)
-    let mut seen = 0;
-    let receipts = loop {
-        let r = ferry_app::outbox::receipts(&inst.0).await.unwrap();
-        if (!r.is_empty() && r.len() == seen) || t.elapsed() > Duration::from_secs(60) {
-            break r;
-        }
-        seen = r.len();
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    };
-    assert!(!receipts.is_empty(), "the planner produced no orders for the sample ERP");
+    let mut params = ferry_app::planner::PlanParams::new(chrono::Utc::now().date_naive());
+    params.service_level = c.app.state.cfg.service_level;
+    let plan = ferry_app::planner::plan(&inst.0, &params).await.unwrap();
+    let suppliers = plan.lines.iter().map(|l| &l.supplier).collect::<std::collections::BTreeSet<_>>().len();
+    assert!(suppliers > 0, "the planner produced no orders for the sample ERP");
+    let all_published = async || ferry_app::outbox::receipts(&inst.0).await.unwrap().len() == suppliers;
+    assert!(eventually(Duration::from_secs(60), all_published).await.is_some(), "not {suppliers} files published");
+    let receipts = ferry_app::outbox::receipts(&inst.0).await.unwrap();
     let outcomes = receive_applied(&conn, receipts.len()).await;
     let applied: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Applied { .. })).collect();
     assert_eq!(applied.len(), receipts.len(), "{outcomes:?}");
@@ -77,14 +72,12 @@ async fn planned_orders_reach_the_erp_once_and_the_app_sees_them_delivered() {
     assert_eq!(erp_rows(&erp).await, lines as i64);
 
     // The App sees every file delivered.
-    let t = Instant::now();
-    loop {
+    let delivered = async || {
         let r = ferry_app::outbox::receipts(&inst.0).await.unwrap();
-        if r.iter().all(|f| f.state == FileState::Delivered && f.delivered_at.is_some()) {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "not all delivered: {r:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        r.iter().all(|f| f.state == FileState::Delivered && f.delivered_at.is_some())
+    };
+    if eventually(Duration::from_secs(30), delivered).await.is_none() {
+        panic!("not all delivered: {:?}", ferry_app::outbox::receipts(&inst.0).await.unwrap());
     }
     c.stop().await;
 }
@@ -106,12 +99,15 @@ async fn a_lost_ack_never_applies_twice_and_long_poll_is_fast() {
     let erp = dir.path().join("erp.db");
     let conn = connector_with_write_back(&c, "acme", &erp).await;
 
-    // Long-poll: the connector is already waiting when the file is published.
+    // Long-poll: the connector is already waiting when the file is published (its request watches the download
+    // lists).
+    let watchers = c.comms.state.downloads_changed.receiver_count();
     let waiting = {
         let conn = Connector::load(&conn.cfg.base.join("connector.toml")).unwrap();
         tokio::spawn(async move { conn.receive(20, &quiet).await })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let polling = async || c.comms.state.downloads_changed.receiver_count() > watchers;
+    assert!(eventually(Duration::from_secs(10), polling).await.is_some(), "the long-poll never started");
     let t = Instant::now();
     let f = publish(&c, "acme", "po_000001.csv", PO).await;
     let out = waiting.await.unwrap().unwrap();
@@ -143,11 +139,8 @@ async fn tenants_never_see_or_ack_each_others_files_and_corrupt_files_are_refetc
     let b = connector_with_write_back(&c, "beta", &dir.path().join("b.db")).await;
     let f = publish(&c, "alpha", "po_000001.csv", PO).await;
     // Wait until alpha's file is on alpha's list.
-    let t = Instant::now();
-    while ferry_comms::db::ready_downloads(&c.comms.state.db, "alpha").await.unwrap().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let listed = async || !ferry_comms::db::ready_downloads(&c.comms.state.db, "alpha").await.unwrap().is_empty();
+    assert!(eventually(Duration::from_secs(20), listed).await.is_some(), "alpha's file is not on its list");
     // Beta sees nothing and cannot acknowledge alpha's file.
     assert!(b.receive(1, &quiet).await.unwrap().is_empty());
     let err = b
@@ -207,16 +200,13 @@ async fn many_tenants_keep_few_instances_open_and_files_published_elsewhere_are_
     std::fs::write(&src, PO).unwrap();
     let f = ferry_app::outbox::publish(&other, "t1", &c.app.state.sftp_root(), &src, "po_000001.csv").await.unwrap();
     other.close().await;
-    let t = Instant::now();
-    loop {
+    let announced = async || {
         let ready = ferry_comms::db::ready_downloads(&c.comms.state.db, "t1").await.unwrap();
-        if ready.iter().any(|d| d.id == f.file_id) {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "the file published by another process was not announced");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    println!("announced after {:?}", t.elapsed());
+        ready.iter().any(|d| d.id == f.file_id)
+    };
+    let took = eventually(Duration::from_secs(10), announced).await;
+    let took = took.expect("the file published by another process was not announced");
+    println!("announced after {took:?}");
     assert!(c.app.state.open_instances().await <= 2);
     assert!(!c.app.state.cfg.data_dir.join("instances/announce/t1").exists(), "the marker is consumed");
     // every tenant's instance still answers (closed ones are opened again)

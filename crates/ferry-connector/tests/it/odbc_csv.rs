@@ -1,7 +1,7 @@
 //! Every source against the SQLite source: the sample ERP copied into PostgreSQL and MariaDB, reached through the
 //! SQLite ODBC driver, and exported to a folder of CSV files, extracts to byte-identical standard files; tricky values come through
 //! ODBC as the right `SqlValue`s (SQLite driver, and PostgreSQL through psqlODBC when configured); the ODBC source
-//! and write-back pass the conformance suites (`common::conformance`); the CSV folder refuses escapes and reports
+//! and write-back pass the conformance suites (`conformance`); the CSV folder refuses escapes and reports
 //! file, line and column.
 //!
 //! Drivers: `FERRY_TEST_ODBC_SQLITE` (e.g. `Driver=/usr/lib/x86_64-linux-gnu/odbc/libsqlite3odbc.so`) and
@@ -9,20 +9,18 @@
 //! Database=ferry_test;UID=postgres`) are connection-string prefixes. Unset: the test prints SKIPPED and returns,
 //! unless `FERRY_CI=1`, where it fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use common::conformance::{ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance};
+use crate::conformance::{ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance};
 use ferry_connector::erp::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
-use ferry_connector::mapping::{FileMapping, Mapping, default_mapping};
-use ferry_connector::sample::{SampleSize, generate_sample_erp_at};
+use ferry_connector::mapping::{FileMapping, Mapping};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::ManifestFile;
+use ferry_sample::{SampleSize, generate_sample_erp_at};
 use futures::StreamExt;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -100,7 +98,7 @@ async fn sample_erp_through_sqlite_odbc_driver_is_byte_identical() {
     // The SQLite engine inside the ODBC driver (the system's) and the one sqlx bundles are different versions,
     // and SQLite's ROUND() changed between them (3.40 rounds -3.5 * 5.71 to -19.99, newer ones to -19.98):
     // compare the unrounded product, which both engines compute identically.
-    let text = default_mapping().replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
+    let text = ferry_sample::MAPPING.replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
     let mapping = Mapping::from_toml(&text).unwrap();
     let (db, _, want) = sample(dir.path(), &mapping).await;
     let odbc = OdbcSource::open(&format!("{prefix};Database={}", db.display()), None).await.unwrap();
@@ -119,13 +117,13 @@ async fn sample_erp_through_sqlite_odbc_driver_is_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_erp_in_postgres_and_mariadb_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let text = default_mapping().replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
+    let text = ferry_sample::MAPPING.replace("ROUND(qty * unit_cost, 2)", "qty * unit_cost");
     let (db, _, want) = sample(dir.path(), &Mapping::from_toml(&text).unwrap()).await;
     for (var, backend) in [("FERRY_TEST_POSTGRES_URL", "postgres"), ("FERRY_TEST_MYSQL_URL", "mysql")] {
-        let Some(server) = common::server(var, "sample_erp_in_postgres_and_mariadb_is_byte_identical") else {
+        let Some(server) = crate::common::server(var, "sample_erp_in_postgres_and_mariadb_is_byte_identical") else {
             continue;
         };
-        let url = common::fresh_db(&server, "sample").await;
+        let url = crate::common::fresh_db(&server, "sample").await;
         let copied = copy_sample(&db, &url, backend).await;
         println!("{backend}: copied {copied} rows of the sample ERP");
         let text = match backend {
@@ -321,7 +319,7 @@ async fn export_to_csv(src: &SqliteSource, mapping: &Mapping, folder: &Path) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_erp_through_a_csv_folder_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let mapping = Mapping::from_toml(default_mapping()).unwrap();
+    let mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     let (_, src, want) = sample(dir.path(), &mapping).await;
     let folder = dir.path().join("exports");
     std::fs::create_dir_all(folder.join("legacy")).unwrap();

@@ -9,12 +9,10 @@
 //! - SQL metacharacters in every identifier that reaches SQL
 //! - brute-force SSH authentication; admin paths on the public port; plain HTTP serving anything but a redirect
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_comms::limits::Limit;
 use ferry_connector::agent::Connector;
@@ -84,18 +82,6 @@ fn status_of<T: std::fmt::Debug>(r: Result<T, russh_sftp::client::error::Error>)
     }
 }
 
-/// Poll `ok` until it holds or `limit` passes; returns how long it took.
-async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut ok: F) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if ok().await {
-            return Some(t.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
 async fn audit_events(c: &Cluster) -> Vec<(Option<String>, String, String)> {
     ferry_comms::db::recent_audit(&c.comms.state.db, 10_000)
         .await
@@ -136,7 +122,7 @@ async fn set_limit(c: &Cluster, tenant: &str, limit: Limit, value: u64) {
     admin.set_limits(tenant, &[(limit, Some(value))]).await.unwrap();
     let st = &c.comms.state;
     assert!(
-        within(Duration::from_secs(3), async || limit.get(&st.limits.of(tenant)) == value).await.is_some(),
+        eventually(Duration::from_secs(3), async || limit.get(&st.limits.of(tenant)) == value).await.is_some(),
         "the server did not pick up the new limit"
     );
 }
@@ -396,7 +382,7 @@ async fn a_disabled_tenant_and_a_revoked_key_are_cut_off_at_once() {
     let cli = ferry_comms::admin::Admin::open(c.comms.state.cfg.clone()).await.unwrap();
     let t = Instant::now();
     cli.set_enabled("alpha", false).await.unwrap();
-    let cut = within(bound, async || sa.list("/").await.is_err()).await;
+    let cut = eventually(bound, async || sa.list("/").await.is_err()).await;
     assert!(cut.is_some(), "alpha's open sftp session was not closed within {bound:?}");
     let err = a.status(1).await.expect_err("disabled tenant over HTTPS");
     assert!(format!("{err:#}").contains("401"), "{err:#}");
@@ -415,12 +401,15 @@ async fn a_disabled_tenant_and_a_revoked_key_are_cut_off_at_once() {
 
     // Enabled again: back in.
     cli.set_enabled("alpha", true).await.unwrap();
-    assert!(within(bound, async || a.status(1).await.is_ok()).await.is_some());
+    assert!(eventually(bound, async || a.status(1).await.is_ok()).await.is_some());
     assert!(a.sftp().await.is_ok());
 
     // Revoking beta's key cuts its session and refuses it everywhere.
     cli.revoke_key("beta", &b.key_fingerprint()).await.unwrap();
-    assert!(within(bound, async || sb.list("/").await.is_err()).await.is_some(), "revoked key's session still open");
+    assert!(
+        eventually(bound, async || sb.list("/").await.is_err()).await.is_some(),
+        "revoked key's session still open"
+    );
     assert!(b.status(1).await.is_err());
     assert!(b.sftp().await.is_err());
     let _ = sa.close().await;
@@ -498,7 +487,7 @@ async fn oversize_uploads_and_batches_over_the_limits_are_refused_and_leave_noth
     std::fs::write(&src, "a,b\n1,2\n3,4\n").unwrap();
     ferry_app::outbox::publish(&inst.0, "alpha", &c.app.state.sftp_root(), &src, "report.csv").await.unwrap();
     c.app.state.announce_wakeup.notify_one();
-    let refused = within(Duration::from_secs(20), async || {
+    let refused = eventually(Duration::from_secs(20), async || {
         audit_events(&c)
             .await
             .iter()
@@ -802,7 +791,7 @@ async fn nothing_admin_like_on_the_public_port_and_the_admin_api_needs_its_token
     assert_eq!(live[0]["tenant"], "alpha");
     let r = http.post(admin("/admin/v1/tenants/alpha/disable")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let cut = within(Duration::from_secs(2), async || sftp.list("/").await.is_err()).await;
+    let cut = eventually(Duration::from_secs(2), async || sftp.list("/").await.is_err()).await;
     assert!(cut.is_some(), "the admin api closes the session at once");
     assert!(a.status(1).await.is_err());
     let r = http

@@ -1,4 +1,4 @@
-//! Every ERP source and write-back backend passes the conformance suites (`common::conformance`): the same ERP
+//! Every ERP source and write-back backend passes the conformance suites (`conformance`): the same ERP
 //! data in SQLite, PostgreSQL and MariaDB, each with its natural column types (NUMERIC/DECIMAL for money, DATE,
 //! BOOLEAN, TIMESTAMP/DATETIME, TEXT), extracts to byte-identical CSV, and the SQL write-back works alike on each.
 //! Then what only a server backend does: values decode by the server's types, PostgreSQL binds each CSV field as
@@ -8,14 +8,12 @@
 //! `FERRY_TEST_POSTGRES_URL` / `FERRY_TEST_MYSQL_URL` a test prints `SKIPPED` and returns, but fails under
 //! `FERRY_CI=1`.
 
-mod common;
-
 use std::path::Path;
 
-use common::conformance::{
+use crate::conformance::{
     ORDERS_TABLE, SourceBackend, extract_csv, items_schema, source_conformance, writeback_conformance,
 };
-use common::{fresh_db, server};
+use crate::common::{fresh_db, server};
 
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
 use ferry_connector::erp::source::{SqlValue, open_source};
@@ -206,7 +204,8 @@ async fn write_back_binds_parameters_on_postgres_and_mariadb() {
         // the password comes from password_env, not the URL
         let (pw_url, password) = split_password(&db);
         let env = format!("FERRY_TEST_WB_PW_{}", backend.to_uppercase());
-        // SAFETY: tests in this file set only their own variable names
+        // SAFETY: a variable of this test alone (no other test of the `it` binary reads or sets it); std serialises
+        // its own environment access.
         unsafe { std::env::set_var(&env, &password) };
         let mut erp = ErpConfig::new(kind, &pw_url);
         erp.password = Password::Env(env.clone());

@@ -4,11 +4,9 @@
 //! stored as text, as `YYYYMMDD` integers and as timestamps, NULL, text with commas, quotes, line breaks and
 //! non-ASCII, and a Windows-1252 column (`[erp] encoding`). How each backend decodes its own types into these
 //! values (PostgreSQL NUMERIC/DATE/BOOLEAN, MariaDB DECIMAL/DATETIME, ODBC) is proved byte for byte in
-//! `ferry-connector/tests/erp_sources.rs` and `odbc_csv.rs`.
+//! `ferry-connector/tests/it/erp_sources.rs` and `odbc_csv.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ferry_proto::api::BatchState;
 
 /// A table without column types (SQLite keeps each value as inserted) holding one tricky value per cell.

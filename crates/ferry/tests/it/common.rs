@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
@@ -12,6 +13,21 @@ use ferry_io::digest::HashingWriter;
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::{MANIFEST_NAME, Manifest, ManifestFile, Mode};
 use ferry_proto::spec;
+
+/// Polls `check` every 50 ms until it holds; returns how long that took, or `None` once `limit` has passed
+/// without it holding. Tests wait for a condition with this, never for a fixed time.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if check().await {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 pub async fn cluster() -> (tempfile::TempDir, Cluster) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,5 +1,4 @@
 //! Helpers of the tests that need a database server (`scripts/test-databases.sh`, README "Database tests").
-#![allow(dead_code)] // each test binary uses its own part
 
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -33,4 +32,3 @@ pub async fn fresh_db(url: &str, tag: &str) -> String {
     }
     format!("{base}/{name}")
 }
-pub mod conformance;

@@ -85,10 +85,61 @@ proptest! {
         }
     }
 
+    /// Any full manifest with the required files, any of the optional and custom ones, in any order, with any
+    /// counts, digests, ids and times is accepted, and reads back as written.
     #[test]
-    fn the_valid_manifest_is_accepted(_x in 0..1u8) {
-        prop_assert!(Manifest::parse(&serde_json::to_vec(&valid_manifest()).unwrap()).is_ok());
+    fn every_valid_manifest_is_accepted(doc in any_valid_manifest()) {
+        let m = Manifest::parse(&serde_json::to_vec(&doc).unwrap());
+        prop_assert!(m.is_ok(), "{:?}: {doc}", m.err());
+        let m = m.unwrap();
+        prop_assert_eq!(m.batch_id.as_str(), doc["batch_id"].as_str().unwrap());
+        prop_assert_eq!(&m.tenant, doc["tenant"].as_str().unwrap());
+        let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+        let want: Vec<&str> = doc["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        prop_assert_eq!(names, want);
+        for (f, j) in m.files.iter().zip(doc["files"].as_array().unwrap()) {
+            let n = |k: &str| j[k].as_u64().unwrap();
+            prop_assert_eq!((f.rows, f.bytes, f.compressed_bytes), (n("rows"), n("bytes"), n("compressed_bytes")));
+            prop_assert_eq!(&f.md5, j["md5"].as_str().unwrap());
+            prop_assert_eq!(&f.sha256, j["sha256"].as_str().unwrap());
+        }
     }
+}
+
+/// One file entry of a valid manifest named `name`: any counts, any lowercase hex digests.
+fn file_entry(name: String) -> impl Strategy<Value = Json> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), "[0-9a-f]{32}", "[0-9a-f]{64}").prop_map(
+        move |(rows, bytes, compressed_bytes, md5, sha256)| {
+            serde_json::json!({ "name": name, "rows": rows, "bytes": bytes, "compressed_bytes": compressed_bytes,
+                "md5": md5, "sha256": sha256 })
+        },
+    )
+}
+
+/// A valid full manifest (as JSON): every required standard file, any subset of the optional ones and up to
+/// four custom files, shuffled; any batch id, tenant, version and extract times.
+fn any_valid_manifest() -> impl Strategy<Value = Json> {
+    let optional: Vec<&str> = spec::STANDARD_FILES.iter().filter(|f| !f.required).map(|f| f.name).collect();
+    let names = (
+        prop::sample::subsequence(optional.clone(), 0..=optional.len()),
+        prop::collection::btree_set(0u32..1_000_000, 0..4),
+    )
+        .prop_map(|(optional, custom)| {
+            let required = spec::STANDARD_FILES.iter().filter(|f| f.required).map(|f| f.name.to_string());
+            let custom = custom.into_iter().map(|n| format!("ut_{n:03}.csv"));
+            required.chain(optional.into_iter().map(String::from)).chain(custom).collect::<Vec<_>>()
+        })
+        .prop_shuffle();
+    let files = names.prop_flat_map(|names| names.into_iter().map(file_entry).collect::<Vec<_>>());
+    let time = (0i64..4_102_444_800).prop_map(|t| chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339());
+    (files, "[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}", ".{0,40}", "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}", time.clone(), time)
+        .prop_map(|(files, batch_id, tenant, version, started, finished)| {
+            serde_json::json!({
+                "batch_id": batch_id, "tenant": tenant, "spec_version": ferry_proto::SPEC_VERSION,
+                "connector_version": version, "mode": "full", "extract_started": started,
+                "extract_finished": finished, "files": files,
+            })
+        })
 }
 
 /// Every column kind the spec uses (each once required, once optional).

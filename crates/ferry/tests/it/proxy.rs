@@ -2,12 +2,10 @@
 //! SFTP upload and the signed calls all go through it; a proxy that needs credentials works with them and gives
 //! a clear error without; a proxy that refuses the tunnel gives a clear error.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferry::cluster::Cluster;
 use ferry_connector::agent::{self, Connector};
 use ferry_io::keys::KeyAlgorithm;
@@ -32,26 +30,61 @@ fn tinyproxy(dir: &std::path::Path, name: &str, extra: &str) -> Option<Tinyproxy
         eprintln!("SKIPPED: tinyproxy is not installed (apt-get install tinyproxy; .ci/run installs it)");
         return None;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // tinyproxy needs a fixed port and cannot be given a socket: try ports below the ephemeral range (where the
+    // kernel hands out no port 0) until the tinyproxy started is the one listening, never binding one for it.
     let log = dir.join(format!("{name}.log"));
     let conf = dir.join(format!("{name}.conf"));
     let user = if unsafe_is_root() { "User nobody\nGroup nogroup\n" } else { "" };
-    std::fs::write(
-        &conf,
-        format!("{user}Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n{extra}\n", log.display()),
-    )
-    .unwrap();
-    // The log must be writable by the user tinyproxy drops to.
-    std::fs::write(&log, "").unwrap();
-    let _ = Command::new("chmod").arg("666").arg(&log).status();
-    let child =
-        Command::new(bin).arg("-d").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "tinyproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..20 {
+        let port: u16 = rand::random::<u16>() % 12_000 + 20_000;
+        std::fs::write(
+            &conf,
+            format!("{user}Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n{extra}\n", log.display()),
+        )
+        .unwrap();
+        // The log must be writable by the user tinyproxy drops to.
+        std::fs::write(&log, "").unwrap();
+        let _ = Command::new("chmod").arg("666").arg(&log).status();
+        let mut child = Command::new(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let t = Instant::now();
+        loop {
+            if listens(child.id(), port) {
+                return Some(Tinyproxy { child, port, log });
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break; // the port is taken: another one
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "tinyproxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Some(Tinyproxy { child, port, log })
+    panic!("tinyproxy found no free port in 20 tries");
+}
+
+/// Whether process `pid` listens on TCP port `port` of 127.0.0.1 (Linux: its socket inodes in `/proc/<pid>/fd`
+/// against the LISTEN entries of `/proc/net/tcp`).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let sockets: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // sl local_address rem_address st ... inode: `0: 0100007F:4E21 00000000:0000 0A ... 12345`
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local == port && *f.get(3)? == "0A").then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| sockets.iter().any(|s| t.as_os_str() == s.as_str())))
 }
 
 fn unsafe_is_root() -> bool {
@@ -65,7 +98,7 @@ fn unsafe_is_root() -> bool {
 async fn connector_via(c: &Cluster, name: &str, proxy: &str) -> anyhow::Result<Connector> {
     let token = c.add_tenant(name).await?;
     let dir = c.dir.join("connectors").join(name);
-    agent::init(&dir, "erp.db", KeyAlgorithm::Ed25519, false)?;
+    agent::init(&dir, "erp.db", ferry_sample::MAPPING, KeyAlgorithm::Ed25519, false)?;
     let cfg = dir.join("connector.toml");
     let text = std::fs::read_to_string(&cfg)?.replace("proxy = \"\"", &format!("proxy = \"{proxy}\""));
     std::fs::write(&cfg, text)?;

@@ -546,7 +546,7 @@ async fn instances_reopen_with_their_data() {
     assert!(inst.batch(&id(9)).await.unwrap().is_none());
 }
 
-/// `cargo test -p ferry-app --test import -- --ignored --nocapture import_speed`
+/// `cargo test -p ferry-app --test it -- --ignored --nocapture import::import_speed`
 #[tokio::test]
 #[ignore = "benchmark: imports 1M sales rows"]
 async fn import_speed() {

@@ -1,7 +1,11 @@
 //! The real `ferry` binary as separate OS processes, for the reliability tests: an App, a Comms server and a
-//! Connector, each with its own folder and config written by the CLI's own `init` commands, on ports picked up
-//! front (so a process killed with `kill -9` restarts on the same address), optionally with an in-test TCP
-//! proxy ([`Proxy`]) between Connector -> Comms and Comms -> App that can cut or stall every connection.
+//! Connector, each with its own folder and config written by the CLI's own `init` commands, with in-test TCP
+//! proxies ([`Proxy`]) between Connector -> Comms and Comms -> App that can cut or stall every connection.
+//!
+//! Nothing binds a port for another to bind again: a proxy listens on port 0 from the start and is routed to
+//! its target later; a server process listens on port 0, its address is read from the line it logs at start
+//! (`... listening https_addr=...`), and only then written into its config, so that a process killed with
+//! `kill -9` restarts on the same address.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -16,11 +20,6 @@ use tokio::sync::watch;
 
 pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
-}
-
-/// A free 127.0.0.1 port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
 }
 
 /// Runs `ferry args...` to completion; panics with its output if it fails.
@@ -133,6 +132,43 @@ impl Node {
     pub fn log_path(&self) -> &Path {
         &self.log
     }
+
+    /// The address in `field=` of the first log line containing `what` (a server's `... listening` line),
+    /// waiting up to `limit` for it to be written.
+    pub fn logged_addr(&mut self, what: &str, field: &str, limit: Duration) -> SocketAddr {
+        let t = Instant::now();
+        loop {
+            let log = strip_ansi(&self.log_text());
+            let value = log.lines().filter(|l| l.contains(what)).find_map(|l| {
+                let rest = &l[l.find(&format!("{field}="))? + field.len() + 1..];
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = value {
+                return addr;
+            }
+            assert!(self.is_running(), "{} exited before logging {what:?}:\n{log}", self.name);
+            assert!(t.elapsed() < limit, "{} did not log {what:?} with {field}= within {limit:?}:\n{log}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `text` without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Node {
@@ -143,15 +179,6 @@ impl Drop for Node {
 
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-}
-
-/// Waits until something accepts connections on `port`.
-pub fn wait_port(port: u16, limit: Duration) {
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < limit, "nothing listens on port {port} after {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Edits a TOML file in place.
@@ -174,25 +201,20 @@ pub fn line_value<'a>(text: &'a str, prefix: &str) -> &'a str {
         .trim()
 }
 
-/// The ports of one system; every one is fixed before anything starts.
+/// Where the servers of one system listen, as they reported it at their first start.
 #[derive(Debug, Clone, Copy)]
-pub struct Ports {
-    pub app_https: u16,
-    pub app_ssh: u16,
-    /// Comms serves HTTPS and SSH on this one port.
-    pub comms: u16,
-    /// Where the Connector dials Comms (a proxy port, or `comms` itself).
-    pub comms_public: u16,
-    /// Where Comms dials the App (proxy ports, or the App's own).
-    pub app_https_public: u16,
-    pub app_ssh_public: u16,
+pub struct Addrs {
+    pub app_https: SocketAddr,
+    pub app_ssh: SocketAddr,
+    /// Comms serves HTTPS and SSH on this one address.
+    pub comms: SocketAddr,
 }
 
 /// Folders and configs of an App, a Comms server (one port) and a registered Connector whose ERP is the sample
 /// database, all written with the CLI. Nothing is left running.
 pub struct System {
     pub dir: PathBuf,
-    pub ports: Ports,
+    pub addrs: Addrs,
     pub app_cfg: PathBuf,
     pub comms_cfg: PathBuf,
     pub conn_dir: PathBuf,
@@ -233,10 +255,10 @@ impl System {
 }
 
 /// Write the three configs (App, Comms on one port, Connector with an inbound folder and SQL write-back of
-/// `po_` files; `tweak_connector` edits connector.toml last), start the App and Comms processes, add the tenant
-/// and register the Connector. Returns the system and the running App and Comms nodes. Whatever `ports` routes
-/// through (proxies) must already listen.
-pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::Table)) -> (System, Node, Node) {
+/// `po_` files; `tweak_connector` edits connector.toml last), start the Comms and App processes on port 0, route
+/// `proxies` (Connector -> Comms, Comms -> App HTTPS, Comms -> App SSH; listening, not yet routed) to them, add
+/// the tenant and register the Connector. Returns the system and the running App and Comms nodes.
+pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut toml::Table)) -> (System, Node, Node) {
     let app_dir = dir.join("app");
     let comms_dir = dir.join("comms");
     let conn_dir = dir.join("connector");
@@ -248,30 +270,25 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
     let (app_c, comms_c) = (app_cfg.display().to_string(), comms_cfg.display().to_string());
     ferry(&["app", "init", "--config", &app_c]);
     ferry(&["comms", "init", "--config", &comms_c]);
+    let via = |p: &Proxy| format!("127.0.0.1:{}", p.port);
     edit_toml(&app_cfg, |t| {
         t.insert("data_dir".into(), app_dir.join("data").display().to_string().into());
-        t.insert("listen_https".into(), format!("127.0.0.1:{}", ports.app_https).into());
-        t.insert("listen_ssh".into(), format!("127.0.0.1:{}", ports.app_ssh).into());
+        t.insert("listen_https".into(), "127.0.0.1:0".into());
+        t.insert("listen_ssh".into(), "127.0.0.1:0".into());
         // the tests publish their own downstream files
         t.insert("plan_after_import".into(), false.into());
     });
     edit_toml(&comms_cfg, |t| {
         t.insert("data_dir".into(), comms_dir.join("data").display().to_string().into());
-        t.insert("listen_https".into(), format!("127.0.0.1:{}", ports.comms).into());
-        t.insert("listen_ssh".into(), format!("127.0.0.1:{}", ports.comms).into());
-        t.insert("public_url".into(), format!("https://127.0.0.1:{}", ports.comms_public).into());
-        t.insert("public_ssh_addr".into(), format!("127.0.0.1:{}", ports.comms_public).into());
+        // one port for both (equal addresses)
+        t.insert("listen_https".into(), "127.0.0.1:0".into());
+        t.insert("listen_ssh".into(), "127.0.0.1:0".into());
+        t.insert("public_url".into(), format!("https://{}", via(&proxies[0])).into());
+        t.insert("public_ssh_addr".into(), via(&proxies[0]).into());
     });
     // Each side learns the other's identity from the `info` commands, as an operator would.
     let comms_info = ferry(&["comms", "info", "--config", &comms_c]);
     let app_info = ferry(&["app", "info", "--config", &app_c]);
-    edit_toml(&app_cfg, |t| {
-        let key = line_value(&comms_info, "service key (put in app.toml comms_keys):");
-        t.insert("comms_keys".into(), toml::Value::Array(vec![key.into()]));
-        let c = section(t, "comms");
-        c.insert("api_url".into(), format!("https://127.0.0.1:{}", ports.comms).into());
-        c.insert("tls_fingerprint".into(), line_value(&comms_info, "tls fingerprint:").into());
-    });
     let app_section: toml::Table = app_info
         .lines()
         .filter(|l| l.contains(" = "))
@@ -281,19 +298,42 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
         .expect("the [app] section printed by `ferry app info`");
     edit_toml(&comms_cfg, |t| {
         let mut a = app_section.clone();
-        a.insert("api_url".into(), format!("https://127.0.0.1:{}", ports.app_https_public).into());
-        a.insert("ssh_addr".into(), format!("127.0.0.1:{}", ports.app_ssh_public).into());
+        a.insert("api_url".into(), format!("https://{}", via(&proxies[1])).into());
+        a.insert("ssh_addr".into(), via(&proxies[2]).into());
         t.insert("app".into(), toml::Value::Table(a));
     });
 
+    // Comms first: the App's config names its address. Each server's address, once known, goes into its config
+    // so that a restart listens there again.
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).expect("logs");
-    let mut app = Node::new("app", &["app", "serve", "--config", &app_c], &logs);
+    let started = Duration::from_secs(30);
     let mut comms = Node::new("comms", &["comms", "serve", "--config", &comms_c], &logs);
-    app.start();
-    wait_port(ports.app_https, Duration::from_secs(30));
     comms.start();
-    wait_port(ports.comms, Duration::from_secs(30));
+    let comms_addr = comms.logged_addr("comms server listening", "https_addr", started);
+    edit_toml(&comms_cfg, |t| {
+        t.insert("listen_https".into(), comms_addr.to_string().into());
+        t.insert("listen_ssh".into(), comms_addr.to_string().into());
+    });
+    proxies[0].route(comms_addr);
+    edit_toml(&app_cfg, |t| {
+        let key = line_value(&comms_info, "service key (put in app.toml comms_keys):");
+        t.insert("comms_keys".into(), toml::Value::Array(vec![key.into()]));
+        let c = section(t, "comms");
+        c.insert("api_url".into(), format!("https://{comms_addr}").into());
+        c.insert("tls_fingerprint".into(), line_value(&comms_info, "tls fingerprint:").into());
+    });
+    let mut app = Node::new("app", &["app", "serve", "--config", &app_c], &logs);
+    app.start();
+    let app_https = app.logged_addr("app server listening", "https_addr", started);
+    let app_ssh = app.logged_addr("app server listening", "ssh_addr", started);
+    edit_toml(&app_cfg, |t| {
+        t.insert("listen_https".into(), app_https.to_string().into());
+        t.insert("listen_ssh".into(), app_ssh.to_string().into());
+    });
+    proxies[1].route(app_https);
+    proxies[2].route(app_ssh);
+    let addrs = Addrs { app_https, app_ssh, comms: comms_addr };
 
     let tenant = "acme".to_string();
     let added = ferry(&["comms", "tenant", "add", &tenant, "--config", &comms_c]);
@@ -339,7 +379,7 @@ pub fn setup(dir: &Path, ports: Ports, tweak_connector: impl FnOnce(&mut toml::T
         tweak_connector(t);
     });
     ferry(&["connector", "register", "--config", &conn_cfg.display().to_string(), "--token", &token]);
-    let sys = System { dir: dir.to_path_buf(), ports, app_cfg, comms_cfg, conn_dir, conn_cfg, erp, tenant };
+    let sys = System { dir: dir.to_path_buf(), addrs, app_cfg, comms_cfg, conn_dir, conn_cfg, erp, tenant };
     (sys, app, comms)
 }
 
@@ -411,6 +451,8 @@ struct Mode {
 /// stalls them all (bytes stop flowing both ways; connections stay open) until resumed.
 pub struct Proxy {
     pub port: u16,
+    /// Where connections go; until set ([`Proxy::route`]), connections are closed at once.
+    target: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     mode: Arc<watch::Sender<Mode>>,
     /// Bytes forwarded towards the target / back from it.
     pub up: Arc<AtomicU64>,
@@ -422,8 +464,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(port: u16, target: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("proxy bind");
+    /// A proxy on a port of its own (127.0.0.1:0) forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let proxy = Proxy::unrouted().await;
+        proxy.route(target);
+        proxy
+    }
+
+    /// A proxy listening on a port of its own, forwarding nowhere until [`Proxy::route`]d.
+    pub async fn unrouted() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let target: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let to = target.clone();
         let mode = Arc::new(watch::channel(Mode { generation: 0, stalled: false }).0);
         let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (up_limit, down_limit) = (Arc::new(AtomicU64::new(u64::MAX)), Arc::new(AtomicU64::new(u64::MAX)));
@@ -431,6 +484,8 @@ impl Proxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
+                let target = *to.lock().expect("proxy target");
+                let Some(target) = target else { continue };
                 let (m, u, d) = (m.clone(), u.clone(), d.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
@@ -449,7 +504,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, mode, up, down, up_limit, down_limit, task }
+        Proxy { port, target, mode, up, down, up_limit, down_limit, task }
+    }
+
+    /// Forward new connections to `target`.
+    pub fn route(&self, target: SocketAddr) {
+        *self.target.lock().expect("proxy target") = Some(target);
     }
 
     /// Cut every connection as soon as `up` more bytes went towards the target, or `down` more came back.

@@ -1,0 +1,3 @@
+//! The Comms server's integration tests, one binary.
+
+mod api;

@@ -1,0 +1,3 @@
+//! Property tests of the protocol types, one binary.
+
+mod props;

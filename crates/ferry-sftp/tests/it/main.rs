@@ -1,0 +1,3 @@
+//! The SFTP server and client against each other (and OpenSSH's `sftp` where installed), one binary.
+
+mod sftp;

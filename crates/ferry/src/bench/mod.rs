@@ -1,0 +1,136 @@
+//! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
+//! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
+//! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
+//! `lbzip2`, `pbzip2`, `md5sum`, `sha256sum`, OpenSSH `sftp -b`, `sqlite3 .import`), and print ours beside
+//! theirs. A tool, not a test.
+//!
+//! Everything runs in this process on loopback ([`crate::cluster`]). The working folder holds the ERP, the
+//! servers' data and `bench/`: a plain copy of the batch's largest CSV (decompressed from the spool before
+//! `send` removes it, size and MD5 checked against the manifest), the tools' outputs and the upload test file
+//! (that CSV repeated up to 64 MB, or 256 MB for `--size medium`).
+//!
+//! The pipeline stages run once. Each comparison runs `--runs` times, ours and the tools taking turns, and keeps
+//! each side's fastest run (the machine may be busy; the 1-minute load average is printed before and after).
+//! Beside wall time goes CPU time (user + system, from /proc): ours is this whole process (every thread, the
+//! in-process servers included), a tool's is its process tree, plus our SFTP server's for the `sftp` comparison.
+//! Peak RSS is `VmHWM`, reset before each stage through `/proc/self/clear_refs` where the kernel allows it (else
+//! the peak since the start), printed with its growth over the RSS at the stage's start; it includes the
+//! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
+//! memory on our side. MB are 10^6 bytes; RSS is in MiB.
+
+mod measure;
+mod report;
+mod stages;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ferry_sample::{SampleSize, generate_sample_erp};
+
+use crate::cluster::Cluster;
+use measure::{PeakRss, RssSample, load_average};
+use report::{int, print_table, show};
+use stages::Bench;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// The upstream path: extract, compress, upload, relay, verify+import; then the standard tools on the
+    /// same data.
+    Upstream {
+        /// Sample ERP size: small (~150k sales lines; 64 MB upload test) or medium (~2M; 256 MB).
+        #[arg(long, default_value = "small", value_parser = ["small", "medium"])]
+        size: String,
+        /// Working folder, new or empty, kept afterwards (default: a temporary folder, removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Runs of each comparison with the standard tools; the fastest run of each side is kept.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+    },
+}
+
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
+    }
+}
+
+pub(super) const TENANT: &str = "bench";
+/// Remote folder of the upload comparison, under the tenant's SFTP root at the Comms server.
+pub(super) const REMOTE_DIR: &str = "/bench";
+
+async fn upstream(size_name: &str, dir: Option<PathBuf>, runs: u32) -> anyhow::Result<ExitCode> {
+    let size = crate::demo::parse_size(size_name)?;
+    let upload_target: u64 = match size {
+        SampleSize::Small => 64_000_000,
+        SampleSize::Medium => 256_000_000,
+    };
+    let (tmp, dir) = work_dir(dir)?;
+    let bench = dir.join("bench");
+    std::fs::create_dir_all(&bench)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rss = PeakRss::new();
+    println!("ferry bench upstream --size {size_name} --runs {runs} in {}", dir.display());
+    println!("{cores} cores, load average {}", load_average());
+    if !rss.resets {
+        println!("note: /proc/self/clear_refs is not writable: peak RSS figures are peaks since the start");
+    }
+
+    rss.start();
+    let t = Instant::now();
+    let erp = dir.join("erp").join("erp.db");
+    std::fs::create_dir_all(dir.join("erp"))?;
+    let summary = generate_sample_erp(&erp, size).await.context("generating the sample ERP")?;
+    println!(
+        "sample ERP: {} rows in {:.2} s; peak RSS {}",
+        int(summary.total_rows()),
+        t.elapsed().as_secs_f64(),
+        show(rss.peak())
+    );
+
+    let cluster = Cluster::start(&dir).await?;
+    let bench_run = Bench { cluster: &cluster, bench: &bench, runs: runs as usize };
+    let result = bench_run.all(&erp, upload_target, &mut rss).await;
+    cluster.stop().await;
+    let (lines, ok) = result?;
+
+    println!();
+    print_table(&lines);
+    println!();
+    println!(
+        "pipeline stages: one run; comparisons: fastest of {runs} run(s) per side; load average {}",
+        load_average()
+    );
+    println!(
+        "process peak RSS {} (max over stages; includes the in-process Comms and App servers)",
+        show(rss.max_kib.map(|k| RssSample { peak: k, base: None }))
+    );
+    match &tmp {
+        Some(_) => println!("removing {}", dir.display()),
+        None => println!("kept {}", dir.display()),
+    }
+    if !ok {
+        println!("some checks failed: see above");
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn work_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            if std::fs::read_dir(&d)?.next().is_some() {
+                bail!("{} is not empty: give a new or empty folder (the bench starts a fresh cluster)", d.display());
+            }
+            Ok((None, std::fs::canonicalize(&d)?))
+        }
+        None => {
+            let tmp = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+            let path = std::fs::canonicalize(tmp.path())?;
+            Ok((Some(tmp), path))
+        }
+    }
+}

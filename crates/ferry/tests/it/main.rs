@@ -1,0 +1,17 @@
+//! The `ferry` crate's integration tests, one binary (one link of the whole tree): real Comms and App servers and
+//! Connectors on 127.0.0.1 in this process ([`ferry::cluster`]), and the `ferry` binary itself as separate
+//! processes behind fault-injecting TCP proxies ([`procs`], for `faults` and `reliability`).
+
+mod common;
+mod procs;
+
+mod attack;
+mod check;
+mod downstream;
+mod erp_values;
+mod faults;
+mod incremental;
+mod proxy;
+mod reliability;
+mod security;
+mod upstream;
