@@ -311,6 +311,7 @@ mod tests {
         w.finish().unwrap()
     }
 
+    #[allow(clippy::disallowed_methods)] // the reference decoder, to check the writer's output against
     fn decompress_all(bz: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         MultiBzDecoder::new(bz).read_to_end(&mut out).unwrap();
@@ -325,6 +326,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // shows what a single-stream decoder would make of the output
     fn many_small_chunks_come_out_in_order() {
         let data = sample(200_000);
         let bz = compress(&data, 4, 1_000);

@@ -5,7 +5,6 @@
 
 use std::io::Read;
 
-use bzip2::read::MultiBzDecoder;
 use chrono::NaiveDate;
 use ferry_connector::check::{CheckLimits, Severity};
 use ferry_connector::erp::source::SqliteSource;
@@ -67,7 +66,7 @@ fn window_from(d: NaiveDate) -> ExtractPlan {
 
 fn read_csv(path: &std::path::Path) -> String {
     let mut text = String::new();
-    MultiBzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
+    ferry_io::bz::capped_decoder(std::fs::File::open(path).unwrap(), u64::MAX).read_to_string(&mut text).unwrap();
     text
 }
 

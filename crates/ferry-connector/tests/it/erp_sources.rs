@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
+use crate::common::{fresh_db, server};
 use crate::conformance::{
     ORDERS_TABLE, SourceBackend, extract_csv, items_schema, source_conformance, writeback_conformance,
 };
-use crate::common::{fresh_db, server};
 
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
 use ferry_connector::erp::source::{SqlValue, open_source};

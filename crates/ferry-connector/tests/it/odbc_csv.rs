@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::NaiveDate;
 use crate::conformance::{ORDERS_TABLE, SourceBackend, items_schema, source_conformance, writeback_conformance};
+use chrono::NaiveDate;
 use ferry_connector::erp::source::{CsvDirSource, OdbcSource, Source, SqlValue, SqliteSource, open_source};
 use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::extract::{ExtractOptions, extract_batch, format_float};
@@ -57,7 +57,7 @@ fn plain(spool: &Path, name: &str) -> String {
     use std::io::Read;
     let bz = std::fs::read(spool.join("20261128T051600Z-3fa2b7c1").join(format!("{name}.bz2"))).unwrap();
     let mut out = String::new();
-    bzip2::read::MultiBzDecoder::new(&bz[..]).read_to_string(&mut out).unwrap();
+    ferry_io::bz::capped_decoder(&bz[..], u64::MAX).read_to_string(&mut out).unwrap();
     out
 }
 

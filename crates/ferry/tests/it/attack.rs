@@ -37,7 +37,7 @@ fn sftp_config(conn: &Connector, user: &str, key: Option<PrivateKey>) -> ClientC
     let reg = conn.registration().unwrap();
     ClientConfig {
         user: user.into(),
-        key: Arc::new(key.unwrap_or_else(|| keys::load_private_key(&conn.cfg.key_path()).unwrap())),
+        key: Arc::new(key.unwrap_or_else(|| keys::load_private_key(conn.cfg.key_path()).unwrap())),
         host_key_fingerprint: reg.ssh_host_key_fingerprint,
         connect_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(30),
@@ -56,7 +56,7 @@ impl russh::client::Handler for AnyHost {
 /// A raw SFTP session (every request by hand, every status visible) as `conn`'s tenant.
 async fn raw_sftp(conn: &Connector) -> (russh::client::Handle<AnyHost>, RawSftpSession) {
     let reg = conn.registration().unwrap();
-    let key = Arc::new(keys::load_private_key(&conn.cfg.key_path()).unwrap());
+    let key = Arc::new(keys::load_private_key(conn.cfg.key_path()).unwrap());
     let mut ssh = russh::client::connect(Arc::new(russh::client::Config::default()), reg.ssh_addr.as_str(), AnyHost)
         .await
         .unwrap();
@@ -270,7 +270,7 @@ async fn forged_unsigned_expired_replayed_and_retargeted_signatures_are_refused(
     assert_eq!(signed_get(&http, &url("/v1/whoami"), &h).await.status().as_u16(), 401);
 
     // Forged: a real signature with one byte changed, or with another tenant's key id put in.
-    let key_a = keys::load_private_key(&a.cfg.key_path()).unwrap();
+    let key_a = keys::load_private_key(a.cfg.key_path()).unwrap();
     let mut h = httpsig::sign(&key_a, "GET", "/v1/whoami", b"", httpsig::unix_now()).unwrap();
     let flip = "sig1=:".len() + 10;
     let c0 = h.signature.as_bytes()[flip];
@@ -295,7 +295,7 @@ async fn forged_unsigned_expired_replayed_and_retargeted_signatures_are_refused(
     // ...and B signing a request for A's batch reaches only B's data.
     let s = a.send(&spool_batch(&a, &good_files()), &quiet).await.unwrap().status;
     let path = format!("/v1/batches/{}", s.batch_id);
-    let key_b = keys::load_private_key(&b.cfg.key_path()).unwrap();
+    let key_b = keys::load_private_key(b.cfg.key_path()).unwrap();
     let h = httpsig::sign(&key_b, "GET", &path, b"", httpsig::unix_now()).unwrap();
     assert_eq!(signed_get(&http, &url(&path), &h).await.status().as_u16(), 404);
 

@@ -75,7 +75,7 @@ async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
     // Day 1 (2026-03-10): the first run is full, every file.
     let m1 = sync_on(&conn, day(3, 10), false).await;
     assert_full_except(&m1, &[]);
-    let journal = Journal::open(&conn.cfg.journal_path()).await.unwrap();
+    let journal = Journal::open(conn.cfg.journal_path()).await.unwrap();
     let marks = journal.watermarks().await.unwrap();
     assert_eq!(marks.keys().collect::<Vec<_>>(), ["pohist.csv", "sales.csv"]);
     assert_eq!((marks["sales.csv"].through, marks["sales.csv"].last_full), (day(3, 10), day(3, 10)));
@@ -133,7 +133,7 @@ async fn a_window_leaves_the_instance_equal_to_a_full_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_refused_by_validation_does_not_move_the_watermark() {
     let (_dir, c, _erp, mapping, conn) = normalised_erp().await;
-    let journal = Journal::open(&conn.cfg.journal_path()).await.unwrap();
+    let journal = Journal::open(conn.cfg.journal_path()).await.unwrap();
 
     // refused by validation (an unknown item in the window): no watermark, and the next run is still a first run
     let mut ghost = ferry_connector::mapping::Mapping::from_toml(&mapping).unwrap();
@@ -180,7 +180,7 @@ async fn a_batch_the_app_rejects_does_not_move_the_watermark() {
     let opts = SyncOptions { today: Some(day(3, 10)), ..SyncOptions::default() };
     let r = conn.sync_with(&opts, &quiet).await.expect("sent");
     assert_eq!(r.status.state, BatchState::Rejected, "{:?}", r.status.detail);
-    let journal = Journal::open(&conn.cfg.journal_path()).await.unwrap();
+    let journal = Journal::open(conn.cfg.journal_path()).await.unwrap();
     assert!(journal.watermarks().await.unwrap().is_empty(), "a rejected batch moves no watermark");
     assert!(journal.awaiting_verdict().await.unwrap().is_empty(), "its verdict is journaled");
     c.stop().await;

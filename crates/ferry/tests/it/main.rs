@@ -2,9 +2,12 @@
 //! Connectors on 127.0.0.1 in this process ([`ferry::cluster`]), and the `ferry` binary itself as separate
 //! processes behind fault-injecting TCP proxies ([`procs`], for `faults` and `reliability`).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 mod procs;
 
+mod architecture;
 mod attack;
 mod check;
 mod downstream;

@@ -35,7 +35,7 @@ fn reroute(conn: &Connector, ssh: Option<String>, https: Option<String>) -> Conn
     if let Some(u) = https {
         reg.comms_url = u;
     }
-    reg.save(&conn.cfg.registration_path()).expect("save");
+    reg.save(conn.cfg.registration_path()).expect("save");
     Connector::load(&conn.cfg.base.join("connector.toml")).expect("reload")
 }
 
@@ -205,7 +205,7 @@ fn po(order: &str) -> String {
 
 /// The journal state of the file called `name`, if any.
 fn journal_state(conn: &Connector, name: &str) -> Option<String> {
-    query(&conn.cfg.journal_path(), &format!("SELECT state FROM received WHERE name = '{name}'"))
+    query(conn.cfg.journal_path(), &format!("SELECT state FROM received WHERE name = '{name}'"))
         .first()
         .map(|r| r[0].clone())
 }
@@ -342,9 +342,9 @@ async fn sigterm_finishes_the_current_step_a_second_one_stops_at_once_and_the_ne
     assert!(status.expect("stops after the sync").success(), "{log}");
     assert!(log.contains("waiting for the running sync to finish"), "{log}");
     assert!(log.contains("daily sync: batch") && log.contains("imported"), "{log}");
-    let batches = query(&conn.cfg.journal_path(), "SELECT state FROM batches");
+    let batches = query(conn.cfg.journal_path(), "SELECT state FROM batches");
     assert_eq!(batches, vec![vec!["imported".to_string()]], "the journal is consistent");
-    assert!(visible(&conn.cfg.spool_dir()).is_empty(), "the spool is clean: {:?}", visible(&conn.cfg.spool_dir()));
+    assert!(visible(conn.cfg.spool_dir()).is_empty(), "the spool is clean: {:?}", visible(conn.cfg.spool_dir()));
     c.stop().await;
 }
 
@@ -425,7 +425,7 @@ async fn a_full_disk_fails_the_step_cleanly_names_the_disk_and_the_step_succeeds
     println!("sync on a full disk: {out}");
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("the disk holding {} is full", spool.display())), "{out}");
-    let complete: Vec<_> = walk(&spool).into_iter().filter(|p| p.ends_with("manifest.json")).collect();
+    let complete: Vec<_> = walk(spool).into_iter().filter(|p| p.ends_with("manifest.json")).collect();
     assert!(complete.is_empty(), "a batch looks complete in the spool: {complete:?}");
     std::fs::remove_file(&filler).unwrap();
 

@@ -52,7 +52,7 @@ async fn one_port_serves_https_and_sftp() {
 async fn key_rotation_has_no_downtime_and_retires_the_old_key() {
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
-    let old_key = keys::load_private_key(&a.cfg.key_path()).unwrap();
+    let old_key = keys::load_private_key(a.cfg.key_path()).unwrap();
     let reg = a.registration().unwrap();
     let http = ferry_io::tls::http_client(Some(&reg.tls_fingerprint), Duration::from_secs(10)).unwrap();
     let whoami_with = async |k: &russh::keys::PrivateKey| {
@@ -121,7 +121,7 @@ async fn every_security_event_is_audited() {
         let stream = sock.connect(reg.ssh_addr.parse().unwrap()).await.unwrap();
         let cfg = ferry_sftp::client::ClientConfig {
             user: "connector".into(),
-            key: std::sync::Arc::new(keys::load_private_key(&a.cfg.key_path()).unwrap()),
+            key: std::sync::Arc::new(keys::load_private_key(a.cfg.key_path()).unwrap()),
             host_key_fingerprint: reg.ssh_host_key_fingerprint.clone(),
             connect_timeout: Duration::from_secs(20),
             io_timeout: Duration::from_secs(20),
