@@ -14,7 +14,7 @@
 //! the `connector.toml` keys only to say in messages which one to fix.
 //!
 //! Both traits are checked by one conformance suite each, run against every backend: they live in
-//! `tests/common/conformance.rs`, a support module of the integration tests (SQLite always; PostgreSQL, MySQL and
+//! `tests/it/conformance.rs`, a support module of the integration tests (SQLite always; PostgreSQL, MySQL and
 //! ODBC when their test servers or drivers are configured). A module of the tests rather than a `conformance`
 //! feature of this crate: the suites need the test servers' helpers and `tempfile`, and the library is then built
 //! once for the binary and the tests alike.
