@@ -72,11 +72,11 @@ pub struct InitReport {
     pub fingerprint: String,
 }
 
-/// Create `dir/connector.toml`, `dir/mapping.toml` (if absent: `mapping`, the text to start from) and a new key
-/// pair under `dir/keys/`.
+/// Create `dir/connector.toml` (if absent, with `erp` as its `[erp]` section), `dir/mapping.toml` (if absent:
+/// `mapping`, the text to start from) and a new key pair under `dir/keys/`.
 pub fn init(
     dir: &Path,
-    erp_url: &str,
+    erp: &crate::config::InitErp,
     mapping: &str,
     alg: KeyAlgorithm,
     force_key: bool,
@@ -84,7 +84,9 @@ pub fn init(
     std::fs::create_dir_all(dir.join("keys")).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("connector.toml");
     if !config.exists() {
-        std::fs::write(&config, crate::config::skeleton(erp_url))?;
+        // readable by its owner only: it may hold the ERP's password
+        keys::write_owner_only(&config, crate::config::skeleton(erp).as_bytes())
+            .with_context(|| format!("cannot write {}", config.display()))?;
     }
     let mapping_path = dir.join("mapping.toml");
     if !mapping_path.exists() {

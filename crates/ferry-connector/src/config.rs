@@ -318,8 +318,43 @@ impl Registration {
     }
 }
 
-/// The skeleton `init` writes.
-pub fn skeleton(erp_url: &str) -> String {
+/// What `init` writes into the `[erp]` section of the skeleton.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitErp {
+    /// `[erp] kind`: "sqlite", "postgres", "mysql", "odbc" or "csv".
+    pub kind: String,
+    /// `[erp] url`: a file or folder path (any platform's form, e.g. `C:\ERP\data.db`) or a URL / connection
+    /// string.
+    pub url: String,
+    /// `[erp] password`, written into the file (which is then made readable by its owner only).
+    pub password: Option<String>,
+}
+
+impl InitErp {
+    /// A SQLite ERP database at `path`.
+    pub fn sqlite(path: impl Into<String>) -> InitErp {
+        InitErp { kind: "sqlite".into(), url: path.into(), password: None }
+    }
+}
+
+/// `value` as a TOML string, serialised by the TOML library: backslashes (Windows paths, UNC shares), quotes and
+/// control characters come back exactly as given.
+pub fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
+/// The skeleton `init` writes. Every value is serialised by the TOML library, never pasted into quotes.
+pub fn skeleton(erp: &InitErp) -> String {
+    let kind = toml_string(&erp.kind);
+    let url = toml_string(&erp.url);
+    let password = match &erp.password {
+        Some(p) => format!(
+            "# Written by `init --erp-password-stdin`; the file is readable by its owner only. Safer: password_env or \
+             password_file.\npassword = {}",
+            toml_string(p)
+        ),
+        None => "# password_env = \"FERRY_ERP_PASSWORD\"\n# password_file = \"erp-password.txt\"".to_string(),
+    };
     format!(
         r#"# Ferry Connector configuration. Relative paths are relative to this file.
 # Working folder: local journal, spool of compressed batches, registration details.
@@ -334,11 +369,10 @@ proxy = ""
 # Source database: "sqlite", "postgres" (url = "postgres://user@host:5432/erp"), "mysql" (MySQL/MariaDB,
 # url = "mysql://user@host:3306/erp"), "odbc" (url = "Driver=/path/driver.so;Server=...;UID=..." or "DSN=name")
 # or "csv" (url = the folder an ERP job exports CSV files to).
-kind = "sqlite"
-url = "{erp_url}"
+kind = {kind}
+url = {url}
 # The database password, kept out of the URL: from an environment variable, a file, or (least safe) written here.
-# password_env = "FERRY_ERP_PASSWORD"
-# password_file = "erp-password.txt"
+{password}
 # Encoding of text the ERP stores in bytes or non-UTF-8 text: "utf-8", "windows-1252" or "latin-1".
 encoding = "utf-8"
 # One SQL query per standard file of DATA-SPEC.md.
@@ -391,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_skeleton_loads_into_typed_values_with_paths_resolved() {
-        let cfg = load(&skeleton("erp.db")).unwrap();
+        let cfg = load(&skeleton(&InitErp::sqlite("erp.db"))).unwrap();
         assert_eq!(cfg.erp.kind, ErpKind::Sqlite);
         assert_eq!(cfg.erp.url, "/opt/ferry/erp.db");
         assert_eq!(cfg.erp.encoding, TextEncoding::Utf8);
@@ -404,6 +438,31 @@ mod tests {
         assert_eq!(cfg.journal_path(), Path::new("/opt/ferry/data/journal.db"));
         assert_eq!(cfg.registration_path(), Path::new("/opt/ferry/data/registration.json"));
         assert_eq!(cfg.delivery.inbound_dir.as_deref(), Some(Path::new("/opt/ferry/from_cloud")));
+    }
+
+    /// Every value `init` writes comes back exactly: Windows drive and UNC paths (a TOML basic string would read
+    /// `\t` as a tab), spaces, non-ASCII letters, and a password with quotes and backslashes.
+    #[test]
+    fn the_skeleton_keeps_windows_paths_and_awkward_passwords_exact() {
+        for url in [
+            r"C:\ERP\data.db",
+            r"Z:\tmp\erp.db",
+            r"\\server\share\erp.db",
+            r"C:\Program Files\Société Générale\ERP daten\données.db",
+            "Driver={ODBC Driver 18 for SQL Server};Server=erp\\sql;Database=ERP",
+        ] {
+            for password in [None, Some(r#"p"a\ss\"w'o\\rd"#.to_string()), Some("tab\there\nnewline".to_string())] {
+                let erp = InitErp { kind: "odbc".into(), url: url.into(), password: password.clone() };
+                let text = skeleton(&erp);
+                let raw: RawConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}\n{text}"));
+                assert_eq!(raw.erp.url, url);
+                match (&password, raw.validate(Path::new("/opt/ferry")).unwrap().erp.password) {
+                    (None, Password::None) => {}
+                    (Some(p), Password::Inline(got)) => assert_eq!(&got.0, p),
+                    (want, got) => panic!("password {want:?} came back as {got:?}"),
+                }
+            }
+        }
     }
 
     #[test]

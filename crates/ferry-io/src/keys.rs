@@ -31,6 +31,12 @@ pub enum KeyError {
     /// The private key file can be read or written by other users.
     #[error("private key {path} is accessible by other users (mode {mode:03o}); run `chmod 600 {path}`")]
     InsecurePermissions { path: PathBuf, mode: u32 },
+    /// Windows: the private key file's ACL lets other accounts read it.
+    #[error(
+        "private key {path} can be read by {who} (its ACL); allow only the account the Connector runs as: \
+         icacls \"{path}\" /inheritance:r /grant:r \"%USERNAME%:F\" \"SYSTEM:F\" \"Administrators:F\""
+    )]
+    InsecureAcl { path: PathBuf, who: String },
     /// The private key is protected by a passphrase.
     #[error(
         "private key {path} is encrypted with a passphrase; ferry needs an unencrypted key \
@@ -163,6 +169,14 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
             return Err(KeyError::InsecurePermissions { path: path.to_owned(), mode });
         }
     }
+    #[cfg(windows)]
+    {
+        let foreign = crate::acl::foreign_readers(path).map_err(|e| io_err("read the ACL of", path, e))?;
+        if !foreign.is_empty() {
+            let who = foreign.iter().map(|s| crate::acl::describe_sid(s)).collect::<Vec<_>>().join(", ");
+            return Err(KeyError::InsecureAcl { path: path.to_owned(), who });
+        }
+    }
     // `read_openssh` wipes the text it read once parsed.
     let key = PrivateKey::read_openssh(&mut file)
         .map_err(|e| KeyError::InvalidPrivateKey { path: path.to_owned(), reason: e.to_string() })?;
@@ -203,11 +217,27 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Creates `path` exclusively with `mode` (Unix), writes `data` and syncs it. With `replace_tmp`,
-/// a stale file of the same (temporary) name is removed first.
+/// Creates the new file `path` readable and writable by its owner only (mode 0600 on Unix; on Windows an ACL
+/// granting only this account, SYSTEM and Administrators), writes `data` and syncs it: for files that hold a
+/// secret, such as a config with a password.
+pub fn write_owner_only(path: &Path, data: &[u8]) -> Result<(), KeyError> {
+    write_new(path, data, 0o600, false)
+}
+
+/// Creates `path` exclusively with `mode` (Unix; on Windows a mode without group/other bits gets the owner-only
+/// ACL), writes `data` and syncs it. With `replace_tmp`, a stale file of the same (temporary) name is removed
+/// first.
 fn write_new(path: &Path, data: &[u8], mode: u32, replace_tmp: bool) -> Result<(), KeyError> {
     if replace_tmp {
         let _ = fs::remove_file(path);
+    }
+    #[cfg(windows)]
+    if mode & 0o077 == 0 {
+        let mut file = crate::acl::create_owner_only(path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => KeyError::AlreadyExists { path: path.to_owned() },
+            _ => io_err("create", path, e),
+        })?;
+        return file.write_all(data).and_then(|()| file.sync_all()).map_err(|e| io_err("write", path, e));
     }
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
@@ -231,7 +261,7 @@ fn write_new(path: &Path, data: &[u8], mode: u32, replace_tmp: bool) -> Result<(
     file.write_all(data).and_then(|()| file.sync_all()).map_err(|e| io_err("write", path, e))
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
@@ -371,5 +401,35 @@ mod tests {
             let derived = parse_public_key(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
             assert_eq!(derived.key_data(), key.public_key().key_data());
         }
+    }
+}
+
+/// The Windows counterpart of the mode tests, run under Wine in CI (`.ci/run`): the key's ACL.
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_is_readable_by_its_owner_only_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry_key");
+        write_private_key(&path, &generate(KeyAlgorithm::Ed25519).unwrap(), false).unwrap();
+        assert_eq!(crate::acl::foreign_readers(&path).unwrap(), Vec::<String>::new());
+        load_private_key(&path).unwrap();
+    }
+
+    #[test]
+    fn a_key_everyone_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry_key");
+        let me = crate::acl::current_user_sid().unwrap();
+        let pem = generate(KeyAlgorithm::Ed25519).unwrap().to_openssh(LineEnding::LF).unwrap();
+        let mut f = crate::acl::create_with_dacl(&path, &[&me, "WD"]).unwrap();
+        f.write_all(pem.as_bytes()).unwrap();
+        drop(f);
+        let e = load_private_key(&path).unwrap_err();
+        assert!(matches!(e, KeyError::InsecureAcl { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("Everyone") && msg.contains("icacls"), "{msg}");
     }
 }

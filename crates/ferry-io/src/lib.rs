@@ -10,6 +10,8 @@
 //! tenants, manifests or the CLI: errors say what failed and what to do, in terms any caller can
 //! pass on to an operator.
 
+#[cfg(windows)]
+pub mod acl;
 pub mod bz;
 pub mod client;
 pub mod config;

@@ -290,7 +290,7 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

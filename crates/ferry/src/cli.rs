@@ -8,6 +8,7 @@ use ferry_connector::agent::{self, Connector};
 
 #[cfg(unix)]
 mod cloud;
+mod service;
 #[cfg(unix)]
 pub use cloud::{AppCmd, CommsCmd};
 
@@ -64,10 +65,17 @@ pub enum ConnectorCmd {
         /// Folder for the connector's files.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// ERP database for `[erp] url` (a SQLite file path; for PostgreSQL, MySQL, ODBC or a CSV folder edit
-        /// `[erp] kind` and `url` afterwards, see docs/sources.md).
+        /// ERP database for `[erp] url`: a SQLite file path (any form, e.g. `C:\ERP\data.db`), or with
+        /// --erp-kind a PostgreSQL/MySQL URL, an ODBC connection string or a CSV folder (docs/sources.md).
         #[arg(long, default_value = "erp.db")]
         erp: String,
+        /// `[erp] kind`: sqlite, postgres, mysql, odbc or csv.
+        #[arg(long, default_value = "sqlite")]
+        erp_kind: String,
+        /// Read the ERP database's password from standard input (one line) and write it into connector.toml,
+        /// which is then readable by its owner only. Safer: `password_env` or `password_file` (docs/sources.md).
+        #[arg(long)]
+        erp_password_stdin: bool,
         /// rsa2048 (default), rsa3072, rsa4096 or ed25519.
         #[arg(long, default_value = "rsa2048")]
         key_type: String,
@@ -127,6 +135,9 @@ pub enum ConnectorCmd {
         #[arg(long, default_value = "rsa2048")]
         key_type: String,
     },
+    /// The Connector as a Windows service: install, uninstall, start, stop, status (Windows only).
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Show recent batches and their state at the Comms server.
     Status {
         #[command(flatten)]
@@ -191,9 +202,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConnectorCmd::Init { dir, erp, key_type, force_key } => {
+        ConnectorCmd::Init { dir, erp, erp_kind, erp_password_stdin, key_type, force_key } => {
             let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
-            let r = agent::init(&dir, &erp, ferry_sample::MAPPING, alg, force_key)?;
+            ferry_connector::erp::ErpKind::parse(&erp_kind).map_err(|e| anyhow::anyhow!("--erp-kind: {e}"))?;
+            let password = if erp_password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_string())
+            } else {
+                None
+            };
+            let init = ferry_connector::config::InitErp { kind: erp_kind, url: erp, password };
+            let r = agent::init(&dir, &init, ferry_sample::MAPPING, alg, force_key)?;
             println!("config:      {}", r.config.display());
             println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);
@@ -243,6 +263,7 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 (state, _) => println!("batch {}: {} ({} files, {} rows)", s.batch_id, state.as_str(), s.files, s.rows),
             }
         }
+        ConnectorCmd::Service(cmd) => return service::service(cmd).await,
         ConnectorCmd::Run { config } => {
             let c = std::sync::Arc::new(Connector::load(&path_or(&config, "connector.toml"))?);
             let log: std::sync::Arc<dyn Fn(&str) + Send + Sync> = std::sync::Arc::new(|l: &str| {

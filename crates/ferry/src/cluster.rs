@@ -120,7 +120,8 @@ impl Cluster {
     /// `connector init` in `dir/connectors/<name>` against `erp_db`, then register with a fresh token.
     pub async fn connector(&self, name: &str, erp_db: &Path, token: &str) -> anyhow::Result<Connector> {
         let cdir = self.dir.join("connectors").join(name);
-        agent::init(&cdir, &erp_db.display().to_string(), ferry_sample::MAPPING, KeyAlgorithm::Rsa2048, false)?;
+        let erp = ferry_connector::config::InitErp::sqlite(erp_db.display().to_string());
+        agent::init(&cdir, &erp, ferry_sample::MAPPING, KeyAlgorithm::Rsa2048, false)?;
         let c = Connector::load(&cdir.join("connector.toml"))?;
         c.register(token).await?;
         Ok(c)

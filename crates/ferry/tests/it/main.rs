@@ -18,3 +18,4 @@ mod proxy;
 mod reliability;
 mod security;
 mod upstream;
+mod windows;

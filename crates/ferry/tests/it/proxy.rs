@@ -98,7 +98,13 @@ fn unsafe_is_root() -> bool {
 async fn connector_via(c: &Cluster, name: &str, proxy: &str) -> anyhow::Result<Connector> {
     let token = c.add_tenant(name).await?;
     let dir = c.dir.join("connectors").join(name);
-    agent::init(&dir, "erp.db", ferry_sample::MAPPING, KeyAlgorithm::Ed25519, false)?;
+    agent::init(
+        &dir,
+        &ferry_connector::config::InitErp::sqlite("erp.db"),
+        ferry_sample::MAPPING,
+        KeyAlgorithm::Ed25519,
+        false,
+    )?;
     let cfg = dir.join("connector.toml");
     let text = std::fs::read_to_string(&cfg)?.replace("proxy = \"\"", &format!("proxy = \"{proxy}\""));
     std::fs::write(&cfg, text)?;
