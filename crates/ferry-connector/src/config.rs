@@ -255,7 +255,14 @@ impl ConnectorConfig {
         })?;
         let raw: RawConfig =
             toml::from_str(&text).with_context(|| format!("{} is not a valid connector config", path.display()))?;
-        raw.validate(&path.parent().map(Path::to_path_buf).unwrap_or_default())
+        // every path in the config resolves against the config's folder, made absolute once here: `{file}` for a
+        // delivery command and the log lines then name files a service or another working folder can find
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        raw.validate(&base)
     }
 
     /// Working folder: journal, spool, registration (`data_dir`).

@@ -261,7 +261,8 @@ fn write_new(path: &Path, data: &[u8], mode: u32, replace_tmp: bool) -> Result<(
     file.write_all(data).and_then(|()| file.sync_all()).map_err(|e| io_err("write", path, e))
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
@@ -405,7 +406,8 @@ mod tests {
 }
 
 /// The Windows counterpart of the mode tests, run under Wine in CI (`.ci/run`): the key's ACL.
-#[cfg(all(test, windows))]
+#[cfg(test)]
+#[cfg(windows)]
 mod windows_tests {
     use super::*;
 

@@ -26,6 +26,7 @@ pub use config::relative_to_config;
 
 /// Test helper: the whole `source()` chain of an error, joined with `: `.
 #[cfg(test)]
+#[cfg(unix)]
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();

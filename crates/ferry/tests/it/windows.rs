@@ -73,6 +73,19 @@ async fn setup(dir: &Path) -> Option<Wine> {
     Some(w)
 }
 
+/// Whatever happens, the Wine session of the test's prefix (wineserver, the service manager, a service) ends
+/// with the test.
+impl Drop for Wine {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("wineserver")
+            .arg("-k")
+            .env("WINEPREFIX", &self.prefix)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 impl Wine {
     fn command(&self, program: &str) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(program);
@@ -227,7 +240,6 @@ async fn the_windows_connector_runs_under_wine_against_linux_servers() {
     }
 
     service_under_wine(&wine, &c, &config, &conn_dir, &app_inst.0).await;
-    let _ = wine.command("wineserver").arg("-k").status().await;
 }
 
 /// The Connector as a Windows service under Wine's service manager: installed, started (it runs `connector
