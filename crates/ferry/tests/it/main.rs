@@ -8,7 +8,6 @@ mod common;
 mod procs;
 
 mod architecture;
-mod attack;
 mod check;
 mod downstream;
 mod erp_values;

@@ -1,4 +1,4 @@
-//! Security controls that are not attacks (those are in `attack.rs`): the tamper-evident audit log and the
+//! Security controls that are not attacks (those are in the attack suite, `tests/attack/`): the tamper-evident audit log and the
 //! events it must hold, one port for HTTPS and SSH, key rotation without downtime.
 
 use std::time::Duration;

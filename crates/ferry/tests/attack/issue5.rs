@@ -1,4 +1,4 @@
-//! The attack suite: every attack of issue 5 against real servers on 127.0.0.1, each asserting refusal (or
+//! The attack suite of issue 5: every attack against real servers on 127.0.0.1, each asserting refusal (or
 //! that the attack lands harmlessly inside the attacker's own tenant), and that the database is intact after.
 //!
 //! - cross-tenant SFTP login / read / write / rename, path escapes (`..`, absolute, symlink, unicode look-alikes,

@@ -1,0 +1,1 @@
+//! Issue 15 attacks: see main.rs.
