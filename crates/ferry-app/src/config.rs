@@ -35,6 +35,8 @@ pub struct AppConfig {
     pub max_concurrent_tenants: usize,
     /// The Comms server this App announces downstream files to.
     pub comms: CommsEndpoint,
+    /// Connection caps and deadlines of the HTTPS and SSH listeners.
+    pub connections: ferry_io::accept::ConnectionLimits,
 }
 
 /// A Comms service key allowed to call this App server: an OpenSSH public key line in `app.toml`, parsed once at
@@ -93,6 +95,7 @@ impl Default for AppConfig {
             service_level: 0.95,
             max_open_instances: 256,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
+            connections: ferry_io::accept::ConnectionLimits::default(),
             comms: CommsEndpoint::default(),
         }
     }
@@ -119,6 +122,7 @@ impl AppConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.connections.validate()?;
         if self.max_concurrent_tenants == 0 {
             bail!("max_concurrent_tenants must be at least 1");
         }

@@ -207,11 +207,13 @@ pub async fn start(
     }
     let tls = ferry_io::tls::server_config(&identity.tls)?;
     let comms = crate::downstream::comms_client(&cfg, &identity.service_key)?;
+    let conn_limits = cfg.connections.clone();
     let ssh_cfg = ferry_sftp::server::ServerConfig {
         host_key: identity.ssh_host_key.clone(),
         auth_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(600),
         max_auth_attempts: 6,
+        gate: ferry_io::accept::Gate::from_limits("sftp", &conn_limits, 2),
     };
     let https_addr = https.local_addr()?;
     let ssh_addr = ssh.local_addr()?;
@@ -227,7 +229,8 @@ pub async fn start(
     let mut tasks = ferry_web::serve::Tasks::default();
     let router = router(state.clone());
     let sd = tasks.shutdown_signal();
-    tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, sd));
+    let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, 2);
+    tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, gate, conn_limits, sd));
     let auth = Arc::new(CommsAuthorizer(state.clone()));
     let sd = tasks.shutdown_signal();
     tasks.spawn_logged("sftp server", ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd));

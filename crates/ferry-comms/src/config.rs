@@ -45,6 +45,8 @@ pub struct CommsConfig {
     pub max_concurrent_tenants: usize,
     /// Default limits of every tenant; `ferry comms tenant limits` overrides them per tenant.
     pub limits: Limits,
+    /// Connection caps and deadlines of every listener (HTTPS, SSH, the shared port, admin, redirect).
+    pub connections: ferry_io::accept::ConnectionLimits,
     /// The App server hosting this Comms server's instances.
     pub app: AppEndpoint,
 }
@@ -83,6 +85,7 @@ impl Default for CommsConfig {
             listen_http_redirect: None,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             limits: Limits::default(),
+            connections: ferry_io::accept::ConnectionLimits::default(),
             app: AppEndpoint::default(),
         }
     }
@@ -112,6 +115,7 @@ impl CommsConfig {
         if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
         }
+        self.connections.validate()?;
         if self.max_concurrent_tenants == 0 {
             bail!("max_concurrent_tenants must be at least 1");
         }

@@ -144,11 +144,20 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     };
     let app = appclient::AppClient::new(&cfg.app, identity.service_key.clone())?;
     let tls = ferry_io::tls::server_config(&identity.tls)?;
+    // the open-file budget is shared by the listeners configured: public HTTPS and SSH (or the one shared port),
+    // admin, redirect
+    let conn_limits = cfg.connections.clone();
+    let n = match &listeners {
+        Listeners::Separate { .. } => 2,
+        Listeners::Shared(_) => 1,
+    } + usize::from(cfg.listen_admin.is_some())
+        + usize::from(cfg.listen_http_redirect.is_some());
     let ssh_cfg = ferry_sftp::server::ServerConfig {
         host_key: identity.ssh_host_key.clone(),
         auth_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(600),
         max_auth_attempts: 6,
+        gate: ferry_io::accept::Gate::from_limits("sftp", &conn_limits, n),
     };
     let admin_listener = match cfg.listen_admin {
         Some(a) => {
@@ -195,25 +204,35 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     if let Some(l) = admin_listener {
         let router = admin_api::router(state.clone(), admin_token);
         let sd = tasks.shutdown_signal();
-        tasks.spawn_logged("admin api", ferry_web::serve::serve_https(l, router, tls.clone(), sd));
+        let gate = ferry_io::accept::Gate::from_limits("admin", &conn_limits, n);
+        let admin = ferry_web::serve::serve_https(l, router, tls.clone(), gate, conn_limits.clone(), sd);
+        tasks.spawn_logged("admin api", admin);
     }
     if let Some(l) = redirect_listener {
         let sd = tasks.shutdown_signal();
         tasks.spawn_logged(
             "http redirect listener",
-            ferry_web::serve::serve_redirect(l, state.cfg.public_base_url(), sd),
+            ferry_web::serve::serve_redirect(
+                l,
+                state.cfg.public_base_url(),
+                ferry_io::accept::Gate::from_limits("http redirect", &conn_limits, n),
+                conn_limits.clone(),
+                sd,
+            ),
         );
     }
     match listeners {
         Listeners::Separate { https, ssh } => {
             let sd = tasks.shutdown_signal();
-            tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, sd));
+            let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, n);
+            let public = ferry_web::serve::serve_https(https, router, tls, gate, conn_limits.clone(), sd);
+            tasks.spawn_logged("https server", public);
             let sd = tasks.shutdown_signal();
             tasks.spawn_logged("sftp server", ferry_sftp::server::serve_with(ssh_cfg, ssh, auth, sessions, sd));
         }
         Listeners::Shared(listener) => {
             let sd = tasks.shutdown_signal();
-            tasks.spawn(serve_shared(listener, router, tls, ssh_cfg, auth, sessions, sd));
+            tasks.spawn(serve_shared(listener, router, tls, ssh_cfg, auth, sessions, conn_limits.clone(), sd));
         }
     }
     tasks.spawn(downstream::run(state.clone(), tasks.shutdown_signal()));
@@ -223,7 +242,9 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, tasks })
 }
 
-/// One port, two protocols: peek at each connection's first byte and hand it to HTTPS or SSH.
+/// One port, two protocols: peek at each connection's first byte and hand it to HTTPS or SSH. Both share the
+/// port's caps (the SSH server's gate, as the port's one listener).
+#[allow(clippy::too_many_arguments)]
 async fn serve_shared(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -231,40 +252,59 @@ async fn serve_shared(
     ssh_cfg: ferry_sftp::server::ServerConfig,
     auth: Arc<access::TenantAuthorizer>,
     sessions: ferry_sftp::Sessions,
+    limits: ferry_io::accept::ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let russh_cfg = ssh_cfg.russh_config();
+    let gate = ssh_cfg.gate.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            }
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            c = ferry_io::accept::accept(&listener, "shared https+ssh") => c,
         };
+        // over a cap: closed here, before any handshake
+        let Ok(permit) = gate.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
-        let (router, acceptor, russh_cfg, auth, sessions) =
-            (router.clone(), acceptor.clone(), russh_cfg.clone(), auth.clone(), sessions.clone());
-        tokio::spawn(async move {
-            match ferry_web::serve::sniff_is_tls(&stream, Duration::from_secs(3)).await {
-                Ok(true) => ferry_web::serve::serve_https_connection(stream, peer, router, acceptor).await,
-                Ok(false) => {
+        let (router, acceptor, russh_cfg, auth, sessions, limits, stop) = (
+            router.clone(),
+            acceptor.clone(),
+            russh_cfg.clone(),
+            auth.clone(),
+            sessions.clone(),
+            limits.clone(),
+            stop_rx.clone(),
+        );
+        conns.spawn(async move {
+            // a slow client's first byte (a TLS client hello under load) gets the whole handshake deadline
+            match ferry_web::serve::sniff_is_tls(&stream, limits.handshake()).await {
+                Ok(Some(true)) => {
+                    ferry_web::serve::serve_https_connection(stream, peer, router, acceptor, limits, stop, permit).await
+                }
+                Ok(Some(false)) => {
                     if let Err(e) =
                         ferry_sftp::server::serve_stream(russh_cfg, stream, auth, sessions, Some(peer)).await
                     {
                         tracing::debug!(%peer, "ssh session ended: {e:#}");
                     }
+                    drop(permit);
+                }
+                Ok(None) => {
+                    tracing::debug!(%peer, "closed a connection that sent nothing within the handshake deadline")
                 }
                 Err(e) => tracing::debug!(%peer, "connection closed before it spoke: {e}"),
             }
         });
     }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // SSH sessions end with the server's tasks; HTTPS connections get their grace period
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
 }
 
 fn url_host(url: &str) -> Option<String> {

@@ -10,6 +10,7 @@
 //! tenants, manifests or the CLI: errors say what failed and what to do, in terms any caller can
 //! pass on to an operator.
 
+pub mod accept;
 #[cfg(windows)]
 pub mod acl;
 pub mod bz;

@@ -2,41 +2,84 @@
 //! shutdown future resolves; open connections get a short grace period. Also: the plain-HTTP listener that only
 //! redirects to HTTPS, and the per-request time limit.
 //!
-//! Time limits of every HTTPS connection: TLS handshake [`TLS_HANDSHAKE_TIMEOUT`], request head
-//! [`HEADER_READ_TIMEOUT`] (also while a kept-alive connection is idle); the whole request, body included, is
-//! bounded by [`with_request_timeout`] where the router applies it.
+//! Every connection of every listener passes the listener's [`Gate`] (a cap on all connections and one per
+//! client address, refused before any handshake), then has [`ConnectionLimits::handshake`] to finish its TLS
+//! handshake, [`HEADER_READ_TIMEOUT`] to send a request head, and is closed once it has had no request in
+//! progress for [`ConnectionLimits::idle`] (before its first request, and between requests, HTTP/1.1 and
+//! HTTP/2 alike). The whole request, body included, is bounded by [`with_request_timeout`] where the router
+//! applies it. Accept backs off when the process is out of file descriptors ([`ferry_io::accept::accept`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+pub use ferry_io::accept::{ConnectionLimits, Gate, Permit};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
-/// A client must finish its TLS handshake within this time.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send a whole request head within this time (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the shutdown signal (or an idle close), how long a connection may take to finish its requests.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Serve `router` over HTTPS on `listener` until `shutdown` resolves, within `gate` and `limits`.
 pub async fn serve_https(
     listener: std::net::TcpListener,
     router: Router,
     tls: Arc<rustls::ServerConfig>,
+    gate: Gate,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        h.graceful_shutdown(Some(Duration::from_secs(5)));
-    });
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls))
-        .handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
-    let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle);
-    server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
-    server.serve(router.into_make_service_with_connect_info::<SocketAddr>()).await
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_loop(listener, "https", gate, shutdown, move |stream, peer, permit, stop| {
+        serve_https_connection(stream, peer, router.clone(), acceptor.clone(), limits.clone(), stop, permit)
+    })
+    .await
+}
+
+/// Accept on `listener` until `shutdown`, admitting each connection through `gate` and serving it with
+/// `serve`; then ask open connections to finish (they get [`CLOSE_GRACE`]) and wait for them.
+async fn serve_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    gate: Gate,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serve: F,
+) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Permit, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            (stream, peer) = ferry_io::accept::accept(&listener, what) => {
+                // over a cap: the stream is dropped (closed) here, before any handshake
+                let Ok(permit) = gate.admit(peer) else { continue };
+                let _ = stream.set_nodelay(true);
+                conns.spawn(serve(stream, peer, permit, stop_rx.clone()));
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(CLOSE_GRACE * 2, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
 }
 
 /// Answer every request on `listener` (plain HTTP, e.g. port 80) with `308 Permanent Redirect` to the same
@@ -44,6 +87,8 @@ pub async fn serve_https(
 pub async fn serve_redirect(
     listener: tokio::net::TcpListener,
     https_base: String,
+    gate: Gate,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let base: Arc<str> = https_base.trim_end_matches('/').into();
@@ -57,7 +102,14 @@ pub async fn serve_redirect(
             (axum::http::StatusCode::PERMANENT_REDIRECT, [(axum::http::header::LOCATION, location)])
         }
     });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    serve_loop(listener, "http redirect", gate, shutdown, move |stream, peer, permit, stop| {
+        let (router, idle) = (router.clone(), limits.idle());
+        async move {
+            serve_http(stream, peer, router, idle, stop).await;
+            drop(permit);
+        }
+    })
+    .await
 }
 
 /// Answer `408` to any request not finished within `limit` (reading its body included).
@@ -75,17 +127,21 @@ pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
     ))
 }
 
-/// Serve one accepted TCP connection as HTTPS with the router (used when a listener is shared with SSH and
-/// the caller has already decided, from the first bytes, that this connection speaks TLS).
+/// Serve one accepted TCP connection as HTTPS with the router: the TLS handshake within
+/// [`ConnectionLimits::handshake`], then HTTP/1.1 or HTTP/2 until the client leaves, the connection has been
+/// idle for [`ConnectionLimits::idle`], or `stop` turns true. `permit` (the connection's place under the
+/// listener's caps) is held until the connection ends. Also used when a listener is shared with SSH and the
+/// caller has decided, from the first byte, that this connection speaks TLS.
 pub async fn serve_https_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
     acceptor: tokio_rustls::TlsAcceptor,
+    limits: ConnectionLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+    permit: Permit,
 ) {
-    use axum::extract::ConnectInfo;
-    use tower::ServiceExt;
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(limits.handshake(), acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "tls handshake failed: {e}");
@@ -96,28 +152,148 @@ pub async fn serve_https_connection(
             return;
         }
     };
+    serve_http(tls, peer, router, limits.idle(), stop).await;
+    drop(permit);
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_end: Mutex<Instant>,
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle if nothing starts: `None` while a request is in progress.
+    fn idle_at(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.last_end.lock().ok().map(|t| *t + idle)
+    }
+}
+
+/// One request in progress, until its response body has been sent (or dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_end.lock() {
+            *t = Instant::now();
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it has been sent.
+struct TrackedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl axum::body::HttpBody for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (by the client's choice) on `io` until the client leaves, no request has been in
+/// progress for `idle`, or `stop` turns true; the last two close gracefully, then after [`CLOSE_GRACE`] hard.
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: Router,
+    idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+    let activity = Arc::new(Activity { in_flight: AtomicUsize::new(0), last_end: Mutex::new(Instant::now()) });
+    let tracker = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().oneshot(req)
+        let in_flight = tracker.start();
+        let call = router.clone().oneshot(req);
+        async move {
+            let resp = call.await?;
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| axum::body::Body::new(TrackedBody { body, _in_flight: in_flight })),
+            )
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await {
-        tracing::debug!(%peer, "https connection ended: {e}");
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let idle_at = activity.idle_at(idle);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "http connection ended: {e}");
+                }
+                return;
+            }
+            () = sleep_until_opt(idle_at), if closing.is_none() => {
+                if activity.idle_at(idle).is_some_and(|t| t <= Instant::now()) {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+            _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + CLOSE_GRACE);
+            }
+            () = sleep_until_opt(closing), if closing.is_some() => {
+                tracing::debug!(%peer, "connection did not close in time; cut");
+                return;
+            }
+        }
+    }
+}
+
+/// Sleep until `at`, or forever with `None` (a request in progress is re-checked when it ends: the select
+/// loop wakes on the connection's own progress).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => tokio::time::sleep(Duration::from_secs(1)).await,
     }
 }
 
 /// What a new connection on a shared port speaks, from its first byte: a TLS handshake starts with 0x16, an
-/// SSH client with `SSH-`. A client that sends nothing within `wait` is treated as SSH (some SSH clients wait
-/// for the server's banner first).
-pub async fn sniff_is_tls(stream: &tokio::net::TcpStream, wait: Duration) -> std::io::Result<bool> {
+/// SSH client with `SSH-` (SSH clients send their banner without waiting for the server's). `None`: nothing
+/// arrived within `wait` (the connection should be closed: it speaks neither).
+pub async fn sniff_is_tls(stream: &tokio::net::TcpStream, wait: Duration) -> std::io::Result<Option<bool>> {
     let mut b = [0u8; 1];
     match tokio::time::timeout(wait, stream.peek(&mut b)).await {
         Ok(Ok(0)) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")),
-        Ok(Ok(_)) => Ok(b[0] == 0x16),
+        Ok(Ok(_)) => Ok(Some(b[0] == 0x16)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Ok(false),
+        Err(_) => Ok(None),
     }
 }
 
@@ -193,9 +369,12 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(super::serve_redirect(l, "https://comms.example:443/".into(), async move {
-            let _ = rx.await;
-        }));
+        let limits = super::ConnectionLimits::default();
+        let gate = super::Gate::new("test", 8, 8);
+        let task =
+            tokio::spawn(super::serve_redirect(l, "https://comms.example:443/".into(), gate, limits, async move {
+                let _ = rx.await;
+            }));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1/files?wait=5 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut answer = String::new();

@@ -49,6 +49,15 @@ impl Cluster {
         Self::start_inner(dir, true, |_| {}, |_| {}).await
     }
 
+    /// [`Cluster::start_one_port`] with tweaks, as [`Cluster::start_with`].
+    pub async fn start_one_port_with(
+        dir: &Path,
+        tweak_app: impl FnOnce(&mut AppConfig),
+        tweak_comms: impl FnOnce(&mut CommsConfig),
+    ) -> anyhow::Result<Cluster> {
+        Self::start_inner(dir, true, tweak_app, tweak_comms).await
+    }
+
     pub async fn start_with(
         dir: &Path,
         tweak_app: impl FnOnce(&mut AppConfig),

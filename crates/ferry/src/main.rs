@@ -15,6 +15,14 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.log.as_deref().unwrap_or(default_level)));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // the servers hold a file descriptor per connection: many systems start processes with a soft limit of 1,024
+    #[cfg(unix)]
+    if matches!(&args.command, cli::Command::Comms(_) | cli::Command::App(_) | cli::Command::Demo(_)) {
+        match ferry_io::accept::raise_open_file_limit() {
+            Ok(n) => tracing::debug!("open-file limit: {n}"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}; connections are capped below it"),
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

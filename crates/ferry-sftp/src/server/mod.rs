@@ -43,8 +43,11 @@ pub use crate::path::{PathError, confine};
 
 /// Login deadline used by [`serve_stream`] (which receives only a russh config).
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Simultaneous connections accepted by [`serve`]; further ones are closed at once.
+/// Simultaneous connections accepted by [`serve`] with [`ServerConfig::new`]'s gate; further ones are closed at
+/// once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections one client address may hold with [`ServerConfig::new`]'s gate.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 /// Session channels one SSH connection may open.
 const MAX_CHANNELS_PER_CONNECTION: usize = 8;
 /// How long [`serve`] waits for open sessions after the shutdown signal.
@@ -125,6 +128,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Authentication attempts allowed per connection.
     pub max_auth_attempts: usize,
+    /// The caps on connections (all, and per client address) that [`serve`] admits through; refused ones are
+    /// closed before the SSH handshake.
+    pub gate: ferry_io::accept::Gate,
 }
 
 impl ServerConfig {
@@ -135,6 +141,7 @@ impl ServerConfig {
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             idle_timeout: Duration::from_secs(600),
             max_auth_attempts: 6,
+            gate: ferry_io::accept::Gate::new("sftp", MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS),
         }
     }
 
@@ -221,20 +228,9 @@ pub async fn serve_with(
         tokio::select! {
             () = &mut shutdown => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // e.g. EMFILE or ECONNABORTED: keep serving, but do not spin
-                        tracing::warn!("accepting an sftp connection failed: {e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if sessions.len() >= MAX_CONNECTIONS {
-                    tracing::warn!(%peer, "too many sftp connections ({MAX_CONNECTIONS}); refusing one");
-                    continue;
-                }
+            (stream, peer) = ferry_io::accept::accept(&listener, "sftp") => {
+                // over a cap: closed here, before the SSH handshake
+                let Ok(permit) = cfg.gate.admit(peer) else { continue };
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, "set_nodelay failed: {e}");
                 }
@@ -243,6 +239,7 @@ pub async fn serve_with(
                     if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, table, Some(peer), stop).await {
                         tracing::debug!(%peer, "sftp connection ended: {e:#}");
                     }
+                    drop(permit);
                 });
             }
         }

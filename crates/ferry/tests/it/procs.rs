@@ -51,6 +51,8 @@ pub struct Node {
     log: PathBuf,
     child: Option<Child>,
     pub starts: u32,
+    /// The open-file limit (soft and hard) the process starts with, when set.
+    pub file_limit: Option<u64>,
 }
 
 impl Node {
@@ -61,6 +63,7 @@ impl Node {
             log: log_dir.join(format!("{name}.log")),
             child: None,
             starts: 0,
+            file_limit: None,
         }
     }
 
@@ -68,14 +71,16 @@ impl Node {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let err = log.try_clone().expect("log clone");
-        let child = Command::new(ferry_bin())
-            .args(&self.args)
-            .env("FERRY_LOG", "info,sqlx=error")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("spawn ferry");
+        let mut cmd = Command::new(ferry_bin());
+        cmd.args(&self.args).env("FERRY_LOG", "info,sqlx=error").stdin(Stdio::null()).stdout(log).stderr(err);
+        if let Some(n) = self.file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+            }
+        }
+        let child = cmd.spawn().expect("spawn ferry");
         self.child = Some(child);
         self.starts += 1;
     }
@@ -285,6 +290,8 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
         t.insert("listen_ssh".into(), "127.0.0.1:0".into());
         t.insert("public_url".into(), format!("https://{}", via(&proxies[0])).into());
         t.insert("public_ssh_addr".into(), via(&proxies[0]).into());
+        // a port of its own: systems of tests running at once must not clash on the default 8444
+        t.insert("listen_admin".into(), "127.0.0.1:0".into());
     });
     // Each side learns the other's identity from the `info` commands, as an operator would.
     let comms_info = ferry(&["comms", "info", "--config", &comms_c]);

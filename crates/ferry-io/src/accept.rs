@@ -1,0 +1,289 @@
+//! What every server listener does before a connection gets to speak: the connection caps (all connections of
+//! a listener, and per client address), an accept that backs off when the process runs out of file
+//! descriptors instead of spinning, and the open-file limit raised at start.
+//!
+//! A connection over a cap is closed at once, before any handshake (a refused client costs no TLS or SSH work),
+//! and the refusal is logged with the reason, at most once a minute per reason.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+
+/// `[connections]` of comms.toml and app.toml: how many connections a listener serves, and for how long a
+/// connection may stay quiet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections one listener serves at once (all clients); further ones are closed at once. 0: three
+    /// quarters of the process's open-file limit, shared by the listeners (at least 64).
+    pub max_connections: usize,
+    /// Connections one client address may hold on one listener; further ones are closed at once.
+    pub max_per_address: usize,
+    /// Seconds a client has to finish the TLS handshake (and, on a port shared by HTTPS and SSH, to send its
+    /// first byte).
+    pub handshake_secs: u64,
+    /// Seconds an HTTPS connection may stay open with no request in progress (before its first request, and
+    /// between requests on a kept-alive HTTP/1.1 or HTTP/2 connection).
+    pub idle_secs: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { max_connections: 0, max_per_address: 64, handshake_secs: 10, idle_secs: 30 }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn handshake(&self) -> Duration {
+        Duration::from_secs(self.handshake_secs.max(1))
+    }
+
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs.max(1))
+    }
+
+    /// The cap of one listener: `max_connections`, or with 0 three quarters of the open-file limit divided
+    /// among `listeners` (at least 64).
+    pub fn effective_max(&self, listeners: usize) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let files = open_file_limit().unwrap_or(1024);
+        let share = files.saturating_mul(3) / 4 / u64::try_from(listeners.max(1)).unwrap_or(1);
+        usize::try_from(share).unwrap_or(usize::MAX).max(64)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_per_address == 0 {
+            anyhow::bail!("[connections] max_per_address must be at least 1");
+        }
+        if self.idle_secs == 0 || self.handshake_secs == 0 {
+            anyhow::bail!("[connections] handshake_secs and idle_secs must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The soft open-file limit of this process (`ulimit -n`), where there is one.
+pub fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Raise the soft open-file limit to the hard limit (servers call this at start): many distributions start
+/// processes with 1,024. Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    #[cfg(unix)]
+    {
+        rlimit::increase_nofile_limit(u64::MAX)
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(u64::MAX)
+    }
+}
+
+/// Why a connection was closed unheard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{limit} connections are open, the listener's limit ([connections] max_connections)")]
+    Total { limit: usize },
+    #[error("this address holds {limit} connections, the limit per address ([connections] max_per_address)")]
+    PerAddress { limit: usize },
+}
+
+/// The caps of one listener. Cheap to clone; every clone counts the same connections.
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    name: &'static str,
+    max: usize,
+    per_address: usize,
+    counts: Mutex<Counts>,
+    last_refusal_log: Mutex<Option<Instant>>,
+    refused: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct Permit {
+    gate: Arc<GateInner>,
+    addr: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.gate.counts.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.by_address.get_mut(&self.addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.by_address.remove(&self.addr);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("name", &self.inner.name)
+            .field("max", &self.inner.max)
+            .field("per_address", &self.inner.per_address)
+            .field("open", &self.open())
+            .finish()
+    }
+}
+
+impl Gate {
+    /// `name` (e.g. "https", "sftp") goes into the refusal log lines.
+    pub fn new(name: &'static str, max: usize, per_address: usize) -> Gate {
+        Gate {
+            inner: Arc::new(GateInner {
+                name,
+                max: max.max(1),
+                per_address: per_address.max(1),
+                counts: Mutex::new(Counts::default()),
+                last_refusal_log: Mutex::new(None),
+                refused: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn from_limits(name: &'static str, limits: &ConnectionLimits, listeners: usize) -> Gate {
+        Gate::new(name, limits.effective_max(listeners), limits.max_per_address)
+    }
+
+    /// The listener's cap.
+    pub fn max(&self) -> usize {
+        self.inner.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.inner.counts.lock().map(|c| c.total).unwrap_or(0)
+    }
+
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// A place for a connection from `peer`, or why there is none (logged, at most once a minute).
+    pub fn admit(&self, peer: SocketAddr) -> Result<Permit, Refused> {
+        let addr = peer.ip().to_canonical();
+        let refusal = {
+            let Ok(mut c) = self.inner.counts.lock() else { return Err(Refused::Total { limit: self.inner.max }) };
+            let mine = c.by_address.get(&addr).copied().unwrap_or(0);
+            if c.total >= self.inner.max {
+                Refused::Total { limit: self.inner.max }
+            } else if mine >= self.inner.per_address {
+                Refused::PerAddress { limit: self.inner.per_address }
+            } else {
+                c.total += 1;
+                *c.by_address.entry(addr).or_insert(0) += 1;
+                return Ok(Permit { gate: self.inner.clone(), addr });
+            }
+        };
+        let n = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut last) = self.inner.last_refusal_log.lock()
+            && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            *last = Some(Instant::now());
+            tracing::warn!(listener = self.inner.name, %peer, refused_so_far = n, "connection refused: {refusal}");
+        }
+        Err(refusal)
+    }
+}
+
+/// Accept the next connection; when the process is out of file descriptors (EMFILE/ENFILE) or memory, wait
+/// (50 ms doubling to 1 s, logged at most once a minute) instead of retrying in a busy loop. Other accept
+/// errors concern one connection and are skipped.
+pub async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, SocketAddr) {
+    // one line a minute for the whole process: out of descriptors, every listener fails at once
+    static LAST_LOG: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105));
+                if !exhausted {
+                    tracing::debug!(listener = what, "accept failed: {e}");
+                    continue;
+                }
+                let log_now = LAST_LOG.lock().is_ok_and(|mut last| {
+                    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                    if due {
+                        *last = Some(Instant::now());
+                    }
+                    due
+                });
+                if log_now {
+                    tracing::warn!(
+                        listener = what,
+                        "accept failed: {e}; waiting for connections to close (raise the open-file limit: \
+                         LimitNOFILE in the systemd unit, [connections] max_connections)"
+                    );
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_caps_count_per_listener_and_per_address_and_free_on_drop() {
+        let g = Gate::new("t", 3, 2);
+        let a1 = g.admit(addr("10.0.0.1:1")).unwrap();
+        let _a2 = g.admit(addr("10.0.0.1:2")).unwrap();
+        assert_eq!(g.admit(addr("10.0.0.1:3")).err(), Some(Refused::PerAddress { limit: 2 }));
+        // an IPv4-mapped IPv6 address is the same client
+        assert_eq!(g.admit(addr("[::ffff:10.0.0.1]:4")).err(), Some(Refused::PerAddress { limit: 2 }));
+        let _b = g.admit(addr("10.0.0.2:1")).unwrap();
+        assert_eq!(g.admit(addr("10.0.0.3:1")).err(), Some(Refused::Total { limit: 3 }));
+        assert_eq!(g.open(), 3);
+        drop(a1);
+        assert_eq!(g.open(), 2);
+        let _c = g.admit(addr("10.0.0.3:1")).unwrap();
+        assert_eq!(g.refused(), 3);
+    }
+
+    #[test]
+    fn an_automatic_cap_follows_the_open_file_limit() {
+        let l = ConnectionLimits::default();
+        let files = open_file_limit().unwrap();
+        assert_eq!(l.effective_max(1) as u64, (files * 3 / 4).max(64));
+        assert!(l.effective_max(4) <= l.effective_max(1));
+        assert_eq!(ConnectionLimits { max_connections: 10, ..l }.effective_max(4), 10);
+    }
+}
