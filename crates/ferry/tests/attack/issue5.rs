@@ -537,6 +537,7 @@ async fn bzip2_bombs_are_stopped_by_the_caps_and_nothing_is_imported() {
         std::fs::write(a.spool_dir(&m.batch_id).join("stock.csv.bz2"), &bz).unwrap();
         let f = m.files.iter_mut().find(|f| f.name == "stock.csv").unwrap();
         f.compressed_bytes = bz.len() as u64;
+        f.compressed_sha256 = Some(ferry_io::digest::Digests::of(&bz).sha256);
         f.bytes = announce;
         write_manifest(&a, &m);
         m
