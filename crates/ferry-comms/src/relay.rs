@@ -78,7 +78,7 @@ async fn check_frozen(
     m: &ferry_proto::manifest::Manifest,
 ) -> anyhow::Result<Result<(), String>> {
     let (dir, m) = (dir.to_path_buf(), m.clone());
-    let verdict = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         for f in &m.files {
             let name = f.compressed_name();
             let (size, sha) = ferry_io::digest::file_sha256(&dir.join(&name))
@@ -94,8 +94,7 @@ async fn check_frozen(
         }
         Ok(Ok(()))
     })
-    .await?;
-    verdict
+    .await?
 }
 
 /// A completed batch whose files changed: refused for good (not retried), audited.

@@ -31,7 +31,7 @@ pub enum CommsCmd {
     },
     /// Tenants (customers).
     #[command(subcommand)]
-    Tenant(TenantCmd),
+    Tenant(Box<TenantCmd>),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -262,7 +262,7 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
                 None => println!("admin api:       off (listen_admin is not set)"),
             }
         }
-        CommsCmd::Tenant(t) => tenant(t).await?,
+        CommsCmd::Tenant(t) => tenant(*t).await?,
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
             let a = Admin::open(comms_config(&config)?).await?;
             match ferry_comms::db::verify_audit(&a.db).await? {

@@ -4,7 +4,7 @@
 //!
 //! The tests of this module run one at a time (`SERIAL`): one of them measures the process's memory.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
@@ -17,11 +17,9 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Held by each test of this module for its whole run (tokio's mutex: it is held across awaits, and each test
+/// has its own runtime).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct AnyHost;
 
@@ -90,7 +88,7 @@ fn create() -> OpenFlags {
 /// limit's wording, and so are one session too many and one file too many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn directory_handles_sessions_and_files_are_capped_and_listings_are_streamed() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let root = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "alpha");
@@ -162,7 +160,7 @@ async fn directory_handles_sessions_and_files_are_capped_and_listings_are_stream
 /// past its end is charged the growth, so it is refused; the refused file is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn setstat_and_sparse_writes_are_charged_what_they_make_the_server_store() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let root = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "alpha");
@@ -209,7 +207,7 @@ async fn setstat_and_sparse_writes_are_charged_what_they_make_the_server_store()
 /// does not match the uploaded file is refused at completion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_completed_batch_cannot_be_changed_through_handles_opened_before() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let m = spool_batch(&a, &good_files());
@@ -273,7 +271,7 @@ async fn a_completed_batch_cannot_be_changed_through_handles_opened_before() {
 /// names; NFD spellings too (one spelling per name); letters of other scripts are fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lookalike_invisible_and_invalid_characters_are_refused_in_names() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (_dir, c) = cluster().await;
     let a = tenant(&c, "alpha").await;
     let root = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, "alpha");
