@@ -302,9 +302,34 @@ mod tests {
         assert_eq!(confine(dir.path(), &format!("a/{long}/b")), Err(PathError::NameTooLong));
         let ok = "x".repeat(MAX_NAME_LEN);
         assert_eq!(confine(dir.path(), &ok).unwrap(), canon.join(&ok));
-        // plain Unicode stays literal: NFC and NFD spellings are two names, both inside the root
+        // letters of any script stay literal; one spelling per name: NFC, and NFD is refused
         assert_eq!(confine(dir.path(), "caf\u{e9}").unwrap(), canon.join("caf\u{e9}"));
-        assert_eq!(confine(dir.path(), "cafe\u{301}").unwrap(), canon.join("cafe\u{301}"));
+        assert_eq!(confine(dir.path(), "cafe\u{301}"), Err(PathError::NotNfc));
+        assert_eq!(confine(dir.path(), "\u{6570}\u{636e}").unwrap(), canon.join("\u{6570}\u{636e}"));
+    }
+
+    #[test]
+    fn names_take_only_allowed_character_classes() {
+        // issue 15: invisible, filler, format and look-alike characters the old denylist let through
+        for cp in [
+            0x2061u32, 0x2064, 0x206A, 0x206F, 0x00AD, 0x180E, 0x3164, 0x115F, 0xFFF9, 0xE0041, 0x034F, 0x2028, 0x2029,
+            0x0338, 0x2571, 0x29F5, 0x2F03, 0x3002, 0x0589, 0x06D4, 0x00B7, 0x2027, 0xFE0F, 0xE000, 0x3000,
+        ] {
+            let c = char::from_u32(cp).expect("a char");
+            assert!(!is_allowed(c), "U+{cp:04X}");
+            assert_eq!(components(&format!("a{c}b")), Err(PathError::NotAllowed(cp)), "U+{cp:04X}");
+        }
+        assert_eq!(components("a\u{FFFD}b"), Err(PathError::InvalidUtf8));
+        for ok in [
+            "sales.csv.bz2",
+            ".sales.csv.bz2.part",
+            "a b-c_d(1)~!@#$%^&+=,;'[]{}",
+            "\u{e9}t\u{e9}",
+            "\u{434}\u{430}",
+            "\u{0661}\u{0662}",
+        ] {
+            assert!(components(ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]
