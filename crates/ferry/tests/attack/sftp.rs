@@ -312,3 +312,40 @@ async fn lookalike_invisible_and_invalid_characters_are_refused_in_names() {
     assert_eq!(names.len(), 4, "only the four good names were created: {names:?}");
     c.stop().await;
 }
+
+/// Finding 4, the relay's side: a completed batch whose file changed afterwards (by whatever way) is not sent to
+/// the App: the relay re-measures size and SHA-256 before copying and refuses the batch for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_refuses_a_completed_batch_whose_files_changed() {
+    let _one = SERIAL.lock().await;
+    let (_dir, c) = cluster().await;
+    let a = tenant(&c, "alpha").await;
+    let m = spool_batch(&a, &good_files());
+    let st = &c.comms.state;
+    // The batch as `complete` leaves it (files out of the SFTP root, measured), then one file grows.
+    let dest = st.batch_dir("alpha", m.batch_id.as_str());
+    std::fs::create_dir_all(&dest).unwrap();
+    for f in &m.files {
+        let n = f.compressed_name();
+        std::fs::copy(a.spool_dir(&m.batch_id).join(&n), dest.join(&n)).unwrap();
+    }
+    let grown = dest.join(m.files[0].compressed_name());
+    std::fs::OpenOptions::new().write(true).open(&grown).unwrap().set_len(1 << 30).unwrap();
+    ferry_comms::db::insert_batch(&st.db, "alpha", &m).await.unwrap();
+    st.relay_wakeup.notify_one();
+    let verdict = eventually(Duration::from_secs(30), async || {
+        ferry_comms::db::batch_status(&st.db, "alpha", &m.batch_id)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.state == BatchState::Rejected)
+    })
+    .await;
+    assert!(verdict.is_some(), "the changed batch was not refused");
+    let s = ferry_comms::db::batch_status(&st.db, "alpha", &m.batch_id).await.unwrap().unwrap();
+    let d = s.detail.unwrap_or_default();
+    assert!(d.contains("changed after the batch was completed") && d.contains("1073741824 bytes now"), "{d}");
+    let incoming = c.app.state.sftp_root().join("alpha/incoming").join(m.batch_id.as_str());
+    assert!(!incoming.join(m.files[0].compressed_name()).exists(), "nothing of it reached the App");
+    assert_eq!(counts(&c, "alpha").await["stock"], 0);
+    c.stop().await;
+}
