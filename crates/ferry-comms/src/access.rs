@@ -233,6 +233,50 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
         Err(msg)
     }
 
+    fn admit_create(&self, p: &ferry_sftp::server::Principal) -> Result<(), String> {
+        use limits::Limit;
+        let max = self.0.limits.of(&p.name).max_files;
+        let have = count_entries(&p.root, max.saturating_add(1));
+        if have < max {
+            return Ok(());
+        }
+        let msg = Limit::MaxFiles.refusal(&p.name, max, "your SFTP area would hold", have.saturating_add(1));
+        if self.0.refusals.admit(format!("{}/max_files", p.name)).is_some() {
+            self.0.audit_later(Some(&p.name), "quota_refused", msg.clone());
+        }
+        Err(msg)
+    }
+
+    fn max_open_handles(&self, p: &ferry_sftp::server::Principal) -> usize {
+        usize::try_from(self.0.limits.of(&p.name).max_open_handles).unwrap_or(usize::MAX)
+    }
+
+    fn admit_handle(&self, p: &ferry_sftp::server::Principal, open: usize) -> Result<(), String> {
+        use limits::Limit;
+        let max = self.0.limits.of(&p.name).max_open_handles;
+        if (open as u64) < max {
+            return Ok(());
+        }
+        let msg = Limit::MaxOpenHandles.refusal(&p.name, max, "this session would hold", open as u64 + 1);
+        if self.0.refusals.admit(format!("{}/max_open_handles", p.name)).is_some() {
+            self.0.audit_later(Some(&p.name), "quota_refused", msg.clone());
+        }
+        Err(msg)
+    }
+
+    fn admit_session(&self, p: &ferry_sftp::server::Principal, open: usize) -> Result<(), String> {
+        use limits::Limit;
+        let max = self.0.limits.of(&p.name).max_sftp_sessions;
+        if (open as u64) < max {
+            return Ok(());
+        }
+        let msg = Limit::MaxSftpSessions.refusal(&p.name, max, "this login would make", open as u64 + 1);
+        if self.0.refusals.admit(format!("{}/max_sftp_sessions", p.name)).is_some() {
+            self.0.audit_later(Some(&p.name), "quota_refused", msg.clone());
+        }
+        Err(msg)
+    }
+
     fn logged_in(&self, p: &ferry_sftp::server::Principal, key: &PublicKey, peer: Option<SocketAddr>) {
         let (st, tenant, fp) = (self.0.clone(), p.name.clone(), ferry_io::keys::fingerprint(key));
         tokio::spawn(async move { st.note_key_use(&tenant, &fp, peer, "ssh").await });
@@ -245,6 +289,25 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
             &format!("ssh login refused for key {} (user {:?})", ferry_io::keys::fingerprint(key), user),
         );
     }
+}
+
+/// Files and directories under `root` (not counting `root`, never following links), counting at most `stop`.
+fn count_entries(root: &std::path::Path, stop: u64) -> u64 {
+    let mut n = 0u64;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            n += 1;
+            if n >= stop {
+                return n;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    n
 }
 
 /// Operator actions (`tenant disable`, `revoke-key`, `limits`) may come from another process on the same

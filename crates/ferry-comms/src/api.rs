@@ -245,11 +245,6 @@ async fn complete_batch(
         let msg = st.refuse(&c.tenant, Limit::MaxBatchFiles, &format!("batch {id} has"), files).await;
         return Err(ApiError::Unprocessable(msg));
     }
-    let bytes = manifest.total_compressed_bytes();
-    if bytes > limits.max_batch_bytes {
-        let msg = st.refuse(&c.tenant, Limit::MaxBatchBytes, &format!("batch {id} is (compressed)"), bytes).await;
-        return Err(ApiError::Unprocessable(msg));
-    }
     let upload = st.sftp_root(&c.tenant).join("upload").join(id.as_str());
     let dest = st.batch_dir(&c.tenant, id.as_str());
     // A completion that moved the files but failed before recording the batch is finished on retry.
@@ -271,18 +266,72 @@ async fn complete_batch(
             )));
         }
     }
+    // Freeze first: once the files are out of the SFTP root, writes and size changes through handles opened
+    // before fail (ferry-sftp refuses a handle whose file moved); then measure what was frozen.
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
     }
     if !dest.exists() {
         std::fs::rename(&upload, &dest).map_err(ApiError::internal)?;
     }
+    let mut manifest = manifest;
+    let measured = match measure_batch(&dest, &manifest).await {
+        Ok(m) => m,
+        Err(why) => {
+            // Give the files back so the Connector can upload them again.
+            if !upload.exists()
+                && let Err(e) = std::fs::rename(&dest, &upload)
+            {
+                tracing::warn!(tenant = %c.tenant, batch = %id, "cannot give a refused batch back to the SFTP area: {e}");
+            }
+            return Err(why);
+        }
+    };
+    let bytes: u64 = measured.iter().map(|(n, _)| *n).sum();
+    if bytes > limits.max_batch_bytes {
+        if !upload.exists() {
+            let _ = std::fs::rename(&dest, &upload);
+        }
+        let msg = st.refuse(&c.tenant, Limit::MaxBatchBytes, &format!("batch {id} is (compressed)"), bytes).await;
+        return Err(ApiError::Unprocessable(msg));
+    }
+    for (f, (_, sha)) in manifest.files.iter_mut().zip(measured) {
+        f.compressed_sha256 = Some(sha);
+    }
+    let body = serde_json::to_vec(&manifest).map_err(ApiError::internal)?;
     std::fs::write(dest.join(ferry_proto::manifest::MANIFEST_NAME), &body).map_err(ApiError::internal)?;
     let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
     db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
     tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
     st.relay_wakeup.notify_one();
     Ok(Json(status))
+}
+
+/// Size and SHA-256 of every file of a frozen batch in `dir`, checked against the manifest (size always, the
+/// SHA-256 when the manifest carries one). Err: the 422 to answer.
+async fn measure_batch(dir: &std::path::Path, m: &Manifest) -> Result<Vec<(u64, String)>, ApiError> {
+    let (dir, m) = (dir.to_path_buf(), m.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(m.files.len());
+        for f in &m.files {
+            let name = f.compressed_name();
+            let (size, sha) = ferry_io::digest::file_sha256(&dir.join(&name)).map_err(|e| {
+                ApiError::Unprocessable(format!("{name} cannot be read at the server ({e}); upload it again"))
+            })?;
+            if size != f.compressed_bytes || f.compressed_sha256.as_ref().is_some_and(|h| *h != sha) {
+                return Err(ApiError::Unprocessable(format!(
+                    "{name} at the server ({size} bytes, SHA-256 {sha}) differs from the manifest ({} bytes, SHA-256 \
+                     {}); the file changed or the upload is incomplete: upload it again",
+                    f.compressed_bytes,
+                    f.compressed_sha256.as_deref().unwrap_or("not given")
+                )));
+            }
+            out.push((size, sha));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// Longest a `GET /v1/files?wait=N` may wait.

@@ -25,6 +25,12 @@ pub struct Limits {
     pub max_upload_file_bytes: u64,
     /// Largest downstream file (plain size) the App may send a tenant (checked when the App announces it).
     pub max_download_file_bytes: u64,
+    /// Most SFTP sessions a tenant may have open at once on this server (checked at login).
+    pub max_sftp_sessions: u64,
+    /// Most open file and directory handles in one SFTP session (checked at every open).
+    pub max_open_handles: u64,
+    /// Most files and directories in a tenant's SFTP area (checked when one is created).
+    pub max_files: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +41,9 @@ impl Default for Limits {
             upload_bytes_per_day: 100 * GIB,
             max_upload_file_bytes: 10 * GIB,
             max_download_file_bytes: GIB,
+            max_sftp_sessions: 8,
+            max_open_handles: 64,
+            max_files: 10_000,
         }
     }
 }
@@ -47,15 +56,21 @@ pub enum Limit {
     UploadBytesPerDay,
     MaxUploadFileBytes,
     MaxDownloadFileBytes,
+    MaxSftpSessions,
+    MaxOpenHandles,
+    MaxFiles,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 8] = [
         Limit::MaxBatchBytes,
         Limit::MaxBatchFiles,
         Limit::UploadBytesPerDay,
         Limit::MaxUploadFileBytes,
         Limit::MaxDownloadFileBytes,
+        Limit::MaxSftpSessions,
+        Limit::MaxOpenHandles,
+        Limit::MaxFiles,
     ];
 
     /// The key in `[limits]`, in the database and (with `-` for `_`) the `tenant limits` flag.
@@ -66,6 +81,9 @@ impl Limit {
             Limit::UploadBytesPerDay => "upload_bytes_per_day",
             Limit::MaxUploadFileBytes => "max_upload_file_bytes",
             Limit::MaxDownloadFileBytes => "max_download_file_bytes",
+            Limit::MaxSftpSessions => "max_sftp_sessions",
+            Limit::MaxOpenHandles => "max_open_handles",
+            Limit::MaxFiles => "max_files",
         }
     }
 
@@ -75,7 +93,9 @@ impl Limit {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Limit::MaxBatchFiles => "files",
+            Limit::MaxBatchFiles | Limit::MaxFiles => "files",
+            Limit::MaxSftpSessions => "sessions",
+            Limit::MaxOpenHandles => "handles",
             _ => "bytes",
         }
     }
@@ -88,6 +108,9 @@ impl Limit {
             Limit::UploadBytesPerDay => "wait for the next UTC day",
             Limit::MaxUploadFileBytes => "split the data into smaller files",
             Limit::MaxDownloadFileBytes => "split the file into smaller ones",
+            Limit::MaxSftpSessions => "close other sessions first",
+            Limit::MaxOpenHandles => "close some handles first",
+            Limit::MaxFiles => "remove files you no longer need",
         }
     }
 
@@ -98,6 +121,9 @@ impl Limit {
             Limit::UploadBytesPerDay => l.upload_bytes_per_day,
             Limit::MaxUploadFileBytes => l.max_upload_file_bytes,
             Limit::MaxDownloadFileBytes => l.max_download_file_bytes,
+            Limit::MaxSftpSessions => l.max_sftp_sessions,
+            Limit::MaxOpenHandles => l.max_open_handles,
+            Limit::MaxFiles => l.max_files,
         }
     }
 
@@ -108,6 +134,9 @@ impl Limit {
             Limit::UploadBytesPerDay => l.upload_bytes_per_day = v,
             Limit::MaxUploadFileBytes => l.max_upload_file_bytes = v,
             Limit::MaxDownloadFileBytes => l.max_download_file_bytes = v,
+            Limit::MaxSftpSessions => l.max_sftp_sessions = v,
+            Limit::MaxOpenHandles => l.max_open_handles = v,
+            Limit::MaxFiles => l.max_files = v,
         }
     }
 

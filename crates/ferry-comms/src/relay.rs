@@ -39,7 +39,15 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
     let dir = st.batch_dir(&b.tenant, id.as_str());
     if b.state == BatchState::Uploaded {
         let t = std::time::Instant::now();
+        // Send exactly what was measured at completion: check before (nothing sent if the files changed) and
+        // after (a change while sending is caught before the App is asked to import).
+        if let Err(why) = check_frozen(&dir, &b.manifest).await? {
+            return refuse_changed(st, b, &why).await;
+        }
         let bytes = st.app.push_batch(&b.tenant, &dir, &b.manifest).await?;
+        if let Err(why) = check_frozen(&dir, &b.manifest).await? {
+            return refuse_changed(st, b, &why).await;
+        }
         db::set_batch_state(&st.db, &b.tenant, id, BatchState::Relayed, None).await?;
         tracing::info!(tenant = %b.tenant, batch = %id, bytes, secs = t.elapsed().as_secs_f64(), "batch relayed");
     }
@@ -60,5 +68,40 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
             tracing::warn!(batch = %id, "cannot clean up the relayed batch: {e}");
         }
     }
+    Ok(())
+}
+
+/// Whether every file of the batch in `dir` still has the size and SHA-256 measured at completion. The outer
+/// error: the files could not be read (retried); the inner one: what changed (the batch is refused).
+async fn check_frozen(
+    dir: &std::path::Path,
+    m: &ferry_proto::manifest::Manifest,
+) -> anyhow::Result<Result<(), String>> {
+    let (dir, m) = (dir.to_path_buf(), m.clone());
+    tokio::task::spawn_blocking(move || {
+        for f in &m.files {
+            let name = f.compressed_name();
+            let (size, sha) = ferry_io::digest::file_sha256(&dir.join(&name))
+                .map_err(|e| anyhow::anyhow!("cannot read {name} of the batch: {e}"))?;
+            let sha_ok = f.compressed_sha256.as_ref().is_none_or(|h| *h == sha);
+            if size != f.compressed_bytes || !sha_ok {
+                return Ok(Err(format!(
+                    "{name} changed after the batch was completed ({size} bytes now, {} measured at completion); \
+                     the batch is not relayed: send a new batch",
+                    f.compressed_bytes
+                )));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .await?
+}
+
+/// A completed batch whose files changed: refused for good (not retried), audited.
+async fn refuse_changed(st: &CommsState, b: &db::PendingBatch, why: &str) -> anyhow::Result<()> {
+    let id = &b.manifest.batch_id;
+    tracing::warn!(tenant = %b.tenant, batch = %id, "{why}");
+    db::set_batch_state(&st.db, &b.tenant, id, BatchState::Rejected, Some(why)).await?;
+    db::audit(&st.db, Some(&b.tenant), "batch_rejected", &format!("{id} rejected: {why}")).await;
     Ok(())
 }

@@ -501,12 +501,15 @@ async fn extract_file(
         return Ok(FileOutcome { written: None, report, codes });
     };
     fs::rename(&sink.tmp_path, &sink.final_path).map_err(io_err(&sink.final_path))?;
+    // The Comms server checks the uploaded file against this without reading the CSV.
+    let (_, compressed_sha256) = ferry_io::digest::file_sha256(&sink.final_path).map_err(io_err(&sink.final_path))?;
 
     let entry = ManifestFile {
         name: name.to_string(),
         rows: outcome.rows,
         bytes: outcome.bytes,
         compressed_bytes: outcome.compressed_bytes,
+        compressed_sha256: Some(compressed_sha256),
         md5: outcome.md5,
         sha256: outcome.sha256,
         scope: None,

@@ -32,6 +32,30 @@ impl Digests {
     }
 }
 
+/// Size and SHA-256 (64 lower-case hex digits) of the regular file at `path`, refused if it is a symbolic link. This is how a batch's compressed files are measured: the Connector writes the result into
+/// the manifest, the Comms server measures again at completion and before and after relaying.
+pub fn file_sha256(path: &std::path::Path) -> io::Result<(u64, String)> {
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut r = std::fs::File::open(path)?;
+    let mut sha = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let got = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(chunk) = buf.get(..got) else { break };
+        sha.update(chunk);
+        n += got as u64;
+    }
+    Ok((n, hex::encode(sha.finalize())))
+}
+
 /// Incremental MD5 + SHA-256 + byte count.
 #[derive(Clone, Default)]
 pub struct Digester {

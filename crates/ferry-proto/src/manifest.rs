@@ -62,6 +62,11 @@ pub struct ManifestFile {
     pub bytes: u64,
     /// Size of the `.bz2` as uploaded.
     pub compressed_bytes: u64,
+    /// SHA-256 of the `.bz2` as uploaded (64 lower-case hex digits): the Comms server checks the file it
+    /// received against it without reading the CSV, and relays exactly those bytes. Absent in manifests of
+    /// older ferry versions (the Comms server then records what it measured at completion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_sha256: Option<String>,
     pub md5: String,
     pub sha256: String,
     /// Full file or window (see the module documentation); absent in manifests of older ferry versions.
@@ -152,6 +157,9 @@ impl Manifest {
             if !is_hex(&f.sha256, 64) {
                 return Err(bad("sha256 must be 64 lowercase hex digits"));
             }
+            if f.compressed_sha256.as_deref().is_some_and(|h| !is_hex(h, 64)) {
+                return Err(bad("compressed_sha256 must be 64 lowercase hex digits"));
+            }
             if let Some(w) = f.window() {
                 if self.mode == Mode::Full {
                     return Err(bad("a window in a full batch; a batch with windows has mode \"incremental\""));
@@ -206,6 +214,7 @@ pub(crate) fn sample() -> Manifest {
             rows: 1,
             bytes: 10,
             compressed_bytes: 50,
+            compressed_sha256: None,
             md5: "0".repeat(32),
             sha256: "a".repeat(64),
             scope: None,

@@ -40,6 +40,17 @@ pub enum PathError {
          hides text; use plain names"
     )]
     Deceptive(u32),
+    #[error(
+        "the path contains the character U+{0:04X}, which is not allowed in names here (allowed: letters, marks and \
+         digits of any script, space and ASCII punctuation other than '\\'); use plain names"
+    )]
+    NotAllowed(u32),
+    #[error(
+        "the path is not valid UTF-8 (or contains U+FFFD, which is what invalid bytes become); send names in UTF-8"
+    )]
+    InvalidUtf8,
+    #[error("the path is not in Unicode normalisation form C (NFC); send the NFC spelling of every name")]
+    NotNfc,
     #[error("the path climbs above your root with '..'; use a path inside your root")]
     AboveRoot,
     #[error("the path leads outside your root through a symbolic link; use a path inside your root")]
@@ -68,13 +79,54 @@ pub fn is_deceptive(c: char) -> bool {
     )
 }
 
+/// Whether `c` may appear in a name: an allowlist of character classes rather than a list of bad
+/// characters. ASCII: letters, digits, space and punctuation (`/` separates names; `\` and control characters
+/// are refused before this). Beyond ASCII: letters (`L*`), combining marks (`Mn`, `Mc`) and decimal digits
+/// (`Nd`) of any script — no punctuation, symbols, separators, format or private-use characters (so no
+/// look-alike of `/` or `.`, nothing invisible, nothing that reorders text) — minus the default-ignorable and
+/// filler characters and the overlay marks that those classes contain (`U+034F`, Hangul fillers, Mongolian
+/// and Khmer invisible marks, variation selectors, combining slashes and vertical lines).
+pub fn is_allowed(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    if c.is_ascii() {
+        return c.is_ascii_graphic() || c == ' ';
+    }
+    if matches!(
+        c,
+        // combining grapheme joiner; overlay marks (tilde, strokes, slashes: U+0338 draws a `/`)
+        '\u{034F}' | '\u{0334}'..='\u{0338}'
+        // Hangul fillers (drawn as nothing)
+        | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}'
+        // Khmer inherent vowels, Mongolian free variation selectors and vowel separator
+        | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+        // combining vertical lines and slashes overlays, enclosing marks drawn over a name
+        | '\u{20D2}' | '\u{20D3}' | '\u{20E5}' | '\u{20EB}'
+        // variation selectors
+        | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}'
+    ) {
+        return false;
+    }
+    matches!(
+        c.general_category(),
+        G::UppercaseLetter
+            | G::LowercaseLetter
+            | G::TitlecaseLetter
+            | G::ModifierLetter
+            | G::OtherLetter
+            | G::NonspacingMark
+            | G::SpacingMark
+            | G::DecimalNumber
+    )
+}
+
 /// Splits an SFTP path into its normalised components, without touching the file system.
 ///
 /// Empty components and `.` are dropped, `..` removes the previous component, and absolute and
 /// relative paths are the same thing (the working directory is always the root). NUL, `\`, other
-/// control characters and [deceptive](is_deceptive) characters are refused, as are names longer
-/// than [`MAX_NAME_LEN`] and paths longer than [`MAX_PATH_LEN`]. Other Unicode is kept byte for
-/// byte (no normalisation: NFC and NFD spellings of a name are two names, both inside the root).
+/// control characters, [deceptive](is_deceptive) characters and every character outside the
+/// [allowlist](is_allowed) are refused, as are `U+FFFD` (what the SFTP decoder makes of invalid UTF-8: two
+/// different byte strings must not become one name), paths not in NFC (one spelling per name), names longer
+/// than [`MAX_NAME_LEN`] and paths longer than [`MAX_PATH_LEN`].
 pub fn components(sftp_path: &str) -> Result<Vec<&str>, PathError> {
     if sftp_path.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
@@ -84,9 +136,14 @@ pub fn components(sftp_path: &str) -> Result<Vec<&str>, PathError> {
             '\0' => return Err(PathError::Nul),
             '\\' => return Err(PathError::Backslash),
             c if c.is_control() => return Err(PathError::Control),
+            '\u{FFFD}' => return Err(PathError::InvalidUtf8),
             c if is_deceptive(c) => return Err(PathError::Deceptive(u32::from(c))),
+            c if !is_allowed(c) => return Err(PathError::NotAllowed(u32::from(c))),
             _ => {}
         }
+    }
+    if !sftp_path.is_ascii() && !unicode_normalization::is_nfc(sftp_path) {
+        return Err(PathError::NotNfc);
     }
     let mut parts: Vec<&str> = Vec::new();
     for part in sftp_path.split('/') {
@@ -245,9 +302,34 @@ mod tests {
         assert_eq!(confine(dir.path(), &format!("a/{long}/b")), Err(PathError::NameTooLong));
         let ok = "x".repeat(MAX_NAME_LEN);
         assert_eq!(confine(dir.path(), &ok).unwrap(), canon.join(&ok));
-        // plain Unicode stays literal: NFC and NFD spellings are two names, both inside the root
+        // letters of any script stay literal; one spelling per name: NFC, and NFD is refused
         assert_eq!(confine(dir.path(), "caf\u{e9}").unwrap(), canon.join("caf\u{e9}"));
-        assert_eq!(confine(dir.path(), "cafe\u{301}").unwrap(), canon.join("cafe\u{301}"));
+        assert_eq!(confine(dir.path(), "cafe\u{301}"), Err(PathError::NotNfc));
+        assert_eq!(confine(dir.path(), "\u{6570}\u{636e}").unwrap(), canon.join("\u{6570}\u{636e}"));
+    }
+
+    #[test]
+    fn names_take_only_allowed_character_classes() {
+        // issue 15: invisible, filler, format and look-alike characters the old denylist let through
+        for cp in [
+            0x2061u32, 0x2064, 0x206A, 0x206F, 0x00AD, 0x180E, 0x3164, 0x115F, 0xFFF9, 0xE0041, 0x034F, 0x2028, 0x2029,
+            0x0338, 0x2571, 0x29F5, 0x2F03, 0x3002, 0x0589, 0x06D4, 0x00B7, 0x2027, 0xFE0F, 0xE000, 0x3000,
+        ] {
+            let c = char::from_u32(cp).expect("a char");
+            assert!(!is_allowed(c), "U+{cp:04X}");
+            assert_eq!(components(&format!("a{c}b")), Err(PathError::NotAllowed(cp)), "U+{cp:04X}");
+        }
+        assert_eq!(components("a\u{FFFD}b"), Err(PathError::InvalidUtf8));
+        for ok in [
+            "sales.csv.bz2",
+            ".sales.csv.bz2.part",
+            "a b-c_d(1)~!@#$%^&+=,;'[]{}",
+            "\u{e9}t\u{e9}",
+            "\u{434}\u{430}",
+            "\u{0661}\u{0662}",
+        ] {
+            assert!(components(ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

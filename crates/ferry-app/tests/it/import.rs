@@ -104,6 +104,7 @@ fn entry(name: &str, content: &[u8], compressed: &[u8]) -> ManifestFile {
         rows: data_rows(name, &String::from_utf8_lossy(content)),
         bytes: content.len() as u64,
         compressed_bytes: compressed.len() as u64,
+        compressed_sha256: Some(hex::encode(Sha256::digest(compressed))),
         md5: hex::encode(Md5::digest(content)),
         sha256: hex::encode(Sha256::digest(content)),
         scope: None,

@@ -14,11 +14,19 @@
 //! - A file that was written through a handle is `fdatasync`ed when that handle is closed, so a
 //!   file that the client then renames into place survives a host crash.
 //! - `read` answers at most [`MAX_READ_LEN`] bytes, as advertised by `limits@openssh.com`.
-//! - Every write (and every `setstat` that grows a file) is first put to [`Authorizer::admit_write`]: a
-//!   refused write answers the authorizer's message, closes the handle and removes the file, so a file that
-//!   broke a limit never stays half-written.
+//! - Every write (and every `setstat` that grows a file) is first put to [`Authorizer::admit_write`], charged
+//!   with what it makes the server store: the bytes written, or the growth of the file if more (a write far
+//!   past the end, a `setstat` that extends a file sparsely). A refused write answers the authorizer's
+//!   message, closes the handle and removes the file, so a file that broke a limit never stays half-written.
+//! - A handle writes only while its file is still where it was opened: once the file was moved or removed
+//!   (e.g. the Comms server took a completed batch out of the SFTP root), writes and size changes through
+//!   handles opened before fail.
+//! - Directory listings are streamed: `readdir` reads the next [`READDIR_BATCH`] entries from the directory
+//!   itself, so a handle holds an open directory stream, never the whole listing.
+//! - New files and directories are first put to [`Authorizer::admit_create`]; open handles per session are
+//!   capped by [`Authorizer::max_open_handles`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
@@ -38,18 +46,49 @@ use crate::path::{self, PathError};
 pub const MAX_PACKET_LEN: u32 = 256 * 1024;
 /// Largest `read` answered and largest `write` expected (OpenSSH: 256 KiB - 1 KiB).
 pub const MAX_READ_LEN: u32 = MAX_PACKET_LEN - 1024;
-/// Open file and directory handles allowed per SFTP session.
+/// Open file and directory handles allowed per SFTP session (the default of
+/// [`Authorizer::max_open_handles`]).
 pub const MAX_OPEN_HANDLES: usize = 256;
-/// Directory entries returned by one `opendir` (larger directories are truncated, with a warning).
-const MAX_DIR_ENTRIES: usize = 100_000;
-/// Entries per `readdir` answer.
-const READDIR_BATCH: usize = 128;
+/// Entries per `readdir` answer (read from the directory on demand).
+pub const READDIR_BATCH: usize = 128;
 const FILE_MODE: u32 = 0o640;
 const DIR_MODE: u32 = 0o750;
 
 enum OpenHandle {
-    File { file: Arc<fs::File>, written: bool, path: PathBuf, append: bool },
-    Dir { entries: VecDeque<File> },
+    /// `id`: device and inode of the file when it was opened, to notice that it was moved away.
+    File { file: Arc<fs::File>, written: bool, path: PathBuf, append: bool, id: (u64, u64) },
+    /// `None` once the directory stream is exhausted.
+    Dir { stream: Option<fs::ReadDir> },
+}
+
+/// What a write or size change through a handle found: the file's size now, or that the file is no longer at
+/// its path.
+enum InPlace {
+    Len(u64),
+    Moved,
+}
+
+/// Whether the file behind `file` is still at `path` (same device and inode), and its size now.
+fn in_place(file: &fs::File, path: &Path, id: (u64, u64)) -> io::Result<InPlace> {
+    let len = file.metadata()?.len();
+    match fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == id => Ok(InPlace::Len(len)),
+        Ok(_) => Ok(InPlace::Moved),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(InPlace::Moved),
+        Err(e) => Err(e),
+    }
+}
+
+fn moved_status(op: &str) -> StatusReply {
+    StatusCode::Failure.with_message(format!(
+        "{op}: the file was moved or removed since this handle was opened (a completed batch cannot be changed); \
+         open the file again, or upload a new batch"
+    ))
+}
+
+/// Bytes a write or size change is charged: the bytes written, or the growth of the file if that is more.
+fn charge(written: u64, len_before: u64, size_after: u64) -> u64 {
+    written.max(size_after.saturating_sub(len_before))
 }
 
 /// One SFTP session's view of the file system.
@@ -111,11 +150,24 @@ impl ConfinedFs {
         Ok(p)
     }
 
+    /// Refuses a new handle when the session holds as many as its principal may.
+    fn handle_room(&self) -> Result<(), StatusReply> {
+        self.auth.admit_handle(&self.principal, self.handles.len()).map_err(|why| {
+            tracing::warn!(tenant = %self.tenant, "sftp open refused: {why}");
+            StatusCode::Failure.with_message(why)
+        })
+    }
+
+    /// Puts the creation of a new file or directory to the authorizer.
+    fn admit_create(&self, what: &str) -> Result<(), StatusReply> {
+        self.auth.admit_create(&self.principal).map_err(|why| {
+            tracing::warn!(tenant = %self.tenant, "sftp {what} refused: {why}");
+            StatusCode::Failure.with_message(why)
+        })
+    }
+
     fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
-        if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure
-                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
-        }
+        self.handle_room()?;
         self.next_handle = self.next_handle.wrapping_add(1);
         let id = self.next_handle.to_string();
         self.handles.insert(id.clone(), h);
@@ -201,29 +253,30 @@ fn attrs_of(meta: &fs::Metadata) -> FileAttributes {
     }
 }
 
-fn read_dir_entries(dir: &Path) -> io::Result<(VecDeque<File>, bool)> {
-    let mut out = VecDeque::new();
-    let mut truncated = false;
-    for entry in fs::read_dir(dir)? {
+/// The next (at most) `max` listable entries of `stream`; `None` in the stream's place once it is exhausted.
+/// Only plain files and directories with UTF-8 names are listed: links, sockets, fifos and devices are not
+/// something a tenant may follow or open.
+fn next_entries(stream: &mut Option<fs::ReadDir>, max: usize) -> io::Result<Vec<File>> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Some(dir) = stream.as_mut() else { break };
+        let Some(entry) = dir.next() else {
+            *stream = None;
+            break;
+        };
         let entry = entry?;
         // DirEntry::metadata does not follow symbolic links.
         let Ok(meta) = entry.metadata() else { continue };
         let kind = meta.file_type();
-        // Only plain files and directories are listed: links, sockets, fifos and devices are
-        // not something a tenant may follow or open.
         if !(kind.is_file() || kind.is_dir()) {
             continue;
         }
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if out.len() >= MAX_DIR_ENTRIES {
-            truncated = true;
-            break;
-        }
-        out.push_back(File::new(name, attrs_of(&meta)));
+        out.push(File::new(name, attrs_of(&meta)));
     }
-    Ok((out, truncated))
+    Ok(out)
 }
 
 /// `rename` that never replaces an existing target.
@@ -300,11 +353,21 @@ impl russh_sftp::server::Handler for ConfinedFs {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
-        if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure
-                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
-        }
+        self.handle_room()?;
         let path = self.confine(&filename)?;
+        if pflags.contains(OpenFlags::CREATE) {
+            let probe = path.clone();
+            let exists = blocking(move || match fs::symlink_metadata(probe) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            })
+            .await
+            .map_err(|e| io_status("open", &e))?;
+            if !exists {
+                self.admit_create("create")?;
+            }
+        }
         let append = pflags.contains(OpenFlags::APPEND);
         let write = pflags.contains(OpenFlags::WRITE) || append;
         let read = pflags.contains(OpenFlags::READ) || !write;
@@ -323,7 +386,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
         // O_NONBLOCK: opening a fifo must not hang the session (it is refused just below).
         opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         let opened = path.clone();
-        let file = blocking(move || {
+        let (file, fid) = blocking(move || {
             let file = opts.open(&opened)?;
             let meta = file.metadata()?;
             if meta.is_dir() {
@@ -332,11 +395,12 @@ impl russh_sftp::server::Handler for ConfinedFs {
             if !meta.is_file() {
                 return Err(io::Error::from(io::ErrorKind::PermissionDenied));
             }
-            Ok(file)
+            Ok((file, (meta.dev(), meta.ino())))
         })
         .await
         .map_err(|e| io_status("open", &e))?;
-        let handle = self.add_handle(OpenHandle::File { file: Arc::new(file), written: false, path, append })?;
+        let handle =
+            self.add_handle(OpenHandle::File { file: Arc::new(file), written: false, path, append, id: fid })?;
         Ok(Handle { id, handle })
     }
 
@@ -362,10 +426,10 @@ impl russh_sftp::server::Handler for ConfinedFs {
     }
 
     async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
-        let (file, path, append) = match self.handles.get_mut(&handle) {
-            Some(OpenHandle::File { file, written, path, append }) => {
+        let (file, path, append, fid) = match self.handles.get_mut(&handle) {
+            Some(OpenHandle::File { file, written, path, append, id: fid }) => {
                 *written = true;
-                (file.clone(), path.clone(), *append)
+                (file.clone(), path.clone(), *append, *fid)
             }
             Some(OpenHandle::Dir { .. }) => {
                 return Err(StatusCode::Failure.with_message("write: the handle is a directory handle"));
@@ -376,12 +440,15 @@ impl russh_sftp::server::Handler for ConfinedFs {
         let Some(mut size_after) = offset.checked_add(len) else {
             return Err(StatusCode::Failure.with_message("write: the offset is out of range"));
         };
+        let (f, p) = (file.clone(), path.clone());
+        let now = match blocking(move || in_place(&f, &p, fid)).await.map_err(|e| io_status("write", &e))? {
+            InPlace::Len(n) => n,
+            InPlace::Moved => return Err(moved_status("write")),
+        };
         if append {
-            let f = file.clone();
-            let now = blocking(move || f.metadata()).await.map_err(|e| io_status("write", &e))?.len();
             size_after = now.saturating_add(len);
         }
-        self.admit(Some(&handle), &path, size_after, len).await?;
+        self.admit(Some(&handle), &path, size_after.max(now), charge(len, now, size_after)).await?;
         // With O_APPEND, Linux pwrite appends whatever the offset (SFTP APPEND semantics).
         blocking(move || file.write_all_at(&data, offset)).await.map_err(|e| io_status("write", &e))?;
         Ok(ok_status(id))
@@ -407,7 +474,12 @@ impl russh_sftp::server::Handler for ConfinedFs {
     async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let p = self.confine(&path)?;
         if let Some(size) = attrs.size {
-            self.admit(None, &p, size, 0).await?;
+            let probe = p.clone();
+            let now = blocking(move || fs::symlink_metadata(probe)).await.map_err(|e| io_status("setstat", &e))?;
+            if !now.is_file() {
+                return Err(StatusCode::PermissionDenied.with_message("setstat: the size of a directory cannot be set"));
+            }
+            self.admit(None, &p, size, charge(0, now.len(), size)).await?;
             blocking(move || {
                 let f =
                     fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&p)?;
@@ -425,46 +497,53 @@ impl russh_sftp::server::Handler for ConfinedFs {
     async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
         let file = self.file(&handle)?;
         if let Some(size) = attrs.size {
-            if let Some(OpenHandle::File { path, .. }) = self.handles.get(&handle) {
-                let path = path.clone();
-                self.admit(Some(&handle), &path, size, 0).await?;
-            }
+            let Some(OpenHandle::File { path, id: fid, .. }) = self.handles.get(&handle) else {
+                return Err(bad_handle());
+            };
+            let (path, fid, f) = (path.clone(), *fid, file.clone());
+            let p = path.clone();
+            let now = match blocking(move || in_place(&f, &p, fid)).await.map_err(|e| io_status("fsetstat", &e))? {
+                InPlace::Len(n) => n,
+                InPlace::Moved => return Err(moved_status("fsetstat")),
+            };
+            self.admit(Some(&handle), &path, size, charge(0, now, size)).await?;
             blocking(move || file.set_len(size)).await.map_err(|e| io_status("fsetstat", &e))?;
         }
         Ok(ok_status(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        if self.handles.len() >= MAX_OPEN_HANDLES {
-            return Err(StatusCode::Failure
-                .with_message(format!("too many open handles (limit {MAX_OPEN_HANDLES}); close some first")));
-        }
+        self.handle_room()?;
         let p = self.confine(&path)?;
-        let (entries, truncated) =
-            blocking(move || read_dir_entries(&p)).await.map_err(|e| io_status("opendir", &e))?;
-        if truncated {
-            tracing::warn!(tenant = %self.tenant, path = %path.escape_debug(),
-                "directory listing truncated to {MAX_DIR_ENTRIES} entries");
-        }
-        let handle = self.add_handle(OpenHandle::Dir { entries })?;
+        let stream = blocking(move || fs::read_dir(&p)).await.map_err(|e| io_status("opendir", &e))?;
+        let handle = self.add_handle(OpenHandle::Dir { stream: Some(stream) })?;
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        match self.handles.get_mut(&handle) {
-            Some(OpenHandle::Dir { entries }) => {
-                if entries.is_empty() {
-                    return Err(StatusCode::Eof.with_message("end of directory"));
-                }
-                let n = entries.len().min(READDIR_BATCH);
-                let files = entries.drain(..n).collect();
-                Ok(Name { id, files })
-            }
+        let mut stream = match self.handles.get_mut(&handle) {
+            Some(OpenHandle::Dir { stream }) => stream.take(),
             Some(OpenHandle::File { .. }) => {
-                Err(StatusCode::Failure.with_message("readdir: the handle is a file handle; use opendir"))
+                return Err(StatusCode::Failure.with_message("readdir: the handle is a file handle; use opendir"));
             }
-            None => Err(bad_handle()),
+            None => return Err(bad_handle()),
+        };
+        if stream.is_none() {
+            return Err(StatusCode::Eof.with_message("end of directory"));
         }
+        let (stream, files) = blocking(move || {
+            let files = next_entries(&mut stream, READDIR_BATCH)?;
+            Ok((stream, files))
+        })
+        .await
+        .map_err(|e| io_status("readdir", &e))?;
+        if let Some(OpenHandle::Dir { stream: slot }) = self.handles.get_mut(&handle) {
+            *slot = stream;
+        }
+        if files.is_empty() {
+            return Err(StatusCode::Eof.with_message("end of directory"));
+        }
+        Ok(Name { id, files })
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
@@ -482,6 +561,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
 
     async fn mkdir(&mut self, id: u32, path: String, _attrs: FileAttributes) -> Result<Status, Self::Error> {
         let p = self.confine(&path)?;
+        self.admit_create("mkdir")?;
         blocking(move || fs::DirBuilder::new().mode(DIR_MODE).create(p)).await.map_err(|e| io_status("mkdir", &e))?;
         Ok(ok_status(id))
     }
@@ -521,7 +601,7 @@ impl russh_sftp::server::Handler for ConfinedFs {
                 max_packet_len: u64::from(MAX_PACKET_LEN),
                 max_read_len: u64::from(MAX_READ_LEN),
                 max_write_len: u64::from(MAX_READ_LEN),
-                max_open_handles: MAX_OPEN_HANDLES as u64,
+                max_open_handles: self.auth.max_open_handles(&self.principal) as u64,
             };
             let data = russh_sftp::ser::to_bytes(&limits)
                 .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;

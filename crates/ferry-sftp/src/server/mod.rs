@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use self::fs::{MAX_OPEN_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN};
+pub use self::fs::{MAX_OPEN_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN, READDIR_BATCH};
 pub use self::pump::{MAX_QUEUED_BYTES, MAX_QUEUED_PACKETS};
 pub use self::sessions::{SessionInfo, Sessions, THROTTLE_BASE, THROTTLE_FORGET, THROTTLE_MAX};
 pub use crate::path::{PathError, confine};
@@ -78,6 +78,33 @@ pub trait Authorizer: Send + Sync + 'static {
     /// (say which limit, its value and what to do), and the file being written is removed so that nothing
     /// partial stays visible.
     fn admit_write(&self, _principal: &Principal, _file_size_after: u64, _bytes: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Called before a new file or directory is created; `Err(message)` refuses it (the message goes to the
+    /// client as is).
+    fn admit_create(&self, _principal: &Principal) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Open file and directory handles one SFTP session of `principal` may hold.
+    fn max_open_handles(&self, _principal: &Principal) -> usize {
+        MAX_OPEN_HANDLES
+    }
+
+    /// Called before a session that holds `open` handles opens one more; `Err(message)` refuses it. The
+    /// default refuses at [`Authorizer::max_open_handles`].
+    fn admit_handle(&self, principal: &Principal, open: usize) -> Result<(), String> {
+        let max = self.max_open_handles(principal);
+        if open >= max {
+            return Err(format!("too many open handles in this session (limit {max}); close some first"));
+        }
+        Ok(())
+    }
+
+    /// Called at login with the number of sessions `principal` already has on this server; `Err(message)`
+    /// refuses the login (the message is logged; SSH has no way to show it).
+    fn admit_session(&self, _principal: &Principal, _open_sessions: usize) -> Result<(), String> {
         Ok(())
     }
 
@@ -394,6 +421,11 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<Auth, Self::Error> {
         match self.auth.authorize(user, key.public_key) {
             Some(principal) => {
+                let open = self.sessions.count_of(&principal.name);
+                if let Err(why) = self.auth.admit_session(&principal, open) {
+                    tracing::warn!(peer = ?self.peer, tenant = %principal.name, "sftp login refused: {why}");
+                    return Ok(Auth::reject());
+                }
                 let key_fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
                 tracing::info!(peer = ?self.peer, user = %user.escape_debug(), tenant = %principal.name,
                     key = %key_fingerprint, "sftp login");

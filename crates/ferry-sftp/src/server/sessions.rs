@@ -72,6 +72,11 @@ impl Sessions {
         self.0.live.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// How many sessions `principal` has logged in.
+    pub fn count_of(&self, principal: &str) -> usize {
+        self.0.live.lock().map(|m| m.values().filter(|(i, _)| i.principal == principal).count()).unwrap_or(0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -31,7 +31,7 @@ pub enum CommsCmd {
     },
     /// Tenants (customers).
     #[command(subcommand)]
-    Tenant(TenantCmd),
+    Tenant(Box<TenantCmd>),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -101,6 +101,15 @@ pub enum TenantCmd {
         /// Largest downstream file the App may send.
         #[arg(long)]
         max_download_file_bytes: Option<String>,
+        /// Most SFTP sessions of the tenant at once.
+        #[arg(long)]
+        max_sftp_sessions: Option<String>,
+        /// Most open file and directory handles per SFTP session.
+        #[arg(long)]
+        max_open_handles: Option<String>,
+        /// Most files and directories in the tenant's SFTP area.
+        #[arg(long)]
+        max_files: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -253,7 +262,7 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
                 None => println!("admin api:       off (listen_admin is not set)"),
             }
         }
-        CommsCmd::Tenant(t) => tenant(t).await?,
+        CommsCmd::Tenant(t) => tenant(*t).await?,
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
             let a = Admin::open(comms_config(&config)?).await?;
             match ferry_comms::db::verify_audit(&a.db).await? {
@@ -328,6 +337,9 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             upload_bytes_per_day,
             max_upload_file_bytes,
             max_download_file_bytes,
+            max_sftp_sessions,
+            max_open_handles,
+            max_files,
             config,
         } => {
             use ferry_comms::limits::{Limit, parse_size};
@@ -339,6 +351,9 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                 (Limit::UploadBytesPerDay, upload_bytes_per_day),
                 (Limit::MaxUploadFileBytes, max_upload_file_bytes),
                 (Limit::MaxDownloadFileBytes, max_download_file_bytes),
+                (Limit::MaxSftpSessions, max_sftp_sessions),
+                (Limit::MaxOpenHandles, max_open_handles),
+                (Limit::MaxFiles, max_files),
             ] {
                 let Some(v) = value else { continue };
                 let v = if v == "default" {

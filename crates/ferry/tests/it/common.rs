@@ -78,6 +78,7 @@ pub fn spool_batch(conn: &Connector, files: &[(&str, String)]) -> Manifest {
             rows: text.lines().count() as u64,
             bytes: d.bytes,
             compressed_bytes: std::fs::metadata(&path).expect("meta").len(),
+            compressed_sha256: Some(ferry_io::digest::file_sha256(&path).expect("sha256").1),
             md5: d.md5,
             sha256: d.sha256,
             scope: None,

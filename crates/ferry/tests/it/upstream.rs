@@ -81,7 +81,9 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
     let len = file_size(&path);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
-    m.files.iter_mut().find(|f| f.name == "sales.csv").unwrap().compressed_bytes = len / 2;
+    let entry = m.files.iter_mut().find(|f| f.name == "sales.csv").unwrap();
+    entry.compressed_bytes = len / 2;
+    entry.compressed_sha256 = Some(ferry_io::digest::file_sha256(&path).unwrap().1);
     write_manifest(&conn, &m);
     let s = send(&conn, &m).await;
     assert_eq!(s.state, BatchState::Rejected);
