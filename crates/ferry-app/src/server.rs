@@ -197,7 +197,7 @@ pub async fn start(
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
 ) -> anyhow::Result<AppHandle> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = identity(&cfg)?;
     let comms_keys: HashMap<String, PublicKey> =
@@ -239,7 +239,7 @@ pub async fn start(
 type St = State<Arc<AppState>>;
 
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/instances", post(create))
         .route("/v1/instances/{tenant}/batches", get(list))
@@ -247,7 +247,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances/{tenant}/files", get(files))
         .route("/v1/instances/{tenant}/files/{id}/state", post(file_state))
         .layer(axum::extract::DefaultBodyLimit::max(ferry_web::signed::MAX_SIGNED_BODY))
-        .with_state(state)
+        .with_state(state);
+    ferry_web::error::json_errors(routes)
 }
 
 /// The caller of every App route: a Comms server, known by one of the `comms_keys` that signed the request.

@@ -43,6 +43,9 @@ pub struct CommsConfig {
     /// Tenants the relay and the downstream worker each serve at once (a large import delays only its own tenant;
     /// each tenant's batches still go one after another, in order). Default 8.
     pub max_concurrent_tenants: usize,
+    /// Refused registrations (`/v1/register` with a bad token or body) one source address may cause per minute;
+    /// past it the address is answered 429 without any check until the minute ends. Default 10.
+    pub max_refused_registrations_per_minute: u32,
     /// Default limits of every tenant; `ferry comms tenant limits` overrides them per tenant.
     pub limits: Limits,
     /// The App server hosting this Comms server's instances.
@@ -82,6 +85,7 @@ impl Default for CommsConfig {
             listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 8444))),
             listen_http_redirect: None,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
+            max_refused_registrations_per_minute: 10,
             limits: Limits::default(),
             app: AppEndpoint::default(),
         }

@@ -453,7 +453,7 @@ fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<BatchStatus> {
 
 /// Record a completed batch; a second completion of the same id changes nothing. Returns the current status.
 pub async fn insert_batch(pool: &SqlitePool, tenant: &str, m: &Manifest) -> anyhow::Result<BatchStatus> {
-    let rows: u64 = m.files.iter().map(|f| f.rows).sum();
+    let rows: u64 = m.total_rows();
     sqlx::query(
         "INSERT INTO batches(tenant, batch_id, state, manifest, files, rows, created_at, updated_at)
          VALUES (?, ?, 'uploaded', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",

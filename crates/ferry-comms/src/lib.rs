@@ -32,7 +32,7 @@ use russh::keys::PublicKey;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
 
-pub use access::{ACCESS_POLL_INTERVAL, ACCESS_RELOAD_BOUND, Coalescer, KeyCache};
+pub use access::{ACCESS_POLL_INTERVAL, ACCESS_RELOAD_BOUND, Coalescer, KeyCache, RefusalLimiter};
 pub use config::CommsConfig;
 
 pub struct CommsState {
@@ -47,6 +47,10 @@ pub struct CommsState {
     pub sessions: ferry_sftp::Sessions,
     /// Failed logins (SSH, signatures, admin token) audited per source address at most once a minute.
     pub auth_failures: Coalescer<IpAddr>,
+    /// Refused registrations audited per source address and reason at most once a minute.
+    pub register_refusals: Coalescer<(IpAddr, &'static str)>,
+    /// Refused unauthenticated requests (registrations) per source address: past the limit, 429 at once.
+    pub unauth_limit: RefusalLimiter,
     /// Other repeated refusals (a downstream file over the limit, announced again and again).
     pub refusals: Coalescer<String>,
     /// (key fingerprint, address) pairs already recorded in `key_addresses`.
@@ -122,7 +126,7 @@ pub async fn start(
 }
 
 pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<CommsHandle> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = Arc::new(cfg.identity()?);
     let db = db::open(&cfg.db_path()).await?;
@@ -172,6 +176,8 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         usage: limits::Usage::default(),
         sessions: ferry_sftp::Sessions::new(),
         auth_failures: Coalescer::new(Duration::from_secs(60)),
+        register_refusals: Coalescer::new(Duration::from_secs(60)),
+        unauth_limit: RefusalLimiter::new(Duration::from_secs(60), cfg.max_refused_registrations_per_minute),
         refusals: Coalescer::new(Duration::from_secs(3600)),
         known_addresses: Mutex::new(HashSet::new()),
         cfg,
