@@ -338,7 +338,7 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             if let Some(e) = unreachable {
                 // The local part above is still shown; the exit status says the picture is incomplete.
                 eprintln!(
-                    "error: cannot get the batch list from the Comms server: {e:#}\n\
+                    "error: cannot reach the Comms server for the batch list: {e:#}\n\
                      the state of the batches at the server is unknown; check the network and the server, then run \
                      `ferry connector status` again"
                 );
