@@ -35,6 +35,9 @@ pub struct AppConfig {
     pub max_concurrent_tenants: usize,
     /// The Comms server this App announces downstream files to.
     pub comms: CommsEndpoint,
+    /// `[retention]`: the files of rejected (and other finished) batches are removed after `keep_secs`
+    /// (default 7 days); the batch log keeps their verdicts.
+    pub retention: ferry_web::retention::Retention,
 }
 
 /// A Comms service key allowed to call this App server: an OpenSSH public key line in `app.toml`, parsed once at
@@ -94,6 +97,7 @@ impl Default for AppConfig {
             max_open_instances: 256,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             comms: CommsEndpoint::default(),
+            retention: ferry_web::retention::Retention::default(),
         }
     }
 }
@@ -119,6 +123,7 @@ impl AppConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.retention.validate()?;
         if self.max_concurrent_tenants == 0 {
             bail!("max_concurrent_tenants must be at least 1");
         }

@@ -224,6 +224,11 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     }
     tasks.spawn(downstream::run(state.clone(), tasks.shutdown_signal()));
     tasks.spawn(relay::run(state.clone(), tasks.shutdown_signal()));
+    let st = state.clone();
+    tasks.spawn(state.cfg.retention.run("batches and downstream files (Comms)", tasks.shutdown_signal(), move || {
+        let st = st.clone();
+        async move { sweep_retention(&st).await }
+    }));
     tasks.spawn(access::watch_access(state.clone(), tasks.shutdown_signal()));
     tracing::info!(%https_addr, %ssh_addr, ?admin_addr, ?http_redirect_addr, "comms server listening");
     Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, tasks })
@@ -290,4 +295,35 @@ mod tests {
         assert_eq!(super::url_host("https://10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(super::url_host("http://x"), None);
     }
+}
+
+/// Retention: removes `tenants/<t>/batches/<batch>/` of every batch in a final state (imported or rejected)
+/// last changed more than `[retention] keep_secs` ago, and `tenants/<t>/sftp/download/<file>/` of every
+/// delivered file as old. The rows and the audit log stay; a batch or file still in progress is left alone.
+pub async fn sweep_retention(st: &CommsState) -> anyhow::Result<usize> {
+    use ferry_proto::api::BatchState;
+    let keep = st.cfg.retention.keep();
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let mut removed = 0;
+    for (tenant, tdir) in ferry_web::retention::subdirs(&st.cfg.data_dir.join("tenants")) {
+        for (id, dir) in ferry_web::retention::subdirs(&tdir.join("batches")) {
+            let Ok(bid) = ferry_proto::batch::BatchId::parse(&id) else { continue };
+            let Some(b) = db::batch_status(&st.db, &tenant, &bid).await? else { continue };
+            if matches!(b.state, BatchState::Imported | BatchState::Rejected) && b.updated_at <= cutoff {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
+                tracing::info!(%tenant, batch = %id, state = b.state.as_str(), "retention: removed the batch's files");
+                removed += 1;
+            }
+        }
+        // A delivered file is removed at its acknowledgement; one whose removal failed goes here.
+        for (id, dir) in ferry_web::retention::subdirs(&tdir.join("sftp").join("download")) {
+            if ferry_web::retention::age(&dir) >= keep && db::download_delivered(&st.db, &tenant, &id).await? {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -262,3 +262,43 @@ async fn data_at_rest_is_private_under_umask_022() {
     app.wait_exit(Duration::from_secs(20));
     comms.wait_exit(Duration::from_secs(20));
 }
+
+/// Finding 5: with `[retention] keep_secs = 3` (swept every second) on both servers, a rejected batch's files
+/// are kept at first, then removed from the App's incoming area and from Comms; the imported data, the batch's
+/// verdict (Comms `batches`, the App's batch log) and the audit trail stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_removes_the_files_of_finished_batches_and_keeps_data_and_verdicts() {
+    use ferry_proto::api::BatchState;
+    let dir = tempfile::tempdir().unwrap();
+    let ret = ferry_web::retention::Retention { keep_secs: 3, sweep_every_secs: 1 };
+    let c = Cluster::start_with(dir.path(), |a| a.retention = ret, |m| m.retention = ret).await.unwrap();
+    let a = tenant(&c, "alpha").await;
+    let good = spool_batch(&a, &good_files());
+    assert_eq!(a.send(&good, &quiet).await.unwrap().status.state, BatchState::Imported);
+    let before = counts(&c, "alpha").await;
+    let bad_files: Vec<_> = good_files()
+        .into_iter()
+        .map(|(n, t)| (n, if n == "stock.csv" { t.replace("2024/01/05", "2024/13/45") } else { t }))
+        .collect();
+    let bad = spool_batch(&a, &bad_files);
+    let s = a.send(&bad, &quiet).await.unwrap().status;
+    assert_eq!(s.state, BatchState::Rejected, "{:?}", s.detail);
+    let app_dir = c.app.state.sftp_root().join("alpha").join("incoming").join(bad.batch_id.as_str());
+    let comms_dir = c.comms.state.batch_dir("alpha", bad.batch_id.as_str());
+    assert!(app_dir.is_dir() && comms_dir.is_dir(), "a rejected batch's files are kept for the retention period");
+    let t = Instant::now();
+    let gone = eventually(Duration::from_secs(20), async || !app_dir.exists() && !comms_dir.exists()).await;
+    println!("rejected batch's files removed {:.1?} after its verdict (keep 3 s, sweep every 1 s)", t.elapsed());
+    assert!(gone.is_some(), "app {} comms {}", app_dir.exists(), comms_dir.exists());
+    assert!(t.elapsed() >= Duration::from_secs(1), "removed before its retention ran out");
+    // The data and the verdicts stay.
+    assert_eq!(counts(&c, "alpha").await, before);
+    let list = a.status(10).await.unwrap();
+    let verdict = list.iter().find(|b| b.batch_id == bad.batch_id).expect("the rejected batch is still listed");
+    assert_eq!(verdict.state, BatchState::Rejected);
+    assert!(verdict.detail.as_deref().unwrap_or_default().contains("stock.csv"), "{verdict:?}");
+    let ev = ferry_comms::db::recent_audit(&c.comms.state.db, 1000).await.unwrap();
+    assert!(ev.iter().any(|e| e.3 == "batch_rejected" && e.4.contains(bad.batch_id.as_str())));
+    ferry_comms::db::verify_audit(&c.comms.state.db).await.unwrap().expect("audit chain intact");
+    c.stop().await;
+}
