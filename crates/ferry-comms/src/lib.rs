@@ -287,16 +287,6 @@ fn url_host(url: &str) -> Option<String> {
     Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn url_host_parses() {
-        assert_eq!(super::url_host("https://comms.example:443/x").as_deref(), Some("comms.example"));
-        assert_eq!(super::url_host("https://10.0.0.1").as_deref(), Some("10.0.0.1"));
-        assert_eq!(super::url_host("http://x"), None);
-    }
-}
-
 /// Retention: removes `tenants/<t>/batches/<batch>/` of every batch in a final state (imported or rejected)
 /// last changed more than `[retention] keep_secs` ago, and `tenants/<t>/sftp/download/<file>/` of every
 /// delivered file as old. The rows and the audit log stay; a batch or file still in progress is left alone.
@@ -326,4 +316,14 @@ pub async fn sweep_retention(st: &CommsState) -> anyhow::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_host_parses() {
+        assert_eq!(super::url_host("https://comms.example:443/x").as_deref(), Some("comms.example"));
+        assert_eq!(super::url_host("https://10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(super::url_host("http://x"), None);
+    }
 }
