@@ -37,6 +37,9 @@ pub struct AppConfig {
     pub comms: CommsEndpoint,
     /// Connection caps and deadlines of the HTTPS and SSH listeners.
     pub connections: ferry_io::accept::ConnectionLimits,
+    /// `[retention]`: the files of rejected (and other finished) batches are removed after `keep_secs`
+    /// (default 7 days); the batch log keeps their verdicts.
+    pub retention: ferry_web::retention::Retention,
 }
 
 /// A Comms service key allowed to call this App server: an OpenSSH public key line in `app.toml`, parsed once at
@@ -97,6 +100,7 @@ impl Default for AppConfig {
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             connections: ferry_io::accept::ConnectionLimits::default(),
             comms: CommsEndpoint::default(),
+            retention: ferry_web::retention::Retention::default(),
         }
     }
 }
@@ -123,6 +127,7 @@ impl AppConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.connections.validate()?;
+        self.retention.validate()?;
         if self.max_concurrent_tenants == 0 {
             bail!("max_concurrent_tenants must be at least 1");
         }

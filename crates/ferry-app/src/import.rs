@@ -139,7 +139,7 @@ pub async fn import_batch(
             };
             record(&mut tx, &report).await?;
             tx.commit().await?;
-            let rows: u64 = report.files.iter().map(|f| f.rows).sum();
+            let rows: u64 = report.files.iter().fold(0u64, |a, f| a.saturating_add(f.rows));
             tracing::info!(batch = %id, files = report.files.len(), rows, "batch imported");
             Ok(report)
         }

@@ -197,7 +197,7 @@ pub async fn start(
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
 ) -> anyhow::Result<AppHandle> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = identity(&cfg)?;
     let comms_keys: HashMap<String, PublicKey> =
@@ -235,6 +235,11 @@ pub async fn start(
     let sd = tasks.shutdown_signal();
     tasks.spawn_logged("sftp server", ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd));
     tasks.spawn(announcer(state.clone(), tasks.shutdown_signal()));
+    let st = state.clone();
+    tasks.spawn(st.cfg.retention.run("batches (App incoming area)", tasks.shutdown_signal(), move || {
+        let st = st.clone();
+        async move { sweep_batches(&st).await }
+    }));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
     Ok(AppHandle { https_addr, ssh_addr, state, tasks })
 }
@@ -242,7 +247,7 @@ pub async fn start(
 type St = State<Arc<AppState>>;
 
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/instances", post(create))
         .route("/v1/instances/{tenant}/batches", get(list))
@@ -250,7 +255,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances/{tenant}/files", get(files))
         .route("/v1/instances/{tenant}/files/{id}/state", post(file_state))
         .layer(axum::extract::DefaultBodyLimit::max(ferry_web::signed::MAX_SIGNED_BODY))
-        .with_state(state)
+        .with_state(state);
+    ferry_web::error::json_errors(routes)
 }
 
 /// The caller of every App route: a Comms server, known by one of the `comms_keys` that signed the request.
@@ -429,4 +435,33 @@ async fn file_state(
         return Err(ApiError::NotFound(format!("no file {id} in this instance's outbox")));
     }
     Ok(Json(serde_json::json!({ "file_id": id, "state": p.state })))
+}
+
+/// Retention: removes `sftp/<tenant>/incoming/<batch>/` of every batch the tenant's batch log has a verdict for
+/// (imported or rejected: final) once the folder is older than `[retention] keep_secs`. The batch log row stays.
+/// A folder without a verdict (being relayed or imported) is left alone.
+pub async fn sweep_batches(st: &AppState) -> anyhow::Result<usize> {
+    let keep = st.cfg.retention.keep();
+    let mut removed = 0;
+    for (tenant, tdir) in ferry_web::retention::subdirs(&st.sftp_root()) {
+        let old: Vec<_> = ferry_web::retention::subdirs(&tdir.join("incoming"))
+            .into_iter()
+            .filter(|(_, d)| ferry_web::retention::age(d) >= keep)
+            .collect();
+        if old.is_empty() {
+            continue;
+        }
+        let Some(inst) = st.instance(&tenant).await? else { continue };
+        for (id, dir) in old {
+            let Ok(id) = BatchId::parse(&id) else { continue };
+            let _one_at_a_time = inst.1.lock().await;
+            if inst.0.batch(&id).await?.is_some() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
+                tracing::info!(%tenant, batch = %id, "retention: removed the batch's files");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -110,6 +110,49 @@ impl<K: std::hash::Hash + Eq + Clone> Coalescer<K> {
     }
 }
 
+/// Refusals of unauthenticated requests per source address: after `max` in one `window`, the address is
+/// answered 429 without any work (no database, no audit entry) until the window ends.
+pub struct RefusalLimiter {
+    window: Duration,
+    max: u32,
+    counts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RefusalLimiter {
+    const MAX_KEYS: usize = 10_000;
+
+    pub fn new(window: Duration, max: u32) -> Self {
+        RefusalLimiter { window, max, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Some(how long to wait) if `ip` has used up its refusals of the current window.
+    pub fn limited(&self, ip: IpAddr) -> Option<Duration> {
+        let m = self.counts.lock().ok()?;
+        let (start, n) = m.get(&ip)?;
+        let elapsed = start.elapsed();
+        (elapsed < self.window && *n >= self.max).then(|| self.window.saturating_sub(elapsed))
+    }
+
+    /// One more refusal for `ip`.
+    pub fn refused(&self, ip: IpAddr) {
+        let Ok(mut m) = self.counts.lock() else { return };
+        let now = Instant::now();
+        if m.len() >= Self::MAX_KEYS {
+            let window = self.window;
+            m.retain(|_, (at, _)| now.duration_since(*at) < window);
+        }
+        let full = m.len() >= Self::MAX_KEYS;
+        match m.get_mut(&ip) {
+            Some((start, n)) if now.duration_since(*start) < self.window => *n = n.saturating_add(1),
+            Some(entry) => *entry = (now, 1),
+            None if !full => {
+                m.insert(ip, (now, 1));
+            }
+            None => {}
+        }
+    }
+}
+
 impl CommsState {
     /// Reload keys and limits from the database and close the SFTP sessions whose key is no longer an active
     /// key of their tenant (revoked, tenant disabled, deleted). Sessions of a key retired by a rotation are
@@ -161,7 +204,25 @@ impl CommsState {
             } else {
                 String::new()
             };
+            tracing::info!(%ip, "authentication failed: {what}{more}");
             self.audit_later(None, "auth_failed", format!("from {ip}: {what}{more}"));
+        }
+    }
+
+    /// A refused registration from `peer` (`kind`: a fixed name of the reason, `why`: the message): audited
+    /// (`register_refused`) and logged at most once a minute per source address and kind, with the count of the
+    /// ones left out; counted for the per-address limit.
+    pub async fn register_refused(&self, peer: SocketAddr, kind: &'static str, why: &str) {
+        let ip = peer.ip();
+        self.unauth_limit.refused(ip);
+        if let Some(skipped) = self.register_refusals.admit((ip, kind)) {
+            let more = if skipped > 0 {
+                format!(" ({skipped} more refused registrations from there since the last entry)")
+            } else {
+                String::new()
+            };
+            tracing::info!(%ip, "registration refused: {why}{more}");
+            db::audit(&self.db, None, "register_refused", &format!("from {peer}: {why}{more}")).await;
         }
     }
 

@@ -50,7 +50,7 @@ pub fn router(st: Arc<CommsState>, token: String) -> Router {
         .route("/admin/v1/audit/verify", get(audit_verify))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
-    ferry_web::serve::with_request_timeout(api, std::time::Duration::from_secs(120))
+    ferry_web::error::json_errors(ferry_web::serve::with_request_timeout(api, std::time::Duration::from_secs(120)))
 }
 
 /// Equal contents, in time that depends only on the (fixed) digest length.

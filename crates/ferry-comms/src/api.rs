@@ -47,7 +47,7 @@ pub fn router(state: Arc<CommsState>) -> Router {
         .route("/v1/app/files", post(app_file_ready))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    ferry_web::serve::with_request_timeout(routes, timeout)
+    ferry_web::error::json_errors(ferry_web::serve::with_request_timeout(routes, timeout))
 }
 
 /// The authenticated caller of a signed request: a tenant's Connector, known by the key that signed.
@@ -118,11 +118,36 @@ pub fn secret_hash(secret: &str) -> String {
 async fn register(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(req): Json<RegisterRequest>,
+    body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let key = ferry_io::keys::parse_public_key(&req.public_key)
-        .map_err(|e| ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))?;
-    check_key_strength(&key)?;
+    // Unauthenticated: an address past its refusals is turned away before any work, and refusals are audited
+    // coalesced per address (`register_refused`), so a flood grows neither the audit log nor the server log.
+    if let Some(wait) = st.unauth_limit.limited(peer.ip()) {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many refused registrations from {}; wait {} s, then register with a valid token",
+            peer.ip(),
+            wait.as_secs().max(1)
+        )));
+    }
+    let checked = match body {
+        Err(e) => Err(("bad_body", ferry_web::error::json_rejection(e))),
+        Ok(Json(req)) => match ferry_io::keys::parse_public_key(&req.public_key) {
+            Err(e) => Err(("bad_key", ApiError::BadRequest(format!("public_key is not an OpenSSH public key: {e}")))),
+            Ok(key) => match check_key_strength(&key) {
+                Err(e) => Err(("weak_key", e)),
+                Ok(()) => Ok((req, key)),
+            },
+        },
+    };
+    let (req, key) = match checked {
+        Ok(v) => v,
+        Err((kind, e)) => {
+            if let ApiError::BadRequest(m) | ApiError::Unprocessable(m) | ApiError::TooLarge(m) = &e {
+                st.register_refused(peer, kind, m).await;
+            }
+            return Err(e);
+        }
+    };
     let fp = ferry_io::keys::fingerprint(&key);
     let openssh = ferry_io::keys::public_key_openssh(&key).map_err(ApiError::internal)?;
     let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
@@ -130,7 +155,14 @@ async fn register(
         Ok(t) => t,
         Err(db::RegisterError::Db(e)) => return Err(ApiError::internal(e)),
         Err(e) => {
-            db::audit(&st.db, None, "register_refused", &format!("from {peer}: {e}")).await;
+            let kind = match e {
+                db::RegisterError::UnknownToken => "unknown_token",
+                db::RegisterError::UsedToken => "used_token",
+                db::RegisterError::ExpiredToken => "expired_token",
+                db::RegisterError::TenantDisabled => "tenant_disabled",
+                _ => "key_taken",
+            };
+            st.register_refused(peer, kind, &e.to_string()).await;
             return Err(match e {
                 db::RegisterError::KeyTaken => ApiError::Conflict(e.to_string()),
                 _ => ApiError::Unauthorized(e.to_string()),

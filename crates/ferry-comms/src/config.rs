@@ -43,6 +43,12 @@ pub struct CommsConfig {
     /// Tenants the relay and the downstream worker each serve at once (a large import delays only its own tenant;
     /// each tenant's batches still go one after another, in order). Default 8.
     pub max_concurrent_tenants: usize,
+    /// Refused registrations (`/v1/register` with a bad token or body) one source address may cause per minute;
+    /// past it the address is answered 429 without any check until the minute ends. Default 10.
+    pub max_refused_registrations_per_minute: u32,
+    /// `[retention]`: the files of imported and rejected batches (and of delivered downstream files) are removed
+    /// after `keep_secs` (default 7 days); the database rows and the audit log stay.
+    pub retention: ferry_web::retention::Retention,
     /// Default limits of every tenant; `ferry comms tenant limits` overrides them per tenant.
     pub limits: Limits,
     /// Connection caps and deadlines of every listener (HTTPS, SSH, the shared port, admin, redirect).
@@ -84,6 +90,8 @@ impl Default for CommsConfig {
             listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 8444))),
             listen_http_redirect: None,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
+            max_refused_registrations_per_minute: 10,
+            retention: ferry_web::retention::Retention::default(),
             limits: Limits::default(),
             connections: ferry_io::accept::ConnectionLimits::default(),
             app: AppEndpoint::default(),
@@ -112,6 +120,7 @@ impl CommsConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.retention.validate()?;
         if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
         }

@@ -453,7 +453,7 @@ fn status_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<BatchStatus> {
 
 /// Record a completed batch; a second completion of the same id changes nothing. Returns the current status.
 pub async fn insert_batch(pool: &SqlitePool, tenant: &str, m: &Manifest) -> anyhow::Result<BatchStatus> {
-    let rows: u64 = m.files.iter().map(|f| f.rows).sum();
+    let rows: u64 = m.total_rows();
     sqlx::query(
         "INSERT INTO batches(tenant, batch_id, state, manifest, files, rows, created_at, updated_at)
          VALUES (?, ?, 'uploaded', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -673,6 +673,17 @@ pub async fn set_download_ready(pool: &SqlitePool, tenant: &str, id: &FileId, co
 }
 
 /// Mark delivered (idempotent). Returns false if the file is not this tenant's or not yet ready.
+/// Whether downstream file `id` of `tenant` was delivered (acknowledged by the Connector).
+pub async fn download_delivered(pool: &SqlitePool, tenant: &str, id: &str) -> sqlx::Result<bool> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM downloads WHERE tenant = ? AND file_id = ? AND state = 'delivered'")
+            .bind(tenant)
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+    Ok(n > 0)
+}
+
 pub async fn set_download_delivered(pool: &SqlitePool, tenant: &str, id: &FileId) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "UPDATE downloads SET state = 'delivered', delivered_at = COALESCE(delivered_at, ?), last_error = NULL

@@ -32,7 +32,7 @@ use russh::keys::PublicKey;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
 
-pub use access::{ACCESS_POLL_INTERVAL, ACCESS_RELOAD_BOUND, Coalescer, KeyCache};
+pub use access::{ACCESS_POLL_INTERVAL, ACCESS_RELOAD_BOUND, Coalescer, KeyCache, RefusalLimiter};
 pub use config::CommsConfig;
 
 pub struct CommsState {
@@ -47,6 +47,10 @@ pub struct CommsState {
     pub sessions: ferry_sftp::Sessions,
     /// Failed logins (SSH, signatures, admin token) audited per source address at most once a minute.
     pub auth_failures: Coalescer<IpAddr>,
+    /// Refused registrations audited per source address and reason at most once a minute.
+    pub register_refusals: Coalescer<(IpAddr, &'static str)>,
+    /// Refused unauthenticated requests (registrations) per source address: past the limit, 429 at once.
+    pub unauth_limit: RefusalLimiter,
     /// Other repeated refusals (a downstream file over the limit, announced again and again).
     pub refusals: Coalescer<String>,
     /// (key fingerprint, address) pairs already recorded in `key_addresses`.
@@ -122,7 +126,7 @@ pub async fn start(
 }
 
 pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<CommsHandle> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = Arc::new(cfg.identity()?);
     let db = db::open(&cfg.db_path()).await?;
@@ -181,6 +185,8 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         usage: limits::Usage::default(),
         sessions: ferry_sftp::Sessions::new(),
         auth_failures: Coalescer::new(Duration::from_secs(60)),
+        register_refusals: Coalescer::new(Duration::from_secs(60)),
+        unauth_limit: RefusalLimiter::new(Duration::from_secs(60), cfg.max_refused_registrations_per_minute),
         refusals: Coalescer::new(Duration::from_secs(3600)),
         known_addresses: Mutex::new(HashSet::new()),
         cfg,
@@ -237,6 +243,11 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     }
     tasks.spawn(downstream::run(state.clone(), tasks.shutdown_signal()));
     tasks.spawn(relay::run(state.clone(), tasks.shutdown_signal()));
+    let st = state.clone();
+    tasks.spawn(state.cfg.retention.run("batches and downstream files (Comms)", tasks.shutdown_signal(), move || {
+        let st = st.clone();
+        async move { sweep_retention(&st).await }
+    }));
     tasks.spawn(access::watch_access(state.clone(), tasks.shutdown_signal()));
     tracing::info!(%https_addr, %ssh_addr, ?admin_addr, ?http_redirect_addr, "comms server listening");
     Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, tasks })
@@ -314,6 +325,37 @@ fn url_host(url: &str) -> Option<String> {
         return v6.split(']').next().map(|h| format!("[{h}]"));
     }
     Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_string())
+}
+
+/// Retention: removes `tenants/<t>/batches/<batch>/` of every batch in a final state (imported or rejected)
+/// last changed more than `[retention] keep_secs` ago, and `tenants/<t>/sftp/download/<file>/` of every
+/// delivered file as old. The rows and the audit log stay; a batch or file still in progress is left alone.
+pub async fn sweep_retention(st: &CommsState) -> anyhow::Result<usize> {
+    use ferry_proto::api::BatchState;
+    let keep = st.cfg.retention.keep();
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let mut removed = 0;
+    for (tenant, tdir) in ferry_web::retention::subdirs(&st.cfg.data_dir.join("tenants")) {
+        for (id, dir) in ferry_web::retention::subdirs(&tdir.join("batches")) {
+            let Ok(bid) = ferry_proto::batch::BatchId::parse(&id) else { continue };
+            let Some(b) = db::batch_status(&st.db, &tenant, &bid).await? else { continue };
+            if matches!(b.state, BatchState::Imported | BatchState::Rejected) && b.updated_at <= cutoff {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
+                tracing::info!(%tenant, batch = %id, state = b.state.as_str(), "retention: removed the batch's files");
+                removed += 1;
+            }
+        }
+        // A delivered file is removed at its acknowledgement; one whose removal failed goes here.
+        for (id, dir) in ferry_web::retention::subdirs(&tdir.join("sftp").join("download")) {
+            if ferry_web::retention::age(&dir) >= keep && db::download_delivered(&st.db, &tenant, &id).await? {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

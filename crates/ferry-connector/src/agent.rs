@@ -177,7 +177,7 @@ impl Connector {
             ssh_host_key_fingerprint: resp.ssh_host_key_fingerprint,
             registered_at: chrono::Utc::now(),
         };
-        std::fs::create_dir_all(self.cfg.data_dir())?;
+        ferry_io::private::create_dir(self.cfg.data_dir())?;
         reg.save(self.cfg.registration_path())?;
         Ok(reg)
     }

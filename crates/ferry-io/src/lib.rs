@@ -19,6 +19,7 @@ pub mod config;
 pub mod digest;
 pub mod httpsig;
 pub mod keys;
+pub mod private;
 pub mod retry;
 pub mod sqlite;
 pub mod tls;

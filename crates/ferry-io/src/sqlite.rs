@@ -42,7 +42,11 @@ pub async fn open(path: &Path, options: &Options) -> sqlx::Result<SqlitePool> {
     if options.create_folder
         && let Some(dir) = path.parent()
     {
-        std::fs::create_dir_all(dir)?;
+        crate::private::create_dir(dir)?;
+    }
+    // 0600 before SQLite sees it: its -wal and -shm files take the database file's mode.
+    if path.parent().is_some_and(Path::exists) {
+        crate::private::create_file(path)?;
     }
     let mut connect = SqliteConnectOptions::new()
         .filename(path)

@@ -118,9 +118,19 @@ pub enum ManifestError {
     BadEntry { file: String, what: String },
     #[error("full batch is missing the required file {0}")]
     MissingRequired(String),
+    #[error(
+        "manifest's {what} add up to more than {max} (a file says {file}); no batch is that large: check how the \
+         manifest was written",
+        max = MAX_TOTAL
+    )]
+    TooLarge64 { what: &'static str, file: String },
     #[error("manifest is for batch {found}, but it was sent as batch {expected}")]
     WrongBatch { expected: String, found: String },
 }
+
+/// The largest total of rows, bytes or compressed bytes a manifest may announce (and any one file): what a
+/// SQLite integer holds.
+pub const MAX_TOTAL: u64 = i64::MAX as u64;
 
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
@@ -143,7 +153,20 @@ impl Manifest {
             return Err(ManifestError::SpecVersion(self.spec_version.chars().take(16).collect()));
         }
         let mut seen = HashSet::new();
+        let mut totals = [0u64; 3];
         for f in &self.files {
+            // Checked sums: every total of rows and sizes fits in a SQLite integer, none wraps around.
+            for (i, (what, v)) in
+                [("rows", f.rows), ("bytes", f.bytes), ("compressed_bytes", f.compressed_bytes)].into_iter().enumerate()
+            {
+                match totals[i].checked_add(v) {
+                    Some(t) if t <= MAX_TOTAL => totals[i] = t,
+                    _ => {
+                        let file = format!("{}: {v}", f.name.chars().take(80).collect::<String>());
+                        return Err(ManifestError::TooLarge64 { what, file });
+                    }
+                }
+            }
             if !spec::is_known_file(&f.name) {
                 return Err(ManifestError::UnknownFile(f.name.chars().take(80).collect()));
             }
@@ -199,8 +222,14 @@ impl Manifest {
         Ok(())
     }
 
+    /// The sum of the files' compressed sizes (saturating: a checked manifest stays under [`MAX_TOTAL`]).
     pub fn total_compressed_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.compressed_bytes).sum()
+        self.files.iter().fold(0u64, |a, f| a.saturating_add(f.compressed_bytes))
+    }
+
+    /// The sum of the files' rows (saturating: a checked manifest stays under [`MAX_TOTAL`]).
+    pub fn total_rows(&self) -> u64 {
+        self.files.iter().fold(0u64, |a, f| a.saturating_add(f.rows))
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod identity;
+pub mod retention;
 pub mod serve;
 pub mod signed;
 pub mod worker;

@@ -57,8 +57,23 @@ where
         st.ready()?;
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, MAX_SIGNED_BODY).await.map_err(|_| {
-            ApiError::BadRequest(format!("the request body is unreadable or larger than {MAX_SIGNED_BODY} bytes"))
+        let too_large = || {
+            ApiError::TooLarge(format!("the request body is larger than {MAX_SIGNED_BODY} bytes; send a smaller one"))
+        };
+        let announced = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_SIGNED_BODY as u64) {
+            return Err(too_large());
+        }
+        let body = axum::body::to_bytes(body, MAX_SIGNED_BODY).await.map_err(|e| {
+            if format!("{e:#}").contains("length limit") {
+                too_large()
+            } else {
+                ApiError::BadRequest(format!("the request body could not be read: {e}"))
+            }
         })?;
         let verified = st.verifier().verify(&parts.method, &parts.uri, &parts.headers, &body, |k| st.key(k));
         let caller = match verified {

@@ -294,14 +294,11 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     println!("  {p}");
                 }
             }
-            let list = match c.status(limit).await {
-                Ok(list) => list,
-                Err(e) => {
-                    println!("cannot reach the Comms server for the batch list: {e:#}");
-                    Vec::new()
-                }
+            let (list, unreachable) = match c.status(limit).await {
+                Ok(list) => (list, None),
+                Err(e) => (Vec::new(), Some(e)),
             };
-            if list.is_empty() && pending.is_empty() && c.registration().is_ok() {
+            if list.is_empty() && pending.is_empty() && unreachable.is_none() && c.registration().is_ok() {
                 println!("no batches at the Comms server yet: run `ferry connector sync`");
             }
             for s in list {
@@ -337,6 +334,15 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                     r.acked_at.or(r.applied_at).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
                 let err = r.error.map(|e| format!("\n    last error: {e}")).unwrap_or_default();
                 println!("{}  {:<18} {:<8} attempts {}  {when}{err}", r.file_id, r.name, r.state.as_str(), r.attempts);
+            }
+            if let Some(e) = unreachable {
+                // The local part above is still shown; the exit status says the picture is incomplete.
+                eprintln!(
+                    "error: cannot reach the Comms server for the batch list: {e:#}\n\
+                     the state of the batches at the server is unknown; check the network and the server, then run \
+                     `ferry connector status` again"
+                );
+                return Ok(ExitCode::from(2));
             }
         }
     }

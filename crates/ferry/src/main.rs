@@ -6,6 +6,10 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Data at rest is the owner's only (files 0600, folders 0700), whatever umask the process was started with;
+    // first, before any thread exists.
+    #[cfg(unix)]
+    ferry_io::private::restrict_umask();
     let args = cli::Cli::parse();
     let default_level = match &args.command {
         #[cfg(unix)]

@@ -85,6 +85,18 @@ proptest! {
         }
     }
 
+    /// Sizes that add up beyond `MAX_TOTAL` are refused (checked sums, nothing wraps); sums within it pass.
+    #[test]
+    fn sums_beyond_max_total_are_refused(doc in any_valid_manifest(), extra in any::<u64>()) {
+        let mut doc = doc;
+        let files = doc["files"].as_array_mut().unwrap();
+        let last = files.len() - 1;
+        files[last]["compressed_bytes"] = Json::from(extra);
+        let total: u128 = files.iter().map(|f| u128::from(f["compressed_bytes"].as_u64().unwrap())).sum();
+        let m = Manifest::parse(&serde_json::to_vec(&doc).unwrap());
+        prop_assert_eq!(m.is_ok(), total <= u128::from(ferry_proto::manifest::MAX_TOTAL), "{:?}", m.err());
+    }
+
     /// Any full manifest with the required files, any of the optional and custom ones, in any order, with any
     /// counts, digests, ids and times is accepted, and reads back as written.
     #[test]
@@ -106,9 +118,12 @@ proptest! {
     }
 }
 
-/// One file entry of a valid manifest named `name`: any counts, any lowercase hex digests.
+/// One file entry of a valid manifest named `name`: counts up to 2^56 (a manifest's totals must stay under
+/// 2^63, `MAX_TOTAL`; sums beyond it are refused, see `sums_beyond_max_total_are_refused`), any lowercase hex
+/// digests.
 fn file_entry(name: String) -> impl Strategy<Value = Json> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), "[0-9a-f]{32}", "[0-9a-f]{64}").prop_map(
+    let count = 0..=(1u64 << 56);
+    (count.clone(), count.clone(), count, "[0-9a-f]{32}", "[0-9a-f]{64}").prop_map(
         move |(rows, bytes, compressed_bytes, md5, sha256)| {
             serde_json::json!({ "name": name, "rows": rows, "bytes": bytes, "compressed_bytes": compressed_bytes,
                 "md5": md5, "sha256": sha256 })

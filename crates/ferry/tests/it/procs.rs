@@ -35,8 +35,21 @@ pub fn ferry(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every child runs under umask 022 (the common default), whatever the test runner's: the programs must make
+/// their data private themselves (`attack/rest.rs` checks the modes).
+fn under_umask_022(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and touches only the child's own process state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        })
+    }
+}
+
 pub fn ferry_output(args: &[&str]) -> Output {
-    Command::new(ferry_bin())
+    under_umask_022(&mut Command::new(ferry_bin()))
         .args(args)
         .env("FERRY_LOG", "warn,sqlx=error")
         .stdin(Stdio::null())
@@ -72,6 +85,7 @@ impl Node {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let err = log.try_clone().expect("log clone");
         let mut cmd = Command::new(ferry_bin());
+        under_umask_022(&mut cmd);
         cmd.args(&self.args).env("FERRY_LOG", "info,sqlx=error").stdin(Stdio::null()).stdout(log).stderr(err);
         if let Some(n) = self.file_limit {
             use std::os::unix::process::CommandExt;
