@@ -251,14 +251,26 @@ async fn service_under_wine(
     conn_dir: &Path,
     inst: &ferry_app::instance::Instance,
 ) {
-    // keep the Wine session (and with it the service manager) up between the commands
-    let mut server = wine
-        .command("wineserver")
-        .args(["-p", "-f"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Keep the Wine session (and with it the service manager and the service) up between the commands. A
+    // persistent server only starts once the one left by the previous command has gone (a second one exits at
+    // once, and the lingering one would later stop the service with it).
+    let mut server = None;
+    for _ in 0..10 {
+        let _ = wine.command("wineserver").arg("-w").status().await;
+        let mut s = wine
+            .command("wineserver")
+            .args(["-p", "-f"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if s.try_wait().unwrap().is_none() {
+            server = Some(s);
+            break;
+        }
+    }
+    let mut server = server.expect("a persistent wineserver did not start");
     let name = "FerryTest";
     let out = wine.ferry(&["connector", "service", "install", "--config", config, "--name", name]).await;
     assert!(out.contains("installed"), "{out}");
@@ -276,7 +288,14 @@ async fn service_under_wine(
     let arrived = conn_dir.join("from_cloud").join("report_service.csv");
     let log = conn_dir.join("data").join("connector-service.log");
     if eventually(Duration::from_secs(90), async || arrived.exists()).await.is_none() {
-        panic!("the service did not deliver the file; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let server_state = match server.try_wait() {
+            Ok(None) => "running".to_string(),
+            other => format!("gone ({other:?})"),
+        };
+        panic!(
+            "the service did not deliver the file (wineserver {server_state}); its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     assert_eq!(std::fs::read(&arrived).unwrap(), std::fs::read(&src).unwrap());
 
