@@ -393,7 +393,8 @@ threads = 0
 wait_secs = 600
 
 [schedule]
-# `ferry connector run` extracts daily at this local time (HH:MM; "" = only on demand with `sync`).
+# `ferry connector run` extracts daily at this local time (HH:MM; "" = only on demand with `sync`), and at start
+# when nothing was sent yet or today's time has passed with no extract since (a manual `sync` counts).
 daily_at = "02:00"
 # Seconds each poll for files from the cloud waits (files arrive within a second of being ready).
 poll_wait_secs = 25

@@ -194,7 +194,10 @@ impl Connector {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         let mut poll_log = FailureLog::new("downstream poll", Duration::from_secs(300));
         let last = journal.last_sent_extract().await?.map(|t| t.with_timezone(&Local));
-        log(&format!("connector running: files from the cloud as they come; {}", schedule_note(daily, last, Local::now())));
+        log(&format!(
+            "connector running: files from the cloud as they come; {}",
+            schedule_note(daily, last, Local::now())
+        ));
         loop {
             if let Some(h) = sync_task.take_if(|h| h.is_finished()) {
                 match h.await.unwrap_or_else(|e| Some(anyhow::anyhow!("the sync task failed: {e}"))) {
