@@ -393,7 +393,8 @@ threads = 0
 wait_secs = 600
 
 [schedule]
-# `ferry connector run` extracts daily at this local time (HH:MM; "" = only on demand with `sync`).
+# `ferry connector run` extracts daily at this local time (HH:MM; "" = only on demand with `sync`), and at start
+# when nothing was sent yet or today's time has passed with no extract since (a manual `sync` counts).
 daily_at = "02:00"
 # Seconds each poll for files from the cloud waits (files arrive within a second of being ready).
 poll_wait_secs = 25
@@ -415,8 +416,13 @@ inbound_dir = "from_cloud"
 # Exactly once across crashes: each applied file's id is recorded in this ERP table in the write-back's own
 # transaction, and a file already recorded is never written back again (docs/sources.md).
 # ledger_table = "ferry_applied"
-# Optional command run with each delivered file: {{file}} is replaced by its path.
-# command = ["/opt/erp/bin/import-orders", "{{file}}"]
+# Optional command run with each delivered file: {{file}} is replaced by its absolute path, {{id}} by the file's
+# id (also in the environment as FERRY_FILE_ID). A file delivered again (after a crash, or a failed command)
+# keeps its id: a command that records the ids it imported and skips a known one never imports a file twice.
+# command = ["/opt/erp/bin/import-orders", "{{file}}", "--reference", "{{id}}"]
+# Dates in the order files the inbound folder and the command get: "spec" (YYYY/MM/DD, as DATA-SPEC.md) or
+# "iso" (YYYY-MM-DD, for ERP import tools that expect ISO dates; only the order_date and due_date columns change).
+date_format = "spec"
 "#
     )
 }
@@ -445,6 +451,7 @@ mod tests {
         assert_eq!(cfg.journal_path(), Path::new("/opt/ferry/data/journal.db"));
         assert_eq!(cfg.registration_path(), Path::new("/opt/ferry/data/registration.json"));
         assert_eq!(cfg.delivery.inbound_dir.as_deref(), Some(Path::new("/opt/ferry/from_cloud")));
+        assert_eq!(cfg.delivery.date_format, crate::delivery::DateFormat::Spec);
     }
 
     /// Every value `init` writes comes back exactly: Windows drive and UNC paths (a TOML basic string would read
@@ -490,5 +497,9 @@ mod tests {
         assert_eq!(cfg.erp.encoding, TextEncoding::Windows1252);
         let e = load(&with("", "[extract]\nlevel = 0")).unwrap_err().to_string();
         assert!(e.contains("extract.level"), "{e}");
+        let cfg = load(&with("", "[delivery]\ndate_format = \"iso\"")).unwrap();
+        assert_eq!(cfg.delivery.date_format, crate::delivery::DateFormat::Iso);
+        let e = format!("{:#}", load(&with("", "[delivery]\ndate_format = \"ISO-8601\"")).unwrap_err());
+        assert!(e.contains("date_format") && e.contains("expected `spec` or `iso`"), "{e}");
     }
 }

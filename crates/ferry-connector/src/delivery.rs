@@ -10,7 +10,13 @@
 //!    `.<name>.part`, synced, then renamed), so an ERP job watching the folder never sees half a file. The copy
 //!    is staged *before* the SQL write-back, so a full disk stops the delivery before anything reaches the ERP.
 //! 3. **Command** (`command`): a program the ERP admin names (e.g. the ERP's own import tool), run with a time
-//!    limit; a non-zero exit fails the delivery with the exit code and the end of its stderr.
+//!    limit; a non-zero exit fails the delivery with the exit code and the end of its stderr. It gets the file's
+//!    absolute path (`{file}`) and the file's id (`{id}`, and `FERRY_FILE_ID` in its environment), so it can
+//!    make itself idempotent.
+//!
+//! With `date_format = "iso"` the copies the inbound folder and the command get carry ISO dates
+//! ([`crate::order_dates`]); the file's size and SHA-256 were checked on the bytes as received, before that, and
+//! the SQL write-back binds the values as received.
 //!
 //! Exactly once is the caller's side of the contract: it records each file in the journal
 //! ([`Journal::mark_applied`](crate::journal::Journal::mark_applied)) right after `deliver` succeeds and never
@@ -58,7 +64,8 @@ const STDERR_TAIL_LINES: usize = 20;
 /// [delivery]
 /// inbound_dir = "from_cloud"
 /// only = ["po_"]
-/// command = ["/opt/erp/bin/import-orders", "--file", "{file}"]
+/// date_format = "iso"
+/// command = ["/opt/erp/bin/import-orders", "--file", "{file}", "--reference", "{id}"]
 /// command_timeout_secs = 300
 ///
 /// [[delivery.sql]]
@@ -78,9 +85,12 @@ pub struct DeliveryConfig {
     /// write-back.
     pub sql: Vec<SqlWriteBack>,
     /// `command`: a program and its arguments (argv, no shell), run once per delivered file after the other
-    /// steps; `{file}` anywhere in an argument becomes the path of the delivered file (the copy in
-    /// `inbound_dir` if set, else the Connector's verified copy). A non-zero exit fails the delivery, which is
-    /// retried later. Not set: no command.
+    /// steps; `{file}` anywhere in an argument becomes the absolute path of the delivered file (the copy in
+    /// `inbound_dir` if set, else a copy the Connector removes afterwards), and `{id}` the file's id at the
+    /// Comms server (also in the environment variable `FERRY_FILE_ID`): the same id every time the same file is
+    /// delivered again, so the command can make itself idempotent (e.g. store it with the import and skip an id
+    /// it already holds — what `ledger_table` does for the SQL write-back). A non-zero exit fails the delivery,
+    /// which is retried later. Not set: no command.
     pub command: Option<Vec<String>>,
     /// `command_timeout_secs`: how long the command may run before it is stopped and the delivery fails
     /// (seconds, at least 1; default 300).
@@ -94,6 +104,29 @@ pub struct DeliveryConfig {
     /// back twice, even after a crash between the ERP's commit and the Connector's journal. Created if missing
     /// on SQLite, PostgreSQL and MySQL/MariaDB ([`LEDGER_COLUMNS`]); over ODBC create it first. Not set: no ledger.
     pub ledger_table: Option<String>,
+    /// `date_format`: the dates of the order files (`po_`, `tr_`, `wo_`: the `order_date` and `due_date`
+    /// columns) in the copies the inbound folder and the command get: `"spec"` (default) keeps DATA-SPEC's
+    /// `YYYY/MM/DD`, `"iso"` writes `YYYY-MM-DD` ([`crate::order_dates`]; every other byte unchanged). The SQL
+    /// write-back binds the values as received either way.
+    pub date_format: DateFormat,
+}
+
+/// `[delivery] date_format`: how dates appear in the order files handed to the ERP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DateFormat {
+    /// DATA-SPEC's `YYYY/MM/DD`, as the App writes them (the file is delivered byte for byte).
+    #[default]
+    Spec,
+    /// ISO 8601 `YYYY-MM-DD` in the order layout's date columns.
+    Iso,
+}
+
+impl DateFormat {
+    /// Whether a file called `name` is rewritten: `iso` and a `.csv` file (whose header row then decides).
+    fn rewrites(self, name: &str) -> bool {
+        self == DateFormat::Iso && name.ends_with(".csv")
+    }
 }
 
 /// One `[[delivery.sql]]` statement.
@@ -119,6 +152,7 @@ impl Default for DeliveryConfig {
             command_timeout_secs: DEFAULT_COMMAND_TIMEOUT_SECS,
             only: Vec::new(),
             ledger_table: None,
+            date_format: DateFormat::Spec,
         }
     }
 }
@@ -431,8 +465,9 @@ pub async fn deliver_file(
 
     // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
     // on an early return removes the `.part` file.
+    let iso = cfg.date_format.rewrites(name);
     let staged = match &cfg.inbound_dir {
-        Some(dir) => Some(stage_inbound(file, dir, name).await?),
+        Some(dir) => Some(stage_inbound(file, dir, name, iso).await?),
         None => None,
     };
     let mut report = DeliveryReport::default();
@@ -454,9 +489,18 @@ pub async fn deliver_file(
         report.inbound_path = Some(staged.publish()?);
     }
     if let Some(argv) = &cfg.command {
-        let target = report.inbound_path.as_deref().unwrap_or(file);
-        let timeout = cfg.command_timeout_secs;
-        report.command_status = Some(run_command(argv, target, timeout, report.sql_rows).await?);
+        // the inbound copy, else the verified file, else (ISO dates wanted) a converted copy beside it
+        let converted = match (&report.inbound_path, iso) {
+            (None, true) => Some(ConvertedCopy::create(file, name).await?),
+            _ => None,
+        };
+        let target = match (&report.inbound_path, &converted) {
+            (Some(p), _) => p.as_path(),
+            (None, Some(c)) => c.path.as_path(),
+            (None, None) => file,
+        };
+        let cmd = CommandRun { timeout_secs: cfg.command_timeout_secs, sql_rows_committed: report.sql_rows };
+        report.command_status = Some(run_command(argv, target, file_id, &cmd).await?);
     }
     if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
         tracing::warn!(
@@ -474,7 +518,8 @@ struct StagedFile {
     published: bool,
 }
 
-async fn stage_inbound(file: &Path, dir: &Path, name: &str) -> Result<StagedFile, DeliveryError> {
+/// Copies `file` into the inbound folder under its hidden name, the dates rewritten as ISO if `iso`.
+async fn stage_inbound(file: &Path, dir: &Path, name: &str, iso: bool) -> Result<StagedFile, DeliveryError> {
     let staged = StagedFile { part: dir.join(format!(".{name}.part")), dest: dir.join(name), published: false };
     let (src, dir) = (file.to_path_buf(), dir.to_path_buf());
     blocking(move || {
@@ -489,11 +534,55 @@ async fn stage_inbound(file: &Path, dir: &Path, name: &str) -> Result<StagedFile
         let mut input = File::open(&src).map_err(io_err(format!("cannot open the received file {}", src.display())))?;
         // From here on, `staged` removes the part file if anything fails.
         let mut out = File::create(&staged.part).map_err(copy_err())?;
-        io::copy(&mut input, &mut out).map_err(copy_err())?;
+        copy_dates(&mut input, &mut out, iso).map_err(copy_err())?;
         out.sync_all().map_err(copy_err())?;
         Ok(staged)
     })
     .await
+}
+
+/// Copies `input` to `out` (buffered), rewriting the order dates as ISO if `iso`.
+fn copy_dates(input: &mut File, out: &mut File, iso: bool) -> io::Result<()> {
+    if iso {
+        let n = crate::order_dates::copy_with_iso_dates(BufReader::new(input), out)?;
+        tracing::debug!(dates = n, "order dates rewritten as ISO");
+    } else {
+        io::copy(input, out)?;
+    }
+    Ok(())
+}
+
+/// A copy of the verified file with ISO dates for the command when there is no inbound folder:
+/// `<folder of the file>/.iso/<name>`, removed when dropped.
+struct ConvertedCopy {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ConvertedCopy {
+    async fn create(file: &Path, name: &str) -> Result<ConvertedCopy, DeliveryError> {
+        let dir = file.parent().unwrap_or(Path::new(".")).join(".iso");
+        let copy = ConvertedCopy { path: dir.join(name), dir };
+        let (src, dest) = (file.to_path_buf(), copy.path.clone());
+        blocking(move || {
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+            let mut input =
+                File::open(&src).map_err(io_err(format!("cannot open the received file {}", src.display())))?;
+            let copy_err = || io_err(format!("cannot write {} (is the disk full?)", dest.display()));
+            let mut out = File::create(&dest).map_err(copy_err())?;
+            copy_dates(&mut input, &mut out, true).map_err(copy_err())?;
+            out.sync_all().map_err(copy_err())
+        })
+        .await?;
+        Ok(copy)
+    }
+}
+
+impl Drop for ConvertedCopy {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl StagedFile {
@@ -577,17 +666,30 @@ impl From<WriteBackError> for DeliveryError {
     }
 }
 
-/// Runs the configured command on `target`; returns its exit code (0) or the reason it failed.
+/// How the command runs: its time limit, and what the error says was already committed.
+struct CommandRun {
+    timeout_secs: u64,
+    sql_rows_committed: u64,
+}
+
+/// Runs the configured command on `target` (made absolute) for the file `file_id`; returns its exit code (0) or
+/// the reason it failed.
 async fn run_command(
     argv: &[String],
     target: &Path,
-    timeout_secs: u64,
-    sql_rows_committed: u64,
+    file_id: Option<&str>,
+    how: &CommandRun,
 ) -> Result<i32, DeliveryError> {
-    let mut args = argv.iter().map(|a| substitute_file(a, target));
+    let CommandRun { timeout_secs, sql_rows_committed } = *how;
+    let target = std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
+    let mut args = argv.iter().map(|a| substitute(a, &target, file_id.unwrap_or("")));
     let program = args.next().unwrap_or_default();
     let shown = program.to_string_lossy().into_owned();
-    let mut child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    if let Some(id) = file_id {
+        command.env("FERRY_FILE_ID", id);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -626,16 +728,14 @@ async fn run_command(
     }
 }
 
-/// `arg` with every `{file}` replaced by `path` (which need not be UTF-8).
-fn substitute_file(arg: &str, path: &Path) -> OsString {
+/// `arg` with every `{file}` replaced by `path` (which need not be UTF-8) and every `{id}` by `id`.
+fn substitute(arg: &str, path: &Path, id: &str) -> OsString {
     let mut out = OsString::new();
-    let mut parts = arg.split("{file}");
-    if let Some(first) = parts.next() {
-        out.push(first);
-    }
-    for part in parts {
-        out.push(path.as_os_str());
-        out.push(part);
+    for (i, part) in arg.split("{file}").enumerate() {
+        if i > 0 {
+            out.push(path.as_os_str());
+        }
+        out.push(part.replace("{id}", id));
     }
     out
 }
@@ -704,10 +804,12 @@ mod tests {
     }
 
     #[test]
-    fn file_placeholder_is_replaced_everywhere() {
-        let p = Path::new("/in/po_1.csv");
-        assert_eq!(substitute_file("--file={file}", p), "--file=/in/po_1.csv");
-        assert_eq!(substitute_file("{file}:{file}", p), "/in/po_1.csv:/in/po_1.csv");
-        assert_eq!(substitute_file("plain", p), "plain");
+    fn file_and_id_placeholders_are_replaced_everywhere() {
+        let p = Path::new("/in/po_{id}.csv");
+        assert_eq!(substitute("--file={file}", p, "F1"), "--file=/in/po_{id}.csv");
+        assert_eq!(substitute("{file}:{file}", p, "F1"), "/in/po_{id}.csv:/in/po_{id}.csv");
+        assert_eq!(substitute("--ref={id}-{id}", p, "F1"), "--ref=F1-F1");
+        assert_eq!(substitute("{id}{file}", p, ""), "/in/po_{id}.csv");
+        assert_eq!(substitute("plain", p, "F1"), "plain");
     }
 }

@@ -82,6 +82,24 @@ impl Journal {
         rows.iter().map(to_batch).collect()
     }
 
+    /// When the newest batch the Comms server accepted was extracted (its `created_at`: journaled right after the
+    /// extract), whether a manual `sync` or `run` sent it; `None` if no batch was ever sent. A batch only
+    /// extracted (`extracted`: not yet accepted) does not count; one the App rejected does — it was sent. `run`
+    /// decides from this whether the day's extract is done ([`crate::receive`]).
+    pub async fn last_sent_extract(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let row: Option<String> = sqlx::query_scalar(
+            "SELECT created_at FROM batches WHERE state <> 'extracted' ORDER BY batch_id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| anyhow::anyhow!("the journal has a batch with a bad time {t:?}: {e}"))
+        })
+        .transpose()
+    }
+
     pub async fn get(&self, id: &BatchId) -> anyhow::Result<Option<JournalBatch>> {
         let row = sqlx::query("SELECT manifest, state, detail FROM batches WHERE batch_id = ?")
             .bind(id.as_str())

@@ -7,7 +7,8 @@
 //! 1. `erp` — the ERP connection (`ErpConfig`, `ErpKind`, passwords, `TextEncoding`, connection strings) with
 //!    `erp::source` (the `Source` trait and its backends) and `erp::writeback` (the `WriteBack` trait and its
 //!    backends, the ledger). Imports nothing from the crate.
-//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending` — no code imports from the crate.
+//! 2. `mapping` (the admin's SQL per file), `proxy`, `pending`, `order_dates` (the ISO rewrite of downstream
+//!    order files) — no code imports from the crate.
 //! 3. `check` (validation; uses `mapping`), `journal` (uses `mapping`).
 //! 4. `extract` (uses `check`, `mapping`, `erp::source`), `delivery` (uses `erp`, links to `journal` in its docs;
 //!    never `config`).
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod config;
 pub mod delivery;
 pub mod journal;
+pub mod order_dates;
 pub mod pending;
 pub mod proxy;
 pub mod receive;

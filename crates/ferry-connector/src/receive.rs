@@ -3,6 +3,16 @@
 //! acknowledge it. A file the journal shows as applied is only acknowledged again, never re-applied; a failed
 //! delivery is reported to Comms and retried on the next poll. `run` is the long-running agent: continuous
 //! downstream plus the daily extract.
+//!
+//! **When `run` extracts** (`[schedule] daily_at` set; an empty `daily_at` means never): when [`extract_due`]
+//! says so, checked at start and before every poll. That is when no batch was ever sent (a fresh install: at
+//! once, whatever the time), or when today's `daily_at` has passed and no batch extracted since then was sent
+//! — by `run` itself or by a manual `ferry connector sync`, which counts the same: both go through
+//! [`Connector::sync_with`], and the journal's batches ([`Journal::last_sent_extract`]) are the one record of
+//! what was sent. So `sync` at 10:00 then `run` makes no second extract that day (with `daily_at` at or before
+//! 10:00); a `sync` at 01:00 with `daily_at = "02:00"` does not stand in for the 02:00 extract. A failed attempt
+//! is retried with backoff while the extract stays due; an attempt that failed after the Comms server accepted
+//! its batch (e.g. the wait for the verdict) is not repeated.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{Local, NaiveDate};
+use chrono::{DateTime, Local, NaiveTime};
 use ferry_io::client::ApiClient;
 use ferry_proto::api::{DownloadFile, FileAck, FileError};
 
@@ -159,7 +169,9 @@ impl Connector {
     ) -> anyhow::Result<()> {
         let daily = self.cfg.schedule.daily_at;
         let wait = self.cfg.schedule.poll_wait_secs.clamp(0, 60);
-        let stamp = self.cfg.data_dir().join("last_sync");
+        let journal = Journal::open(self.cfg.journal_path()).await?;
+        // earlier versions kept their own stamp of the last daily sync here; the journal is the record now
+        let _ = std::fs::remove_file(self.cfg.data_dir().join("last_sync"));
         let pending = Pending::new(self.cfg.data_dir());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -174,15 +186,18 @@ impl Connector {
             })
         };
         let mut sync_task: Option<tokio::task::JoinHandle<Option<anyhow::Error>>> = None;
-        // A failed daily sync is retried with backoff (1 min growing to 1 h), without holding up a shutdown; a
-        // batch refused by validation only after an hour (see `sync_retry_delay`).
+        // A failed daily sync is retried with backoff (1 min growing to 1 h) while the extract is still due,
+        // without holding up a shutdown; a batch refused by validation only after an hour (`sync_retry_delay`).
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut sync_backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(3600));
         let mut sync_log = FailureLog::new("daily sync", Duration::from_secs(600));
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         let mut poll_log = FailureLog::new("downstream poll", Duration::from_secs(300));
-        let at = daily.map(|t| t.format("%H:%M").to_string()).unwrap_or_default();
-        log(&format!("connector running: files from the cloud as they come; daily extract at {at}"));
+        let last = journal.last_sent_extract().await?.map(|t| t.with_timezone(&Local));
+        log(&format!(
+            "connector running: files from the cloud as they come; {}",
+            schedule_note(daily, last, Local::now())
+        ));
         loop {
             if let Some(h) = sync_task.take_if(|h| h.is_finished()) {
                 match h.await.unwrap_or_else(|e| Some(anyhow::anyhow!("the sync task failed: {e}"))) {
@@ -196,7 +211,6 @@ impl Connector {
                     Some(e) => {
                         let delay = sync_retry_delay(&e, &mut sync_backoff);
                         retry_at = Some(tokio::time::Instant::now() + delay);
-                        let _ = std::fs::remove_file(&stamp);
                         pending.retry_in("sync", delay);
                         if let Some(l) = sync_log.failure(&format!("{e:#}"), delay) {
                             log(&l);
@@ -207,10 +221,9 @@ impl Connector {
             if let Some(t) = daily
                 && sync_task.is_none()
                 && retry_at.is_none_or(|r| tokio::time::Instant::now() >= r)
-                && (retry_at.is_some() || sync_due(&stamp, t))
+                && extract_due_now(&journal, t).await
             {
                 let (me, log2) = (self.clone(), log.clone());
-                let _ = std::fs::write(&stamp, Local::now().date_naive().to_string());
                 sync_task = Some(tokio::spawn(async move {
                     let l = log2.clone();
                     match me.sync(&move |s: &str| l(s)).await {
@@ -262,10 +275,41 @@ impl Connector {
     }
 }
 
-fn sync_due(stamp: &std::path::Path, at: chrono::NaiveTime) -> bool {
-    let now = Local::now();
-    let last: Option<NaiveDate> = std::fs::read_to_string(stamp).ok().and_then(|s| s.trim().parse().ok());
-    now.time() >= at && last.is_none_or(|d| d < now.date_naive())
+/// Whether `run` extracts now (see the [module docs](self)): `last` is when the newest batch sent was extracted
+/// (`None`: never), `at` the daily time. Due when nothing was ever sent, or when today's `at` has passed and
+/// nothing extracted since then was sent. Local wall-clock times.
+pub fn extract_due(last: Option<DateTime<Local>>, at: NaiveTime, now: DateTime<Local>) -> bool {
+    let Some(last) = last else { return true };
+    let scheduled = now.date_naive().and_time(at);
+    now.naive_local() >= scheduled && last.naive_local() < scheduled
+}
+
+/// [`extract_due`] from the journal; a journal that cannot be read makes nothing due (the poll reports it).
+async fn extract_due_now(journal: &Journal, at: NaiveTime) -> bool {
+    match journal.last_sent_extract().await {
+        Ok(last) => extract_due(last.map(|t| t.with_timezone(&Local)), at, Local::now()),
+        Err(e) => {
+            tracing::warn!("cannot read the last extract from the journal: {e:#}");
+            false
+        }
+    }
+}
+
+/// What `run` says about the daily extract when it starts.
+fn schedule_note(daily: Option<NaiveTime>, last: Option<DateTime<Local>>, now: DateTime<Local>) -> String {
+    let Some(at) = daily else {
+        return "no daily extract ([schedule] daily_at is empty; extract with `ferry connector sync`)".into();
+    };
+    let hm = at.format("%H:%M");
+    let Some(l) = last else { return format!("daily extract at {hm}; no extract was sent yet: extracting now") };
+    let sent = format!("the last extract sent was made {}", l.format("%Y-%m-%d %H:%M"));
+    if extract_due(Some(l), at, now) {
+        format!("daily extract at {hm}; {sent}, before today's {hm}: extracting now")
+    } else if now.time() < at {
+        format!("daily extract at {hm}; {sent}: the next today at {hm}")
+    } else {
+        format!("daily extract at {hm}; {sent}, so today's is done: the next tomorrow at {hm}")
+    }
 }
 
 async fn ack(api: &ApiClient, id: &str, sha256: &str) -> anyhow::Result<()> {
@@ -291,6 +335,31 @@ const VALIDATION_RETRY: Duration = Duration::from_secs(3600);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daily_extract_is_due_when_never_sent_or_none_sent_since_todays_time() {
+        use chrono::TimeZone;
+        let t = |d: u32, h: u32, m: u32| Local.with_ymd_and_hms(2026, 12, d, h, m, 0).single().unwrap();
+        let at = NaiveTime::from_hms_opt(2, 0, 0).unwrap();
+        // a fresh install extracts at once, whatever the time
+        assert!(extract_due(None, at, t(3, 1, 0)));
+        assert!(extract_due(None, at, t(3, 10, 0)));
+        // a manual sync at 10:00 is today's extract: `run` at 10:05 does not extract again, nor later today
+        assert!(!extract_due(Some(t(3, 10, 0)), at, t(3, 10, 5)));
+        assert!(!extract_due(Some(t(3, 10, 0)), at, t(3, 23, 59)));
+        // ... but tomorrow's 02:00 does
+        assert!(!extract_due(Some(t(3, 10, 0)), at, t(4, 1, 59)));
+        assert!(extract_due(Some(t(3, 10, 0)), at, t(4, 2, 0)));
+        // yesterday's extract: due once today's time has passed
+        assert!(extract_due(Some(t(2, 2, 1)), at, t(3, 9, 0)));
+        assert!(!extract_due(Some(t(2, 2, 1)), at, t(3, 1, 0)));
+        // an extract before today's time does not stand in for it
+        assert!(extract_due(Some(t(3, 1, 0)), at, t(3, 2, 0)));
+        let note = schedule_note(Some(at), Some(t(3, 10, 0)), t(3, 10, 5));
+        assert!(note.contains("today's is done") && note.contains("tomorrow at 02:00"), "{note}");
+        assert!(schedule_note(Some(at), None, t(3, 1, 0)).contains("extracting now"));
+        assert!(schedule_note(None, None, t(3, 1, 0)).contains("no daily extract"));
+    }
 
     #[test]
     fn a_batch_refused_by_validation_is_retried_after_an_hour_other_failures_with_backoff() {

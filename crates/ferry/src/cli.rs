@@ -117,6 +117,9 @@ pub enum ConnectorCmd {
         allow_warnings: bool,
     },
     /// The long-running agent: files from the cloud as they come, plus the daily extract (SIGTERM/Ctrl-C stops).
+    ///
+    /// It extracts at start when no batch was ever sent, or when today's `[schedule] daily_at` has passed and no
+    /// batch extracted since then was sent (a manual `sync` counts); then each day once `daily_at` has passed.
     Run {
         #[command(flatten)]
         config: ConfigArg,

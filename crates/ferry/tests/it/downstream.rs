@@ -260,3 +260,169 @@ async fn a_crash_between_the_erp_commit_and_the_journal_applies_nothing_twice_wi
     assert_eq!(erp_rows(&erp).await, 2);
     c.stop().await;
 }
+
+/// `[delivery] date_format = "iso"`: the order file reaches the inbound folder with ISO dates and every other byte
+/// as the App wrote it, the size and SHA-256 having been checked on the file as received; the command gets the
+/// file's absolute path as `{file}` and its id as `{id}` and `FERRY_FILE_ID`. Without an inbound folder the
+/// command gets an ISO copy, removed afterwards. The SQL write-back binds the values as received.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn iso_dates_reach_the_inbound_folder_and_the_command_gets_an_absolute_file_and_the_id() {
+    use crate::procs::{edit_toml, section};
+    use sha2::Digest;
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    let conn = connector_with_write_back(&c, "acme", &erp).await;
+    let cfg_path = conn.cfg.base.join("connector.toml");
+    let calls = dir.path().join("calls.txt");
+    let copies = dir.path().join("copies");
+    std::fs::create_dir_all(&copies).unwrap();
+    // the command records its arguments and environment and keeps a copy of what it was given
+    let script = format!(
+        "printf '%s|%s|%s\\n' \"$1\" \"$2\" \"$FERRY_FILE_ID\" >> '{}' && cp \"$1\" '{}'/\"$2\"",
+        calls.display(),
+        copies.display()
+    );
+    edit_toml(&cfg_path, |t| {
+        let d = section(t, "delivery");
+        d.insert("date_format".into(), "iso".into());
+        let argv = ["/bin/sh", "-c", &script, "sh", "{file}", "{id}"];
+        d.insert("command".into(), toml::Value::Array(argv.iter().map(|a| (*a).into()).collect()));
+    });
+    let conn = Connector::load(&cfg_path).unwrap();
+    let iso_po = PO.replace("2026/11/28", "2026-11-28").replace("2026/12/05", "2026-12-05");
+    assert_ne!(iso_po, PO);
+
+    let f = publish(&c, "acme", "po_000001.csv", PO).await;
+    // the file list promises the bytes the App wrote; they are what was checked
+    assert_eq!(f.sha256, hex::encode(sha2::Sha256::digest(PO.as_bytes())));
+    let out = receive_applied(&conn, 1).await;
+    assert!(matches!(&out[..], [Outcome::Applied { .. }]), "{out:?}");
+    let inbound = conn.cfg.base.join("from_cloud").join("po_000001.csv");
+    assert_eq!(std::fs::read_to_string(&inbound).unwrap(), iso_po, "ISO dates, every other byte unchanged");
+    let id = f.file_id.as_str();
+    let lines = std::fs::read_to_string(&calls).unwrap();
+    let call: Vec<&str> = lines.lines().next().unwrap().split('|').collect();
+    assert!(std::path::Path::new(call[0]).is_absolute(), "{{file}} is not absolute: {lines}");
+    assert_eq!(std::path::Path::new(call[0]), inbound.as_path(), "{{file}} is the inbound copy");
+    assert_eq!(call[1..], [id, id], "{{id}} and FERRY_FILE_ID are the file's id");
+    assert_eq!(std::fs::read_to_string(copies.join(id)).unwrap(), iso_po);
+    let due = crate::procs::query(&erp, "SELECT DISTINCT due_date FROM recommended_orders");
+    assert_eq!(due, vec![vec!["2026/12/05".to_string()]], "the SQL write-back binds the values as received");
+
+    // No inbound folder: the command gets an absolute path to an ISO copy, which is gone afterwards.
+    edit_toml(&cfg_path, |t| {
+        section(t, "delivery").remove("inbound_dir");
+    });
+    let conn = Connector::load(&cfg_path).unwrap();
+    let f2 = publish(&c, "acme", "po_000002.csv", PO).await;
+    let out = receive_applied(&conn, 1).await;
+    assert!(matches!(&out[..], [Outcome::Applied { inbound: None, .. }]), "{out:?}");
+    let lines = std::fs::read_to_string(&calls).unwrap();
+    let call: Vec<&str> = lines.lines().nth(1).unwrap().split('|').collect();
+    let id2 = f2.file_id.as_str();
+    assert!(std::path::Path::new(call[0]).is_absolute() && call[0].ends_with("/po_000002.csv"), "{lines}");
+    assert_eq!(call[1..], [id2, id2]);
+    assert_eq!(std::fs::read_to_string(copies.join(id2)).unwrap(), iso_po);
+    assert!(!std::path::Path::new(call[0]).exists(), "the ISO copy is removed after the command");
+    let incoming = conn.cfg.data_dir().join("incoming");
+    let left: Vec<_> = std::fs::read_dir(&incoming).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    c.stop().await;
+}
+
+/// Runs `run` in this process until the returned sender is dropped or sent; its log lines are collected.
+fn start_run(
+    conn: Connector,
+) -> (tokio::sync::oneshot::Sender<()>, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = lines.clone();
+    let log: std::sync::Arc<dyn Fn(&str) + Send + Sync> = std::sync::Arc::new(move |s: &str| {
+        println!("run: {s}");
+        l.lock().unwrap().push(s.to_string());
+    });
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        std::sync::Arc::new(conn).run(shutdown, log).await.expect("run");
+    });
+    (stop, lines, task)
+}
+
+fn sent_batches(conn: &Connector) -> usize {
+    if !conn.cfg.journal_path().exists() {
+        return 0;
+    }
+    crate::procs::query(conn.cfg.journal_path(), "SELECT batch_id FROM batches WHERE state <> 'extracted'").len()
+}
+
+/// `sync` and `run` agree: after a manual `sync` today (past `daily_at`), `run` makes no second extract that day —
+/// neither the journal nor the Comms server sees another batch; and `run` on a fresh install extracts at once, even
+/// before the day's `daily_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manual_sync_is_the_days_extract_for_run_and_a_fresh_install_extracts_at_start() {
+    use crate::procs::{edit_toml, section};
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    generate_sample_erp(&erp, SampleSize::Small).await.unwrap();
+    let schedule = |conn: &Connector, at: &str| {
+        let path = conn.cfg.base.join("connector.toml");
+        edit_toml(&path, |t| {
+            let s = section(t, "schedule");
+            s.insert("daily_at".into(), at.into());
+            s.insert("poll_wait_secs".into(), 1.into());
+        });
+        Connector::load(&path).unwrap()
+    };
+
+    // 1. `sync`, then `run` with today's daily_at passed: no second extract.
+    let token = c.add_tenant("acme").await.unwrap();
+    let conn = schedule(&c.connector("acme", &erp, &token).await.unwrap(), "00:00");
+    let r = conn.sync(&quiet).await.unwrap();
+    assert_eq!(r.status.state, BatchState::Imported);
+    assert_eq!(sent_batches(&conn), 1);
+    let (stop, lines, task) = start_run(Connector::load(&conn.cfg.base.join("connector.toml")).unwrap());
+    // a file published now arrives through run's loop, so the extract check before each poll has run
+    publish(&c, "acme", "rp_000901.csv", "a,b\n1,2\n").await;
+    let arrived = async || conn.cfg.base.join("from_cloud/rp_000901.csv").exists();
+    assert!(eventually(Duration::from_secs(30), arrived).await.is_some(), "run did not receive the file");
+    tokio::time::sleep(Duration::from_secs(3)).await; // a few more polls (1 s each)
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let log = lines.lock().unwrap().join("\n");
+    assert!(log.contains("so today's is done"), "{log}");
+    assert!(!log.contains("extracting batch") && !log.contains("daily sync"), "run extracted again:\n{log}");
+    assert_eq!(sent_batches(&conn), 1, "the journal holds one extract");
+    assert_eq!(conn.status(100).await.unwrap().len(), 1, "the Comms server saw one batch");
+
+    // 2. A fresh install: `run` extracts at start, though today's daily_at is still ahead.
+    let token = c.add_tenant("beta").await.unwrap();
+    let later = (chrono::Local::now() + chrono::Duration::hours(2)).format("%H:%M").to_string();
+    let fresh = schedule(&c.connector("beta", &erp, &token).await.unwrap(), &later);
+    assert_eq!(sent_batches(&fresh), 0);
+    let (stop, lines, task) = start_run(Connector::load(&fresh.cfg.base.join("connector.toml")).unwrap());
+    let synced = async || lines.lock().unwrap().iter().any(|l| l.starts_with("daily sync: batch"));
+    assert!(eventually(Duration::from_secs(120), synced).await.is_some(), "{:?}", lines.lock().unwrap());
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let log = lines.lock().unwrap().join("\n");
+    assert!(log.contains("no extract was sent yet: extracting now"), "{log}");
+    assert!(log.contains("imported"), "{log}");
+    assert_eq!(sent_batches(&fresh), 1);
+    assert_eq!(fresh.status(100).await.unwrap().len(), 1);
+    // ... and a restart the same day does not extract again
+    let (stop, lines, task) = start_run(Connector::load(&fresh.cfg.base.join("connector.toml")).unwrap());
+    let started = async || !lines.lock().unwrap().is_empty();
+    assert!(eventually(Duration::from_secs(10), started).await.is_some());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let log = lines.lock().unwrap().join("\n");
+    // ("today's is done" when `later` wrapped past midnight)
+    assert!(log.contains("the next today at") || log.contains("today's is done"), "{log}");
+    assert!(!log.contains("extracting batch"), "{log}");
+    assert_eq!(sent_batches(&fresh), 1);
+    c.stop().await;
+}

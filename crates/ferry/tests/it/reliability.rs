@@ -327,7 +327,6 @@ async fn sigterm_finishes_the_current_step_a_second_one_stops_at_once_and_the_ne
     edit_toml(&conn.cfg.base.join("connector.toml"), |t| {
         section(t, "schedule").insert("daily_at".into(), "00:00".into());
     });
-    let _ = std::fs::remove_file(conn.cfg.data_dir().join("last_sync"));
     let mut run = Node::new("run-4", &argv, &logs);
     run.start();
     let log_path = run.log_path().to_path_buf();
