@@ -14,6 +14,7 @@ mod erp_values;
 mod faults;
 mod incremental;
 mod proxy;
+mod release;
 mod reliability;
 mod security;
 mod upstream;
