@@ -207,6 +207,12 @@ pub async fn start(
     }
     let tls = ferry_io::tls::server_config(&identity.tls)?;
     let comms = crate::downstream::comms_client(&cfg, &identity.service_key)?;
+    if comms.is_none() {
+        tracing::warn!(
+            "no [comms] api_url configured: downstream files stay in the outbox, never announced; fill it with \
+             `ferry app init --comms-info FILE` (FILE: the output of `ferry comms info`)"
+        );
+    }
     let conn_limits = cfg.connections.clone();
     let ssh_cfg = ferry_sftp::server::ServerConfig {
         host_key: identity.ssh_host_key.clone(),

@@ -82,6 +82,10 @@ pub enum ConnectorCmd {
         /// Replace an existing key (it must then be registered again).
         #[arg(long)]
         force_key: bool,
+        /// Write the sample ERP's worked mapping (for `ferry sample-erp`'s database) instead of the commented
+        /// blank mapping for a real ERP.
+        #[arg(long)]
+        sample: bool,
     },
     /// Register this connector's public key with a token from the operator.
     Register {
@@ -202,7 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConnectorCmd::Init { dir, erp, erp_kind, erp_password_stdin, key_type, force_key } => {
+        ConnectorCmd::Init { dir, erp, erp_kind, erp_password_stdin, key_type, force_key, sample } => {
             let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
             ferry_connector::erp::ErpKind::parse(&erp_kind).map_err(|e| anyhow::anyhow!("--erp-kind: {e}"))?;
             let password = if erp_password_stdin {
@@ -213,15 +217,30 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 None
             };
             let init = ferry_connector::config::InitErp { kind: erp_kind, url: erp, password };
-            let r = agent::init(&dir, &init, ferry_sample::MAPPING, alg, force_key)?;
+            let blank;
+            let mapping = if sample {
+                ferry_sample::MAPPING
+            } else {
+                blank = ferry_connector::mapping::blank_mapping(&init.kind);
+                &blank
+            };
+            let r = agent::init(&dir, &init, mapping, alg, force_key)?;
             println!("config:      {}", r.config.display());
             println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);
             println!("fingerprint: {}", r.fingerprint);
-            println!(
-                "next: edit mapping.toml for your ERP (docs/mapping.md), test it with `ferry connector check`, then \
-                 `ferry connector register --token <token>`"
-            );
+            if sample {
+                println!(
+                    "next: mapping.toml reads the sample ERP (`ferry sample-erp`); test it with `ferry connector \
+                     check`, then `ferry connector register --token <token>`"
+                );
+            } else {
+                println!(
+                    "next: fill in mapping.toml for your ERP (every standard file is listed there, commented out; \
+                     docs/mapping.md), test it with `ferry connector check`, then `ferry connector register --token \
+                     <token>`"
+                );
+            }
         }
         ConnectorCmd::Register { config, token } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;

@@ -310,13 +310,12 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     // Each side learns the other's identity from the `info` commands, as an operator would.
     let comms_info = ferry(&["comms", "info", "--config", &comms_c]);
     let app_info = ferry(&["app", "info", "--config", &app_c]);
-    let app_section: toml::Table = app_info
-        .lines()
-        .filter(|l| l.contains(" = "))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .parse()
-        .expect("the [app] section printed by `ferry app info`");
+    let app_section: toml::Table = toml::from_str::<toml::Table>(&app_info).expect("`ferry app info` is TOML")["app"]
+        .as_table()
+        .expect("the [app] section printed by `ferry app info`")
+        .clone();
+    let comms_info: toml::Table = toml::from_str(&comms_info).expect("`ferry comms info` is TOML");
+    let comms_value = |k: &str| comms_info["comms"][k].as_str().expect("a [comms] value").to_string();
     edit_toml(&comms_cfg, |t| {
         let mut a = app_section.clone();
         a.insert("api_url".into(), format!("https://{}", via(&proxies[1])).into());
@@ -338,11 +337,11 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     });
     proxies[0].route(comms_addr);
     edit_toml(&app_cfg, |t| {
-        let key = line_value(&comms_info, "service key (put in app.toml comms_keys):");
+        let key = comms_value("service_key");
         t.insert("comms_keys".into(), toml::Value::Array(vec![key.into()]));
         let c = section(t, "comms");
         c.insert("api_url".into(), format!("https://{comms_addr}").into());
-        c.insert("tls_fingerprint".into(), line_value(&comms_info, "tls fingerprint:").into());
+        c.insert("tls_fingerprint".into(), comms_value("tls_fingerprint").into());
     });
     let mut app = Node::new("app", &["app", "serve", "--config", &app_c], &logs);
     app.start();
@@ -363,7 +362,7 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     let erp = conn_dir.join("erp.db");
     ferry(&["sample-erp", &erp.display().to_string()]);
     shrink_erp(&erp);
-    ferry(&["connector", "init", "--dir", &conn_dir.display().to_string(), "--erp", "erp.db"]);
+    ferry(&["connector", "init", "--dir", &conn_dir.display().to_string(), "--erp", "erp.db", "--sample"]);
     // Full extracts only: the invariants compare the instance with the last batch's row counts, which a window
     // (incremental sales.csv, tested in incremental.rs) does not carry.
     let mapping = conn_dir.join("mapping.toml");
