@@ -311,6 +311,7 @@ async fn list(
     Ok(Json(inst.0.batches().await.map_err(|e| ApiError::Internal(e.into()))?))
 }
 
+#[tracing::instrument(name = "import", skip_all, fields(tenant = %tenant, batch = %id))]
 async fn import(
     State(st): St,
     Path((tenant, id)): Path<(String, String)>,
@@ -400,6 +401,7 @@ fn tenants_to_announce(st: &AppState, full: bool) -> Vec<String> {
 
 /// Announce what `tenant`'s instance has not announced yet. Its marker is removed before the instance is read and
 /// left again if announcing fails, so a file published meanwhile is never missed.
+#[tracing::instrument(name = "announce", skip_all, fields(tenant = %tenant))]
 async fn announce_tenant(st: &AppState, tenant: &str) -> anyhow::Result<()> {
     let Some(comms) = &st.comms else { return Ok(()) };
     let path = st.instance_path(tenant);

@@ -22,6 +22,7 @@ pub mod mapping;
 pub mod agent;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod journal;
 pub mod pending;
 pub mod proxy;

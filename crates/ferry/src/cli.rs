@@ -18,6 +18,10 @@ pub struct Cli {
     /// Log filter (e.g. info, debug, ferry_comms=debug); FERRY_LOG overrides.
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Log lines on stderr: `text` or `json` (one object per line). Default: text on a terminal, JSON otherwise
+    /// (a service's log file); colours only on a terminal.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -142,6 +146,12 @@ pub enum ConnectorCmd {
     /// The Connector as a Windows service: install, uninstall, start, stop, status (Windows only).
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Check everything a sync depends on (config, key, ERP and each query, proxy, DNS, TCP, TLS and SSH pins,
+    /// login, a signed call, clock skew, free disk): one line each with the fix. Exit code 0 only if all pass.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show recent batches and their state at the Comms server.
     Status {
         #[command(flatten)]
@@ -303,6 +313,13 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let old = c.key_fingerprint();
             let new = c.rotate_key(alg).await?;
             println!("key rotated: {old} -> {new} (the old key is retired)");
+        }
+        ConnectorCmd::Doctor { config } => {
+            let report = ferry_connector::doctor::doctor(&path_or(&config, "connector.toml")).await;
+            print!("{}", report.render());
+            if !report.passed() {
+                return Ok(ExitCode::from(1));
+            }
         }
         ConnectorCmd::Status { config, limit } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;

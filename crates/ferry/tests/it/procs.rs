@@ -66,6 +66,8 @@ pub struct Node {
     pub starts: u32,
     /// The open-file limit (soft and hard) the process starts with, when set.
     pub file_limit: Option<u64>,
+    /// `FERRY_LOG_FORMAT` of the process (default `text`); None: the program's own default.
+    pub log_format: Option<&'static str>,
 }
 
 impl Node {
@@ -77,6 +79,7 @@ impl Node {
             child: None,
             starts: 0,
             file_limit: None,
+            log_format: Some("text"),
         }
     }
 
@@ -87,6 +90,11 @@ impl Node {
         let mut cmd = Command::new(ferry_bin());
         under_umask_022(&mut cmd);
         cmd.args(&self.args).env("FERRY_LOG", "info,sqlx=error").stdin(Stdio::null()).stdout(log).stderr(err);
+        match self.log_format {
+            Some(f) => cmd.env("FERRY_LOG_FORMAT", f),
+            // the program's default: JSON, stderr being a file
+            None => cmd.env_remove("FERRY_LOG_FORMAT"),
+        };
         if let Some(n) = self.file_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -159,6 +167,11 @@ impl Node {
         loop {
             let log = strip_ansi(&self.log_text());
             let value = log.lines().filter(|l| l.contains(what)).find_map(|l| {
+                if l.starts_with('{') {
+                    // a JSON line: {"fields":{"message":..., "https_addr":"..."}, ...}
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    return v["fields"][field].as_str()?.parse::<SocketAddr>().ok();
+                }
                 let rest = &l[l.find(&format!("{field}="))? + field.len() + 1..];
                 rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
             });
