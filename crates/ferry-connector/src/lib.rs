@@ -13,6 +13,7 @@
 //!    never `config`).
 //! 5. `config` (`connector.toml` parsed into typed values; uses `erp` and `delivery`'s config types).
 //! 6. `agent` (the `Connector` and its commands), then `receive` (the `Connector`'s downstream side and `run`).
+//! 7. `doctor` (`connector doctor`: uses `agent`, `config`, `proxy`; nothing imports it).
 
 pub mod check;
 pub mod erp;
