@@ -207,6 +207,12 @@ pub async fn start(
     }
     let tls = ferry_io::tls::server_config(&identity.tls)?;
     let comms = crate::downstream::comms_client(&cfg, &identity.service_key)?;
+    if comms.is_none() {
+        tracing::warn!(
+            "no [comms] api_url configured: downstream files stay in the outbox, never announced; fill it with \
+             `ferry app init --comms-info FILE` (FILE: the output of `ferry comms info`)"
+        );
+    }
     let conn_limits = cfg.connections.clone();
     let ssh_cfg = ferry_sftp::server::ServerConfig {
         host_key: identity.ssh_host_key.clone(),
@@ -305,6 +311,7 @@ async fn list(
     Ok(Json(inst.0.batches().await.map_err(|e| ApiError::Internal(e.into()))?))
 }
 
+#[tracing::instrument(name = "import", skip_all, fields(tenant = %tenant, batch = %id))]
 async fn import(
     State(st): St,
     Path((tenant, id)): Path<(String, String)>,
@@ -396,6 +403,7 @@ fn tenants_to_announce(st: &AppState, full: bool) -> Vec<String> {
 
 /// Announce what `tenant`'s instance has not announced yet. Its marker is removed before the instance is read and
 /// left again if announcing fails, so a file published meanwhile is never missed.
+#[tracing::instrument(name = "announce", skip_all, fields(tenant = %tenant))]
 async fn announce_tenant(st: &AppState, tenant: &str) -> anyhow::Result<()> {
     let Some(comms) = &st.comms else { return Ok(()) };
     let path = st.instance_path(tenant);

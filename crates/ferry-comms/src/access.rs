@@ -196,7 +196,8 @@ impl CommsState {
 
     /// A failed authentication from `peer` (`what`: over which door and why), audited at most once a minute per
     /// source address.
-    pub fn auth_failed(&self, peer: Option<SocketAddr>, what: &str) {
+    pub fn auth_failed(&self, peer: Option<SocketAddr>, reason: crate::metrics::Refusal, what: &str) {
+        self.metrics.refused(reason);
         let ip = peer.map(|p| p.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
         if let Some(skipped) = self.auth_failures.admit(ip) {
             let more = if skipped > 0 {
@@ -214,6 +215,7 @@ impl CommsState {
     /// ones left out; counted for the per-address limit.
     pub async fn register_refused(&self, peer: SocketAddr, kind: &'static str, why: &str) {
         let ip = peer.ip();
+        self.metrics.refused(crate::metrics::Refusal::Registration);
         self.unauth_limit.refused(ip);
         if let Some(skipped) = self.register_refusals.admit((ip, kind)) {
             let more = if skipped > 0 {
@@ -255,6 +257,7 @@ impl CommsState {
     /// A limit refused something: audit it and return the message for the sender.
     pub async fn refuse(&self, tenant: &str, limit: limits::Limit, what: &str, attempted: u64) -> String {
         let value = limit.get(&self.limits.of(tenant));
+        self.metrics.refused(crate::metrics::Refusal::Limit);
         let msg = limit.refusal(tenant, value, what, attempted);
         db::audit(&self.db, Some(tenant), "quota_refused", &msg).await;
         tracing::info!(%tenant, limit = limit.key(), value, attempted, "refused by a limit");
@@ -347,6 +350,7 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
         let user: String = user.chars().take(64).collect();
         self.0.auth_failed(
             peer,
+            crate::metrics::Refusal::SshKey,
             &format!("ssh login refused for key {} (user {:?})", ferry_io::keys::fingerprint(key), user),
         );
     }

@@ -48,8 +48,11 @@ pub fn router(st: Arc<CommsState>, token: String) -> Router {
         .route("/admin/v1/sessions", get(sessions))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/audit/verify", get(audit_verify))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
+    // the description of the API needs no token
+    let api = Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api);
     ferry_web::error::json_errors(ferry_web::serve::with_request_timeout(api, std::time::Duration::from_secs(120)))
 }
 
@@ -72,7 +75,11 @@ async fn require_token(State(a): St, req: Request, next: Next) -> Response {
     let ok = presented.is_some_and(|h: [u8; 32]| same_digest(&h, &a.token_hash));
     if !ok {
         let peer = peer_of(&req);
-        a.st.auth_failed(peer, &format!("admin api: missing or wrong token for {} {}", req.method(), req.uri().path()));
+        a.st.auth_failed(
+            peer,
+            crate::metrics::Refusal::AdminToken,
+            &format!("admin api: missing or wrong token for {} {}", req.method(), req.uri().path()),
+        );
         return ApiError::Unauthorized(
             "missing or wrong admin token: send `Authorization: Bearer <token>` with the token from admin.token in \
              the server's data directory"
@@ -233,4 +240,26 @@ async fn audit_verify(State(a): St) -> Result<Json<Value>, ApiError> {
         Ok(n) => json!({ "intact": true, "entries": n }),
         Err(why) => json!({ "intact": false, "problem": why }),
     }))
+}
+
+/// `GET /metrics`: Prometheus exposition text (OpenMetrics).
+async fn metrics(State(a): St) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&a.st).await.map_err(ApiError::internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response())
+}
+
+const OPENAPI: &str = include_str!("admin_openapi.json");
+
+/// `GET /admin/v1/openapi.json`: the OpenAPI 3.1 description of this API.
+async fn openapi() -> Json<Value> {
+    Json(serde_json::from_str(OPENAPI).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    #[test]
+    fn admin_openapi_describes_every_route_and_is_valid_3_1() {
+        crate::api::tests::check_doc(super::OPENAPI, include_str!("admin_api.rs"), &[]);
+    }
 }

@@ -35,6 +35,7 @@ pub fn router(state: Arc<CommsState>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/register", post(register))
         .route("/v1/whoami", get(whoami))
         .route("/v1/keys/rotate", post(rotate_key))
@@ -85,7 +86,7 @@ impl SignedBy<Caller> for CommsState {
     }
 
     fn refused(&self, peer: Option<SocketAddr>, what: &str) {
-        self.auth_failed(peer, what);
+        self.auth_failed(peer, crate::metrics::Refusal::Signature, what);
     }
 }
 
@@ -219,11 +220,16 @@ async fn rotate_key(
     st.keys.insert(fp.clone(), c.tenant.clone(), key);
     db::audit(&st.db, Some(&c.tenant), "key_rotated", &format!("{} -> {fp} from {peer}", c.key_fingerprint)).await;
     st.note_key_use(&c.tenant, &fp, Some(peer), "rotation").await;
-    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: fp }))
+    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: fp, server_time: None, signature_max_age_secs: None }))
 }
 
-async fn whoami(Signed { caller: c, .. }: Signed<Caller>) -> Result<Json<WhoAmI>, ApiError> {
-    Ok(Json(WhoAmI { tenant: c.tenant, key_fingerprint: c.key_fingerprint }))
+async fn whoami(State(st): St, Signed { caller: c, .. }: Signed<Caller>) -> Result<Json<WhoAmI>, ApiError> {
+    Ok(Json(WhoAmI {
+        tenant: c.tenant,
+        key_fingerprint: c.key_fingerprint,
+        server_time: Some(chrono::Utc::now()),
+        signature_max_age_secs: Some(st.cfg.signature_max_age_secs),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -335,6 +341,7 @@ async fn complete_batch(
     let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
     db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
     tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
+    st.metrics.uploaded(bytes);
     st.relay_wakeup.notify_one();
     Ok(Json(status))
 }
@@ -384,6 +391,7 @@ async fn list_files(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
+    let _waiting = (!wait.is_zero()).then(|| st.metrics.long_poll());
     loop {
         changed.mark_unchanged();
         let files = db::ready_downloads(&st.db, &c.tenant).await.map_err(ApiError::internal)?;
@@ -488,13 +496,43 @@ async fn openapi() -> Json<serde_json::Value> {
 const OPENAPI: &str = include_str!("openapi.json");
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn openapi_document_is_valid_json_and_lists_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
-        for path in ["/v1/register", "/v1/batches/{id}/complete", "/v1/files", "/v1/files/{id}/ack", "/v1/keys/rotate"]
-        {
-            assert!(doc["paths"].get(path).is_some(), "{path} missing from openapi.json");
+pub(crate) mod tests {
+    /// `(path, method)` of every route call (`route` with a path and its method routers) in a router's source.
+    pub(crate) fn routes_in(source: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for chunk in source.split(".route(\"").skip(1) {
+            let Some((path, rest)) = chunk.split_once('"') else { continue };
+            // the methods: up to the end of this route's call (the next line that starts a new call)
+            let call: String = rest.lines().take_while(|l| !l.trim_start().starts_with('.')).collect();
+            let call = call + rest.lines().next().unwrap_or("");
+            for m in ["get", "post", "put", "delete", "patch"] {
+                if call.contains(&format!("{m}(")) {
+                    out.push((path.to_string(), m.to_string()));
+                }
+            }
         }
+        out
+    }
+
+    /// Every route of the router is described with its method, and the document is valid OpenAPI 3.1.
+    pub(crate) fn check_doc(doc_text: &str, source: &str, skip: &[&str]) {
+        let doc: serde_json::Value = serde_json::from_str(doc_text).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let spec = oas3::from_json(doc_text).expect("a valid OpenAPI 3.1 document");
+        let paths = spec.paths.expect("paths");
+        let routes = routes_in(source);
+        assert!(routes.len() >= 5, "{routes:?}");
+        for (path, method) in routes.iter().filter(|(p, _)| !skip.contains(&p.as_str())) {
+            assert!(doc["paths"][path].get(method).is_some(), "{method} {path} is not described");
+            assert!(paths.contains_key(path.as_str()));
+        }
+        for path in doc["paths"].as_object().unwrap().keys() {
+            assert!(routes.iter().any(|(p, _)| p == path), "{path} is described but not routed");
+        }
+    }
+
+    #[test]
+    fn openapi_describes_every_route_and_is_valid_3_1() {
+        check_doc(super::OPENAPI, include_str!("api.rs"), &[]);
     }
 }

@@ -31,6 +31,7 @@ pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send 
 
 /// One step of one file (fetch it, or tell the App how it went); a failure is noted with the file (for `tenant
 /// files`) and returned.
+#[tracing::instrument(name = "download", skip_all, fields(tenant = %row.tenant, file = %row.file.file_id))]
 async fn work_or_note(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
     let r = if row.state == FileState::Fetching { fetch(st, row).await } else { tell_app(st, row).await };
     let Err(e) = r else { return Ok(()) };

@@ -17,6 +17,7 @@ pub mod config;
 pub mod db;
 pub mod downstream;
 pub mod limits;
+pub mod metrics;
 pub mod relay;
 
 use std::collections::HashSet;
@@ -66,6 +67,8 @@ pub struct CommsState {
     pub app_service_key: Option<PublicKey>,
     /// Where Connectors dial SFTP (given to them at registration).
     pub public_ssh_addr: String,
+    /// Prometheus metrics (`GET /metrics` on the admin listener).
+    pub metrics: metrics::Metrics,
 }
 
 impl CommsState {
@@ -199,6 +202,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         downloads_changed: watch::channel(0).0,
         app_service_key,
         public_ssh_addr,
+        metrics: metrics::Metrics::default(),
     });
     state.keys.reload(&state.db).await?;
     state.limits.reload(&state.db).await?;

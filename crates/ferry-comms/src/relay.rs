@@ -27,6 +27,7 @@ pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send 
 }
 
 /// Move one pending batch a step forward; a failure is noted with the batch (for `status`) and returned.
+#[tracing::instrument(name = "relay", skip_all, fields(tenant = %b.tenant, batch = %b.manifest.batch_id))]
 async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {
     let Err(e) = relay_one(st, b).await else { return Ok(()) };
     let msg = format!("relay to the App server failed (attempt {}), will retry: {e:#}", b.attempts + 1);
@@ -49,9 +50,12 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
             return refuse_changed(st, b, &why).await;
         }
         db::set_batch_state(&st.db, &b.tenant, id, BatchState::Relayed, None).await?;
+        st.metrics.stage("relay", t.elapsed().as_secs_f64());
         tracing::info!(tenant = %b.tenant, batch = %id, bytes, secs = t.elapsed().as_secs_f64(), "batch relayed");
     }
+    let t = std::time::Instant::now();
     let report = st.app.import(&b.tenant, &b.manifest).await?;
+    st.metrics.stage("import", t.elapsed().as_secs_f64());
     let state = if report.state == BatchState::Imported { BatchState::Imported } else { BatchState::Rejected };
     db::set_batch_state(&st.db, &b.tenant, id, state, report.detail.as_deref()).await?;
     db::audit(

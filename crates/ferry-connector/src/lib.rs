@@ -14,6 +14,7 @@
 //!    never `config`).
 //! 5. `config` (`connector.toml` parsed into typed values; uses `erp` and `delivery`'s config types).
 //! 6. `agent` (the `Connector` and its commands), then `receive` (the `Connector`'s downstream side and `run`).
+//! 7. `doctor` (`connector doctor`: uses `agent`, `config`, `proxy`; nothing imports it).
 
 pub mod check;
 pub mod erp;
@@ -23,6 +24,7 @@ pub mod mapping;
 pub mod agent;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod journal;
 pub mod order_dates;
 pub mod pending;

@@ -250,6 +250,65 @@ fn check_incremental(file: &str, inc: &Incremental) -> Result<(), MappingError> 
     Ok(())
 }
 
+/// A commented blank mapping for a real ERP (what `ferry connector init` writes without `--sample`): every standard
+/// file of `DATA-SPEC.md` as a commented-out `[files."..."]` block with its columns in order, their kinds and
+/// which are required, and a query template selecting `NULL` for each. The admin uncomments the blocks of the
+/// files the ERP has (the required ones at least) and replaces each `NULL` with the ERP's column. As written it
+/// is valid TOML with no files, which `validate` refuses by naming the first required file.
+pub fn blank_mapping(erp_kind: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Ferry Connector mapping: one SQL query per standard file of DATA-SPEC.md (docs/mapping.md).\n\
+         # Written blank by `ferry connector init` for an ERP of kind {erp_kind:?}: every block below is commented out.\n\
+         # For each file the ERP has, uncomment its block (the files marked REQUIRED at least) and replace each NULL\n\
+         # with the ERP's column or an expression, keeping the order: result columns map by position. Leave NULL\n\
+         # for a column the ERP lacks (a required column must not be empty). Then `ferry connector check`.\n\
+         # Dates may come back as YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or YYYY/MM/DD.\n\
+         # (`ferry connector init --sample` writes the worked mapping of the sample ERP instead.)\n\
+         \n\
+         # allow_warnings = false   # let `sync` send batches whose only problems are warnings"
+    );
+    for f in spec::STANDARD_FILES {
+        let _ = writeln!(out);
+        let need = if f.required { "REQUIRED in every full batch" } else { "optional" };
+        let _ = writeln!(out, "# ---- {} ({need}; {} columns) ----", f.name, f.columns.len());
+        for (i, c) in f.columns.iter().enumerate() {
+            let kind = match c.kind {
+                spec::Kind::Text => "text".to_string(),
+                spec::Kind::Code => "code".to_string(),
+                spec::Kind::Int => "whole number".to_string(),
+                spec::Kind::Dec => "decimal".to_string(),
+                spec::Kind::Date => "date".to_string(),
+                spec::Kind::OneOf(v) => format!("one of {}", v.join("/")),
+                spec::Kind::Flag => "1 or 0".to_string(),
+                spec::Kind::Unused => "unused: always NULL".to_string(),
+            };
+            let req = if c.required { ", required" } else { "" };
+            let refers = f.refs.iter().find(|r| r.column == c.name).map(|r| format!(", {}", r.to.describe()));
+            let _ = writeln!(out, "#   {:>2} {:<18} {kind}{req}{}", i + 1, c.name, refers.unwrap_or_default());
+        }
+        let _ = writeln!(out, "# [files.\"{}\"]", f.name);
+        let _ = writeln!(out, "# query = \"\"\"");
+        let _ = writeln!(out, "# SELECT");
+        for (i, c) in f.columns.iter().enumerate() {
+            let comma = if i + 1 < f.columns.len() { "," } else { "" };
+            let _ = writeln!(out, "#   NULL AS {}{comma}", c.name);
+        }
+        let _ = writeln!(out, "# FROM erp_table");
+        let _ = writeln!(out, "# \"\"\"");
+        if let Some(d) = f.date_columns().next() {
+            let _ = writeln!(
+                out,
+                "# incremental = {{ column = \"{d}\", overlap_days = {DEFAULT_OVERLAP_DAYS}, full_every_days = \
+                 {DEFAULT_FULL_EVERY_DAYS} }}   # optional: send only recent rows"
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,5 +429,42 @@ mod tests {
         c.incremental.as_mut().unwrap().column = "order_date".into();
         assert_ne!(a.fingerprint(), c.fingerprint());
         assert_eq!(a.fingerprint().len(), 16);
+    }
+
+    #[test]
+    fn blank_mapping_lists_every_standard_file_and_parses() {
+        let text = blank_mapping("postgres");
+        // as written: valid TOML with no files, refused by naming the first required file
+        let m: Mapping = toml::from_str(&text).expect("valid TOML");
+        assert!(m.files.is_empty());
+        assert_eq!(m.validate(), Err(MappingError::MissingRequired("location.csv".into())));
+        for f in spec::STANDARD_FILES {
+            assert!(text.contains(&format!("# [files.\"{}\"]", f.name)), "{} listed", f.name);
+            for c in f.columns {
+                assert!(text.contains(&format!("NULL AS {}", c.name)), "{}: column {}", f.name, c.name);
+            }
+        }
+        assert!(text.contains("REQUIRED"));
+        // uncommented, every block is a mapping of all twelve files with a column per position
+        let mut uncommented = String::new();
+        let mut in_block = false;
+        for l in text.lines() {
+            if l.starts_with("# [files.") {
+                in_block = true;
+            } else if l.starts_with("# ----") {
+                in_block = false;
+            }
+            if in_block && let Some(rest) = l.strip_prefix("# ") {
+                uncommented.push_str(rest);
+                uncommented.push('\n');
+            }
+        }
+        let m = Mapping::from_toml(&uncommented);
+        let m = m.unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(m.files.len(), spec::STANDARD_FILES.len());
+        for f in spec::STANDARD_FILES {
+            let q = &m.files[f.name].query;
+            assert_eq!(q.matches("NULL AS").count(), f.columns.len(), "{}", f.name);
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod bz;
 pub mod client;
 pub mod config;
 pub mod digest;
+pub mod disk;
 pub mod httpsig;
 pub mod keys;
 pub mod private;

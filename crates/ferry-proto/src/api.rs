@@ -46,6 +46,12 @@ pub struct RotateKey {
 pub struct WhoAmI {
     pub tenant: String,
     pub key_fingerprint: String,
+    /// The server's clock when it answered (`connector doctor` measures the skew against it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// How old a signed request may be at the server (its `signature_max_age_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_max_age_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,10 @@ pub struct Cli {
     /// Log filter (e.g. info, debug, ferry_comms=debug); FERRY_LOG overrides.
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Log lines on stderr: `text` or `json` (one object per line). Default: text on a terminal, JSON otherwise
+    /// (a service's log file); colours only on a terminal.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +86,10 @@ pub enum ConnectorCmd {
         /// Replace an existing key (it must then be registered again).
         #[arg(long)]
         force_key: bool,
+        /// Write the sample ERP's worked mapping (for `ferry sample-erp`'s database) instead of the commented
+        /// blank mapping for a real ERP.
+        #[arg(long)]
+        sample: bool,
     },
     /// Register this connector's public key with a token from the operator.
     Register {
@@ -141,6 +149,12 @@ pub enum ConnectorCmd {
     /// The Connector as a Windows service: install, uninstall, start, stop, status (Windows only).
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Check everything a sync depends on (config, key, ERP and each query, proxy, DNS, TCP, TLS and SSH pins,
+    /// login, a signed call, clock skew, free disk): one line each with the fix. Exit code 0 only if all pass.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show recent batches and their state at the Comms server.
     Status {
         #[command(flatten)]
@@ -205,7 +219,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConnectorCmd::Init { dir, erp, erp_kind, erp_password_stdin, key_type, force_key } => {
+        ConnectorCmd::Init { dir, erp, erp_kind, erp_password_stdin, key_type, force_key, sample } => {
             let alg = key_type.parse().map_err(|e| anyhow::anyhow!("--key-type: {e}"))?;
             ferry_connector::erp::ErpKind::parse(&erp_kind).map_err(|e| anyhow::anyhow!("--erp-kind: {e}"))?;
             let password = if erp_password_stdin {
@@ -216,15 +230,30 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 None
             };
             let init = ferry_connector::config::InitErp { kind: erp_kind, url: erp, password };
-            let r = agent::init(&dir, &init, ferry_sample::MAPPING, alg, force_key)?;
+            let blank;
+            let mapping = if sample {
+                ferry_sample::MAPPING
+            } else {
+                blank = ferry_connector::mapping::blank_mapping(&init.kind);
+                &blank
+            };
+            let r = agent::init(&dir, &init, mapping, alg, force_key)?;
             println!("config:      {}", r.config.display());
             println!("private key: {} (mode 0600; never leaves this machine)", r.key.display());
             println!("public key:  {}", r.public_key);
             println!("fingerprint: {}", r.fingerprint);
-            println!(
-                "next: edit mapping.toml for your ERP (docs/mapping.md), test it with `ferry connector check`, then \
-                 `ferry connector register --token <token>`"
-            );
+            if sample {
+                println!(
+                    "next: mapping.toml reads the sample ERP (`ferry sample-erp`); test it with `ferry connector \
+                     check`, then `ferry connector register --token <token>`"
+                );
+            } else {
+                println!(
+                    "next: fill in mapping.toml for your ERP (every standard file is listed there, commented out; \
+                     docs/mapping.md), test it with `ferry connector check`, then `ferry connector register --token \
+                     <token>`"
+                );
+            }
         }
         ConnectorCmd::Register { config, token } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;
@@ -287,6 +316,13 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let old = c.key_fingerprint();
             let new = c.rotate_key(alg).await?;
             println!("key rotated: {old} -> {new} (the old key is retired)");
+        }
+        ConnectorCmd::Doctor { config } => {
+            let report = ferry_connector::doctor::doctor(&path_or(&config, "connector.toml")).await;
+            print!("{}", report.render());
+            if !report.passed() {
+                return Ok(ExitCode::from(1));
+            }
         }
         ConnectorCmd::Status { config, limit } => {
             let c = Connector::load(&path_or(&config, "connector.toml"))?;

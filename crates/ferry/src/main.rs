@@ -18,7 +18,21 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.log.as_deref().unwrap_or(default_level)));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal; JSON lines for a log file or journal unless asked otherwise. The spans of the
+    // servers carry `tenant` and `batch` where known: in JSON under "span"/"spans", in text before the message.
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let json = match args.log_format.as_deref() {
+        Some("json") => true,
+        Some(_) => false,
+        None => !terminal,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(terminal);
+    if json {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
     // the servers hold a file descriptor per connection: many systems start processes with a soft limit of 1,024
     #[cfg(unix)]
     if matches!(&args.command, cli::Command::Comms(_) | cli::Command::App(_) | cli::Command::Demo(_)) {

@@ -14,17 +14,20 @@ use super::{ConfigArg, path_or, sigterm_or_ctrl_c};
 
 #[derive(Subcommand)]
 pub enum CommsCmd {
-    /// Write a default comms.toml to edit.
+    /// Write a default comms.toml; with --app-info, fill its [app] section (in a new or an existing comms.toml).
     Init {
         #[command(flatten)]
         config: ConfigArg,
+        /// The output of `ferry app info` saved to a file: the App server's address, pins and service key.
+        #[arg(long)]
+        app_info: Option<PathBuf>,
     },
     /// Run the Comms server (HTTPS + SFTP + relay).
     Serve {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Print this server's identity: service public key (for app.toml), TLS and SSH fingerprints.
+    /// Print this server's identity as TOML (URL, TLS pin, service key) for `ferry app init --comms-info FILE`.
     Info {
         #[command(flatten)]
         config: ConfigArg,
@@ -136,17 +139,22 @@ pub enum TenantCmd {
 
 #[derive(Subcommand)]
 pub enum AppCmd {
-    /// Write a default app.toml to edit.
+    /// Write a default app.toml; with --comms-info, fill its [comms] section and comms_keys (in a new or an
+    /// existing app.toml).
     Init {
         #[command(flatten)]
         config: ConfigArg,
+        /// The output of `ferry comms info` saved to a file: the Comms server's URL, TLS pin and service key.
+        #[arg(long)]
+        comms_info: Option<PathBuf>,
     },
     /// Run the App server (HTTPS + SFTP).
     Serve {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Print this server's TLS and SSH fingerprints (for comms.toml).
+    /// Print this server's identity as TOML (the [app] section of comms.toml) for `ferry comms init --app-info
+    /// FILE`.
     Info {
         #[command(flatten)]
         config: ConfigArg,
@@ -212,6 +220,58 @@ fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// `ferry comms info`, as TOML: the `[comms]` table is what `ferry app init --comms-info` reads.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CommsInfo {
+    comms: CommsIdentity,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommsIdentity {
+    /// The URL the App server calls (`public_url`).
+    api_url: String,
+    tls_fingerprint: String,
+    /// Signs the Comms server's calls to the App server (app.toml `comms_keys`).
+    service_key: String,
+    ssh_host_key_fingerprint: String,
+}
+
+/// `ferry app info`, as TOML: exactly the `[app]` section of comms.toml.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppInfo {
+    app: ferry_comms::config::AppEndpoint,
+}
+
+fn read_info<T: serde::de::DeserializeOwned>(path: &std::path::Path, from: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not the output of `{from}`", path.display()))
+}
+
+/// Writes `path` (new: the defaults `default_text`; existing: its own keys) after `fill` changed its table, then
+/// checks the result loads. Only the keys `fill` sets change; the rest of an existing file is kept.
+fn fill_config(
+    path: &std::path::Path,
+    default_text: &str,
+    fill: impl FnOnce(&mut toml::Table),
+    load: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    let existed = path.exists();
+    let text = if existed {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+    } else {
+        default_text.to_string()
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    fill(&mut table);
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, toml::to_string_pretty(&table)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    load(path)?;
+    Ok(existed)
+}
+
 async fn open_instance(cfg: &AppConfig, tenant: &str) -> anyhow::Result<ferry_app::instance::Instance> {
     let path = cfg.data_dir.join("instances").join(format!("{tenant}.db"));
     if !ferry_proto::api::valid_tenant_name(tenant) || !path.exists() {
@@ -224,7 +284,10 @@ async fn open_instance(cfg: &AppConfig, tenant: &str) -> anyhow::Result<ferry_ap
 async fn announce(cfg: &AppConfig, inst: &ferry_app::instance::Instance, tenant: &str) -> anyhow::Result<()> {
     let id = ferry_app::server::identity(cfg)?;
     match ferry_app::downstream::comms_client(cfg, &id.service_key)? {
-        None => println!("no [comms] configured in the app config: files stay in the outbox"),
+        None => println!(
+            "no [comms] configured in the app config: files stay in the outbox; fill it with `ferry app init \
+             --comms-info FILE` (FILE: the output of `ferry comms info`)"
+        ),
         Some(c) => match ferry_app::downstream::announce_pending(&c, inst, tenant).await {
             Ok(n) => println!("{n} file(s) announced to the Comms server"),
             Err(e) => println!("could not reach the Comms server now ({e:#}); the App server will retry"),
@@ -237,17 +300,49 @@ async fn announce(cfg: &AppConfig, inst: &ferry_app::instance::Instance, tenant:
 /// once (everything on disk is written under temporary names and journaled, so that is still safe).
 pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        CommsCmd::Init { config } => {
+        CommsCmd::Init { config, app_info } => {
             let p = path_or(&config, "comms.toml");
-            write_new(&p, &toml::to_string_pretty(&CommsConfig::default())?)?;
+            let defaults = toml::to_string_pretty(&CommsConfig::default())?;
+            match app_info {
+                None => {
+                    write_new(&p, &defaults)?;
+                    println!(
+                        "wrote {}: fill its [app] section with `ferry comms init --app-info FILE` (FILE: the output \
+                         of `ferry app info`), then `ferry comms serve`",
+                        p.display()
+                    );
+                }
+                Some(info) => {
+                    let info: AppInfo = read_info(&info, "ferry app info")?;
+                    let app = toml::Table::try_from(&info.app)?;
+                    let existed = fill_config(
+                        &p,
+                        &defaults,
+                        |t| {
+                            t.insert("app".into(), toml::Value::Table(app));
+                        },
+                        |p| CommsConfig::load(p).map(drop),
+                    )?;
+                    let what = if existed { "updated the [app] section of" } else { "wrote" };
+                    println!("{what} {} (App server {}), then `ferry comms serve`", p.display(), info.app.api_url);
+                }
+            }
             // read back, so the data folder is taken from the config file's folder as `serve` will
             let token = CommsConfig::load(&p)?.admin_token_path();
             ferry_comms::admin::load_or_create_admin_token(&token)?;
-            println!("wrote {}: fill in [app] from `ferry app info`, then `ferry comms serve`", p.display());
             println!("admin api token (mode 0600): {} — send it as `Authorization: Bearer <token>`", token.display());
         }
         CommsCmd::Serve { config } => {
             let cfg = comms_config(&config)?;
+            if cfg.app.api_url.is_empty() || cfg.app.service_key.is_empty() || cfg.app.ssh_addr.is_empty() {
+                anyhow::bail!(
+                    "the [app] section of {} is not filled in: the Comms server cannot reach its App server. On the \
+                     App server run `ferry app info > app-info.toml`, then here `ferry comms init --config {} \
+                     --app-info app-info.toml`",
+                    path_or(&config, "comms.toml").display(),
+                    path_or(&config, "comms.toml").display()
+                );
+            }
             let listeners = if cfg.listen_https == cfg.listen_ssh {
                 let l = tokio::net::TcpListener::bind(cfg.listen_https)
                     .await
@@ -268,21 +363,23 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
         }
         CommsCmd::Info { config } => {
             let a = Admin::open(comms_config(&config)?).await?;
-            println!(
-                "service key (put in app.toml comms_keys): {}",
-                ferry_io::keys::public_key_openssh(a.identity.service_key.public_key())?
-            );
-            println!("tls fingerprint: {}", a.identity.tls_fingerprint);
-            println!("ssh host key:    {}", a.identity.ssh_host_key_fingerprint());
+            let info = CommsInfo {
+                comms: CommsIdentity {
+                    api_url: a.public_url(),
+                    tls_fingerprint: a.identity.tls_fingerprint.clone(),
+                    service_key: ferry_io::keys::public_key_openssh(a.identity.service_key.public_key())?,
+                    ssh_host_key_fingerprint: a.identity.ssh_host_key_fingerprint(),
+                },
+            };
+            println!("# This Comms server's identity. Save it (`ferry comms info > comms-info.toml`) and on the App");
+            println!("# server run `ferry app init --comms-info comms-info.toml`: it fills [comms] and comms_keys.");
             match a.cfg.listen_admin {
                 Some(addr) => {
-                    println!(
-                        "admin api:       https://{addr}/admin/v1/ (token in {})",
-                        a.cfg.admin_token_path().display()
-                    )
+                    println!("# admin api: https://{addr}/admin/v1/ (token in {})", a.cfg.admin_token_path().display())
                 }
-                None => println!("admin api:       off (listen_admin is not set)"),
+                None => println!("# admin api: off (listen_admin is not set)"),
             }
+            print!("{}", toml::to_string_pretty(&info)?);
         }
         CommsCmd::Tenant(t) => tenant(*t).await?,
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
@@ -405,16 +502,72 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
 
 pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AppCmd::Init { config } => {
+        AppCmd::Init { config, comms_info } => {
             let p = path_or(&config, "app.toml");
-            write_new(&p, &toml::to_string_pretty(&AppConfig::default())?)?;
-            println!(
-                "wrote {}: add the Comms service key to comms_keys (`ferry comms info`), then `ferry app serve`",
-                p.display()
-            );
+            let defaults = toml::to_string_pretty(&AppConfig::default())?;
+            match comms_info {
+                None => {
+                    write_new(&p, &defaults)?;
+                    println!(
+                        "wrote {}: give `ferry app info` to the Comms server (`ferry comms init --app-info FILE`), \
+                         then fill [comms] and comms_keys here with `ferry app init --comms-info FILE` (FILE: the \
+                         output of `ferry comms info`), then `ferry app serve`",
+                        p.display()
+                    );
+                }
+                Some(info) => {
+                    let info: CommsInfo = read_info(&info, "ferry comms info")?;
+                    let c = info.comms;
+                    ferry_io::keys::parse_public_key(&c.service_key)
+                        .map_err(|e| anyhow::anyhow!("service_key of the comms info: {e}"))?;
+                    let existed = fill_config(
+                        &p,
+                        &defaults,
+                        |t| {
+                            let mut s = match t.remove("comms") {
+                                Some(toml::Value::Table(s)) => s,
+                                _ => toml::Table::new(),
+                            };
+                            s.insert("api_url".into(), c.api_url.clone().into());
+                            s.insert("tls_fingerprint".into(), c.tls_fingerprint.clone().into());
+                            t.insert("comms".into(), toml::Value::Table(s));
+                            let keys =
+                                t.entry("comms_keys".to_string()).or_insert_with(|| toml::Value::Array(Vec::new()));
+                            if !keys.is_array() {
+                                *keys = toml::Value::Array(Vec::new());
+                            }
+                            if let toml::Value::Array(keys) = keys {
+                                let same = |k: &toml::Value| {
+                                    k.as_str()
+                                        .and_then(|k| ferry_io::keys::parse_public_key(k).ok())
+                                        .map(|k| ferry_io::keys::fingerprint(&k))
+                                        == ferry_io::keys::parse_public_key(&c.service_key)
+                                            .ok()
+                                            .map(|k| ferry_io::keys::fingerprint(&k))
+                                };
+                                if !keys.iter().any(same) {
+                                    keys.push(c.service_key.clone().into());
+                                }
+                            }
+                        },
+                        |p| AppConfig::load(p).map(drop),
+                    )?;
+                    let what = if existed { "updated [comms] and comms_keys in" } else { "wrote" };
+                    println!("{what} {} (Comms server {}), then `ferry app serve`", p.display(), c.api_url);
+                }
+            }
         }
         AppCmd::Serve { config } => {
             let cfg = app_config(&config)?;
+            if cfg.comms.api_url.is_empty() || cfg.comms_keys.is_empty() {
+                anyhow::bail!(
+                    "the [comms] section or comms_keys of {} is not filled in: the App server could not announce \
+                     files nor accept the Comms server's calls. On the Comms server run `ferry comms info > \
+                     comms-info.toml`, then here `ferry app init --config {} --comms-info comms-info.toml`",
+                    path_or(&config, "app.toml").display(),
+                    path_or(&config, "app.toml").display()
+                );
+            }
             let https = std::net::TcpListener::bind(cfg.listen_https)
                 .with_context(|| format!("cannot listen on {} (listen_https)", cfg.listen_https))?;
             let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
@@ -511,12 +664,18 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
         AppCmd::Info { config } => {
             let cfg = app_config(&config)?;
             let id = ferry_app::server::identity(&cfg)?;
-            println!("[app] section for comms.toml:");
-            println!("api_url = \"https://{}\"", cfg.listen_https);
-            println!("tls_fingerprint = \"{}\"", id.tls_fingerprint);
-            println!("ssh_addr = \"{}\"", cfg.listen_ssh);
-            println!("ssh_host_key_fingerprint = \"{}\"", id.ssh_host_key_fingerprint());
-            println!("service_key = \"{}\"", ferry_io::keys::public_key_openssh(id.service_key.public_key())?);
+            let info = AppInfo {
+                app: ferry_comms::config::AppEndpoint {
+                    api_url: format!("https://{}", cfg.listen_https),
+                    tls_fingerprint: id.tls_fingerprint.clone(),
+                    ssh_addr: cfg.listen_ssh.to_string(),
+                    ssh_host_key_fingerprint: id.ssh_host_key_fingerprint(),
+                    service_key: ferry_io::keys::public_key_openssh(id.service_key.public_key())?,
+                },
+            };
+            println!("# This App server's identity: the [app] section of comms.toml. Save it (`ferry app info >");
+            println!("# app-info.toml`) and on the Comms server run `ferry comms init --app-info app-info.toml`.");
+            print!("{}", toml::to_string_pretty(&info)?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ mod downstream;
 mod erp_values;
 mod faults;
 mod incremental;
+mod ops;
 mod proxy;
 mod release;
 mod reliability;

@@ -66,6 +66,8 @@ pub struct Node {
     pub starts: u32,
     /// The open-file limit (soft and hard) the process starts with, when set.
     pub file_limit: Option<u64>,
+    /// `FERRY_LOG_FORMAT` of the process (default `text`); None: the program's own default.
+    pub log_format: Option<&'static str>,
 }
 
 impl Node {
@@ -77,6 +79,7 @@ impl Node {
             child: None,
             starts: 0,
             file_limit: None,
+            log_format: Some("text"),
         }
     }
 
@@ -87,6 +90,11 @@ impl Node {
         let mut cmd = Command::new(ferry_bin());
         under_umask_022(&mut cmd);
         cmd.args(&self.args).env("FERRY_LOG", "info,sqlx=error").stdin(Stdio::null()).stdout(log).stderr(err);
+        match self.log_format {
+            Some(f) => cmd.env("FERRY_LOG_FORMAT", f),
+            // the program's default: JSON, stderr being a file
+            None => cmd.env_remove("FERRY_LOG_FORMAT"),
+        };
         if let Some(n) = self.file_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -159,6 +167,11 @@ impl Node {
         loop {
             let log = strip_ansi(&self.log_text());
             let value = log.lines().filter(|l| l.contains(what)).find_map(|l| {
+                if l.starts_with('{') {
+                    // a JSON line: {"fields":{"message":..., "https_addr":"..."}, ...}
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    return v["fields"][field].as_str()?.parse::<SocketAddr>().ok();
+                }
                 let rest = &l[l.find(&format!("{field}="))? + field.len() + 1..];
                 rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
             });
@@ -310,13 +323,12 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     // Each side learns the other's identity from the `info` commands, as an operator would.
     let comms_info = ferry(&["comms", "info", "--config", &comms_c]);
     let app_info = ferry(&["app", "info", "--config", &app_c]);
-    let app_section: toml::Table = app_info
-        .lines()
-        .filter(|l| l.contains(" = "))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .parse()
-        .expect("the [app] section printed by `ferry app info`");
+    let app_section: toml::Table = toml::from_str::<toml::Table>(&app_info).expect("`ferry app info` is TOML")["app"]
+        .as_table()
+        .expect("the [app] section printed by `ferry app info`")
+        .clone();
+    let comms_info: toml::Table = toml::from_str(&comms_info).expect("`ferry comms info` is TOML");
+    let comms_value = |k: &str| comms_info["comms"][k].as_str().expect("a [comms] value").to_string();
     edit_toml(&comms_cfg, |t| {
         let mut a = app_section.clone();
         a.insert("api_url".into(), format!("https://{}", via(&proxies[1])).into());
@@ -338,11 +350,11 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     });
     proxies[0].route(comms_addr);
     edit_toml(&app_cfg, |t| {
-        let key = line_value(&comms_info, "service key (put in app.toml comms_keys):");
+        let key = comms_value("service_key");
         t.insert("comms_keys".into(), toml::Value::Array(vec![key.into()]));
         let c = section(t, "comms");
         c.insert("api_url".into(), format!("https://{comms_addr}").into());
-        c.insert("tls_fingerprint".into(), line_value(&comms_info, "tls fingerprint:").into());
+        c.insert("tls_fingerprint".into(), comms_value("tls_fingerprint").into());
     });
     let mut app = Node::new("app", &["app", "serve", "--config", &app_c], &logs);
     app.start();
@@ -363,7 +375,7 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
     let erp = conn_dir.join("erp.db");
     ferry(&["sample-erp", &erp.display().to_string()]);
     shrink_erp(&erp);
-    ferry(&["connector", "init", "--dir", &conn_dir.display().to_string(), "--erp", "erp.db"]);
+    ferry(&["connector", "init", "--dir", &conn_dir.display().to_string(), "--erp", "erp.db", "--sample"]);
     // Full extracts only: the invariants compare the instance with the last batch's row counts, which a window
     // (incremental sales.csv, tested in incremental.rs) does not carry.
     let mapping = conn_dir.join("mapping.toml");

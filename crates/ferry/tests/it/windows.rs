@@ -157,7 +157,7 @@ async fn the_windows_connector_runs_under_wine_against_linux_servers() {
     let conn_dir = dir.path().join("Ferry Connector");
     let config = win(&conn_dir.join("connector.toml"));
 
-    let out = wine.ferry(&["connector", "init", "--dir", &win(&conn_dir), "--erp", &win(&erp)]).await;
+    let out = wine.ferry(&["connector", "init", "--dir", &win(&conn_dir), "--erp", &win(&erp), "--sample"]).await;
     assert!(out.contains("fingerprint"), "{out}");
     let written: toml::Table =
         toml::from_str(&std::fs::read_to_string(conn_dir.join("connector.toml")).unwrap()).unwrap();

@@ -1,0 +1,191 @@
+//! Prometheus metrics of the Comms server, served at `GET /metrics` on the admin listener (bearer token as the
+//! admin API). Counters and histograms are kept live; the gauges (batches by state, queue depths, sessions,
+//! per-tenant age of the last import) are read from the database and the session table at each scrape. Label
+//! sets are bounded: states and reasons are fixed lists, tenants are capped at [`MAX_TENANT_LABELS`] (the
+//! longest-unimported first, so a stale tenant is never the one left out).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sqlx::Row;
+
+use crate::CommsState;
+
+/// Most tenants given their own label value in `ferry_comms_last_import_age_seconds`.
+pub const MAX_TENANT_LABELS: i64 = 1000;
+
+/// Why a login or call was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// SSH login with an unknown, revoked or disabled key.
+    SshKey,
+    /// A web-service call with a missing, bad, old or unknown signature.
+    Signature,
+    /// The admin API without the right token.
+    AdminToken,
+    /// `/v1/register` with a bad token or body.
+    Registration,
+    /// A tenant's limit (batch size, files, daily bytes...).
+    Limit,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::SshKey => "ssh_key",
+            Refusal::Signature => "signature",
+            Refusal::AdminToken => "admin_token",
+            Refusal::Registration => "registration",
+            Refusal::Limit => "limit",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+/// The live metrics of one Comms server.
+pub struct Metrics {
+    refused: Family<ReasonLabel, Counter>,
+    stage_seconds: Family<StageLabel, Histogram>,
+    bytes_up: Counter,
+    long_polls: Gauge,
+    waiting: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            refused: Family::default(),
+            // 10 ms .. ~11 h
+            stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 4.0, 12))),
+            bytes_up: Counter::default(),
+            long_polls: Gauge::default(),
+            waiting: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Held while a long-poll waits; the gauge goes down when it is dropped.
+pub struct Waiting<'a>(&'a Metrics);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.long_polls.dec();
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn refused(&self, why: Refusal) {
+        self.refused.get_or_create(&ReasonLabel { reason: why.as_str() }).inc();
+    }
+
+    /// `stage`: `relay` (copy to the App) or `import` (the App's verdict).
+    pub fn stage(&self, stage: &'static str, secs: f64) {
+        self.stage_seconds.get_or_create(&StageLabel { stage }).observe(secs);
+    }
+
+    pub fn uploaded(&self, bytes: u64) {
+        self.bytes_up.inc_by(bytes);
+    }
+
+    pub fn long_poll(&self) -> Waiting<'_> {
+        self.long_polls.inc();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self)
+    }
+
+    /// Long-polls waiting now.
+    pub fn waiting(&self) -> i64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// The exposition text (OpenMetrics, which Prometheus scrapes) of everything, gauges read now.
+pub async fn render(st: &CommsState) -> anyhow::Result<String> {
+    let m = &st.metrics;
+    let mut reg = Registry::with_prefix("ferry_comms");
+    reg.register("refused", "Logins and calls refused, by reason", m.refused.clone());
+    reg.register("stage_seconds", "Duration of each stage of a batch at the Comms server", m.stage_seconds.clone());
+    reg.register("upload_bytes", "Compressed bytes of the batches Connectors completed", m.bytes_up.clone());
+    reg.register("long_polls_waiting", "Connector long-polls (GET /v1/files?wait=) waiting now", m.long_polls.clone());
+
+    let by_state: Family<StateLabel, Gauge> = Family::default();
+    for s in ["uploaded", "relayed", "imported", "rejected"] {
+        by_state.get_or_create(&StateLabel { state: s.into() }).set(0);
+    }
+    let mut queue = 0;
+    for row in sqlx::query("SELECT state, COUNT(*) AS n FROM batches GROUP BY state").fetch_all(&st.db).await? {
+        let (state, n): (String, i64) = (row.try_get("state")?, row.try_get("n")?);
+        if matches!(state.as_str(), "uploaded" | "relayed") {
+            queue += n;
+        }
+        by_state.get_or_create(&StateLabel { state }).set(n);
+    }
+    reg.register("batches", "Batches by state", by_state);
+    let relay_queue: Gauge = Gauge::default();
+    relay_queue.set(queue);
+    reg.register("relay_queue_depth", "Batches completed and not yet judged by the App", relay_queue);
+
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(CASE WHEN state != 'delivered' THEN 1 ELSE 0 END), 0) AS waiting,
+                COALESCE(SUM(CASE WHEN state = 'delivered' THEN compressed_bytes ELSE 0 END), 0) AS down
+         FROM downloads",
+    )
+    .fetch_one(&st.db)
+    .await?;
+    let download_queue: Gauge = Gauge::default();
+    download_queue.set(row.try_get::<i64, _>("waiting")?);
+    reg.register("download_queue_depth", "Downstream files not yet delivered to their Connector", download_queue);
+    let down: Counter = Counter::default();
+    down.inc_by(u64::try_from(row.try_get::<i64, _>("down")?).unwrap_or(0));
+    reg.register("download_bytes", "Compressed bytes of the downstream files delivered", down);
+
+    let sessions: Gauge = Gauge::default();
+    sessions.set(i64::try_from(st.sessions.len()).unwrap_or(i64::MAX));
+    reg.register("sftp_sessions", "Open SFTP sessions", sessions);
+
+    let ages: Family<TenantLabel, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+    let now = chrono::Utc::now();
+    let rows = sqlx::query(
+        "SELECT tenant, MAX(updated_at) AS last FROM batches WHERE state = 'imported' GROUP BY tenant
+         ORDER BY last ASC LIMIT ?",
+    )
+    .bind(MAX_TENANT_LABELS)
+    .fetch_all(&st.db)
+    .await?;
+    for row in rows {
+        let (tenant, last): (String, String) = (row.try_get("tenant")?, row.try_get("last")?);
+        let Ok(at) = chrono::DateTime::parse_from_rfc3339(&last) else { continue };
+        let age = (now - at.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
+        ages.get_or_create(&TenantLabel { tenant }).set(age.max(0.0));
+    }
+    reg.register("last_import_age_seconds", "Seconds since each tenant's last imported batch", ages);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
+}
