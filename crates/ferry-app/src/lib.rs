@@ -9,5 +9,6 @@ pub mod config;
 pub mod downstream;
 pub mod outbox;
 pub mod server;
+pub mod web;
 
 pub use config::AppConfig;
