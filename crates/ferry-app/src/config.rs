@@ -48,6 +48,8 @@ pub struct AppConfig {
     /// `[retention]`: the files of rejected (and other finished) batches are removed after `keep_secs`
     /// (default 7 days); the batch log keeps their verdicts.
     pub retention: ferry_web::retention::Retention,
+    /// `[planner]`: how released orders count in later plans.
+    pub planner: PlannerConfig,
 }
 
 /// A Comms service key allowed to call this App server: an OpenSSH public key line in `app.toml`, parsed once at
@@ -79,6 +81,15 @@ impl<'de> Deserialize<'de> for CommsKey {
         })?;
         Ok(CommsKey::new(key))
     }
+}
+
+/// `[planner]` of `app.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// Days a released line counts as on order when the ERP's extract never shows it; 0 (the default) = the
+    /// line's lead time plus the review period (`docs/planner.md`, "Release").
+    pub release_expiry_days: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -130,6 +141,7 @@ impl Default for AppConfig {
             max_decompressed_bytes: 8 * 1024 * 1024 * 1024,
             plan_after_import: true,
             service_level: 0.95,
+            planner: PlannerConfig::default(),
             max_open_instances: 256,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
             connections: ferry_io::accept::ConnectionLimits::default(),

@@ -3,17 +3,15 @@
 //! by the running server (after each import, and a retry worker) and by the local CLI (`ferry app plan`,
 //! `ferry app publish`), which work on the same files.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use ferry_io::client::ApiClient;
-use ferry_proto::api::FileReady;
 use russh::keys::PrivateKey;
 
 use crate::config::AppConfig;
 use crate::instance::Instance;
-use crate::{outbox, planner};
+use crate::{outbox, planner, release};
 
 /// A signed client for the configured Comms server, or None if none is configured.
 pub fn comms_client(cfg: &AppConfig, service_key: &PrivateKey) -> anyhow::Result<Option<ApiClient>> {
@@ -43,34 +41,45 @@ pub async fn announce_pending(comms: &ApiClient, inst: &Instance, tenant: &str) 
     Ok(n)
 }
 
-/// Plan the instance and publish one `po_NNNNNN.csv` per supplier with lines. Returns the published files.
+/// What one planning run did.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The new current plan (its proposed lines superseded the previous plan's).
+    pub plan: release::PlanInfo,
+    pub policy: release::Policy,
+    /// What went down: every line of the plan under `auto`, nothing under `review` (a buyer releases).
+    pub released: Vec<release::Release>,
+}
+
+/// Plan the instance and store the result as its new plan (superseding the previous one's proposed lines); under
+/// the `auto` policy, release every line at once (one `po_NNNNNN.csv` per supplier, [`release::release`]).
+/// Released quantities the ERP does not show yet count as on order, so a plan never repeats a released line.
 pub async fn plan_and_publish(
     cfg: &AppConfig,
     inst: &Instance,
     tenant: &str,
     today: chrono::NaiveDate,
-) -> anyhow::Result<(planner::Plan, Vec<FileReady>)> {
+) -> anyhow::Result<Planned> {
+    let sftp_root = cfg.data_dir.join("sftp");
+    // a release whose file a crash left unwritten goes down before anything else
+    release::publish_pending(inst, tenant, &sftp_root).await?;
     let mut params = planner::PlanParams::new(today);
     params.service_level = cfg.service_level;
-    let plan = planner::plan(inst, &params).await.context("planning failed")?;
-    let suppliers = plan.lines.iter().map(|l| &l.supplier).collect::<std::collections::BTreeSet<_>>().len() as u64;
-    if suppliers == 0 {
-        return Ok((plan, Vec::new()));
+    let plan = release::new_plan(inst, &params, cfg.planner.release_expiry_days).await?;
+    let policy = release::policy(inst).await?;
+    let mut released = Vec::new();
+    if policy == release::Policy::Auto {
+        let ids = release::proposed_ids(inst, plan.id).await?;
+        if !ids.is_empty() {
+            match release::release(inst, tenant, &sftp_root, &ids, "auto", today).await {
+                Ok(r) => released = r,
+                // a newer plan (another import, `ferry app plan`) replaced this one meanwhile: it releases its own
+                Err(release::ReleaseError::Superseded) => {
+                    tracing::info!(tenant, plan = plan.id, "plan superseded before its automatic release")
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("automatic release failed")),
+            }
+        }
     }
-    let first = outbox::reserve_sequence(inst, "po", suppliers).await?;
-    let tmp = tempfile_dir(&cfg.data_dir)?;
-    let written = planner::write_po_files(&plan, tmp.path(), first, today)?;
-    let mut published = Vec::new();
-    let sftp_root = cfg.data_dir.join("sftp");
-    for (path, _lines) in written {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        published.push(outbox::publish(inst, tenant, &sftp_root, &path, &name).await?);
-    }
-    Ok((plan, published))
-}
-
-fn tempfile_dir(data_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let base = data_dir.join("tmp");
-    std::fs::create_dir_all(&base)?;
-    Ok(tempfile::Builder::new().prefix("plan-").tempdir_in(base)?)
+    Ok(Planned { plan, policy, released })
 }

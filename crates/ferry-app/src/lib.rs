@@ -4,6 +4,7 @@
 pub mod import;
 pub mod instance;
 pub mod planner;
+pub mod release;
 
 pub mod config;
 pub mod downstream;

@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use crate::instance::Instance;
 
-async fn ensure_schema(inst: &Instance) -> sqlx::Result<()> {
+pub(crate) async fn ensure_schema(inst: &Instance) -> sqlx::Result<()> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS outbox (
             file_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, bytes INTEGER NOT NULL, md5 TEXT NOT NULL,
@@ -33,19 +33,35 @@ async fn ensure_schema(inst: &Instance) -> sqlx::Result<()> {
 pub async fn reserve_sequence(inst: &Instance, prefix: &str, count: u64) -> anyhow::Result<u64> {
     ensure_schema(inst).await?;
     let mut tx = inst.pool().begin().await?;
+    let first = reserve_sequence_in(&mut tx, prefix, count).await?;
+    tx.commit().await?;
+    Ok(first)
+}
+
+/// [`reserve_sequence`] inside the caller's transaction (the schema must exist: [`ensure_schema`]).
+pub(crate) async fn reserve_sequence_in(
+    conn: &mut sqlx::SqliteConnection,
+    prefix: &str,
+    count: u64,
+) -> anyhow::Result<u64> {
     sqlx::query("INSERT INTO sequences(prefix, next) VALUES (?, 1) ON CONFLICT DO NOTHING")
         .bind(prefix)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     let first: i64 =
-        sqlx::query_scalar("SELECT next FROM sequences WHERE prefix = ?").bind(prefix).fetch_one(&mut *tx).await?;
+        sqlx::query_scalar("SELECT next FROM sequences WHERE prefix = ?").bind(prefix).fetch_one(&mut *conn).await?;
     sqlx::query("UPDATE sequences SET next = next + ? WHERE prefix = ?")
-        .bind(count as i64)
+        .bind(i64::try_from(count)?)
         .bind(prefix)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
-    Ok(first as u64)
+    Ok(u64::try_from(first)?)
+}
+
+/// The id of the outbox file named `name`, if one was published.
+pub(crate) async fn file_id_by_name(inst: &Instance, name: &str) -> anyhow::Result<Option<String>> {
+    ensure_schema(inst).await?;
+    Ok(sqlx::query_scalar("SELECT file_id FROM outbox WHERE name = ?").bind(name).fetch_optional(inst.pool()).await?)
 }
 
 /// Copy `src` into the outbox as `name` and record it (`created`). The caller then announces it to Comms.

@@ -164,6 +164,21 @@ impl LeadTimeSource {
     }
 }
 
+impl LeadTimeSource {
+    /// The source named by [`LeadTimeSource::as_str`]; None for any other text.
+    pub fn parse(s: &str) -> Option<LeadTimeSource> {
+        [
+            LeadTimeSource::Stock,
+            LeadTimeSource::Supplier,
+            LeadTimeSource::PoHistoryItem,
+            LeadTimeSource::PoHistorySupplier,
+            LeadTimeSource::Default,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
 impl std::fmt::Display for LeadTimeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -189,8 +204,10 @@ pub struct PlanLine {
     pub reorder_point: f64,
     /// Order-up-to level `T`.
     pub target: f64,
-    /// Net inventory position before this order.
+    /// Net inventory position before this order (released quantities still on order included).
     pub position: f64,
+    /// The part of `position` that is released lines not yet shown by the ERP ([`plan_with_released`]).
+    pub released_on_order: f64,
     pub lead_time_days: f64,
     pub lead_time_source: LeadTimeSource,
 }
@@ -506,6 +523,7 @@ struct StockFacts {
     supplier: String,
     unit_cost: String,
     position: f64,
+    released_on_order: f64,
     moq: Option<f64>,
     multiple: Option<f64>,
     /// Day index of `date_added` in the window, if any.
@@ -519,6 +537,16 @@ struct StockFacts {
 /// streamed), plans every item x location of `stock` (the first row wins if one appears twice), and returns
 /// the lines that order something, sorted by (supplier, item, location).
 pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanError> {
+    plan_with_released(inst, params, &HashMap::new()).await
+}
+
+/// [`plan`], with quantities already released to the ERP but not yet in its extract (per item x location) counted
+/// as on order: they are added to the net position (`crate::release` computes them).
+pub async fn plan_with_released(
+    inst: &Instance,
+    params: &PlanParams,
+    released: &HashMap<(String, String), f64>,
+) -> Result<Plan, PlanError> {
     params.validate()?;
     let start = params.window_start().ok_or_else(|| PlanError::Params("history window outside the calendar".into()))?;
     let start_iso = start.format("%Y-%m-%d").to_string();
@@ -537,11 +565,12 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             duplicates += 1;
             continue;
         }
+        let released_on_order = released.get(&key).copied().filter(|q| q.is_finite() && *q > 0.0).unwrap_or(0.0);
         let position = net_position(
             r.try_get("on_hand")?,
             r.try_get("allocated")?,
             r.try_get("co_open")?,
-            r.try_get("po_open")?,
+            r.try_get::<f64, _>("po_open")? + released_on_order,
             r.try_get("inbound")?,
         );
         index.insert(key.clone(), facts.len());
@@ -551,6 +580,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             supplier: r.try_get("supplier")?,
             unit_cost: r.try_get::<Option<String>, _>("purchase_cost")?.unwrap_or_default(),
             position,
+            released_on_order,
             moq: r.try_get("moq")?,
             multiple: r.try_get("multiple")?,
             added_day: r.try_get("added_day")?,
@@ -625,6 +655,7 @@ pub async fn plan(inst: &Instance, params: &PlanParams) -> Result<Plan, PlanErro
             reorder_point: rop,
             target,
             position: f.position,
+            released_on_order: f.released_on_order,
             lead_time_days: lead,
             lead_time_source: source,
         });

@@ -363,9 +363,11 @@ async fn import(
             tokio::spawn(async move {
                 let today = chrono::Utc::now().date_naive();
                 match crate::downstream::plan_and_publish(&st2.cfg, &inst2.0, &tenant2, today).await {
-                    Ok((plan, files)) => {
-                        tracing::info!(tenant = %tenant2, lines = plan.lines.len(), files = files.len(), "planned after import");
-                        st2.announce_wakeup.notify_one();
+                    Ok(p) => {
+                        tracing::info!(tenant = %tenant2, plan = p.plan.id, lines = p.plan.lines, policy = %p.policy, files = p.released.len(), "planned after import");
+                        if !p.released.is_empty() {
+                            st2.announce_wakeup.notify_one();
+                        }
                     }
                     Err(e) => tracing::error!(tenant = %tenant2, "planning after import failed: {e:#}"),
                 }

@@ -1,6 +1,6 @@
 //! `ferry demo`: the whole system on loopback with embedded defaults. Generates a sample distributor ERP,
 //! starts App and Comms servers, adds a tenant, sets up and registers a Connector, runs one upstream sync and
-//! prints what arrived. Exit status 0 only if the batch was imported and every file's rows arrived.
+//! prints what arrived; then releases the App's first plan as a buyer would and delivers the orders to the ERP. Exit status 0 only if the batch was imported and every file's rows arrived.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,10 +110,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             report.status.detail.as_deref().unwrap_or("")
         ),
     }
-    // Downstream: the App planned after the import; its recommended orders come back into the ERP.
+    // Downstream: the App planned after the import; under the default `review` policy nothing goes down until a
+    // buyer releases, so the demo releases the first plan as a buyer would (the web page's code path).
     println!();
-    println!("[6/6] downstream: the App planned after the import; recommended orders travel back");
+    println!("[6/6] downstream: the App planned after the import; a buyer releases the plan; the orders travel back");
     let t = Instant::now();
+    let mut plan = None;
+    while t.elapsed() < std::time::Duration::from_secs(60) {
+        plan = ferry_app::release::current_plan(&inst.0).await?;
+        if plan.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let plan = plan.context("the App made no plan within 60 s of the import")?;
+    let policy = ferry_app::release::policy(&inst.0).await?;
+    println!("      plan {}: {} recommended lines, release policy {policy}", plan.id, plan.lines);
+    if policy == ferry_app::release::Policy::Review {
+        let ids = ferry_app::release::proposed_ids(&inst.0, plan.id).await?;
+        if !ids.is_empty() {
+            let today = chrono::Utc::now().date_naive();
+            let sftp_root = cluster.app.state.sftp_root();
+            let released = ferry_app::release::release(&inst.0, tenant, &sftp_root, &ids, "demo buyer", today).await?;
+            cluster.app.state.announce_wakeup.notify_one();
+            for r in &released {
+                println!("      released {} to supplier {}: {} lines", r.file_name, r.supplier, r.lines);
+            }
+        }
+    }
     let mut receipts = Vec::new();
     while t.elapsed() < std::time::Duration::from_secs(60) {
         receipts = ferry_app::outbox::receipts(&inst.0).await?;

@@ -151,7 +151,8 @@ pub enum AppCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Plan a tenant's instance now and send the recommended orders (po_NNNNNN.csv) down to its ERP.
+    /// Plan a tenant's instance now (a new plan supersedes the previous one's proposed lines); under the `auto`
+    /// policy its orders (po_NNNNNN.csv) go down to the ERP at once, under `review` a buyer releases them.
     Plan {
         tenant: String,
         #[command(flatten)]
@@ -176,6 +177,9 @@ pub enum AppCmd {
     /// Users of the buyer's web page.
     #[command(subcommand)]
     User(UserCmd),
+    /// A tenant's settings on this App server.
+    #[command(subcommand)]
+    Tenant(AppTenantCmd),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +189,24 @@ pub enum UserCmd {
     Add {
         tenant: String,
         email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AppTenantCmd {
+    /// Show or set how a tenant's plans go down: `review` (the default: a buyer releases lines) or `auto`
+    /// (every line of each plan is released at once).
+    Policy {
+        tenant: String,
+        /// review | auto (omit to show the current policy)
+        policy: Option<ferry_app::release::Policy>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Every tenant on this App server with its release policy and current plan.
+    List {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -432,12 +454,20 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             let cfg = app_config(&config)?;
             let inst = open_instance(&cfg, &tenant).await?;
             let today = chrono::Utc::now().date_naive();
-            let (plan, files) = ferry_app::downstream::plan_and_publish(&cfg, &inst, &tenant, today).await?;
-            println!("{} order lines for {tenant}", plan.lines.len());
-            for f in &files {
-                println!("  {} ({} bytes)", f.name, f.bytes);
+            let p = ferry_app::downstream::plan_and_publish(&cfg, &inst, &tenant, today).await?;
+            println!("plan {} for {tenant}: {} recommended lines (policy {})", p.plan.id, p.plan.lines, p.policy);
+            if p.released.is_empty() {
+                match p.policy {
+                    ferry_app::release::Policy::Review => println!("nothing released: a buyer reviews and releases"),
+                    ferry_app::release::Policy::Auto => println!("nothing to release"),
+                }
             }
-            announce(&cfg, &inst, &tenant).await?;
+            for r in &p.released {
+                println!("  released {} to {}: {} lines", r.file_name, r.supplier, r.lines);
+            }
+            if !p.released.is_empty() {
+                announce(&cfg, &inst, &tenant).await?;
+            }
         }
         AppCmd::Publish { tenant, file, name, config } => {
             let cfg = app_config(&config)?;
@@ -482,6 +512,40 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             };
             println!("user {email} of tenant {tenant}: send this link to set the password (valid 72 h, once):");
             println!("{base}/set-password?token={token}");
+        }
+        AppCmd::Tenant(AppTenantCmd::Policy { tenant, policy, config }) => {
+            let cfg = app_config(&config)?;
+            let inst = open_instance(&cfg, &tenant).await?;
+            if let Some(p) = policy {
+                ferry_app::release::set_policy(&inst, p).await?;
+            }
+            println!("{tenant}: release policy {}", ferry_app::release::policy(&inst).await?);
+        }
+        AppCmd::Tenant(AppTenantCmd::List { config }) => {
+            let cfg = app_config(&config)?;
+            let dir = cfg.data_dir.join("instances");
+            let mut tenants: Vec<String> = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".db")).map(str::to_owned))
+                    .filter(|t| ferry_proto::api::valid_tenant_name(t))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot list {}", dir.display()))),
+            };
+            tenants.sort();
+            println!("{:<32} {:<8} {:>8} {:>6}  planned at", "tenant", "policy", "plan", "lines");
+            for t in tenants {
+                let inst = open_instance(&cfg, &t).await?;
+                let policy = ferry_app::release::policy(&inst).await?;
+                let plan = ferry_app::release::current_plan(&inst).await?;
+                let (id, lines, at) = match plan {
+                    Some(p) => (p.id.to_string(), p.lines.to_string(), p.created_at),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                println!("{t:<32} {:<8} {id:>8} {lines:>6}  {at}", policy.as_str());
+                inst.close().await;
+            }
         }
         AppCmd::Info { config } => {
             let cfg = app_config(&config)?;
