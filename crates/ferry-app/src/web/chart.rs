@@ -99,7 +99,8 @@ fn f(x: f64) -> String {
     format!("{x:.1}")
 }
 
-/// The chart as inline SVG (`role="img"` with a title; the numbers are also in [`table`]).
+/// The chart as inline SVG (`role="img"` with a title; the numbers are also in [`table`]). Inside HTML an SVG
+/// element is never void: every `line`/`polyline` gets its end tag (`{}`), or what follows would nest in it.
 pub fn svg(d: &ChartData, title: &str) -> Markup {
     let levels = d.levels();
     let max = d.weekly.iter().copied().chain(levels.iter().map(|l| l.2)).fold(1.0_f64, f64::max) * 1.1;
@@ -114,8 +115,8 @@ pub fn svg(d: &ChartData, title: &str) -> Markup {
         svg #chart xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {W} {H}")) role="img" aria-labelledby="chart-title" {
             title #chart-title { "Weekly demand of " (title) " over the last two years, with its planning levels" }
             g.axes stroke="#888" stroke-width="1" {
-                line x1=(f(LEFT)) y1=(f(TOP)) x2=(f(LEFT)) y2=(f(TOP + plot_h));
-                line x1=(f(LEFT)) y1=(f(TOP + plot_h)) x2=(f(LEFT + plot_w)) y2=(f(TOP + plot_h));
+                line x1=(f(LEFT)) y1=(f(TOP)) x2=(f(LEFT)) y2=(f(TOP + plot_h)) {}
+                line x1=(f(LEFT)) y1=(f(TOP + plot_h)) x2=(f(LEFT + plot_w)) y2=(f(TOP + plot_h)) {}
             }
             g.labels font-size="11" fill="#333" {
                 @for t in ticks {
@@ -125,12 +126,12 @@ pub fn svg(d: &ChartData, title: &str) -> Markup {
                 text x=(f(LEFT + plot_w)) y=(f(H - 8.0)) text-anchor="end" { "this week" }
             }
             g #series-demand .series data-points=(d.weekly.len()) {
-                polyline points=(points.join(" ")) fill="none" stroke="#333" stroke-width="1.5";
+                polyline points=(points.join(" ")) fill="none" stroke="#333" stroke-width="1.5" {}
                 text x=(f(LEFT + plot_w + 8.0)) y=(f(TOP + 10.0)) font-size="12" fill="#333" { "weekly demand" }
             }
             @for (i, (id, label, v, colour)) in levels.iter().enumerate() {
                 g #(id) .series data-value=(super::pages::num(*v)) {
-                    line x1=(f(LEFT)) y1=(f(y(*v))) x2=(f(LEFT + plot_w)) y2=(f(y(*v))) stroke=(colour) stroke-width="2" stroke-dasharray=(if i % 2 == 0 { "6 3" } else { "2 3" });
+                    line x1=(f(LEFT)) y1=(f(y(*v))) x2=(f(LEFT + plot_w)) y2=(f(y(*v))) stroke=(colour) stroke-width="2" stroke-dasharray=(if i % 2 == 0 { "6 3" } else { "2 3" }) {}
                     text x=(f(LEFT + plot_w + 8.0)) y=(f(TOP + 28.0 + 18.0 * i as f64)) font-size="12" fill=(colour) {
                         (label) " " (super::pages::num(*v))
                     }
@@ -157,5 +158,26 @@ pub fn table(d: &ChartData) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_a_labelled_group() {
+        let d = ChartData {
+            start: NaiveDate::from_ymd_opt(2025, 1, 6).unwrap(),
+            weekly: (0..WEEKS).map(|w| (w % 7) as f64).collect(),
+            erp_open: 4.0,
+            rec: None,
+        };
+        let svg = svg(&d, "A <b> at L1").into_string();
+        assert!(svg.contains("id=\"series-demand\""), "{svg}");
+        assert!(svg.contains("id=\"series-open-orders\""), "{svg}");
+        assert!(svg.contains(">weekly demand</text>"), "{svg}");
+        assert_eq!(svg.matches("<line").count(), svg.matches("</line>").count(), "end tags: {svg}");
+        assert!(svg.contains("A &lt;b&gt; at L1"), "escaped: {svg}");
     }
 }

@@ -14,6 +14,8 @@
 //!   group, killed (by that group's id, nothing else) when the [`Browser`] is dropped.
 //! - Chromium runs headless, `--no-sandbox` when the test runs as root, and trusts a self-signed server
 //!   certificate only through the pins given (`--ignore-certificate-errors-spki-list`, see [`spki_pin`]).
+//! - Screenshots go to `<work>/screenshots/`; with `FERRY_SCREENSHOTS=<dir>` a copy is kept there too (the
+//!   work folder is removed with the test).
 //! - Without `chromium` or `chromedriver` installed, [`Browser::start`] returns `None` and prints why (the
 //!   test then skips); under `FERRY_CI=1` it panics instead: CI must run these tests (`.ci/run` installs both).
 
@@ -118,8 +120,31 @@ impl Browser {
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("screenshot");
         let path = self.shots.join(format!("{name}.png"));
-        std::fs::write(&path, png).expect("write screenshot");
+        std::fs::write(&path, &png).expect("write screenshot");
+        // the work folder goes with the test: FERRY_SCREENSHOTS=<dir> keeps a copy (e.g. for docs/)
+        if let Some(keep) = std::env::var_os("FERRY_SCREENSHOTS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::write(keep.join(format!("{name}.png")), &png);
+        }
         path
+    }
+
+    /// Wait (up to 20 s) until the page's path ends with `path`: a click that submits a form returns before
+    /// the next page has loaded when the server takes a moment.
+    pub async fn wait_for_path(&self, path: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.client.current_url().await.expect("current url");
+            if now.path().ends_with(path)
+                && self.client.execute("return document.readyState", vec![]).await.ok().and_then(|v| v.as_str().map(str::to_owned)).as_deref()
+                    == Some("complete")
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the browser is at {now}, not at {path}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Set the window size (e.g. a tablet's 800x1100) for the next page and screenshot.

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod browser;
 mod common;
 mod procs;
 
@@ -17,4 +18,5 @@ mod proxy;
 mod reliability;
 mod security;
 mod upstream;
+mod web;
 mod windows;
