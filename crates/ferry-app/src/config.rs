@@ -119,7 +119,9 @@ mod listen_web {
         match text.trim() {
             "" | "off" => Ok(None),
             t => t.parse().map(Some).map_err(|e| {
-                serde::de::Error::custom(format!("listen_web {t:?} is not an address like 0.0.0.0:9444 or \"off\": {e}"))
+                serde::de::Error::custom(format!(
+                    "listen_web {t:?} is not an address like 0.0.0.0:9444 or \"off\": {e}"
+                ))
             }),
         }
     }

@@ -238,7 +238,9 @@ pub async fn start_with_web(
     let ssh_addr = ssh.local_addr()?;
     let web_addr = web.as_ref().map(|l| l.local_addr()).transpose()?;
     let users = match &web {
-        Some(_) => Some(crate::web::users::Users::open(&cfg.data_dir).await.context("opening the web users (web.sqlite)")?),
+        Some(_) => {
+            Some(crate::web::users::Users::open(&cfg.data_dir).await.context("opening the web users (web.sqlite)")?)
+        }
         None => None,
     };
     let state = Arc::new(AppState {
@@ -254,7 +256,10 @@ pub async fn start_with_web(
     let router = router(state.clone());
     let sd = tasks.shutdown_signal();
     let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, 2);
-    tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls.clone(), gate, conn_limits.clone(), sd));
+    tasks.spawn_logged(
+        "https server",
+        ferry_web::serve::serve_https(https, router, tls.clone(), gate, conn_limits.clone(), sd),
+    );
     if let (Some(web), Some(users)) = (web, users) {
         let sd = tasks.shutdown_signal();
         let gate = ferry_io::accept::Gate::from_limits("web", &conn_limits, 2);

@@ -146,6 +146,8 @@ impl Form {
     }
 
     /// Refuse (403) unless the form's `csrf` field is the session's token.
+    // a refusal is the handler's answer, returned at once: its size does not matter
+    #[allow(clippy::result_large_err)]
     pub fn check_csrf(&self, session: &Session) -> Result<(), Response> {
         match self.get("csrf") {
             Some(t) if ct_eq(t, &session.csrf) => Ok(()),
@@ -232,8 +234,10 @@ fn bare_page(title: &str, content: Markup) -> Markup {
 }
 
 fn session_cookie(id: &str, max_age: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("ferry_session=; Max-Age=0"))
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("ferry_session=; Max-Age=0"))
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -280,7 +284,10 @@ async fn login(
     let form = Form::parse(&body);
     let pre = cookie(&headers, LOGIN_COOKIE);
     if !matches!((pre.as_deref(), form.get("csrf")), (Some(a), Some(b)) if ct_eq(a, b)) {
-        return refusal(StatusCode::FORBIDDEN, "The login form is out of date (CSRF check). Reload the page and try again.");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "The login form is out of date (CSRF check). Reload the page and try again.",
+        );
     }
     let email = form.get("email").unwrap_or_default().trim().to_lowercase();
     let password = form.get("password").unwrap_or_default();

@@ -50,7 +50,10 @@ fn money(x: f64) -> String {
 }
 
 fn item_href(item: &str, location: &str) -> String {
-    let q = url::form_urlencoded::Serializer::new(String::new()).append_pair("item", item).append_pair("location", location).finish();
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("item", item)
+        .append_pair("location", location)
+        .finish();
     format!("/item?{q}")
 }
 
@@ -99,7 +102,9 @@ pub async fn plan(State(st): St, Auth(s): Auth, Query(q): Query<PlanQuery>) -> R
     let mut shown: Vec<&Rec> = all
         .iter()
         .filter(|r| q.supplier.is_empty() || r.supplier == q.supplier)
-        .filter(|r| needle.is_empty() || r.item.to_lowercase().contains(&needle) || r.location.to_lowercase().contains(&needle))
+        .filter(|r| {
+            needle.is_empty() || r.item.to_lowercase().contains(&needle) || r.location.to_lowercase().contains(&needle)
+        })
         .filter(|r| state.is_none_or(|s| r.state == s))
         .collect();
     match q.sort.as_str() {
@@ -226,6 +231,8 @@ fn why(r: &Rec) -> Markup {
 // ------------------------------------------------------------------------------------------------------------
 // Actions
 
+// a refusal is the handler's answer, returned at once: its size does not matter
+#[allow(clippy::result_large_err)]
 fn parse_form(s: &Session, body: &[u8]) -> Result<Form, Response> {
     let f = Form::parse(body);
     f.check_csrf(s)?;
@@ -300,7 +307,10 @@ pub async fn release_supplier(State(st): St, Auth(s): Auth, body: axum::body::By
         Err(e) => return internal(&format!("{e:#}")),
     };
     if ids.is_empty() {
-        return refusal(StatusCode::UNPROCESSABLE_ENTITY, "That supplier has no line waiting for review in the current plan.");
+        return refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "That supplier has no line waiting for review in the current plan.",
+        );
     }
     do_release(&st, &s, &ids).await
 }
@@ -371,10 +381,13 @@ fn receipts(r: &ReleasedOrder) -> Markup {
     let steps = [
         (rank >= 1, "created".to_string()),
         (rank >= 2, "relayed".to_string()),
-        (rank >= 3, match &r.delivered_at {
-            Some(t) => format!("delivered at {t}"),
-            None => "delivered".to_string(),
-        }),
+        (
+            rank >= 3,
+            match &r.delivered_at {
+                Some(t) => format!("delivered at {t}"),
+                None => "delivered".to_string(),
+            },
+        ),
         (r.seen_in_erp, "seen in the ERP".to_string()),
     ];
     html! {

@@ -89,8 +89,10 @@ impl Users {
     pub async fn add(&self, tenant: &str, email: &str) -> Result<String, UserError> {
         let email = normalize_email(email)?;
         let mut tx = self.pool.begin().await?;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT tenant FROM users WHERE email = ?").bind(&email).fetch_optional(&mut *tx).await?;
+        let existing: Option<String> = sqlx::query_scalar("SELECT tenant FROM users WHERE email = ?")
+            .bind(&email)
+            .fetch_optional(&mut *tx)
+            .await?;
         match existing {
             Some(t) if t != tenant => return Err(UserError::OtherTenant(email, t)),
             Some(_) => {}
@@ -179,7 +181,9 @@ impl Users {
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
-            Some(r) => Some(Session { email: r.try_get("email")?, tenant: r.try_get("tenant")?, csrf: r.try_get("csrf")? }),
+            Some(r) => {
+                Some(Session { email: r.try_get("email")?, tenant: r.try_get("tenant")?, csrf: r.try_get("csrf")? })
+            }
             None => None,
         })
     }
@@ -211,7 +215,8 @@ async fn hash_password(password: &str) -> Result<String, UserError> {
 /// Verify against the stored PHC string; without one, verify against a dummy hash so that the answer takes
 /// as long as for a real user, and refuse.
 async fn verify_password(password: &str, stored: Option<String>) -> bool {
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2kZQhZ6y3o0tUOcmkQxYSsp5aM5Eq7e9eXnq3bJ9XlE";
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2kZQhZ6y3o0tUOcmkQxYSsp5aM5Eq7e9eXnq3bJ9XlE";
     let password = password.to_string();
     tokio::task::spawn_blocking(move || {
         let real = stored.is_some();

@@ -436,9 +436,9 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
             let web = match cfg.listen_web {
-                Some(a) => Some(
-                    std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} (listen_web)"))?,
-                ),
+                Some(a) => {
+                    Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} (listen_web)"))?)
+                }
                 None => None,
             };
             let h = ferry_app::server::start_with_web(cfg, https, ssh, web).await?;
@@ -508,7 +508,9 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             users.close().await;
             let email = ferry_app::web::users::normalize_email(&email)?;
             let Some(base) = cfg.web_base() else {
-                anyhow::bail!("user {email} added, but the web page is off (listen_web); turn it on and add the user again for a link");
+                anyhow::bail!(
+                    "user {email} added, but the web page is off (listen_web); turn it on and add the user again for a link"
+                );
             };
             println!("user {email} of tenant {tenant}: send this link to set the password (valid 72 h, once):");
             println!("{base}/set-password?token={token}");

@@ -63,7 +63,9 @@ impl Browser {
         let ci = std::env::var("FERRY_CI").is_ok_and(|v| v == "1");
         let (Some(chromium), Some(driver)) = (find(CHROMIUM, "chromium"), find(CHROMEDRIVER, "chromedriver")) else {
             assert!(!ci, "FERRY_CI=1 but chromium/chromedriver are missing (apt-get install chromium chromium-driver)");
-            eprintln!("SKIPPED: chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "SKIPPED: chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+            );
             return None;
         };
         let port = {
@@ -137,7 +139,13 @@ impl Browser {
         loop {
             let now = self.client.current_url().await.expect("current url");
             if now.path().ends_with(path)
-                && self.client.execute("return document.readyState", vec![]).await.ok().and_then(|v| v.as_str().map(str::to_owned)).as_deref()
+                && self
+                    .client
+                    .execute("return document.readyState", vec![])
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .as_deref()
                     == Some("complete")
             {
                 return;

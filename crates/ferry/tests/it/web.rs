@@ -19,7 +19,10 @@ use ferry_sample::{SampleSize, generate_sample_erp};
 const PASSWORD: &str = "correct horse battery staple";
 
 /// A tenant with the sample ERP synced once (so it has a plan, policy `review`) and its connector.
-async fn synced_tenant(c: &Cluster, tenant: &str) -> (ferry_connector::agent::Connector, ferry_app::server::SharedInstance) {
+async fn synced_tenant(
+    c: &Cluster,
+    tenant: &str,
+) -> (ferry_connector::agent::Connector, ferry_app::server::SharedInstance) {
     let erp = c.dir.join(format!("{tenant}-erp.db"));
     generate_sample_erp(&erp, SampleSize::Small).await.unwrap();
     let token = c.add_tenant(tenant).await.unwrap();
@@ -124,7 +127,9 @@ async fn a_buyer_reviews_edits_and_releases_in_a_real_browser_and_the_erp_receiv
     let mut applied = Vec::new();
     let t = std::time::Instant::now();
     while applied.is_empty() && t.elapsed() < Duration::from_secs(60) {
-        applied.extend(conn.receive(5, &quiet).await.unwrap().into_iter().filter(|o| matches!(o, Outcome::Applied { .. })));
+        applied.extend(
+            conn.receive(5, &quiet).await.unwrap().into_iter().filter(|o| matches!(o, Outcome::Applied { .. })),
+        );
     }
     assert_eq!(applied.len(), 1, "{applied:?}");
     let delivered = std::fs::read_to_string(conn.cfg.base.join("from_cloud").join(&file_name)).unwrap();
@@ -217,7 +222,8 @@ async fn login(http: &reqwest::Client, web: &str, email: &str, password: &str) -
 
 /// The session's CSRF token, from a page's logout form.
 async fn csrf(http: &reqwest::Client, web: &str, session: &str) -> String {
-    let html = http.get(format!("{web}/plan")).header("cookie", format!("ferry_session={session}")).send().await.unwrap();
+    let html =
+        http.get(format!("{web}/plan")).header("cookie", format!("ferry_session={session}")).send().await.unwrap();
     let html = html.text().await.unwrap();
     let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
     html[at..at + 64].to_string()
@@ -278,9 +284,16 @@ async fn the_page_refuses_wrong_passwords_other_tenants_and_forms_without_their_
     let plan = release::current_plan(&inst_b.0).await.unwrap().unwrap();
     let lines = release::lines(&inst_b.0, plan.id).await.unwrap();
     let (line, other) = (&lines[0], &lines[lines.len() - 1]);
-    let rel = release::release(&inst_b.0, "bravo", &c.app.state.sftp_root(), &[other.id], "test", chrono::Utc::now().date_naive())
-        .await
-        .unwrap();
+    let rel = release::release(
+        &inst_b.0,
+        "bravo",
+        &c.app.state.sftp_root(),
+        &[other.id],
+        "test",
+        chrono::Utc::now().date_naive(),
+    )
+    .await
+    .unwrap();
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("item", &line.item)
         .append_pair("location", &line.location)
@@ -302,7 +315,11 @@ async fn the_page_refuses_wrong_passwords_other_tenants_and_forms_without_their_
         .await
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
-    let r = as_a(http.post(format!("{web}/lines/{}/reject", line.id))).form_body(&[("csrf", a_csrf.as_str())]).send().await.unwrap();
+    let r = as_a(http.post(format!("{web}/lines/{}/reject", line.id)))
+        .form_body(&[("csrf", a_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
     let r = as_a(http.post(format!("{web}/release")))
         .form_body(&[("csrf", a_csrf.as_str()), ("line", line.id.to_string().as_str())])
@@ -328,7 +345,11 @@ async fn the_page_refuses_wrong_passwords_other_tenants_and_forms_without_their_
     // bravo's own forms without (or with a wrong) token: refused
     let r = as_b(http.post(format!("{web}/lines/{}/qty", line.id))).form_body(&[("qty", "999")]).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
-    let r = as_b(http.post(format!("{web}/release-supplier"))).form_body(&[("supplier", line.supplier.as_str())]).send().await.unwrap();
+    let r = as_b(http.post(format!("{web}/release-supplier")))
+        .form_body(&[("supplier", line.supplier.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
     let r = as_b(http.post(format!("{web}/lines/{}/reject", line.id)))
         .form_body(&[("csrf", "0".repeat(64).as_str())])
