@@ -184,7 +184,7 @@ pub struct ReleasedOrder {
     pub file_state: String,
     /// RFC 3339 UTC.
     pub delivered_at: Option<String>,
-    /// Every line of the release was matched with an order line of the ERP's own extract.
+    /// Every line of the release was matched in full with order lines of the ERP's own extract.
     pub seen_in_erp: bool,
 }
 
@@ -589,7 +589,7 @@ pub async fn releases(inst: &Instance) -> anyhow::Result<Vec<ReleasedOrder>> {
         };
         let unmatched: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM plan_lines l WHERE l.release_id = ?
-               AND NOT EXISTS (SELECT 1 FROM release_matches m WHERE m.line_id = l.id)",
+               AND (SELECT TOTAL(m.qty) FROM release_matches m WHERE m.line_id = l.id) < l.qty - 1e-9",
         )
         .bind(release.id)
         .fetch_one(inst.pool())

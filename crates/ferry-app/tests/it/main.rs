@@ -4,3 +4,4 @@
 
 mod import;
 mod planner;
+mod release;

@@ -12,9 +12,12 @@ use ferry_proto::api::{BatchState, FileState};
 use ferry_sample::{SampleSize, generate_sample_erp};
 use sqlx::Connection;
 
-/// A connector whose config delivers into `from_cloud/` and writes `po_` files into `recommended_orders`.
+/// A connector whose config delivers into `from_cloud/` and writes `po_` files into `recommended_orders`; the
+/// tenant's plans are released as soon as they are made (`auto`; `release.rs` tests the buyer's `review`).
 async fn connector_with_write_back(c: &Cluster, tenant: &str, erp: &std::path::Path) -> Connector {
     let token = c.add_tenant(tenant).await.unwrap();
+    let inst = c.app.state.instance(tenant).await.unwrap().unwrap();
+    ferry_app::release::set_policy(&inst.0, ferry_app::release::Policy::Auto).await.unwrap();
     c.connector_with_write_back(tenant, erp, &token).await.unwrap()
 }
 

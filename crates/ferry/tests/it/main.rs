@@ -15,6 +15,7 @@ mod erp_values;
 mod faults;
 mod incremental;
 mod proxy;
+mod release;
 mod reliability;
 mod security;
 mod upstream;

@@ -186,6 +186,9 @@ async fn the_windows_connector_runs_under_wine_against_linux_servers() {
     let out = wine.ferry(&["connector", "check", "--config", &config]).await;
     assert!(out.contains("sales.csv"), "{out}");
     let token = c.add_tenant("winco").await.unwrap();
+    // the App releases its plans at once (a buyer's review is tested in release.rs)
+    let app_inst = c.app.state.instance("winco").await.unwrap().unwrap();
+    ferry_app::release::set_policy(&app_inst.0, ferry_app::release::Policy::Auto).await.unwrap();
     let out = wine.ferry(&["connector", "register", "--config", &config, "--token", &token]).await;
     assert!(out.contains("registered as tenant winco"), "{out}");
     let out = wine.ferry(&["connector", "sync", "--config", &config]).await;
@@ -207,7 +210,6 @@ async fn the_windows_connector_runs_under_wine_against_linux_servers() {
     }
 
     // Downstream: the planner's order files arrive in the inbound folder, byte for byte.
-    let app_inst = c.app.state.instance("winco").await.unwrap().unwrap();
     let published = async || !ferry_app::outbox::receipts(&app_inst.0).await.unwrap().is_empty();
     assert!(eventually(Duration::from_secs(60), published).await.is_some(), "the App published no order files");
     let receipts = ferry_app::outbox::receipts(&app_inst.0).await.unwrap();
