@@ -192,6 +192,22 @@ impl AppHandle {
     pub async fn stop(self) {
         self.tasks.stop().await;
     }
+
+    /// Serve `router` over HTTPS on one more listener (the App's certificate, the `[connections]` caps), until
+    /// the server stops.
+    pub fn serve_https(
+        &mut self,
+        what: &'static str,
+        listener: std::net::TcpListener,
+        router: Router,
+    ) -> anyhow::Result<()> {
+        let tls = ferry_io::tls::server_config(&self.state.identity.tls)?;
+        let limits = self.state.cfg.connections.clone();
+        let gate = ferry_io::accept::Gate::from_limits(what, &limits, 3);
+        let sd = self.tasks.shutdown_signal();
+        self.tasks.spawn_logged(what, ferry_web::serve::serve_https(listener, router, tls, gate, limits, sd));
+        Ok(())
+    }
 }
 
 /// Load the identity only (for `ferry app info`).
@@ -199,22 +215,11 @@ pub fn identity(cfg: &AppConfig) -> anyhow::Result<ServerIdentity> {
     ServerIdentity::load_or_create(&cfg.data_dir, cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()), &cfg.tls_names)
 }
 
-/// Start the App server on the listeners given, without the buyer's web page.
+/// Start the App server on the listeners given (the buyer's web page is added by `web::start_with_web`).
 pub async fn start(
     cfg: AppConfig,
     https: std::net::TcpListener,
     ssh: tokio::net::TcpListener,
-) -> anyhow::Result<AppHandle> {
-    start_with_web(cfg, https, ssh, None).await
-}
-
-/// Start the App server; with `web`, also the buyer's web page on that listener (HTTPS, the same certificate;
-/// its own connection caps, [`crate::web`]).
-pub async fn start_with_web(
-    cfg: AppConfig,
-    https: std::net::TcpListener,
-    ssh: tokio::net::TcpListener,
-    web: Option<std::net::TcpListener>,
 ) -> anyhow::Result<AppHandle> {
     ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
@@ -236,13 +241,6 @@ pub async fn start_with_web(
     };
     let https_addr = https.local_addr()?;
     let ssh_addr = ssh.local_addr()?;
-    let web_addr = web.as_ref().map(|l| l.local_addr()).transpose()?;
-    let users = match &web {
-        Some(_) => {
-            Some(crate::web::users::Users::open(&cfg.data_dir).await.context("opening the web users (web.sqlite)")?)
-        }
-        None => None,
-    };
     let state = Arc::new(AppState {
         verifier: SignatureVerifier::new(cfg.signature_max_age_secs),
         cfg,
@@ -256,16 +254,7 @@ pub async fn start_with_web(
     let router = router(state.clone());
     let sd = tasks.shutdown_signal();
     let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, 2);
-    tasks.spawn_logged(
-        "https server",
-        ferry_web::serve::serve_https(https, router, tls.clone(), gate, conn_limits.clone(), sd),
-    );
-    if let (Some(web), Some(users)) = (web, users) {
-        let sd = tasks.shutdown_signal();
-        let gate = ferry_io::accept::Gate::from_limits("web", &conn_limits, 2);
-        let router = crate::web::router(state.clone(), users);
-        tasks.spawn_logged("web page", ferry_web::serve::serve_https(web, router, tls, gate, conn_limits.clone(), sd));
-    }
+    tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, gate, conn_limits, sd));
     let auth = Arc::new(CommsAuthorizer(state.clone()));
     let sd = tasks.shutdown_signal();
     tasks.spawn_logged("sftp server", ferry_sftp::server::serve(ssh_cfg, ssh, auth, sd));
@@ -275,8 +264,8 @@ pub async fn start_with_web(
         let st = st.clone();
         async move { sweep_batches(&st).await }
     }));
-    tracing::info!(%https_addr, %ssh_addr, web = ?web_addr, "app server listening");
-    Ok(AppHandle { https_addr, ssh_addr, web_addr, state, tasks })
+    tracing::info!(%https_addr, %ssh_addr, "app server listening");
+    Ok(AppHandle { https_addr, ssh_addr, web_addr: None, state, tasks })
 }
 
 type St = State<Arc<AppState>>;

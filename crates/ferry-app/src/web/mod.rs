@@ -44,6 +44,32 @@ pub struct WebState {
 
 pub type St = State<Arc<WebState>>;
 
+/// Start the App server ([`crate::server::start`]) and, with `web`, the buyer's web page on that listener
+/// (HTTPS with the App's certificate, its own connection caps).
+pub async fn start_with_web(
+    cfg: crate::AppConfig,
+    https: std::net::TcpListener,
+    ssh: tokio::net::TcpListener,
+    web: Option<std::net::TcpListener>,
+) -> anyhow::Result<crate::server::AppHandle> {
+    let mut h = crate::server::start(cfg, https, ssh).await?;
+    if let Some(web) = web {
+        // after the server started: it creates the data folder (0700)
+        let users = match Users::open(&h.state.cfg.data_dir).await {
+            Ok(u) => u,
+            Err(e) => {
+                h.stop().await;
+                anyhow::bail!("opening the web users (web.sqlite): {e}");
+            }
+        };
+        let addr = web.local_addr()?;
+        h.serve_https("web page", web, router(h.state.clone(), users))?;
+        h.web_addr = Some(addr);
+        tracing::info!(%addr, "buyer's web page listening");
+    }
+    Ok(h)
+}
+
 /// The web page's router over `app`'s instances and `users`.
 pub fn router(app: Arc<AppState>, users: Users) -> Router {
     let st = Arc::new(WebState { app, users, limiter: LoginLimiter::default() });

@@ -441,7 +441,7 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let h = ferry_app::server::start_with_web(cfg, https, ssh, web).await?;
+            let h = ferry_app::web::start_with_web(cfg, https, ssh, web).await?;
             println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             match h.web_url() {
                 Some(u) => println!("buyer's web page: {u}"),
