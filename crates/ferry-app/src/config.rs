@@ -199,3 +199,24 @@ impl AppConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn listen_web_is_an_address_or_off() {
+        let on: AppConfig = toml::from_str("listen_web = \"0.0.0.0:9444\"").unwrap();
+        assert_eq!(on.listen_web, Some(SocketAddr::from(([0, 0, 0, 0], 9444))));
+        let off: AppConfig = toml::from_str("listen_web = \"off\"").unwrap();
+        assert_eq!(off.listen_web, None);
+        assert_eq!(off.web_base(), None);
+        let default: AppConfig = toml::from_str("").unwrap();
+        assert_eq!(default.web_base().as_deref(), Some("https://127.0.0.1:9444"));
+        let err = toml::from_str::<AppConfig>("listen_web = \"nine\"").unwrap_err().to_string();
+        assert!(err.contains("listen_web"), "{err}");
+        // what `ferry app init` writes reads back the same
+        let text = toml::to_string_pretty(&AppConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<AppConfig>(&text).unwrap().listen_web, AppConfig::default().listen_web);
+    }
+}
