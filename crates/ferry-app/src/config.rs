@@ -16,6 +16,14 @@ pub struct AppConfig {
     pub data_dir: PathBuf,
     pub listen_https: SocketAddr,
     pub listen_ssh: SocketAddr,
+    /// The buyer's web page (HTTPS, same certificate as `listen_https`), on its own listener so that it can face
+    /// the buyers' network while the service API stays private. Default `127.0.0.1:9444`; `"off"` (or `""`)
+    /// serves no page.
+    #[serde(with = "listen_web")]
+    pub listen_web: Option<SocketAddr>,
+    /// The page's address as buyers reach it (`https://plan.example.com`), for the links `ferry app user add`
+    /// prints. Empty: `https://<listen_web>`.
+    pub web_url: String,
     pub tls_names: Vec<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -93,12 +101,40 @@ pub struct CommsEndpoint {
     pub tls_fingerprint: String,
 }
 
+/// `listen_web`: an address, or `"off"`/`""` for none.
+mod listen_web {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "" | "off" => Ok(None),
+            t => t.parse().map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "listen_web {t:?} is not an address like 0.0.0.0:9444 or \"off\": {e}"
+                ))
+            }),
+        }
+    }
+}
+
 impl Default for AppConfig {
     fn default() -> Self {
         AppConfig {
             data_dir: PathBuf::from("ferry-data/app"),
             listen_https: SocketAddr::from(([127, 0, 0, 1], 9443)),
             listen_ssh: SocketAddr::from(([127, 0, 0, 1], 2223)),
+            listen_web: Some(SocketAddr::from(([127, 0, 0, 1], 9444))),
+            web_url: String::new(),
             tls_names: vec![],
             tls_cert: None,
             tls_key: None,
@@ -137,6 +173,14 @@ impl AppConfig {
         ferry_io::config::load(path)
     }
 
+    /// Where buyers reach the web page (`web_url`, else `https://<listen_web>`); `None` when it is off.
+    pub fn web_base(&self) -> Option<String> {
+        if !self.web_url.trim().is_empty() {
+            return Some(self.web_url.trim().trim_end_matches('/').to_string());
+        }
+        self.listen_web.map(|a| format!("https://{a}"))
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.connections.validate()?;
         self.retention.validate()?;
@@ -153,5 +197,26 @@ impl AppConfig {
             bail!("set both tls_cert and tls_key, or neither (a self-signed certificate is then created)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn listen_web_is_an_address_or_off() {
+        let on: AppConfig = toml::from_str("listen_web = \"0.0.0.0:9444\"").unwrap();
+        assert_eq!(on.listen_web, Some(SocketAddr::from(([0, 0, 0, 0], 9444))));
+        let off: AppConfig = toml::from_str("listen_web = \"off\"").unwrap();
+        assert_eq!(off.listen_web, None);
+        assert_eq!(off.web_base(), None);
+        let default: AppConfig = toml::from_str("").unwrap();
+        assert_eq!(default.web_base().as_deref(), Some("https://127.0.0.1:9444"));
+        let err = toml::from_str::<AppConfig>("listen_web = \"nine\"").unwrap_err().to_string();
+        assert!(err.contains("listen_web"), "{err}");
+        // what `ferry app init` writes reads back the same
+        let text = toml::to_string_pretty(&AppConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<AppConfig>(&text).unwrap().listen_web, AppConfig::default().listen_web);
     }
 }

@@ -10,5 +10,6 @@ pub mod config;
 pub mod downstream;
 pub mod outbox;
 pub mod server;
+pub mod web;
 
 pub use config::AppConfig;

@@ -173,6 +173,8 @@ impl ferry_sftp::server::Authorizer for CommsAuthorizer {
 pub struct AppHandle {
     pub https_addr: SocketAddr,
     pub ssh_addr: SocketAddr,
+    /// The buyer's web page, if served.
+    pub web_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     tasks: ferry_web::serve::Tasks,
 }
@@ -182,8 +184,29 @@ impl AppHandle {
         format!("https://{}", self.https_addr)
     }
 
+    /// `https://<addr>` of the buyer's web page, if served.
+    pub fn web_url(&self) -> Option<String> {
+        self.web_addr.map(|a| format!("https://{a}"))
+    }
+
     pub async fn stop(self) {
         self.tasks.stop().await;
+    }
+
+    /// Serve `router` over HTTPS on one more listener (the App's certificate, the `[connections]` caps), until
+    /// the server stops.
+    pub fn serve_https(
+        &mut self,
+        what: &'static str,
+        listener: std::net::TcpListener,
+        router: Router,
+    ) -> anyhow::Result<()> {
+        let tls = ferry_io::tls::server_config(&self.state.identity.tls)?;
+        let limits = self.state.cfg.connections.clone();
+        let gate = ferry_io::accept::Gate::from_limits(what, &limits, 3);
+        let sd = self.tasks.shutdown_signal();
+        self.tasks.spawn_logged(what, ferry_web::serve::serve_https(listener, router, tls, gate, limits, sd));
+        Ok(())
     }
 }
 
@@ -192,6 +215,7 @@ pub fn identity(cfg: &AppConfig) -> anyhow::Result<ServerIdentity> {
     ServerIdentity::load_or_create(&cfg.data_dir, cfg.tls_cert.as_deref().zip(cfg.tls_key.as_deref()), &cfg.tls_names)
 }
 
+/// Start the App server on the listeners given (the buyer's web page is added by `web::start_with_web`).
 pub async fn start(
     cfg: AppConfig,
     https: std::net::TcpListener,
@@ -247,7 +271,7 @@ pub async fn start(
         async move { sweep_batches(&st).await }
     }));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
-    Ok(AppHandle { https_addr, ssh_addr, state, tasks })
+    Ok(AppHandle { https_addr, ssh_addr, web_addr: None, state, tasks })
 }
 
 type St = State<Arc<AppState>>;

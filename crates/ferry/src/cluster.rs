@@ -88,7 +88,10 @@ impl Cluster {
         };
         tweak_app(&mut app_cfg);
         let (h, s) = listeners().await?;
-        let app = ferry_app::server::start(app_cfg, h, s).await.context("starting the app server")?;
+        // the buyer's web page on its own free port
+        let web = std::net::TcpListener::bind("127.0.0.1:0")?;
+        app_cfg.listen_web = Some(web.local_addr()?);
+        let app = ferry_app::web::start_with_web(app_cfg, h, s, Some(web)).await.context("starting the app server")?;
         let mut comms_cfg = CommsConfig {
             data_dir: comms_dir,
             app: AppEndpoint {

@@ -169,6 +169,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let ok = ok && !receipts.is_empty() && delivered == receipts.len();
 
     if args.keep_running {
+        // a buyer of the demo tenant, to try the web page
+        let users = ferry_app::web::users::Users::open(&cluster.app.state.cfg.data_dir).await?;
+        let email = "buyer@demo.example";
+        let password = ferry_app::web::users::random_token()[..16].to_string();
+        let token = users.add(tenant, email).await?;
+        users.set_password(&token, &password).await?;
+        users.close().await;
+        if let Some(url) = cluster.app.web_url() {
+            println!("buyer's web page: {url}/login  (self-signed certificate: accept it in the browser)");
+            println!("      log in as {email} with password {password}");
+        }
         println!("servers keep running (Ctrl-C to stop); data in {}", dir.display());
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -182,9 +182,24 @@ pub enum AppCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Users of the buyer's web page.
+    #[command(subcommand)]
+    User(UserCmd),
     /// A tenant's settings on this App server.
     #[command(subcommand)]
     Tenant(AppTenantCmd),
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user (an email) to a tenant and print a one-time set-password link (valid 72 h). Again for an
+    /// existing user: a new link (the old one is void).
+    Add {
+        tenant: String,
+        email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -573,8 +588,18 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             let ssh = tokio::net::TcpListener::bind(cfg.listen_ssh)
                 .await
                 .with_context(|| format!("cannot listen on {} (listen_ssh)", cfg.listen_ssh))?;
-            let h = ferry_app::server::start(cfg, https, ssh).await?;
+            let web = match cfg.listen_web {
+                Some(a) => {
+                    Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} (listen_web)"))?)
+                }
+                None => None,
+            };
+            let h = ferry_app::web::start_with_web(cfg, https, ssh, web).await?;
             println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
+            match h.web_url() {
+                Some(u) => println!("buyer's web page: {u}"),
+                None => println!("buyer's web page: off (listen_web)"),
+            }
             sigterm_or_ctrl_c().await;
             h.stop().await;
         }
@@ -626,6 +651,22 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
                     t(r.delivered_at)
                 );
             }
+        }
+        AppCmd::User(UserCmd::Add { tenant, email, config }) => {
+            let cfg = app_config(&config)?;
+            open_instance(&cfg, &tenant).await?.close().await;
+            ferry_io::private::create_dir(&cfg.data_dir)?;
+            let users = ferry_app::web::users::Users::open(&cfg.data_dir).await?;
+            let token = users.add(&tenant, &email).await?;
+            users.close().await;
+            let email = ferry_app::web::users::normalize_email(&email)?;
+            let Some(base) = cfg.web_base() else {
+                anyhow::bail!(
+                    "user {email} added, but the web page is off (listen_web); turn it on and add the user again for a link"
+                );
+            };
+            println!("user {email} of tenant {tenant}: send this link to set the password (valid 72 h, once):");
+            println!("{base}/set-password?token={token}");
         }
         AppCmd::Tenant(AppTenantCmd::Policy { tenant, policy, config }) => {
             let cfg = app_config(&config)?;

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod browser;
 mod common;
 mod procs;
 
@@ -19,4 +20,5 @@ mod release;
 mod reliability;
 mod security;
 mod upstream;
+mod web;
 mod windows;

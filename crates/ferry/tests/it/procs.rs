@@ -307,6 +307,8 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
         t.insert("data_dir".into(), app_dir.join("data").display().to_string().into());
         t.insert("listen_https".into(), "127.0.0.1:0".into());
         t.insert("listen_ssh".into(), "127.0.0.1:0".into());
+        // no buyer's web page: systems of tests running at once must not clash on the default 9444
+        t.insert("listen_web".into(), "off".into());
         // the tests publish their own downstream files
         t.insert("plan_after_import".into(), false.into());
     });
