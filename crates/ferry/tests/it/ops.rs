@@ -32,6 +32,8 @@ fn setup_from_info_files_with_no_hand_edited_keys() {
         t.insert("listen_https".into(), format!("127.0.0.1:{}", ports[0]).into());
         t.insert("listen_ssh".into(), format!("127.0.0.1:{}", ports[1]).into());
         t.insert("plan_after_import".into(), false.into());
+        // the buyer's page is not under test here: no clash on its default port with other tests
+        t.insert("listen_web".into(), "off".into());
     });
     // an App with no Comms server refuses to start, naming the command that fills the section
     let out = ferry_output(&["app", "serve", "--config", &s(&app_cfg)]);
