@@ -597,8 +597,8 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             let h = ferry_app::web::start_with_web(cfg, https, ssh, web).await?;
             println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             match h.web_url() {
-                Some(u) => println!("buyer's web page: {u}"),
-                None => println!("buyer's web page: off (listen_web)"),
+                Some(u) => println!("app server: buyer's web page {u}"),
+                None => println!("app server: buyer's web page off (listen_web)"),
             }
             sigterm_or_ctrl_c().await;
             h.stop().await;

@@ -45,7 +45,8 @@ struct Nodes {
     app: Node,
     comms: Node,
     run: Node,
-    sync_pid: Option<u32>,
+    /// The sync of the moment: reaped only under this lock, so a kill never reaches a recycled pid.
+    sync: Option<Node>,
 }
 
 impl Nodes {
@@ -103,7 +104,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     let run_args = sys.conn_args("run");
     let mut run = Node::new("connector-run", &run_args.iter().map(String::as_str).collect::<Vec<_>>(), &logs);
     run.start();
-    let nodes = Arc::new(Mutex::new(Nodes { app, comms, run, sync_pid: None }));
+    let nodes = Arc::new(Mutex::new(Nodes { app, comms, run, sync: None }));
 
     // Watch the inbound folder and the instance for anything partial, all through the run.
     let expected: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
@@ -179,15 +180,18 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
             let mut sync =
                 Node::new(&format!("sync-{c}-{attempt}"), &args.iter().map(String::as_str).collect::<Vec<_>>(), &logs);
             sync.start();
-            nodes.lock().expect("lock").sync_pid = sync.pid();
-            let status = tokio::task::spawn_blocking(move || {
-                let s = sync.wait_exit(Duration::from_secs(240));
-                (s, sync)
-            })
-            .await
-            .expect("wait");
-            nodes.lock().expect("lock").sync_pid = None;
-            let (status, sync) = status;
+            nodes.lock().expect("lock").sync = Some(sync);
+            let waited = Instant::now();
+            let status = loop {
+                if let Some(s) = nodes.lock().expect("lock").sync.as_mut().and_then(Node::exited) {
+                    break Some(s);
+                }
+                if waited.elapsed() > Duration::from_secs(240) {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let sync = nodes.lock().expect("lock").sync.take().expect("the sync node");
             let Some(status) = status else {
                 panic!("cycle {c}: a sync hung for 4 minutes (seed {seed}); log {}", sync.log_path().display())
             };
@@ -274,8 +278,8 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
 async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restart_delay: Duration) {
     match fault {
         Fault::Kill(Target::Sync) => {
-            if let Some(pid) = nodes.lock().expect("lock").sync_pid {
-                signal(pid, "KILL");
+            if let Some(n) = nodes.lock().expect("lock").sync.as_mut() {
+                n.kill_unreaped();
             }
         }
         Fault::Kill(t) => {

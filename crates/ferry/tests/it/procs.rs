@@ -119,6 +119,13 @@ impl Node {
         }
     }
 
+    /// SIGKILL without reaping (a later [`Node::exited`] does); nothing is sent to a child already reaped.
+    pub fn kill_unreaped(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+        }
+    }
+
     /// Sends SIGTERM (the process keeps running until it exits by itself).
     pub fn term(&self) {
         if let Some(pid) = self.pid() {
