@@ -119,7 +119,7 @@ pub async fn plan(State(st): St, Auth(s): Auth, Query(q): Query<PlanQuery>) -> R
     }
     let proposed = all.iter().filter(|r| r.state == LineState::Proposed).count();
     let body = html! {
-        p #plan-info { "Plan " b { "#" (current.id) } " of " (current.created_at) ": " (current.lines) " lines, "
+        p #plan-info { "Plan " b { "#" (current.id) } " of " (when(&current.created_at)) ": " (current.lines) " lines, "
             (proposed) " waiting for review." }
         form.filters method="get" action="/plan" role="search" {
             label for="f-supplier" { "Supplier" }
@@ -360,7 +360,7 @@ pub async fn releases(State(st): St, Auth(s): Auth) -> Response {
                         td { (r.release.supplier) }
                         td { code { (r.release.file_name) } }
                         td.num { (r.release.lines) }
-                        td { (r.release.created_at) br; small { "by " (r.release.by) } }
+                        td { (when(&r.release.created_at)) br; small { "by " (r.release.by) } }
                         td { (receipts(r)) }
                     }
                 } }
@@ -384,7 +384,7 @@ fn receipts(r: &ReleasedOrder) -> Markup {
         (
             rank >= 3,
             match &r.delivered_at {
-                Some(t) => format!("delivered at {t}"),
+                Some(t) => format!("delivered at {}", when(t)),
                 None => "delivered".to_string(),
             },
         ),
@@ -415,7 +415,7 @@ pub async fn release_detail(State(st): St, Auth(s): Auth, Path(id): Path<i64>) -
     };
     let body = html! {
         p { "Supplier " b { (r.release.supplier) } ", file " code { (r.release.file_name) } ", released "
-            (r.release.created_at) " by " (r.release.by) "." }
+            (when(&r.release.created_at)) " by " (r.release.by) "." }
         (receipts(&r))
         div.scroll { table {
             thead { tr { th scope="col" { "Item" } th scope="col" { "Location" } th scope="col" { "Quantity" }
@@ -458,4 +458,22 @@ pub async fn item(State(st): St, Auth(s): Auth, Query(q): Query<ItemQuery>) -> R
         (super::chart::table(&data))
     };
     page(&s, &title, &policy, body).into_response()
+}
+
+/// A stored RFC 3339 time as people read it: `2026-12-03 07:48 UTC` (the stored text when it does not parse).
+fn when(t: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(d) => d.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod when_tests {
+    #[test]
+    fn times_read_as_minutes_in_utc() {
+        assert_eq!(super::when("2026-12-03T07:48:08.283354361+00:00"), "2026-12-03 07:48 UTC");
+        assert_eq!(super::when("2026-12-03T09:48:08+02:00"), "2026-12-03 07:48 UTC");
+        assert_eq!(super::when("yesterday"), "yesterday");
+    }
 }
