@@ -64,23 +64,53 @@ impl Connector {
         // The long-poll holds the call open for `wait_secs`: allow that on top of the usual limit.
         let poll = self.api_with_timeout(Duration::from_secs(wait_secs) + self.cfg.network.timeout())?;
         let path = format!("/v1/files?wait={wait_secs}");
-        let files: Vec<DownloadFile> = tokio::select! {
+        let mut files: Vec<DownloadFile> = tokio::select! {
             r = poll.get(&path) => r?,
             _ = &mut *stop => return Ok(Vec::new()),
         };
         let mut out = Vec::new();
         let mut stopping = false;
+        // The list comes a page at a time (the server's page size): ask again, without waiting, until a page
+        // brings no file this round has not seen (a file that failed stays listed until it is delivered).
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            files.retain(|f| seen.insert(f.id.to_string()));
+            if files.is_empty() || stopping {
+                break;
+            }
+            self.receive_page(&api, &journal, std::mem::take(&mut files), progress, stop, &mut stopping, &mut out)
+                .await?;
+            if stopping {
+                break;
+            }
+            files = api.get("/v1/files?wait=0").await?;
+        }
+        Ok(out)
+    }
+
+    /// Apply and acknowledge the files of one page of the download list, in order.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_page(
+        &self,
+        api: &ApiClient,
+        journal: &Journal,
+        files: Vec<DownloadFile>,
+        progress: &(dyn Fn(&str) + Sync),
+        stop: &mut (impl Future<Output = ()> + Unpin),
+        stopping: &mut bool,
+        out: &mut Vec<Outcome>,
+    ) -> anyhow::Result<()> {
         for f in files {
             // Stop between files, never inside one.
-            if stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
-                stopping = true;
+            if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
+                *stopping = true;
                 continue;
             }
             let id = f.id.to_string();
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
             {
-                ack(&api, &id, &f.sha256).await?;
+                ack(api, &id, &f.sha256).await?;
                 journal.mark_acked(&id).await?;
                 progress(&format!("{}: already applied earlier; acknowledged again", f.name));
                 out.push(Outcome::AlreadyApplied { name: f.name });
@@ -89,7 +119,7 @@ impl Connector {
             match self.apply_one(&f).await {
                 Ok(report) => {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
-                    ack(&api, &id, &f.sha256).await?;
+                    ack(api, &id, &f.sha256).await?;
                     journal.mark_acked(&id).await?;
                     if report.already_in_ledger {
                         // the ERP committed it before a crash took the journal entry with it
@@ -114,7 +144,7 @@ impl Connector {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Download (resuming a cut-off download), decompress and verify, then deliver. An error caused by a full

@@ -429,3 +429,40 @@ async fn a_manual_sync_is_the_days_extract_for_run_and_a_fresh_install_extracts_
     assert_eq!(sent_batches(&fresh), 1);
     c.stop().await;
 }
+
+/// More files waiting than one page of the download list (100): one `receive` delivers them all, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_receive_delivers_every_waiting_file_beyond_one_page() {
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    let conn = connector_with_write_back(&c, "acme", &erp).await;
+    const N: usize = 130;
+    for i in 0..N {
+        let name = format!("rp_{:06}.csv", 1000 + i);
+        publish(&c, "acme", &name, &format!("n\n{i}\n")).await;
+    }
+    let relayed = async || {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM downloads WHERE tenant = 'acme' AND state = 'relayed'")
+            .fetch_one(&c.comms.state.db)
+            .await
+            .unwrap();
+        n as usize == N
+    };
+    assert!(eventually(Duration::from_secs(180), relayed).await.is_some(), "not all {N} files relayed");
+    let out = conn.receive(0, &quiet).await.unwrap();
+    let mut applied: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Applied { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied.len(), N, "{out:?}");
+    applied.sort_unstable();
+    let expected: Vec<String> = (0..N).map(|i| format!("rp_{:06}.csv", 1000 + i)).collect();
+    assert_eq!(applied, expected, "each file once");
+    let inbound = conn.cfg.base.join("from_cloud");
+    assert_eq!(std::fs::read_to_string(inbound.join("rp_001129.csv")).unwrap(), "n\n129\n");
+    assert!(conn.receive(0, &quiet).await.unwrap().is_empty(), "nothing left");
+    c.stop().await;
+}
