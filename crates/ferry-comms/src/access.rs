@@ -343,6 +343,7 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
 
     fn logged_in(&self, p: &ferry_sftp::server::Principal, key: &PublicKey, peer: Option<SocketAddr>) {
         let (st, tenant, fp) = (self.0.clone(), p.name.clone(), ferry_io::keys::fingerprint(key));
+        st.metrics.ssh_login();
         tokio::spawn(async move { st.note_key_use(&tenant, &fp, peer, "ssh").await });
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_io::client::ApiClient;
@@ -18,7 +18,13 @@ pub struct AppClient {
     api: Option<ApiClient>,
     sftp: ClientConfig,
     ssh_addr: String,
+    /// SFTP sessions to the App kept open between downstream fetches (a login per file was most of a small
+    /// file's cost): at most [`IDLE_SESSIONS`], each reused only within [`IDLE_FOR`].
+    idle: std::sync::Mutex<Vec<(SftpClient, Instant)>>,
 }
+
+const IDLE_SESSIONS: usize = 4;
+const IDLE_FOR: Duration = Duration::from_secs(30);
 
 impl AppClient {
     pub fn new(ep: &AppEndpoint, service_key: PrivateKey) -> anyhow::Result<Self> {
@@ -40,6 +46,7 @@ impl AppClient {
                 io_timeout: Duration::from_secs(120),
             },
             ssh_addr: ep.ssh_addr.clone(),
+            idle: std::sync::Mutex::default(),
         })
     }
 
@@ -82,14 +89,59 @@ impl AppClient {
 
     /// Download a file the App announced (`/<tenant>/outbox/<id>/<name>`) to `local`, continuing a download
     /// that was cut off earlier (see [`SftpClient::download_file_resuming`]). Returns bytes received now.
+    /// An idle session (the newest one still fresh) reuses a login; a session that fails is closed and the
+    /// fetch is tried once more on a new one.
     pub async fn fetch_file(&self, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
-        let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
-            .await
-            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
         let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
-        let n = sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))?;
-        sftp.close().await?;
-        Ok(n)
+        let mut reused = self.take_idle();
+        loop {
+            let was_reused = reused.is_some();
+            let sftp = match reused.take() {
+                Some(s) => s,
+                None => SftpClient::connect(&self.sftp, &self.ssh_addr)
+                    .await
+                    .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?,
+            };
+            match sftp.download_file_resuming(&remote, local).await {
+                Ok(n) => {
+                    self.put_idle(sftp).await;
+                    return Ok(n);
+                }
+                Err(e) => {
+                    let _ = sftp.close().await;
+                    if !was_reused {
+                        return Err(anyhow::Error::from(e).context(format!("fetching {remote}")));
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<SftpClient> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR {
+                return Some(s);
+            }
+            // too old to trust: dropped (the connection closes with it)
+            drop(s);
+        }
+        None
+    }
+
+    async fn put_idle(&self, s: SftpClient) {
+        let extra = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_SESSIONS {
+                idle.push((s, Instant::now()));
+                None
+            } else {
+                Some(s)
+            }
+        };
+        if let Some(s) = extra {
+            let _ = s.close().await;
+        }
     }
 
     /// Tell the App how far a file it created has got.

@@ -71,6 +71,7 @@ pub struct Metrics {
     refused: Family<ReasonLabel, Counter>,
     stage_seconds: Family<StageLabel, Histogram>,
     bytes_up: Counter,
+    ssh_logins: Counter,
     long_polls: Gauge,
     waiting: AtomicI64,
 }
@@ -82,6 +83,7 @@ impl Default for Metrics {
             // 10 ms .. ~11 h
             stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 4.0, 12))),
             bytes_up: Counter::default(),
+            ssh_logins: Counter::default(),
             long_polls: Gauge::default(),
             waiting: AtomicI64::new(0),
         }
@@ -108,6 +110,16 @@ impl Metrics {
         self.stage_seconds.get_or_create(&StageLabel { stage }).observe(secs);
     }
 
+    /// An SFTP login accepted (each costs a key exchange: Connectors reuse one session for many files).
+    pub fn ssh_login(&self) {
+        self.ssh_logins.inc();
+    }
+
+    /// SFTP logins accepted since the start.
+    pub fn ssh_logins(&self) -> u64 {
+        self.ssh_logins.get()
+    }
+
     pub fn uploaded(&self, bytes: u64) {
         self.bytes_up.inc_by(bytes);
     }
@@ -130,6 +142,7 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
     let mut reg = Registry::with_prefix("ferry_comms");
     reg.register("refused", "Logins and calls refused, by reason", m.refused.clone());
     reg.register("stage_seconds", "Duration of each stage of a batch at the Comms server", m.stage_seconds.clone());
+    reg.register("ssh_logins", "SFTP logins accepted", m.ssh_logins.clone());
     reg.register("upload_bytes", "Compressed bytes of the batches Connectors completed", m.bytes_up.clone());
     reg.register("long_polls_waiting", "Connector long-polls (GET /v1/files?wait=) waiting now", m.long_polls.clone());
 

@@ -29,6 +29,7 @@ use crate::delivery;
 use crate::journal::Journal;
 use crate::pending::Pending;
 use ferry_io::retry::{Backoff, FailureLog};
+use ferry_sftp::client::SftpClient;
 
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,8 @@ impl Connector {
         stopping: &mut bool,
         out: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
+        // one SFTP session for the page's files (opened on the first download; a failed download drops it)
+        let mut session = None;
         for f in files {
             // Stop between files, never inside one.
             if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
@@ -116,7 +119,7 @@ impl Connector {
                 out.push(Outcome::AlreadyApplied { name: f.name });
                 continue;
             }
-            match self.apply_one(&f).await {
+            match self.apply_one(&f, &mut session).await {
                 Ok(report) => {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
                     ack(api, &id, &f.sha256).await?;
@@ -144,14 +147,21 @@ impl Connector {
                 }
             }
         }
+        if let Some(s) = session {
+            let _ = s.close().await;
+        }
         Ok(())
     }
 
     /// Download (resuming a cut-off download), decompress and verify, then deliver. An error caused by a full
     /// disk says which folder's disk it is.
-    async fn apply_one(&self, f: &DownloadFile) -> anyhow::Result<delivery::DeliveryReport> {
+    async fn apply_one(
+        &self,
+        f: &DownloadFile,
+        session: &mut Option<SftpClient>,
+    ) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
-        let plain = self.fetch_verified(f, &work).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
+        let plain = self.fetch_verified(f, &work, session).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
         let (cfg, erp) = (&self.cfg.delivery, &self.cfg.erp);
         let report =
             delivery::deliver_file(cfg, Some(erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
@@ -171,14 +181,36 @@ impl Connector {
     }
 
     /// The plain, verified file under `work/<id>/<name>`.
-    async fn fetch_verified(&self, f: &DownloadFile, work: &std::path::Path) -> anyhow::Result<PathBuf> {
+    async fn fetch_verified(
+        &self,
+        f: &DownloadFile,
+        work: &std::path::Path,
+        session: &mut Option<SftpClient>,
+    ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
         let bz2 = work.join(format!("{}.bz2", f.id));
-        let sftp = self.sftp().await?;
         // A download cut off earlier continues from its `.part` (the SHA-256 check below catches any mix-up).
-        let got = sftp.download_file_resuming(&f.path, &bz2).await.with_context(|| format!("downloading {}", f.name));
-        let _ = sftp.close().await;
-        got?;
+        // The session of the previous file is reused; if it fails (the server may have closed it while that file
+        // was delivered), the download is tried once more on a fresh one.
+        let reused = session.is_some();
+        for attempt in 0..2 {
+            let sftp = match session.take() {
+                Some(s) => s,
+                None => self.sftp().await?,
+            };
+            match sftp.download_file_resuming(&f.path, &bz2).await {
+                Ok(_) => {
+                    *session = Some(sftp);
+                    break;
+                }
+                Err(e) => {
+                    let _ = sftp.close().await;
+                    if !(reused && attempt == 0) {
+                        return Err(anyhow::Error::from(e).context(format!("downloading {}", f.name)));
+                    }
+                }
+            }
+        }
         let plain_dir = work.join(f.id.as_str());
         std::fs::create_dir_all(&plain_dir).with_context(|| format!("cannot create {}", plain_dir.display()))?;
         let plain = plain_dir.join(&f.name);

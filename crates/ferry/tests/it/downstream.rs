@@ -449,7 +449,11 @@ async fn one_receive_delivers_every_waiting_file_beyond_one_page() {
         n as usize == N
     };
     assert!(eventually(Duration::from_secs(180), relayed).await.is_some(), "not all {N} files relayed");
+    let logins = c.comms.state.metrics.ssh_logins();
     let out = conn.receive(0, &quiet).await.unwrap();
+    // one SFTP session per page of the list, not a login per file
+    let sessions = c.comms.state.metrics.ssh_logins() - logins;
+    assert!((1..=2).contains(&sessions), "{sessions} SFTP logins for {N} files");
     let mut applied: Vec<&str> = out
         .iter()
         .filter_map(|o| match o {
