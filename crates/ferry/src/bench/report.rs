@@ -145,9 +145,11 @@ pub(super) fn print_grid(head: &[&str], right: &[bool], rows: &[Vec<String>]) {
         let parts: Vec<String> = cells
             .zip(&width)
             .enumerate()
-            .map(|(i, (c, &w))| {
-                if right.get(i).copied().unwrap_or(false) { format!("{c:>w$}") } else { format!("{c:<w$}") }
-            })
+            .map(
+                |(i, (c, &w))| {
+                    if right.get(i).copied().unwrap_or(false) { format!("{c:>w$}") } else { format!("{c:<w$}") }
+                },
+            )
             .collect();
         parts.join(" | ").trim_end().to_string()
     };

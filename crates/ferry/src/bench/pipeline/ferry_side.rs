@@ -78,9 +78,7 @@ impl FerrySide {
 
         let serve = |what: &str, cfg: &Path| {
             let mut cmd = Command::new(exe);
-            cmd.args([what, "serve", "--config", &s(cfg)])
-                .env("FERRY_LOG", SERVER_LOG)
-                .env("FERRY_LOG_FORMAT", "json");
+            cmd.args([what, "serve", "--config", &s(cfg)]).env("FERRY_LOG", SERVER_LOG).env("FERRY_LOG_FORMAT", "json");
             cmd
         };
         let started = Duration::from_secs(60);
@@ -172,9 +170,10 @@ impl FerrySide {
         let procs = vec![
             ("connector sync".to_string(), run.usage),
             ("comms serve".to_string(), Usage { cpu: cpu(comms0, comms1), rss_kib: comms_peak }),
-            ("app serve (to the verdict)".to_string(), Usage { cpu: cpu(app0, app1), rss_kib: app_peak }),
+            // the plan starts once the import has answered, while the Connector polls for the verdict
+            ("app serve (import, and the plan so far)".to_string(), Usage { cpu: cpu(app0, app1), rss_kib: app_peak }),
             (
-                format!("app serve (plan after import{})", if plan_line.is_some() { "" } else { ": not seen" }),
+                format!("app serve (rest of the plan{})", if plan_line.is_some() { "" } else { ": end not seen" }),
                 Usage { cpu: cpu(app1, app2), rss_kib: app_plan_peak },
             ),
         ];

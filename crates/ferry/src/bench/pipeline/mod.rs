@@ -144,7 +144,12 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<ExitCode> {
             let path = dir.join("erp.db");
             let t = std::time::Instant::now();
             let summary = generate_sample_erp(&path, size).await.context("generating the sample ERP")?;
-            println!("sample ERP ({}): {} rows in {:.1} s", args.size, int(summary.total_rows()), t.elapsed().as_secs_f64());
+            println!(
+                "sample ERP ({}): {} rows in {:.1} s",
+                args.size,
+                int(summary.total_rows()),
+                t.elapsed().as_secs_f64()
+            );
             let erp = Erp { shown: path.display().to_string(), kind: ErpKind::Sqlite(path) };
             (erp, ferry_sample::MAPPING.to_string(), format!("--size {}", args.size))
         }
@@ -180,7 +185,11 @@ fn bench(dir: &Path, erp: &Erp, mapping: &str, rounds: u32, cores: usize) -> any
         })
     };
     contenders.push(Contender::new(lbzip2.label(), Some(lbzip2), tool_missing(&["lbzip2"], "lbzip2")));
-    contenders.push(Contender::new(Codec::Bzip2.label(), Some(Codec::Bzip2), tool_missing(&["bzip2", "bunzip2"], "bzip2")));
+    contenders.push(Contender::new(
+        Codec::Bzip2.label(),
+        Some(Codec::Bzip2),
+        tool_missing(&["bzip2", "bunzip2"], "bzip2"),
+    ));
     let shell = if contenders.iter().any(|c| c.codec.is_some() && c.skipped.is_none()) {
         match ShellSide::start(&dir.join("shell"), exports) {
             Ok(s) => {
@@ -316,8 +325,11 @@ fn report(contenders: &[Contender], rounds: u32) {
         let rows: Vec<Vec<String>> = names
             .iter()
             .map(|name| {
-                let v: Vec<f64> =
-                    c.rounds.iter().filter_map(|m| m.stages.iter().find(|(n, _)| n == name).and_then(|(_, s)| *s)).collect();
+                let v: Vec<f64> = c
+                    .rounds
+                    .iter()
+                    .filter_map(|m| m.stages.iter().find(|(n, _)| n == name).and_then(|(_, s)| *s))
+                    .collect();
                 match median(v) {
                     Some(s) => vec![name.to_string(), secs(s), format!("{:.0}%", 100.0 * s / wall.max(1e-9))],
                     None => vec![name.to_string(), "-".into(), String::new()],

@@ -271,7 +271,11 @@ impl ShellSide {
         s.push_str(&sftp("hop2.batch", "relay_host", &self.app));
         s.push_str(&format!("echo @decompress\ncd {}\n{} *.csv.bz2\n", q(&self.app_in()), codec.decompress()));
         s.push_str("echo @md5sum-c\nmd5sum -c --quiet MD5SUMS\n");
-        s.push_str(&format!("echo @import\nsqlite3 -bail {} < {}\necho @done\n", q(&self.app_db()), q(&self.dir.join("import.sql"))));
+        s.push_str(&format!(
+            "echo @import\nsqlite3 -bail {} < {}\necho @done\n",
+            q(&self.app_db()),
+            q(&self.dir.join("import.sql"))
+        ));
         let path = self.dir.join(format!("pipeline-{}.sh", codec.file_stem()));
         std::fs::write(&path, s)?;
         Ok(path)
@@ -311,9 +315,10 @@ impl ShellSide {
         let markers: Vec<(f64, &str)> =
             run.lines.iter().filter_map(|(t, l)| l.strip_prefix('@').map(|m| (*t, m))).collect();
         let stages = markers
-            .windows(2)
-            .map(|w| (stage_name(w[0].1), Some(w[1].0 - w[0].0)))
-            .chain(markers.first().map(|(t, _)| ("start (sh)", Some(*t))))
+            .first()
+            .map(|(t, _)| ("start (sh)", Some(*t)))
+            .into_iter()
+            .chain(markers.windows(2).map(|w| (stage_name(w[0].1), Some(w[1].0 - w[0].0))))
             .collect();
         let cpu = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or(0.0, |(a, b)| b - a);
         let procs = vec![
