@@ -39,17 +39,20 @@ pub enum SampleSize {
     Small,
     /// ~3,000 items, 3 locations, 24 vendors, 2 years of sales (~2.4M lines), for benchmarks.
     Medium,
+    /// ~15,000 items, 3 locations, 60 vendors, 2 years of sales (~12M lines, ~1 GB of CSV), for benchmarks.
+    Large,
 }
 
 impl std::str::FromStr for SampleSize {
     type Err = String;
 
-    /// `small` or `medium`.
+    /// `small`, `medium` or `large`.
     fn from_str(s: &str) -> Result<SampleSize, String> {
         match s {
             "small" => Ok(SampleSize::Small),
             "medium" => Ok(SampleSize::Medium),
-            other => Err(format!("unknown size {other:?}: use small or medium")),
+            "large" => Ok(SampleSize::Large),
+            other => Err(format!("unknown size {other:?}: use small, medium or large")),
         }
     }
 }
@@ -414,6 +417,9 @@ impl Generator {
             }
             SampleSize::Medium => {
                 (Params { rate_scale: 1.6, items: 3000, vendors: 24, customers: 1500, days: 730 }, 0x5eed_0002)
+            }
+            SampleSize::Large => {
+                (Params { rate_scale: 1.6, items: 15000, vendors: 60, customers: 7500, days: 730 }, 0x5eed_0003)
             }
         };
         Generator {

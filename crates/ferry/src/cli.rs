@@ -45,7 +45,7 @@ pub enum Command {
     /// Write a sample distributor ERP database (SQLite) to try a Connector against.
     SampleErp {
         path: PathBuf,
-        /// small or medium
+        /// small, medium or large
         #[arg(long, default_value = "small")]
         size: String,
     },

@@ -1,3 +1,6 @@
+//! `ferry bench pipeline`: the whole upstream, Ferry's three processes against the shell pipeline (see
+//! [`pipeline`]).
+//!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
 //! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
@@ -19,6 +22,7 @@
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
 mod measure;
+mod pipeline;
 mod report;
 mod stages;
 mod tools;
@@ -50,11 +54,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
         runs: u32,
     },
+    /// The whole upstream of Ferry as deployed (comms serve, app serve, connector sync --full: three processes
+    /// on loopback) against the shell pipeline (sqlite3 -csv, md5sum, bzip2 -9 or lbzip2, sftp to a relay sshd
+    /// and on to an app sshd, decompress, md5sum -c, sqlite3 .import), taking turns for N rounds.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
+        BenchCmd::Pipeline(args) => pipeline::run(args).await,
     }
 }
 
@@ -66,7 +75,7 @@ async fn upstream(size_name: &str, dir: Option<PathBuf>, runs: u32) -> anyhow::R
     let size = crate::demo::parse_size(size_name)?;
     let upload_target: u64 = match size {
         SampleSize::Small => 64_000_000,
-        SampleSize::Medium => 256_000_000,
+        SampleSize::Medium | SampleSize::Large => 256_000_000,
     };
     let (tmp, dir) = work_dir(dir)?;
     let bench = dir.join("bench");

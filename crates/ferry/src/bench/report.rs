@@ -132,3 +132,30 @@ pub(super) fn per_sec(n: u64, secs: f64) -> u64 {
 pub(super) fn int(n: u64) -> String {
     ferry_connector::check::thousands(n)
 }
+
+/// A plain table: a header, a rule, then the rows; columns marked in `right` are right-aligned.
+pub(super) fn print_grid(head: &[&str], right: &[bool], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let fmt = |cells: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cells
+            .zip(&width)
+            .enumerate()
+            .map(
+                |(i, (c, &w))| {
+                    if right.get(i).copied().unwrap_or(false) { format!("{c:>w$}") } else { format!("{c:<w$}") }
+                },
+            )
+            .collect();
+        parts.join(" | ").trim_end().to_string()
+    };
+    println!("{}", fmt(&mut head.iter().copied()));
+    println!("{}", width.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>().join("-|-"));
+    for r in rows {
+        println!("{}", fmt(&mut r.iter().map(String::as_str)));
+    }
+}

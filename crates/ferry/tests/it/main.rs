@@ -9,6 +9,7 @@ mod common;
 mod procs;
 
 mod architecture;
+mod bench;
 mod check;
 mod downstream;
 mod erp_values;
