@@ -86,7 +86,7 @@ async fn check_writes_plain_progress_lines_when_not_a_terminal() {
     for f in mapping.files.keys() {
         let line = progress
             .iter()
-            .find(|l| l.trim_start().split_whitespace().next() == Some(f.as_str()))
+            .find(|l| l.split_whitespace().next() == Some(f.as_str()))
             .unwrap_or_else(|| panic!("a progress line for {f} in {stderr}"));
         let words: Vec<&str> = line.split_whitespace().collect();
         // file, rows, "rows", MB, "MB", rate, "MB/s", elapsed
