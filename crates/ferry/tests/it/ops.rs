@@ -626,3 +626,47 @@ async fn openapi_documents_are_served_valid_and_complete() {
     }
     c.stop().await;
 }
+
+/// Issue 13 item 8: every command of README.md's ```sh blocks runs as written (`scripts/readme-commands.sh`: the
+/// setup of both servers from each other's `info` output, the servers started and stopped, a tenant, the
+/// Connector's setup, check, register, sync, doctor, status, key rotation, agent, and the downstream commands;
+/// `cargo …` lines are skipped and say so). The servers use their default ports: when one is taken (a developer's
+/// own server) the test says SKIPPED, except in CI.
+#[test]
+fn readme_commands_run_as_written() {
+    let busy: Vec<u16> = [9443, 9444, 9445, 2223, 8443, 8444, 2222]
+        .into_iter()
+        .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_err())
+        .collect();
+    if !busy.is_empty() {
+        assert!(std::env::var_os("FERRY_CI").is_none(), "the README's default ports {busy:?} are taken");
+        eprintln!("SKIPPED: readme_commands_run_as_written: the README's default ports {busy:?} are taken");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/readme-commands.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
+        .env_remove("FERRY_LOG_FORMAT")
+        .output()
+        .expect("run scripts/readme-commands.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SKIP (a cargo build") && text.contains("+ ferry connector sync"), "{text}");
+    assert!(text.contains("imported (") && text.contains("checks passed"), "{text}");
+    let ran: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("readme-commands: all ")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let mut in_block = false;
+    let mut in_readme = 0;
+    for l in readme.lines().map(str::trim_start) {
+        if l.starts_with("```") {
+            in_block = l == "```sh";
+        } else if in_block && l.starts_with("ferry ") {
+            in_readme += 1;
+        }
+    }
+    assert_eq!(ran, in_readme, "every `ferry` command of the README ran: {text}");
+}
