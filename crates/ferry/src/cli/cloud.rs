@@ -610,8 +610,10 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
             }
             println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
             match h.admin_addr {
-                Some(a) => println!("metrics: https://{a}/metrics (bearer token in {})", token_path.display()),
-                None => println!("metrics: off (listen_admin)"),
+                Some(a) => {
+                    println!("app server: metrics at https://{a}/metrics (bearer token in {})", token_path.display())
+                }
+                None => println!("app server: metrics off (listen_admin)"),
             }
             match h.web_url() {
                 Some(u) => println!("buyer's web page: {u}"),
