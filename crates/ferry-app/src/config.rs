@@ -21,6 +21,11 @@ pub struct AppConfig {
     /// serves no page.
     #[serde(with = "listen_web")]
     pub listen_web: Option<SocketAddr>,
+    /// The admin listener: Prometheus `GET /metrics` (HTTPS, same certificate, bearer token from
+    /// `<data_dir>/admin.token`, as the Comms server's admin API). Default `127.0.0.1:9445` (loopback: a
+    /// Prometheus on this host); `"off"` (or `""`) serves none.
+    #[serde(with = "listen_admin")]
+    pub listen_admin: Option<SocketAddr>,
     /// The page's address as buyers reach it (`https://plan.example.com`), for the links `ferry app user add`
     /// prints. Empty: `https://<listen_web>`.
     pub web_url: String,
@@ -115,15 +120,31 @@ mod listen_web {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let text = String::deserialize(d)?;
+        parse("listen_web", "0.0.0.0:9444", &String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    /// An address, or `None` for `"off"`/`""`; the error names the key and gives an example.
+    pub fn parse(key: &str, example: &str, text: &str) -> Result<Option<SocketAddr>, String> {
         match text.trim() {
             "" | "off" => Ok(None),
-            t => t.parse().map(Some).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "listen_web {t:?} is not an address like 0.0.0.0:9444 or \"off\": {e}"
-                ))
-            }),
+            t => {
+                t.parse().map(Some).map_err(|e| format!("{key} {t:?} is not an address like {example} or \"off\": {e}"))
+            }
         }
+    }
+}
+
+/// `listen_admin`: an address, or `"off"`/`""` for none.
+mod listen_admin {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub use super::listen_web::serialize;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        super::listen_web::parse("listen_admin", "127.0.0.1:9445", &String::deserialize(d)?)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -134,6 +155,7 @@ impl Default for AppConfig {
             listen_https: SocketAddr::from(([127, 0, 0, 1], 9443)),
             listen_ssh: SocketAddr::from(([127, 0, 0, 1], 2223)),
             listen_web: Some(SocketAddr::from(([127, 0, 0, 1], 9444))),
+            listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 9445))),
             web_url: String::new(),
             tls_names: vec![],
             tls_cert: None,
@@ -181,6 +203,11 @@ impl AppConfig {
         self.listen_web.map(|a| format!("https://{a}"))
     }
 
+    /// The admin listener's bearer token (mode 0600, created at the first start with `listen_admin`).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.connections.validate()?;
         self.retention.validate()?;
@@ -218,5 +245,17 @@ mod web_tests {
         // what `ferry app init` writes reads back the same
         let text = toml::to_string_pretty(&AppConfig::default()).unwrap();
         assert_eq!(toml::from_str::<AppConfig>(&text).unwrap().listen_web, AppConfig::default().listen_web);
+    }
+
+    #[test]
+    fn listen_admin_is_an_address_or_off() {
+        let default: AppConfig = toml::from_str("").unwrap();
+        assert_eq!(default.listen_admin, Some(SocketAddr::from(([127, 0, 0, 1], 9445))));
+        let off: AppConfig = toml::from_str("listen_admin = \"off\"").unwrap();
+        assert_eq!(off.listen_admin, None);
+        let err = toml::from_str::<AppConfig>("listen_admin = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("listen_admin") && err.contains("127.0.0.1:9445"), "{err}");
+        let text = toml::to_string_pretty(&off).unwrap();
+        assert_eq!(toml::from_str::<AppConfig>(&text).unwrap().listen_admin, None);
     }
 }

@@ -43,6 +43,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferry_proto::api::{BatchState, FileRows, ImportReport};
 use ferry_proto::manifest::{Manifest, ManifestFile, Mode, Scope};
@@ -116,6 +119,54 @@ pub async fn import_batch(
     manifest: &Manifest,
     limits: &ImportLimits,
 ) -> Result<ImportReport, ImportError> {
+    import_batch_timed(inst, batch_dir, manifest, limits, &Arc::default()).await
+}
+
+/// Time spent in the reading thread's stages of an import, summed over its files (the App's metrics).
+#[derive(Debug, Default)]
+pub struct StageClock {
+    /// Reading and bzip2-decompressing, in nanoseconds.
+    decompress: AtomicU64,
+    /// Reading, decompressing and hashing (MD5 + SHA-256), in nanoseconds.
+    read_and_hash: AtomicU64,
+}
+
+impl StageClock {
+    /// Reading and decompressing the files.
+    pub fn decompress(&self) -> Duration {
+        Duration::from_nanos(self.decompress.load(Ordering::Relaxed))
+    }
+
+    /// Hashing the plain CSV to verify it against the manifest.
+    pub fn verify(&self) -> Duration {
+        Duration::from_nanos(self.read_and_hash.load(Ordering::Relaxed)).saturating_sub(self.decompress())
+    }
+}
+
+/// A reader that adds the time spent in `read` to a counter (nanoseconds).
+struct Timed<'a, R> {
+    inner: R,
+    nanos: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Timed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = Instant::now();
+        let r = self.inner.read(buf);
+        let took = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(took, Ordering::Relaxed);
+        r
+    }
+}
+
+/// [`import_batch`], adding the time of its decompress and verify stages to `clock`.
+pub async fn import_batch_timed(
+    inst: &Instance,
+    batch_dir: &Path,
+    manifest: &Manifest,
+    limits: &ImportLimits,
+    clock: &Arc<StageClock>,
+) -> Result<ImportReport, ImportError> {
     let id = &manifest.batch_id;
     let _one_import_at_a_time = inst.import_lock().lock().await;
     // IMMEDIATE takes the write lock now, so the duplicate check below cannot race another process.
@@ -128,7 +179,7 @@ pub async fn import_batch(
         return Ok(ImportReport { duplicate: true, ..prev });
     }
 
-    match load(&mut tx, batch_dir, manifest, limits).await? {
+    match load(&mut tx, batch_dir, manifest, limits, clock).await? {
         Ok(files) => {
             let report = ImportReport {
                 batch_id: id.clone(),
@@ -223,6 +274,7 @@ async fn load(
     batch_dir: &Path,
     manifest: &Manifest,
     limits: &ImportLimits,
+    clock: &Arc<StageClock>,
 ) -> Result<Result<Vec<FileRows>, String>, ImportError> {
     if let Err(e) = manifest.check() {
         return Ok(Err(e.to_string()));
@@ -279,7 +331,8 @@ async fn load(
     let dir = batch_dir.to_path_buf();
     let files = manifest.files.clone();
     let lim = *limits;
-    let reader = tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender));
+    let clock = Arc::clone(clock);
+    let reader = tokio::task::spawn_blocking(move || read_files(&dir, &files, &targets, &lim, &sender, &clock));
 
     let mut db_error = None;
     while let Some(chunk) = receiver.recv().await {
@@ -396,10 +449,11 @@ fn read_files(
     targets: &[Target],
     limits: &ImportLimits,
     sender: &mpsc::Sender<Chunk>,
+    clock: &StageClock,
 ) -> Result<Vec<FileRows>, Stop> {
     let mut done = Vec::with_capacity(files.len());
     for (i, (entry, target)) in files.iter().zip(targets).enumerate() {
-        let rows = read_file(dir, i, entry, *target, limits, sender)?;
+        let rows = read_file(dir, i, entry, *target, limits, sender, clock)?;
         done.push(FileRows { name: entry.name.clone(), rows });
     }
     Ok(done)
@@ -413,6 +467,7 @@ fn read_file(
     target: Target,
     limits: &ImportLimits,
     sender: &mpsc::Sender<Chunk>,
+    clock: &StageClock,
 ) -> Result<u64, Stop> {
     let name = entry.name.as_str();
     let bz_name = entry.compressed_name();
@@ -444,8 +499,9 @@ fn read_file(
 
     let source_error = Rc::new(RefCell::new(None));
     let source = Source { file, error: Rc::clone(&source_error) };
-    let mut hashing = ferry_io::digest::HashingReader::new(ferry_io::bz::capped_decoder(source, cap));
-    let guard = LineGuard::new(&mut hashing, limits.max_line_bytes);
+    let decoder = Timed { inner: ferry_io::bz::capped_decoder(source, cap), nanos: &clock.decompress };
+    let mut hashing = ferry_io::digest::HashingReader::new(decoder);
+    let guard = LineGuard::new(Timed { inner: &mut hashing, nanos: &clock.read_and_hash }, limits.max_line_bytes);
 
     let window = match (target, entry.window()) {
         (Target::Standard(spec), Some(w)) => {
@@ -460,7 +516,7 @@ fn read_file(
         return Err(match e {
             ParseError::Stop(stop) => stop,
             ParseError::Read(e) => {
-                let produced = hashing.into_parts().0.decompressed_bytes();
+                let produced = hashing.into_parts().0.inner.decompressed_bytes();
                 classify_read_error(e, &source_error, &path, entry, compressed, (produced >= cap).then_some(cap))
             }
         });

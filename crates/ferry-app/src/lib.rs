@@ -3,6 +3,7 @@
 //! batch whole or not at all.
 pub mod import;
 pub mod instance;
+pub mod metrics;
 pub mod planner;
 pub mod release;
 

@@ -169,6 +169,12 @@ pub async fn unannounced(inst: &Instance, tenant: &str) -> anyhow::Result<Vec<Fi
     Ok(out)
 }
 
+/// Files of the outbox not yet delivered to the Connector (the App's `outbox_queue_depth` metric).
+pub async fn pending(inst: &Instance) -> anyhow::Result<i64> {
+    ensure_schema(inst).await?;
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state != 'delivered'").fetch_one(inst.pool()).await?)
+}
+
 pub async fn mark_announced(inst: &Instance, id: &FileId) -> anyhow::Result<()> {
     sqlx::query("UPDATE outbox SET announced = 1 WHERE file_id = ?").bind(id.as_str()).execute(inst.pool()).await?;
     Ok(())

@@ -25,8 +25,9 @@ use russh::keys::PublicKey;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::AppConfig;
-use crate::import::{ImportLimits, import_batch};
+use crate::import::{ImportLimits, StageClock, import_batch_timed};
 use crate::instance::Instance;
+use crate::metrics::Stage;
 
 /// An open instance and the lock that serialises imports into it.
 pub type SharedInstance = Arc<(Instance, Mutex<()>)>;
@@ -49,6 +50,8 @@ pub struct AppState {
     comms: Option<ferry_io::client::ApiClient>,
     /// Wakes the announcer (a file was published).
     pub announce_wakeup: tokio::sync::Notify,
+    /// Prometheus metrics (`GET /metrics` on the admin listener).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -175,6 +178,8 @@ pub struct AppHandle {
     pub ssh_addr: SocketAddr,
     /// The buyer's web page, if served.
     pub web_addr: Option<SocketAddr>,
+    /// The admin listener (`/metrics`), if served ([`AppHandle::serve_admin`]).
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     tasks: ferry_web::serve::Tasks,
 }
@@ -191,6 +196,23 @@ impl AppHandle {
 
     pub async fn stop(self) {
         self.tasks.stop().await;
+    }
+
+    /// Serve the admin listener: `GET /metrics` (Prometheus exposition text) behind the bearer token of
+    /// `<data_dir>/admin.token` (created, mode 0600, if missing).
+    pub fn serve_admin(&mut self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "listen_admin = {addr} is not a loopback address: the metrics are reachable from the network (they \
+                 still need the admin token)"
+            );
+        }
+        let token = ferry_web::admin_token::load_or_create(&self.state.cfg.admin_token_path())?;
+        self.serve_https("admin listener", listener, admin_router(self.state.clone(), token))?;
+        self.admin_addr = Some(addr);
+        tracing::info!(%addr, "app admin listener (metrics) listening");
+        Ok(())
     }
 
     /// Serve `router` over HTTPS on one more listener (the App's certificate, the `[connections]` caps), until
@@ -255,6 +277,7 @@ pub async fn start(
         instances: std::sync::Mutex::new(HashMap::new()),
         comms,
         announce_wakeup: tokio::sync::Notify::new(),
+        metrics: crate::metrics::Metrics::default(),
     });
     let mut tasks = ferry_web::serve::Tasks::default();
     let router = router(state.clone());
@@ -271,10 +294,42 @@ pub async fn start(
         async move { sweep_batches(&st).await }
     }));
     tracing::info!(%https_addr, %ssh_addr, "app server listening");
-    Ok(AppHandle { https_addr, ssh_addr, web_addr: None, state, tasks })
+    Ok(AppHandle { https_addr, ssh_addr, web_addr: None, admin_addr: None, state, tasks })
 }
 
 type St = State<Arc<AppState>>;
+
+/// The admin listener's routes: `/metrics`, bearer token required.
+fn admin_router(state: Arc<AppState>, token: String) -> Router {
+    let token = Arc::new(token);
+    let routes = Router::new().route("/metrics", get(metrics)).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                if !ferry_web::admin_token::bearer_matches(header, &token) {
+                    tracing::warn!(path = req.uri().path(), "app admin listener: missing or wrong admin token");
+                    return axum::response::IntoResponse::into_response(ApiError::Unauthorized(
+                        "missing or wrong admin token: send `Authorization: Bearer <token>` with the token from \
+                         admin.token in the App server's data directory"
+                            .into(),
+                    ));
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    ferry_web::error::json_errors(routes.with_state(state))
+}
+
+/// `GET /metrics`: Prometheus exposition text (OpenMetrics).
+async fn metrics(State(st): St) -> Result<axum::response::Response, ApiError> {
+    let text = st.metrics.render().map_err(ApiError::internal)?;
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        text,
+    )))
+}
 
 fn router(state: Arc<AppState>) -> Router {
     let routes = Router::new()
@@ -349,30 +404,71 @@ async fn import(
     let dir = st.sftp_root().join(&tenant).join("incoming").join(id.as_str());
     let limits = ImportLimits { max_decompressed_per_file: st.cfg.max_decompressed_bytes, ..ImportLimits::default() };
     let t = std::time::Instant::now();
+    let plain_bytes = manifest.files.iter().fold(0u64, |a, f| a.saturating_add(f.bytes));
+    let clock = Arc::new(StageClock::default());
     // In its own task: a client that disconnects must not cancel an import half-way (it would roll back).
-    let (inst2, dir2) = (inst.clone(), dir.clone());
-    let report = tokio::spawn(async move { import_batch(&inst2.0, &dir2, &manifest, &limits).await })
+    let (inst2, dir2, clock2) = (inst.clone(), dir.clone(), clock.clone());
+    // (the task keeps this span: its log lines carry the tenant and the batch)
+    let work = async move { import_batch_timed(&inst2.0, &dir2, &manifest, &limits, &clock2).await };
+    let report = tokio::spawn(tracing::Instrument::in_current_span(work))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    tracing::info!(%tenant, batch = %id, state = report.state.as_str(), secs = t.elapsed().as_secs_f64(), duplicate = report.duplicate, detail = report.detail.as_deref().unwrap_or(""), "import finished");
+        .map_err(ApiError::internal)
+        .and_then(|r| r.map_err(ApiError::internal));
+    let m = &st.metrics;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            m.import("failed");
+            return Err(e);
+        }
+    };
+    m.stage(Stage::Import, t.elapsed());
+    if !report.duplicate {
+        m.stage(Stage::Decompress, clock.decompress());
+        m.stage(Stage::Verify, clock.verify());
+    }
+    match (report.state, report.duplicate) {
+        (_, true) => m.import("duplicate"),
+        (ferry_proto::api::BatchState::Imported, false) => {
+            m.import("imported");
+            m.imported(&tenant, plain_bytes, report.files.iter().fold(0u64, |a, f| a.saturating_add(f.rows)));
+        }
+        _ => m.import("rejected"),
+    }
+    tracing::info!(
+        state = report.state.as_str(),
+        secs = t.elapsed().as_secs_f64(),
+        duplicate = report.duplicate,
+        detail = report.detail.as_deref().unwrap_or(""),
+        "import finished"
+    );
     if report.state == ferry_proto::api::BatchState::Imported {
         let _ = std::fs::remove_dir_all(&dir);
         if !report.duplicate && st.cfg.plan_after_import {
             // Planning is the App's own business: it must not delay or fail the import's answer.
             let (st2, inst2, tenant2) = (st.clone(), inst.clone(), tenant.clone());
-            tokio::spawn(async move {
+            let plan = async move {
                 let today = chrono::Utc::now().date_naive();
-                match crate::downstream::plan_and_publish(&st2.cfg, &inst2.0, &tenant2, today).await {
+                let t = std::time::Instant::now();
+                let planned = crate::downstream::plan_and_publish(&st2.cfg, &inst2.0, &tenant2, today).await;
+                st2.metrics.stage(Stage::Plan, t.elapsed());
+                match planned {
                     Ok(p) => {
-                        tracing::info!(tenant = %tenant2, plan = p.plan.id, lines = p.plan.lines, policy = %p.policy, files = p.released.len(), "planned after import");
+                        st2.metrics.planned("ok");
+                        st2.metrics.released(p.released.len());
+                        tracing::info!(plan = p.plan.id, lines = p.plan.lines, policy = %p.policy, files = p.released.len(), "planned after import");
                         if !p.released.is_empty() {
                             st2.announce_wakeup.notify_one();
                         }
                     }
-                    Err(e) => tracing::error!(tenant = %tenant2, "planning after import failed: {e:#}"),
+                    Err(e) => {
+                        st2.metrics.planned("failed");
+                        tracing::error!("planning after import failed: {e:#}")
+                    }
                 }
-            });
+            };
+            // the plan's log lines carry the tenant and the batch that triggered it
+            tokio::spawn(tracing::Instrument::in_current_span(plan));
         }
     }
     Ok(Json(report))
@@ -436,7 +532,11 @@ async fn announce_tenant(st: &AppState, tenant: &str) -> anyhow::Result<()> {
     }
     let result = async {
         if let Some(inst) = st.instance(tenant).await? {
-            crate::downstream::announce_pending(comms, &inst.0, tenant).await?;
+            let announced = crate::downstream::announce_pending(comms, &inst.0, tenant).await;
+            if let Ok(n) = crate::outbox::pending(&inst.0).await {
+                st.metrics.outbox_depth(tenant, n);
+            }
+            announced?;
         }
         anyhow::Ok(())
     }
@@ -467,6 +567,9 @@ async fn file_state(
     let inst = open_instance(&st, &tenant).await?;
     if !crate::outbox::set_progress(&inst.0, &id, &p).await.map_err(ApiError::Internal)? {
         return Err(ApiError::NotFound(format!("no file {id} in this instance's outbox")));
+    }
+    if let Ok(n) = crate::outbox::pending(&inst.0).await {
+        st.metrics.outbox_depth(&tenant, n);
     }
     Ok(Json(serde_json::json!({ "file_id": id, "state": p.state })))
 }

@@ -254,7 +254,23 @@ async fn get_batch(
     State(st): St,
     Path(id): Path<String>,
     Signed { caller: c, .. }: Signed<Caller>,
-) -> Result<Json<BatchStatus>, ApiError> {
+) -> axum::response::Response {
+    in_batch_span(&c.tenant.clone(), &id.clone(), get_batch_in(st, id, c)).await
+}
+
+/// Runs a handler about one batch in a span with its `tenant` and `batch`, its answer (and so the line that logs
+/// a refusal) made inside the span.
+async fn in_batch_span<T: axum::response::IntoResponse>(
+    tenant: &str,
+    batch: &str,
+    f: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!("batch", tenant = %tenant, batch = %batch);
+    async move { axum::response::IntoResponse::into_response(f.await) }.instrument(span).await
+}
+
+async fn get_batch_in(st: Arc<CommsState>, id: String, c: Caller) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_batch_id(&id)?;
     db::batch_status(&st.db, &c.tenant, &id)
         .await
@@ -270,6 +286,15 @@ async fn complete_batch(
     State(st): St,
     Path(id): Path<String>,
     Signed { caller: c, body }: Signed<Caller>,
+) -> axum::response::Response {
+    in_batch_span(&c.tenant.clone(), &id.clone(), complete_batch_in(st, id, c, body)).await
+}
+
+async fn complete_batch_in(
+    st: Arc<CommsState>,
+    id: String,
+    c: Caller,
+    body: axum::body::Bytes,
 ) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_batch_id(&id)?;
     let manifest = Manifest::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;

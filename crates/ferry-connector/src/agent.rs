@@ -56,7 +56,7 @@ pub async fn open_source(cfg: &ConnectorConfig) -> anyhow::Result<Box<dyn Source
 pub async fn check(
     cfg: &ConnectorConfig,
     limits: CheckLimits,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> anyhow::Result<(Mapping, CheckReport)> {
     let mapping = load_mapping(cfg)?;
     let source = open_source(cfg).await?;
@@ -115,16 +115,26 @@ pub fn init(
     })
 }
 
+/// Called per file of an extract with (file, rows, CSV bytes) so far; see [`extract_planned`].
+pub type FileProgress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
 pub struct Connector {
     pub cfg: ConnectorConfig,
     key: Arc<PrivateKey>,
+    /// Live per-file counts of the extract (`sync`, `bench` show them); `None`: not reported.
+    file_progress: Option<FileProgress>,
 }
 
 impl Connector {
+    /// Report each file's rows and bytes while the extract runs (a terminal progress bar, or plain lines).
+    pub fn set_file_progress(&mut self, f: FileProgress) {
+        self.file_progress = Some(f);
+    }
+
     pub fn load(config: &Path) -> anyhow::Result<Connector> {
         let cfg = ConnectorConfig::load(config)?;
         let key = keys::load_private_key(cfg.key_path())?;
-        Ok(Connector { cfg, key: Arc::new(key) })
+        Ok(Connector { cfg, key: Arc::new(key), file_progress: None })
     }
 
     pub fn key_fingerprint(&self) -> String {
@@ -521,7 +531,12 @@ impl Connector {
         }
         let source = open_source(&self.cfg).await?;
         let xopts = ExtractOptions { level: self.cfg.extract.level, threads: self.cfg.extract.threads };
-        let extracted = extract_planned(source.as_ref(), &mapping, spool, &id, &xopts, &plan, &|_: &str, _: u64| {})
+        let none = |_: &str, _: u64, _: u64| {};
+        let file_progress: &(dyn Fn(&str, u64, u64) + Sync) = match &self.file_progress {
+            Some(f) => f.as_ref(),
+            None => &none,
+        };
+        let extracted = extract_planned(source.as_ref(), &mapping, spool, &id, &xopts, &plan, file_progress)
             .await
             .with_context(|| format!("batch {id} was not sent"))?;
         let mut manifest = extracted.manifest;

@@ -153,8 +153,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
 
 /// Extract every file of `mapping` from `source` into `spool_dir/<batch_id>/` and write its manifest there.
 ///
-/// The mapping is [validated](Mapping::validate) first. `progress(file, rows)` is called as rows are read (at the
-/// start of each file, then every 1,024 rows, then with the final count). On error, the files this call wrote are
+/// The mapping is [validated](Mapping::validate) first. `progress(file, rows, bytes)` is called as rows are read (at
+/// the start of each file, then every 1,024 rows, then with the final counts); `bytes` is the CSV text converted so
+/// far (it lags `rows` by up to one write buffer). On error, the files this call wrote are
 /// removed and no manifest exists. The manifest's `tenant` is empty: the receiver takes the tenant from the key.
 ///
 /// Every file is extracted whole and validated; warnings stop the run unless the mapping says `allow_warnings`.
@@ -164,7 +165,7 @@ pub async fn extract_batch(
     spool_dir: &Path,
     batch_id: &BatchId,
     opts: &ExtractOptions,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> Result<(Manifest, ExtractStats), ExtractError> {
     let plan = ExtractPlan { allow_warnings: mapping.allow_warnings, ..ExtractPlan::default() };
     let e = extract_planned(source, mapping, spool_dir, batch_id, opts, &plan, progress).await?;
@@ -180,7 +181,7 @@ pub async fn extract_planned(
     batch_id: &BatchId,
     opts: &ExtractOptions,
     plan: &ExtractPlan,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> Result<Extracted, ExtractError> {
     mapping.validate()?;
     if let Some(f) = plan.windows.keys().find(|f| mapping.incremental(f).is_none()) {
@@ -215,7 +216,7 @@ async fn extract_into(
     batch_id: &BatchId,
     opts: &ExtractOptions,
     plan: &ExtractPlan,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
     written: &mut Vec<PathBuf>,
 ) -> Result<Extracted, ExtractError> {
     let t0 = Instant::now();
@@ -310,7 +311,7 @@ pub async fn check_mapping(
     source: &dyn Source,
     mapping: &Mapping,
     limits: CheckLimits,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> CheckReport {
     let mut report = CheckReport::default();
     let mut known = Known::default();
@@ -410,7 +411,7 @@ async fn extract_file(
     source: &dyn Source,
     job: FileJob<'_>,
     mut check: FileCheck,
-    progress: &(dyn Fn(&str, u64) + Sync),
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> Result<FileOutcome, ExtractError> {
     let t0 = Instant::now();
     let name = job.name;
@@ -427,8 +428,9 @@ async fn extract_file(
         }
         Layout::Custom => names.len(),
     };
-    progress(name, 0);
+    progress(name, 0, 0);
 
+    let text_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Msg>(CHUNKS_IN_FLIGHT);
     let tmp_path = job.sink.as_ref().map(|s| s.tmp_path.clone());
     let writer_job = WriterJob {
@@ -442,6 +444,7 @@ async fn extract_file(
             (i, f)
         }),
         check,
+        text_bytes: text_bytes.clone(),
     };
     let writer = tokio::task::spawn_blocking(move || writer_job.run(rx));
 
@@ -471,7 +474,7 @@ async fn extract_file(
             if tx.send(Msg::Rows(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS)))).await.is_err() {
                 break; // the writer stopped; its error is reported below
             }
-            progress(name, sent);
+            progress(name, sent, text_bytes.load(std::sync::atomic::Ordering::Relaxed));
         }
     }
     drop(rows);
@@ -495,7 +498,7 @@ async fn extract_file(
         }
         (None, Ok(o)) => o,
     };
-    progress(name, outcome.rows);
+    progress(name, outcome.rows, text_bytes.load(std::sync::atomic::Ordering::Relaxed));
     let (report, codes) = check.finish();
     let Some(sink) = job.sink else {
         return Ok(FileOutcome { written: None, report, codes });
@@ -533,6 +536,8 @@ struct WriterJob {
     /// The window: column index and first day as `YYYY/MM/DD` (the converted form, which sorts as dates do).
     window: Option<(usize, String)>,
     check: FileCheck,
+    /// The CSV text converted so far, for the progress callback (added once per write buffer).
+    text_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct WriterOutcome {
@@ -610,6 +615,7 @@ impl WriterJob {
                             out = None;
                         }
                         if buf.len() >= WRITE_BUF {
+                            self.text_bytes.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
                             if let Some((path, w)) = &mut out {
                                 w.write_all(buf.as_bytes()).map_err(io_err(path))?;
                             }
@@ -617,7 +623,10 @@ impl WriterJob {
                         }
                     }
                 }
-                Some(Msg::Done) => break,
+                Some(Msg::Done) => {
+                    self.text_bytes.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
                 None => {
                     return Err(ExtractError::Writer { file: self.file, message: "the extract was stopped".into() });
                 }

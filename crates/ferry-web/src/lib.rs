@@ -5,6 +5,7 @@
 //! ([`error`]). Server side only: the signed JSON client is `ferry_io::client`, so a Connector compiles no HTTP
 //! server.
 
+pub mod admin_token;
 pub mod auth;
 pub mod error;
 pub mod identity;

@@ -272,7 +272,10 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
                 cfg.erp.kind
             );
             let limits = ferry_connector::check::CheckLimits { max_problems, samples };
-            let (mapping, report) = agent::check(&cfg, limits, &|_: &str, _: u64| {}).await?;
+            let live = ferry::progress::Progress::stderr();
+            let checked = agent::check(&cfg, limits, &|f: &str, rows: u64, bytes: u64| live.tick(f, rows, bytes)).await;
+            live.finish();
+            let (mapping, report) = checked?;
             let allow = allow_warnings || mapping.allow_warnings;
             print!("{}", report.render(allow));
             if report.errors() > 0 {
@@ -283,9 +286,19 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             }
         }
         ConnectorCmd::Sync { config, full, allow_warnings } => {
-            let c = Connector::load(&path_or(&config, "connector.toml"))?;
+            let mut c = Connector::load(&path_or(&config, "connector.toml"))?;
+            let live = std::sync::Arc::new(ferry::progress::Progress::stderr());
+            let ticks = live.clone();
+            c.set_file_progress(std::sync::Arc::new(move |f: &str, rows: u64, bytes: u64| ticks.tick(f, rows, bytes)));
             let opts = agent::SyncOptions { full, allow_warnings, today: None };
-            let r = c.sync_with(&opts, &|line: &str| println!("{line}")).await?;
+            let r = c
+                .sync_with(&opts, &|line: &str| {
+                    live.finish(); // the extract's files are done when the connector reports on them
+                    live.println(line)
+                })
+                .await;
+            live.finish();
+            let r = r?;
             let s = &r.status;
             match (s.state, &s.detail) {
                 (ferry_proto::api::BatchState::Rejected, d) => {

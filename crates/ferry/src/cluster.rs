@@ -91,7 +91,12 @@ impl Cluster {
         // the buyer's web page on its own free port
         let web = std::net::TcpListener::bind("127.0.0.1:0")?;
         app_cfg.listen_web = Some(web.local_addr()?);
-        let app = ferry_app::web::start_with_web(app_cfg, h, s, Some(web)).await.context("starting the app server")?;
+        // and its admin listener (/metrics)
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?;
+        app_cfg.listen_admin = Some(admin.local_addr()?);
+        let mut app =
+            ferry_app::web::start_with_web(app_cfg, h, s, Some(web)).await.context("starting the app server")?;
+        app.serve_admin(admin).context("starting the app's admin listener")?;
         let mut comms_cfg = CommsConfig {
             data_dir: comms_dir,
             app: AppEndpoint {

@@ -9,3 +9,4 @@ pub mod bench;
 pub mod cluster;
 #[cfg(unix)]
 pub mod demo;
+pub mod progress;

@@ -324,6 +324,7 @@ async fn do_release(st: &Arc<WebState>, s: &Session, ids: &[i64]) -> Response {
     let sftp_root = st.app.sftp_root();
     match release::release(&inst.0, &s.tenant, &sftp_root, ids, &s.email, today).await {
         Ok(done) => {
+            st.app.metrics.released(done.len());
             for r in &done {
                 tracing::info!(tenant = %s.tenant, user = %s.email, release = r.id, file = %r.file_name, lines = r.lines, "web: released");
             }

@@ -79,7 +79,7 @@ async fn a_window_keeps_exactly_the_rows_from_its_first_day_on() {
     let opts = ExtractOptions { level: 1, threads: 1 };
 
     let batch = BatchId::parse("20260310T000000Z-00000001").unwrap();
-    let e = extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(3, 5)), &|_, _| {}).await.unwrap();
+    let e = extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(3, 5)), &|_, _, _| {}).await.unwrap();
     assert_eq!(e.manifest.mode, Mode::Incremental);
     let sales = e.manifest.files.iter().find(|f| f.name == "sales.csv").unwrap();
     assert_eq!(sales.scope, Some(Scope::Window(Window { column: "invoice_date".into(), from: day(3, 5) })));
@@ -103,12 +103,12 @@ async fn a_window_keeps_exactly_the_rows_from_its_first_day_on() {
 
     // a window that starts after every row: an empty file, still a window
     let batch = BatchId::parse("20260310T000000Z-00000002").unwrap();
-    let e = extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(4, 1)), &|_, _| {}).await.unwrap();
+    let e = extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(4, 1)), &|_, _, _| {}).await.unwrap();
     assert_eq!(e.manifest.files.iter().find(|f| f.name == "sales.csv").unwrap().rows, 0);
 
     // no window: every row, a full batch
     let batch = BatchId::parse("20260310T000000Z-00000003").unwrap();
-    let e = extract_planned(&src, &m, &spool, &batch, &opts, &ExtractPlan::default(), &|_, _| {}).await.unwrap();
+    let e = extract_planned(&src, &m, &spool, &batch, &opts, &ExtractPlan::default(), &|_, _, _| {}).await.unwrap();
     assert_eq!(e.manifest.mode, Mode::Full);
     assert!(e.manifest.files.iter().all(|f| f.scope == Some(Scope::Full)));
     assert_eq!(e.manifest.files.iter().find(|f| f.name == "sales.csv").unwrap().rows, 6);
@@ -116,7 +116,7 @@ async fn a_window_keeps_exactly_the_rows_from_its_first_day_on() {
     // a window for a file the mapping does not mark incremental is refused
     let plan = ExtractPlan { windows: [("po.csv".to_string(), day(3, 5))].into(), allow_warnings: false };
     let batch = BatchId::parse("20260310T000000Z-00000004").unwrap();
-    let err = extract_planned(&src, &m, &spool, &batch, &opts, &plan, &|_, _| {}).await.unwrap_err();
+    let err = extract_planned(&src, &m, &spool, &batch, &opts, &plan, &|_, _, _| {}).await.unwrap_err();
     assert!(err.to_string().contains("po.csv cannot be incremental"), "{err}");
 }
 
@@ -128,7 +128,8 @@ async fn rows_without_a_valid_date_are_errors_not_left_out() {
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260310T000000Z-00000005").unwrap();
     let opts = ExtractOptions { level: 1, threads: 1 };
-    let err = extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(3, 5)), &|_, _| {}).await.unwrap_err();
+    let err =
+        extract_planned(&src, &m, &spool, &batch, &opts, &window_from(day(3, 5)), &|_, _, _| {}).await.unwrap_err();
     let ExtractError::Invalid { report, .. } = &err else { panic!("{err}") };
     let lines: Vec<String> = report.problems().map(ToString::to_string).collect();
     assert_eq!(report.errors(), 2, "{lines:#?}");
@@ -145,7 +146,7 @@ async fn check_reports_every_file_past_a_broken_query() {
     let src = erp(dir.path(), "").await;
     let mut m = mapping("d");
     m.files.get_mut("master.csv").unwrap().query = "SELECT nope FROM item".into();
-    let report = check_mapping(&src, &m, CheckLimits::default(), &|_, _| {}).await;
+    let report = check_mapping(&src, &m, CheckLimits::default(), &|_, _, _| {}).await;
     assert_eq!(report.files.len(), 6);
     let master = report.file("master.csv").unwrap();
     assert_eq!((master.errors, master.problems[0].severity), (1, Severity::Error));

@@ -51,7 +51,7 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20261128T051600Z-3fa2b7c1").unwrap();
     let seen = Mutex::new(Vec::new());
-    let progress = |file: &str, rows: u64| seen.lock().unwrap().push((file.to_string(), rows));
+    let progress = |file: &str, rows: u64, bytes: u64| seen.lock().unwrap().push((file.to_string(), rows, bytes));
     let (manifest, stats) =
         extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &progress).await.unwrap();
     let mb = stats.bytes() as f64 / 1e6;
@@ -79,9 +79,10 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     let names: Vec<_> =
         std::fs::read_dir(&bdir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
-    assert!(seen.lock().unwrap().iter().any(|(f, n)| {
-        f == "sales.csv" && *n == manifest.files.iter().find(|m| m.name == "sales.csv").unwrap().rows
-    }));
+    // the last call of each file carries its final counts: rows and the CSV bytes of the manifest
+    let sales = manifest.files.iter().find(|m| m.name == "sales.csv").unwrap();
+    let last = seen.lock().unwrap().iter().rev().find(|(f, _, _)| f == "sales.csv").cloned().unwrap();
+    assert_eq!((last.1, last.2), (sales.rows, sales.bytes));
 
     let bzip2_cli = Path::new("/usr/bin/bzip2");
     if !bzip2_cli.exists() {
@@ -129,7 +130,7 @@ async fn sample_erp_extracts_to_valid_standard_files() {
     assert!(text.contains("Drill bit set ") && !text.contains("Drill bit set\n"));
 
     // a second run into the same batch is refused and leaves the batch alone
-    let again = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await;
+    let again = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _, _| {}).await;
     assert!(matches!(again, Err(ExtractError::AlreadyExtracted(_))));
     assert!(bdir.join(MANIFEST_NAME).exists());
 }
@@ -147,7 +148,8 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     mapping.files.get_mut("stock.csv").unwrap().query = q;
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000001").unwrap();
-    let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
+    let err =
+        extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _, _| {}).await.unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains(
@@ -162,14 +164,15 @@ async fn wrong_column_count_is_a_precise_error_and_leaves_nothing() {
     let mut mapping = Mapping::from_toml(ferry_sample::MAPPING).unwrap();
     mapping.files.get_mut("location.csv").unwrap().query =
         "SELECT wh_code, name, is_active, region, 'XX' FROM warehouses ORDER BY wh_code".into();
-    let err = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {}).await.unwrap_err();
+    let err =
+        extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _, _| {}).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("location.csv:1:5: error: location_type \"XX\" is not one of ST, DC, CW"), "{msg}");
     assert!(!spool.join(batch.as_str()).exists(), "a batch that fails validation leaves no files behind");
 
     // a broken query names the file and the database's complaint
     mapping.files.get_mut("location.csv").unwrap().query = "SELECT nope FROM warehouses".into();
-    let msg = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _| {})
+    let msg = extract_batch(&src, &mapping, &spool, &batch, &ExtractOptions::default(), &|_, _, _| {})
         .await
         .unwrap_err()
         .to_string();
@@ -193,7 +196,7 @@ async fn custom_files_carry_a_header() {
     let spool = dir.path().join("spool");
     let batch = BatchId::parse("20260131T000000Z-00000002").unwrap();
     let opts = ExtractOptions { level: 1, threads: 1 };
-    let (manifest, _) = extract_batch(&src, &mapping, &spool, &batch, &opts, &|_, _| {}).await.unwrap();
+    let (manifest, _) = extract_batch(&src, &mapping, &spool, &batch, &opts, &|_, _, _| {}).await.unwrap();
     let entry = manifest.files.last().unwrap();
     assert_eq!((entry.name.as_str(), entry.rows), ("ut_001.csv", 3));
     let mut text = String::new();
@@ -353,7 +356,7 @@ async fn bench() {
         let batch = BatchId::new(chrono::Utc::now());
         let opts = ExtractOptions { level, threads: 0 };
         let c = cpu_seconds();
-        let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _| {}).await.unwrap();
+        let (_, stats) = extract_batch(&src, &mapping, dir.path(), &batch, &opts, &|_, _, _| {}).await.unwrap();
         let mb = stats.bytes() as f64 / 1e6;
         eprintln!(
             "extract level {level}: {} rows, {mb:.1} MB -> {:.1} MB in {:.2}s = {:.0} rows/s, {:.1} MB/s plain, {:.2} CPU s",

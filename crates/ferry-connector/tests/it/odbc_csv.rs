@@ -46,7 +46,7 @@ async fn all_rows(src: &dyn Source, sql: &str) -> Vec<Vec<SqlValue>> {
 /// Extract `mapping` from `src`; the manifest entries by file name (rows, bytes, MD5 and SHA-256 of the plain CSV).
 async fn extract(src: &dyn Source, mapping: &Mapping, spool: &Path) -> BTreeMap<String, ManifestFile> {
     let batch = BatchId::parse("20261128T051600Z-3fa2b7c1").unwrap();
-    let (manifest, _) = extract_batch(src, mapping, spool, &batch, &ExtractOptions::default(), &|_, _| {})
+    let (manifest, _) = extract_batch(src, mapping, spool, &batch, &ExtractOptions::default(), &|_, _, _| {})
         .await
         .unwrap_or_else(|e| panic!("{} extract: {e}", src.kind()));
     manifest.files.into_iter().map(|f| (f.name.clone(), f)).collect()

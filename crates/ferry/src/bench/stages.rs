@@ -37,7 +37,11 @@ impl Bench<'_> {
         rss: &mut PeakRss,
     ) -> anyhow::Result<(Vec<Line>, bool)> {
         let token = self.cluster.add_tenant(TENANT).await?;
-        let connector = self.cluster.connector(TENANT, erp, &token).await?;
+        let mut connector = self.cluster.connector(TENANT, erp, &token).await?;
+        let live = std::sync::Arc::new(crate::progress::Progress::stderr());
+        let ticks = live.clone();
+        connector
+            .set_file_progress(std::sync::Arc::new(move |f: &str, rows: u64, bytes: u64| ticks.tick(f, rows, bytes)));
         println!(
             "cluster: comms sftp {}, app sftp {}; tenant {TENANT}, connector registered",
             self.cluster.comms.ssh_addr, self.cluster.app.ssh_addr
@@ -47,7 +51,13 @@ impl Bench<'_> {
         // 1. extract + CSV + hash + compress, pipelined: one stage.
         rss.start();
         let clock = Clock::start();
-        let manifest = connector.extract_to_spool(&|line: &str| println!("      {line}")).await.context("extract")?;
+        let say = |line: &str| {
+            live.finish(); // the files are done when the connector lists them
+            live.println(&format!("      {line}"))
+        };
+        let manifest = connector.extract_to_spool(&say).await;
+        live.finish();
+        let manifest = manifest.context("extract")?;
         let csv_bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
         let bz_bytes: u64 = manifest.files.iter().map(|f| f.compressed_bytes).sum();
         let rows: u64 = manifest.files.iter().map(|f| f.rows).sum();

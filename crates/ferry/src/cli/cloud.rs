@@ -594,8 +594,27 @@ pub(super) async fn app(cmd: AppCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let h = ferry_app::web::start_with_web(cfg, https, ssh, web).await?;
+            let admin = match cfg.listen_admin {
+                Some(a) => Some(
+                    std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} (listen_admin)"))?,
+                ),
+                None => None,
+            };
+            let token_path = cfg.admin_token_path();
+            let mut h = ferry_app::web::start_with_web(cfg, https, ssh, web).await?;
+            if let Some(admin) = admin
+                && let Err(e) = h.serve_admin(admin)
+            {
+                h.stop().await;
+                return Err(e.context("starting the admin listener (listen_admin)"));
+            }
             println!("app server: https://{}  sftp {}  (Ctrl-C to stop)", h.https_addr, h.ssh_addr);
+            match h.admin_addr {
+                Some(a) => {
+                    println!("app server: metrics at https://{a}/metrics (bearer token in {})", token_path.display())
+                }
+                None => println!("app server: metrics off (listen_admin)"),
+            }
             match h.web_url() {
                 Some(u) => println!("app server: buyer's web page {u}"),
                 None => println!("app server: buyer's web page off (listen_web)"),

@@ -59,6 +59,51 @@ async fn the_example_mappings_pass_check() {
     }
 }
 
+/// Issue 13 item 7: with stdout and stderr not a terminal (pipes here), `connector check` writes one plain
+/// progress line per file on stderr (`  sales.csv  120 rows  0.0 MB  1.2 MB/s  0.0s`), no escape codes, and its
+/// report on stdout is unchanged.
+#[tokio::test]
+async fn check_writes_plain_progress_lines_when_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let erp = dir.path().join("erp.db");
+    let example = example_dir("normalised");
+    load_schema(&erp, &example.join("schema.sql")).await;
+    let config = check_config(dir.path(), &erp, &example.join("mapping.toml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["connector", "check", "--config"])
+        .arg(&config)
+        .env_remove("FERRY_LOG_FORMAT")
+        .output()
+        .expect("run ferry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'), "no escape codes: {stderr:?}");
+    assert!(!stdout.contains("MB/s"), "progress stays off stdout: {stdout}");
+    let mapping = Mapping::from_toml(&std::fs::read_to_string(example.join("mapping.toml")).unwrap()).unwrap();
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.contains(" rows") && l.contains("MB/s")).collect();
+    assert_eq!(progress.len(), mapping.files.len(), "one line per file: {stderr}");
+    for f in mapping.files.keys() {
+        let line = progress
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(f.as_str()))
+            .unwrap_or_else(|| panic!("a progress line for {f} in {stderr}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // file, rows, "rows", MB, "MB", rate, "MB/s", elapsed
+        assert_eq!(words.len(), 8, "{line}");
+        let rows: u64 = words[1].parse().unwrap_or_else(|_| panic!("rows in {line}"));
+        assert!(rows > 0, "{line}");
+        assert_eq!((words[2], words[4], words[6]), ("rows", "MB", "MB/s"), "{line}");
+        let mb: f64 = words[3].parse().unwrap_or_else(|_| panic!("MB in {line}"));
+        assert!(mb >= 0.0, "{line}");
+        assert!(words[5] == "-" || words[5].parse::<f64>().is_ok_and(|r| r >= 0.0), "{line}");
+        assert!(words[7].ends_with('s') && words[7].trim_end_matches('s').parse::<f64>().is_ok(), "{line}");
+        // the report on stdout agrees on the rows
+        let report = stdout.lines().find(|l| l.starts_with(f.as_str())).unwrap_or_else(|| panic!("{f}: {stdout}"));
+        assert!(report.contains(&format!(" {rows} rows")), "{report} vs {line}");
+    }
+}
+
 /// A cluster, a tenant `acme` whose ERP is the normalised example, and its registered connector.
 async fn setup() -> (tempfile::TempDir, Cluster, Connector, std::path::PathBuf, Mapping) {
     let (dir, c) = cluster().await;

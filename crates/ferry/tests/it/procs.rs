@@ -316,6 +316,8 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
         t.insert("listen_ssh".into(), "127.0.0.1:0".into());
         // no buyer's web page: systems of tests running at once must not clash on the default 9444
         t.insert("listen_web".into(), "off".into());
+        // nor on the admin listener's default 9445
+        t.insert("listen_admin".into(), "127.0.0.1:0".into());
         // the tests publish their own downstream files
         t.insert("plan_after_import".into(), false.into());
     });
