@@ -10,6 +10,7 @@ mod procs;
 
 mod architecture;
 mod check;
+mod console;
 mod downstream;
 mod erp_values;
 mod faults;
