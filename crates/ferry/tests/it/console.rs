@@ -83,7 +83,8 @@ async fn an_operator_runs_the_tenants_from_the_console_in_a_real_browser() {
         assert!(row.contains(want), "{want:?} not in {row:?}");
     }
     assert!(!text("#tenant-acme td.contact").await.contains("never"), "{row}");
-    assert!(text("#tenant-acme td.quota").await.contains(" / 107.4 GB"), "{row}");
+    let quota = text("#tenant-acme td.quota").await;
+    assert!(quota.contains(" / 107.4 GB") && !quota.starts_with("0 B"), "today's upload against the default quota: {quota}");
     assert!(text("#app").await.starts_with("https://"));
     b.screenshot("console-tenants").await;
 
