@@ -534,10 +534,10 @@ pub async fn set_batch_state(
     .bind(&at)
     .bind(relayed)
     .bind(judged)
-        .bind(tenant)
-        .bind(id.as_str())
-        .execute(pool)
-        .await?;
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

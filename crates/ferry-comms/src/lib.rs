@@ -217,7 +217,8 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     let sessions = state.sessions.clone();
     if let Some(l) = admin_listener {
         // the admin API and the operator console (/console/) share the admin listener
-        let router = admin_api::router(state.clone(), admin_token.clone()).merge(console::router(state.clone(), &admin_token));
+        let router =
+            admin_api::router(state.clone(), admin_token.clone()).merge(console::router(state.clone(), &admin_token));
         let sd = tasks.shutdown_signal();
         let gate = ferry_io::accept::Gate::from_limits("admin", &conn_limits, n);
         let admin = ferry_web::serve::serve_https(l, router, tls.clone(), gate, conn_limits.clone(), sd);

@@ -48,11 +48,8 @@ type St = State<Arc<ConsoleState>>;
 
 /// The console's routes (all under `/console`), for the admin listener.
 pub fn router(st: Arc<CommsState>, admin_token: &str) -> Router {
-    let state = Arc::new(ConsoleState {
-        st,
-        token_hash: sha256_hex(admin_token.trim()),
-        limiter: LoginLimiter::default(),
-    });
+    let state =
+        Arc::new(ConsoleState { st, token_hash: sha256_hex(admin_token.trim()), limiter: LoginLimiter::default() });
     let routes = Router::new()
         .route("/console", get(|| async { Redirect::to("/console/tenants") }))
         .route("/console/", get(|| async { Redirect::to("/console/tenants") }))
@@ -286,10 +283,8 @@ async fn login(
     crate::db::audit(&c.st.db, None, "console_login", &format!("{who} from {peer}")).await;
     tracing::info!(%who, %peer, "console login");
     let mut resp = Redirect::to("/console/tenants").into_response();
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        cookie_header(SESSION_COOKIE, &id, "/console", operators::SESSION_VALID.as_secs()),
-    );
+    resp.headers_mut()
+        .append(header::SET_COOKIE, cookie_header(SESSION_COOKIE, &id, "/console", operators::SESSION_VALID.as_secs()));
     resp
 }
 

@@ -118,14 +118,11 @@ fn state_class(state: &str) -> &'static str {
 // Tenants
 
 pub async fn tenants(State(c): St, Auth(s): Auth) -> Response {
-    let (list, last, contacts) = match tokio::try_join!(
-        db::list_tenants(&c.st.db),
-        db::last_batches(&c.st.db),
-        db::last_contacts(&c.st.db)
-    ) {
-        Ok(x) => x,
-        Err(e) => return internal(&e),
-    };
+    let (list, last, contacts) =
+        match tokio::try_join!(db::list_tenants(&c.st.db), db::last_batches(&c.st.db), db::last_contacts(&c.st.db)) {
+            Ok(x) => x,
+            Err(e) => return internal(&e),
+        };
     let last: HashMap<String, BatchDetail> = last.into_iter().map(|b| (b.tenant.clone(), b)).collect();
     let contacts: HashMap<String, DateTime<Utc>> = contacts.into_iter().collect();
     let app = &c.st.cfg.app.api_url;
@@ -252,7 +249,8 @@ pub async fn tenant(State(c): St, Auth(s): Auth, Path(name): Path<String>, Query
         Err(e) => return internal(&e),
     };
     let Some(row) = row else { return refusal(StatusCode::NOT_FOUND, "There is no such tenant.") };
-    let view = Admin { cfg: c.st.cfg.clone(), db: c.st.db.clone(), identity: c.st.identity.clone(), actor: String::new() };
+    let view =
+        Admin { cfg: c.st.cfg.clone(), db: c.st.db.clone(), identity: c.st.identity.clone(), actor: String::new() };
     let (keys, batches, downloads, limits) = match tokio::try_join!(
         async { db::tenant_keys(&c.st.db, &name).await.map_err(anyhow::Error::from) },
         async { db::batch_details(&c.st.db, &name, 100).await.map_err(anyhow::Error::from) },
@@ -458,10 +456,7 @@ pub async fn set_limits(
         let v = match parse_size(field) {
             Ok(v) => v,
             Err(e) => {
-                return refusal(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!("Not saved: {}: {e}", l.key()),
-                );
+                return refusal(StatusCode::UNPROCESSABLE_ENTITY, &format!("Not saved: {}: {e}", l.key()));
             }
         };
         if !overridden || l.get(&current.limits) != v {

@@ -84,7 +84,10 @@ async fn an_operator_runs_the_tenants_from_the_console_in_a_real_browser() {
     }
     assert!(!text("#tenant-acme td.contact").await.contains("never"), "{row}");
     let quota = text("#tenant-acme td.quota").await;
-    assert!(quota.contains(" / 107.4 GB") && !quota.starts_with("0 B"), "today's upload against the default quota: {quota}");
+    assert!(
+        quota.contains(" / 107.4 GB") && !quota.starts_with("0 B"),
+        "today's upload against the default quota: {quota}"
+    );
     assert!(text("#app").await.starts_with("https://"));
     b.screenshot("console-tenants").await;
 
@@ -144,12 +147,14 @@ async fn an_operator_runs_the_tenants_from_the_console_in_a_real_browser() {
     b.wait_for_path("/console/audit").await;
     assert!(text("#audit-status").await.starts_with("Chain verified"));
     let log = text("#audit").await;
-    for event in ["console_login", "limits_changed", "tenant_disabled", "tenant_enabled", "tenant_added", "key_revoked"] {
+    for event in ["console_login", "limits_changed", "tenant_disabled", "tenant_enabled", "tenant_added", "key_revoked"]
+    {
         assert!(log.contains(event), "{event} not in the audit page");
     }
     b.screenshot("console-audit").await;
     let entries = audit(&c).await;
-    for event in ["limits_changed", "tenant_disabled", "tenant_enabled", "tenant_added", "token_issued", "key_revoked"] {
+    for event in ["limits_changed", "tenant_disabled", "tenant_enabled", "tenant_added", "token_issued", "key_revoked"]
+    {
         let (_, detail) = entries.iter().rev().find(|(e, _)| e == event).unwrap();
         assert!(detail.contains("(by console (admin token) from 127.0.0.1:"), "{event}: {detail}");
     }
@@ -252,7 +257,8 @@ async fn the_console_refuses_no_session_wrong_tokens_and_forms_without_their_csr
     assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     // an operator account: the one-time link sets the password once, then email + password log in
-    let (email, token) = ferry_comms::console::operators::add(&c.comms.state.db, "Ops@Example.com", "test").await.unwrap();
+    let (email, token) =
+        ferry_comms::console::operators::add(&c.comms.state.db, "Ops@Example.com", "test").await.unwrap();
     let r = http.get(format!("{console}/set-password?token={token}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let set = async |t: &str| {
