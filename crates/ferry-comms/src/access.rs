@@ -231,6 +231,7 @@ impl CommsState {
     /// Key `fp` of `tenant` was used from `peer`: audit the first use from an address the key was not used from
     /// before. A key's registration address counts as known.
     pub async fn note_key_use(&self, tenant: &str, fp: &str, peer: Option<SocketAddr>, via: &str) {
+        self.note_contact(fp).await;
         let Some(ip) = peer.map(|p| p.ip()) else { return };
         let pair = (fp.to_string(), ip);
         if self.known_addresses.lock().is_ok_and(|k| k.contains(&pair)) {
@@ -251,6 +252,26 @@ impl CommsState {
                 }
             }
             Err(e) => tracing::warn!("cannot record the address of a key: {e}"),
+        }
+    }
+
+    /// The tenant's last contact, for the console: `keys.last_used_at`, written at most once a minute per key.
+    async fn note_contact(&self, fp: &str) {
+        let due = match self.contact_saved.lock() {
+            Ok(mut m) => {
+                let due = m.get(fp).is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+                if due {
+                    if m.len() > 100_000 {
+                        m.clear();
+                    }
+                    m.insert(fp.to_string(), std::time::Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due && let Err(e) = db::touch_key(&self.db, fp).await {
+            tracing::warn!("cannot record the last use of a key: {e}");
         }
     }
 

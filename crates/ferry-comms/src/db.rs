@@ -521,14 +521,23 @@ pub async fn set_batch_state(
     state: BatchState,
     detail: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE batches SET state = ?, detail = ?, updated_at = ? WHERE tenant = ? AND batch_id = ?")
-        .bind(state.as_str())
-        .bind(detail)
-        .bind(now())
-        .bind(tenant)
-        .bind(id.as_str())
-        .execute(pool)
-        .await?;
+    // the end of each stage is kept for the console's timings: relayed_at, judged_at (imported or rejected)
+    let at = now();
+    let relayed = (state == BatchState::Relayed).then_some(at.as_str());
+    let judged = matches!(state, BatchState::Imported | BatchState::Rejected).then_some(at.as_str());
+    sqlx::query(
+        "UPDATE batches SET state = ?, detail = ?, updated_at = ?, relayed_at = COALESCE(?, relayed_at),
+         judged_at = COALESCE(?, judged_at) WHERE tenant = ? AND batch_id = ?",
+    )
+    .bind(state.as_str())
+    .bind(detail)
+    .bind(&at)
+    .bind(relayed)
+    .bind(judged)
+    .bind(tenant)
+    .bind(id.as_str())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -743,4 +752,93 @@ pub async fn tenant_downloads(
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect())
+}
+
+// ---- operators' view (the console) -------------------------------------------------------------------------
+
+/// Key `fp` was used just now (written at most once a minute per key by the caller).
+pub async fn touch_key(pool: &SqlitePool, fp: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE keys SET last_used_at = ? WHERE fingerprint = ?").bind(now()).bind(fp).execute(pool).await?;
+    Ok(())
+}
+
+/// Each tenant's last contact: the latest use of any of its keys (SSH login or signed call), to the minute.
+pub async fn last_contacts(pool: &SqlitePool) -> sqlx::Result<Vec<(String, DateTime<Utc>)>> {
+    let rows = sqlx::query("SELECT tenant, MAX(last_used_at) FROM keys WHERE last_used_at IS NOT NULL GROUP BY tenant")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().filter_map(|r| Some((r.get(0), parse_time(r.get(1))?))).collect())
+}
+
+/// A batch as operators see it: state, size, and when each stage ended.
+#[derive(Debug, Clone)]
+pub struct BatchDetail {
+    pub tenant: String,
+    pub batch_id: String,
+    pub state: String,
+    /// The rejection reason, or why the last relay attempt failed.
+    pub detail: Option<String>,
+    pub files: i64,
+    pub rows: i64,
+    pub attempts: i64,
+    /// Sum of the compressed files (from the manifest).
+    pub compressed_bytes: u64,
+    /// The version of the Connector that sent it (from the manifest).
+    pub connector_version: String,
+    pub extract_started: Option<DateTime<Utc>>,
+    pub extract_finished: Option<DateTime<Utc>>,
+    /// Completed at this server (the upload ended).
+    pub completed_at: Option<DateTime<Utc>>,
+    pub relayed_at: Option<DateTime<Utc>>,
+    pub judged_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+fn batch_detail(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<BatchDetail> {
+    let manifest: String = r.try_get("manifest")?;
+    // lenient: an odd manifest shows blanks, never an error page
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap_or_default();
+    let time = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let compressed_bytes = m
+        .get("files")
+        .and_then(|f| f.as_array())
+        .map(|f| f.iter().filter_map(|f| f.get("compressed_bytes").and_then(|b| b.as_u64())).sum())
+        .unwrap_or(0);
+    Ok(BatchDetail {
+        tenant: r.try_get("tenant")?,
+        batch_id: r.try_get("batch_id")?,
+        state: r.try_get("state")?,
+        detail: r.try_get("detail")?,
+        files: r.try_get("files")?,
+        rows: r.try_get("rows")?,
+        attempts: r.try_get("attempts")?,
+        compressed_bytes,
+        connector_version: m.get("connector_version").and_then(|v| v.as_str()).unwrap_or("").chars().take(64).collect(),
+        extract_started: parse_time(time("extract_started")),
+        extract_finished: parse_time(time("extract_finished")),
+        completed_at: parse_time(r.try_get("created_at")?),
+        relayed_at: parse_time(r.try_get("relayed_at")?),
+        judged_at: parse_time(r.try_get("judged_at")?),
+        updated_at: parse_time(r.try_get("updated_at")?),
+    })
+}
+
+/// The latest batch of every tenant that has one.
+pub async fn last_batches(pool: &SqlitePool) -> sqlx::Result<Vec<BatchDetail>> {
+    let rows = sqlx::query(
+        "SELECT * FROM batches b WHERE b.batch_id = (SELECT MAX(batch_id) FROM batches WHERE tenant = b.tenant)",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(batch_detail).collect()
+}
+
+/// A tenant's batches, newest first.
+pub async fn batch_details(pool: &SqlitePool, tenant: &str, limit: i64) -> sqlx::Result<Vec<BatchDetail>> {
+    let rows = sqlx::query("SELECT * FROM batches WHERE tenant = ? ORDER BY batch_id DESC LIMIT ?")
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(batch_detail).collect()
 }

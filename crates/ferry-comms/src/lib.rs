@@ -14,6 +14,7 @@ pub mod admin_api;
 pub mod api;
 pub mod appclient;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod downstream;
 pub mod limits;
@@ -56,6 +57,8 @@ pub struct CommsState {
     pub refusals: Coalescer<String>,
     /// (key fingerprint, address) pairs already recorded in `key_addresses`.
     known_addresses: Mutex<HashSet<(String, IpAddr)>>,
+    /// When each key's last use was last written to the database (at most once a minute).
+    contact_saved: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub verifier: SignatureVerifier,
     pub identity: Arc<ServerIdentity>,
     pub app: appclient::AppClient,
@@ -192,6 +195,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         unauth_limit: RefusalLimiter::new(Duration::from_secs(60), cfg.max_refused_registrations_per_minute),
         refusals: Coalescer::new(Duration::from_secs(3600)),
         known_addresses: Mutex::new(HashSet::new()),
+        contact_saved: Mutex::new(Default::default()),
         cfg,
         db,
         keys: KeyCache::default(),
@@ -212,7 +216,9 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     let auth = Arc::new(access::TenantAuthorizer(state.clone()));
     let sessions = state.sessions.clone();
     if let Some(l) = admin_listener {
-        let router = admin_api::router(state.clone(), admin_token);
+        // the admin API and the operator console (/console/) share the admin listener
+        let router =
+            admin_api::router(state.clone(), admin_token.clone()).merge(console::router(state.clone(), &admin_token));
         let sd = tasks.shutdown_signal();
         let gate = ferry_io::accept::Gate::from_limits("admin", &conn_limits, n);
         let admin = ferry_web::serve::serve_https(l, router, tls.clone(), gate, conn_limits.clone(), sd);

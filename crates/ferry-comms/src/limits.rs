@@ -232,6 +232,12 @@ impl Usage {
         Ok(())
     }
 
+    /// Bytes `tenant` uploaded today (UTC).
+    pub fn today(&self, tenant: &str) -> u64 {
+        let today = Utc::now().date_naive();
+        self.0.lock().ok().and_then(|m| m.get(tenant).filter(|c| c.day == today).map(|c| c.bytes)).unwrap_or(0)
+    }
+
     /// Today's counts from the database (at start).
     pub async fn load(&self, pool: &SqlitePool) -> sqlx::Result<()> {
         let today = Utc::now().date_naive();

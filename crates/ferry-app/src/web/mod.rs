@@ -15,10 +15,9 @@ pub mod chart;
 pub mod pages;
 pub mod users;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -26,6 +25,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+pub use ferry_web::page::{Form, cookie};
+use ferry_web::page::{LoginLimiter, cookie_header, ct_eq};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::server::AppState;
@@ -88,29 +89,9 @@ pub fn router(app: Arc<AppState>, users: Users) -> Router {
         .route("/releases", get(pages::releases))
         .route("/releases/{id}", get(pages::release_detail))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(ferry_web::page::security_headers))
         .with_state(st);
     ferry_web::serve::with_request_timeout(routes, Duration::from_secs(60))
-}
-
-async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // the set-password token is in a URL: never send it elsewhere
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
-    if !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    resp
 }
 
 async fn style() -> impl IntoResponse {
@@ -142,52 +123,25 @@ impl FromRequestParts<Arc<WebState>> for Auth {
     }
 }
 
-/// A cookie's value from the request headers.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-}
-
-/// A parsed `application/x-www-form-urlencoded` body (repeated names kept, e.g. `line=1&line=2`).
-pub struct Form(pub Vec<(String, String)>);
-
-impl Form {
-    pub fn parse(body: &[u8]) -> Form {
-        Form(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
+/// The CSRF check of a logged-in user's form (the form type and its rules: [`ferry_web::page`]).
+pub trait CheckCsrf {
     /// Refuse (403) unless the form's `csrf` field is the session's token.
     // a refusal is the handler's answer, returned at once: its size does not matter
     #[allow(clippy::result_large_err)]
-    pub fn check_csrf(&self, session: &Session) -> Result<(), Response> {
-        match self.get("csrf") {
-            Some(t) if ct_eq(t, &session.csrf) => Ok(()),
-            _ => Err(refusal(
-                StatusCode::FORBIDDEN,
-                "This form is out of date or did not come from this page (CSRF check). Go back, reload and try again.",
-            )),
-        }
-    }
+    fn check_csrf(&self, session: &Session) -> Result<(), Response>;
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+impl CheckCsrf for Form {
+    fn check_csrf(&self, session: &Session) -> Result<(), Response> {
+        if self.csrf_is(&session.csrf) {
+            Ok(())
+        } else {
+            Err(refusal(
+                StatusCode::FORBIDDEN,
+                "This form is out of date or did not come from this page (CSRF check). Go back, reload and try again.",
+            ))
+        }
+    }
 }
 
 pub fn internal(e: &dyn std::fmt::Display) -> Response {
@@ -260,10 +214,7 @@ fn bare_page(title: &str, content: Markup) -> Markup {
 }
 
 fn session_cookie(id: &str, max_age: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("ferry_session=; Max-Age=0"))
+    cookie_header(SESSION_COOKIE, id, "/", max_age)
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -293,11 +244,8 @@ fn login_form(token: &str, error: Option<&str>, status: StatusCode) -> Response 
             }
         },
     );
-    let cookie = format!("{LOGIN_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/login; Max-Age=3600");
     let mut resp = (status, Html(body.into_string())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
+    resp.headers_mut().append(header::SET_COOKIE, cookie_header(LOGIN_COOKIE, token, "/login", 3600));
     resp
 }
 
@@ -398,15 +346,7 @@ async fn set_password(State(st): St, body: axum::body::Bytes) -> Response {
         Ok(None) => return refusal(StatusCode::NOT_FOUND, "This link is unknown, used or expired."),
         Err(e) => return internal(&e),
     };
-    let problem = if password.chars().count() < users::MIN_PASSWORD_CHARS {
-        Some(format!("The password must have at least {} characters.", users::MIN_PASSWORD_CHARS))
-    } else if password.len() > 1024 {
-        Some("The password is too long (at most 1024 bytes).".into())
-    } else if Some(password) != form.get("confirm") {
-        Some("The two passwords differ.".into())
-    } else {
-        None
-    };
+    let problem = ferry_web::page::new_password_problem(password, form.get("confirm"));
     if let Some(p) = problem {
         return set_password_form(token, &email, Some(&p), StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -420,87 +360,17 @@ async fn set_password(State(st): St, body: axum::body::Bytes) -> Response {
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------
-// Failed-login limits
-
-/// At most [`LoginLimiter::PER_EMAIL`] failed logins per email and [`LoginLimiter::PER_ADDRESS`] per client
-/// address in [`LoginLimiter::WINDOW`]; further attempts are refused (429) until the window has passed. In memory
-/// (a restart forgets), bounded: at most [`LoginLimiter::MAX_KEYS`] keys are tracked.
-#[derive(Default)]
-struct LoginLimiter {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
-}
-
-impl LoginLimiter {
-    const PER_EMAIL: u32 = 5;
-    const PER_ADDRESS: u32 = 30;
-    const WINDOW: Duration = Duration::from_secs(15 * 60);
-    const MAX_KEYS: usize = 10_000;
-
-    fn keys(email: &str, ip: IpAddr) -> [(String, u32); 2] {
-        [(format!("email:{email}"), Self::PER_EMAIL), (format!("ip:{ip}"), Self::PER_ADDRESS)]
-    }
-
-    /// `Err(wait)` when a limit is reached.
-    fn check(&self, email: &str, ip: IpAddr) -> Result<(), Duration> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for (k, max) in Self::keys(email, ip) {
-            if let Some((n, since)) = map.get(&k)
-                && *n >= max
-                && since.elapsed() < Self::WINDOW
-            {
-                return Err(Self::WINDOW.saturating_sub(since.elapsed()));
-            }
-        }
-        Ok(())
-    }
-
-    fn failed(&self, email: &str, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= Self::MAX_KEYS {
-            map.retain(|_, (_, since)| since.elapsed() < Self::WINDOW);
-        }
-        for (k, _) in Self::keys(email, ip) {
-            if map.len() >= Self::MAX_KEYS && !map.contains_key(&k) {
-                continue;
-            }
-            let e = map.entry(k).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= Self::WINDOW {
-                *e = (0, Instant::now());
-            }
-            e.0 += 1;
-        }
-    }
-
-    fn succeeded(&self, email: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&format!("email:{email}"));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn failed_logins_are_limited_per_email() {
-        let l = LoginLimiter::default();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        for _ in 0..LoginLimiter::PER_EMAIL {
-            assert!(l.check("a@b.c", ip).is_ok());
-            l.failed("a@b.c", ip);
-        }
-        assert!(l.check("a@b.c", ip).is_err());
-        assert!(l.check("other@b.c", ip).is_ok());
-    }
-
-    #[test]
-    fn cookies_and_forms_parse() {
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; ferry_session=abc; b=2"));
-        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
-        let f = Form::parse(b"line=1&line=2&csrf=x%20y");
-        assert_eq!(f.all("line").collect::<Vec<_>>(), ["1", "2"]);
-        assert_eq!(f.get("csrf"), Some("x y"));
+    fn session_cookies_are_secure_and_csrf_is_checked() {
+        let c = session_cookie("abc", 60);
+        let c = c.to_str().unwrap();
+        assert!(c.starts_with("ferry_session=abc;") && c.contains("HttpOnly; Secure; SameSite=Strict"), "{c}");
+        let s = Session { email: "a@b.c".into(), tenant: "acme".into(), csrf: "x".repeat(64) };
+        assert!(Form::parse(format!("csrf={}", "x".repeat(64)).as_bytes()).check_csrf(&s).is_ok());
+        assert!(Form::parse(b"csrf=y").check_csrf(&s).is_err());
     }
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::users::Session;
-use super::{Auth, Form, St, WebState, internal, page, refusal};
+use super::{Auth, CheckCsrf, Form, St, WebState, internal, page, refusal};
 use crate::release::{self, LineState, Rec, ReleaseError, ReleasedOrder};
 use crate::server::SharedInstance;
 

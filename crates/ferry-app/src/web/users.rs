@@ -8,16 +8,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use sha2::Digest;
+pub use ferry_web::page::{MIN_PASSWORD_CHARS, random_token};
+use ferry_web::page::{sha256_hex, verify_password};
 use sqlx::{Row, SqlitePool};
 
 /// How long a set-password link stays valid.
 pub const SET_PASSWORD_VALID: Duration = Duration::from_secs(72 * 3600);
 /// How long a login session lasts (no sliding renewal: log in again after a working day).
 pub const SESSION_VALID: Duration = Duration::from_secs(12 * 3600);
-/// Shortest password accepted.
-pub const MIN_PASSWORD_CHARS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -43,28 +41,13 @@ pub struct Users {
     pool: SqlitePool,
 }
 
-/// A fresh 256-bit random value, hex.
-pub fn random_token() -> String {
-    let mut b = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-    hex::encode(b)
-}
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// Lower-cased and trimmed; refused unless it looks like `name@domain` (at most 254 characters).
 pub fn normalize_email(email: &str) -> Result<String, UserError> {
-    let e = email.trim().to_lowercase();
-    let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(a, d)| !a.is_empty() && d.contains('.') && !d.starts_with('.'))
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == '"');
-    if ok { Ok(e) } else { Err(UserError::BadEmail(email.chars().take(64).collect())) }
+    ferry_web::page::normalize_email(email).ok_or_else(|| UserError::BadEmail(email.chars().take(64).collect()))
 }
 
 impl Users {
@@ -198,35 +181,9 @@ impl Users {
     }
 }
 
-/// Argon2id (the crate's defaults: 19 MiB, 2 passes) with a random salt, off the async threads.
+/// Argon2id with a random salt ([`ferry_web::page::hash_password`]).
 async fn hash_password(password: &str) -> Result<String, UserError> {
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| UserError::Hash(e.to_string()))
-    })
-    .await
-    .map_err(|e| UserError::Hash(e.to_string()))?
-}
-
-/// Verify against the stored PHC string; without one, verify against a dummy hash so that the answer takes
-/// as long as for a real user, and refuse.
-async fn verify_password(password: &str, stored: Option<String>) -> bool {
-    const DUMMY: &str =
-        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2kZQhZ6y3o0tUOcmkQxYSsp5aM5Eq7e9eXnq3bJ9XlE";
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || {
-        let real = stored.is_some();
-        let phc = stored.unwrap_or_else(|| DUMMY.to_string());
-        let Ok(parsed) = PasswordHash::new(&phc) else { return false };
-        let ok = argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-        ok && real
-    })
-    .await
-    .unwrap_or(false)
+    ferry_web::page::hash_password(password).await.map_err(|e| UserError::Hash(format!("{e:#}")))
 }
 
 #[cfg(test)]

@@ -38,6 +38,20 @@ pub enum CommsCmd {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Operator accounts of the console (`https://<listen_admin>/console/`).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCmd {
+    /// Add an operator (an email) and print a one-time set-password link for the console (valid 72 h). Again for
+    /// an existing operator: a new link (the old one is void).
+    Add {
+        email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -397,6 +411,18 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
             print!("{}", toml::to_string_pretty(&info)?);
         }
         CommsCmd::Tenant(t) => tenant(*t).await?,
+        CommsCmd::Operator(OperatorCmd::Add { email, config }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            let Some(addr) = a.cfg.listen_admin else {
+                anyhow::bail!(
+                    "the console is served on the admin listener, which is off: set listen_admin in comms.toml \
+                     (e.g. \"127.0.0.1:8444\") first"
+                );
+            };
+            let (email, token) = ferry_comms::console::operators::add(&a.db, &email, "cli").await?;
+            println!("operator {email}: send this link to set the password (valid 72 h, once):");
+            println!("https://{addr}/console/set-password?token={token}");
+        }
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
             let a = Admin::open(comms_config(&config)?).await?;
             match ferry_comms::db::verify_audit(&a.db).await? {

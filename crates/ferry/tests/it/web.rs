@@ -164,7 +164,7 @@ async fn a_buyer_reviews_edits_and_releases_in_a_real_browser_and_the_erp_receiv
 }
 
 /// `.form(...)` without reqwest's `form` feature: an urlencoded body.
-trait FormBody {
+pub(crate) trait FormBody {
     fn form_body(self, pairs: &[(&str, &str)]) -> Self;
 }
 
@@ -185,7 +185,7 @@ fn client(c: &Cluster) -> reqwest::Client {
         .unwrap()
 }
 
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get_all(reqwest::header::SET_COOKIE)
         .iter()
@@ -194,7 +194,7 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn cookie_value(set_cookie: &str) -> String {
+pub(crate) fn cookie_value(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string()
 }
 
