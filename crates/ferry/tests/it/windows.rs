@@ -318,5 +318,8 @@ async fn service_under_wine(
     wine.ferry(&["connector", "service", "uninstall", "--name", name]).await;
     let out = wine.ferry_output(&["connector", "service", "status", "--name", name]).await;
     assert_eq!(out.status.code(), Some(4), "uninstalled: {}", text(&out));
+    // the prefix's Wine processes (winedevice.exe, the service manager) end through their server; killing only
+    // the server left them running after the test
+    let _ = wine.command("wineserver").arg("-k").status().await;
     let _ = server.kill().await;
 }
