@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use sha2::Digest;
 
 /// Shortest password accepted.
@@ -135,6 +135,13 @@ pub async fn verify_password(password: &str, stored: Option<String>) -> bool {
 
 /// Response headers of every page: no scripts, no framing, no referrer (one-time tokens travel in URLs), HTTPS
 /// only, and not cached unless the handler said otherwise. An axum `from_fn` middleware.
+/// The shared stylesheet of the pages for people, followed by a server's own additions (`extra`).
+pub fn stylesheet(extra: &str) -> Response {
+    const BASE: &str = include_str!("page.css");
+    let headers = [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")];
+    (headers, format!("{BASE}{extra}")).into_response()
+}
+
 pub async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();

@@ -71,11 +71,9 @@ pub fn router(st: Arc<CommsState>, admin_token: &str) -> Router {
     ferry_web::serve::with_request_timeout(routes, Duration::from_secs(60))
 }
 
-async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")], STYLE)
+async fn style() -> Response {
+    ferry_web::page::stylesheet(include_str!("style.css"))
 }
-
-const STYLE: &str = include_str!("style.css");
 
 // ------------------------------------------------------------------------------------------------------------
 // Sessions
