@@ -1,4 +1,4 @@
-//! A fast level-9 bzip2 encoder, written from the bzip2 file format (see `docs/bzip2-encoder.md`).
+//! A fast level-9 bzip2 encoder, written from the bzip2 file format.
 //!
 //! The costly step of bzip2 is the Burrows–Wheeler transform, which sorts the *cyclic rotations*
 //! of a block. We get it from a suffix array built by `libsais` (MIT/Apache-2.0, the fastest
@@ -258,15 +258,7 @@ fn bwt(s: &[u8], out: &mut [u8], rotated: &mut Vec<u8>, sa: &mut Vec<i32>) -> Op
     let n32 = i32::try_from(n).ok()?;
     // SAFETY: `w` holds n bytes and `sa` n i32s, as libsais requires with fs = 0; freq may
     // be null.
-    let rc = unsafe {
-        libsais_sys::libsais::libsais(
-            w.as_ptr(),
-            sa.as_mut_ptr(),
-            n32,
-            0,
-            std::ptr::null_mut(),
-        )
-    };
+    let rc = unsafe { libsais_sys::libsais::libsais(w.as_ptr(), sa.as_mut_ptr(), n32, 0, std::ptr::null_mut()) };
     if rc != 0 {
         return None;
     }
@@ -616,7 +608,15 @@ mod tests {
         let mut out = Vec::with_capacity(len + 64);
         let mut i = 0u64;
         while out.len() < len {
-            let line = format!("{i},ITEM-{:05},LOC-{},2026-{:02}-{:02},{}.{:02}\n", i % 977, i % 13, 1 + i % 12, 1 + i % 28, i * 7 % 1000, i % 100);
+            let line = format!(
+                "{i},ITEM-{:05},LOC-{},2026-{:02}-{:02},{}.{:02}\n",
+                i % 977,
+                i % 13,
+                1 + i % 12,
+                1 + i % 28,
+                i * 7 % 1000,
+                i % 100
+            );
             out.extend_from_slice(line.as_bytes());
             i += 1;
         }
@@ -679,7 +679,8 @@ mod tests {
     #[test]
     fn bwt_matches_sorting_rotations() {
         let mut rng = Rng(0x5eed_1234);
-        let mut inputs: Vec<Vec<u8>> = vec![b"banana".to_vec(), b"abab".to_vec(), b"aaaa".to_vec(), b"x".to_vec(), b"abcabcab".to_vec()];
+        let mut inputs: Vec<Vec<u8>> =
+            vec![b"banana".to_vec(), b"abab".to_vec(), b"aaaa".to_vec(), b"x".to_vec(), b"abcabcab".to_vec()];
         for _ in 0..400 {
             let len = 1 + rng.below(40) as usize;
             let alphabet = 1 + rng.below(4);
@@ -702,6 +703,35 @@ mod tests {
                 s[r..].iter().chain(&s[..r]).copied().collect()
             };
             assert_eq!(rot, s, "origPtr of {s:?}");
+        }
+    }
+
+    #[test]
+    fn least_rotation_tournament_agrees_with_linear_scan() {
+        let mut rng = Rng(7);
+        for round in 0..500 {
+            let len = 1 + rng.below(300) as usize;
+            let s: Vec<u8> = match round % 3 {
+                0 => random_bytes(len, 1 + rng.below(3), &mut rng),
+                // long near-repeats: the tournament runs out of budget and falls back
+                1 => {
+                    let mut v = vec![b'a'; len];
+                    v[rng.below(len as u64) as usize] = b'b';
+                    v.repeat(1 + rng.below(3) as usize)
+                }
+                _ => random_bytes(len, 256, &mut rng),
+            };
+            let dbl = [s.as_slice(), s.as_slice()].concat();
+            let (a, pa) = least_rotation(&dbl);
+            let (b, pb) = least_rotation_linear(&dbl);
+            assert_eq!(pa.is_some(), pb.is_some(), "{s:?}");
+            if let (Some(pa), Some(pb)) = (pa, pb) {
+                // both are periods of s: s is a power of its first gcd bytes
+                let g = gcd(pa, pb);
+                assert!(s.chunks(g).all(|c| c == &s[..g]), "{s:?}");
+            } else {
+                assert_eq!(a, b, "{s:?}");
+            }
         }
     }
 

@@ -122,10 +122,18 @@ impl Bench<'_> {
             },
             _ => String::new(),
         };
-        println!("[compress -9, 1 thread] ours {} ({}){per_core}; {label1}: {}", ours1.time(), ours1.rate(), theirs1.short());
+        println!(
+            "[compress -9, 1 thread] ours {} ({}){per_core}; {label1}: {}",
+            ours1.time(),
+            ours1.rate(),
+            theirs1.short()
+        );
         ok &= !matches!(theirs1, Theirs::Failed(_));
         let note1 = format!("level 9, 900 kB blocks, 1 thread{per_core}");
-        lines.push(Line::ours("compress, 1 core", format!("{name} {}", mb(size)), ours1, None, note1).with_tool(&label1, theirs1));
+        lines.push(
+            Line::ours("compress, 1 core", format!("{name} {}", mb(size)), ours1, None, note1)
+                .with_tool(&label1, theirs1),
+        );
         Ok((lines, ok))
     }
 
