@@ -48,30 +48,44 @@ impl Bench<'_> {
         (best, ok)
     }
 
-    /// `ferry_io::bz::compress_file` (all cores, level 9) vs `bzip2`, `lbzip2`, `pbzip2`.
+    /// `ferry_io::bz::compress_file` (all cores, level 9) vs `bzip2`, `lbzip2`, `pbzip2`; then per core: ours on
+    /// one thread vs `lbzip2 -n1`.
     pub(super) async fn compression(&self, plain: &Path, rss: &mut PeakRss) -> anyhow::Result<(Vec<Line>, bool)> {
         const TOOLS: [(&str, &[&str]); 3] =
             [("bzip2", &["-9", "-k", "-c"]), ("lbzip2", &["-9", "-c"]), ("pbzip2", &["-9", "-c"])];
+        const ONE_CORE: (&str, &[&str]) = ("lbzip2", &["-n1", "-9", "-c"]);
         let size = std::fs::metadata(plain)?.len();
         let name = file_name(plain);
         let ours_out = self.bench.join("ferry.bz2");
+        let ours1_out = self.bench.join("ferry-1.bz2");
+        let out_of = |i: usize, prog: &str| self.bench.join(format!("{prog}-{i}.bz2"));
         let mut ours = None;
+        let mut ours1 = None;
         let mut theirs: Vec<Theirs> = TOOLS.iter().map(|_| Theirs::NoTool).collect();
+        let mut theirs1 = Theirs::NoTool;
         rss.start();
         for _ in 0..self.runs {
             let (src, dst) = (plain.to_path_buf(), ours_out.clone());
             let clock = Clock::start();
             tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 0)).await??;
             ours = fastest(ours, clock.ours(size));
-            for ((prog, args), best) in TOOLS.iter().zip(theirs.iter_mut()) {
+            for (i, ((prog, args), best)) in TOOLS.iter().zip(theirs.iter_mut()).enumerate() {
                 let mut argv = args.to_vec();
                 argv.push(&name);
-                let out = self.bench.join(format!("{prog}.bz2"));
-                let run = tool(prog, &argv, self.bench, Some(&out), size).await;
+                let run = tool(prog, &argv, self.bench, Some(&out_of(i, prog)), size).await;
                 *best = std::mem::replace(best, Theirs::NoTool).keep_best(run);
             }
+            let (src, dst) = (plain.to_path_buf(), ours1_out.clone());
+            let clock = Clock::start();
+            tokio::task::spawn_blocking(move || ferry_io::bz::compress_file(&src, &dst, 9, 1)).await??;
+            ours1 = fastest(ours1, clock.ours(size));
+            let mut argv = ONE_CORE.1.to_vec();
+            argv.push(&name);
+            let run = tool(ONE_CORE.0, &argv, self.bench, Some(&out_of(TOOLS.len(), ONE_CORE.0)), size).await;
+            theirs1 = theirs1.keep_best(run);
         }
         let ours = ours.context("no run")?;
+        let ours1 = ours1.context("no run")?;
         let ours_rss = rss.peak();
         let our_ratio = ratio(size, std::fs::metadata(&ours_out)?.len());
         println!(
@@ -80,14 +94,15 @@ impl Bench<'_> {
             ours.rate(),
             show(ours_rss)
         );
+        println!("      ours: bzip2 level 9 (900 kB blocks), one independent stream per 900 kB chunk, all cores");
         let mut notes = vec![format!("ratio {our_ratio:.2}")];
         let mut lines = Vec::new();
         let mut ok = true;
-        for ((prog, args), best) in TOOLS.iter().zip(theirs) {
+        for (i, ((prog, args), best)) in TOOLS.iter().zip(theirs).enumerate() {
             let label = format!("{prog} {}", args.join(" "));
             let mut extra = String::new();
             if matches!(best, Theirs::Ran(_)) {
-                let r = ratio(size, std::fs::metadata(self.bench.join(format!("{prog}.bz2")))?.len());
+                let r = ratio(size, std::fs::metadata(out_of(i, prog))?.len());
                 notes.push(format!("{prog} {r:.2}"));
                 extra = format!(", ratio {r:.2}");
             }
@@ -98,6 +113,27 @@ impl Bench<'_> {
         if let Some(first) = lines.first_mut() {
             first.set_ours("compress bzip2 -9", format!("{name} {}", mb(size)), ours, ours_rss, notes.join(", "));
         }
+        // Per core: CPU seconds on one thread, ours against lbzip2's.
+        let label1 = format!("{} {}", ONE_CORE.0, ONE_CORE.1.join(" "));
+        let per_core = match (&theirs1, ours1.cpu) {
+            (Theirs::Ran(t), Some(c)) => match t.cpu {
+                Some(tc) if tc > 0.0 => format!(", CPU {:.2}x lbzip2's", c / tc),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        println!(
+            "[compress -9, 1 thread] ours {} ({}){per_core}; {label1}: {}",
+            ours1.time(),
+            ours1.rate(),
+            theirs1.short()
+        );
+        ok &= !matches!(theirs1, Theirs::Failed(_));
+        let note1 = format!("level 9, 900 kB blocks, 1 thread{per_core}");
+        lines.push(
+            Line::ours("compress, 1 core", format!("{name} {}", mb(size)), ours1, None, note1)
+                .with_tool(&label1, theirs1),
+        );
         Ok((lines, ok))
     }
 
