@@ -202,9 +202,9 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::Sender<Done>, level: C
 
 fn compress_chunk(chunk: &[u8], level: Compression) -> io::Result<Vec<u8>> {
     // Level 9 (the default) goes through our own encoder, ~2x faster than libbz2; the libbz2
-    // port stays for the other levels and in case the suffix sorter ever refuses a block.
+    // port stays for the other levels and in case our encoder ever fails on a chunk.
     if level.level() == 9
-        && let Some(out) = crate::bzenc::compress_stream(chunk)
+        && let Ok(Some(out)) = catch_unwind(|| crate::bzenc::compress_stream(chunk))
     {
         return Ok(out);
     }
