@@ -413,6 +413,7 @@ async fn list_files(
     Query(q): Query<FilesQuery>,
     Signed { caller: c, .. }: Signed<Caller>,
 ) -> Result<Json<Vec<DownloadFile>>, ApiError> {
+    st.metrics.downstream_call("list");
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
@@ -439,6 +440,7 @@ async fn ack_file(
     Path(id): Path<String>,
     Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    st.metrics.downstream_call("ack");
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
@@ -489,6 +491,7 @@ async fn app_file_ready(
     State(st): St,
     Signed { caller: AppService, body }: Signed<AppService>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    st.metrics.downstream_call("announce");
     let f: FileReady = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     if !valid_tenant_name(&f.tenant) || !valid_file_name(&f.name) {
         return Err(ApiError::BadRequest("invalid tenant or file name".into()));

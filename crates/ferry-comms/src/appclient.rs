@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +22,10 @@ pub struct AppClient {
     /// SFTP sessions to the App kept open between downstream fetches (a login per file was most of a small
     /// file's cost): at most [`IDLE_SESSIONS`], each reused only within [`IDLE_FOR`].
     idle: std::sync::Mutex<Vec<(SftpClient, Instant)>>,
+    /// SFTP logins to the App and signed calls made to it since the start (`ferry_comms_app_sftp_logins_total`,
+    /// `ferry_comms_app_calls_total`; the downstream bench prints them per hop).
+    logins: AtomicU64,
+    calls: AtomicU64,
 }
 
 const IDLE_SESSIONS: usize = 4;
@@ -47,10 +52,31 @@ impl AppClient {
             },
             ssh_addr: ep.ssh_addr.clone(),
             idle: std::sync::Mutex::default(),
+            logins: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         })
     }
 
+    /// SFTP logins to the App since the start.
+    pub fn sftp_logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// Signed calls to the App's web services since the start.
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// A new SFTP session to the App (a login).
+    async fn connect_sftp(&self) -> anyhow::Result<SftpClient> {
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        SftpClient::connect(&self.sftp, &self.ssh_addr)
+            .await
+            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))
+    }
+
     fn api(&self) -> anyhow::Result<&ApiClient> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.api.as_ref().context("no App server is configured: set [app] api_url, tls_fingerprint, ssh_addr and ssh_host_key_fingerprint in comms.toml (values from `ferry app info`)")
     }
 
@@ -60,9 +86,7 @@ impl AppClient {
 
     /// Copy a completed batch to `/<tenant>/incoming/<batch>/` on the App server. Returns bytes sent.
     pub async fn push_batch(&self, tenant: &str, dir: &Path, m: &Manifest) -> anyhow::Result<u64> {
-        let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
-            .await
-            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
+        let sftp = self.connect_sftp().await?;
         let remote_dir = format!("/{tenant}/incoming/{}", m.batch_id);
         sftp.mkdir_all(&remote_dir).await?;
         let mut sent = 0;
@@ -98,9 +122,7 @@ impl AppClient {
             let was_reused = reused.is_some();
             let sftp = match reused.take() {
                 Some(s) => s,
-                None => SftpClient::connect(&self.sftp, &self.ssh_addr)
-                    .await
-                    .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?,
+                None => self.connect_sftp().await?,
             };
             match sftp.download_file_resuming(&remote, local).await {
                 Ok(n) => {
