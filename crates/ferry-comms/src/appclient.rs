@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_io::client::ApiClient;
-use ferry_proto::api::{CreateInstance, FileProgress, FileReady, ImportReport, InstanceCreated};
+use ferry_proto::api::{
+    CreateInstance, FileProgress, FileReady, FilesProgress, FilesProgressed, ImportReport, InstanceCreated,
+};
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
 use russh::keys::PrivateKey;
@@ -139,6 +141,31 @@ impl AppClient {
         }
     }
 
+    /// An SFTP session for a worker pass that fetches many files (the newest fresh idle one, or a new login),
+    /// and whether it was reused. Give it back with [`AppClient::release_session`].
+    pub async fn fetch_session(&self) -> anyhow::Result<(SftpClient, bool)> {
+        match self.take_idle() {
+            Some(s) => Ok((s, true)),
+            None => Ok((self.connect_sftp().await?, false)),
+        }
+    }
+
+    /// Download a file the App announced over `sftp` (a session of [`AppClient::fetch_session`]), continuing
+    /// a download that was cut off earlier. Several may run at once on one session.
+    pub async fn fetch_on(&self, sftp: &SftpClient, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
+        let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
+        Ok(sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))?)
+    }
+
+    /// Keep a session of [`AppClient::fetch_session`] for the next pass (`healthy`), or close it.
+    pub async fn release_session(&self, sftp: SftpClient, healthy: bool) {
+        if healthy {
+            self.put_idle(sftp).await;
+        } else {
+            let _ = sftp.close().await;
+        }
+    }
+
     fn take_idle(&self) -> Option<SftpClient> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((s, since)) = idle.pop() {
@@ -164,6 +191,13 @@ impl AppClient {
         if let Some(s) = extra {
             let _ = s.close().await;
         }
+    }
+
+    /// Tell the App how far many files of a tenant have got, in one call (at most
+    /// [`ferry_proto::api::MAX_FILES_PER_CALL`]).
+    pub async fn files_progress(&self, tenant: &str, p: &FilesProgress) -> anyhow::Result<FilesProgressed> {
+        let path = format!("/v1/instances/{tenant}/files/state");
+        Ok(self.api()?.post(&path, p).await?)
     }
 
     /// Tell the App how far a file it created has got.

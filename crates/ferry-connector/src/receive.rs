@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Local, NaiveTime};
 use ferry_io::client::ApiClient;
-use ferry_proto::api::{DownloadFile, FileAck, FileError};
+use ferry_proto::api::{DownloadFile, FileAckOf, FileAcks, FileError, FileId, FilesAcked, MAX_FILES_PER_CALL};
 
 use crate::agent::Connector;
 use crate::delivery;
@@ -58,10 +58,9 @@ impl Connector {
     ) -> anyhow::Result<Vec<Outcome>> {
         let api = self.api()?;
         let journal = Journal::open(self.cfg.journal_path()).await?;
-        for r in journal.pending_acks().await? {
-            ack(&api, &r.file_id, &r.sha256).await?;
-            journal.mark_acked(&r.file_id).await?;
-        }
+        let lost: Vec<(String, String)> =
+            journal.pending_acks().await?.into_iter().map(|r| (r.file_id, r.sha256)).collect();
+        ack_many(&api, &journal, &lost).await?;
         // The long-poll holds the call open for `wait_secs`: allow that on top of the usual limit.
         let poll = self.api_with_timeout(Duration::from_secs(wait_secs) + self.cfg.network.timeout())?;
         let path = format!("/v1/files?wait={wait_secs}");
@@ -89,7 +88,8 @@ impl Connector {
         Ok(out)
     }
 
-    /// Apply and acknowledge the files of one page of the download list, in order.
+    /// Apply the files of one page of the download list, in order, each journaled as applied at once; then
+    /// acknowledge them together (one call per [`MAX_FILES_PER_CALL`] files), before the next page is asked for.
     #[allow(clippy::too_many_arguments)]
     async fn receive_page(
         &self,
@@ -103,6 +103,29 @@ impl Connector {
     ) -> anyhow::Result<()> {
         // one SFTP session for the page's files (opened on the first download; a failed download drops it)
         let mut session = None;
+        let mut acks: Vec<(String, String)> = Vec::new();
+        let applied = self.apply_page(journal, api, files, progress, stop, stopping, out, &mut session, &mut acks).await;
+        if let Some(s) = session {
+            let _ = s.close().await;
+        }
+        // what was applied is acknowledged even if a later file of the page broke off the loop
+        let acked = ack_many(api, journal, &acks).await;
+        applied.and(acked)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_page(
+        &self,
+        journal: &Journal,
+        api: &ApiClient,
+        files: Vec<DownloadFile>,
+        progress: &(dyn Fn(&str) + Sync),
+        stop: &mut (impl Future<Output = ()> + Unpin),
+        stopping: &mut bool,
+        out: &mut Vec<Outcome>,
+        session: &mut Option<SftpClient>,
+        acks: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
         for f in files {
             // Stop between files, never inside one.
             if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
@@ -113,17 +136,15 @@ impl Connector {
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
             {
-                ack(api, &id, &f.sha256).await?;
-                journal.mark_acked(&id).await?;
+                acks.push((id, f.sha256.clone()));
                 progress(&format!("{}: already applied earlier; acknowledged again", f.name));
                 out.push(Outcome::AlreadyApplied { name: f.name });
                 continue;
             }
-            match self.apply_one(&f, &mut session).await {
+            match self.apply_one(&f, session).await {
                 Ok(report) => {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
-                    ack(api, &id, &f.sha256).await?;
-                    journal.mark_acked(&id).await?;
+                    acks.push((id, f.sha256.clone()));
                     if report.already_in_ledger {
                         // the ERP committed it before a crash took the journal entry with it
                         progress(&format!("{}: already in the ERP's ledger, not written back again", f.name));
@@ -146,9 +167,6 @@ impl Connector {
                     out.push(Outcome::Failed { name: f.name, error });
                 }
             }
-        }
-        if let Some(s) = session {
-            let _ = s.close().await;
         }
         Ok(())
     }
@@ -374,11 +392,32 @@ fn schedule_note(daily: Option<NaiveTime>, last: Option<DateTime<Local>>, now: D
     }
 }
 
-async fn ack(api: &ApiClient, id: &str, sha256: &str) -> anyhow::Result<()> {
-    let _: serde_json::Value = api
-        .post(&format!("/v1/files/{id}/ack"), &FileAck { sha256: sha256.to_string() })
-        .await
-        .with_context(|| format!("acknowledging file {id}"))?;
+/// Acknowledge applied files `(id, sha256)` to Comms, [`MAX_FILES_PER_CALL`] per call (`POST /v1/files/ack`), and
+/// journal each as acknowledged. A file Comms refuses makes this an error (its ack is sent again next round).
+async fn ack_many(api: &ApiClient, journal: &Journal, acks: &[(String, String)]) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    for chunk in acks.chunks(MAX_FILES_PER_CALL) {
+        let files = chunk
+            .iter()
+            .map(|(id, sha256)| Ok(FileAckOf { id: FileId::parse(id)?, sha256: sha256.clone() }))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let answer: FilesAcked = api
+            .post("/v1/files/ack", &FileAcks { files })
+            .await
+            .with_context(|| format!("acknowledging {} file(s)", chunk.len()))?;
+        for id in &answer.delivered {
+            journal.mark_acked(id.as_str()).await?;
+        }
+        refused.extend(answer.refused);
+    }
+    if let Some(first) = refused.first() {
+        anyhow::bail!(
+            "the Comms server refused {} acknowledgement(s), first file {}: {}",
+            refused.len(),
+            first.file_id,
+            first.error
+        );
+    }
     Ok(())
 }
 

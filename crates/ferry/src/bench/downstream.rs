@@ -85,16 +85,19 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     let want = files;
     let receiving = tokio::spawn(async move {
         let mut out = Vec::new();
-        let mut first = None;
+        let first = std::sync::OnceLock::new();
         let begun = Instant::now();
         let done = |o: &[Outcome]| o.iter().filter(|o| !matches!(o, Outcome::Failed { .. })).count();
-        while done(&out) < want && begun.elapsed() < LIMIT {
-            let got = receiver.receive(5, &|_: &str| {}).await?;
-            if first.is_none() && got.iter().any(|o| !matches!(o, Outcome::Failed { .. })) {
-                first = Some(Instant::now());
+        // the first file's progress line says it was delivered
+        let note = |line: &str| {
+            if line.contains(": delivered") {
+                let _ = first.set(Instant::now());
             }
-            out.extend(got);
+        };
+        while done(&out) < want && begun.elapsed() < LIMIT {
+            out.extend(receiver.receive(5, &note).await?);
         }
+        let first = first.get().copied();
         let t0 = t0_rx.await.unwrap_or(started);
         let last = Instant::now();
         anyhow::Ok((out, first.map(|f| f - t0), last - t0))
