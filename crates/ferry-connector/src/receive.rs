@@ -31,6 +31,9 @@ use crate::pending::Pending;
 use ferry_io::retry::{Backoff, FailureLog};
 use ferry_sftp::client::SftpClient;
 
+/// Files of a page downloaded, decompressed and verified ahead of the one being delivered.
+const PREFETCH: usize = 4;
+
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -113,6 +116,8 @@ impl Connector {
         applied.and(acked)
     }
 
+    /// Download, decompress and verify up to [`PREFETCH`] files ahead over the page's one SFTP session while the
+    /// files are delivered strictly in the list's order, each journaled as applied when it is.
     #[allow(clippy::too_many_arguments)]
     async fn apply_page(
         &self,
@@ -126,12 +131,11 @@ impl Connector {
         session: &mut Option<SftpClient>,
         acks: &mut Vec<(String, String)>,
     ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let work = self.cfg.data_dir().join("incoming");
+        // what the journal already shows as applied is only acknowledged again, never fetched
+        let mut todo = Vec::with_capacity(files.len());
         for f in files {
-            // Stop between files, never inside one.
-            if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
-                *stopping = true;
-                continue;
-            }
             let id = f.id.to_string();
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
@@ -139,9 +143,35 @@ impl Connector {
                 acks.push((id, f.sha256.clone()));
                 progress(&format!("{}: already applied earlier; acknowledged again", f.name));
                 out.push(Outcome::AlreadyApplied { name: f.name });
-                continue;
+            } else {
+                todo.push(f);
             }
-            match self.apply_one(&f, session).await {
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if session.is_none() {
+            *session = Some(self.sftp().await?);
+        }
+        let sftp = session.as_ref().context("no SFTP session")?;
+        let work_ref = &work;
+        let fetches: Vec<_> = todo
+            .into_iter()
+            .map(|f| async move {
+                let r = self.fetch_verified(&f, work_ref, sftp).await.map_err(|e| ferry_io::retry::disk_full(e, work_ref));
+                (f, r)
+            })
+            .collect();
+        let mut fetched = futures::stream::iter(fetches).buffered(PREFETCH);
+        loop {
+            // Stop between files, never inside one.
+            if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
+                *stopping = true;
+                break;
+            }
+            let Some((f, plain)) = fetched.next().await else { break };
+            let id = f.id.to_string();
+            match async { self.deliver_one(&f, &plain?).await }.await {
                 Ok(report) => {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
                     acks.push((id, f.sha256.clone()));
@@ -168,21 +198,18 @@ impl Connector {
                 }
             }
         }
+        drop(fetched);
+        // files fetched ahead but not delivered (a stop) leave nothing behind but resumable parts
         Ok(())
     }
 
-    /// Download (resuming a cut-off download), decompress and verify, then deliver. An error caused by a full
-    /// disk says which folder's disk it is.
-    async fn apply_one(
-        &self,
-        f: &DownloadFile,
-        session: &mut Option<SftpClient>,
-    ) -> anyhow::Result<delivery::DeliveryReport> {
+    /// Deliver a verified plain file (`work/<id>/<name>`), then remove it. An error caused by a full disk says
+    /// which folder's disk it is.
+    async fn deliver_one(&self, f: &DownloadFile, plain: &std::path::Path) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
-        let plain = self.fetch_verified(f, &work, session).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
         let (cfg, erp) = (&self.cfg.delivery, &self.cfg.erp);
         let report =
-            delivery::deliver_file(cfg, Some(erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
+            delivery::deliver_file(cfg, Some(erp), plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
                 // which disk: the ERP database's for the SQL write-back, else the inbound folder's
                 let target = match &e {
                     delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
@@ -198,37 +225,17 @@ impl Connector {
         Ok(report)
     }
 
-    /// The plain, verified file under `work/<id>/<name>`.
+    /// The plain, verified file under `work/<id>/<name>`, downloaded over `sftp` (continuing a download cut off
+    /// earlier: the SHA-256 check catches any mix-up).
     async fn fetch_verified(
         &self,
         f: &DownloadFile,
         work: &std::path::Path,
-        session: &mut Option<SftpClient>,
+        sftp: &SftpClient,
     ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
         let bz2 = work.join(format!("{}.bz2", f.id));
-        // A download cut off earlier continues from its `.part` (the SHA-256 check below catches any mix-up).
-        // The session of the previous file is reused; if it fails (the server may have closed it while that file
-        // was delivered), the download is tried once more on a fresh one.
-        let reused = session.is_some();
-        for attempt in 0..2 {
-            let sftp = match session.take() {
-                Some(s) => s,
-                None => self.sftp().await?,
-            };
-            match sftp.download_file_resuming(&f.path, &bz2).await {
-                Ok(_) => {
-                    *session = Some(sftp);
-                    break;
-                }
-                Err(e) => {
-                    let _ = sftp.close().await;
-                    if !(reused && attempt == 0) {
-                        return Err(anyhow::Error::from(e).context(format!("downloading {}", f.name)));
-                    }
-                }
-            }
-        }
+        sftp.download_file_resuming(&f.path, &bz2).await.with_context(|| format!("downloading {}", f.name))?;
         let plain_dir = work.join(f.id.as_str());
         std::fs::create_dir_all(&plain_dir).with_context(|| format!("cannot create {}", plain_dir.display()))?;
         let plain = plain_dir.join(&f.name);
