@@ -38,20 +38,17 @@ pub async fn announce_pending(comms: &ApiClient, inst: &Instance, tenant: &str) 
     let pending = outbox::unannounced(inst, tenant).await?;
     for chunk in pending.chunks(MAX_FILES_PER_CALL) {
         let body = FilesReady { files: chunk.to_vec() };
-        let answer: FilesAnnounced = comms.post("/v1/app/files", &body).await.with_context(|| {
-            format!("cannot announce {} file(s) to the Comms server (will retry)", chunk.len())
-        })?;
+        let answer: FilesAnnounced = comms
+            .post("/v1/app/files", &body)
+            .await
+            .with_context(|| format!("cannot announce {} file(s) to the Comms server (will retry)", chunk.len()))?;
         outbox::mark_announced_many(inst, &answer.accepted).await?;
         n += answer.accepted.len();
         refused.extend(answer.refused);
     }
     if let Some(first) = refused.first() {
         let name = pending.iter().find(|f| f.file_id == first.file_id).map_or("?", |f| f.name.as_str());
-        anyhow::bail!(
-            "the Comms server refused {} file(s) (will retry), first {name}: {}",
-            refused.len(),
-            first.error
-        );
+        anyhow::bail!("the Comms server refused {} file(s) (will retry), first {name}: {}", refused.len(), first.error);
     }
     Ok(n)
 }

@@ -588,7 +588,10 @@ async fn files_state(
     let req: FilesProgress =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
     if req.files.len() > MAX_FILES_PER_CALL {
-        return Err(ApiError::TooLarge(format!("{} files in one call; send at most {MAX_FILES_PER_CALL}", req.files.len())));
+        return Err(ApiError::TooLarge(format!(
+            "{} files in one call; send at most {MAX_FILES_PER_CALL}",
+            req.files.len()
+        )));
     }
     let inst = open_instance(&st, &tenant).await?;
     let files: Vec<_> = req.files.into_iter().map(|f| (f.file_id, f.progress)).collect();

@@ -472,10 +472,7 @@ async fn ack_file(
 /// `POST /v1/files/ack` ([`FileAcks`], up to [`MAX_FILES_PER_CALL`]): many applied files acknowledged in one
 /// call, recorded in one transaction. Idempotent; a file refused (not this caller's, not ready, another SHA-256)
 /// is listed with its reason in [`FilesAcked`], the others are delivered.
-async fn ack_files(
-    State(st): St,
-    Signed { caller: c, body }: Signed<Caller>,
-) -> Result<Json<FilesAcked>, ApiError> {
+async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) -> Result<Json<FilesAcked>, ApiError> {
     st.metrics.downstream_call("ack");
     let acks: FileAcks =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
@@ -491,9 +488,9 @@ async fn ack_files(
         let refuse = |error: String| FileRefused { file_id: a.id.clone(), error };
         match db::download(&st.db, &c.tenant, &a.id).await.map_err(ApiError::internal)? {
             None => answer.refused.push(refuse("not on this connector's download list".into())),
-            Some(row) if row.file.sha256 != a.sha256 => answer
-                .refused
-                .push(refuse("the acknowledged sha256 differs from the file's; download it again".into())),
+            Some(row) if row.file.sha256 != a.sha256 => {
+                answer.refused.push(refuse("the acknowledged sha256 differs from the file's; download it again".into()))
+            }
             Some(row) => rows.push(row),
         }
     }
@@ -670,5 +667,14 @@ pub(crate) mod tests {
     #[test]
     fn openapi_describes_every_route_and_is_valid_3_1() {
         check_doc(super::OPENAPI, include_str!("api.rs"), &[]);
+        // the batched downstream bodies are described: announcements of one file or many, acks of many
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let body =
+            |path: &str| doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
+        let announce = body("/v1/app/files");
+        assert_eq!(announce["oneOf"].as_array().map(Vec::len), Some(2), "{announce}");
+        assert!(announce["oneOf"][1]["properties"]["files"]["maxItems"].as_u64() == Some(200));
+        assert_eq!(ferry_proto::api::MAX_FILES_PER_CALL, 200);
+        assert!(body("/v1/files/ack")["properties"]["files"]["items"]["required"].is_array());
     }
 }

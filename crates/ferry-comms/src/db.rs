@@ -588,7 +588,8 @@ pub async fn insert_downloads(pool: &SqlitePool, files: &[FileReady]) -> sqlx::R
     let mut out = Vec::with_capacity(files.len());
     let at = now();
     for f in files {
-        let known = sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(&f.tenant).fetch_optional(&mut *tx).await?;
+        let known =
+            sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(&f.tenant).fetch_optional(&mut *tx).await?;
         if known.is_some() {
             sqlx::query(
                 "INSERT INTO downloads(tenant, file_id, name, state, bytes, md5, sha256, created_at)

@@ -111,7 +111,11 @@ async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) ->
 }
 
 /// Put fetched files on the download list and wake the long-polls.
-async fn publish_ready(st: &CommsState, tenant: &str, ready: Vec<(ferry_proto::api::FileId, u64)>) -> anyhow::Result<()> {
+async fn publish_ready(
+    st: &CommsState,
+    tenant: &str,
+    ready: Vec<(ferry_proto::api::FileId, u64)>,
+) -> anyhow::Result<()> {
     if ready.is_empty() {
         return Ok(());
     }
@@ -122,7 +126,11 @@ async fn publish_ready(st: &CommsState, tenant: &str, ready: Vec<(ferry_proto::a
 
 /// Fetch one file over `sftp`, check and compress it into the tenant's `download/<id>/` folder. Returns the
 /// compressed size.
-async fn fetch_one(st: &CommsState, sftp: &ferry_sftp::client::SftpClient, row: &db::DownloadRow) -> anyhow::Result<u64> {
+async fn fetch_one(
+    st: &CommsState,
+    sftp: &ferry_sftp::client::SftpClient,
+    row: &db::DownloadRow,
+) -> anyhow::Result<u64> {
     let f = &row.file;
     let tmp_dir = st.cfg.data_dir.join("tenants").join(&row.tenant).join("tmp");
     let out_dir = st.sftp_root(&row.tenant).join("download").join(f.file_id.as_str());
@@ -198,7 +206,10 @@ async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
                     FileState::Delivered => r.delivered_at.unwrap_or_else(Utc::now),
                     _ => Utc::now(),
                 };
-                FileProgressOf { file_id: r.file.file_id.clone(), progress: FileProgress { state: r.state, at, detail: None } }
+                FileProgressOf {
+                    file_id: r.file.file_id.clone(),
+                    progress: FileProgress { state: r.state, at, detail: None },
+                }
             })
             .collect();
         let answer = match st.app.files_progress(tenant, &FilesProgress { files }).await {

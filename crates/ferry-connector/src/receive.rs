@@ -107,7 +107,8 @@ impl Connector {
         // one SFTP session for the page's files (opened on the first download; a failed download drops it)
         let mut session = None;
         let mut acks: Vec<(String, String)> = Vec::new();
-        let applied = self.apply_page(journal, api, files, progress, stop, stopping, out, &mut session, &mut acks).await;
+        let applied =
+            self.apply_page(journal, api, files, progress, stop, stopping, out, &mut session, &mut acks).await;
         if let Some(s) = session {
             let _ = s.close().await;
         }
@@ -158,7 +159,8 @@ impl Connector {
         let fetches: Vec<_> = todo
             .into_iter()
             .map(|f| async move {
-                let r = self.fetch_verified(&f, work_ref, sftp).await.map_err(|e| ferry_io::retry::disk_full(e, work_ref));
+                let r =
+                    self.fetch_verified(&f, work_ref, sftp).await.map_err(|e| ferry_io::retry::disk_full(e, work_ref));
                 (f, r)
             })
             .collect();

@@ -131,9 +131,9 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     let (outcomes, first, all) = receiving.await.context("the receiving task failed")??;
 
     let delivered = async || {
-        ferry_app::outbox::receipts(&inst.0).await.is_ok_and(|r| {
-            r.len() == files && r.iter().all(|f| f.state == ferry_proto::api::FileState::Delivered)
-        })
+        ferry_app::outbox::receipts(&inst.0)
+            .await
+            .is_ok_and(|r| r.len() == files && r.iter().all(|f| f.state == ferry_proto::api::FileState::Delivered))
     };
     let mut receipts = None;
     while t0.elapsed() < all + Duration::from_secs(60) {
