@@ -154,7 +154,7 @@ impl AppClient {
     /// a download that was cut off earlier. Several may run at once on one session.
     pub async fn fetch_on(&self, sftp: &SftpClient, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
         let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
-        Ok(sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))?)
+        sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))
     }
 
     /// Keep a session of [`AppClient::fetch_session`] for the next pass (`healthy`), or close it.
