@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_io::client::ApiClient;
+use ferry_proto::api::{FilesAnnounced, FilesReady, MAX_FILES_PER_CALL};
 use russh::keys::PrivateKey;
 
 use crate::config::AppConfig;
@@ -27,16 +28,27 @@ pub fn comms_client(cfg: &AppConfig, service_key: &PrivateKey) -> anyhow::Result
     )?))
 }
 
-/// Announce every not-yet-announced file of an instance. Returns how many were announced.
+/// Announce every not-yet-announced file of an instance, up to [`MAX_FILES_PER_CALL`] files per signed call
+/// (`POST /v1/app/files` with a [`FilesReady`] body). Returns how many were announced. A file Comms refuses
+/// (e.g. over the tenant's size limit) stays unannounced and makes this an error, after the others of its call
+/// were recorded as announced: the announcer retries it with backoff.
 pub async fn announce_pending(comms: &ApiClient, inst: &Instance, tenant: &str) -> anyhow::Result<usize> {
     let mut n = 0;
-    for f in outbox::unannounced(inst, tenant).await? {
-        let _: serde_json::Value = comms
-            .post("/v1/app/files", &f)
+    let mut refused = Vec::new();
+    let pending = outbox::unannounced(inst, tenant).await?;
+    for chunk in pending.chunks(MAX_FILES_PER_CALL) {
+        let body = FilesReady { files: chunk.to_vec() };
+        let answer: FilesAnnounced = comms
+            .post("/v1/app/files", &body)
             .await
-            .with_context(|| format!("cannot announce {} to the Comms server (will retry)", f.name))?;
-        outbox::mark_announced(inst, &f.file_id).await?;
-        n += 1;
+            .with_context(|| format!("cannot announce {} file(s) to the Comms server (will retry)", chunk.len()))?;
+        outbox::mark_announced_many(inst, &answer.accepted).await?;
+        n += answer.accepted.len();
+        refused.extend(answer.refused);
+    }
+    if let Some(first) = refused.first() {
+        let name = pending.iter().find(|f| f.file_id == first.file_id).map_or("?", |f| f.name.as_str());
+        anyhow::bail!("the Comms server refused {} file(s) (will retry), first {name}: {}", refused.len(), first.error);
     }
     Ok(n)
 }

@@ -180,9 +180,36 @@ pub async fn mark_announced(inst: &Instance, id: &FileId) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// [`mark_announced`] for many files in one transaction.
+pub async fn mark_announced_many(inst: &Instance, ids: &[FileId]) -> anyhow::Result<()> {
+    let mut tx = inst.pool().begin().await?;
+    for id in ids {
+        sqlx::query("UPDATE outbox SET announced = 1 WHERE file_id = ?").bind(id.as_str()).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Record progress reported by Comms. Returns false if the file is unknown.
 pub async fn set_progress(inst: &Instance, id: &FileId, p: &FileProgress) -> anyhow::Result<bool> {
     ensure_schema(inst).await?;
+    let mut conn = inst.pool().acquire().await?;
+    set_progress_in(&mut conn, id, p).await
+}
+
+/// [`set_progress`] for many files in one transaction; per file, whether the outbox holds it.
+pub async fn set_progress_many(inst: &Instance, files: &[(FileId, FileProgress)]) -> anyhow::Result<Vec<bool>> {
+    ensure_schema(inst).await?;
+    let mut tx = inst.pool().begin().await?;
+    let mut out = Vec::with_capacity(files.len());
+    for (id, p) in files {
+        out.push(set_progress_in(&mut tx, id, p).await?);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn set_progress_in(conn: &mut sqlx::SqliteConnection, id: &FileId, p: &FileProgress) -> anyhow::Result<bool> {
     let at = p.at.to_rfc3339();
     let q = match p.state {
         FileState::Relayed => {
@@ -195,7 +222,7 @@ pub async fn set_progress(inst: &Instance, id: &FileId, p: &FileProgress) -> any
     };
     let bind_at =
         if matches!(p.state, FileState::Relayed | FileState::Delivered) { Some(at) } else { p.detail.clone() };
-    let r = sqlx::query(q).bind(bind_at).bind(id.as_str()).execute(inst.pool()).await?;
+    let r = sqlx::query(q).bind(bind_at).bind(id.as_str()).execute(&mut *conn).await?;
     Ok(r.rows_affected() == 1)
 }
 

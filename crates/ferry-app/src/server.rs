@@ -14,7 +14,10 @@ use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_proto::api::{CreateInstance, ImportReport, InstanceCreated, valid_tenant_name};
+use ferry_proto::api::{
+    CreateInstance, FilesProgress, FilesProgressed, ImportReport, InstanceCreated, MAX_FILES_PER_CALL,
+    valid_tenant_name,
+};
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
 use ferry_web::auth::SignatureVerifier;
@@ -338,6 +341,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances/{tenant}/batches", get(list))
         .route("/v1/instances/{tenant}/batches/{id}/import", post(import))
         .route("/v1/instances/{tenant}/files", get(files))
+        .route("/v1/instances/{tenant}/files/state", post(files_state))
         .route("/v1/instances/{tenant}/files/{id}/state", post(file_state))
         .layer(axum::extract::DefaultBodyLimit::max(ferry_web::signed::MAX_SIGNED_BODY))
         .with_state(state);
@@ -572,6 +576,34 @@ async fn file_state(
         st.metrics.outbox_depth(&tenant, n);
     }
     Ok(Json(serde_json::json!({ "file_id": id, "state": p.state })))
+}
+
+/// `POST /v1/instances/{tenant}/files/state` ([`FilesProgress`], up to [`MAX_FILES_PER_CALL`] files): the progress
+/// of many files recorded in one transaction; files the outbox does not hold are listed as `unknown`.
+async fn files_state(
+    State(st): St,
+    Path(tenant): Path<String>,
+    Signed { body, .. }: Signed<CommsService>,
+) -> Result<Json<FilesProgressed>, ApiError> {
+    let req: FilesProgress =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    if req.files.len() > MAX_FILES_PER_CALL {
+        return Err(ApiError::TooLarge(format!(
+            "{} files in one call; send at most {MAX_FILES_PER_CALL}",
+            req.files.len()
+        )));
+    }
+    let inst = open_instance(&st, &tenant).await?;
+    let files: Vec<_> = req.files.into_iter().map(|f| (f.file_id, f.progress)).collect();
+    let known = crate::outbox::set_progress_many(&inst.0, &files).await.map_err(ApiError::Internal)?;
+    let mut answer = FilesProgressed::default();
+    for ((id, _), known) in files.into_iter().zip(known) {
+        if known { answer.updated.push(id) } else { answer.unknown.push(id) }
+    }
+    if let Ok(n) = crate::outbox::pending(&inst.0).await {
+        st.metrics.outbox_depth(&tenant, n);
+    }
+    Ok(Json(answer))
 }
 
 /// Retention: removes `sftp/<tenant>/incoming/<batch>/` of every batch the tenant's batch log has a verdict for

@@ -11,8 +11,9 @@ use axum::{Json, Router};
 use std::time::Duration;
 
 use ferry_proto::api::{
-    BatchStatus, DownloadFile, FileAck, FileError, FileId, FileReady, FileState, RegisterRequest, RegisterResponse,
-    RotateKey, WhoAmI, valid_file_name, valid_tenant_name,
+    BatchStatus, DownloadFile, FileAck, FileAcks, FileError, FileId, FileReady, FileRefused, FileState, FilesAcked,
+    FilesAnnounced, FilesReady, MAX_FILES_PER_CALL, RegisterRequest, RegisterResponse, RotateKey, WhoAmI,
+    valid_file_name, valid_tenant_name,
 };
 use ferry_proto::batch::BatchId;
 use ferry_proto::manifest::Manifest;
@@ -43,6 +44,7 @@ pub fn router(state: Arc<CommsState>) -> Router {
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/complete", post(complete_batch))
         .route("/v1/files", get(list_files))
+        .route("/v1/files/ack", post(ack_files))
         .route("/v1/files/{id}/ack", post(ack_file))
         .route("/v1/files/{id}/error", post(file_error))
         .route("/v1/app/files", post(app_file_ready))
@@ -413,6 +415,7 @@ async fn list_files(
     Query(q): Query<FilesQuery>,
     Signed { caller: c, .. }: Signed<Caller>,
 ) -> Result<Json<Vec<DownloadFile>>, ApiError> {
+    st.metrics.downstream_call("list");
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.downloads_changed.subscribe();
@@ -439,6 +442,7 @@ async fn ack_file(
     Path(id): Path<String>,
     Signed { caller: c, body }: Signed<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    st.metrics.downstream_call("ack");
     let id = parse_file_id(&id)?;
     let ack: FileAck = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
     let row = db::download(&st.db, &c.tenant, &id)
@@ -465,6 +469,57 @@ async fn ack_file(
     Ok(Json(serde_json::json!({ "id": id, "state": "delivered" })))
 }
 
+/// `POST /v1/files/ack` ([`FileAcks`], up to [`MAX_FILES_PER_CALL`]): many applied files acknowledged in one
+/// call, recorded in one transaction. Idempotent; a file refused (not this caller's, not ready, another SHA-256)
+/// is listed with its reason in [`FilesAcked`], the others are delivered.
+async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) -> Result<Json<FilesAcked>, ApiError> {
+    st.metrics.downstream_call("ack");
+    let acks: FileAcks =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad ack body: {e}")))?;
+    if acks.files.len() > MAX_FILES_PER_CALL {
+        return Err(ApiError::TooLarge(format!(
+            "{} files in one acknowledgement; send at most {MAX_FILES_PER_CALL} per call",
+            acks.files.len()
+        )));
+    }
+    let mut answer = FilesAcked::default();
+    let mut rows = Vec::new();
+    for a in acks.files {
+        let refuse = |error: String| FileRefused { file_id: a.id.clone(), error };
+        match db::download(&st.db, &c.tenant, &a.id).await.map_err(ApiError::internal)? {
+            None => answer.refused.push(refuse("not on this connector's download list".into())),
+            Some(row) if row.file.sha256 != a.sha256 => {
+                answer.refused.push(refuse("the acknowledged sha256 differs from the file's; download it again".into()))
+            }
+            Some(row) => rows.push(row),
+        }
+    }
+    let ids: Vec<FileId> = rows.iter().map(|r| r.file.file_id.clone()).collect();
+    let done = db::set_downloads_delivered(&st.db, &c.tenant, &ids).await.map_err(ApiError::internal)?;
+    let mut newly = 0;
+    for (row, ok) in rows.into_iter().zip(done) {
+        let id = row.file.file_id.clone();
+        if !ok {
+            answer.refused.push(FileRefused { file_id: id, error: "not ready yet".into() });
+            continue;
+        }
+        if row.state != FileState::Delivered {
+            let dir = st.sftp_root(&c.tenant).join("download").join(id.as_str());
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(tenant = %c.tenant, file = %id, "cannot remove the delivered file: {e}");
+            }
+            db::audit(&st.db, Some(&c.tenant), "file_delivered", &format!("{id} {}", row.file.name)).await;
+            tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
+            newly += 1;
+        }
+        answer.delivered.push(id);
+    }
+    if newly > 0 {
+        st.downstream_wakeup.notify_one();
+    }
+    Ok(Json(answer))
+}
+
 /// `POST /v1/files/{id}/error`: the Connector could not apply the file; it will retry. Kept for operators.
 async fn file_error(
     State(st): St,
@@ -484,12 +539,70 @@ async fn file_error(
     Ok(Json(serde_json::json!({ "id": id, "recorded": true })))
 }
 
-/// `POST /v1/app/files` (signed by the App's service key): a file is waiting in a tenant's outbox.
+/// `POST /v1/app/files` (signed by the App's service key): files are waiting in tenants' outboxes. The body is
+/// one [`FileReady`] (answer: `{file_id, state}`, or the refusal as the error) or [`FilesReady`], up to
+/// [`MAX_FILES_PER_CALL`] files recorded in one transaction (answer: [`FilesAnnounced`], refused files listed
+/// with their reason, the others taken).
 async fn app_file_ready(
     State(st): St,
     Signed { caller: AppService, body }: Signed<AppService>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let f: FileReady = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    st.metrics.downstream_call("announce");
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    if value.get("files").is_none() {
+        let f: FileReady = serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+        check_announced(&st, &f).await?;
+        if !db::insert_download(&st.db, &f).await.map_err(ApiError::internal)? {
+            return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));
+        }
+        tracing::info!(tenant = %f.tenant, file = %f.file_id, name = %f.name, "file announced by the App");
+        st.downstream_wakeup.notify_one();
+        return Ok(Json(serde_json::json!({ "file_id": f.file_id, "state": "fetching" })).into_response());
+    }
+    let batch: FilesReady =
+        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    if batch.files.len() > MAX_FILES_PER_CALL {
+        return Err(ApiError::TooLarge(format!(
+            "{} files in one announcement; send at most {MAX_FILES_PER_CALL} per call",
+            batch.files.len()
+        )));
+    }
+    let mut answer = FilesAnnounced::default();
+    let mut take = Vec::with_capacity(batch.files.len());
+    for f in batch.files {
+        match check_announced(&st, &f).await {
+            Ok(()) => take.push(f),
+            Err(e) => answer.refused.push(FileRefused { file_id: f.file_id, error: refusal_text(e) }),
+        }
+    }
+    let known = db::insert_downloads(&st.db, &take).await.map_err(ApiError::internal)?;
+    for (f, known) in take.into_iter().zip(known) {
+        if known {
+            tracing::info!(tenant = %f.tenant, file = %f.file_id, name = %f.name, "file announced by the App");
+            answer.accepted.push(f.file_id);
+        } else {
+            let error = format!("no tenant {:?} on this Comms server", f.tenant);
+            answer.refused.push(FileRefused { file_id: f.file_id, error });
+        }
+    }
+    if !answer.accepted.is_empty() {
+        st.downstream_wakeup.notify_one();
+    }
+    Ok(Json(answer).into_response())
+}
+
+/// What a refused file of a batched call is told (the checks refuse with a message, never an internal error).
+fn refusal_text(e: ApiError) -> String {
+    match e {
+        ApiError::BadRequest(m) | ApiError::Unprocessable(m) | ApiError::NotFound(m) => m,
+        _ => "refused".into(),
+    }
+}
+
+/// The checks of an announced file: names, digest, the tenant's size limit (a refusal audited once an hour).
+async fn check_announced(st: &CommsState, f: &FileReady) -> Result<(), ApiError> {
     if !valid_tenant_name(&f.tenant) || !valid_file_name(&f.name) {
         return Err(ApiError::BadRequest("invalid tenant or file name".into()));
     }
@@ -506,12 +619,7 @@ async fn app_file_ready(
         };
         return Err(ApiError::Unprocessable(msg));
     }
-    if !db::insert_download(&st.db, &f).await.map_err(ApiError::internal)? {
-        return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));
-    }
-    tracing::info!(tenant = %f.tenant, file = %f.file_id, name = %f.name, "file announced by the App");
-    st.downstream_wakeup.notify_one();
-    Ok(Json(serde_json::json!({ "file_id": f.file_id, "state": "fetching" })))
+    Ok(())
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -559,5 +667,14 @@ pub(crate) mod tests {
     #[test]
     fn openapi_describes_every_route_and_is_valid_3_1() {
         check_doc(super::OPENAPI, include_str!("api.rs"), &[]);
+        // the batched downstream bodies are described: announcements of one file or many, acks of many
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let body =
+            |path: &str| doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
+        let announce = body("/v1/app/files");
+        assert_eq!(announce["oneOf"].as_array().map(Vec::len), Some(2), "{announce}");
+        assert!(announce["oneOf"][1]["properties"]["files"]["maxItems"].as_u64() == Some(200));
+        assert_eq!(ferry_proto::api::MAX_FILES_PER_CALL, 200);
+        assert!(body("/v1/files/ack")["properties"]["files"]["items"]["required"].is_array());
     }
 }

@@ -3,11 +3,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_io::client::ApiClient;
-use ferry_proto::api::{CreateInstance, FileProgress, FileReady, ImportReport, InstanceCreated};
+use ferry_proto::api::{
+    CreateInstance, FileProgress, FileReady, FilesProgress, FilesProgressed, ImportReport, InstanceCreated,
+};
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
 use russh::keys::PrivateKey;
@@ -21,6 +24,10 @@ pub struct AppClient {
     /// SFTP sessions to the App kept open between downstream fetches (a login per file was most of a small
     /// file's cost): at most [`IDLE_SESSIONS`], each reused only within [`IDLE_FOR`].
     idle: std::sync::Mutex<Vec<(SftpClient, Instant)>>,
+    /// SFTP logins to the App and signed calls made to it since the start (`ferry_comms_app_sftp_logins_total`,
+    /// `ferry_comms_app_calls_total`; the downstream bench prints them per hop).
+    logins: AtomicU64,
+    calls: AtomicU64,
 }
 
 const IDLE_SESSIONS: usize = 4;
@@ -47,10 +54,31 @@ impl AppClient {
             },
             ssh_addr: ep.ssh_addr.clone(),
             idle: std::sync::Mutex::default(),
+            logins: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         })
     }
 
+    /// SFTP logins to the App since the start.
+    pub fn sftp_logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// Signed calls to the App's web services since the start.
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// A new SFTP session to the App (a login).
+    async fn connect_sftp(&self) -> anyhow::Result<SftpClient> {
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        SftpClient::connect(&self.sftp, &self.ssh_addr)
+            .await
+            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))
+    }
+
     fn api(&self) -> anyhow::Result<&ApiClient> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.api.as_ref().context("no App server is configured: set [app] api_url, tls_fingerprint, ssh_addr and ssh_host_key_fingerprint in comms.toml (values from `ferry app info`)")
     }
 
@@ -60,9 +88,7 @@ impl AppClient {
 
     /// Copy a completed batch to `/<tenant>/incoming/<batch>/` on the App server. Returns bytes sent.
     pub async fn push_batch(&self, tenant: &str, dir: &Path, m: &Manifest) -> anyhow::Result<u64> {
-        let sftp = SftpClient::connect(&self.sftp, &self.ssh_addr)
-            .await
-            .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?;
+        let sftp = self.connect_sftp().await?;
         let remote_dir = format!("/{tenant}/incoming/{}", m.batch_id);
         sftp.mkdir_all(&remote_dir).await?;
         let mut sent = 0;
@@ -98,9 +124,7 @@ impl AppClient {
             let was_reused = reused.is_some();
             let sftp = match reused.take() {
                 Some(s) => s,
-                None => SftpClient::connect(&self.sftp, &self.ssh_addr)
-                    .await
-                    .with_context(|| format!("cannot open SFTP to the App server at {}", self.ssh_addr))?,
+                None => self.connect_sftp().await?,
             };
             match sftp.download_file_resuming(&remote, local).await {
                 Ok(n) => {
@@ -114,6 +138,31 @@ impl AppClient {
                     }
                 }
             }
+        }
+    }
+
+    /// An SFTP session for a worker pass that fetches many files (the newest fresh idle one, or a new login),
+    /// and whether it was reused. Give it back with [`AppClient::release_session`].
+    pub async fn fetch_session(&self) -> anyhow::Result<(SftpClient, bool)> {
+        match self.take_idle() {
+            Some(s) => Ok((s, true)),
+            None => Ok((self.connect_sftp().await?, false)),
+        }
+    }
+
+    /// Download a file the App announced over `sftp` (a session of [`AppClient::fetch_session`]), continuing
+    /// a download that was cut off earlier. Several may run at once on one session.
+    pub async fn fetch_on(&self, sftp: &SftpClient, f: &FileReady, local: &Path) -> anyhow::Result<u64> {
+        let remote = format!("/{}/outbox/{}/{}", f.tenant, f.file_id, f.name);
+        sftp.download_file_resuming(&remote, local).await.with_context(|| format!("fetching {remote}"))
+    }
+
+    /// Keep a session of [`AppClient::fetch_session`] for the next pass (`healthy`), or close it.
+    pub async fn release_session(&self, sftp: SftpClient, healthy: bool) {
+        if healthy {
+            self.put_idle(sftp).await;
+        } else {
+            let _ = sftp.close().await;
         }
     }
 
@@ -142,6 +191,13 @@ impl AppClient {
         if let Some(s) = extra {
             let _ = s.close().await;
         }
+    }
+
+    /// Tell the App how far many files of a tenant have got, in one call (at most
+    /// [`ferry_proto::api::MAX_FILES_PER_CALL`]).
+    pub async fn files_progress(&self, tenant: &str, p: &FilesProgress) -> anyhow::Result<FilesProgressed> {
+        let path = format!("/v1/instances/{tenant}/files/state");
+        Ok(self.api()?.post(&path, p).await?)
     }
 
     /// Tell the App how far a file it created has got.

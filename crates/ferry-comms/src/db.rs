@@ -581,6 +581,90 @@ pub async fn insert_download(pool: &SqlitePool, f: &FileReady) -> sqlx::Result<b
     Ok(true)
 }
 
+/// [`insert_download`] for many files in one transaction (one commit, not one per file). Returns, per file,
+/// whether its tenant is known.
+pub async fn insert_downloads(pool: &SqlitePool, files: &[FileReady]) -> sqlx::Result<Vec<bool>> {
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(files.len());
+    let at = now();
+    for f in files {
+        let known =
+            sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(&f.tenant).fetch_optional(&mut *tx).await?;
+        if known.is_some() {
+            sqlx::query(
+                "INSERT INTO downloads(tenant, file_id, name, state, bytes, md5, sha256, created_at)
+                 VALUES (?, ?, ?, 'fetching', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&f.tenant)
+            .bind(f.file_id.as_str())
+            .bind(&f.name)
+            .bind(f.bytes as i64)
+            .bind(&f.md5)
+            .bind(&f.sha256)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        out.push(known.is_some());
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`set_download_ready`] for many files of a tenant in one transaction.
+pub async fn set_downloads_ready(pool: &SqlitePool, tenant: &str, files: &[(FileId, u64)]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let at = now();
+    for (id, compressed) in files {
+        sqlx::query(
+            "UPDATE downloads SET state = 'relayed', compressed_bytes = ?, ready_at = ?, last_error = NULL
+             WHERE tenant = ? AND file_id = ? AND state = 'fetching'",
+        )
+        .bind(*compressed as i64)
+        .bind(&at)
+        .bind(tenant)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// [`set_download_delivered`] for many files of a tenant in one transaction; per file, whether it is delivered.
+pub async fn set_downloads_delivered(pool: &SqlitePool, tenant: &str, ids: &[FileId]) -> sqlx::Result<Vec<bool>> {
+    let mut tx = pool.begin().await?;
+    let at = now();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let r = sqlx::query(
+            "UPDATE downloads SET state = 'delivered', delivered_at = COALESCE(delivered_at, ?), last_error = NULL
+             WHERE tenant = ? AND file_id = ? AND state IN ('relayed', 'delivered')",
+        )
+        .bind(&at)
+        .bind(tenant)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        out.push(r.rows_affected() == 1);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`set_app_notified`] for many files of a tenant in one transaction.
+pub async fn set_apps_notified(pool: &SqlitePool, tenant: &str, files: &[(FileId, FileState)]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (id, state) in files {
+        sqlx::query("UPDATE downloads SET app_notified = ? WHERE tenant = ? AND file_id = ?")
+            .bind(state.as_str())
+            .bind(tenant)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
 /// A download row, as the workers need it.
 #[derive(Debug, Clone)]
 pub struct DownloadRow {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::Utc;
-use ferry_proto::api::{FileProgress, FileState};
+use ferry_proto::api::{FileProgress, FileProgressOf, FileState, FilesProgress, MAX_FILES_PER_CALL};
 
 use ferry_web::worker::Worker;
 
@@ -18,39 +18,127 @@ use crate::{CommsState, db};
 
 pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let worker = Worker::new("downstream work", st.cfg.max_concurrent_tenants);
+    // one job per tenant: all its files needing work, handled in one pass
     let list = || async {
         let rows = db::downloads_needing_work(&st.db).await?;
-        anyhow::Ok(rows.into_iter().map(|r| (r.tenant.clone(), r)).collect::<Vec<_>>())
+        let mut jobs: Vec<(String, Vec<db::DownloadRow>)> = Vec::new();
+        for r in rows {
+            match jobs.iter_mut().find(|(t, _)| *t == r.tenant) {
+                Some((_, v)) => v.push(r),
+                None => jobs.push((r.tenant.clone(), vec![r])),
+            }
+        }
+        anyhow::Ok(jobs.into_iter().map(|(t, rows)| (t.clone(), (t, rows))).collect::<Vec<_>>())
     };
-    let work = |row: db::DownloadRow| {
+    let work = |(tenant, rows): (String, Vec<db::DownloadRow>)| {
         let st = st.clone();
-        async move { work_or_note(&st, &row).await }
+        async move { tenant_pass(&st, &tenant, rows).await }
     };
     worker.run(&st.downstream_wakeup, shutdown, list, work).await
 }
 
-/// One step of one file (fetch it, or tell the App how it went); a failure is noted with the file (for `tenant
-/// files`) and returned.
-#[tracing::instrument(name = "download", skip_all, fields(tenant = %row.tenant, file = %row.file.file_id))]
-async fn work_or_note(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
-    let r = if row.state == FileState::Fetching { fetch(st, row).await } else { tell_app(st, row).await };
-    let Err(e) = r else { return Ok(()) };
-    let msg = format!("{e:#}");
-    // kept with the file for `tenant files`; the worker loop logs failures, rate-limited
-    tracing::debug!(tenant = %row.tenant, file = %row.file.file_id, "{msg}");
-    db::note_download_error(&st.db, &row.tenant, &row.file.file_id, &msg).await?;
-    Err(e)
+/// Files fetched from the App at once within one pass (on one SFTP session), each compressed as it arrives.
+const FETCH_CONCURRENCY: usize = 4;
+/// Files put on the download list together (one transaction, one wake-up of the long-polls): the Connector
+/// starts on the first ones while the rest are fetched.
+const READY_GROUP: usize = 32;
+
+/// One pass over a tenant's files: fetch and compress every file still to fetch over one SFTP session
+/// ([`FETCH_CONCURRENCY`] at a time), put them on the download list in groups, then tell the App how its files
+/// progressed in batched calls. A file that fails is noted with its error (for `tenant files`) and retried by the
+/// next pass; the others go on.
+#[tracing::instrument(name = "downstream", skip_all, fields(tenant = %tenant))]
+async fn tenant_pass(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) -> anyhow::Result<()> {
+    let fetching: Vec<db::DownloadRow> = rows.into_iter().filter(|r| r.state == FileState::Fetching).collect();
+    let fetched = if fetching.is_empty() { Ok(()) } else { fetch_all(st, tenant, fetching).await };
+    let told = tell_app(st, tenant).await;
+    fetched.and(told)
 }
 
-async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
+async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (sftp, reused) = match st.app.fetch_session().await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            for r in &rows {
+                db::note_download_error(&st.db, tenant, &r.file.file_id, &msg).await?;
+            }
+            return Err(e);
+        }
+    };
+    let total = rows.len();
+    let session = &sftp;
+    let jobs: Vec<_> = rows
+        .into_iter()
+        .map(|r| async move {
+            let res = fetch_one(st, session, &r).await;
+            (r, res)
+        })
+        .collect();
+    let mut results = futures::stream::iter(jobs).buffer_unordered(FETCH_CONCURRENCY);
+    let mut ready: Vec<(ferry_proto::api::FileId, u64)> = Vec::new();
+    let (mut failed, mut first_error) = (0usize, None);
+    while let Some((row, r)) = results.next().await {
+        match r {
+            Ok(compressed) => {
+                tracing::info!(file = %row.file.file_id, name = %row.file.name, bytes = row.file.bytes, compressed, "file ready for download");
+                ready.push((row.file.file_id.clone(), compressed));
+                if ready.len() >= READY_GROUP {
+                    publish_ready(st, tenant, std::mem::take(&mut ready)).await?;
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::debug!(file = %row.file.file_id, "{msg}");
+                db::note_download_error(&st.db, tenant, &row.file.file_id, &msg).await?;
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(results);
+    publish_ready(st, tenant, ready).await?;
+    // a session on which everything failed is not trusted again (a reused one may have gone stale)
+    st.app.release_session(sftp, failed < total).await;
+    match first_error {
+        None => Ok(()),
+        Some(e) if reused && failed == total => {
+            Err(e.context("every fetch failed on a reused SFTP session; the next pass logs in again"))
+        }
+        Some(e) => Err(e.context(format!("{failed} of {total} file(s) not fetched (retried)"))),
+    }
+}
+
+/// Put fetched files on the download list and wake the long-polls.
+async fn publish_ready(
+    st: &CommsState,
+    tenant: &str,
+    ready: Vec<(ferry_proto::api::FileId, u64)>,
+) -> anyhow::Result<()> {
+    if ready.is_empty() {
+        return Ok(());
+    }
+    db::set_downloads_ready(&st.db, tenant, &ready).await?;
+    st.downloads_changed.send_modify(|v| *v += 1);
+    Ok(())
+}
+
+/// Fetch one file over `sftp`, check and compress it into the tenant's `download/<id>/` folder. Returns the
+/// compressed size.
+async fn fetch_one(
+    st: &CommsState,
+    sftp: &ferry_sftp::client::SftpClient,
+    row: &db::DownloadRow,
+) -> anyhow::Result<u64> {
     let f = &row.file;
     let tmp_dir = st.cfg.data_dir.join("tenants").join(&row.tenant).join("tmp");
     let out_dir = st.sftp_root(&row.tenant).join("download").join(f.file_id.as_str());
     let plain = tmp_dir.join(format!("{}.download", f.file_id));
-    let compressed = async {
+    async {
         std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
         // A fetch cut off earlier continues from its `.part`; the SHA-256 check below catches any mix-up.
-        st.app.fetch_file(f, &plain).await?;
+        st.app.fetch_on(sftp, f, &plain).await?;
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
         let final_path = out_dir.join(format!("{}.bz2", f.name));
         let part = out_dir.join(format!(".{}.bz2.part", f.name));
@@ -69,13 +157,7 @@ async fn fetch(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
         anyhow::Ok(compressed)
     }
     .await
-    .map_err(|e| ferry_io::retry::disk_full(e, &st.cfg.data_dir))?;
-    db::set_download_ready(&st.db, &row.tenant, &f.file_id, compressed).await?;
-    tracing::info!(tenant = %row.tenant, file = %f.file_id, name = %f.name, bytes = f.bytes, compressed, "file ready for download");
-    st.downloads_changed.send_modify(|v| *v += 1);
-    // The App hears "relayed" on the next pass.
-    st.downstream_wakeup.notify_one();
-    Ok(())
+    .map_err(|e| ferry_io::retry::disk_full(e, &st.cfg.data_dir))
 }
 
 /// Compress `plain` into `out` while checking it is the file the App announced. Returns the compressed size.
@@ -106,13 +188,50 @@ fn compress_checked(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyho
     Ok(std::fs::metadata(out)?.len())
 }
 
-async fn tell_app(st: &CommsState, row: &db::DownloadRow) -> anyhow::Result<()> {
-    let at = match row.state {
-        FileState::Delivered => row.delivered_at.unwrap_or_else(Utc::now),
-        _ => Utc::now(),
-    };
-    let p = FileProgress { state: row.state, at, detail: None };
-    st.app.file_progress(&row.tenant, row.file.file_id.as_str(), &p).await?;
-    db::set_app_notified(&st.db, &row.tenant, &row.file.file_id, row.state).await?;
+/// Tell the App the progress of every file of `tenant` it has not heard of (relayed, delivered), up to
+/// [`MAX_FILES_PER_CALL`] files per call, and record what it heard. A file the App does not hold is an error
+/// (retried with backoff), after the others were recorded.
+async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
+    let rows: Vec<db::DownloadRow> = db::downloads_needing_work(&st.db)
+        .await?
+        .into_iter()
+        .filter(|r| r.tenant == tenant && r.state != FileState::Fetching && r.app_notified != r.state.as_str())
+        .collect();
+    let mut unknown = Vec::new();
+    for chunk in rows.chunks(MAX_FILES_PER_CALL) {
+        let files = chunk
+            .iter()
+            .map(|r| {
+                let at = match r.state {
+                    FileState::Delivered => r.delivered_at.unwrap_or_else(Utc::now),
+                    _ => Utc::now(),
+                };
+                FileProgressOf {
+                    file_id: r.file.file_id.clone(),
+                    progress: FileProgress { state: r.state, at, detail: None },
+                }
+            })
+            .collect();
+        let answer = match st.app.files_progress(tenant, &FilesProgress { files }).await {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = format!("telling the App: {e:#}");
+                for r in chunk {
+                    db::note_download_error(&st.db, tenant, &r.file.file_id, &msg).await?;
+                }
+                return Err(e);
+            }
+        };
+        let heard: Vec<_> = chunk
+            .iter()
+            .filter(|r| answer.updated.contains(&r.file.file_id))
+            .map(|r| (r.file.file_id.clone(), r.state))
+            .collect();
+        db::set_apps_notified(&st.db, tenant, &heard).await?;
+        unknown.extend(answer.unknown);
+    }
+    if let Some(first) = unknown.first() {
+        bail!("the App's outbox does not hold {} file(s) Comms relays, first {first} (retried)", unknown.len());
+    }
     Ok(())
 }

@@ -57,6 +57,11 @@ struct StageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabel {
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -72,6 +77,7 @@ pub struct Metrics {
     stage_seconds: Family<StageLabel, Histogram>,
     bytes_up: Counter,
     ssh_logins: Counter,
+    downstream_calls: Family<CallLabel, Counter>,
     long_polls: Gauge,
     waiting: AtomicI64,
 }
@@ -84,6 +90,7 @@ impl Default for Metrics {
             stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 4.0, 12))),
             bytes_up: Counter::default(),
             ssh_logins: Counter::default(),
+            downstream_calls: Family::default(),
             long_polls: Gauge::default(),
             waiting: AtomicI64::new(0),
         }
@@ -120,6 +127,17 @@ impl Metrics {
         self.ssh_logins.get()
     }
 
+    /// A downstream web-service call answered: `announce` (the App's `POST /v1/app/files`), `list` (a
+    /// Connector's `GET /v1/files`), `ack` (`POST /v1/files/{id}/ack` or `/v1/files/ack`).
+    pub fn downstream_call(&self, call: &'static str) {
+        self.downstream_calls.get_or_create(&CallLabel { call }).inc();
+    }
+
+    /// Downstream calls of one kind since the start ([`Metrics::downstream_call`]).
+    pub fn downstream_calls(&self, call: &'static str) -> u64 {
+        self.downstream_calls.get_or_create(&CallLabel { call }).get()
+    }
+
     pub fn uploaded(&self, bytes: u64) {
         self.bytes_up.inc_by(bytes);
     }
@@ -143,6 +161,13 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
     reg.register("refused", "Logins and calls refused, by reason", m.refused.clone());
     reg.register("stage_seconds", "Duration of each stage of a batch at the Comms server", m.stage_seconds.clone());
     reg.register("ssh_logins", "SFTP logins accepted", m.ssh_logins.clone());
+    let app_logins: Counter = Counter::default();
+    app_logins.inc_by(st.app.sftp_logins());
+    reg.register("app_sftp_logins", "SFTP logins to the App server (relay and downstream fetches)", app_logins);
+    let app_calls: Counter = Counter::default();
+    app_calls.inc_by(st.app.api_calls());
+    reg.register("app_calls", "Signed web-service calls to the App server", app_calls);
+    reg.register("downstream_calls", "Downstream web-service calls answered, by call", m.downstream_calls.clone());
     reg.register("upload_bytes", "Compressed bytes of the batches Connectors completed", m.bytes_up.clone());
     reg.register("long_polls_waiting", "Connector long-polls (GET /v1/files?wait=) waiting now", m.long_polls.clone());
 

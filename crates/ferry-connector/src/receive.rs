@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Local, NaiveTime};
 use ferry_io::client::ApiClient;
-use ferry_proto::api::{DownloadFile, FileAck, FileError};
+use ferry_proto::api::{DownloadFile, FileAckOf, FileAcks, FileError, FileId, FilesAcked, MAX_FILES_PER_CALL};
 
 use crate::agent::Connector;
 use crate::delivery;
@@ -30,6 +30,9 @@ use crate::journal::Journal;
 use crate::pending::Pending;
 use ferry_io::retry::{Backoff, FailureLog};
 use ferry_sftp::client::SftpClient;
+
+/// Files of a page downloaded, decompressed and verified ahead of the one being delivered.
+const PREFETCH: usize = 4;
 
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +61,9 @@ impl Connector {
     ) -> anyhow::Result<Vec<Outcome>> {
         let api = self.api()?;
         let journal = Journal::open(self.cfg.journal_path()).await?;
-        for r in journal.pending_acks().await? {
-            ack(&api, &r.file_id, &r.sha256).await?;
-            journal.mark_acked(&r.file_id).await?;
-        }
+        let lost: Vec<(String, String)> =
+            journal.pending_acks().await?.into_iter().map(|r| (r.file_id, r.sha256)).collect();
+        ack_many(&api, &journal, &lost).await?;
         // The long-poll holds the call open for `wait_secs`: allow that on top of the usual limit.
         let poll = self.api_with_timeout(Duration::from_secs(wait_secs) + self.cfg.network.timeout())?;
         let path = format!("/v1/files?wait={wait_secs}");
@@ -89,7 +91,8 @@ impl Connector {
         Ok(out)
     }
 
-    /// Apply and acknowledge the files of one page of the download list, in order.
+    /// Apply the files of one page of the download list, in order, each journaled as applied at once; then
+    /// acknowledge them together (one call per [`MAX_FILES_PER_CALL`] files), before the next page is asked for.
     #[allow(clippy::too_many_arguments)]
     async fn receive_page(
         &self,
@@ -103,27 +106,77 @@ impl Connector {
     ) -> anyhow::Result<()> {
         // one SFTP session for the page's files (opened on the first download; a failed download drops it)
         let mut session = None;
+        let mut acks: Vec<(String, String)> = Vec::new();
+        let applied =
+            self.apply_page(journal, api, files, progress, stop, stopping, out, &mut session, &mut acks).await;
+        if let Some(s) = session {
+            let _ = s.close().await;
+        }
+        // what was applied is acknowledged even if a later file of the page broke off the loop
+        let acked = ack_many(api, journal, &acks).await;
+        applied.and(acked)
+    }
+
+    /// Download, decompress and verify up to [`PREFETCH`] files ahead over the page's one SFTP session while the
+    /// files are delivered strictly in the list's order, each journaled as applied when it is.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_page(
+        &self,
+        journal: &Journal,
+        api: &ApiClient,
+        files: Vec<DownloadFile>,
+        progress: &(dyn Fn(&str) + Sync),
+        stop: &mut (impl Future<Output = ()> + Unpin),
+        stopping: &mut bool,
+        out: &mut Vec<Outcome>,
+        session: &mut Option<SftpClient>,
+        acks: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let work = self.cfg.data_dir().join("incoming");
+        // what the journal already shows as applied is only acknowledged again, never fetched
+        let mut todo = Vec::with_capacity(files.len());
         for f in files {
-            // Stop between files, never inside one.
-            if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
-                *stopping = true;
-                continue;
-            }
             let id = f.id.to_string();
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
             {
-                ack(api, &id, &f.sha256).await?;
-                journal.mark_acked(&id).await?;
+                acks.push((id, f.sha256.clone()));
                 progress(&format!("{}: already applied earlier; acknowledged again", f.name));
                 out.push(Outcome::AlreadyApplied { name: f.name });
-                continue;
+            } else {
+                todo.push(f);
             }
-            match self.apply_one(&f, &mut session).await {
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if session.is_none() {
+            *session = Some(self.sftp().await?);
+        }
+        let sftp = session.as_ref().context("no SFTP session")?;
+        let work_ref = &work;
+        let fetches: Vec<_> = todo
+            .into_iter()
+            .map(|f| async move {
+                let r =
+                    self.fetch_verified(&f, work_ref, sftp).await.map_err(|e| ferry_io::retry::disk_full(e, work_ref));
+                (f, r)
+            })
+            .collect();
+        let mut fetched = futures::stream::iter(fetches).buffered(PREFETCH);
+        loop {
+            // Stop between files, never inside one.
+            if *stopping || futures::FutureExt::now_or_never(&mut *stop).is_some() {
+                *stopping = true;
+                break;
+            }
+            let Some((f, plain)) = fetched.next().await else { break };
+            let id = f.id.to_string();
+            match async { self.deliver_one(&f, &plain?).await }.await {
                 Ok(report) => {
                     journal.mark_applied(&id, &f.name, &f.sha256).await?;
-                    ack(api, &id, &f.sha256).await?;
-                    journal.mark_acked(&id).await?;
+                    acks.push((id, f.sha256.clone()));
                     if report.already_in_ledger {
                         // the ERP committed it before a crash took the journal entry with it
                         progress(&format!("{}: already in the ERP's ledger, not written back again", f.name));
@@ -147,24 +200,18 @@ impl Connector {
                 }
             }
         }
-        if let Some(s) = session {
-            let _ = s.close().await;
-        }
+        drop(fetched);
+        // files fetched ahead but not delivered (a stop) leave nothing behind but resumable parts
         Ok(())
     }
 
-    /// Download (resuming a cut-off download), decompress and verify, then deliver. An error caused by a full
-    /// disk says which folder's disk it is.
-    async fn apply_one(
-        &self,
-        f: &DownloadFile,
-        session: &mut Option<SftpClient>,
-    ) -> anyhow::Result<delivery::DeliveryReport> {
+    /// Deliver a verified plain file (`work/<id>/<name>`), then remove it. An error caused by a full disk says
+    /// which folder's disk it is.
+    async fn deliver_one(&self, f: &DownloadFile, plain: &std::path::Path) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
-        let plain = self.fetch_verified(f, &work, session).await.map_err(|e| ferry_io::retry::disk_full(e, &work))?;
         let (cfg, erp) = (&self.cfg.delivery, &self.cfg.erp);
         let report =
-            delivery::deliver_file(cfg, Some(erp), &plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
+            delivery::deliver_file(cfg, Some(erp), plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
                 // which disk: the ERP database's for the SQL write-back, else the inbound folder's
                 let target = match &e {
                     delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
@@ -180,37 +227,17 @@ impl Connector {
         Ok(report)
     }
 
-    /// The plain, verified file under `work/<id>/<name>`.
+    /// The plain, verified file under `work/<id>/<name>`, downloaded over `sftp` (continuing a download cut off
+    /// earlier: the SHA-256 check catches any mix-up).
     async fn fetch_verified(
         &self,
         f: &DownloadFile,
         work: &std::path::Path,
-        session: &mut Option<SftpClient>,
+        sftp: &SftpClient,
     ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
         let bz2 = work.join(format!("{}.bz2", f.id));
-        // A download cut off earlier continues from its `.part` (the SHA-256 check below catches any mix-up).
-        // The session of the previous file is reused; if it fails (the server may have closed it while that file
-        // was delivered), the download is tried once more on a fresh one.
-        let reused = session.is_some();
-        for attempt in 0..2 {
-            let sftp = match session.take() {
-                Some(s) => s,
-                None => self.sftp().await?,
-            };
-            match sftp.download_file_resuming(&f.path, &bz2).await {
-                Ok(_) => {
-                    *session = Some(sftp);
-                    break;
-                }
-                Err(e) => {
-                    let _ = sftp.close().await;
-                    if !(reused && attempt == 0) {
-                        return Err(anyhow::Error::from(e).context(format!("downloading {}", f.name)));
-                    }
-                }
-            }
-        }
+        sftp.download_file_resuming(&f.path, &bz2).await.with_context(|| format!("downloading {}", f.name))?;
         let plain_dir = work.join(f.id.as_str());
         std::fs::create_dir_all(&plain_dir).with_context(|| format!("cannot create {}", plain_dir.display()))?;
         let plain = plain_dir.join(&f.name);
@@ -374,11 +401,32 @@ fn schedule_note(daily: Option<NaiveTime>, last: Option<DateTime<Local>>, now: D
     }
 }
 
-async fn ack(api: &ApiClient, id: &str, sha256: &str) -> anyhow::Result<()> {
-    let _: serde_json::Value = api
-        .post(&format!("/v1/files/{id}/ack"), &FileAck { sha256: sha256.to_string() })
-        .await
-        .with_context(|| format!("acknowledging file {id}"))?;
+/// Acknowledge applied files `(id, sha256)` to Comms, [`MAX_FILES_PER_CALL`] per call (`POST /v1/files/ack`), and
+/// journal each as acknowledged. A file Comms refuses makes this an error (its ack is sent again next round).
+async fn ack_many(api: &ApiClient, journal: &Journal, acks: &[(String, String)]) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    for chunk in acks.chunks(MAX_FILES_PER_CALL) {
+        let files = chunk
+            .iter()
+            .map(|(id, sha256)| Ok(FileAckOf { id: FileId::parse(id)?, sha256: sha256.clone() }))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let answer: FilesAcked = api
+            .post("/v1/files/ack", &FileAcks { files })
+            .await
+            .with_context(|| format!("acknowledging {} file(s)", chunk.len()))?;
+        for id in &answer.delivered {
+            journal.mark_acked(id.as_str()).await?;
+        }
+        refused.extend(answer.refused);
+    }
+    if let Some(first) = refused.first() {
+        anyhow::bail!(
+            "the Comms server refused {} acknowledgement(s), first file {}: {}",
+            refused.len(),
+            first.file_id,
+            first.error
+        );
+    }
     Ok(())
 }
 

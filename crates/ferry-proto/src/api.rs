@@ -256,3 +256,70 @@ pub struct FileProgress {
     pub at: DateTime<Utc>,
     pub detail: Option<String>,
 }
+
+/// Most files in one batched downstream call ([`FilesReady`], [`FileAcks`], [`FilesProgress`]); a sender with
+/// more sends several calls.
+pub const MAX_FILES_PER_CALL: usize = 200;
+
+/// `POST /v1/app/files` with many files at once (the body has `files`; a single [`FileReady`] is still
+/// accepted): every file the App's announcer has not announced yet, in one signed call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilesReady {
+    pub files: Vec<FileReady>,
+}
+
+/// A file of a batched call that was not taken, and why (the others of the call were).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRefused {
+    pub file_id: FileId,
+    pub error: String,
+}
+
+/// The answer to [`FilesReady`]: the files recorded (or already known) and the ones refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FilesAnnounced {
+    pub accepted: Vec<FileId>,
+    pub refused: Vec<FileRefused>,
+}
+
+/// One file of [`FileAcks`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileAckOf {
+    pub id: FileId,
+    /// SHA-256 of the plain file as applied (must match).
+    pub sha256: String,
+}
+
+/// `POST /v1/files/ack` (Connector -> Comms): many applied files acknowledged in one call. Idempotent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileAcks {
+    pub files: Vec<FileAckOf>,
+}
+
+/// The answer to [`FileAcks`]: the files now delivered and the ones refused (unknown, not ready, wrong SHA-256).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FilesAcked {
+    pub delivered: Vec<FileId>,
+    pub refused: Vec<FileRefused>,
+}
+
+/// One file of [`FilesProgress`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileProgressOf {
+    pub file_id: FileId,
+    #[serde(flatten)]
+    pub progress: FileProgress,
+}
+
+/// `POST /v1/instances/{tenant}/files/state` (Comms -> App): the progress of many files in one call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilesProgress {
+    pub files: Vec<FileProgressOf>,
+}
+
+/// The answer to [`FilesProgress`]: files recorded, and files the instance's outbox does not hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FilesProgressed {
+    pub updated: Vec<FileId>,
+    pub unknown: Vec<FileId>,
+}

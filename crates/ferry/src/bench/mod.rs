@@ -1,6 +1,8 @@
 //! `ferry bench pipeline`: the whole upstream, Ferry's three processes against the shell pipeline (see
 //! [`pipeline`]).
 //!
+//! `ferry bench downstream`: the downstream path at volume (see [`downstream`]).
+//!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
 //! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
@@ -21,6 +23,7 @@
 //! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
+pub mod downstream;
 mod measure;
 mod pipeline;
 mod report;
@@ -58,12 +61,26 @@ pub enum BenchCmd {
     /// on loopback) against the shell pipeline (sqlite3 -csv, md5sum, bzip2 -9 or lbzip2, sftp to a relay sshd
     /// and on to an app sshd, decompress, md5sum -c, sqlite3 .import), taking turns for N rounds.
     Pipeline(pipeline::PipelineArgs),
+    /// The downstream path at volume: N order files published by the App while the Connector long-polls,
+    /// timed until all are in its inbound folder, with the logins and calls at each hop (in-process servers).
+    Downstream {
+        /// Order files to publish (one plan on the medium sample makes about 350).
+        #[arg(long, default_value_t = 350, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        files: u64,
+        /// Runs (each on a fresh cluster).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+        /// Working folder, new or empty, kept afterwards (default: a temporary folder, removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
         BenchCmd::Pipeline(args) => pipeline::run(args).await,
+        BenchCmd::Downstream { files, runs, dir } => downstream::run(files as usize, runs, dir).await,
     }
 }
 

@@ -470,3 +470,57 @@ async fn one_receive_delivers_every_waiting_file_beyond_one_page() {
     assert!(conn.receive(0, &quiet).await.unwrap().is_empty(), "nothing left");
     c.stop().await;
 }
+
+/// Downstream at volume (issue 11): the 350 order files of one plan on the medium sample, published while the
+/// Connector long-polls, all reach its inbound folder exactly once, byte for byte (`ferry bench downstream`'s
+/// measurement, which checks the folder), in batches at every hop: a handful of SFTP logins and calls, not one
+/// per file. The time is printed, not asserted (a benchmark figure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_fifty_order_files_arrive_once_with_few_logins_and_calls_per_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    const N: usize = 350;
+    let f = ferry::bench::downstream::measure(dir.path(), N).await.expect("every file delivered once");
+    println!("{N} files in {:?} (first after {:?}); {f:?}", f.all, f.first);
+    let applied = f.outcomes.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count();
+    assert_eq!(applied, N);
+    assert!(f.outcomes.iter().all(|o| matches!(o, Outcome::Applied { .. })), "{:?}", f.outcomes);
+    // Connector -> Comms: one SFTP session and one ack call per page of the list (100 files), and the lists
+    assert!(f.connector_logins <= 10, "{} Connector logins for {N} files", f.connector_logins);
+    assert!(f.ack_calls <= 10, "{} ack calls for {N} files", f.ack_calls);
+    // Comms -> App: the kept sessions and batched progress reports
+    assert!(f.app_logins <= 4, "{} logins at the App for {N} files", f.app_logins);
+    assert!(f.app_calls <= 30, "{} progress calls to the App for {N} files", f.app_calls);
+    // App -> Comms: announcements of many files per call
+    assert!(f.announce_calls < (N / 5) as u64, "{} announce calls for {N} files", f.announce_calls);
+    assert!(f.receipts.is_some(), "the App heard of every file as delivered");
+}
+
+/// The single-file announcement body of earlier versions is still accepted, and a batched one answers per file:
+/// a file over the tenant's size limit is refused by itself while the others are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announcements_take_one_file_or_many_and_refuse_files_one_by_one() {
+    let (_dir, c) = cluster().await;
+    c.add_tenant("acme").await.unwrap();
+    let app = &c.app.state;
+    let comms = ferry_app::downstream::comms_client(&app.cfg, &app.identity.service_key).unwrap().unwrap();
+    let f1 = publish(&c, "acme", "rp_000001.csv", "a\n1\n").await;
+    let one: serde_json::Value = comms.post("/v1/app/files", &f1).await.unwrap();
+    assert_eq!(one["state"], "fetching", "{one}");
+    assert_eq!(one["file_id"], f1.file_id.as_str());
+
+    let f2 = publish(&c, "acme", "rp_000002.csv", "a\n2\n").await;
+    let mut big = publish(&c, "acme", "rp_000003.csv", "a\n3\n").await;
+    big.bytes = u64::MAX / 2;
+    let mut ghost = f2.clone();
+    ghost.tenant = "nobody".into();
+    let body = ferry_proto::api::FilesReady { files: vec![f1.clone(), f2.clone(), big.clone(), ghost] };
+    let many: ferry_proto::api::FilesAnnounced = comms.post("/v1/app/files", &body).await.unwrap();
+    assert_eq!(many.accepted, vec![f1.file_id.clone(), f2.file_id.clone()], "{many:?}");
+    assert_eq!(many.refused.len(), 2, "{many:?}");
+    assert!(many.refused.iter().any(|r| r.file_id == big.file_id && r.error.contains("max_download_file_bytes")));
+    assert!(many.refused.iter().any(|r| r.error.contains("no tenant")), "{many:?}");
+    let too_many = ferry_proto::api::FilesReady { files: vec![f1.clone(); ferry_proto::api::MAX_FILES_PER_CALL + 1] };
+    let err = comms.post::<_, serde_json::Value>("/v1/app/files", &too_many).await.expect_err("too many");
+    assert_eq!(err.status(), Some(413));
+    c.stop().await;
+}
