@@ -620,7 +620,9 @@ fn read_file(
             ParseError::Stop(stop) => stop,
             ParseError::Read(e) => {
                 let produced = hashing.into_parts().0.inner.decompressed_bytes();
-                classify_read_error(e, &source_error, &path, entry, compressed, (produced >= cap).then_some(cap))
+                let lines = rows + u64::from(matches!(target, Target::Custom));
+                let at_cap = (produced >= cap).then_some(cap);
+                classify_read_error(e, &source_error, &path, entry, compressed, at_cap, lines)
             }
         });
     }
@@ -666,6 +668,7 @@ fn classify_read_error(
     entry: &ManifestFile,
     compressed: u64,
     at_cap: Option<u64>,
+    lines: u64,
 ) -> Stop {
     let name = &entry.name;
     if let Some((kind, msg)) = source_error.borrow_mut().take() {
@@ -694,7 +697,10 @@ fn classify_read_error(
     } else {
         String::new()
     };
-    Stop::Reject(format!("{}: truncated or corrupt bzip2 data{hint}: {e}", entry.compressed_name()))
+    Stop::Reject(format!(
+        "{}: truncated or corrupt bzip2 data after line {lines} of {name}{hint}: {e}",
+        entry.compressed_name()
+    ))
 }
 
 enum ParseError {
