@@ -356,10 +356,10 @@ fn load(
                     return Ok(Err(format!("{}: {:?} is not a date column of the file", f.name, w.column)));
                 };
                 tx.execute(&window_index(s.table, col).1, [])?;
-                tx.execute(&format!("DELETE FROM \"{}\" WHERE \"{col}\" >= ?1", s.table), [w
-                    .from
-                    .format("%Y-%m-%d")
-                    .to_string()])?;
+                tx.execute(
+                    &format!("DELETE FROM \"{}\" WHERE \"{col}\" >= ?1", s.table),
+                    [w.from.format("%Y-%m-%d").to_string()],
+                )?;
             }
             (Target::Standard(s), None) if full => {
                 for col in s.date_columns() {
@@ -443,7 +443,10 @@ enum Field {
     Null,
     Int(i64),
     /// `text[start..end]`, valid UTF-8.
-    Text { start: usize, end: usize },
+    Text {
+        start: usize,
+        end: usize,
+    },
 }
 
 /// Rows of one file, flattened: `rows * columns` fields in column order, their text in one buffer. Chunks go

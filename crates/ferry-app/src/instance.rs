@@ -175,7 +175,12 @@ pub(crate) fn report_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ImportRepor
 }
 
 /// The report of a `batch_log` row from its columns.
-pub(crate) fn report_from_parts(id: &str, state: &str, detail: Option<String>, files_json: &str) -> Result<ImportReport> {
+pub(crate) fn report_from_parts(
+    id: &str,
+    state: &str,
+    detail: Option<String>,
+    files_json: &str,
+) -> Result<ImportReport> {
     let corrupt = |what: String| InstanceError::Corrupt { batch: id.chars().take(64).collect(), what };
     let batch_id = BatchId::parse(id).map_err(|e| corrupt(e.to_string()))?;
     let state = BatchState::parse(state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;

@@ -314,7 +314,9 @@ fn is_stream_start(b: &[u8]) -> bool {
     const BLOCK: &[u8; 6] = b"\x31\x41\x59\x26\x53\x59";
     const END: &[u8; 6] = b"\x17\x72\x45\x38\x50\x90";
     match b.get(..10) {
-        Some([b'B', b'Z', b'h', level, magic @ ..]) => (b'1'..=b'9').contains(level) && (magic == BLOCK || magic == END),
+        Some([b'B', b'Z', b'h', level, magic @ ..]) => {
+            (b'1'..=b'9').contains(level) && (magic == BLOCK || magic == END)
+        }
         _ => false,
     }
 }
@@ -366,8 +368,8 @@ fn segment_worker(jobs: &Mutex<mpsc::Receiver<SegJob>>, done: &mpsc::Sender<SegD
             Err(_) => return,
         };
         let Ok((seq, input)) = job else { return };
-        let out = catch_unwind(AssertUnwindSafe(|| decode_segment(&input, MAX_SEGMENT_OUT)))
-            .unwrap_or(Err(SegmentFailed));
+        let out =
+            catch_unwind(AssertUnwindSafe(|| decode_segment(&input, MAX_SEGMENT_OUT))).unwrap_or(Err(SegmentFailed));
         if done.send((seq, out)).is_err() {
             return;
         }
@@ -441,7 +443,10 @@ pub fn parallel_decoder<R: Read>(r: R, max_out: u64, threads: usize) -> Parallel
     let workers = (0..threads)
         .filter(|i| {
             let (jobs, done) = (Arc::clone(&job_rx), done_tx.clone());
-            thread::Builder::new().name(format!("ferry-bunzip2-{i}")).spawn(move || segment_worker(&jobs, &done)).is_ok()
+            thread::Builder::new()
+                .name(format!("ferry-bunzip2-{i}"))
+                .spawn(move || segment_worker(&jobs, &done))
+                .is_ok()
         })
         .count();
     let segments = Segments {
@@ -875,9 +880,12 @@ mod tests {
         let plain = dir.path().join("x.csv");
         std::fs::write(&plain, &data).unwrap();
         let mut tried = 0;
-        for (tool, args) in [("/usr/bin/bzip2", &["-9", "-c"][..]), ("/usr/bin/bzip2", &["-1", "-c"][..]),
-            ("/usr/bin/lbzip2", &["-9", "-c", "-n", "2"][..]), ("/usr/bin/pbzip2", &["-9", "-c", "-p2"][..])]
-        {
+        for (tool, args) in [
+            ("/usr/bin/bzip2", &["-9", "-c"][..]),
+            ("/usr/bin/bzip2", &["-1", "-c"][..]),
+            ("/usr/bin/lbzip2", &["-9", "-c", "-n", "2"][..]),
+            ("/usr/bin/pbzip2", &["-9", "-c", "-p2"][..]),
+        ] {
             if !Path::new(tool).exists() {
                 println!("skipped: {tool} is not installed");
                 continue;

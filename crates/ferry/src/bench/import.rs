@@ -125,7 +125,11 @@ pub(super) async fn run(size_name: &str, dir: Option<PathBuf>, runs: u32) -> any
     let (f, s) = (median(&mut ours), median(&mut theirs));
     println!("| contender | median of {runs} | rows | CSV |");
     println!("|---|---|---|---|");
-    println!("| ferry import (bunzip2 on {cores} cores + verify + parse + insert) | {f:.2} s | {} | {} |", int(rows), mb(csv_bytes));
+    println!(
+        "| ferry import (bunzip2 on {cores} cores + verify + parse + insert) | {f:.2} s | {} | {} |",
+        int(rows),
+        mb(csv_bytes)
+    );
     if theirs.is_empty() {
         println!("| sqlite3 .import (plain CSV) | - | | |");
     } else {
@@ -196,7 +200,8 @@ fn sqlite_script(manifest: &Manifest, plain: &Path) -> String {
     }
     s.push_str(".mode csv\n");
     for f in &manifest.files {
-        let table = spec::file_spec(&f.name).map_or_else(|| f.name.trim_end_matches(".csv").to_string(), |s| s.table.to_string());
+        let table = spec::file_spec(&f.name)
+            .map_or_else(|| f.name.trim_end_matches(".csv").to_string(), |s| s.table.to_string());
         s.push_str(&format!(".import \"{}\" \"{table}\"\n", plain.join(&f.name).display()));
     }
     s.push_str("COMMIT;\n");
