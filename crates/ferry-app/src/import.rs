@@ -1031,10 +1031,94 @@ mod tests {
             insert_sql("bom", &["item", "ratio"], 2),
             "INSERT INTO \"bom\" (\"item\",\"ratio\") VALUES (?,?),(?,?)"
         );
-        let w = TableWriter::new("stock", vec!["c"; 100]);
-        assert_eq!(w.rows_per_insert, 327);
-        let w = TableWriter::new("sales", vec!["c"; 10]);
-        assert_eq!(w.rows_per_insert, MAX_ROWS_PER_INSERT);
+    }
+
+    #[test]
+    fn a_chunk_is_inserted_whole_through_multi_and_single_row_statements() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute("CREATE TABLE t (a TEXT, b INTEGER)", []).unwrap();
+        let mut w = TableWriter::new(&conn, "t", &["a", "b"]).unwrap();
+        let mut chunk = Chunk::default();
+        let rows = MULTI_ROWS * 2 + 3;
+        for i in 0..rows {
+            let a = if i % 5 == 0 { Field::Null } else { chunk.push_text(format!("r{i}").as_bytes()) };
+            chunk.fields.extend([a, Field::Int(i as i64)]);
+        }
+        w.insert(&chunk).unwrap();
+        let (n, sum, nulls): (i64, i64, i64) = conn
+            .query_row("SELECT COUNT(*), SUM(b), SUM(a IS NULL) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        assert_eq!((n, sum, nulls), (rows as i64, (0..rows as i64).sum(), rows.div_ceil(5) as i64));
+        let a: String = conn.query_row("SELECT a FROM t WHERE b = ?1", [rows as i64 - 1], |r| r.get(0)).unwrap();
+        assert_eq!(a, format!("r{}", rows - 1));
+    }
+
+    /// The allocation-free check gives exactly what `spec::parse_field` gives, error messages included.
+    #[test]
+    fn push_field_agrees_with_the_spec() {
+        use spec::{Column, Kind};
+        let kinds = [
+            Kind::Text,
+            Kind::Code,
+            Kind::Int,
+            Kind::Dec,
+            Kind::Date,
+            Kind::OneOf(&["EX", "IN"]),
+            Kind::Flag,
+            Kind::Unused,
+        ];
+        let inputs = [
+            "",
+            "a",
+            " a",
+            "a ",
+            "a\u{a0}",
+            "\u{3000}x",
+            "x\ny",
+            "x\ry",
+            "12",
+            "-12",
+            "+3",
+            "1.5",
+            "-0.25",
+            ".5",
+            "5.",
+            ".",
+            "-",
+            "1.2.3",
+            "1e5",
+            "2026/01/31",
+            "2026/02/30",
+            "2024/02/29",
+            "2026/1/31",
+            "+026/01/31",
+            "2026-01-31",
+            "EX",
+            "IN",
+            "ex",
+            "0",
+            "1",
+            "2",
+            "99999999999999999999",
+            "é",
+            "Item, \"5\"",
+        ];
+        for kind in kinds {
+            for required in [false, true] {
+                let col = Column { name: "c", kind, required };
+                for raw in inputs {
+                    let mut chunk = Chunk::default();
+                    let ours = push_field(&col, raw, &mut chunk).map(|f| match f {
+                        Field::Null => Value::Null,
+                        Field::Int(i) => Value::Int(i),
+                        Field::Text { start, end } => {
+                            Value::Text(String::from_utf8(chunk.text[start..end].to_vec()).unwrap())
+                        }
+                    });
+                    assert_eq!(ours, spec::parse_field(&col, raw), "{kind:?} required={required} {raw:?}");
+                }
+            }
+        }
     }
 
     #[test]
