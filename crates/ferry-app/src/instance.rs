@@ -168,14 +168,24 @@ impl Instance {
 /// Read one `batch_log` row back into the report that was returned when the batch was processed.
 pub(crate) fn report_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ImportReport> {
     let id: String = r.try_get("batch_id")?;
-    let corrupt = |what: String| InstanceError::Corrupt { batch: id.chars().take(64).collect(), what };
-    let batch_id = BatchId::parse(&id).map_err(|e| corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
-    let state = BatchState::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
     let detail: Option<String> = r.try_get("detail")?;
     let files_json: String = r.try_get("files_json")?;
+    report_from_parts(&id, &state, detail, &files_json)
+}
+
+/// The report of a `batch_log` row from its columns.
+pub(crate) fn report_from_parts(
+    id: &str,
+    state: &str,
+    detail: Option<String>,
+    files_json: &str,
+) -> Result<ImportReport> {
+    let corrupt = |what: String| InstanceError::Corrupt { batch: id.chars().take(64).collect(), what };
+    let batch_id = BatchId::parse(id).map_err(|e| corrupt(e.to_string()))?;
+    let state = BatchState::parse(state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
     let files: Vec<FileRows> =
-        serde_json::from_str(&files_json).map_err(|e| corrupt(format!("files_json is not valid: {e}")))?;
+        serde_json::from_str(files_json).map_err(|e| corrupt(format!("files_json is not valid: {e}")))?;
     Ok(ImportReport { batch_id, state, detail, files, duplicate: false })
 }
 

@@ -295,6 +295,361 @@ impl<R: Read> Read for CappedDecoder<R> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Parallel decompression of multi-stream input.
+
+/// Most compressed bytes one stream may span for [`parallel_decoder`] to decode it on its own: past this without
+/// finding the next stream's start (a single-stream file, as `bzip2` or `lbzip2` write), the rest is decoded
+/// sequentially, so memory stays bounded.
+pub const MAX_SEGMENT_IN: usize = 4 << 20;
+/// Most plain bytes one stream may produce in [`parallel_decoder`] (ours produce at most [`CHUNK_SIZE`]); a stream
+/// that produces more sends the rest of the input to the sequential decoder, which the cap then stops.
+pub const MAX_SEGMENT_OUT: usize = 4 << 20;
+/// Bytes read from the input at a time while looking for stream starts.
+const READ_SIZE: usize = 256 << 10;
+
+/// Why a segment could not be decoded on its own: the rest of the input, from its start, is decoded sequentially,
+/// which reports a real error precisely (or proves that the stream start was a false one).
+#[derive(Debug)]
+struct SegmentFailed;
+
+type SegJob = (u64, Arc<Vec<u8>>);
+type SegDone = (u64, Result<Vec<u8>, SegmentFailed>);
+
+/// Is `b` the start of a bzip2 stream: `BZh1`..`BZh9` and the magic of a block (or of an empty stream's end)?
+fn is_stream_start(b: &[u8]) -> bool {
+    const BLOCK: &[u8; 6] = b"\x31\x41\x59\x26\x53\x59";
+    const END: &[u8; 6] = b"\x17\x72\x45\x38\x50\x90";
+    match b.get(..10) {
+        Some([b'B', b'Z', b'h', level, magic @ ..]) => {
+            (b'1'..=b'9').contains(level) && (magic == BLOCK || magic == END)
+        }
+        _ => false,
+    }
+}
+
+/// The first stream start at or after `from` and before `to`.
+fn find_stream_start(buf: &[u8], from: usize, to: usize) -> Option<usize> {
+    let mut i = from;
+    while i < to {
+        let k = buf.get(i..to)?.iter().position(|&b| b == b'B')?;
+        if buf.get(i + k..).is_some_and(is_stream_start) {
+            return Some(i + k);
+        }
+        i += k + 1;
+    }
+    None
+}
+
+/// Decode exactly one complete stream that spans exactly `input`, producing at most `max_out` bytes.
+fn decode_segment(input: &[u8], max_out: usize) -> Result<Vec<u8>, SegmentFailed> {
+    let mut d = bzip2::Decompress::new(false);
+    let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).clamp(64 << 10, max_out + 1));
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() > max_out {
+                return Err(SegmentFailed);
+            }
+            let more = out.len().max(64 << 10).min(max_out + 1 - out.len());
+            out.reserve_exact(more);
+        }
+        let (in_before, out_before) = (d.total_in(), out.len());
+        let at = usize::try_from(in_before).map_err(|_| SegmentFailed)?;
+        let status = d.decompress_vec(input.get(at..).unwrap_or_default(), &mut out).map_err(|_| SegmentFailed)?;
+        if status == bzip2::Status::StreamEnd {
+            if out.len() > max_out || d.total_in() != input.len() as u64 {
+                return Err(SegmentFailed);
+            }
+            return Ok(out);
+        }
+        if d.total_in() == in_before && out.len() == out_before && out.len() < out.capacity() {
+            return Err(SegmentFailed); // the input ends inside the stream
+        }
+    }
+}
+
+fn segment_worker(jobs: &Mutex<mpsc::Receiver<SegJob>>, done: &mpsc::Sender<SegDone>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, input)) = job else { return };
+        let out =
+            catch_unwind(AssertUnwindSafe(|| decode_segment(&input, MAX_SEGMENT_OUT))).unwrap_or(Err(SegmentFailed));
+        if done.send((seq, out)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A reader of (multi-stream) bzip2 data that decodes its streams on several threads, with the same output, cap
+/// and errors as [`capped_decoder`]; see [`parallel_decoder`].
+pub struct ParallelBzDecoder<R: Read> {
+    state: DecState<R>,
+    produced: u64,
+    max_out: u64,
+}
+
+enum DecState<R: Read> {
+    Parallel(Box<Segments<R>>),
+    Sequential(CappedDecoder<io::Chain<io::Cursor<Vec<u8>>, R>>),
+    /// Only while switching from one to the other, or after the input failed.
+    Gone,
+}
+
+/// The parallel state: the input cut into streams, decoded by a pool, delivered in order.
+struct Segments<R> {
+    input: Option<R>,
+    eof: bool,
+    /// Input from the start of the segment being collected.
+    buf: Vec<u8>,
+    /// `buf[1..scanned]` holds no stream start.
+    scanned: usize,
+    /// No further segment can be cut: the rest goes to the sequential decoder once `pending` is delivered.
+    stuck: bool,
+    submitted_any: bool,
+    jobs: Option<mpsc::Sender<SegJob>>,
+    results: mpsc::Receiver<SegDone>,
+    /// Segments submitted and not yet delivered, in order, with their input (for a fallback).
+    pending: std::collections::VecDeque<(u64, Arc<Vec<u8>>)>,
+    ready: BTreeMap<u64, Result<Vec<u8>, SegmentFailed>>,
+    next_seq: u64,
+    max_in_flight: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+enum Next {
+    /// `out` holds the next segment's output (maybe empty).
+    Got,
+    Eof,
+    /// Decode these bytes, then the rest of the input, sequentially.
+    Fallback(Vec<u8>),
+}
+
+/// Decompresses every bzip2 stream of `r` on `threads` threads (0 = the number of cores), producing at most
+/// `max_out` bytes: the output, the cap and the errors are those of [`capped_decoder`].
+///
+/// The input is cut where a byte-aligned stream header (`BZh1`-`BZh9` followed by a block magic) begins — the
+/// streams [`ParallelBzWriter`] and `pbzip2` write — and each piece is decoded on its own, at most `2 × threads`
+/// pieces in flight. A piece must decode to exactly one complete stream spanning exactly that piece, of at most
+/// [`MAX_SEGMENT_OUT`] bytes; otherwise (a false header inside compressed data, corrupt or truncated input, a
+/// single-stream file with no header within [`MAX_SEGMENT_IN`] bytes) everything from that piece's start on is
+/// decoded sequentially by [`capped_decoder`], which reports the error, if any, as it would have. Memory stays
+/// bounded by `2 × threads × (MAX_SEGMENT_IN + MAX_SEGMENT_OUT)`.
+#[allow(clippy::disallowed_methods)] // no decoder is created here; the fallback is the capped one
+pub fn parallel_decoder<R: Read>(r: R, max_out: u64, threads: usize) -> ParallelBzDecoder<R> {
+    let threads = match threads {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (job_tx, job_rx) = mpsc::channel::<SegJob>();
+    let (done_tx, results) = mpsc::channel::<SegDone>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let workers = (0..threads)
+        .filter(|i| {
+            let (jobs, done) = (Arc::clone(&job_rx), done_tx.clone());
+            thread::Builder::new()
+                .name(format!("ferry-bunzip2-{i}"))
+                .spawn(move || segment_worker(&jobs, &done))
+                .is_ok()
+        })
+        .count();
+    let segments = Segments {
+        input: Some(r),
+        eof: false,
+        buf: Vec::new(),
+        scanned: 1,
+        // without a worker, everything is decoded sequentially
+        stuck: workers == 0,
+        submitted_any: false,
+        jobs: (workers > 0).then_some(job_tx),
+        results,
+        pending: std::collections::VecDeque::new(),
+        ready: BTreeMap::new(),
+        next_seq: 0,
+        max_in_flight: 2 * workers.max(1),
+        out: Vec::new(),
+        out_pos: 0,
+    };
+    ParallelBzDecoder { state: DecState::Parallel(Box::new(segments)), produced: 0, max_out }
+}
+
+impl<R: Read> Segments<R> {
+    /// Read input and submit segments until enough are in flight, the input ends, or no segment can be cut.
+    fn fill(&mut self) -> io::Result<()> {
+        while self.pending.len() < self.max_in_flight && !self.stuck {
+            if self.buf.len() >= 10 {
+                if !is_stream_start(&self.buf) {
+                    self.stuck = true;
+                    break;
+                }
+                let from = self.scanned.max(1);
+                let to = self.buf.len() - 9;
+                if let Some(i) = find_stream_start(&self.buf, from, to) {
+                    let rest = self.buf.split_off(i);
+                    let seg = std::mem::replace(&mut self.buf, rest);
+                    self.submit(seg)?;
+                    self.scanned = 1;
+                    continue;
+                }
+                self.scanned = to.max(1);
+            }
+            if self.eof {
+                if !self.buf.is_empty() && is_stream_start(&self.buf) {
+                    let seg = std::mem::take(&mut self.buf);
+                    self.submit(seg)?;
+                } else if !self.buf.is_empty() || !self.submitted_any {
+                    self.stuck = true;
+                }
+                break;
+            }
+            if self.buf.len() > MAX_SEGMENT_IN {
+                self.stuck = true;
+                break;
+            }
+            let Some(input) = self.input.as_mut() else { break };
+            let len = self.buf.len();
+            self.buf.resize(len + READ_SIZE, 0);
+            let got = loop {
+                match input.read(&mut self.buf[len..]) {
+                    Ok(n) => break Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            self.buf.truncate(len + *got.as_ref().unwrap_or(&0));
+            if got? == 0 {
+                self.eof = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, seg: Vec<u8>) -> io::Result<()> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.submitted_any = true;
+        let seg = Arc::new(seg);
+        let tx = self.jobs.as_ref().ok_or_else(decoders_gone)?;
+        tx.send((seq, Arc::clone(&seg))).map_err(|_| decoders_gone())?;
+        self.pending.push_back((seq, seg));
+        Ok(())
+    }
+
+    fn next_output(&mut self) -> io::Result<Next> {
+        self.fill()?;
+        let Some(&(seq, _)) = self.pending.front() else {
+            if self.eof && self.buf.is_empty() && self.submitted_any && !self.stuck {
+                return Ok(Next::Eof);
+            }
+            return Ok(Next::Fallback(std::mem::take(&mut self.buf)));
+        };
+        while !self.ready.contains_key(&seq) {
+            let (s, r) = self.results.recv().map_err(|_| decoders_gone())?;
+            self.ready.insert(s, r);
+        }
+        let result = self.ready.remove(&seq).unwrap_or(Err(SegmentFailed));
+        let Some((_, input)) = self.pending.pop_front() else { return Err(decoders_gone()) };
+        match result {
+            Ok(out) => {
+                self.out = out;
+                self.out_pos = 0;
+                // keep the pool busy while the caller consumes this segment
+                self.fill()?;
+                Ok(Next::Got)
+            }
+            Err(SegmentFailed) => {
+                self.jobs = None;
+                let mut bytes = Arc::unwrap_or_clone(input);
+                for (_, seg) in self.pending.drain(..) {
+                    bytes.extend_from_slice(&seg);
+                }
+                bytes.append(&mut self.buf);
+                self.ready.clear();
+                Ok(Next::Fallback(bytes))
+            }
+        }
+    }
+}
+
+fn decoders_gone() -> io::Error {
+    io::Error::other("the bzip2 decompression threads stopped unexpectedly; try again")
+}
+
+fn cap_exceeded(max_out: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "decompressed size exceeds the cap of {max_out} bytes (possible bzip2 bomb); raise the limit only if \
+             this file is expected to be that large"
+        ),
+    )
+}
+
+impl<R: Read> ParallelBzDecoder<R> {
+    /// Bytes decompressed (delivered) so far.
+    pub fn decompressed_bytes(&self) -> u64 {
+        match &self.state {
+            DecState::Sequential(d) => d.decompressed_bytes(),
+            _ => self.produced,
+        }
+    }
+
+    /// Whether the decoder gave up cutting the input and decodes the rest sequentially.
+    pub fn is_sequential(&self) -> bool {
+        matches!(self.state, DecState::Sequential(_))
+    }
+}
+
+impl<R: Read> Read for ParallelBzDecoder<R> {
+    #[allow(clippy::disallowed_methods)] // the capped fallback: the cap is carried over in `produced`
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let seg = match &mut self.state {
+                DecState::Sequential(d) => return d.read(buf),
+                DecState::Gone => return Err(io::Error::other("the bzip2 input failed earlier; start again")),
+                DecState::Parallel(seg) => seg,
+            };
+            if seg.out_pos < seg.out.len() {
+                let left = self.max_out - self.produced;
+                if left == 0 {
+                    return Err(cap_exceeded(self.max_out));
+                }
+                let avail = &seg.out[seg.out_pos..];
+                let n = buf.len().min(avail.len()).min(usize::try_from(left).unwrap_or(usize::MAX));
+                buf[..n].copy_from_slice(&avail[..n]);
+                seg.out_pos += n;
+                self.produced += n as u64;
+                return Ok(n);
+            }
+            let next = seg.next_output();
+            match next {
+                Ok(Next::Got) => {}
+                Ok(Next::Eof) => return Ok(0),
+                Ok(Next::Fallback(bytes)) => {
+                    let DecState::Parallel(mut seg) = std::mem::replace(&mut self.state, DecState::Gone) else {
+                        return Err(decoders_gone());
+                    };
+                    seg.jobs = None;
+                    let Some(input) = seg.input.take() else { return Err(decoders_gone()) };
+                    let inner = MultiBzDecoder::new(io::Cursor::new(bytes).chain(input));
+                    self.state =
+                        DecState::Sequential(CappedDecoder { inner, produced: self.produced, max_out: self.max_out });
+                }
+                Err(e) => {
+                    self.state = DecState::Gone;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +827,168 @@ mod tests {
         garbage.extend((0..5_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
         assert!(capped_decoder(&garbage[..], u64::MAX).read_to_end(&mut Vec::new()).is_err());
         assert!(capped_decoder(&b"not bzip2 at all"[..], 100).read_to_end(&mut Vec::new()).is_err());
+    }
+
+    // ---- parallel_decoder ----
+
+    fn par(bz: &[u8], max_out: u64, threads: usize) -> (io::Result<Vec<u8>>, bool) {
+        let mut d = parallel_decoder(bz, max_out, threads);
+        let mut out = Vec::new();
+        let r = d.read_to_end(&mut out).map(|_| out);
+        (r, d.is_sequential())
+    }
+
+    fn seq(bz: &[u8], max_out: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        capped_decoder(bz, max_out).read_to_end(&mut out).map(|_| out)
+    }
+
+    /// Pseudo-random bytes: bzip2 cannot shrink them.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_decoder_matches_sequential_on_our_streams() {
+        for (len, chunk) in [(0, 1_000), (1, 1_000), (200_000, 1_000), (2 * CHUNK_SIZE + 12_345, CHUNK_SIZE)] {
+            let data = sample(len);
+            let bz = compress(&data, 2, chunk);
+            for threads in [1, 2, 3] {
+                let (out, sequential) = par(&bz, u64::MAX, threads);
+                assert_eq!(out.unwrap(), data, "len {len} threads {threads}");
+                assert!(!sequential, "our streams must be decoded in parallel (len {len})");
+            }
+            // the cap: exact size is fine, one byte less is refused with the sequential decoder's message
+            assert_eq!(par(&bz, data.len() as u64, 2).0.unwrap(), data);
+            if !data.is_empty() {
+                let cap = data.len() as u64 - 1;
+                let mut d = parallel_decoder(&bz[..], cap, 2);
+                let err = d.read_to_end(&mut Vec::new()).unwrap_err();
+                let want = seq(&bz, cap).unwrap_err();
+                assert_eq!(err.kind(), want.kind());
+                assert_eq!(err.to_string(), want.to_string());
+                assert_eq!(d.decompressed_bytes(), cap);
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_decoder_reads_debian_bzip2_and_lbzip2_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(3 * CHUNK_SIZE + 4_321);
+        let plain = dir.path().join("x.csv");
+        std::fs::write(&plain, &data).unwrap();
+        let mut tried = 0;
+        for (tool, args) in [
+            ("/usr/bin/bzip2", &["-9", "-c"][..]),
+            ("/usr/bin/bzip2", &["-1", "-c"][..]),
+            ("/usr/bin/lbzip2", &["-9", "-c", "-n", "2"][..]),
+            ("/usr/bin/pbzip2", &["-9", "-c", "-p2"][..]),
+        ] {
+            if !Path::new(tool).exists() {
+                println!("skipped: {tool} is not installed");
+                continue;
+            }
+            tried += 1;
+            let out = Command::new(tool).args(args).arg(&plain).output().unwrap();
+            assert!(out.status.success(), "{tool} failed");
+            let bz = out.stdout;
+            // and the same tool's output twice, concatenated: a multi-stream file from Debian's tools
+            let mut twice = bz.clone();
+            twice.extend_from_slice(&bz);
+            let mut data2 = data.clone();
+            data2.extend_from_slice(&data);
+            for threads in [1, 2] {
+                assert_eq!(par(&bz, u64::MAX, threads).0.unwrap(), data, "{tool} {args:?}");
+                assert_eq!(par(&twice, u64::MAX, threads).0.unwrap(), data2, "{tool} {args:?} twice");
+            }
+            assert_eq!(seq(&twice, u64::MAX).unwrap(), data2);
+            // Debian's bunzip2 reads what we wrote, and we read what it decompresses the same
+            let ours = compress(&data, 2, 100_000);
+            let ours_path = dir.path().join("ours.bz2");
+            std::fs::write(&ours_path, &ours).unwrap();
+            if tool.ends_with("/bzip2") {
+                let back = Command::new(tool).arg("-dc").arg(&ours_path).output().unwrap();
+                assert_eq!(back.stdout, par(&ours, u64::MAX, 2).0.unwrap());
+            }
+        }
+        if tried == 0 {
+            println!("skipped: neither bzip2 nor lbzip2 is installed");
+        }
+    }
+
+    #[test]
+    fn parallel_decoder_falls_back_on_a_long_single_stream() {
+        // one stream longer than MAX_SEGMENT_IN: no cut is found, the rest is decoded sequentially
+        let data = noise(MAX_SEGMENT_IN + 300_000);
+        let bz = compress_chunk(&data, Compression::new(1)).unwrap();
+        assert!(bz.len() > MAX_SEGMENT_IN);
+        let mut stream = compress(&sample(5_000), 1, 1_000); // and a few short streams before it
+        let mut want = sample(5_000);
+        stream.extend_from_slice(&bz);
+        want.extend_from_slice(&data);
+        let (out, sequential) = par(&stream, u64::MAX, 2);
+        assert!(out.unwrap() == want);
+        assert!(sequential);
+    }
+
+    #[test]
+    fn parallel_decoder_refuses_bombs_and_bad_input_like_the_sequential_one() {
+        // a bomb: one stream expanding past MAX_SEGMENT_OUT goes to the capped sequential decoder
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = compress_chunk(&zeros, Compression::new(9)).unwrap();
+        let mut d = parallel_decoder(&bomb[..], 1 << 20, 2);
+        let err = io::copy(&mut d, &mut io::sink()).unwrap_err();
+        assert!(err.to_string().contains("possible bzip2 bomb"), "{err}");
+        assert_eq!(d.decompressed_bytes(), 1 << 20);
+        // many small streams over the cap: stopped at the cap in parallel mode
+        let data = sample(300_000);
+        let bz = compress(&data, 2, 1_000);
+        let mut d = parallel_decoder(&bz[..], 100_000, 2);
+        let err = io::copy(&mut d, &mut io::sink()).unwrap_err();
+        assert!(err.to_string().contains("exceeds the cap of 100000 bytes"), "{err}");
+        assert_eq!(d.decompressed_bytes(), 100_000);
+
+        let data = sample(30_000);
+        let bz = compress(&data, 2, 10_000);
+        let starts = stream_starts(&bz);
+        // truncated anywhere: the same error as sequential decoding
+        for cut in [starts[0] + 50, starts[1] + 50, starts[2] + 50, bz.len() - 3, 2, 0] {
+            let Err(err) = par(&bz[..cut], u64::MAX, 2).0 else { panic!("cut at {cut} decoded without error") };
+            let want = seq(&bz[..cut], u64::MAX).unwrap_err();
+            assert_eq!(err.kind(), want.kind(), "cut at {cut}: {err}");
+            assert_eq!(err.to_string(), want.to_string(), "cut at {cut}");
+        }
+        // cut exactly between streams: valid, as for the sequential decoder (the manifest's digests catch it)
+        assert_eq!(par(&bz[..starts[2]], u64::MAX, 2).0.unwrap(), seq(&bz[..starts[2]], u64::MAX).unwrap());
+        // corrupt bytes in each stream, a fake stream header inside a stream, and trailing garbage
+        for at in [starts[0] + 40, starts[1] + 40, starts[2] + 40, bz.len() - 2] {
+            let mut bad = bz.clone();
+            bad[at] ^= 0x55;
+            let Err(err) = par(&bad, u64::MAX, 2).0 else { panic!("corrupt at {at} decoded without error") };
+            assert_eq!(err.kind(), seq(&bad, u64::MAX).unwrap_err().kind(), "corrupt at {at}");
+            let mut fake = bz.clone();
+            fake[starts[1] + 30..starts[1] + 40].copy_from_slice(b"BZh91AY&SY");
+            let Err(err) = par(&fake, u64::MAX, 2).0 else { panic!("a fake header decoded without error") };
+            assert_eq!(err.kind(), seq(&fake, u64::MAX).unwrap_err().kind());
+        }
+        for tail in [&b"BZh91AY&SY garbage"[..], b"xyz", b"BZh"] {
+            let mut t = bz.clone();
+            t.extend_from_slice(tail);
+            assert!(par(&t, u64::MAX, 2).0.is_err(), "tail {tail:?}");
+            assert!(seq(&t, u64::MAX).is_err());
+        }
+        for junk in [&b""[..], b"not bzip2 at all", b"BZh9"] {
+            let err = par(junk, 100, 2).0.unwrap_err();
+            assert_eq!(err.kind(), seq(junk, 100).unwrap_err().kind(), "{junk:?}");
+        }
     }
 }

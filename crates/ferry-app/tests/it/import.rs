@@ -335,12 +335,16 @@ async fn a_window_replaces_exactly_its_rows_and_rows_outside_it_are_rejected() {
     let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
     assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
     assert_eq!(sales_on_or_after(&f.inst, "2026-01-20").await, (before, 3));
-    // the window's delete uses an index on its column, not a scan of the table
+    // the window's delete uses an index on its column, not a scan of the table (the import writes through its
+    // own connection: a real read first brings this connection's copy of the schema up to date, as any query would)
+    let mut conn = f.inst.pool().acquire().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master").fetch_one(&mut *conn).await.unwrap();
     let plan: Vec<(i64, i64, i64, String)> =
         sqlx::query_as("EXPLAIN QUERY PLAN DELETE FROM sales WHERE invoice_date >= '2026-01-20'")
-            .fetch_all(f.inst.pool())
+            .fetch_all(&mut *conn)
             .await
             .unwrap();
+    drop(conn);
     assert!(plan.iter().any(|p| p.3.contains("USING INDEX sales_invoice_date_window")), "{plan:?}");
     let kept: Vec<(String, String)> =
         sqlx::query_as("SELECT invoice_date, details FROM sales WHERE invoice_date < '2026-01-20' ORDER BY 1, 2")
@@ -570,4 +574,127 @@ async fn import_speed() {
         ROWS as f64 / secs,
         plain as f64 / secs / 1e6
     );
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// The streamed path: multi-stream files decoded in parallel while earlier rows are already being inserted.
+
+/// `files` as our Connector writes them: independent bzip2 streams of at most 900 kB of CSV each.
+fn write_multistream_batch(dir: &Path, batch: &BatchId, files: &[(&str, String)]) -> (std::path::PathBuf, Manifest) {
+    let bdir = dir.join(batch.as_str());
+    std::fs::create_dir_all(&bdir).unwrap();
+    let mut entries = Vec::new();
+    for (name, content) in files {
+        let mut w = ferry_io::bz::ParallelBzWriter::new(Vec::new(), 1, 2);
+        w.write_all(content.as_bytes()).unwrap();
+        let bz = w.finish().unwrap();
+        std::fs::write(bdir.join(format!("{name}.bz2")), &bz).unwrap();
+        entries.push(entry(name, content.as_bytes(), &bz));
+    }
+    (bdir, manifest(batch, Mode::Full, entries))
+}
+
+/// Byte offsets of the bzip2 stream headers of a file our writer made.
+fn stream_starts(bz: &[u8]) -> Vec<usize> {
+    (0..bz.len().saturating_sub(9)).filter(|&i| &bz[i..i + 4] == b"BZh1" && &bz[i + 4..i + 10] == b"1AY&SY").collect()
+}
+
+/// Every row of `sales`, in insertion order: what the import wrote, to compare two imports.
+async fn all_sales(inst: &Instance) -> Vec<(String, String, Option<String>, String, String)> {
+    sqlx::query_as("SELECT item, location, customer, invoice_date, qty FROM sales ORDER BY rowid")
+        .fetch_all(inst.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multistream_batch_imports_exactly_as_a_single_stream_one() {
+    let dir = TempDir::new().unwrap();
+    let files = with_file("sales.csv", sales(40_000));
+    let (bdir, m) = write_multistream_batch(dir.path(), &id(1), &files);
+    let bz = std::fs::read(bdir.join("sales.csv.bz2")).unwrap();
+    assert!(stream_starts(&bz).len() >= 3, "sales.csv.bz2 should hold several streams");
+    let multi = Instance::open(&dir.path().join("multi.db")).await.unwrap();
+    let r = import_batch(&multi, &bdir, &m, &ImportLimits::default()).await.unwrap();
+    assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
+
+    let single = Instance::open(&dir.path().join("single.db")).await.unwrap();
+    let (bdir, m) = write_batch(dir.path(), &id(2), Mode::Full, &files);
+    let r = import_batch(&single, &bdir, &m, &ImportLimits::default()).await.unwrap();
+    assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
+    assert_eq!(counts(&multi).await, counts(&single).await);
+    let rows = all_sales(&multi).await;
+    assert_eq!(rows.len(), 40_000);
+    assert_eq!(rows, all_sales(&single).await);
+    assert_eq!(rows[0], ("I1".into(), "L1".into(), Some("C1".into()), "2026-01-02".into(), "1.5".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stream_found_after_the_import_started_rolls_it_all_back() {
+    let f = fixture().await;
+    let before = all_sales(&f.inst).await;
+    // sales.csv (the 5th file) holds ~2.7 MB in 3+ streams: the files before it and its first streams are parsed
+    // and inserted before the damage in its last stream is reached.
+    let files = with_file("sales.csv", sales(40_000));
+    // (a) the checksum at the end of the last stream: every row decodes, then bzip2 refuses the stream;
+    // (b) a byte inside the second stream: the damaged block may yield garbage rows before its checksum fails.
+    for (case, expect) in
+        [("a", &["sales.csv.bz2: truncated or corrupt bzip2 data after line 399"][..]), ("b", &["sales.csv"][..])]
+    {
+        let batch = id(if case == "a" { 10 } else { 11 });
+        let (bdir, m) = write_multistream_batch(f.dir.path(), &batch, &files);
+        let path = bdir.join("sales.csv.bz2");
+        let mut bz = std::fs::read(&path).unwrap();
+        let starts = stream_starts(&bz);
+        let at = if case == "a" { bz.len() - 3 } else { starts[1] + 2_000 };
+        bz[at] ^= 0xFF;
+        std::fs::write(&path, &bz).unwrap();
+        let r = assert_rejected(&f, &bdir, &m, expect).await;
+        eprintln!("case {case}: {:?}", r.detail);
+        assert_eq!(all_sales(&f.inst).await, before, "no row of the rejected batch may be visible ({case})");
+    }
+    // a bad row near the end of the largest file: the same
+    let mut big = sales(40_000);
+    big.push_str("\"I1\",\"L1\",\"C1\",2026/02/30,2026/01/01,1,2,3,1,\"bad date\"\n");
+    let (bdir, m) = write_multistream_batch(f.dir.path(), &id(20), &with_file("sales.csv", big));
+    assert_rejected(&f, &bdir, &m, &["sales.csv:40001: column 4 (order_date)", "2026/02/30"]).await;
+    assert_eq!(all_sales(&f.inst).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_midway_is_imported_whole_or_not_at_all() {
+    let f = fixture().await;
+    let files = with_file("sales.csv", sales(30_000));
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    let mut n = 100;
+    for name in &names {
+        // cut each file in turn: in the middle of a stream, and (for multi-stream files) exactly between two
+        // streams, which leaves a valid but shorter bzip2 file that only the manifest's size and digests catch
+        let (bdir, _) = write_multistream_batch(f.dir.path(), &id(n), &files);
+        let bz = std::fs::read(bdir.join(format!("{name}.bz2"))).unwrap();
+        let starts = stream_starts(&bz);
+        let mut cuts = vec![bz.len() / 2];
+        if starts.len() > 1 {
+            cuts.push(starts[starts.len() - 1]);
+        }
+        for cut in cuts {
+            n += 1;
+            let (bdir, m) = write_multistream_batch(f.dir.path(), &id(n), &files);
+            std::fs::write(bdir.join(format!("{name}.bz2")), &bz[..cut]).unwrap();
+            let r = assert_rejected(&f, &bdir, &m, &[name]).await;
+            eprintln!("{name} cut at {cut} of {}: {:?}", bz.len(), r.detail);
+        }
+    }
+    // a file missing at the end of the batch (the transfer stopped there), after the others were inserted
+    n += 1;
+    let (bdir, m) = write_multistream_batch(f.dir.path(), &id(n), &files);
+    std::fs::remove_file(bdir.join("ut_001.csv.bz2")).unwrap();
+    assert_rejected(&f, &bdir, &m, &["ut_001.csv.bz2: file is missing from the batch"]).await;
+    // the whole batch: imported, all of it
+    n += 1;
+    let (bdir, m) = write_multistream_batch(f.dir.path(), &id(n), &files);
+    let r = import_batch(&f.inst, &bdir, &m, &ImportLimits::default()).await.unwrap();
+    assert_eq!(r.state, BatchState::Imported, "{:?}", r.detail);
+    assert_eq!(f.inst.count_rows("sales").await.unwrap(), 30_000);
+    assert_eq!(f.inst.count_rows("custom_rows").await.unwrap(), 2);
 }

@@ -3,6 +3,8 @@
 //!
 //! `ferry bench downstream`: the downstream path at volume (see [`downstream`]).
 //!
+//! `ferry bench import`: the App's import against `sqlite3 .import` of the same files (see [`import`]).
+//!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
 //! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
@@ -24,6 +26,7 @@
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
 pub mod downstream;
+mod import;
 mod measure;
 mod pipeline;
 mod report;
@@ -74,6 +77,19 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The App's import of the sample's batch (decompress on every core, verify, parse, insert in one
+    /// transaction) against `sqlite3 .import` of the same CSV files into same-schema tables, taking turns.
+    Import {
+        /// Sample ERP size: small (~150k sales lines) or medium (~2.7M).
+        #[arg(long, default_value = "small", value_parser = ["small", "medium", "large"])]
+        size: String,
+        /// Working folder, new or empty, kept afterwards (default: a temporary folder, removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rounds; each side's median is compared.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+    },
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -81,6 +97,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
         BenchCmd::Pipeline(args) => pipeline::run(args).await,
         BenchCmd::Downstream { files, runs, dir } => downstream::run(files as usize, runs, dir).await,
+        BenchCmd::Import { size, dir, runs } => import::run(&size, dir, runs).await,
     }
 }
 
