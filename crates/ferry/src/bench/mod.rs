@@ -1,6 +1,8 @@
 //! `ferry bench pipeline`: the whole upstream, Ferry's three processes against the shell pipeline (see
 //! [`pipeline`]).
 //!
+//! `ferry bench extract`: reading the ERP, the Connector's SQLite source against `sqlite3 -csv` (see [`extract`]).
+//!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
 //! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
@@ -21,6 +23,7 @@
 //! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
+mod extract;
 mod measure;
 mod pipeline;
 mod report;
@@ -58,12 +61,16 @@ pub enum BenchCmd {
     /// on loopback) against the shell pipeline (sqlite3 -csv, md5sum, bzip2 -9 or lbzip2, sftp to a relay sshd
     /// and on to an app sshd, decompress, md5sum -c, sqlite3 .import), taking turns for N rounds.
     Pipeline(pipeline::PipelineArgs),
+    /// Reading the ERP: `sqlite3 -csv` on the mapping queries against the Connector's SQLite source (rows only,
+    /// then read + convert + validate as `connector check` does), taking turns for N rounds.
+    Extract(extract::ExtractArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Upstream { size, dir, runs } => upstream(&size, dir, runs).await,
         BenchCmd::Pipeline(args) => pipeline::run(args).await,
+        BenchCmd::Extract(args) => extract::run(args).await,
     }
 }
 
