@@ -476,7 +476,10 @@ impl Connector {
                 Ok(n) => {
                     up.bytes += n;
                     up.uploaded.push(target);
-                    progress(&format!("  {} uploaded ({} bytes) while the extract goes on", f.name, f.compressed_bytes));
+                    progress(&format!(
+                        "  {} uploaded ({} bytes) while the extract goes on",
+                        f.name, f.compressed_bytes
+                    ));
                 }
                 Err(e) => {
                     up.failed = Some(format!("uploading {}: {e}", f.name));

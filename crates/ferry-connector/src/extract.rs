@@ -807,10 +807,11 @@ pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<
 fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), FieldError> {
     plain.clear();
     to_plain(col.kind, value, plain).map_err(FieldError::Conversion)?;
-    // A non-empty date, code or text made by `to_plain` is valid by construction (a real date written YYYY/MM/DD;
-    // trimmed, without line breaks): only the other cases need the spec's check.
+    // A non-empty date, code, text or decimal made by `to_plain` is valid by construction (a real date written
+    // YYYY/MM/DD; trimmed, without line breaks; a decimal from an integer, `format_float` or `normalize_decimal`):
+    // only the other cases need the spec's check (which would also allocate the parsed value).
     let valid_by_construction =
-        !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Unused);
+        !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Dec | Kind::Unused);
     if !valid_by_construction {
         if plain.is_empty() && col.required && col.kind != Kind::Unused {
             return Err(FieldError::RequiredEmpty { column: col.name.to_string() });

@@ -336,7 +336,11 @@ mod tests {
         assert!(e.starts_with("the query failed") && e.contains("JSON"), "{e}");
 
         // dropping the stream stops the reader
-        let mut chunks = src.row_chunks("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n", 16, Recycle::default());
+        let mut chunks = src.row_chunks(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
+            16,
+            Recycle::default(),
+        );
         assert_eq!(chunks.next().await.unwrap().unwrap().len(), 16);
         drop(chunks);
     }
