@@ -482,8 +482,9 @@ impl Connector {
                     ));
                 }
                 Err(e) => {
+                    // keep the session: a batch refused later removes what it can of this file's part
                     up.failed = Some(format!("uploading {}: {e}", f.name));
-                    up.sftp = None;
+                    up.uploaded.push(format!("{remote}/.{}.part", f.name));
                 }
             }
         }
@@ -753,7 +754,7 @@ impl Connector {
 #[derive(Default)]
 struct EarlyUpload {
     sftp: Option<SftpClient>,
-    /// Remote paths of the files uploaded whole.
+    /// Remote paths of the files uploaded (and the part of one whose upload failed).
     uploaded: Vec<String>,
     bytes: u64,
     /// Why uploading stopped, if it did.
