@@ -21,7 +21,7 @@ use russh::keys::PrivateKey;
 use crate::check::{CheckLimits, CheckReport};
 use crate::config::{ConnectorConfig, Registration};
 use crate::erp::source::Source;
-use crate::extract::{ExtractOptions, ExtractPlan, check_mapping, extract_planned};
+use crate::extract::{ExtractOptions, ExtractPlan, ReadyFile, check_mapping, extract_announcing};
 use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
 use ferry_io::retry::Backoff;
@@ -361,6 +361,7 @@ impl Connector {
         self.collect_verdicts(&journal, progress).await;
         let spool = self.cfg.spool_dir();
         let mut extract_time = Duration::ZERO;
+        let mut early_bytes = 0;
         let (manifest, resumed) = match journal.unfinished().await? {
             Some(b) if spool.join(b.manifest.batch_id.as_str()).join(MANIFEST_NAME).exists() => {
                 progress(&format!("resuming batch {} (extracted earlier, not yet sent)", b.manifest.batch_id));
@@ -368,12 +369,14 @@ impl Connector {
             }
             _ => {
                 let t = Instant::now();
-                let m = self.extract_to_spool_with(opts, progress).await?;
+                let (m, sent) = self.extract_uploading(opts, progress).await?;
                 extract_time = t.elapsed();
+                early_bytes = sent;
                 (m, false)
             }
         };
         let mut report = self.send(&manifest, progress).await?;
+        report.bytes_sent += early_bytes;
         report.resumed = resumed;
         report.timings.extract = extract_time;
         Ok(report)
@@ -393,11 +396,99 @@ impl Connector {
     ) -> anyhow::Result<Manifest> {
         let journal = Journal::open(self.cfg.journal_path()).await?;
         let spool = self.cfg.spool_dir();
-        let (m, planned) =
-            self.extract(spool, &journal, opts, progress).await.map_err(|e| ferry_io::retry::disk_full(e, spool))?;
+        let (m, planned) = self
+            .extract(spool, &journal, opts, progress, None)
+            .await
+            .map_err(|e| ferry_io::retry::disk_full(e, spool))?;
         journal.record(&m, "extracted", None).await?;
         journal.plan_watermarks(&m.batch_id, &planned).await?;
         Ok(m)
+    }
+
+    /// [`Connector::extract_to_spool_with`], uploading each file to `upload/<batch>/` at the Comms server as soon
+    /// as it is complete in the spool, while the next files are extracted. Returns the manifest and the bytes sent
+    /// so far. The batch is not completed here: [`Connector::send`] uploads what is missing (a file already at the
+    /// server with its final size is skipped, a cut one resumed), then completes it. Uploading early is best
+    /// effort: if it fails, `send` does the upload. A batch that fails validation is never completed, and the
+    /// files it uploaded are removed again (best effort; the Comms server ignores an upload folder that is never
+    /// completed).
+    async fn extract_uploading(
+        &self,
+        opts: &SyncOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<(Manifest, u64)> {
+        let Ok(reg) = self.registration() else {
+            return Ok((self.extract_to_spool_with(opts, progress).await?, 0));
+        };
+        let journal = Journal::open(self.cfg.journal_path()).await?;
+        let spool = self.cfg.spool_dir();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let extract = async {
+            let r = self.extract(spool, &journal, opts, progress, Some(&tx)).await;
+            drop(tx);
+            r
+        };
+        let (extracted, early) = tokio::join!(extract, self.upload_ready(&reg, rx, progress));
+        let (m, planned) = match extracted {
+            Ok(x) => x,
+            Err(e) => {
+                early.discard().await;
+                return Err(ferry_io::retry::disk_full(e, spool));
+            }
+        };
+        let sent = early.finish(progress).await;
+        journal.record(&m, "extracted", None).await?;
+        journal.plan_watermarks(&m.batch_id, &planned).await?;
+        Ok((m, sent))
+    }
+
+    /// Upload each file announced on `rx` while the extract goes on; stops trying at the first failure (the
+    /// batch's `send` uploads the rest) but keeps draining `rx`.
+    async fn upload_ready(
+        &self,
+        reg: &Registration,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadyFile>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> EarlyUpload {
+        let mut up = EarlyUpload::default();
+        while let Some(f) = rx.recv().await {
+            if up.failed.is_some() {
+                continue;
+            }
+            let remote = format!("/upload/{}", f.batch_id);
+            if up.sftp.is_none() {
+                let opened = async {
+                    let sftp = self.open_sftp(reg).await?;
+                    sftp.mkdir_all(&remote).await?;
+                    anyhow::Ok(sftp)
+                };
+                match opened.await {
+                    Ok(sftp) => up.sftp = Some(sftp),
+                    Err(e) => {
+                        up.failed = Some(format!("{e:#}"));
+                        continue;
+                    }
+                }
+            }
+            let Some(sftp) = &up.sftp else { continue };
+            let target = format!("{remote}/{}", f.name);
+            match sftp.upload_file_resuming(&f.path, &target).await {
+                Ok(n) => {
+                    up.bytes += n;
+                    up.uploaded.push(target);
+                    progress(&format!(
+                        "  {} uploaded ({} bytes) while the extract goes on",
+                        f.name, f.compressed_bytes
+                    ));
+                }
+                Err(e) => {
+                    // keep the session: a batch refused later removes what it can of this file's part
+                    up.failed = Some(format!("uploading {}: {e}", f.name));
+                    up.uploaded.push(format!("{remote}/.{}.part", f.name));
+                }
+            }
+        }
+        up
     }
 
     /// Ask the Comms server for the verdict of batches sent earlier whose verdict this journal has not seen (the
@@ -494,6 +585,7 @@ impl Connector {
         journal: &Journal,
         opts: &SyncOptions,
         progress: &(dyn Fn(&str) + Sync),
+        ready: Option<&tokio::sync::mpsc::UnboundedSender<ReadyFile>>,
     ) -> anyhow::Result<(Manifest, Vec<PlannedWatermark>)> {
         let mapping = load_mapping(&self.cfg)?;
         let today = opts.today.unwrap_or_else(|| chrono::Local::now().date_naive());
@@ -536,7 +628,7 @@ impl Connector {
             Some(f) => f.as_ref(),
             None => &none,
         };
-        let extracted = extract_planned(source.as_ref(), &mapping, spool, &id, &xopts, &plan, file_progress)
+        let extracted = extract_announcing(source.as_ref(), &mapping, spool, &id, &xopts, &plan, file_progress, ready)
             .await
             .with_context(|| format!("batch {id} was not sent"))?;
         let mut manifest = extracted.manifest;
@@ -658,6 +750,41 @@ impl Connector {
 }
 
 /// Whether a failed web-service call may work if tried again (no answer, or a server-side error).
+/// What uploading files during the extract did.
+#[derive(Default)]
+struct EarlyUpload {
+    sftp: Option<SftpClient>,
+    /// Remote paths of the files uploaded (and the part of one whose upload failed).
+    uploaded: Vec<String>,
+    bytes: u64,
+    /// Why uploading stopped, if it did.
+    failed: Option<String>,
+}
+
+impl EarlyUpload {
+    /// The extract succeeded: close the session; the bytes sent.
+    async fn finish(self, progress: &(dyn Fn(&str) + Sync)) -> u64 {
+        if let Some(e) = &self.failed {
+            progress(&format!("uploading during the extract stopped ({e}); the rest is uploaded now"));
+        }
+        if let Some(sftp) = self.sftp {
+            let _ = sftp.close().await;
+        }
+        self.bytes
+    }
+
+    /// The batch will never be completed: remove what was uploaded (best effort).
+    async fn discard(self) {
+        let Some(sftp) = self.sftp else { return };
+        for path in &self.uploaded {
+            if let Err(e) = sftp.remove(path).await {
+                tracing::debug!("cannot remove {path} of a batch that was not sent: {e}");
+            }
+        }
+        let _ = sftp.close().await;
+    }
+}
+
 fn web_transient(e: &ferry_io::client::ClientError) -> bool {
     e.status().is_none_or(|s| s >= 500 || s == 408 || s == 429)
 }

@@ -488,15 +488,16 @@ impl FileCheck {
             ));
         }
         for key in &mut self.keys {
-            let parts: Option<Vec<&str>> = key.columns.iter().map(|&c| value(c).filter(|v| !v.is_empty())).collect();
-            let Some(parts) = parts else {
+            if key.columns.iter().any(|&c| value(c).is_none_or(str::is_empty)) {
                 continue; // a key column is empty (or invalid, already reported): nothing to compare
-            };
-            match key.seen.entry(key_hash(parts.iter().copied())) {
+            }
+            // no allocation per row: the parts are hashed in place
+            match key.seen.entry(key_hash(key.columns.iter().map(|&c| value(c).unwrap_or_default()))) {
                 Entry::Vacant(v) => {
                     v.insert(row);
                 }
                 Entry::Occupied(o) => {
+                    let parts: Vec<&str> = key.columns.iter().map(|&c| value(c).unwrap_or_default()).collect();
                     let names: Vec<&str> = key.columns.iter().map(|&c| spec.columns[c].name).collect();
                     let shown: Vec<String> =
                         names.iter().zip(&parts).map(|(n, v)| format!("{n} {:?}", short(v))).collect();

@@ -51,7 +51,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::check::{At, CheckLimits, CheckReport, FieldError, FileCheck, FileReport, Known, Severity};
-use crate::erp::source::{Source, SourceError, SqlValue};
+use crate::erp::source::{Recycle, Source, SourceError, SqlValue};
 use crate::mapping::{Mapping, MappingError};
 
 /// Rows per chunk sent to the writer thread, and chunks in flight: together they bound the memory of a file.
@@ -183,6 +183,34 @@ pub async fn extract_planned(
     plan: &ExtractPlan,
     progress: &(dyn Fn(&str, u64, u64) + Sync),
 ) -> Result<Extracted, ExtractError> {
+    extract_announcing(source, mapping, spool_dir, batch_id, opts, plan, progress, None).await
+}
+
+/// A file of the batch that is complete in the spool (compressed, renamed into place, its size final), announced
+/// while the rest of the batch is still being extracted so that it can be uploaded at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyFile {
+    pub batch_id: BatchId,
+    /// The spooled file's name, `NAME.csv.bz2`.
+    pub name: String,
+    pub path: PathBuf,
+    pub compressed_bytes: u64,
+}
+
+/// [`extract_planned`], announcing each file on `ready` as soon as it is complete. A file announced may still
+/// belong to a batch that fails later (a later file's errors, warnings not allowed): such a run returns an error,
+/// writes no manifest and removes the files, so whoever uploaded them must never complete the batch.
+#[allow(clippy::too_many_arguments)]
+pub async fn extract_announcing(
+    source: &dyn Source,
+    mapping: &Mapping,
+    spool_dir: &Path,
+    batch_id: &BatchId,
+    opts: &ExtractOptions,
+    plan: &ExtractPlan,
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
+    ready: Option<&mpsc::UnboundedSender<ReadyFile>>,
+) -> Result<Extracted, ExtractError> {
     mapping.validate()?;
     if let Some(f) = plan.windows.keys().find(|f| mapping.incremental(f).is_none()) {
         return Err(ExtractError::Mapping(MappingError::Incremental {
@@ -198,7 +226,7 @@ pub async fn extract_planned(
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
 
     let mut written = Vec::new();
-    let result = extract_into(source, mapping, &dir, batch_id, opts, plan, progress, &mut written).await;
+    let result = extract_into(source, mapping, &dir, batch_id, opts, plan, progress, &mut written, ready).await;
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -218,6 +246,7 @@ async fn extract_into(
     plan: &ExtractPlan,
     progress: &(dyn Fn(&str, u64, u64) + Sync),
     written: &mut Vec<PathBuf>,
+    ready: Option<&mpsc::UnboundedSender<ReadyFile>>,
 ) -> Result<Extracted, ExtractError> {
     let t0 = Instant::now();
     let started = Utc::now();
@@ -268,6 +297,12 @@ async fn extract_into(
         let Some((mut entry, fstats)) = out.written else {
             return Err(invalid(report));
         };
+        if let Some(tx) = ready {
+            let name = format!("{name}.bz2");
+            let path = dir.join(&name);
+            let compressed_bytes = entry.compressed_bytes;
+            let _ = tx.send(ReadyFile { batch_id: batch_id.clone(), name, path, compressed_bytes });
+        }
         entry.scope = Some(match (window, inc) {
             (Some(from), Some(i)) => Scope::Window(Window { column: i.column.clone(), from }),
             _ => Scope::Full,
@@ -431,6 +466,7 @@ async fn extract_file(
     progress(name, 0, 0);
 
     let text_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let recycle = Recycle::default();
     let (tx, rx) = mpsc::channel::<Msg>(CHUNKS_IN_FLIGHT);
     let tmp_path = job.sink.as_ref().map(|s| s.tmp_path.clone());
     let writer_job = WriterJob {
@@ -445,43 +481,43 @@ async fn extract_file(
         }),
         check,
         text_bytes: text_bytes.clone(),
+        recycle: recycle.clone(),
     };
     let writer = tokio::task::spawn_blocking(move || writer_job.run(rx));
 
     let mut failure = None;
     let mut sent = 0u64;
-    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-    let mut rows = source.rows(job.query);
-    while let Some(row) = rows.next().await {
-        match row {
-            Ok(row) if row.len() == width => chunk.push(row),
-            Ok(row) => {
-                failure = Some(ExtractError::RowWidth {
-                    file: name.to_string(),
-                    line: sent + chunk.len() as u64 + 1,
-                    got: row.len(),
-                    expected: width,
-                });
-                break;
-            }
+    let mut chunks = source.row_chunks(job.query, CHUNK_ROWS, recycle);
+    while let Some(chunk) = chunks.next().await {
+        let mut chunk = match chunk {
+            Ok(chunk) => chunk,
             Err(e) => {
                 failure = Some(src_err(e));
                 break;
             }
+        };
+        let bad = chunk.iter().position(|row| row.len() != width);
+        if let Some(i) = bad {
+            // the rows before the bad one go to the writer (their problems are reported), then the run stops
+            failure = Some(ExtractError::RowWidth {
+                file: name.to_string(),
+                line: sent + i as u64 + 1,
+                got: chunk[i].len(),
+                expected: width,
+            });
+            chunk.truncate(i);
         }
-        if chunk.len() == CHUNK_ROWS {
-            sent += CHUNK_ROWS as u64;
-            if tx.send(Msg::Rows(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS)))).await.is_err() {
-                break; // the writer stopped; its error is reported below
-            }
-            progress(name, sent, text_bytes.load(std::sync::atomic::Ordering::Relaxed));
+        sent += chunk.len() as u64;
+        if !chunk.is_empty() && tx.send(Msg::Rows(chunk)).await.is_err() {
+            break; // the writer stopped; its error is reported below
         }
+        if bad.is_some() {
+            break;
+        }
+        progress(name, sent, text_bytes.load(std::sync::atomic::Ordering::Relaxed));
     }
-    drop(rows);
+    drop(chunks);
     if failure.is_none() {
-        if !chunk.is_empty() {
-            let _ = tx.send(Msg::Rows(chunk)).await;
-        }
         let _ = tx.send(Msg::Done).await;
     }
     drop(tx);
@@ -538,6 +574,8 @@ struct WriterJob {
     check: FileCheck,
     /// The CSV text converted so far, for the progress callback (added once per write buffer).
     text_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where consumed chunks go back to the source, to be filled again.
+    recycle: Recycle,
 }
 
 struct WriterOutcome {
@@ -622,6 +660,7 @@ impl WriterJob {
                             buf.clear();
                         }
                     }
+                    self.recycle.give(chunk);
                 }
                 Some(Msg::Done) => {
                     self.text_bytes.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -768,10 +807,11 @@ pub fn format_value(col: &Column, value: &SqlValue, out: &mut String) -> Result<
 fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -> Result<(), FieldError> {
     plain.clear();
     to_plain(col.kind, value, plain).map_err(FieldError::Conversion)?;
-    // A non-empty date, code or text made by `to_plain` is valid by construction (a real date written YYYY/MM/DD;
-    // trimmed, without line breaks): only the other cases need the spec's check.
+    // A non-empty date, code, text or decimal made by `to_plain` is valid by construction (a real date written
+    // YYYY/MM/DD; trimmed, without line breaks; a decimal from an integer, `format_float` or `normalize_decimal`):
+    // only the other cases need the spec's check (which would also allocate the parsed value).
     let valid_by_construction =
-        !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Unused);
+        !plain.is_empty() && matches!(col.kind, Kind::Date | Kind::Code | Kind::Text | Kind::Dec | Kind::Unused);
     if !valid_by_construction {
         if plain.is_empty() && col.required && col.kind != Kind::Unused {
             return Err(FieldError::RequiredEmpty { column: col.name.to_string() });

@@ -4,6 +4,7 @@
 //! `ferry bench downstream`: the downstream path at volume (see [`downstream`]).
 //!
 //! `ferry bench import`: the App's import against `sqlite3 .import` of the same files (see [`import`]).
+//! `ferry bench extract`: reading the ERP, the Connector's SQLite source against `sqlite3 -csv` (see [`extract`]).
 //!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
@@ -27,6 +28,7 @@
 
 pub mod downstream;
 mod import;
+mod extract;
 mod measure;
 mod pipeline;
 mod report;
@@ -90,6 +92,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
         runs: u32,
     },
+    /// Reading the ERP: `sqlite3 -csv` on the mapping queries against the Connector's SQLite source (rows only,
+    /// then read + convert + validate as `connector check` does), taking turns for N rounds.
+    Extract(extract::ExtractArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -98,6 +103,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Pipeline(args) => pipeline::run(args).await,
         BenchCmd::Downstream { files, runs, dir } => downstream::run(files as usize, runs, dir).await,
         BenchCmd::Import { size, dir, runs } => import::run(&size, dir, runs).await,
+        BenchCmd::Extract(args) => extract::run(args).await,
     }
 }
 

@@ -173,8 +173,14 @@ pub async fn assert_nothing_sent(c: &Cluster, conn: &Connector, tenant: &str) {
     assert!(inst.0.batches().await.expect("batches").is_empty(), "the App must have seen no batch");
     assert!(counts(c, tenant).await.values().all(|n| *n == 0), "the instance must be empty");
     let upload = ferry_comms::tenant_sftp_root(&c.comms.state.cfg.data_dir, tenant).join("upload");
-    let uploaded = std::fs::read_dir(&upload).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(uploaded, 0, "nothing may be uploaded over SFTP");
+    // `sync` uploads each file as soon as it is complete; a batch refused later is never completed and the
+    // files it uploaded are removed again (an empty `upload/<batch>/` folder may stay: SFTP cannot remove it)
+    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.flatten().flat_map(|e| if e.path().is_dir() { files(&e.path()) } else { vec![e.path()] }).collect()
+    }
+    let uploaded = files(&upload);
+    assert!(uploaded.is_empty(), "nothing may be left uploaded over SFTP: {uploaded:?}");
     let spooled = std::fs::read_dir(conn.cfg.spool_dir()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(spooled, 0, "a refused batch leaves nothing in the spool");
 }

@@ -15,8 +15,21 @@ async fn full_upstream_rows_in_instance_equal_rows_in_erp() {
     generate_sample_erp(&erp, SampleSize::Small).await.expect("sample erp");
     let token = c.add_tenant("acme").await.expect("tenant");
     let conn = c.connector("acme", &erp, &token).await.expect("register");
-    let report = conn.sync(&quiet).await.expect("sync");
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let report = conn.sync(&|m: &str| said.lock().unwrap().push(m.to_string())).await.expect("sync");
     assert_eq!(report.status.state, BatchState::Imported, "{:?}", report.status.detail);
+    // Each file went up as soon as it was complete, during the extract; `send` then found them all there.
+    let said = said.into_inner().unwrap();
+    for f in &report.manifest.files {
+        let name = f.compressed_name();
+        assert!(
+            said.iter().any(|m| m.contains(&format!("{name} uploaded")) && m.contains("while the extract")),
+            "{said:#?}"
+        );
+        assert!(said.iter().any(|m| m.contains(&format!("{name} already at the server"))), "{said:#?}");
+    }
+    let compressed: u64 = report.manifest.files.iter().map(|f| f.compressed_bytes).sum();
+    assert_eq!(report.bytes_sent, compressed, "every byte sent once");
 
     let mapping = Mapping::from_toml(ferry_sample::MAPPING).expect("mapping");
     let mut erp_db = sqlx::SqliteConnection::connect(&format!("sqlite:{}", erp.display())).await.expect("erp");

@@ -65,6 +65,73 @@ pub trait Source: Send + Sync {
     /// Run `sql` and stream its rows, each with one value per result column. Rows are read as the stream is polled;
     /// dropping the stream cancels the query.
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>>;
+
+    /// [`rows`](Source::rows) in chunks of up to `chunk_rows` rows, for bulk readers (the extract). The caller gives
+    /// chunks it is done with back to `recycle`, so a source that fills chunks itself (SQLite) reuses their rows and
+    /// strings instead of allocating per row and per field. The rows read before an error come first, then the
+    /// error. The default groups [`rows`](Source::rows).
+    fn row_chunks<'a>(
+        &'a self,
+        sql: &'a str,
+        chunk_rows: usize,
+        recycle: Recycle,
+    ) -> BoxStream<'a, Result<Vec<Vec<SqlValue>>, SourceError>> {
+        let _ = recycle;
+        chunked(self.rows(sql), chunk_rows)
+    }
+}
+
+/// Chunks of rows a consumer is done with, handed back to the source that filled them so that their buffers are
+/// reused (see [`Source::row_chunks`]). Holds a few chunks at most; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Recycle(std::sync::Arc<std::sync::Mutex<Vec<Vec<Vec<SqlValue>>>>>);
+
+/// Chunks a [`Recycle`] keeps; more are dropped.
+const RECYCLED_CHUNKS: usize = 8;
+
+impl Recycle {
+    /// Give back a chunk whose rows were consumed.
+    pub fn give(&self, chunk: Vec<Vec<SqlValue>>) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < RECYCLED_CHUNKS
+        {
+            v.push(chunk);
+        }
+    }
+
+    /// A chunk to fill again (its rows still hold their old values and buffers), if one was given back.
+    pub fn take(&self) -> Option<Vec<Vec<SqlValue>>> {
+        self.0.lock().ok()?.pop()
+    }
+}
+
+/// Group a row stream into chunks of up to `chunk_rows`; a partial chunk goes out before an error.
+fn chunked<'a>(
+    rows: BoxStream<'a, Result<Vec<SqlValue>, SourceError>>,
+    chunk_rows: usize,
+) -> BoxStream<'a, Result<Vec<Vec<SqlValue>>, SourceError>> {
+    use futures::StreamExt;
+    let chunk_rows = chunk_rows.max(1);
+    futures::stream::unfold((rows, None::<SourceError>, false), move |(mut rows, pending, done)| async move {
+        if let Some(e) = pending {
+            return Some((Err(e), (rows, None, true)));
+        }
+        if done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(chunk_rows);
+        while chunk.len() < chunk_rows {
+            match rows.next().await {
+                Some(Ok(row)) => chunk.push(row),
+                Some(Err(e)) if chunk.is_empty() => return Some((Err(e), (rows, None, true))),
+                Some(Err(e)) => return Some((Ok(chunk), (rows, Some(e), false))),
+                None if chunk.is_empty() => return None,
+                None => return Some((Ok(chunk), (rows, None, true))),
+            }
+        }
+        Some((Ok(chunk), (rows, None, false)))
+    })
+    .boxed()
 }
 
 /// Decode every column of a sqlx row (SQLite, PostgreSQL, MySQL) with `decode`; NULL is handled here, and an error names

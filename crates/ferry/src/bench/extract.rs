@@ -1,0 +1,182 @@
+//! `ferry bench extract`: how fast the Connector reads the ERP, against `sqlite3 -csv` on the same mapping
+//! queries of the same database (issue 11, item 2: reading within 1.5x of `sqlite3`).
+//!
+//! Three contenders take turns for `--rounds` rounds, and each one's median is printed with its ratio to
+//! `sqlite3`:
+//! - `sqlite3 -csv`: every mapping query exported by `sqlite3 -bail -batch -readonly -csv` into `/dev/null`
+//!   (one process per query, as the shell pipeline runs it);
+//! - `ferry read`: every query streamed through the SQLite source ([`Source::row_chunks`]), rows only;
+//! - `ferry read+validate`: [`check_mapping`], what `ferry connector check` runs: the rows converted to the
+//!   standard CSV fields and every check of the extract (keys, references, dates), nothing written.
+//!
+//! Wall and CPU seconds (ours: this process; `sqlite3`: its processes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+use ferry_connector::check::CheckLimits;
+use ferry_connector::erp::source::{Recycle, Source, SqliteSource};
+use ferry_connector::extract::check_mapping;
+use ferry_connector::mapping::Mapping;
+use ferry_sample::generate_sample_erp;
+use futures::StreamExt;
+
+use super::measure::{Clock, Timed, load_average};
+use super::report::{int, print_grid, secs};
+
+#[derive(clap::Args, Debug)]
+pub struct ExtractArgs {
+    /// Sample ERP size (ferry sample-erp): small, medium or large.
+    #[arg(long, default_value = "small", value_parser = ["small", "medium", "large"])]
+    size: String,
+    /// An existing SQLite ERP instead of a generated sample (with --mapping).
+    #[arg(long, requires = "mapping")]
+    erp: Option<PathBuf>,
+    /// The mapping whose queries are run (default: the sample ERP's).
+    #[arg(long, requires = "erp")]
+    mapping: Option<PathBuf>,
+    /// Rounds; each contender runs once per round, taking turns, and its median is kept.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Working folder for the generated ERP, new or empty, kept afterwards (default: a temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
+    if Command::new("sqlite3").arg("-version").stdout(Stdio::null()).status().is_err() {
+        bail!("sqlite3 is not installed (Debian: apt-get install sqlite3); the bench compares against it");
+    }
+    let (tmp, dir) = super::work_dir(args.dir.clone())?;
+    let (erp, mapping_text, what) = match (&args.erp, &args.mapping) {
+        (Some(erp), Some(m)) => {
+            let text = std::fs::read_to_string(m).with_context(|| format!("cannot read {}", m.display()))?;
+            (erp.clone(), text, format!("--erp {} --mapping {}", erp.display(), m.display()))
+        }
+        _ => {
+            let size = crate::demo::parse_size(&args.size)?;
+            let erp = dir.join("erp.db");
+            let t = std::time::Instant::now();
+            let summary = generate_sample_erp(&erp, size).await.context("generating the sample ERP")?;
+            println!(
+                "sample ERP ({}): {} rows in {:.1} s",
+                args.size,
+                int(summary.total_rows()),
+                t.elapsed().as_secs_f64()
+            );
+            (erp, ferry_sample::MAPPING.to_string(), format!("--size {}", args.size))
+        }
+    };
+    let mapping = Mapping::from_toml(&mapping_text).context("the mapping")?;
+    println!("ferry bench extract {what} --rounds {}", args.rounds);
+    println!("load average {}", load_average());
+    let source = SqliteSource::open(&erp.display().to_string()).await?;
+    let queries: Vec<(String, String)> =
+        mapping.ordered().into_iter().map(|(n, f)| (n.to_string(), f.query.clone())).collect();
+
+    let mut runs: [Vec<Timed>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut rows = 0;
+    for round in 1..=args.rounds {
+        let q = queries.clone();
+        let db = erp.clone();
+        runs[0].push(tokio::task::spawn_blocking(move || sqlite3(&db, &q)).await??);
+        let (t, n) = read(&source, &queries).await?;
+        rows = n;
+        runs[1].push(t);
+        runs[2].push(validate(&source, &mapping).await?);
+        println!(
+            "round {round}: sqlite3 {} s, read {} s, read+validate {} s",
+            secs(runs[0][round as usize - 1].secs),
+            secs(runs[1][round as usize - 1].secs),
+            secs(runs[2][round as usize - 1].secs)
+        );
+    }
+    println!();
+    let base = median(&runs[0]);
+    let names = ["sqlite3 -csv > /dev/null", "ferry read (SQLite source)", "ferry read+validate (connector check)"];
+    let table: Vec<Vec<String>> = names
+        .iter()
+        .zip(&runs)
+        .map(|(name, r)| {
+            let m = median(r);
+            let cpu = median_cpu(r).map_or("-".to_string(), secs);
+            vec![name.to_string(), secs(m), cpu, format!("{:.2}x", m / base.max(1e-9))]
+        })
+        .collect();
+    print_grid(&["contender", "median s", "median CPU s", "vs sqlite3"], &[false, true, true, true], &table);
+    println!(
+        "{} rows in {} queries; goal (issue 11): ferry read within 1.5x of sqlite3; load average {}",
+        int(rows),
+        queries.len(),
+        load_average()
+    );
+    if let Some(t) = tmp {
+        println!("removing {}", t.path().display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every query through `sqlite3 -csv`, one process each, output discarded.
+fn sqlite3(db: &Path, queries: &[(String, String)]) -> anyhow::Result<Timed> {
+    let clock = Clock::start();
+    for (name, sql) in queries {
+        let mut child = Command::new("sqlite3")
+            .args(["-bail", "-batch", "-readonly", "-csv"])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sqlite3")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(sql.as_bytes())?;
+            stdin.write_all(b";\n")?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("sqlite3 failed on {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    Ok(clock.children(0))
+}
+
+/// Every query through the SQLite source, rows only (chunks given back for reuse, as the extract does).
+async fn read(source: &SqliteSource, queries: &[(String, String)]) -> anyhow::Result<(Timed, u64)> {
+    let clock = Clock::start();
+    let mut rows = 0u64;
+    for (name, sql) in queries {
+        let recycle = Recycle::default();
+        let mut chunks = source.row_chunks(sql, 1024, recycle.clone());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.with_context(|| format!("reading {name}"))?;
+            rows += chunk.len() as u64;
+            recycle.give(chunk);
+        }
+    }
+    Ok((clock.ours(0), rows))
+}
+
+/// `ferry connector check`: read, convert and validate every file.
+async fn validate(source: &SqliteSource, mapping: &Mapping) -> anyhow::Result<Timed> {
+    let clock = Clock::start();
+    let report = check_mapping(source, mapping, CheckLimits::default(), &|_, _, _| {}).await;
+    let t = clock.ours(0);
+    if report.errors() > 0 {
+        println!("note: the check found {} error(s)", report.errors());
+    }
+    Ok(t)
+}
+
+fn median(runs: &[Timed]) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(|t| t.secs).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_cpu(runs: &[Timed]) -> Option<f64> {
+    let mut v: Vec<f64> = runs.iter().map(|t| t.cpu).collect::<Option<_>>()?;
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
