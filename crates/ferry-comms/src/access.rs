@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use russh::keys::PublicKey;
 use crate::db::Db;
+use russh::keys::PublicKey;
 
 use crate::{CommsState, db, limits};
 

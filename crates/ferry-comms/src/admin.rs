@@ -9,13 +9,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::db::Db;
 use anyhow::{Context, bail};
 use chrono::{Duration, Utc};
 use ferry_proto::api::valid_tenant_name;
 use ferry_proto::token::RegistrationToken;
 use ferry_web::identity::ServerIdentity;
 use serde::Serialize;
-use crate::db::Db;
 
 use crate::limits::{Limit, Limits};
 use crate::{CommsConfig, db};

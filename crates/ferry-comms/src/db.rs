@@ -128,10 +128,17 @@ pub fn redact_url(url: &str) -> String {
     }
     if let Some(q) = s.find('?') {
         let (head, query) = s.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|kv| if kv.to_ascii_lowercase().starts_with("password=") { "password=***".to_string() } else { kv.into() })
-            .collect();
+        let query: Vec<String> =
+            query
+                .split('&')
+                .map(|kv| {
+                    if kv.to_ascii_lowercase().starts_with("password=") {
+                        "password=***".to_string()
+                    } else {
+                        kv.into()
+                    }
+                })
+                .collect();
         s = format!("{head}{}", query.join("&"));
     }
     s
@@ -595,10 +602,7 @@ async fn append_audit(db: &Db, tenant: Option<&str>, event: &str, detail: &str) 
 }
 
 /// The latest audit entries: (id, at, tenant, event, detail), newest first.
-pub async fn recent_audit(
-    db: &Db,
-    limit: i64,
-) -> sqlx::Result<Vec<(i64, String, Option<String>, String, String)>> {
+pub async fn recent_audit(db: &Db, limit: i64) -> sqlx::Result<Vec<(i64, String, Option<String>, String, String)>> {
     on!(db, pool => {
         let rows = sqlx::query("SELECT id, at, tenant, event, detail FROM audit ORDER BY id DESC LIMIT $1")
             .bind(limit)
@@ -766,6 +770,50 @@ pub async fn set_batch_state(
         .await?;
         Ok(())
     })
+}
+
+/// This replica's right to relay one tenant's batches (they go in order, so the unit is the tenant). On SQLite
+/// there is one server and the claim is free. On PostgreSQL it is a session advisory lock held on a connection
+/// of its own: exactly one replica holds it; released by [`RelayClaim::release`], or by the connection closing
+/// when the claim is dropped any other way (a crashed or stopped replica's claims end with its connections).
+pub enum RelayClaim {
+    Local,
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>, i64),
+}
+
+impl RelayClaim {
+    pub async fn release(self) {
+        if let RelayClaim::Postgres(mut conn, key) = self {
+            let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap_or(false);
+            if unlocked {
+                conn.return_to_pool().await;
+            } // else: close_on_drop closes it, which releases the lock
+        }
+    }
+}
+
+/// The advisory-lock key of a tenant's relay: the first 8 bytes of SHA-256("ferry relay" NUL tenant).
+fn relay_lock_key(tenant: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new().chain_update(b"ferry relay\0").chain_update(tenant.as_bytes()).finalize();
+    i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Claim the relay of `tenant`'s batches for this replica; None while another replica holds it.
+pub async fn claim_relay(db: &Db, tenant: &str) -> sqlx::Result<Option<RelayClaim>> {
+    let Db::Postgres(pool) = db else { return Ok(Some(RelayClaim::Local)) };
+    let key = relay_lock_key(tenant);
+    let mut conn = pool.acquire().await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+    if !got {
+        return Ok(None);
+    }
+    conn.close_on_drop();
+    Ok(Some(RelayClaim::Postgres(conn, key)))
 }
 
 /// A relay attempt failed: keep the state, note why, count the attempt.

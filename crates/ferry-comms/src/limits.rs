@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
+use crate::db::Db;
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use crate::db::Db;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 

@@ -13,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-
 use crate::CommsState;
 
 /// Most tenants given their own label value in `ferry_comms_last_import_age_seconds`.

@@ -137,3 +137,32 @@ async fn a_missing_database_password_is_named_and_a_wrong_one_never_shown() {
     let shown = format!("{database:?}");
     assert!(!shown.contains("wrong-secret"), "{shown}");
 }
+
+/// Replicas sharing one PostgreSQL: exactly one holds a tenant's relay at a time; a released claim, or one whose
+/// replica went away (its connection closed), can be taken by another.
+#[tokio::test]
+async fn exactly_one_replica_claims_a_tenants_relay() {
+    let Some(database) = scratch_database().await else { return };
+    let (a, b) = (
+        ferry_comms::db::open_postgres(&database).await.unwrap(),
+        ferry_comms::db::open_postgres(&database).await.unwrap(),
+    );
+    let claim = ferry_comms::db::claim_relay(&a, "acme").await.unwrap().expect("free claim");
+    assert!(ferry_comms::db::claim_relay(&b, "acme").await.unwrap().is_none(), "two replicas relay one tenant");
+    let other = ferry_comms::db::claim_relay(&b, "beta").await.unwrap().expect("other tenants are free");
+    claim.release().await;
+    let taken = ferry_comms::db::claim_relay(&b, "acme").await.unwrap().expect("released claim");
+    assert!(ferry_comms::db::claim_relay(&a, "acme").await.unwrap().is_none());
+    drop(taken); // a replica gone: its connection closes and the lock with it
+    let t = std::time::Instant::now();
+    loop {
+        if ferry_comms::db::claim_relay(&a, "acme").await.unwrap().is_some() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "a dropped claim was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.release().await;
+    a.close().await;
+    b.close().await;
+}
