@@ -40,7 +40,7 @@ pub struct TenantLimitsView {
 impl Admin {
     pub async fn open(cfg: CommsConfig) -> anyhow::Result<Admin> {
         let identity = Arc::new(cfg.identity()?);
-        let db = db::open(&cfg).await?;
+        let db = db::open(&cfg.database, &cfg.db_path()).await?;
         Ok(Admin { cfg, db, identity, actor: "cli".into() })
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+pub use crate::db::DatabaseConfig;
 use crate::limits::Limits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,82 +58,6 @@ pub struct CommsConfig {
     pub app: AppEndpoint,
     /// `[database]`: where the metadata lives (default: the SQLite file `<data_dir>/comms.db`).
     pub database: DatabaseConfig,
-}
-
-/// `[database]`: the Comms metadata store. Empty `url`: SQLite in `<data_dir>/comms.db` (one server). A
-/// `postgres://user@host:5432/db` URL: PostgreSQL, which several Comms replicas can share (see docs/scale-out.md).
-/// TLS as for the Connector's PostgreSQL source: `?sslmode=verify-full&sslrootcert=/etc/ferry/db-ca.crt` in the URL.
-/// The password is best kept out of the URL: `password_env` or `password_file` (at most one of them).
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// Empty (SQLite in `data_dir`), or `postgres://` / `postgresql://` URL.
-    pub url: String,
-    /// The name of an environment variable holding the database password.
-    pub password_env: Option<String>,
-    /// A file holding the database password (its first line); relative to the config file's folder.
-    pub password_file: Option<PathBuf>,
-    /// Connections in the pool (default 8 for SQLite, 16 for PostgreSQL: 0 means the default).
-    pub max_connections: u32,
-}
-
-impl std::fmt::Debug for DatabaseConfig {
-    // the URL may carry a password: never shown
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &crate::db::redact_url(&self.url))
-            .field("password_env", &self.password_env)
-            .field("password_file", &self.password_file)
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
-impl DatabaseConfig {
-    /// Whether this is PostgreSQL (else SQLite in the data directory).
-    pub fn is_postgres(&self) -> bool {
-        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
-    }
-
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !self.url.is_empty() && !self.is_postgres() {
-            bail!(
-                "[database] url must be empty (SQLite in data_dir) or a postgres:// URL (got {:?})",
-                crate::db::redact_url(&self.url)
-            );
-        }
-        if self.password_env.is_some() && self.password_file.is_some() {
-            bail!("set only one of [database] password_env and password_file");
-        }
-        if !self.is_postgres() && (self.password_env.is_some() || self.password_file.is_some()) {
-            bail!("[database] password_env / password_file apply to a postgres:// url only");
-        }
-        Ok(())
-    }
-
-    /// The password from `password_env` or `password_file`, if one is set. The error never holds the password.
-    pub fn password(&self) -> anyhow::Result<Option<String>> {
-        if let Some(var) = &self.password_env {
-            return match std::env::var(var) {
-                Ok(v) => Ok(Some(v)),
-                Err(_) => bail!(
-                    "[database] password_env names the environment variable {var:?}, which is not set (or not \
-                     UTF-8); set it for the Comms server's service"
-                ),
-            };
-        }
-        if let Some(path) = &self.password_file {
-            return match std::fs::read_to_string(path) {
-                Ok(text) => Ok(Some(text.lines().next().unwrap_or("").to_string())),
-                Err(e) => bail!(
-                    "cannot read the password file {} ([database] password_file): {e}; check the path and its \
-                     permissions",
-                    path.display()
-                ),
-            };
-        }
-        Ok(None)
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -137,7 +137,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = Arc::new(cfg.identity()?);
-    let db = db::open(&cfg).await?;
+    let db = db::open(&cfg.database, &cfg.db_path()).await?;
     let admin_token = admin::load_or_create_admin_token(&cfg.admin_token_path())?;
     let (https_addr, ssh_addr) = match &listeners {
         Listeners::Separate { https, ssh } => (https.local_addr()?, ssh.local_addr()?),
