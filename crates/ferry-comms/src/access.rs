@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use russh::keys::PublicKey;
-use sqlx::SqlitePool;
 
 use crate::{CommsState, db, limits};
 
@@ -50,7 +50,7 @@ impl KeyCache {
         self.0.read().ok().is_some_and(|m| m.get(fingerprint).is_some_and(|(t, _)| t == tenant))
     }
 
-    pub async fn reload(&self, pool: &SqlitePool) -> anyhow::Result<()> {
+    pub async fn reload(&self, pool: &Db) -> anyhow::Result<()> {
         let mut fresh = HashMap::new();
         for row in db::active_keys(pool).await? {
             match ferry_io::keys::parse_public_key(&row.public_key) {

@@ -9,20 +9,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::db::Db;
 use anyhow::{Context, bail};
 use chrono::{Duration, Utc};
 use ferry_proto::api::valid_tenant_name;
 use ferry_proto::token::RegistrationToken;
 use ferry_web::identity::ServerIdentity;
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 use crate::limits::{Limit, Limits};
 use crate::{CommsConfig, db};
 
 pub struct Admin {
     pub cfg: CommsConfig,
-    pub db: SqlitePool,
+    pub db: Db,
     pub identity: Arc<ServerIdentity>,
     /// Who acts, for the audit log: `cli` or `admin api from <address>`.
     pub actor: String,
@@ -40,7 +40,7 @@ pub struct TenantLimitsView {
 impl Admin {
     pub async fn open(cfg: CommsConfig) -> anyhow::Result<Admin> {
         let identity = Arc::new(cfg.identity()?);
-        let db = db::open(&cfg.db_path()).await?;
+        let db = db::open(&cfg.database, &cfg.db_path()).await?;
         Ok(Admin { cfg, db, identity, actor: "cli".into() })
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+pub use crate::db::DatabaseConfig;
 use crate::limits::Limits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +56,8 @@ pub struct CommsConfig {
     pub connections: ferry_io::accept::ConnectionLimits,
     /// The App server hosting this Comms server's instances.
     pub app: AppEndpoint,
+    /// `[database]`: where the metadata lives (default: the SQLite file `<data_dir>/comms.db`).
+    pub database: DatabaseConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,6 +98,7 @@ impl Default for CommsConfig {
             limits: Limits::default(),
             connections: ferry_io::accept::ConnectionLimits::default(),
             app: AppEndpoint::default(),
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -102,10 +106,10 @@ impl Default for CommsConfig {
 impl ferry_io::config::ConfigFile for CommsConfig {
     const WHAT: &'static str = "comms config";
 
-    /// `data_dir`, `tls_cert` and `tls_key`.
+    /// `data_dir`, `tls_cert`, `tls_key` and `[database] password_file`.
     fn paths(&mut self) -> Vec<&mut PathBuf> {
         let mut paths = vec![&mut self.data_dir];
-        paths.extend([&mut self.tls_cert, &mut self.tls_key].into_iter().flatten());
+        paths.extend([&mut self.tls_cert, &mut self.tls_key, &mut self.database.password_file].into_iter().flatten());
         paths
     }
 
@@ -121,6 +125,7 @@ impl CommsConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.retention.validate()?;
+        self.database.validate()?;
         if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
         }

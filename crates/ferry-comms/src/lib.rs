@@ -31,15 +31,17 @@ use anyhow::Context;
 use ferry_web::auth::SignatureVerifier;
 use ferry_web::identity::ServerIdentity;
 use russh::keys::PublicKey;
-use sqlx::SqlitePool;
+
 use tokio::sync::{Notify, watch};
+
+use crate::db::Db;
 
 pub use access::{ACCESS_POLL_INTERVAL, ACCESS_RELOAD_BOUND, Coalescer, KeyCache, RefusalLimiter};
 pub use config::CommsConfig;
 
 pub struct CommsState {
     pub cfg: CommsConfig,
-    pub db: SqlitePool,
+    pub db: Db,
     pub keys: KeyCache,
     /// Effective limits per tenant (defaults from `[limits]` + overrides from the database).
     pub limits: limits::TenantLimits,
@@ -135,7 +137,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     ferry_io::private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = Arc::new(cfg.identity()?);
-    let db = db::open(&cfg.db_path()).await?;
+    let db = db::open(&cfg.database, &cfg.db_path()).await?;
     let admin_token = admin::load_or_create_admin_token(&cfg.admin_token_path())?;
     let (https_addr, ssh_addr) = match &listeners {
         Listeners::Separate { https, ssh } => (https.local_addr()?, ssh.local_addr()?),

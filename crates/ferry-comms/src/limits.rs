@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
+use crate::db::Db;
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -189,7 +189,7 @@ impl TenantLimits {
         self.overrides.read().ok().and_then(|m| m.get(tenant).copied()).unwrap_or(self.defaults)
     }
 
-    pub async fn reload(&self, pool: &SqlitePool) -> sqlx::Result<()> {
+    pub async fn reload(&self, pool: &Db) -> sqlx::Result<()> {
         let mut fresh: HashMap<String, Limits> = HashMap::new();
         for (tenant, name, value) in crate::db::all_tenant_limits(pool).await? {
             let Some(limit) = Limit::parse(&name) else { continue };
@@ -239,7 +239,7 @@ impl Usage {
     }
 
     /// Today's counts from the database (at start).
-    pub async fn load(&self, pool: &SqlitePool) -> sqlx::Result<()> {
+    pub async fn load(&self, pool: &Db) -> sqlx::Result<()> {
         let today = Utc::now().date_naive();
         let rows = crate::db::upload_usage_on(pool, &today.to_string()).await?;
         if let Ok(mut m) = self.0.lock() {
@@ -252,7 +252,7 @@ impl Usage {
     }
 
     /// Write the bytes counted since the last save.
-    pub async fn save(&self, pool: &SqlitePool) -> sqlx::Result<()> {
+    pub async fn save(&self, pool: &Db) -> sqlx::Result<()> {
         let pending: Vec<(String, NaiveDate, u64)> = match self.0.lock() {
             Ok(mut m) => m
                 .iter_mut()

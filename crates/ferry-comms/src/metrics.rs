@@ -12,7 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sqlx::Row;
 
 use crate::CommsState;
 
@@ -176,8 +175,8 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
         by_state.get_or_create(&StateLabel { state: s.into() }).set(0);
     }
     let mut queue = 0;
-    for row in sqlx::query("SELECT state, COUNT(*) AS n FROM batches GROUP BY state").fetch_all(&st.db).await? {
-        let (state, n): (String, i64) = (row.try_get("state")?, row.try_get("n")?);
+    let counts = crate::db::batch_state_counts(&st.db).await?;
+    for (state, n) in counts {
         if matches!(state.as_str(), "uploaded" | "relayed") {
             queue += n;
         }
@@ -188,18 +187,12 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
     relay_queue.set(queue);
     reg.register("relay_queue_depth", "Batches completed and not yet judged by the App", relay_queue);
 
-    let row = sqlx::query(
-        "SELECT COALESCE(SUM(CASE WHEN state != 'delivered' THEN 1 ELSE 0 END), 0) AS waiting,
-                COALESCE(SUM(CASE WHEN state = 'delivered' THEN compressed_bytes ELSE 0 END), 0) AS down
-         FROM downloads",
-    )
-    .fetch_one(&st.db)
-    .await?;
+    let (waiting, down_bytes) = crate::db::download_totals(&st.db).await?;
     let download_queue: Gauge = Gauge::default();
-    download_queue.set(row.try_get::<i64, _>("waiting")?);
+    download_queue.set(waiting);
     reg.register("download_queue_depth", "Downstream files not yet delivered to their Connector", download_queue);
     let down: Counter = Counter::default();
-    down.inc_by(u64::try_from(row.try_get::<i64, _>("down")?).unwrap_or(0));
+    down.inc_by(u64::try_from(down_bytes).unwrap_or(0));
     reg.register("download_bytes", "Compressed bytes of the downstream files delivered", down);
 
     let sessions: Gauge = Gauge::default();
@@ -208,15 +201,8 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
 
     let ages: Family<TenantLabel, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
     let now = chrono::Utc::now();
-    let rows = sqlx::query(
-        "SELECT tenant, MAX(updated_at) AS last FROM batches WHERE state = 'imported' GROUP BY tenant
-         ORDER BY last ASC LIMIT ?",
-    )
-    .bind(MAX_TENANT_LABELS)
-    .fetch_all(&st.db)
-    .await?;
-    for row in rows {
-        let (tenant, last): (String, String) = (row.try_get("tenant")?, row.try_get("last")?);
+    let rows = crate::db::last_imports(&st.db, MAX_TENANT_LABELS).await?;
+    for (tenant, last) in rows {
         let Ok(at) = chrono::DateTime::parse_from_rfc3339(&last) else { continue };
         let age = (now - at.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
         ages.get_or_create(&TenantLabel { tenant }).set(age.max(0.0));

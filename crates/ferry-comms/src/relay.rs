@@ -29,7 +29,19 @@ pub async fn run(st: Arc<CommsState>, shutdown: impl Future<Output = ()> + Send 
 /// Move one pending batch a step forward; a failure is noted with the batch (for `status`) and returned.
 #[tracing::instrument(name = "relay", skip_all, fields(tenant = %b.tenant, batch = %b.manifest.batch_id))]
 async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {
-    let Err(e) = relay_one(st, b).await else { return Ok(()) };
+    // Replicas on one PostgreSQL: exactly one relays a tenant's batches at a time; the others back off.
+    let Some(claim) = db::claim_relay(&st.db, &b.tenant).await? else {
+        anyhow::bail!("another Comms replica is relaying this tenant's batches");
+    };
+    // The list may be stale: relay only what is still pending in the state it was listed in.
+    let current = db::batch_status(&st.db, &b.tenant, &b.manifest.batch_id).await?;
+    if current.is_none_or(|s| s.state != b.state) {
+        claim.release().await;
+        return Ok(());
+    }
+    let r = relay_one(st, b).await;
+    claim.release().await;
+    let Err(e) = r else { return Ok(()) };
     let msg = format!("relay to the App server failed (attempt {}), will retry: {e:#}", b.attempts + 1);
     db::note_batch_failure(&st.db, &b.tenant, &b.manifest.batch_id, &msg).await?;
     Err(e)

@@ -26,6 +26,10 @@ statement = "INSERT INTO recommended_orders(order_number, line, item, location, 
 params = ["order_number", "line", "item", "location", "supplier", "qty", "due_date"]
 "#;
 
+/// Set to a `postgres://` URL (a role with CREATEDB), every cluster keeps its Comms metadata in a new database
+/// on that server instead of SQLite: how the Comms tests run against PostgreSQL.
+pub const TEST_COMMS_DB: &str = "FERRY_TEST_COMMS_DB";
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub app: AppHandle,
@@ -112,6 +116,12 @@ impl Cluster {
             listen_admin: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             ..CommsConfig::default()
         };
+        // FERRY_TEST_COMMS_DB=postgres://...: the Comms metadata in a fresh PostgreSQL database on that server
+        if let Ok(url) = std::env::var(TEST_COMMS_DB)
+            && !url.is_empty()
+        {
+            comms_cfg.database.url = ferry_comms::db::create_scratch_postgres(&url).await?;
+        }
         tweak_comms(&mut comms_cfg);
         let listeners = if one_port {
             drop(comms_ssh);

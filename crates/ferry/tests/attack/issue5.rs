@@ -93,7 +93,7 @@ async fn audit_events(c: &Cluster) -> Vec<(Option<String>, String, String)> {
 
 /// The database is whole: SQLite's own check, every table still there, the audit chain intact.
 async fn db_intact(c: &Cluster, tenants: i64) {
-    let db = &c.comms.state.db;
+    let ferry_comms::db::Db::Sqlite(db) = &c.comms.state.db else { panic!("these attacks run on SQLite") };
     let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(db).await.unwrap();
     assert_eq!(check, "ok");
     for table in ["tenants", "keys", "tokens", "batches", "audit", "downloads", "tenant_limits"] {
@@ -109,7 +109,7 @@ async fn db_intact(c: &Cluster, tenants: i64) {
     let active: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE status = 'active'").fetch_one(db).await.unwrap();
     assert_eq!(active, tenants, "a tenant was disabled");
-    ferry_comms::db::verify_audit(db).await.unwrap().expect("audit chain intact");
+    ferry_comms::db::verify_audit(&c.comms.state.db).await.unwrap().expect("audit chain intact");
 }
 
 /// `/v1/...` path segment with every byte that is not a letter or digit percent-encoded.

@@ -120,11 +120,13 @@ async fn a_lost_ack_never_applies_twice_and_long_poll_is_fast() {
     assert_eq!(erp_rows(&erp).await, 2);
 
     // The ack is lost: Comms still offers the file. The connector acknowledges again but does not re-apply.
-    sqlx::query("UPDATE downloads SET state = 'relayed' WHERE file_id = ?")
-        .bind(f.file_id.as_str())
-        .execute(&c.comms.state.db)
-        .await
-        .unwrap();
+    ferry_comms::db::on!(&c.comms.state.db, p => {
+        sqlx::query("UPDATE downloads SET state = 'relayed' WHERE file_id = $1")
+            .bind(f.file_id.as_str())
+            .execute(p)
+            .await
+            .unwrap();
+    });
     let conn2 = Connector::load(&conn.cfg.base.join("connector.toml")).unwrap(); // "restarted"
     let out = conn2.receive(0, &quiet).await.unwrap();
     assert_eq!(out, vec![Outcome::AlreadyApplied { name: "po_000001.csv".into() }]);
@@ -442,10 +444,12 @@ async fn one_receive_delivers_every_waiting_file_beyond_one_page() {
         publish(&c, "acme", &name, &format!("n\n{i}\n")).await;
     }
     let relayed = async || {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM downloads WHERE tenant = 'acme' AND state = 'relayed'")
-            .fetch_one(&c.comms.state.db)
-            .await
-            .unwrap();
+        let n: i64 = ferry_comms::db::on!(&c.comms.state.db, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM downloads WHERE tenant = 'acme' AND state = 'relayed'")
+                .fetch_one(p)
+                .await
+                .unwrap()
+        });
         n as usize == N
     };
     assert!(eventually(Duration::from_secs(180), relayed).await.is_some(), "not all {N} files relayed");

@@ -11,6 +11,7 @@ mod procs;
 mod architecture;
 mod bench;
 mod check;
+mod comms_postgres;
 mod console;
 mod downstream;
 mod erp_values;

@@ -24,11 +24,15 @@ async fn audit_log_detects_edits_and_removals() {
     }
 
     // Edit one entry's detail.
-    sqlx::query("UPDATE audit SET detail = 'nothing to see' WHERE id = 3").execute(db).await.unwrap();
+    ferry_comms::db::on!(db, p => {
+        sqlx::query("UPDATE audit SET detail = 'nothing to see' WHERE id = 3").execute(p).await.unwrap();
+    });
     let why = ferry_comms::db::verify_audit(db).await.unwrap().expect_err("edit must be detected");
     assert!(why.contains("entry 3") && why.contains("edited"), "{why}");
     // Remove an entry instead (after restoring a consistent chain is impossible without the hashes).
-    sqlx::query("DELETE FROM audit WHERE id = 3").execute(db).await.unwrap();
+    ferry_comms::db::on!(db, p => {
+        sqlx::query("DELETE FROM audit WHERE id = 3").execute(p).await.unwrap();
+    });
     let why = ferry_comms::db::verify_audit(db).await.unwrap().expect_err("removal must be detected");
     assert!(why.contains("entry 3 is missing"), "{why}");
     c.stop().await;
