@@ -27,8 +27,8 @@
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
 pub mod downstream;
-mod import;
 mod extract;
+mod import;
 mod measure;
 mod pipeline;
 mod report;
