@@ -122,7 +122,14 @@ for raw in "${lines[@]}"; do
     out="$work/cmd-$n.log"
     bash -c "$cmd" >"$out" 2>&1
     code=$?
-    sed -e 's/^/    /' "$out" | head -n 40
+    lines="$(wc -l <"$out")"
+    if [ "$lines" -le 45 ]; then
+      sed -e 's/^/    /' "$out"
+    else # long output: its head and its end (where a command says how it ended)
+      sed -e 's/^/    /' "$out" | head -n 35
+      echo "    … $((lines - 40)) lines …"
+      sed -e 's/^/    /' "$out" | tail -n 5
+    fi
     [ "$code" = 0 ] || fail "exit $code: $cmd"
     t="$(grep -o 'ferry1\.[A-Za-z0-9._~-]*' "$out" | head -n 1)"
     [ -n "$t" ] && token="$t"

@@ -26,6 +26,10 @@ use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
 use ferry_io::retry::Backoff;
 
+/// How a progress line about a file uploaded while the extract still runs ends (the CLI keeps the current
+/// file's progress open for those).
+pub const DURING_EXTRACT: &str = "while the extract goes on";
+
 /// The choices of one `sync`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncOptions {
@@ -476,10 +480,7 @@ impl Connector {
                 Ok(n) => {
                     up.bytes += n;
                     up.uploaded.push(target);
-                    progress(&format!(
-                        "  {} uploaded ({} bytes) while the extract goes on",
-                        f.name, f.compressed_bytes
-                    ));
+                    progress(&format!("  {} uploaded ({} bytes) {DURING_EXTRACT}", f.name, f.compressed_bytes));
                 }
                 Err(e) => {
                     // keep the session: a batch refused later removes what it can of this file's part

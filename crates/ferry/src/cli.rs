@@ -293,7 +293,11 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let opts = agent::SyncOptions { full, allow_warnings, today: None };
             let r = c
                 .sync_with(&opts, &|line: &str| {
-                    live.finish(); // the extract's files are done when the connector reports on them
+                    // the extract's files are done when the connector reports on them, except the uploads made
+                    // while it still runs (closing the current file there would print it twice)
+                    if !line.ends_with(ferry_connector::agent::DURING_EXTRACT) {
+                        live.finish();
+                    }
                     live.println(line)
                 })
                 .await;
