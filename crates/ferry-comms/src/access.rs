@@ -158,6 +158,9 @@ impl CommsState {
     /// key of their tenant (revoked, tenant disabled, deleted). Sessions of a key retired by a rotation are
     /// left to finish: new logins with it are refused, but a sync in progress is not cut.
     pub async fn refresh_access(&self) {
+        if let Err(e) = self.apps.reload(&self.db).await {
+            tracing::warn!("cannot reload the App servers from the database: {e:#}");
+        }
         if let Err(e) = self.keys.reload(&self.db).await {
             tracing::warn!("cannot reload keys from the database: {e:#}");
             return;

@@ -4,7 +4,7 @@
 //! missing or wrong token is answered 401 and audited (`auth_failed`, coalesced per address). Every action is
 //! audited with the caller's address, and changes to access take effect in this server at once.
 //!
-//! Routes (all under `/admin/v1`): `GET tenants`, `POST tenants` `{"name"}`, `POST tenants/{t}/token`,
+//! Routes (all under `/admin/v1`): `GET tenants`, `POST tenants` `{"name", "app"?}` (answer `{tenant, app, token}`), `POST tenants/{t}/token`,
 //! `POST tenants/{t}/disable|enable`, `GET tenants/{t}/keys`, `POST tenants/{t}/keys/revoke`
 //! `{"fingerprint"}`, `GET|PUT tenants/{t}/limits` (`{"max_batch_files": 10, "upload_bytes_per_day": null}`;
 //! null = back to the default), `GET sessions`, `GET audit?limit=N`, `GET audit/verify`.
@@ -124,12 +124,15 @@ async fn list_tenants(State(a): St) -> Result<Json<Vec<db::TenantRow>>, ApiError
 #[derive(Deserialize)]
 struct NewTenant {
     name: String,
+    /// The App server to place it on (default: the one with the fewest tenants).
+    #[serde(default)]
+    app: Option<String>,
 }
 
 async fn add_tenant(State(a): St, peer: Peer, Json(t): Json<NewTenant>) -> Result<Json<Value>, ApiError> {
     let admin = admin(&a, peer);
-    let token = admin.add_tenant(&t.name, &admin.public_url()).await.map_err(refused)?;
-    Ok(Json(json!({ "tenant": t.name, "token": token })))
+    let (app, token) = admin.add_tenant_on(&t.name, t.app.as_deref(), &admin.public_url()).await.map_err(refused)?;
+    Ok(Json(json!({ "tenant": t.name, "app": app, "token": token })))
 }
 
 async fn new_token(State(a): St, peer: Peer, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -59,8 +59,12 @@ pub struct Caller {
     pub key_fingerprint: String,
 }
 
-/// The App server, known by its service key (`[app] service_key`); it announces downstream files.
-pub struct AppService;
+/// An App server, known by its service key (registered with it: `[app] service_key` or `ferry comms app add`);
+/// it announces downstream files, and only for the tenants placed on it.
+pub struct AppService {
+    /// The App server's registered name.
+    pub name: String,
+}
 
 /// Connectors' requests: the tenant comes from the signing key alone; a refused signature is audited
 /// (`auth_failed`, coalesced per address).
@@ -99,18 +103,21 @@ impl SignedBy<AppService> for CommsState {
     }
 
     fn ready(&self) -> Result<(), ApiError> {
-        match self.app_service_key {
-            Some(_) => Ok(()),
-            None => Err(ApiError::Unauthorized("this Comms server has no [app] service_key configured".into())),
+        if self.apps.any_key() {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("this Comms server has no App server with a service key registered".into()))
         }
     }
 
     fn key(&self, keyid: &str) -> Option<PublicKey> {
-        self.app_service_key.clone().filter(|k| ferry_io::keys::fingerprint(k) == keyid)
+        self.apps.by_key(keyid).map(|(_, k)| k)
     }
 
-    async fn caller(&self, _keyid: String, _peer: Option<SocketAddr>) -> Result<AppService, ApiError> {
-        Ok(AppService)
+    async fn caller(&self, keyid: String, _peer: Option<SocketAddr>) -> Result<AppService, ApiError> {
+        let (name, _) =
+            self.apps.by_key(&keyid).ok_or_else(|| ApiError::Unauthorized("this App server was removed".into()))?;
+        Ok(AppService { name })
     }
 }
 
@@ -545,7 +552,7 @@ async fn file_error(
 /// with their reason, the others taken).
 async fn app_file_ready(
     State(st): St,
-    Signed { caller: AppService, body }: Signed<AppService>,
+    Signed { caller: app, body }: Signed<AppService>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     st.metrics.downstream_call("announce");
@@ -554,6 +561,7 @@ async fn app_file_ready(
     if value.get("files").is_none() {
         let f: FileReady = serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
         check_announced(&st, &f).await?;
+        check_placed(&st, &app, &f.tenant, &mut Default::default()).await?;
         if !db::insert_download(&st.db, &f).await.map_err(ApiError::internal)? {
             return Err(ApiError::NotFound(format!("no tenant {:?} on this Comms server", f.tenant)));
         }
@@ -571,8 +579,13 @@ async fn app_file_ready(
     }
     let mut answer = FilesAnnounced::default();
     let mut take = Vec::with_capacity(batch.files.len());
+    let mut placed = Default::default();
     for f in batch.files {
-        match check_announced(&st, &f).await {
+        let checked = match check_announced(&st, &f).await {
+            Ok(()) => check_placed(&st, &app, &f.tenant, &mut placed).await,
+            Err(e) => Err(e),
+        };
+        match checked {
             Ok(()) => take.push(f),
             Err(e) => answer.refused.push(FileRefused { file_id: f.file_id, error: refusal_text(e) }),
         }
@@ -598,6 +611,33 @@ fn refusal_text(e: ApiError) -> String {
     match e {
         ApiError::BadRequest(m) | ApiError::Unprocessable(m) | ApiError::NotFound(m) => m,
         _ => "refused".into(),
+    }
+}
+
+/// An App server announces files only for the tenants placed on it (`placed`: the tenants of this call
+/// already looked up). The answer is the same for a tenant placed elsewhere and for no tenant at all.
+async fn check_placed(
+    st: &CommsState,
+    app: &AppService,
+    tenant: &str,
+    placed: &mut std::collections::HashMap<String, bool>,
+) -> Result<(), ApiError> {
+    let ok = match placed.get(tenant) {
+        Some(ok) => *ok,
+        None => {
+            let on = db::tenant_app(&st.db, tenant).await.map_err(ApiError::internal)?;
+            let ok = on.flatten().as_deref() == Some(app.name.as_str());
+            placed.insert(tenant.to_string(), ok);
+            if !ok {
+                tracing::warn!(app = %app.name, %tenant, "announcement refused: the tenant is not placed on this App server");
+            }
+            ok
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("no tenant {tenant:?} placed on App server {:?}", app.name)))
     }
 }
 

@@ -1,5 +1,7 @@
-//! The Comms server's client for its App server: web services signed with the Comms service key and pinned to
-//! the App's TLS certificate, and SFTP pinned to the App's SSH host key.
+//! The Comms server's clients for its App servers: web services signed with the Comms service key and pinned to
+//! each App's TLS certificate, and SFTP pinned to each App's SSH host key. [`Apps`] holds one [`AppClient`]
+//! (its own connection pool and idle SFTP sessions) per App server registered in the database, and routes each
+//! tenant to the App server it is placed on.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,9 +15,151 @@ use ferry_proto::api::{
 };
 use ferry_proto::manifest::Manifest;
 use ferry_sftp::client::{ClientConfig, SftpClient};
-use russh::keys::PrivateKey;
+use russh::keys::{PrivateKey, PublicKey};
 
 use crate::config::AppEndpoint;
+use crate::db::{self, Db};
+
+/// The name of the App server of comms.toml's `[app]` section.
+pub const DEFAULT_APP: &str = "default";
+
+/// The registered App servers (table `app_servers`), each with its client, and their service keys (which sign
+/// their downstream announcements). Reloaded from the database with every access change
+/// ([`crate::ACCESS_RELOAD_BOUND`]) and whenever a tenant is placed on an App server not known yet.
+pub struct Apps {
+    service_key: PrivateKey,
+    inner: std::sync::RwLock<AppsInner>,
+}
+
+#[derive(Default)]
+struct AppsInner {
+    by_name: std::collections::HashMap<String, (AppEndpoint, Arc<AppClient>)>,
+    /// service key fingerprint -> (App server name, key)
+    by_key: std::collections::HashMap<String, (String, PublicKey)>,
+}
+
+impl Apps {
+    /// No App server known until [`Apps::reload`].
+    pub fn new(service_key: PrivateKey) -> Self {
+        Apps { service_key, inner: Default::default() }
+    }
+
+    /// Read the App servers from the database; a client whose endpoint did not change is kept (with its
+    /// sessions), one that did is replaced. An App server whose entry cannot be used is skipped with a warning.
+    pub async fn reload(&self, db: &Db) -> anyhow::Result<()> {
+        let rows = db::list_apps(db).await?;
+        let old = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            inner.by_name.clone()
+        };
+        let mut next = AppsInner::default();
+        for row in rows {
+            let client = match old.get(&row.name) {
+                Some((ep, c)) if *ep == row.endpoint => c.clone(),
+                _ => match AppClient::new(&row.endpoint, self.service_key.clone()) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::warn!(app = %row.name, "App server skipped: {e:#}");
+                        continue;
+                    }
+                },
+            };
+            if !row.endpoint.service_key.is_empty() {
+                match ferry_io::keys::parse_public_key(&row.endpoint.service_key) {
+                    Ok(k) => {
+                        next.by_key.insert(ferry_io::keys::fingerprint(&k), (row.name.clone(), k));
+                    }
+                    Err(e) => tracing::warn!(app = %row.name, "the App server's service key is unusable: {e:#}"),
+                }
+            }
+            next.by_name.insert(row.name, (row.endpoint, client));
+        }
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// The client of the App server `name`, if registered (as of the last reload).
+    pub fn get(&self, name: &str) -> Option<Arc<AppClient>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).by_name.get(name).map(|(_, c)| c.clone())
+    }
+
+    /// The App server a tenant is placed on (read from the database each time, so a placement made by any
+    /// process is followed at once), and its client.
+    pub async fn for_tenant(&self, db: &Db, tenant: &str) -> anyhow::Result<(String, Arc<AppClient>)> {
+        let name = match db::tenant_app(db, tenant).await? {
+            None => anyhow::bail!("no tenant {tenant:?}"),
+            Some(None) => anyhow::bail!(
+                "tenant {tenant} is not placed on any App server: fill [app] in comms.toml or add one with \
+                 `ferry comms app add`"
+            ),
+            Some(Some(n)) => n,
+        };
+        if let Some(c) = self.get(&name) {
+            return Ok((name, c));
+        }
+        // registered since the last reload
+        self.reload(db).await?;
+        let c = self.get(&name).with_context(|| {
+            format!(
+                "tenant {tenant} is placed on App server {name:?}, which is not registered (see `ferry comms app list`)"
+            )
+        })?;
+        Ok((name, c))
+    }
+
+    /// The App server whose service key has this fingerprint (the keyid of a signed call): (name, key).
+    pub fn by_key(&self, keyid: &str) -> Option<(String, PublicKey)> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).by_key.get(keyid).cloned()
+    }
+
+    /// Whether any App server with a service key is known (announcements can be verified).
+    pub fn any_key(&self) -> bool {
+        !self.inner.read().unwrap_or_else(|p| p.into_inner()).by_key.is_empty()
+    }
+
+    fn sum(&self, f: impl Fn(&AppClient) -> u64) -> u64 {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).by_name.values().map(|(_, c)| f(c)).sum()
+    }
+
+    /// SFTP logins to every App server since the start (of the clients in use).
+    pub fn sftp_logins(&self) -> u64 {
+        self.sum(AppClient::sftp_logins)
+    }
+
+    /// Signed calls to every App server since the start (of the clients in use).
+    pub fn api_calls(&self) -> u64 {
+        self.sum(AppClient::api_calls)
+    }
+}
+
+/// Register comms.toml's `[app]` section as the App server [`DEFAULT_APP`] (or bring it up to date), and place
+/// on it every tenant not placed yet (all tenants of a deployment from before several App servers). Nothing
+/// when `[app]` is empty. Run at every start and by every `ferry comms ...` command.
+pub async fn register_default(db: &Db, ep: &AppEndpoint) -> anyhow::Result<()> {
+    if ep.api_url.is_empty() {
+        return Ok(());
+    }
+    let fp = if ep.service_key.is_empty() {
+        // no key: it cannot announce; a placeholder that no keyid matches keeps the column unique
+        format!("(none: {DEFAULT_APP})")
+    } else {
+        ferry_io::keys::fingerprint(&ferry_io::keys::parse_public_key(&ep.service_key).context("[app] service_key")?)
+    };
+    if let Some(other) = db::list_apps(db).await?.into_iter().find(|a| a.key_fingerprint == fp && a.name != DEFAULT_APP)
+    {
+        anyhow::bail!(
+            "the [app] section of comms.toml names the App server registered as {:?} (same service key): empty \
+             [app], or remove that App server with `ferry comms app remove`",
+            other.name
+        );
+    }
+    db::put_app(db, DEFAULT_APP, ep, &fp).await?;
+    let n = db::place_unplaced(db, DEFAULT_APP).await?;
+    if n > 0 {
+        tracing::info!(tenants = n, "tenants placed on App server {DEFAULT_APP} ([app] of comms.toml)");
+    }
+    Ok(())
+}
 
 pub struct AppClient {
     api: Option<ApiClient>,
@@ -59,6 +203,21 @@ impl AppClient {
         })
     }
 
+    /// Whether the App server answers: an SFTP login (host key pinned, this server's key) within 5 seconds.
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        let cfg = ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(5),
+            ..self.sftp.clone()
+        };
+        let s = tokio::time::timeout(Duration::from_secs(6), SftpClient::connect(&cfg, &self.ssh_addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {} within 5 s", self.ssh_addr))?
+            .with_context(|| format!("cannot open SFTP at {}", self.ssh_addr))?;
+        let _ = s.close().await;
+        Ok(())
+    }
+
     /// SFTP logins to the App since the start.
     pub fn sftp_logins(&self) -> u64 {
         self.logins.load(Ordering::Relaxed)
@@ -79,7 +238,7 @@ impl AppClient {
 
     fn api(&self) -> anyhow::Result<&ApiClient> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.api.as_ref().context("no App server is configured: set [app] api_url, tls_fingerprint, ssh_addr and ssh_host_key_fingerprint in comms.toml (values from `ferry app info`)")
+        self.api.as_ref().context("this App server has no api_url: register it again with `ferry comms app add` (or fill [app] in comms.toml) from the output of `ferry app info`")
     }
 
     pub async fn create_instance(&self, tenant: &str) -> anyhow::Result<InstanceCreated> {

@@ -54,13 +54,15 @@ pub struct CommsConfig {
     pub limits: Limits,
     /// Connection caps and deadlines of every listener (HTTPS, SSH, the shared port, admin, redirect).
     pub connections: ferry_io::accept::ConnectionLimits,
-    /// The App server hosting this Comms server's instances.
+    /// An App server hosting tenants' instances: registered at start as the App server named `default`
+    /// ([`crate::appclient::DEFAULT_APP`]); more are added with `ferry comms app add` (kept in the database).
+    /// May be left empty when every App server is added that way.
     pub app: AppEndpoint,
     /// `[database]`: where the metadata lives (default: the SQLite file `<data_dir>/comms.db`).
     pub database: DatabaseConfig,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppEndpoint {
     /// `https://app.internal:9443`

@@ -325,6 +325,8 @@ pub struct TenantRow {
     pub keys: i64,
     pub batches: i64,
     pub last_batch: Option<String>,
+    /// The App server the tenant is placed on (`None`: not placed).
+    pub app: Option<String>,
 }
 
 pub async fn list_tenants(db: &Db) -> sqlx::Result<Vec<TenantRow>> {
@@ -333,7 +335,7 @@ pub async fn list_tenants(db: &Db) -> sqlx::Result<Vec<TenantRow>> {
             "SELECT t.name, t.status, t.created_at,
                     (SELECT COUNT(*) FROM keys k WHERE k.tenant = t.name AND k.status = 'active'),
                     (SELECT COUNT(*) FROM batches b WHERE b.tenant = t.name),
-                    (SELECT MAX(batch_id) FROM batches b WHERE b.tenant = t.name)
+                    (SELECT MAX(batch_id) FROM batches b WHERE b.tenant = t.name), t.app
              FROM tenants t ORDER BY t.name",
         )
         .fetch_all(pool)
@@ -347,6 +349,7 @@ pub async fn list_tenants(db: &Db) -> sqlx::Result<Vec<TenantRow>> {
                 keys: r.get(3),
                 batches: r.get(4),
                 last_batch: r.get(5),
+                app: r.get(6),
             })
             .collect())
     })
@@ -905,6 +908,185 @@ pub async fn note_batch_failure(db: &Db, tenant: &str, id: &BatchId, detail: &st
         .execute(pool)
         .await?;
         Ok(())
+    })
+}
+
+// ---- App servers (several App servers behind one Comms service; migration 0007) ----------------------------
+
+use crate::config::AppEndpoint;
+
+/// A registered App server, with the number of tenants placed on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppRow {
+    pub name: String,
+    pub endpoint: AppEndpoint,
+    /// Fingerprint of the App's service key: the keyid of its signed calls to Comms.
+    pub key_fingerprint: String,
+    pub tenants: i64,
+}
+
+/// Register an App server; false if one of that name exists (nothing changed). A service key another App
+/// server already has is refused by the database (unique `key_fingerprint`).
+pub async fn add_app(db: &Db, name: &str, ep: &AppEndpoint, key_fingerprint: &str) -> sqlx::Result<bool> {
+    on!(db, pool => {
+        let r = sqlx::query(
+            "INSERT INTO app_servers(name, api_url, tls_fingerprint, ssh_addr, ssh_host_key_fingerprint, service_key,
+                                     key_fingerprint, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(&ep.api_url)
+        .bind(&ep.tls_fingerprint)
+        .bind(&ep.ssh_addr)
+        .bind(&ep.ssh_host_key_fingerprint)
+        .bind(&ep.service_key)
+        .bind(key_fingerprint)
+        .bind(now())
+        .execute(pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    })
+}
+
+/// Register an App server or bring its endpoint up to date (the `[app]` section of comms.toml, at every start).
+/// Unchanged values write nothing (no access-version bump at every start of every replica).
+pub async fn put_app(db: &Db, name: &str, ep: &AppEndpoint, key_fingerprint: &str) -> sqlx::Result<()> {
+    on!(db, pool => {
+        sqlx::query(
+            "INSERT INTO app_servers(name, api_url, tls_fingerprint, ssh_addr, ssh_host_key_fingerprint, service_key,
+                                     key_fingerprint, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (name) DO UPDATE SET api_url = excluded.api_url, tls_fingerprint = excluded.tls_fingerprint,
+                 ssh_addr = excluded.ssh_addr, ssh_host_key_fingerprint = excluded.ssh_host_key_fingerprint,
+                 service_key = excluded.service_key, key_fingerprint = excluded.key_fingerprint
+             WHERE app_servers.api_url <> excluded.api_url OR app_servers.tls_fingerprint <> excluded.tls_fingerprint
+                OR app_servers.ssh_addr <> excluded.ssh_addr
+                OR app_servers.ssh_host_key_fingerprint <> excluded.ssh_host_key_fingerprint
+                OR app_servers.service_key <> excluded.service_key
+                OR app_servers.key_fingerprint <> excluded.key_fingerprint",
+        )
+        .bind(name)
+        .bind(&ep.api_url)
+        .bind(&ep.tls_fingerprint)
+        .bind(&ep.ssh_addr)
+        .bind(&ep.ssh_host_key_fingerprint)
+        .bind(&ep.service_key)
+        .bind(key_fingerprint)
+        .bind(now())
+        .execute(pool)
+        .await?;
+        Ok(())
+    })
+}
+
+/// Every registered App server with its tenant count, by name.
+pub async fn list_apps(db: &Db) -> sqlx::Result<Vec<AppRow>> {
+    on!(db, pool => {
+        let rows = sqlx::query(
+            "SELECT a.name, a.api_url, a.tls_fingerprint, a.ssh_addr, a.ssh_host_key_fingerprint, a.service_key,
+                    a.key_fingerprint, (SELECT COUNT(*) FROM tenants t WHERE t.app = a.name)
+             FROM app_servers a ORDER BY a.name",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AppRow {
+                name: r.get(0),
+                endpoint: AppEndpoint {
+                    api_url: r.get(1),
+                    tls_fingerprint: r.get(2),
+                    ssh_addr: r.get(3),
+                    ssh_host_key_fingerprint: r.get(4),
+                    service_key: r.get(5),
+                },
+                key_fingerprint: r.get(6),
+                tenants: r.get(7),
+            })
+            .collect())
+    })
+}
+
+/// The name of the App server with the fewest tenants (ties: the first by name), if any is registered.
+pub async fn least_loaded_app(db: &Db) -> sqlx::Result<Option<String>> {
+    on!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT a.name FROM app_servers a
+             ORDER BY (SELECT COUNT(*) FROM tenants t WHERE t.app = a.name), a.name LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await
+    })
+}
+
+/// Remove an App server that has no tenant placed on it. `Ok(true)` removed; `Ok(false)` no such App;
+/// `Err(n)`: `n` tenants are placed on it (nothing removed).
+pub async fn remove_app(db: &Db, name: &str) -> sqlx::Result<Result<bool, i64>> {
+    on!(db, pool => {
+        let r = sqlx::query(
+            "DELETE FROM app_servers WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM tenants WHERE app = $1)",
+        )
+        .bind(name)
+        .execute(pool)
+        .await?;
+        if r.rows_affected() == 1 {
+            return Ok(Ok(true));
+        }
+        let placed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE app = $1").bind(name).fetch_one(pool).await?;
+        Ok(if placed > 0 { Err(placed) } else { Ok(false) })
+    })
+}
+
+/// Create a tenant placed on App server `app`; false if it existed (its placement is kept).
+pub async fn add_tenant_on(db: &Db, name: &str, app: &str) -> sqlx::Result<bool> {
+    on!(db, pool => {
+        let r = sqlx::query(
+            "INSERT INTO tenants(name, status, created_at, app) VALUES ($1, 'active', $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(now())
+        .bind(app)
+        .execute(pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    })
+}
+
+/// The App server a tenant is placed on: `None` no such tenant, `Some(None)` not placed.
+pub async fn tenant_app(db: &Db, tenant: &str) -> sqlx::Result<Option<Option<String>>> {
+    on!(db, pool => {
+        let row = sqlx::query("SELECT app FROM tenants WHERE name = $1").bind(tenant).fetch_optional(pool).await?;
+        Ok(row.map(|r| r.get::<Option<String>, _>(0)))
+    })
+}
+
+/// Place a tenant on App server `app` (the last step of moving it, see docs/scale-out.md); false if there is
+/// no such tenant.
+pub async fn set_tenant_app(db: &Db, tenant: &str, app: &str) -> sqlx::Result<bool> {
+    on!(db, pool => {
+        let r = sqlx::query("UPDATE tenants SET app = $1 WHERE name = $2").bind(app).bind(tenant).execute(pool).await?;
+        Ok(r.rows_affected() == 1)
+    })
+}
+
+/// Place one tenant on `app` if it is not placed yet.
+pub async fn place_unplaced_tenant(db: &Db, tenant: &str, app: &str) -> sqlx::Result<()> {
+    on!(db, pool => {
+        sqlx::query("UPDATE tenants SET app = $1 WHERE name = $2 AND app IS NULL")
+            .bind(app)
+            .bind(tenant)
+            .execute(pool)
+            .await?;
+        Ok(())
+    })
+}
+
+/// Place every tenant not placed yet (created before migration 0007, or by a bare [`add_tenant`]) on `app`.
+pub async fn place_unplaced(db: &Db, app: &str) -> sqlx::Result<u64> {
+    on!(db, pool => {
+        let r = sqlx::query("UPDATE tenants SET app = $1 WHERE app IS NULL").bind(app).execute(pool).await?;
+        Ok(r.rows_affected())
     })
 }
 

@@ -1,5 +1,5 @@
 //! Downstream worker (tenants concurrently, [`ferry_web::worker`]): fetches each file the App announced over
-//! SFTP, verifies its SHA-256, compresses it with bzip2 into the tenant's `download/<id>/` folder (temporary
+//! SFTP from the App server the tenant is placed on, verifies its SHA-256, compresses it with bzip2 into the tenant's `download/<id>/` folder (temporary
 //! name, then rename) and puts it on the tenant's download list, waking long-polling Connectors. It also tells
 //! the App how each file progresses (relayed, delivered), retrying until the App has heard. State lives in the
 //! `downloads` table: a restart resumes.
@@ -57,7 +57,13 @@ async fn tenant_pass(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) 
 
 async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let (sftp, reused) = match st.app.fetch_session().await {
+    // the tenant's own App server: one that is down delays only the tenants placed on it
+    let session = async {
+        let (name, app) = st.apps.for_tenant(&st.db, tenant).await?;
+        let s = app.fetch_session().await.with_context(|| format!("App server {name}"))?;
+        anyhow::Ok((app, s))
+    };
+    let (app, (sftp, reused)) = match session.await {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -68,11 +74,11 @@ async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) ->
         }
     };
     let total = rows.len();
-    let session = &sftp;
+    let (session, app) = (&sftp, &*app);
     let jobs: Vec<_> = rows
         .into_iter()
         .map(|r| async move {
-            let res = fetch_one(st, session, &r).await;
+            let res = fetch_one(st, app, session, &r).await;
             (r, res)
         })
         .collect();
@@ -100,7 +106,7 @@ async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) ->
     drop(results);
     publish_ready(st, tenant, ready).await?;
     // a session on which everything failed is not trusted again (a reused one may have gone stale)
-    st.app.release_session(sftp, failed < total).await;
+    app.release_session(sftp, failed < total).await;
     match first_error {
         None => Ok(()),
         Some(e) if reused && failed == total => {
@@ -128,6 +134,7 @@ async fn publish_ready(
 /// compressed size.
 async fn fetch_one(
     st: &CommsState,
+    app: &crate::appclient::AppClient,
     sftp: &ferry_sftp::client::SftpClient,
     row: &db::DownloadRow,
 ) -> anyhow::Result<u64> {
@@ -138,7 +145,7 @@ async fn fetch_one(
     async {
         std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
         // A fetch cut off earlier continues from its `.part`; the SHA-256 check below catches any mix-up.
-        st.app.fetch_on(sftp, f, &plain).await?;
+        app.fetch_on(sftp, f, &plain).await?;
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
         let final_path = out_dir.join(format!("{}.bz2", f.name));
         let part = out_dir.join(format!(".{}.bz2.part", f.name));
@@ -197,6 +204,10 @@ async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| r.tenant == tenant && r.state != FileState::Fetching && r.app_notified != r.state.as_str())
         .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (_, app) = st.apps.for_tenant(&st.db, tenant).await?;
     let mut unknown = Vec::new();
     for chunk in rows.chunks(MAX_FILES_PER_CALL) {
         let files = chunk
@@ -212,7 +223,7 @@ async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        let answer = match st.app.files_progress(tenant, &FilesProgress { files }).await {
+        let answer = match app.files_progress(tenant, &FilesProgress { files }).await {
             Ok(a) => a,
             Err(e) => {
                 let msg = format!("telling the App: {e:#}");

@@ -1,8 +1,10 @@
 //! The Comms server: the multi-tenant relay in the cloud. HTTPS web services for Connectors (registration,
 //! batch completion, status), an SFTP server where each tenant's key is confined to that tenant's root, and a
-//! relay worker that moves completed batches to the tenant's instance on the App server.
+//! relay worker that moves completed batches to the tenant's instance on the App server it is placed on.
 //!
 //! Invariant: the tenant of a request or SFTP session comes only from the authenticated key ([`KeyCache`]).
+//! Invariant: a tenant's batches and files go to and come from only the App server it is placed on
+//! (`tenants.app`); an App server's announcements are taken only for tenants placed on it.
 //! Invariant: the relay never parses CSV; it moves bytes and lets the App judge them.
 //! Invariant: who may log in, and with which limits, is decided by the database alone; every change to it (by
 //! this process, the CLI or anyone) reaches the running server within [`ACCESS_RELOAD_BOUND`], and the open
@@ -30,7 +32,6 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_web::auth::SignatureVerifier;
 use ferry_web::identity::ServerIdentity;
-use russh::keys::PublicKey;
 
 use tokio::sync::{Notify, watch};
 
@@ -63,13 +64,12 @@ pub struct CommsState {
     contact_saved: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub verifier: SignatureVerifier,
     pub identity: Arc<ServerIdentity>,
-    pub app: appclient::AppClient,
+    /// The App servers and their clients; each tenant is routed to the one it is placed on.
+    pub apps: appclient::Apps,
     pub relay_wakeup: Notify,
     pub downstream_wakeup: Notify,
     /// Bumped whenever a file lands on some tenant's download list (long-polls wait on it).
     pub downloads_changed: watch::Sender<u64>,
-    /// The App's service key, which signs its downstream announcements.
-    pub app_service_key: Option<PublicKey>,
     /// Where Connectors dial SFTP (given to them at registration).
     pub public_ssh_addr: String,
     /// Prometheus metrics (`GET /metrics` on the admin listener).
@@ -149,12 +149,10 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     } else {
         cfg.public_ssh_addr.clone()
     };
-    let app_service_key = if cfg.app.service_key.is_empty() {
-        None
-    } else {
-        Some(ferry_io::keys::parse_public_key(&cfg.app.service_key).context("[app] service_key")?)
-    };
-    let app = appclient::AppClient::new(&cfg.app, identity.service_key.clone())?;
+    // [app] of comms.toml is the App server `default`; the others were added with `ferry comms app add`
+    appclient::register_default(&db, &cfg.app).await?;
+    let apps = appclient::Apps::new(identity.service_key.clone());
+    apps.reload(&db).await?;
     let tls = ferry_io::tls::server_config(&identity.tls)?;
     // the open-file budget is shared by the listeners configured: public HTTPS and SSH (or the one shared port),
     // admin, redirect
@@ -202,11 +200,10 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         db,
         keys: KeyCache::default(),
         identity,
-        app,
+        apps,
         relay_wakeup: Notify::new(),
         downstream_wakeup: Notify::new(),
         downloads_changed: watch::channel(0).0,
-        app_service_key,
         public_ssh_addr,
         metrics: metrics::Metrics::default(),
     });

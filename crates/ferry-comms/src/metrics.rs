@@ -161,10 +161,10 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
     reg.register("stage_seconds", "Duration of each stage of a batch at the Comms server", m.stage_seconds.clone());
     reg.register("ssh_logins", "SFTP logins accepted", m.ssh_logins.clone());
     let app_logins: Counter = Counter::default();
-    app_logins.inc_by(st.app.sftp_logins());
+    app_logins.inc_by(st.apps.sftp_logins());
     reg.register("app_sftp_logins", "SFTP logins to the App server (relay and downstream fetches)", app_logins);
     let app_calls: Counter = Counter::default();
-    app_calls.inc_by(st.app.api_calls());
+    app_calls.inc_by(st.apps.api_calls());
     reg.register("app_calls", "Signed web-service calls to the App server", app_calls);
     reg.register("downstream_calls", "Downstream web-service calls answered, by call", m.downstream_calls.clone());
     reg.register("upload_bytes", "Compressed bytes of the batches Connectors completed", m.bytes_up.clone());

@@ -1,5 +1,5 @@
 //! The relay worker: takes completed batches in order (tenants concurrently, each tenant's batches one after
-//! another: [`ferry_web::worker`]), copies them to the App server over SFTP (`uploaded -> relayed`), asks the
+//! another: [`ferry_web::worker`]), copies them to the App server the tenant is placed on over SFTP (`uploaded -> relayed`), asks the
 //! App to import them and records the verdict (`imported` or `rejected: why`). A failure leaves the batch where
 //! it was, notes the reason and retries with exponential backoff; a restart resumes from the state in the
 //! database.
@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use anyhow::Context;
 use ferry_proto::api::BatchState;
 
 use ferry_web::worker::Worker;
@@ -50,6 +51,8 @@ async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<
 async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {
     let id = &b.manifest.batch_id;
     let dir = st.batch_dir(&b.tenant, id.as_str());
+    // the tenant's own App server (an App server that is down delays only the tenants placed on it)
+    let (app_name, app) = st.apps.for_tenant(&st.db, &b.tenant).await?;
     if b.state == BatchState::Uploaded {
         let t = std::time::Instant::now();
         // Send exactly what was measured at completion: check before (nothing sent if the files changed) and
@@ -57,16 +60,17 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
         if let Err(why) = check_frozen(&dir, &b.manifest).await? {
             return refuse_changed(st, b, &why).await;
         }
-        let bytes = st.app.push_batch(&b.tenant, &dir, &b.manifest).await?;
+        let bytes =
+            app.push_batch(&b.tenant, &dir, &b.manifest).await.with_context(|| format!("App server {app_name}"))?;
         if let Err(why) = check_frozen(&dir, &b.manifest).await? {
             return refuse_changed(st, b, &why).await;
         }
         db::set_batch_state(&st.db, &b.tenant, id, BatchState::Relayed, None).await?;
         st.metrics.stage("relay", t.elapsed().as_secs_f64());
-        tracing::info!(tenant = %b.tenant, batch = %id, bytes, secs = t.elapsed().as_secs_f64(), "batch relayed");
+        tracing::info!(tenant = %b.tenant, batch = %id, app = %app_name, bytes, secs = t.elapsed().as_secs_f64(), "batch relayed");
     }
     let t = std::time::Instant::now();
-    let report = st.app.import(&b.tenant, &b.manifest).await?;
+    let report = app.import(&b.tenant, &b.manifest).await.with_context(|| format!("App server {app_name}"))?;
     st.metrics.stage("import", t.elapsed().as_secs_f64());
     let state = if report.state == BatchState::Imported { BatchState::Imported } else { BatchState::Rejected };
     db::set_batch_state(&st.db, &b.tenant, id, state, report.detail.as_deref()).await?;

@@ -128,11 +128,11 @@ pub async fn tenants(State(c): St, Auth(s): Auth) -> Response {
     let app = &c.st.cfg.app.api_url;
     let content = html! {
         p { "App server: " b #app { (if app.is_empty() { "(not set)" } else { app.as_str() }) }
-            " · " (list.len()) " tenants" }
+            " · " (list.len()) " tenants" " · other App servers: `ferry comms app list`" }
         div.scroll {
             table #tenants {
                 thead { tr {
-                    th { "Tenant" } th { "State" } th { "Keys" } th { "Connector" } th { "Last contact" }
+                    th { "Tenant" } th { "State" } th { "App server" } th { "Keys" } th { "Connector" } th { "Last contact" }
                     th { "Last batch" } th { "Size" } th { "Stages" } th { "Bytes today / quota" }
                 } }
                 tbody {
@@ -143,6 +143,7 @@ pub async fn tenants(State(c): St, Auth(s): Auth) -> Response {
                         tr #(format!("tenant-{}", t.name)) {
                             td { a href=(format!("/console/tenants/{}", t.name)) { (t.name) } }
                             td.state class=(state_class(&t.status)) { (t.status) }
+                            td.app { (t.app.as_deref().unwrap_or("–")) }
                             td.num { (t.keys) }
                             td.version { (b.map(|b| b.connector_version.as_str()).unwrap_or("–")) }
                             td.contact { (ago(contacts.get(&t.name).copied())) }

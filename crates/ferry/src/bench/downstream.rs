@@ -113,8 +113,8 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     let m = &c.comms.state.metrics;
     let base = (
         m.downstream_calls("announce"),
-        c.comms.state.app.sftp_logins(),
-        c.comms.state.app.api_calls(),
+        c.comms.state.apps.sftp_logins(),
+        c.comms.state.apps.api_calls(),
         m.ssh_logins(),
         m.downstream_calls("list"),
         m.downstream_calls("ack"),
@@ -150,8 +150,8 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
         all,
         outcomes,
         announce_calls: m.downstream_calls("announce") - base.0,
-        app_logins: c.comms.state.app.sftp_logins() - base.1,
-        app_calls: c.comms.state.app.api_calls() - base.2,
+        app_logins: c.comms.state.apps.sftp_logins() - base.1,
+        app_calls: c.comms.state.apps.api_calls() - base.2,
         connector_logins: m.ssh_logins() - base.3,
         list_calls: m.downstream_calls("list") - base.4,
         ack_calls: m.downstream_calls("ack") - base.5,

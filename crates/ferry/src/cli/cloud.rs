@@ -35,6 +35,9 @@ pub enum CommsCmd {
     /// Tenants (customers).
     #[command(subcommand)]
     Tenant(Box<TenantCmd>),
+    /// App servers hosting the tenants' instances (the [app] section of comms.toml is the one named `default`).
+    #[command(subcommand)]
+    App(AppServerCmd),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -49,6 +52,31 @@ pub enum OperatorCmd {
     /// an existing operator: a new link (the old one is void).
     Add {
         email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AppServerCmd {
+    /// Register an App server from the output of `ferry app info` on it (saved to FILE). New tenants are placed
+    /// on the App server with the fewest tenants.
+    Add {
+        name: String,
+        /// The output of `ferry app info` saved to a file: the App server's address, pins and service key.
+        #[arg(long)]
+        info: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Every App server: name, endpoint, tenants placed on it, and whether it answers now.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove an App server (refused while tenants are placed on it).
+    Remove {
+        name: String,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -72,9 +100,28 @@ pub enum AuditCmd {
 
 #[derive(Subcommand)]
 pub enum TenantCmd {
-    /// Create a tenant and its instance on the App server; print a registration token.
+    /// Create a tenant and its instance on an App server (the one with the fewest tenants, or --app); print a
+    /// registration token.
     Add {
         name: String,
+        /// The App server to place it on (see `ferry comms app list`).
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// A tenant's status, App server, keys and batches.
+    Show {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Place a tenant on another App server: only the last step of moving it, after its instance was copied
+    /// there (docs/scale-out.md, "Moving a tenant to another App server").
+    Place {
+        name: String,
+        #[arg(long)]
+        app: String,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -363,11 +410,13 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
         }
         CommsCmd::Serve { config } => {
             let cfg = comms_config(&config)?;
-            if cfg.app.api_url.is_empty() || cfg.app.service_key.is_empty() || cfg.app.ssh_addr.is_empty() {
+            let no_app = cfg.app.api_url.is_empty() || cfg.app.service_key.is_empty() || cfg.app.ssh_addr.is_empty();
+            if no_app && ferry_comms::db::list_apps(&Admin::open(cfg.clone()).await?.db).await?.is_empty() {
                 anyhow::bail!(
-                    "the [app] section of {} is not filled in: the Comms server cannot reach its App server. On the \
-                     App server run `ferry app info > app-info.toml`, then here `ferry comms init --config {} \
-                     --app-info app-info.toml`",
+                    "the [app] section of {} is not filled in and no App server is registered: the Comms server \
+                     cannot reach an App server. On the App server run `ferry app info > app-info.toml`, then here \
+                     `ferry comms init --config {} --app-info app-info.toml` (or `ferry comms app add NAME --info \
+                     app-info.toml`)",
                     path_or(&config, "comms.toml").display(),
                     path_or(&config, "comms.toml").display()
                 );
@@ -411,6 +460,34 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
             print!("{}", toml::to_string_pretty(&info)?);
         }
         CommsCmd::Tenant(t) => tenant(*t).await?,
+        CommsCmd::App(AppServerCmd::Add { name, info, config }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            let info: AppInfo = read_info(&info, "ferry app info")?;
+            a.add_app(&name, &info.app).await?;
+            println!(
+                "App server {name} registered ({}); new tenants go to the App server with the fewest tenants \
+                 (or `ferry comms tenant add NAME --app {name}`)",
+                info.app.api_url
+            );
+        }
+        CommsCmd::App(AppServerCmd::List { config }) => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            println!("{:<16} {:<32} {:<24} {:>7}  status", "name", "api", "sftp", "tenants");
+            for (row, status) in a.apps_with_status().await? {
+                let status = match status {
+                    Ok(()) => "up".to_string(),
+                    Err(e) => format!("down: {e}"),
+                };
+                println!(
+                    "{:<16} {:<32} {:<24} {:>7}  {status}",
+                    row.name, row.endpoint.api_url, row.endpoint.ssh_addr, row.tenants
+                );
+            }
+        }
+        CommsCmd::App(AppServerCmd::Remove { name, config }) => {
+            Admin::open(comms_config(&config)?).await?.remove_app(&name).await?;
+            println!("App server {name} removed");
+        }
         CommsCmd::Operator(OperatorCmd::Add { email, config }) => {
             let a = Admin::open(comms_config(&config)?).await?;
             let Some(addr) = a.cfg.listen_admin else {
@@ -445,12 +522,28 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
 
 async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
     match cmd {
-        TenantCmd::Add { name, config } => {
+        TenantCmd::Add { name, app, config } => {
             let a = Admin::open(comms_config(&config)?).await?;
             let url = a.public_url();
-            let token = a.add_tenant(&name, &url).await?;
-            println!("tenant {name} created; its instance is ready on the App server.");
+            let (app, token) = a.add_tenant_on(&name, app.as_deref(), &url).await?;
+            println!("tenant {name} created; its instance is ready on App server {app}.");
             println!("registration token (single use, expires in {} h):\n{token}", a.cfg.token_ttl_hours);
+        }
+        TenantCmd::Show { name, config } => {
+            let a = Admin::open(comms_config(&config)?).await?;
+            let Some(t) = ferry_comms::db::list_tenants(&a.db).await?.into_iter().find(|t| t.name == name) else {
+                anyhow::bail!("no tenant named {name:?} (see `ferry comms tenant list`)");
+            };
+            println!("tenant      {}", t.name);
+            println!("status      {}", t.status);
+            println!("app server  {}", t.app.as_deref().unwrap_or("(not placed)"));
+            println!("created     {}", t.created_at);
+            println!("keys        {} active", t.keys);
+            println!("batches     {} (last {})", t.batches, t.last_batch.as_deref().unwrap_or("-"));
+        }
+        TenantCmd::Place { name, app, config } => {
+            Admin::open(comms_config(&config)?).await?.place_tenant(&name, &app).await?;
+            println!("tenant {name} placed on App server {app}: its batches and files go there from now on");
         }
         TenantCmd::Token { name, config } => {
             let a = Admin::open(comms_config(&config)?).await?;
@@ -459,12 +552,16 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         }
         TenantCmd::List { config } => {
             let a = Admin::open(comms_config(&config)?).await?;
-            println!("{:<24} {:<9} {:>4} {:>8}  last batch", "tenant", "status", "keys", "batches");
+            println!(
+                "{:<24} {:<9} {:<16} {:>4} {:>8}  last batch",
+                "tenant", "status", "app server", "keys", "batches"
+            );
             for t in ferry_comms::db::list_tenants(&a.db).await? {
                 println!(
-                    "{:<24} {:<9} {:>4} {:>8}  {}",
+                    "{:<24} {:<9} {:<16} {:>4} {:>8}  {}",
                     t.name,
                     t.status,
+                    t.app.as_deref().unwrap_or("-"),
                     t.keys,
                     t.batches,
                     t.last_batch.unwrap_or_default()
