@@ -135,6 +135,53 @@ impl Cluster {
         Ok(Cluster { dir: dir.to_path_buf(), app, comms })
     }
 
+    /// Start one more App server under `dir/apps/<name>` (trusting this Comms server's service key, announcing
+    /// to it) on free ports and register it with the Comms server as `name`, as `ferry comms app add` does with
+    /// the output of `ferry app info`. The caller stops it.
+    pub async fn start_app(&self, name: &str) -> anyhow::Result<AppHandle> {
+        let (h, s) = listeners().await?;
+        let app = self.start_app_on(name, h, s).await?;
+        let endpoint = AppEndpoint {
+            api_url: app.url(),
+            tls_fingerprint: app.state.identity.tls_fingerprint.clone(),
+            ssh_addr: app.ssh_addr.to_string(),
+            ssh_host_key_fingerprint: app.state.identity.ssh_host_key_fingerprint(),
+            service_key: ferry_io::keys::public_key_openssh(app.state.identity.service_key.public_key())?,
+        };
+        self.admin().await?.add_app(name, &endpoint).await?;
+        Ok(app)
+    }
+
+    /// Start again (same data, same addresses) an App server [`Cluster::start_app`] started and that was stopped.
+    pub async fn restart_app(
+        &self,
+        name: &str,
+        https: std::net::SocketAddr,
+        ssh: std::net::SocketAddr,
+    ) -> anyhow::Result<AppHandle> {
+        let h = std::net::TcpListener::bind(https)?;
+        let s = tokio::net::TcpListener::bind(ssh).await?;
+        self.start_app_on(name, h, s).await
+    }
+
+    async fn start_app_on(
+        &self,
+        name: &str,
+        https: std::net::TcpListener,
+        ssh: tokio::net::TcpListener,
+    ) -> anyhow::Result<AppHandle> {
+        let id = &self.comms.state.identity;
+        let cfg = AppConfig {
+            data_dir: self.dir.join("apps").join(name),
+            comms_keys: vec![ferry_app::config::CommsKey::new(id.service_key.public_key().clone())],
+            comms: CommsEndpoint { api_url: self.comms.url(), tls_fingerprint: id.tls_fingerprint.clone() },
+            listen_web: None,
+            listen_admin: None,
+            ..AppConfig::default()
+        };
+        ferry_app::server::start(cfg, https, ssh).await.with_context(|| format!("starting App server {name}"))
+    }
+
     pub async fn admin(&self) -> anyhow::Result<Admin> {
         Admin::open(self.comms.state.cfg.clone()).await
     }

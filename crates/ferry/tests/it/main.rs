@@ -8,6 +8,7 @@ mod browser;
 mod common;
 mod procs;
 
+mod apps;
 mod architecture;
 mod bench;
 mod check;
