@@ -220,3 +220,107 @@ async fn an_app_server_that_is_down_delays_only_its_own_tenants() {
     east.stop().await;
     c.stop().await;
 }
+
+/// The command line, as an operator runs it: `ferry comms app add NAME --info FILE` with the output of `ferry app
+/// info`, `app list` (endpoint, tenants, up or down), `tenant add` placing by load or `--app`, `tenant show` and
+/// `list` printing the placement, `app remove` refused while tenants are placed.
+#[test]
+fn the_command_line_registers_app_servers_and_places_tenants() {
+    use crate::procs::{Node, edit_toml, ferry, ferry_output};
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let ports: Vec<u16> = {
+        let ls: Vec<std::net::TcpListener> =
+            (0..6).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    };
+    let comms_cfg = dir.join("comms/comms.toml");
+    std::fs::create_dir_all(dir.join("comms")).unwrap();
+    let mut app_cfgs = Vec::new();
+    for (i, name) in ["a1", "a2"].into_iter().enumerate() {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let cfg = dir.join(name).join("app.toml");
+        ferry(&["app", "init", "--config", &s(&cfg)]);
+        edit_toml(&cfg, |t| {
+            t.insert("listen_https".into(), format!("127.0.0.1:{}", ports[2 * i]).into());
+            t.insert("listen_ssh".into(), format!("127.0.0.1:{}", ports[2 * i + 1]).into());
+            t.insert("plan_after_import".into(), false.into());
+            t.insert("listen_web".into(), "off".into());
+            t.insert("listen_admin".into(), "127.0.0.1:0".into());
+        });
+        let info = ferry(&["app", "info", "--config", &s(&cfg)]);
+        std::fs::write(dir.join(format!("{name}-info.toml")), info).unwrap();
+        app_cfgs.push(cfg);
+    }
+    // the first App server is [app] (`default`), the second is added by name
+    ferry(&["comms", "init", "--config", &s(&comms_cfg), "--app-info", &s(&dir.join("a1-info.toml"))]);
+    edit_toml(&comms_cfg, |t| {
+        t.insert("listen_https".into(), format!("127.0.0.1:{}", ports[4]).into());
+        t.insert("listen_ssh".into(), format!("127.0.0.1:{}", ports[4]).into());
+        t.insert("listen_admin".into(), format!("127.0.0.1:{}", ports[5]).into());
+    });
+    let c = s(&comms_cfg);
+    let out = ferry(&["comms", "app", "add", "east", "--info", &s(&dir.join("a2-info.toml")), "--config", &c]);
+    assert!(out.contains("App server east registered"), "{out}");
+    // the same App server again (another name, same service key), a bad name, the reserved name: refused
+    for (name, want) in [("west", "already registered as \"east\""), ("Bad_Name", "not valid"), ("default", "[app]")] {
+        let out = ferry_output(&["comms", "app", "add", name, "--info", &s(&dir.join("a2-info.toml")), "--config", &c]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{name}: {err}");
+    }
+    // nothing listens yet: both listed, down
+    let list = ferry(&["comms", "app", "list", "--config", &c]);
+    assert_eq!(list.lines().filter(|l| l.contains("down: ")).count(), 2, "{list}");
+    assert!(list.contains(&format!("https://127.0.0.1:{}", ports[2])), "{list}");
+
+    let comms_info = ferry(&["comms", "info", "--config", &c]);
+    std::fs::write(dir.join("comms-info.toml"), comms_info).unwrap();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut nodes = Vec::new();
+    let mut comms = Node::new("comms", &["comms", "serve", "--config", &c], &logs);
+    comms.start();
+    comms.logged_addr("comms server listening", "https_addr", Duration::from_secs(30));
+    for (i, cfg) in app_cfgs.iter().enumerate() {
+        ferry(&["app", "init", "--config", &s(cfg), "--comms-info", &s(&dir.join("comms-info.toml"))]);
+        let mut app = Node::new(&format!("app{i}"), &["app", "serve", "--config", &s(cfg)], &logs);
+        app.start();
+        app.logged_addr("app server listening", "https_addr", Duration::from_secs(30));
+        nodes.push(app);
+    }
+    let list = ferry(&["comms", "app", "list", "--config", &c]);
+    assert_eq!(list.lines().filter(|l| l.ends_with(" up")).count(), 2, "{list}");
+
+    // least load, ties by name: default, east, default; then --app east
+    for (t, want) in [("t1", "default"), ("t2", "east"), ("t3", "default")] {
+        let out = ferry(&["comms", "tenant", "add", t, "--config", &c]);
+        assert!(out.contains(&format!("ready on App server {want}")) && out.contains("ferry1."), "{t}: {out}");
+    }
+    let out = ferry(&["comms", "tenant", "add", "t4", "--app", "east", "--config", &c]);
+    assert!(out.contains("ready on App server east"), "{out}");
+    assert!(app_instance_exists(&app_cfgs[1], "t4"), "t4's instance is on east");
+    assert!(!app_instance_exists(&app_cfgs[0], "t4"), "t4's instance is on east only");
+    let show = ferry(&["comms", "tenant", "show", "t2", "--config", &c]);
+    assert!(show.lines().any(|l| l.starts_with("app server") && l.ends_with("east")), "{show}");
+    let tl = ferry(&["comms", "tenant", "list", "--config", &c]);
+    assert!(tl.lines().any(|l| l.starts_with("t3 ") && l.contains(" default ")), "{tl}");
+    let list = ferry(&["comms", "app", "list", "--config", &c]);
+    let east = list.lines().find(|l| l.starts_with("east ")).unwrap();
+    assert!(east.split_whitespace().nth(3) == Some("2"), "{list}");
+
+    let out = ferry_output(&["comms", "app", "remove", "east", "--config", &c]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("2 tenant(s) are placed on App server east"), "{err}");
+
+    for n in nodes.iter_mut().chain([&mut comms]) {
+        n.term();
+        n.wait_exit(Duration::from_secs(20));
+    }
+}
+
+/// Whether the App server of `cfg` (app.toml) holds an instance for `tenant`.
+fn app_instance_exists(cfg: &std::path::Path, tenant: &str) -> bool {
+    let app = ferry_app::AppConfig::load(cfg).unwrap();
+    app.data_dir.join("instances").join(format!("{tenant}.db")).exists()
+}
