@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-pub use crate::db::DatabaseConfig;
+pub use crate::db::{AppEndpoint, DatabaseConfig};
 use crate::limits::Limits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,22 +60,6 @@ pub struct CommsConfig {
     pub app: AppEndpoint,
     /// `[database]`: where the metadata lives (default: the SQLite file `<data_dir>/comms.db`).
     pub database: DatabaseConfig,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AppEndpoint {
-    /// `https://app.internal:9443`
-    pub api_url: String,
-    /// `sha256:<hex>` of the App server's TLS certificate (from `ferry app info`); empty = CA-verified.
-    pub tls_fingerprint: String,
-    /// `host:port` of the App server's SFTP endpoint.
-    pub ssh_addr: String,
-    /// `SHA256:...` of the App server's SSH host key (from `ferry app info`).
-    pub ssh_host_key_fingerprint: String,
-    /// The App server's service public key (OpenSSH line, from `ferry app info`): it signs the App's calls
-    /// announcing downstream files.
-    pub service_key: String,
 }
 
 impl Default for CommsConfig {

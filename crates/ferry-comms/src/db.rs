@@ -913,7 +913,23 @@ pub async fn note_batch_failure(db: &Db, tenant: &str, id: &BatchId, detail: &st
 
 // ---- App servers (several App servers behind one Comms service; migration 0007) ----------------------------
 
-use crate::config::AppEndpoint;
+/// An App server's endpoint: what `ferry app info` prints, the `[app]` section of comms.toml
+/// ([`crate::config::CommsConfig::app`]) and a row of `app_servers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppEndpoint {
+    /// `https://app.internal:9443`
+    pub api_url: String,
+    /// `sha256:<hex>` of the App server's TLS certificate (from `ferry app info`); empty = CA-verified.
+    pub tls_fingerprint: String,
+    /// `host:port` of the App server's SFTP endpoint.
+    pub ssh_addr: String,
+    /// `SHA256:...` of the App server's SSH host key (from `ferry app info`).
+    pub ssh_host_key_fingerprint: String,
+    /// The App server's service public key (OpenSSH line, from `ferry app info`): it signs the App's calls
+    /// announcing downstream files.
+    pub service_key: String,
+}
 
 /// A registered App server, with the number of tenants placed on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
