@@ -1142,26 +1142,25 @@ pub async fn insert_downloads(db: &Db, files: &[FileReady]) -> sqlx::Result<Vec<
         let mut out = Vec::with_capacity(files.len());
         let at = now();
         for f in files {
-            let known = sqlx::query("SELECT 1 FROM tenants WHERE name = $1")
-                .bind(&f.tenant)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if known.is_some() {
-                sqlx::query(
-                    "INSERT INTO downloads(tenant, file_id, name, state, bytes, md5, sha256, created_at)
-                     VALUES ($1, $2, $3, 'fetching', $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(&f.tenant)
-                .bind(f.file_id.as_str())
-                .bind(&f.name)
-                .bind(f.bytes as i64)
-                .bind(&f.md5)
-                .bind(&f.sha256)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            out.push(known.is_some());
+            // Write first: a transaction that read before its first write cannot take SQLite's write lock once
+            // another connection has committed meanwhile (SQLITE_BUSY_SNAPSHOT, not retried by busy_timeout).
+            let r = sqlx::query(
+                "INSERT INTO downloads(tenant, file_id, name, state, bytes, md5, sha256, created_at)
+                 SELECT $1, $2, $3, 'fetching', $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tenants WHERE name = $1)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&f.tenant)
+            .bind(f.file_id.as_str())
+            .bind(&f.name)
+            .bind(f.bytes as i64)
+            .bind(&f.md5)
+            .bind(&f.sha256)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            let known = r.rows_affected() == 1
+                || sqlx::query("SELECT 1 FROM tenants WHERE name = $1").bind(&f.tenant).fetch_optional(&mut *tx).await?.is_some();
+            out.push(known);
         }
         tx.commit().await?;
         Ok(out)

@@ -95,6 +95,8 @@ async fn tenants_are_placed_by_load_and_routed_to_their_own_app_server_only() {
     let rows = ferry_comms::db::list_apps(&c.comms.state.db).await.unwrap();
     let counts: Vec<(String, i64)> = rows.iter().map(|r| (r.name.clone(), r.tenants)).collect();
     assert_eq!(counts, [(DEFAULT.to_string(), 2), (EAST.to_string(), 3)]);
+    // the registry of every App server holds its client; the default one is [app] of comms.toml
+    assert_eq!(rows[0].endpoint, c.comms.state.cfg.app);
     let tenants = ferry_comms::db::list_tenants(&c.comms.state.db).await.unwrap();
     for (t, app, _) in &placed {
         let row = tenants.iter().find(|r| r.name == *t).unwrap();
@@ -107,6 +109,11 @@ async fn tenants_are_placed_by_load_and_routed_to_their_own_app_server_only() {
     // an App server with tenants is not removed
     let err = admin.remove_app(EAST).await.unwrap_err();
     assert!(format!("{err:#}").contains("placed on App server east"), "{err:#}");
+    // the last step of a move changes the placement; an unknown App server is refused
+    let err = admin.place_tenant("t5", "nowhere").await.unwrap_err();
+    assert!(format!("{err:#}").contains("no App server named"), "{err:#}");
+    admin.place_tenant("t5", DEFAULT).await.unwrap();
+    assert_eq!(ferry_comms::db::tenant_app(&c.comms.state.db, "t5").await.unwrap(), Some(Some(DEFAULT.into())));
 
     // upstream: each tenant's batch is imported by its own App server, and the other holds nothing of it
     let mut conns = Vec::new();
