@@ -608,7 +608,9 @@ async fn files_state(
 
 /// Retention: removes `sftp/<tenant>/incoming/<batch>/` of every batch the tenant's batch log has a verdict for
 /// (imported or rejected: final) once the folder is older than `[retention] keep_secs`. The batch log row stays.
-/// A folder without a verdict (being relayed or imported) is left alone.
+/// A folder without a verdict (being relayed, or files the Comms server copied early for a batch that was never
+/// completed) is removed only when nothing in it changed for twice `keep_secs`; a batch completed after that
+/// is simply relayed again in full.
 pub async fn sweep_batches(st: &AppState) -> anyhow::Result<usize> {
     let keep = st.cfg.retention.keep();
     let mut removed = 0;
@@ -624,13 +626,24 @@ pub async fn sweep_batches(st: &AppState) -> anyhow::Result<usize> {
         for (id, dir) in old {
             let Ok(id) = BatchId::parse(&id) else { continue };
             let _one_at_a_time = inst.1.lock().await;
-            if inst.0.batch(&id).await?.is_some() {
+            let judged = inst.0.batch(&id).await?.is_some();
+            if judged || newest_change_age(&dir) >= keep * 2 {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("cannot remove {} (retention)", dir.display()))?;
-                tracing::info!(%tenant, batch = %id, "retention: removed the batch's files");
+                if judged {
+                    tracing::info!(%tenant, batch = %id, "retention: removed the batch's files");
+                } else {
+                    tracing::info!(%tenant, batch = %id, "retention: removed the files of a batch never completed");
+                }
                 removed += 1;
             }
         }
     }
     Ok(removed)
+}
+
+/// How long ago the folder or any file in it last changed.
+fn newest_change_age(dir: &std::path::Path) -> std::time::Duration {
+    let files = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    std::iter::once(dir.to_path_buf()).chain(files).map(|p| ferry_web::retention::age(&p)).min().unwrap_or_default()
 }

@@ -321,6 +321,12 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
         Err(msg)
     }
 
+    fn renamed(&self, p: &ferry_sftp::server::Principal, to: &std::path::Path) {
+        if let Some(a) = crate::early::arrived(&p.name, &p.root, to) {
+            self.0.early.offer(a);
+        }
+    }
+
     fn admit_create(&self, p: &ferry_sftp::server::Principal) -> Result<(), String> {
         use limits::Limit;
         let max = self.0.limits.of(&p.name).max_files;

@@ -267,6 +267,28 @@ impl AppClient {
         Ok(sent)
     }
 
+    /// Copy one uploaded file of a batch not yet completed to `/<tenant>/incoming/<batch>/<name>` on the App
+    /// (written beside and renamed into place, replacing an earlier copy), over a pooled session. Returns
+    /// bytes sent. See [`crate::early`].
+    pub async fn push_file(
+        &self,
+        tenant: &str,
+        batch: &ferry_proto::batch::BatchId,
+        local: &Path,
+        name: &str,
+    ) -> anyhow::Result<u64> {
+        self.api()?;
+        let (sftp, _) = self.fetch_session().await?;
+        let remote_dir = format!("/{tenant}/incoming/{batch}");
+        let r = async {
+            sftp.mkdir_all(&remote_dir).await?;
+            anyhow::Ok(sftp.upload_file_replacing(local, &format!("{remote_dir}/{name}")).await?)
+        }
+        .await;
+        self.release_session(sftp, r.is_ok()).await;
+        r
+    }
+
     pub async fn import(&self, tenant: &str, m: &Manifest) -> anyhow::Result<ImportReport> {
         let path = format!("/v1/instances/{tenant}/batches/{}/import", m.batch_id);
         Ok(self.api()?.post(&path, m).await?)

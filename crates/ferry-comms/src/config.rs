@@ -44,6 +44,10 @@ pub struct CommsConfig {
     /// Tenants the relay and the downstream worker each serve at once (a large import delays only its own tenant;
     /// each tenant's batches still go one after another, in order). Default 8.
     pub max_concurrent_tenants: usize,
+    /// Copy each uploaded file to the App server as soon as its upload is complete, while the Connector is
+    /// still sending the rest of the batch (the relay at `complete` then sends only what is missing). Default
+    /// true; false relays every file at `complete`, as before.
+    pub relay_early: bool,
     /// Refused registrations (`/v1/register` with a bad token or body) one source address may cause per minute;
     /// past it the address is answered 429 without any check until the minute ends. Default 10.
     pub max_refused_registrations_per_minute: u32,
@@ -79,6 +83,7 @@ impl Default for CommsConfig {
             listen_admin: Some(SocketAddr::from(([127, 0, 0, 1], 8444))),
             listen_http_redirect: None,
             max_concurrent_tenants: ferry_web::worker::DEFAULT_MAX_CONCURRENT_TENANTS,
+            relay_early: true,
             max_refused_registrations_per_minute: 10,
             retention: ferry_web::retention::Retention::default(),
             limits: Limits::default(),

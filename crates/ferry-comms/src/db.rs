@@ -37,6 +37,25 @@ macro_rules! db_on {
 }
 pub use crate::db_on as on;
 
+/// How a transaction that will write begins. SQLite: `BEGIN IMMEDIATE`, which takes the write lock at once
+/// (waiting up to the busy timeout); a plain `BEGIN` that reads first and writes later fails at once with
+/// SQLITE_BUSY when another connection committed in between (the snapshot cannot be upgraded), which callers
+/// saw as an internal error. PostgreSQL: a plain `BEGIN`.
+pub trait WriteTx: sqlx::Database {
+    const BEGIN: &'static str;
+}
+impl WriteTx for sqlx::Sqlite {
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+}
+impl WriteTx for sqlx::Postgres {
+    const BEGIN: &'static str = "BEGIN";
+}
+
+/// A transaction that will write ([`WriteTx`]).
+pub async fn begin_write<D: WriteTx>(pool: &sqlx::Pool<D>) -> sqlx::Result<sqlx::Transaction<'static, D>> {
+    pool.begin_with(D::BEGIN).await
+}
+
 impl Db {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres(_))
@@ -562,7 +581,7 @@ pub async fn register_key(
     hostname: &str,
 ) -> Result<String, RegisterError> {
     on!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         let row = sqlx::query(
             "SELECT t.tenant, t.expires_at, t.used_at, n.status FROM tokens t JOIN tenants n ON n.name = t.tenant
              WHERE t.secret_hash = $1",
@@ -672,7 +691,7 @@ async fn append_audit(db: &Db, tenant: Option<&str>, event: &str, detail: &str) 
             }
         }
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write(pool).await?;
             sqlx::query("LOCK TABLE audit IN EXCLUSIVE MODE").execute(&mut *tx).await?;
             append_in!(&mut *tx)?;
             tx.commit().await
@@ -1138,7 +1157,7 @@ pub async fn insert_download(db: &Db, f: &FileReady) -> sqlx::Result<bool> {
 /// whether its tenant is known.
 pub async fn insert_downloads(db: &Db, files: &[FileReady]) -> sqlx::Result<Vec<bool>> {
     on!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         let mut out = Vec::with_capacity(files.len());
         let at = now();
         for f in files {
@@ -1170,7 +1189,7 @@ pub async fn insert_downloads(db: &Db, files: &[FileReady]) -> sqlx::Result<Vec<
 /// [`set_download_ready`] for many files of a tenant in one transaction.
 pub async fn set_downloads_ready(db: &Db, tenant: &str, files: &[(FileId, u64)]) -> sqlx::Result<()> {
     on!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         let at = now();
         for (id, compressed) in files {
             sqlx::query(
@@ -1191,7 +1210,7 @@ pub async fn set_downloads_ready(db: &Db, tenant: &str, files: &[(FileId, u64)])
 /// [`set_download_delivered`] for many files of a tenant in one transaction; per file, whether it is delivered.
 pub async fn set_downloads_delivered(db: &Db, tenant: &str, ids: &[FileId]) -> sqlx::Result<Vec<bool>> {
     on!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         let at = now();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -1214,7 +1233,7 @@ pub async fn set_downloads_delivered(db: &Db, tenant: &str, ids: &[FileId]) -> s
 /// [`set_app_notified`] for many files of a tenant in one transaction.
 pub async fn set_apps_notified(db: &Db, tenant: &str, files: &[(FileId, FileState)]) -> sqlx::Result<()> {
     on!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         for (id, state) in files {
             sqlx::query("UPDATE downloads SET app_notified = $1 WHERE tenant = $2 AND file_id = $3")
                 .bind(state.as_str())

@@ -19,6 +19,7 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub mod downstream;
+pub mod early;
 pub mod limits;
 pub mod metrics;
 pub mod relay;
@@ -67,6 +68,8 @@ pub struct CommsState {
     /// The App servers and their clients; each tenant is routed to the one it is placed on.
     pub apps: appclient::Apps,
     pub relay_wakeup: Notify,
+    /// Files copied to the App as they arrive, before their batch is completed ([`early`]).
+    pub early: early::EarlyRelay,
     pub downstream_wakeup: Notify,
     /// Bumped whenever a file lands on some tenant's download list (long-polls wait on it).
     pub downloads_changed: watch::Sender<u64>,
@@ -185,6 +188,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     };
     let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let http_redirect_addr = redirect_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let relay_early = cfg.relay_early;
     let state = Arc::new(CommsState {
         verifier: SignatureVerifier::new(cfg.signature_max_age_secs),
         limits: limits::TenantLimits::new(cfg.limits),
@@ -202,6 +206,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         identity,
         apps,
         relay_wakeup: Notify::new(),
+        early: early::EarlyRelay::new(relay_early),
         downstream_wakeup: Notify::new(),
         downloads_changed: watch::channel(0).0,
         public_ssh_addr,
@@ -252,6 +257,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     }
     tasks.spawn(downstream::run(state.clone(), tasks.shutdown_signal()));
     tasks.spawn(relay::run(state.clone(), tasks.shutdown_signal()));
+    tasks.spawn(early::run(state.clone(), tasks.shutdown_signal()));
     let st = state.clone();
     tasks.spawn(state.cfg.retention.run("batches and downstream files (Comms)", tasks.shutdown_signal(), move || {
         let st = st.clone();

@@ -75,6 +75,8 @@ pub struct Metrics {
     refused: Family<ReasonLabel, Counter>,
     stage_seconds: Family<StageLabel, Histogram>,
     bytes_up: Counter,
+    early_files: Counter,
+    early_bytes: Counter,
     ssh_logins: Counter,
     downstream_calls: Family<CallLabel, Counter>,
     long_polls: Gauge,
@@ -88,6 +90,8 @@ impl Default for Metrics {
             // 10 ms .. ~11 h
             stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 4.0, 12))),
             bytes_up: Counter::default(),
+            early_files: Counter::default(),
+            early_bytes: Counter::default(),
             ssh_logins: Counter::default(),
             downstream_calls: Family::default(),
             long_polls: Gauge::default(),
@@ -137,6 +141,17 @@ impl Metrics {
         self.downstream_calls.get_or_create(&CallLabel { call }).get()
     }
 
+    /// A file copied to the App as it arrived, before its batch was completed ([`crate::early`]).
+    pub fn early_relayed(&self, bytes: u64) {
+        self.early_files.inc();
+        self.early_bytes.inc_by(bytes);
+    }
+
+    /// Files copied to the App as they arrived, since the start.
+    pub fn early_relayed_files(&self) -> u64 {
+        self.early_files.get()
+    }
+
     pub fn uploaded(&self, bytes: u64) {
         self.bytes_up.inc_by(bytes);
     }
@@ -167,6 +182,16 @@ pub async fn render(st: &CommsState) -> anyhow::Result<String> {
     app_calls.inc_by(st.apps.api_calls());
     reg.register("app_calls", "Signed web-service calls to the App server", app_calls);
     reg.register("downstream_calls", "Downstream web-service calls answered, by call", m.downstream_calls.clone());
+    reg.register(
+        "early_relayed_files",
+        "Uploaded files copied to the App before their batch was completed",
+        m.early_files.clone(),
+    );
+    reg.register(
+        "early_relayed_bytes",
+        "Bytes of the files copied to the App before their batch was completed",
+        m.early_bytes.clone(),
+    );
     reg.register("upload_bytes", "Compressed bytes of the batches Connectors completed", m.bytes_up.clone());
     reg.register("long_polls_waiting", "Connector long-polls (GET /v1/files?wait=) waiting now", m.long_polls.clone());
 

@@ -60,6 +60,8 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
         if let Err(why) = check_frozen(&dir, &b.manifest).await? {
             return refuse_changed(st, b, &why).await;
         }
+        // Early copies of this batch's files still on their way to the App finish first (see `early`).
+        st.early.settled(&b.tenant, id.as_str(), std::time::Duration::from_secs(120)).await;
         let bytes =
             app.push_batch(&b.tenant, &dir, &b.manifest).await.with_context(|| format!("App server {app_name}"))?;
         if let Err(why) = check_frozen(&dir, &b.manifest).await? {

@@ -583,7 +583,9 @@ impl russh_sftp::server::Handler for ConfinedFs {
     async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
         let from = self.confine_below_root(&oldpath, "rename")?;
         let to = self.confine_below_root(&newpath, "rename")?;
+        let target = to.clone();
         blocking(move || rename_noreplace(&from, &to)).await.map_err(|e| io_status("rename", &e))?;
+        self.auth.renamed(&self.principal, &target);
         Ok(ok_status(id))
     }
 

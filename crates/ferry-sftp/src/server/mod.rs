@@ -108,6 +108,11 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A file was renamed into place at `to` (an absolute path below `principal.root`). Uploads finish this way
+    /// (`.name.part` -> `name`), and the rename never replaces a file, so this is when an uploaded file is
+    /// complete. Called after the rename succeeded; must not block (hand the work to a task).
+    fn renamed(&self, _principal: &Principal, _to: &std::path::Path) {}
+
     /// A login succeeded (e.g. to notice a key used from a new address).
     fn logged_in(&self, _principal: &Principal, _key: &PublicKey, _peer: Option<SocketAddr>) {}
 

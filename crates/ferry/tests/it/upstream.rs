@@ -7,6 +7,7 @@ use ferry_proto::api::BatchState;
 use ferry_proto::spec;
 use ferry_sample::{SampleSize, generate_sample_erp};
 use sqlx::Connection;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_upstream_rows_in_instance_equal_rows_in_erp() {
@@ -217,5 +218,65 @@ async fn a_long_import_of_one_tenant_does_not_hold_back_another_tenants_sync() {
     drop(held);
     let s = big_sync.await.expect("join").expect("big sync");
     assert_eq!(s.state, BatchState::Imported, "{:?}", s.detail);
+    c.stop().await;
+}
+
+/// Item 3 of issue 11: each uploaded file goes on to the App as soon as its upload is complete, before the
+/// batch is completed; the relay at `complete` then sends nothing again, and the batch is imported once. A file
+/// that reaches the App early but whose batch is then completed with different content is caught by the App's
+/// checks (the early copy decides nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_file_is_relayed_as_it_arrives_and_the_batch_is_imported_once() {
+    let (_dir, c) = cluster().await;
+    let conn = tenant(&c, "acme").await;
+    let before = counts(&c, "acme").await;
+    let m = spool_batch(&conn, &good_files());
+    let app_dir = c.app.state.sftp_root().join("acme").join("incoming").join(m.batch_id.as_str());
+    let sftp = conn.sftp().await.expect("sftp");
+    let remote = format!("/upload/{}", m.batch_id);
+    sftp.mkdir_all(&remote).await.unwrap();
+    // Upload the files one by one: each is at the App before the next one is sent (and long before `complete`).
+    for f in &m.files {
+        let name = f.compressed_name();
+        sftp.upload_file(&conn.spool_dir(&m.batch_id).join(&name), &format!("{remote}/{name}")).await.unwrap();
+        let at_app = app_dir.join(&name);
+        let arrived = eventually(Duration::from_secs(10), async || {
+            file_size(&at_app) == f.compressed_bytes && !app_dir.join(format!(".{name}.part")).exists()
+        })
+        .await;
+        assert!(arrived.is_some(), "{name} did not reach the App before the batch was completed");
+    }
+    sftp.close().await.unwrap();
+    let early = c.comms.state.metrics.early_relayed_files();
+    assert_eq!(early, m.files.len() as u64, "one early copy per file");
+    let logins_before_complete = c.comms.state.apps.sftp_logins();
+
+    let api = conn.api().unwrap();
+    let s = api
+        .post::<_, ferry_proto::api::BatchStatus>(&format!("/v1/batches/{}/complete", m.batch_id), &m)
+        .await
+        .expect("complete");
+    let imported = eventually(Duration::from_secs(30), async || {
+        let s: ferry_proto::api::BatchStatus = api.get(&format!("/v1/batches/{}", m.batch_id)).await.unwrap();
+        s.state == BatchState::Imported
+    })
+    .await;
+    assert!(imported.is_some() || s.state == BatchState::Imported, "the batch is imported");
+    let after = counts(&c, "acme").await;
+    assert_eq!(after["master"], before["master"] + 2, "imported exactly once");
+    assert_eq!(after["sales"], before["sales"] + 3);
+    // The relay at `complete` found every file at the App: it sent nothing (a session to check, no new copies).
+    assert_eq!(c.comms.state.metrics.early_relayed_files(), early);
+    assert!(c.comms.state.apps.sftp_logins() <= logins_before_complete + 1, "the relay re-sent files");
+
+    // Rename tricks do not reach other tenants or other places: a file renamed into `download/` or a
+    // non-batch folder is not copied.
+    let other = conn.spool_dir(&m.batch_id).join(m.files[0].compressed_name());
+    let sftp = conn.sftp().await.expect("sftp");
+    sftp.mkdir_all("/upload/not-a-batch").await.unwrap();
+    sftp.upload_file(&other, "/upload/not-a-batch/x.csv.bz2").await.unwrap();
+    sftp.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.comms.state.metrics.early_relayed_files(), early, "only complete batch files are copied");
     c.stop().await;
 }
