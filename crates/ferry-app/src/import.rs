@@ -2,18 +2,19 @@
 //! bombs), hash it (MD5 + SHA-256 of the plain CSV), parse and validate every field against `DATA-SPEC.md`, and
 //! write the rows — all in **one SQLite transaction**, so a batch is imported whole or not at all.
 //!
-//! # Design: constant memory, two stages
+//! # Design: constant memory, three stages
 //! ```text
-//!  spawn_blocking thread                                   async task (holds the write transaction)
-//!  file -> capped bzip2 decoder -> HashingReader ->        recv chunk -> multi-row INSERTs (<= 500 rows each,
-//!  line guard -> csv -> parse_field -> chunk of 1000 rows  ====bounded mpsc (4 chunks)====>  cached statements)
+//!  bunzip2 threads (one per core)   parsing thread                         inserting thread (holds the transaction)
+//!  independent bzip2 streams   ->   HashingReader -> line guard -> csv ->  recv chunk -> multi-row INSERTs
+//!  decoded ahead, in order          spec::check_field -> chunk of 1000     (16 rows each), texts bound from the
+//!                                   rows  ====bounded mpsc (4 chunks)====> chunk's buffer without copying
 //! ```
-//! The blocking stage never holds more than one chunk plus one CSV line (lines are capped, so a file without line
-//! ends cannot grow a record without bound); the channel holds at most four chunks; the async stage holds the chunk
-//! it is inserting. Memory is therefore constant whatever the file size, and decompression of the next rows overlaps
-//! with the insertion of the previous ones. When a file ends, the blocking stage compares its row count, byte count,
-//! MD5 and SHA-256 with the manifest. A rejection stops the blocking stage; the async stage rolls back. A database
-//! error in the async stage drops the receiver, which stops the blocking stage at its next send.
+//! The parsing stage never holds more than one chunk plus one CSV line (lines are capped, so a file without line
+//! ends cannot grow a record without bound); the channel holds at most four chunks; the inserting stage holds the
+//! chunk it is inserting. Memory is therefore constant whatever the file size, and decompression of the next rows
+//! overlaps with the insertion of the previous ones. When a file ends, the parsing stage compares its row count,
+//! byte count, MD5 and SHA-256 with the manifest. A rejection stops the parsing stage; the inserting stage rolls
+//! back. A database error in the inserting stage drops the receiver, which stops the parsing stage at its next send.
 //!
 //! # Outcomes
 //! - `Ok(report)` with `state: Imported`: the data and the `batch_log` row were committed together.
