@@ -980,17 +980,23 @@ impl FileParser<'_> {
                 )));
             }
             self.chunk.fields.reserve(width);
+            // One UTF-8 check of the whole record instead of one per field: a field is then a slice of it at char
+            // boundaries (`str::get` checks them). Only a record with invalid bytes is checked field by field.
+            let whole = std::str::from_utf8(rec.as_slice()).ok();
             for (i, (col, raw)) in spec.columns.iter().zip(rec.iter()).enumerate() {
                 if col.kind == spec::Kind::Unused {
                     continue;
                 }
                 let pos = i + 1;
-                let text = std::str::from_utf8(raw).map_err(|_| {
-                    reject(format!(
-                        "{name}:{line}: column {pos} ({}): not valid UTF-8; write the CSV as UTF-8",
-                        col.name
-                    ))
-                })?;
+                let text = match whole.zip(rec.range(i)).and_then(|(w, r)| w.get(r)) {
+                    Some(t) => t,
+                    None => std::str::from_utf8(raw).map_err(|_| {
+                        reject(format!(
+                            "{name}:{line}: column {pos} ({}): not valid UTF-8; write the CSV as UTF-8",
+                            col.name
+                        ))
+                    })?,
+                };
                 let value = push_field(col, text, &mut self.chunk)
                     .map_err(|why| reject(format!("{name}:{line}: column {pos} ({}): {why}", col.name)))?;
                 if let Some(w) = self.window.as_ref().filter(|w| w.column == i) {
@@ -1200,6 +1206,25 @@ mod tests {
         assert_eq!((n, sum, nulls), (rows as i64, (0..rows as i64).sum(), rows.div_ceil(5) as i64));
         let a: String = conn.query_row("SELECT a FROM t WHERE b = ?1", [rows as i64 - 1], |r| r.get(0)).unwrap();
         assert_eq!(a, format!("r{}", rows - 1));
+    }
+
+    /// A failing INSERT reports SQLite's own message, and the statement (its bindings cleared) works afterwards.
+    #[test]
+    fn a_failed_insert_reports_sqlite_and_the_statement_stays_usable() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute("CREATE TABLE t (a TEXT NOT NULL, b INTEGER)", []).unwrap();
+        let mut w = TableWriter::new(&conn, "t", &["a", "b"]).unwrap();
+        let mut bad = Chunk::default();
+        bad.fields.extend([Field::Null, Field::Int(1)]);
+        let err = w.insert(&bad).unwrap_err().to_string();
+        assert!(err.contains("NOT NULL"), "{err}");
+        let mut good = Chunk::default();
+        let a = good.push_text(b"x");
+        good.fields.extend([a, Field::Int(2)]);
+        w.insert(&good).unwrap();
+        let (a, b): (String, i64) = conn.query_row("SELECT a, b FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((a.as_str(), b), ("x", 2));
+        assert!(StaticInsert::prepare(&conn, "INSERT INTO nope VALUES (?)").unwrap_err().to_string().contains("nope"));
     }
 
     /// The allocation-free check gives exactly what `spec::parse_field` gives, error messages included.
