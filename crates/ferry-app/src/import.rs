@@ -755,6 +755,7 @@ fn read_files(
 
 /// Decompress (on every core), hash, parse and send one file; check it against its manifest entry. Returns its
 /// row count.
+#[allow(clippy::too_many_arguments)] // the reading thread's context, handed down unchanged
 fn read_file(
     dir: &Path,
     index: usize,
@@ -1224,7 +1225,8 @@ mod tests {
         w.insert(&good).unwrap();
         let (a, b): (String, i64) = conn.query_row("SELECT a, b FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((a.as_str(), b), ("x", 2));
-        assert!(StaticInsert::prepare(&conn, "INSERT INTO nope VALUES (?)").unwrap_err().to_string().contains("nope"));
+        let err = StaticInsert::prepare(&conn, "INSERT INTO nope VALUES (?)").err().unwrap().to_string();
+        assert!(err.contains("nope"), "{err}");
     }
 
     /// The allocation-free check gives exactly what `spec::parse_field` gives, error messages included.
