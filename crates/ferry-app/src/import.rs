@@ -607,7 +607,7 @@ impl<'c> TableWriter<'c> {
 
 /// A prepared statement that binds text **without copying it** (`SQLITE_STATIC`). rusqlite binds every text as
 /// `SQLITE_TRANSIENT`: SQLite then allocates, copies and frees each field, taking its allocator's mutex each time
-/// (a quarter of the inserting thread's time in a profile of the medium sample; `sqlite3 .import` binds its
+/// (some 40% of the inserting thread's samples in a profile of the medium sample; `sqlite3 .import` binds its
 /// fields static too). Safety rests on [`StaticInsert::execute`] alone: it binds, steps, resets and clears the
 /// bindings within one call, so SQLite reads the borrowed text only while the borrow lives.
 struct StaticInsert<'c> {
