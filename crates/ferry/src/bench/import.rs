@@ -7,6 +7,7 @@
 //!   no decompression: the hardest comparison);
 //! - (b) the import alone: Ferry from the plain CSV (`import_plain_csv_timed`: still hashed and verified) against
 //!   `sqlite3 .import` of the same plain CSV.
+//!
 //! All contenders take turns for `--runs` rounds, each into a fresh database; medians and ratios are printed.
 //!
 //! The batch comes from the Connector's own extract (`ferry_connector::extract`), written once before the rounds;
