@@ -816,7 +816,7 @@ fn field(col: &Column, value: &SqlValue, out: &mut String, plain: &mut String) -
         if plain.is_empty() && col.required && col.kind != Kind::Unused {
             return Err(FieldError::RequiredEmpty { column: col.name.to_string() });
         }
-        spec::parse_field(col, plain).map_err(FieldError::Spec)?;
+        spec::check_field(col, plain).map_err(FieldError::Spec)?;
     }
     spec::format_field(col.kind, plain, out);
     Ok(())
