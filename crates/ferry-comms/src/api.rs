@@ -90,6 +90,10 @@ impl SignedBy<Caller> for CommsState {
     fn refused(&self, peer: Option<SocketAddr>, what: &str) {
         self.auth_failed(peer, crate::metrics::Refusal::Signature, what);
     }
+
+    async fn first_use(&self, keyid: &str, nonce: &str, until: i64) -> Result<(), ApiError> {
+        CommsState::first_use(self, keyid, nonce, until).await
+    }
 }
 
 /// The App's announcements, signed by its service key.
@@ -111,6 +115,10 @@ impl SignedBy<AppService> for CommsState {
 
     async fn caller(&self, _keyid: String, _peer: Option<SocketAddr>) -> Result<AppService, ApiError> {
         Ok(AppService)
+    }
+
+    async fn first_use(&self, keyid: &str, nonce: &str, until: i64) -> Result<(), ApiError> {
+        CommsState::first_use(self, keyid, nonce, until).await
     }
 }
 
