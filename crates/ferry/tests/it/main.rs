@@ -20,6 +20,7 @@ mod incremental;
 mod ops;
 mod proxy;
 mod release;
+mod replicas;
 mod reliability;
 mod security;
 mod upstream;
