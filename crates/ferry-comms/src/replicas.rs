@@ -70,7 +70,10 @@ pub async fn watch_downloads(st: Arc<CommsState>, shutdown: impl std::future::Fu
             Ok(Some(l)) => l,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!("cannot listen for downloads on the database (long-polls check every {} ms meanwhile): {e}", FALLBACK_CHECK.as_millis());
+                tracing::warn!(
+                    "cannot listen for downloads on the database (long-polls check every {} ms meanwhile): {e}",
+                    FALLBACK_CHECK.as_millis()
+                );
                 // fall back: wake the long-polls periodically until the listener is back
                 let until = tokio::time::Instant::now() + backoff;
                 while tokio::time::Instant::now() < until {

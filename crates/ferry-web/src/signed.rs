@@ -42,12 +42,7 @@ pub trait SignedBy<C>: Send + Sync + 'static {
     /// After the in-memory replay check passed: a check shared with other replicas of the server (a signed call
     /// replayed to another replica must be refused too), remembering `nonce` of `keyid` until `until` (unix
     /// seconds). Default: none (one process).
-    fn first_use(
-        &self,
-        _keyid: &str,
-        _nonce: &str,
-        _until: i64,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+    fn first_use(&self, _keyid: &str, _nonce: &str, _until: i64) -> impl Future<Output = Result<(), ApiError>> + Send {
         async { Ok(()) }
     }
 }

@@ -197,7 +197,8 @@ async fn one_replica_fetches_a_tenants_files_and_another_takes_over() {
         );
         std::fs::write(&src, text).unwrap();
         let name = format!("po_{n:06}.csv");
-        published.push(ferry_app::outbox::publish(&inst.0, "acme", &c.app.state.sftp_root(), &src, &name).await.unwrap());
+        published
+            .push(ferry_app::outbox::publish(&inst.0, "acme", &c.app.state.sftp_root(), &src, &name).await.unwrap());
     }
     c.app.state.announce_wakeup.notify_one();
     let announced = async || ferry_comms::db::tenant_downloads(&db, "acme", 10).await.unwrap().len() == 3;
@@ -293,7 +294,8 @@ async fn concurrent_admin_actions_on_two_replicas_keep_one_audit_chain() {
 
 /// haproxy's path, or None (test skipped; a failure under `FERRY_CI=1`, where `.ci/run` installs it).
 fn haproxy_bin() -> Option<std::path::PathBuf> {
-    let found = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
+    let found =
+        ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
     if found.is_none() {
         assert!(!std::env::var("FERRY_CI").is_ok_and(|v| v == "1"), "FERRY_CI=1 but haproxy is not installed");
         eprintln!("haproxy not installed: skipped (apt-get install haproxy)");
@@ -313,9 +315,7 @@ impl Drop for Reaped {
 
 /// The replicas (by index) whose log has a line holding every one of `words`.
 fn logged_by(nodes: &[crate::procs::Node], words: &[&str]) -> Vec<usize> {
-    (0..nodes.len())
-        .filter(|&i| nodes[i].log_text().lines().any(|l| words.iter().all(|w| l.contains(w))))
-        .collect()
+    (0..nodes.len()).filter(|&i| nodes[i].log_text().lines().any(|l| words.iter().all(|w| l.contains(w)))).collect()
 }
 
 /// Debian's haproxy in TCP mode on one port in front of three `ferry comms serve` processes (HTTPS and SSH on the
@@ -493,8 +493,10 @@ async fn three_replicas_behind_haproxy_sync_end_to_end_and_survive_a_kill() {
     // kill -9 of the replica a connector is uploading to: it resumes through another, imported once
     let (t, _, c) = conns[1].clone();
     let tenant = format!("tenant={t}");
-    let seen: Vec<usize> =
-        replicas.iter().map(|n| n.log_text().lines().filter(|l| l.contains("sftp login") && l.contains(&tenant)).count()).collect();
+    let seen: Vec<usize> = replicas
+        .iter()
+        .map(|n| n.log_text().lines().filter(|l| l.contains("sftp login") && l.contains(&tenant)).count())
+        .collect();
     let mut sync = Node::new("sync-kill", &["connector", "sync", "--full", "--config", &c], &logs);
     sync.start();
     let victim = {
@@ -512,7 +514,8 @@ async fn three_replicas_behind_haproxy_sync_end_to_end_and_survive_a_kill() {
         }
     };
     replicas[victim].kill9();
-    let (status, sync) = tokio::task::spawn_blocking(move || (sync.wait_exit(Duration::from_secs(240)), sync)).await.unwrap();
+    let (status, sync) =
+        tokio::task::spawn_blocking(move || (sync.wait_exit(Duration::from_secs(240)), sync)).await.unwrap();
     let log = sync.log_text();
     assert!(status.is_some_and(|s| s.success()), "the sync did not survive the kill of replica {victim}: {log}");
     // the kill cut the upload (made while extracting, or after): the connector went on through another replica
