@@ -62,9 +62,16 @@ pub async fn watch_downloads(st: Arc<CommsState>, shutdown: impl std::future::Fu
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let listener = tokio::select! {
-            _ = &mut shutdown => return,
-            l = db::listen_downloads(&st.db) => l,
+        // opening may take until the pool's acquire timeout while the database is away: the long-polls keep
+        // looking for themselves meanwhile
+        let connecting = db::listen_downloads(&st.db);
+        tokio::pin!(connecting);
+        let listener = loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                l = &mut connecting => break l,
+                _ = tokio::time::sleep(FALLBACK_CHECK) => st.wake_long_polls(),
+            }
         };
         let mut listener = match listener {
             Ok(Some(l)) => l,
