@@ -94,6 +94,10 @@ impl SignedBy<Caller> for CommsState {
     fn refused(&self, peer: Option<SocketAddr>, what: &str) {
         self.auth_failed(peer, crate::metrics::Refusal::Signature, what);
     }
+
+    async fn first_use(&self, keyid: &str, nonce: &str, until: i64) -> Result<(), ApiError> {
+        CommsState::first_use(self, keyid, nonce, until).await
+    }
 }
 
 /// The App's announcements, signed by its service key.
@@ -118,6 +122,10 @@ impl SignedBy<AppService> for CommsState {
         let (name, _) =
             self.apps.by_key(&keyid).ok_or_else(|| ApiError::Unauthorized("this App server was removed".into()))?;
         Ok(AppService { name })
+    }
+
+    async fn first_use(&self, keyid: &str, nonce: &str, until: i64) -> Result<(), ApiError> {
+        CommsState::first_use(self, keyid, nonce, until).await
     }
 }
 

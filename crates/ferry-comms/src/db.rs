@@ -111,7 +111,9 @@ pub async fn open_postgres(cfg: &DatabaseConfig) -> anyhow::Result<Db> {
         opts = opts.password(pw);
     }
     let opts = opts.application_name("ferry-comms");
-    let max = if cfg.max_connections == 0 { 16 } else { cfg.max_connections };
+    // each relay and downstream claim holds a connection while it works (2 x max_concurrent_tenants, 8 each by
+    // default), and the listener has its own: the rest serves queries
+    let max = if cfg.max_connections == 0 { 24 } else { cfg.max_connections };
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
@@ -145,7 +147,8 @@ pub struct DatabaseConfig {
     pub password_env: Option<String>,
     /// A file holding the database password (its first line); relative to the config file's folder.
     pub password_file: Option<PathBuf>,
-    /// Connections in the pool (default 8 for SQLite, 16 for PostgreSQL: 0 means the default).
+    /// Connections in the pool (default 8 for SQLite, 24 for PostgreSQL: 0 means the default; on PostgreSQL at least
+    /// 2 x `max_concurrent_tenants` + 8, as every relay or downstream claim holds one while it works).
     pub max_connections: u32,
 }
 
@@ -1571,6 +1574,83 @@ pub async fn last_imports(db: &Db, limit: i64) -> sqlx::Result<Vec<(String, Stri
         .fetch_all(pool)
         .await
     })
+}
+
+// ---- several replicas on one PostgreSQL (docs/scale-out.md) -------------------------------------------------
+
+/// The advisory-lock key of a tenant's downstream work: the first 8 bytes of SHA-256("ferry downstream" NUL
+/// tenant) (another key space than the relay's, so one replica may relay a tenant while another fetches for it).
+fn downstream_lock_key(tenant: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new().chain_update(b"ferry downstream\0").chain_update(tenant.as_bytes()).finalize();
+    i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Claim the downstream work of `tenant` (fetching its files from the App, telling the App their progress) for
+/// this replica, as [`claim_relay`] does for the relay: None while another replica holds it. Released with
+/// [`RelayClaim::release`], or when the replica stops or dies (its connection closes).
+pub async fn claim_downstream(db: &Db, tenant: &str) -> sqlx::Result<Option<RelayClaim>> {
+    let Db::Postgres(pool) = db else { return Ok(Some(RelayClaim::Local)) };
+    let key = downstream_lock_key(tenant);
+    let mut conn = pool.acquire().await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+    if !got {
+        return Ok(None);
+    }
+    conn.close_on_drop();
+    Ok(Some(RelayClaim::Postgres(conn, key)))
+}
+
+/// The ids of `tenant`'s files still to fetch, read again after a claim (the worker's list may be stale: another
+/// replica may have fetched some meanwhile).
+pub async fn fetching_file_ids(db: &Db, tenant: &str) -> sqlx::Result<std::collections::HashSet<String>> {
+    on!(db, pool => {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT file_id FROM downloads WHERE tenant = $1 AND state = 'fetching'")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
+        Ok(ids.into_iter().collect())
+    })
+}
+
+/// The replay cache of signed calls shared by every replica: records (signing key, nonce) until `expires_at`
+/// (unix seconds) and says whether this is its first use. One atomic insert: of two replicas shown the same
+/// signed call at once, exactly one sees `true`.
+pub async fn first_use_of_nonce(db: &Db, keyid: &str, nonce: &str, expires_at: i64) -> sqlx::Result<bool> {
+    on!(db, pool => {
+        let r = sqlx::query("INSERT INTO used_nonces(keyid, nonce, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(keyid)
+            .bind(nonce)
+            .bind(expires_at)
+            .execute(pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    })
+}
+
+/// Forget the nonces whose signatures can no longer be accepted anyway. Returns how many were removed.
+pub async fn sweep_nonces(db: &Db, now: i64) -> sqlx::Result<u64> {
+    on!(db, pool => {
+        let r = sqlx::query("DELETE FROM used_nonces WHERE expires_at < $1").bind(now).execute(pool).await?;
+        Ok(r.rows_affected())
+    })
+}
+
+/// The PostgreSQL channel on which a file put on a download list is announced (payload: the tenant), by the
+/// trigger of migration 0008.
+pub const DOWNLOADS_CHANNEL: &str = "ferry_downloads";
+
+/// A listener on [`DOWNLOADS_CHANNEL`] over a connection of its own (not one of the pool's: a LISTEN must not
+/// follow a connection back into the pool). None on SQLite (one server: its own worker wakes its long-polls).
+pub async fn listen_downloads(db: &Db) -> sqlx::Result<Option<sqlx::postgres::PgListener>> {
+    let Db::Postgres(pool) = db else { return Ok(None) };
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut l = sqlx::postgres::PgListener::connect_with(&own).await?;
+    l.listen(DOWNLOADS_CHANNEL).await?;
+    Ok(Some(l))
 }
 
 // ---- scratch databases (tests, benchmarks) ------------------------------------------------------------------

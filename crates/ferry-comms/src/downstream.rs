@@ -49,10 +49,24 @@ const READY_GROUP: usize = 32;
 /// next pass; the others go on.
 #[tracing::instrument(name = "downstream", skip_all, fields(tenant = %tenant))]
 async fn tenant_pass(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) -> anyhow::Result<()> {
-    let fetching: Vec<db::DownloadRow> = rows.into_iter().filter(|r| r.state == FileState::Fetching).collect();
-    let fetched = if fetching.is_empty() { Ok(()) } else { fetch_all(st, tenant, fetching).await };
-    let told = tell_app(st, tenant).await;
-    fetched.and(told)
+    // Replicas on one PostgreSQL: exactly one works on a tenant's files at a time; the others back off. The
+    // list may be stale once claimed: fetch only what is still to fetch.
+    let Some(claim) = db::claim_downstream(&st.db, tenant).await? else {
+        bail!("another Comms replica is fetching this tenant's files");
+    };
+    let r = async {
+        let still = db::fetching_file_ids(&st.db, tenant).await?;
+        let fetching: Vec<db::DownloadRow> = rows
+            .into_iter()
+            .filter(|r| r.state == FileState::Fetching && still.contains(r.file.file_id.as_str()))
+            .collect();
+        let fetched = if fetching.is_empty() { Ok(()) } else { fetch_all(st, tenant, fetching).await };
+        let told = tell_app(st, tenant).await;
+        fetched.and(told)
+    }
+    .await;
+    claim.release().await;
+    r
 }
 
 async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ pub mod early;
 pub mod limits;
 pub mod metrics;
 pub mod relay;
+pub mod replicas;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -264,6 +265,9 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         async move { sweep_retention(&st).await }
     }));
     tasks.spawn(access::watch_access(state.clone(), tasks.shutdown_signal()));
+    // several replicas on one PostgreSQL: long-polls woken from any replica, the shared replay cache swept
+    tasks.spawn(replicas::watch_downloads(state.clone(), tasks.shutdown_signal()));
+    tasks.spawn(replicas::sweep_nonces(state.clone(), tasks.shutdown_signal()));
     tracing::info!(%https_addr, %ssh_addr, ?admin_addr, ?http_redirect_addr, "comms server listening");
     Ok(CommsHandle { https_addr, ssh_addr, admin_addr, http_redirect_addr, state, tasks })
 }

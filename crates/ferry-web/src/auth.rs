@@ -18,6 +18,12 @@ impl SignatureVerifier {
         SignatureVerifier { nonces: NonceCache::default(), max_age_secs }
     }
 
+    /// Until when (unix seconds) the nonce of a signature made at `created` must stay remembered: as long as the
+    /// signature could still be accepted, plus a margin.
+    pub fn remember_until(&self, created: i64) -> i64 {
+        created.saturating_add(self.max_age_secs).saturating_add(120)
+    }
+
     pub fn verify(
         &self,
         method: &Method,
@@ -31,7 +37,7 @@ impl SignatureVerifier {
         let v = httpsig::verify(method.as_str(), path, headers, body, now, self.max_age_secs, lookup)
             .map_err(|e| ApiError::Unauthorized(format!("request signature refused: {e}")))?;
         // A nonce must stay remembered for as long as its signature could still be accepted.
-        if !self.nonces.check_and_insert(&v.nonce, v.created + self.max_age_secs + 120) {
+        if !self.nonces.check_and_insert(&v.nonce, self.remember_until(v.created)) {
             return Err(ApiError::Unauthorized(
                 "request signature refused: this signature was already used (replay); sign every request afresh".into(),
             ));

@@ -38,6 +38,13 @@ pub trait SignedBy<C>: Send + Sync + 'static {
 
     /// A signature was refused (`what`: method, path and why): audit it if the server does.
     fn refused(&self, _peer: Option<SocketAddr>, _what: &str) {}
+
+    /// After the in-memory replay check passed: a check shared with other replicas of the server (a signed call
+    /// replayed to another replica must be refused too), remembering `nonce` of `keyid` until `until` (unix
+    /// seconds). Default: none (one process).
+    fn first_use(&self, _keyid: &str, _nonce: &str, _until: i64) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A request whose signature was verified: the caller and the body.
@@ -77,7 +84,10 @@ where
         })?;
         let verified = st.verifier().verify(&parts.method, &parts.uri, &parts.headers, &body, |k| st.key(k));
         let caller = match verified {
-            Ok(v) => st.caller(v.keyid, peer).await,
+            Ok(v) => match st.first_use(&v.keyid, &v.nonce, st.verifier().remember_until(v.created)).await {
+                Ok(()) => st.caller(v.keyid, peer).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match caller {

@@ -15,7 +15,7 @@ use ferry_sample::{SampleSize, generate_sample_erp};
 
 /// `[database]` for a fresh database on the test server: password from `password_env`, TLS verified against the
 /// test CA when there is one. None (test skipped) without a test server.
-async fn scratch_database() -> Option<DatabaseConfig> {
+pub(crate) async fn scratch_database() -> Option<DatabaseConfig> {
     let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
         assert!(
             !std::env::var("FERRY_CI").is_ok_and(|v| v == "1"),

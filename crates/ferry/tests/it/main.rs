@@ -22,6 +22,7 @@ mod ops;
 mod proxy;
 mod release;
 mod reliability;
+mod replicas;
 mod security;
 mod upstream;
 mod web;
