@@ -35,7 +35,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_io::bz::capped_decoder;
 use ferry_io::digest::{Digests, HashingWriter};
@@ -45,7 +45,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::erp::ErpConfig;
 pub use crate::erp::writeback::LEDGER_COLUMNS;
-use crate::erp::writeback::{Ledger, Statement, WriteBackError, WriteJob, csv_error, open_writeback, valid_table_name};
+use crate::erp::writeback::{
+    Ledger, Statement, WriteBack, WriteBackError, WriteJob, csv_error, open_writeback, valid_table_name,
+};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -444,71 +446,136 @@ pub async fn deliver_file(
     name: &str,
     file_id: Option<&str>,
 ) -> Result<DeliveryReport, DeliveryError> {
-    if !valid_file_name(name) {
-        return Err(DeliveryError::InvalidName(name.to_string()));
+    let mut session = Delivery::new(cfg, erp);
+    let report = session.deliver(file, name, file_id).await;
+    session.close().await;
+    report
+}
+
+/// Time spent in each step of the deliveries of a [`Delivery`] session (for `ferry bench downstream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryTimes {
+    /// Copying into the inbound folder's hidden part file (synced).
+    pub stage: Duration,
+    /// The SQL write-back: opening the ERP connection (once per session) and each file's transaction.
+    pub write_back: Duration,
+    /// Renaming the part file into view (and syncing the folder).
+    pub publish: Duration,
+    /// The delivery command.
+    pub command: Duration,
+}
+
+/// Delivers several files one after another over **one** ERP write-back connection: opened when the first file
+/// needs the SQL write-back, kept for the next ones, dropped (and opened again for the next file) after an error
+/// of the database as a whole, and closed by [`close`](Delivery::close). Each file is still its own
+/// transaction, with its ledger row in it: what one file does is exactly what [`deliver_file`] does. (ODBC opens
+/// a connection per file in any case.)
+pub struct Delivery<'a> {
+    cfg: &'a DeliveryConfig,
+    erp: Option<&'a ErpConfig>,
+    db: Option<Box<dyn WriteBack>>,
+    /// What the deliveries so far spent in each step.
+    pub times: DeliveryTimes,
+}
+
+impl<'a> Delivery<'a> {
+    /// A session delivering as `cfg` says into the ERP `erp` (its `url` resolved); nothing is opened yet.
+    pub fn new(cfg: &'a DeliveryConfig, erp: Option<&'a ErpConfig>) -> Delivery<'a> {
+        Delivery { cfg, erp, db: None, times: DeliveryTimes::default() }
     }
-    cfg.validate()?;
-    if !cfg.is_configured() {
-        return Err(DeliveryError::Config(
-            "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]".into(),
-        ));
+
+    /// Closes the ERP connection, if one is open (best effort).
+    pub async fn close(mut self) {
+        if let Some(db) = self.db.take() {
+            db.close().await;
+        }
     }
-    let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), erp) {
-        (true, _) => None,
-        (false, Some(erp)) => Some(erp),
-        (false, None) => {
+
+    /// Delivers the verified plain `file` as [`deliver_file`] does, over this session's ERP connection.
+    pub async fn deliver(
+        &mut self,
+        file: &Path,
+        name: &str,
+        file_id: Option<&str>,
+    ) -> Result<DeliveryReport, DeliveryError> {
+        let cfg = self.cfg;
+        if !valid_file_name(name) {
+            return Err(DeliveryError::InvalidName(name.to_string()));
+        }
+        cfg.validate()?;
+        if !cfg.is_configured() {
             return Err(DeliveryError::Config(
-                "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
+                "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]"
+                    .into(),
             ));
         }
-    };
+        let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), self.erp) {
+            (true, _) => None,
+            (false, Some(erp)) => Some(erp),
+            (false, None) => {
+                return Err(DeliveryError::Config(
+                    "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
+                ));
+            }
+        };
 
-    // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
-    // on an early return removes the `.part` file.
-    let iso = cfg.date_format.rewrites(name);
-    let staged = match &cfg.inbound_dir {
-        Some(dir) => Some(stage_inbound(file, dir, name, iso).await?),
-        None => None,
-    };
-    let mut report = DeliveryReport::default();
-    if let Some(erp) = sql_url {
-        let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger {
-            table: table.to_string(),
-            file_id: id.to_string(),
-            name: name.to_string(),
-        });
-        match write_back(erp, &cfg.sql, file, name, ledger).await? {
-            Some(rows) => report.sql_rows = rows,
-            None => {
-                tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
-                report.already_in_ledger = true;
+        // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
+        // on an early return removes the `.part` file.
+        let iso = cfg.date_format.rewrites(name);
+        let t = Instant::now();
+        let staged = match &cfg.inbound_dir {
+            Some(dir) => Some(stage_inbound(file, dir, name, iso).await?),
+            None => None,
+        };
+        self.times.stage += t.elapsed();
+        let mut report = DeliveryReport::default();
+        if let Some(erp) = sql_url {
+            let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger {
+                table: table.to_string(),
+                file_id: id.to_string(),
+                name: name.to_string(),
+            });
+            let t = Instant::now();
+            let written = write_back(&mut self.db, erp, &cfg.sql, file, name, ledger).await;
+            self.times.write_back += t.elapsed();
+            match written? {
+                Some(rows) => report.sql_rows = rows,
+                None => {
+                    tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
+                    report.already_in_ledger = true;
+                }
             }
         }
+        if let Some(staged) = staged {
+            let t = Instant::now();
+            report.inbound_path = Some(staged.publish()?);
+            self.times.publish += t.elapsed();
+        }
+        if let Some(argv) = &cfg.command {
+            let t = Instant::now();
+            // the inbound copy, else the verified file, else (ISO dates wanted) a converted copy beside it
+            let converted = match (&report.inbound_path, iso) {
+                (None, true) => Some(ConvertedCopy::create(file, name).await?),
+                _ => None,
+            };
+            let target = match (&report.inbound_path, &converted) {
+                (Some(p), _) => p.as_path(),
+                (None, Some(c)) => c.path.as_path(),
+                (None, None) => file,
+            };
+            let cmd = CommandRun { timeout_secs: cfg.command_timeout_secs, sql_rows_committed: report.sql_rows };
+            let status = run_command(argv, target, file_id, &cmd).await;
+            self.times.command += t.elapsed();
+            report.command_status = Some(status?);
+        }
+        if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
+            tracing::warn!(
+                file = name,
+                "the file went nowhere: delivery.only excludes it and neither inbound_dir nor command is set"
+            );
+        }
+        Ok(report)
     }
-    if let Some(staged) = staged {
-        report.inbound_path = Some(staged.publish()?);
-    }
-    if let Some(argv) = &cfg.command {
-        // the inbound copy, else the verified file, else (ISO dates wanted) a converted copy beside it
-        let converted = match (&report.inbound_path, iso) {
-            (None, true) => Some(ConvertedCopy::create(file, name).await?),
-            _ => None,
-        };
-        let target = match (&report.inbound_path, &converted) {
-            (Some(p), _) => p.as_path(),
-            (None, Some(c)) => c.path.as_path(),
-            (None, None) => file,
-        };
-        let cmd = CommandRun { timeout_secs: cfg.command_timeout_secs, sql_rows_committed: report.sql_rows };
-        report.command_status = Some(run_command(argv, target, file_id, &cmd).await?);
-    }
-    if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
-        tracing::warn!(
-            file = name,
-            "the file went nowhere: delivery.only excludes it and neither inbound_dir nor command is set"
-        );
-    }
-    Ok(report)
 }
 
 /// A complete, synced copy in the inbound folder under a hidden name, waiting to be renamed into view.
@@ -616,10 +683,13 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Runs the configured statements for every data row of `file` through the [`WriteBack`](crate::erp::writeback)
-/// of `erp`, in one transaction; `None` when the ledger shows the file was applied before. The statements are
-/// planned (header names to fields) before the database is opened, so a missing header fails without it.
+/// Runs the configured statements for every data row of `file` through the [`WriteBack`] of `erp`, in one
+/// transaction; `None` when the ledger shows the file was applied before. The statements are planned (header names
+/// to fields) before the database is opened, so a missing header fails without it. `db` is the session's
+/// connection: opened here if there is none, kept for the next file, dropped after an error of the database as a
+/// whole (a broken connection is not used again).
 async fn write_back(
+    db: &mut Option<Box<dyn WriteBack>>,
     erp: &ErpConfig,
     statements: &[SqlWriteBack],
     file: &Path,
@@ -651,9 +721,16 @@ async fn write_back(
             .collect::<Result<Vec<_>, _>>()?;
         plan.push(Statement { sql: s.statement.clone(), columns });
     }
-    let mut db = open_writeback(erp).await?;
-    let result = db.apply(WriteJob { file: name.to_string(), statements: plan, records, ledger }).await;
-    db.close().await;
+    let conn = match db {
+        Some(c) => c,
+        None => db.insert(open_writeback(erp).await?),
+    };
+    let result = conn.apply(WriteJob { file: name.to_string(), statements: plan, records, ledger }).await;
+    if let Err(WriteBackError::Database { .. }) = &result
+        && let Some(broken) = db.take()
+    {
+        broken.close().await;
+    }
     Ok(result?)
 }
 

@@ -311,6 +311,71 @@ impl Journal {
         Ok(())
     }
 
+    /// [`mark_applied`](Self::mark_applied) for several files `(id, name, sha256)` in **one** transaction (one
+    /// commit instead of one per file). Call it only for files delivered already, before their acknowledgement.
+    pub async fn mark_applied_many(&self, files: &[(String, String, String)]) -> anyhow::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for (id, name, sha256) in files {
+            sqlx::query(
+                "INSERT INTO received(file_id, name, sha256, state, attempts, error, applied_at)
+                 VALUES (?, ?, ?, 'applied', 1, NULL, ?)
+                 ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, sha256 = excluded.sha256,
+                     state = 'applied', attempts = received.attempts + 1, error = NULL,
+                     applied_at = excluded.applied_at
+                 WHERE received.state = 'failed'",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(sha256)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`mark_acked`](Self::mark_acked) for several files in **one** transaction: all of them or (on an error,
+    /// e.g. a file that was never applied) none.
+    pub async fn mark_acked_many(&self, ids: &[String]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE received SET state = 'acked', acked_at = ? WHERE file_id = ? AND state = 'applied'",
+            )
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let state: Option<String> = sqlx::query_scalar("SELECT state FROM received WHERE file_id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match state.as_deref() {
+                    Some("acked") => {}
+                    Some(other) => anyhow::bail!(
+                        "cannot mark downstream file {id} acknowledged: it is {other}, not applied; deliver it first"
+                    ),
+                    None => anyhow::bail!(
+                        "cannot mark downstream file {id} acknowledged: the journal has no record of it; deliver it \
+                         first"
+                    ),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records that the Comms server accepted the acknowledgement of file `id`. Acking an acked file changes
     /// nothing; acking a file that was never applied is an error (it would be lost).
     pub async fn mark_acked(&self, id: &str) -> anyhow::Result<()> {
