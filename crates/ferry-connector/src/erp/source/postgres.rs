@@ -119,6 +119,13 @@ impl Source for PostgresSource {
 }
 
 impl PostgresSource {
+    /// Whether the extract reads `sql` through `COPY ... TO STDOUT` ([`Source::row_chunks`]): every result column
+    /// has a type whose text form gives the row path's value exactly. (COPY may still fail to start; the extract
+    /// then reads row by row.)
+    pub async fn reads_with_copy(&self, sql: &str) -> bool {
+        self.copy_plan(sql).await.is_some()
+    }
+
     /// How each result column of `sql` is read from COPY's text form, and its name; `None` when a column's type
     /// has no exact text reading (or the query cannot be prepared: the row path then reports why).
     async fn copy_plan(&self, sql: &str) -> Option<(Vec<CopyType>, Vec<String>)> {
