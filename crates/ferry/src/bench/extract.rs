@@ -163,16 +163,13 @@ pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
 /// Every query through `psql -c "COPY (...) TO STDOUT (FORMAT csv)"`, one process each, output discarded; the
 /// URL's password goes in `PGPASSWORD`.
 fn psql(url: &str, queries: &[(String, String)]) -> anyhow::Result<Timed> {
-    let mut parsed = url::Url::parse(url).context("the --erp URL")?;
-    let password = parsed.password().map(|p| {
-        url::form_urlencoded::parse(format!("p={p}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-    });
-    let _ = parsed.set_password(None);
+    let password = ferry_connector::erp::password_in_url(url);
+    let without = without_password(url);
     let clock = Clock::start();
     for (name, sql) in queries {
         let q = sql.trim().trim_end_matches(';');
         let mut cmd = Command::new("psql");
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", parsed.as_str(), "-c"])
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", without.as_str(), "-c"])
             .arg(format!("COPY (\n{q}\n) TO STDOUT (FORMAT csv)"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -186,6 +183,16 @@ fn psql(url: &str, queries: &[(String, String)]) -> anyhow::Result<Timed> {
         }
     }
     Ok(clock.children(0))
+}
+
+/// `url` without the password of its user part (`postgres://user:pw@host/db` -> `postgres://user@host/db`).
+fn without_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@').and_then(|at| url[start..start + at].find(':').map(|c| (start + c, start + at))) {
+        Some((colon, at)) => format!("{}{}", &url[..colon], &url[at..]),
+        None => url.to_string(),
+    }
 }
 
 /// Every query through [`Source::rows`] (the row-by-row path), rows only.
@@ -262,4 +269,14 @@ fn median_cpu(runs: &[Timed]) -> Option<f64> {
     let mut v: Vec<f64> = runs.iter().map(|t| t.cpu).collect::<Option<_>>()?;
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_password_leaves_the_url() {
+        assert_eq!(super::without_password("postgres://u:p%40ss@h:5432/db?x=1"), "postgres://u@h:5432/db?x=1");
+        assert_eq!(super::without_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::without_password("postgres://h/db"), "postgres://h/db");
+    }
 }
