@@ -506,6 +506,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_page_is_journaled_applied_then_acked_in_one_commit_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).await.unwrap();
+        let file = |n: u32| (format!("F{n}"), format!("po_{n:06}.csv"), format!("sha{n}"));
+        // F2 failed once before: applying it counts the attempt and clears the error
+        j.mark_failed("F2", "po_000002.csv", "sha2", "locked").await.unwrap();
+        j.mark_applied_many(&[file(1), file(2), file(3)]).await.unwrap();
+        for id in ["F1", "F2", "F3"] {
+            assert_eq!(j.received(id).await.unwrap().unwrap().state, ReceivedState::Applied, "{id}");
+        }
+        let f2 = j.received("F2").await.unwrap().unwrap();
+        assert_eq!((f2.attempts, f2.error), (2, None));
+        assert_eq!(j.pending_acks().await.unwrap().len(), 3);
+        // an ack of a file never applied fails the whole group: nothing of it is recorded
+        let e = j.mark_acked_many(&["F1".into(), "F9".into()]).await.unwrap_err().to_string();
+        assert!(e.contains("F9") && e.contains("no record"), "{e}");
+        assert_eq!(j.received("F1").await.unwrap().unwrap().state, ReceivedState::Applied);
+        j.mark_acked_many(&["F1".into(), "F2".into(), "F3".into()]).await.unwrap();
+        assert!(j.pending_acks().await.unwrap().is_empty());
+        // acking again changes nothing; an acked file never goes back to applied
+        j.mark_acked_many(&["F1".into()]).await.unwrap();
+        j.mark_applied_many(&[file(1)]).await.unwrap();
+        let f1 = j.received("F1").await.unwrap().unwrap();
+        assert_eq!((f1.state, f1.attempts), (ReceivedState::Acked, 1));
+        j.mark_applied_many(&[]).await.unwrap();
+        j.mark_acked_many(&[]).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn watermarks_move_only_on_import_and_never_back() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("journal.db")).await.unwrap();
