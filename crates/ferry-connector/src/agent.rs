@@ -657,21 +657,12 @@ impl Connector {
         if let Ok(reg) = self.registration() {
             manifest.tenant = reg.tenant;
         }
-        if self.file_progress.is_some() {
-            // each file's figures were on its progress line: one line for the batch
-            let (rows, bytes, bz2) =
-                manifest.files.iter().fold((0, 0, 0), |(r, b, c), f| (r + f.rows, b + f.bytes, c + f.compressed_bytes));
+        // one line per file, with its exact counts (`ferry bench pipeline` reads them)
+        for f in &manifest.files {
             progress(&format!(
-                "  {} files extracted: {rows} rows, {bytes} bytes of CSV -> {bz2} bytes bz2",
-                manifest.files.len()
+                "  {:<18} {:>9} rows {:>12} bytes -> {:>10} bz2",
+                f.name, f.rows, f.bytes, f.compressed_bytes
             ));
-        } else {
-            for f in &manifest.files {
-                progress(&format!(
-                    "  {:<18} {:>9} rows {:>12} bytes -> {:>10} bz2",
-                    f.name, f.rows, f.bytes, f.compressed_bytes
-                ));
-            }
         }
         let warnings = extracted.check.warnings();
         if warnings > 0 {
