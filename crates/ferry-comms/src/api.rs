@@ -496,7 +496,7 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
     }
     let ids: Vec<FileId> = rows.iter().map(|r| r.file.file_id.clone()).collect();
     let done = db::set_downloads_delivered(&st.db, &c.tenant, &ids).await.map_err(ApiError::internal)?;
-    let mut newly = 0;
+    let mut newly = Vec::new();
     for (row, ok) in rows.into_iter().zip(done) {
         let id = row.file.file_id.clone();
         if !ok {
@@ -508,13 +508,14 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(tenant = %c.tenant, file = %id, "cannot remove the delivered file: {e}");
             }
-            db::audit(&st.db, Some(&c.tenant), "file_delivered", &format!("{id} {}", row.file.name)).await;
             tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
-            newly += 1;
+            newly.push(("file_delivered", format!("{id} {}", row.file.name)));
         }
         answer.delivered.push(id);
     }
-    if newly > 0 {
+    if !newly.is_empty() {
+        // One audit commit for the call, not one per file (each is a sync of the Comms database).
+        db::audit_many(&st.db, Some(&c.tenant), &newly).await;
         st.downstream_wakeup.notify_one();
     }
     Ok(Json(answer))
