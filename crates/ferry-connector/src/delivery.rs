@@ -470,10 +470,25 @@ pub struct DeliveryTimes {
 /// of the database as a whole, and closed by [`close`](Delivery::close). Each file is still its own
 /// transaction, with its ledger row in it: what one file does is exactly what [`deliver_file`] does. (ODBC opens
 /// a connection per file in any case.)
+///
+/// **Page mode** ([`Delivery::page`]): with a `ledger_table` (a repeat is harmless) and no command, the SQL
+/// write-backs of the files go in **one ERP transaction**, each file in a savepoint of it (a file whose
+/// statements fail is rolled back to its savepoint and reported alone); their inbound copies wait, complete and
+/// synced under their hidden names, and are renamed into view by [`commit_page`](Delivery::commit_page) after the
+/// ERP's commit. Until then a delivered file is not in the ERP: the caller journals nothing as applied before
+/// `commit_page`. The ERP's write lock is held from the page's first write to its commit.
 pub struct Delivery<'a> {
     cfg: &'a DeliveryConfig,
     erp: Option<&'a ErpConfig>,
     db: Option<Box<dyn WriteBack>>,
+    /// Page mode asked for and allowed by the configuration.
+    page: bool,
+    /// A page transaction is open on `db`.
+    page_open: bool,
+    /// Files written back in the open page transaction, waiting for its commit: (file id, staged inbound copy).
+    pending: Vec<(String, Option<StagedFile>)>,
+    /// Files of a page transaction that was lost (its connection broke): (file id, why).
+    lost: Vec<(String, String)>,
     /// What the deliveries so far spent in each step.
     pub times: DeliveryTimes,
 }
@@ -481,10 +496,66 @@ pub struct Delivery<'a> {
 impl<'a> Delivery<'a> {
     /// A session delivering as `cfg` says into the ERP `erp` (its `url` resolved); nothing is opened yet.
     pub fn new(cfg: &'a DeliveryConfig, erp: Option<&'a ErpConfig>) -> Delivery<'a> {
-        Delivery { cfg, erp, db: None, times: DeliveryTimes::default() }
+        Delivery {
+            cfg,
+            erp,
+            db: None,
+            page: false,
+            page_open: false,
+            pending: Vec::new(),
+            lost: Vec::new(),
+            times: DeliveryTimes::default(),
+        }
     }
 
-    /// Closes the ERP connection, if one is open (best effort).
+    /// A session in page mode (see [`Delivery`]) when `cfg` allows it: SQL write-back with a `ledger_table` and
+    /// no command; otherwise the same as [`Delivery::new`]. The caller must call
+    /// [`commit_page`](Delivery::commit_page) before it records any file as applied.
+    pub fn page(cfg: &'a DeliveryConfig, erp: Option<&'a ErpConfig>) -> Delivery<'a> {
+        let mut d = Delivery::new(cfg, erp);
+        d.page = !cfg.sql.is_empty() && cfg.ledger_table.is_some() && cfg.command.is_none();
+        d
+    }
+
+    /// Commits the open page transaction, then renames the page's inbound copies into view. Returns the files
+    /// that are **not** delivered after all, `(file id, why)`: every file of the page when the commit failed (or
+    /// its connection was lost earlier), a file whose rename failed (its rows are committed with its ledger
+    /// row: the retry only renames it). The others are in the ERP.
+    pub async fn commit_page(&mut self) -> Vec<(String, String)> {
+        let mut failed = std::mem::take(&mut self.lost);
+        if !self.page_open {
+            return failed;
+        }
+        self.page_open = false;
+        let pending = std::mem::take(&mut self.pending);
+        let t = Instant::now();
+        let committed = match self.db.as_mut() {
+            Some(db) => db.commit_page().await.map_err(DeliveryError::from),
+            None => Err(DeliveryError::Config("the ERP connection of the page is gone".into())),
+        };
+        self.times.write_back += t.elapsed();
+        if let Err(e) = committed {
+            if let Some(db) = self.db.take() {
+                db.close().await;
+            }
+            let why = format!("{e}");
+            // dropping the staged copies removes their part files
+            failed.extend(pending.into_iter().map(|(id, _)| (id, why.clone())));
+            return failed;
+        }
+        let t = Instant::now();
+        for (id, staged) in pending {
+            if let Some(staged) = staged
+                && let Err(e) = staged.publish()
+            {
+                failed.push((id, e.to_string()));
+            }
+        }
+        self.times.publish += t.elapsed();
+        failed
+    }
+
+    /// Closes the ERP connection, if one is open (best effort); a page not committed is rolled back.
     pub async fn close(mut self) {
         if let Some(db) = self.db.take() {
             db.close().await;
@@ -536,9 +607,32 @@ impl<'a> Delivery<'a> {
                 name: name.to_string(),
             });
             let t = Instant::now();
+            let in_page = self.page && ledger.is_some();
+            if in_page && !self.page_open {
+                self.page_open = self.begin_page(erp, ledger.as_ref()).await?;
+            }
             let written = write_back(&mut self.db, erp, &cfg.sql, file, name, ledger).await;
             self.times.write_back += t.elapsed();
-            match written? {
+            if self.page_open && self.db.is_none() {
+                // the connection broke: the page transaction, and every file written back in it, is gone
+                self.page_open = false;
+                let why = match &written {
+                    Err(e) => format!("the page's ERP transaction was lost: {e}"),
+                    Ok(_) => "the page's ERP transaction was lost".to_string(),
+                };
+                let lost = std::mem::take(&mut self.pending);
+                self.lost.extend(lost.into_iter().map(|(id, _)| (id, why.clone())));
+            }
+            let written = written?;
+            if self.page_open {
+                // committed (and renamed into view) by `commit_page`
+                report.sql_rows = written.unwrap_or(0);
+                report.already_in_ledger = written.is_none();
+                report.inbound_path = staged.as_ref().map(|s| s.dest.clone());
+                self.pending.push((file_id.unwrap_or_default().to_string(), staged));
+                return Ok(report);
+            }
+            match written {
                 Some(rows) => report.sql_rows = rows,
                 None => {
                     tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
@@ -575,6 +669,26 @@ impl<'a> Delivery<'a> {
             );
         }
         Ok(report)
+    }
+}
+
+impl Delivery<'_> {
+    /// Opens the connection if needed and begins a page transaction on it; `false` when the backend has none.
+    async fn begin_page(&mut self, erp: &ErpConfig, ledger: Option<&Ledger>) -> Result<bool, DeliveryError> {
+        let Some(ledger) = ledger else { return Ok(false) };
+        let conn = match &mut self.db {
+            Some(c) => c,
+            None => self.db.insert(open_writeback(erp).await?),
+        };
+        match conn.begin_page(ledger).await {
+            Ok(open) => Ok(open),
+            Err(e) => {
+                if let Some(broken) = self.db.take() {
+                    broken.close().await;
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -122,18 +122,40 @@ impl Connector {
     ) -> anyhow::Result<()> {
         let mut page = Page {
             sftp: None,
-            delivery: delivery::Delivery::new(&self.cfg.delivery, Some(&self.cfg.erp)),
+            delivery: delivery::Delivery::page(&self.cfg.delivery, Some(&self.cfg.erp)),
             delivered: Vec::new(),
             acks: Vec::new(),
             times: ReceiveTimes::default(),
         };
         let applied = self.apply_page(journal, api, files, progress, stop, stopping, out, &mut page).await;
-        let Page { sftp, delivery, delivered, mut acks, mut times } = page;
+        let Page { sftp, mut delivery, mut delivered, mut acks, mut times } = page;
         if let Some(s) = sftp {
             let _ = s.close().await;
         }
+        // The page's write-backs commit together (page mode): only then is anything journaled as applied. A
+        // file the commit did not take is failed, as if its own delivery had failed.
+        let not_delivered = delivery.commit_page().await;
         times.delivery = delivery.times;
         delivery.close().await;
+        let mut journal_failed = Ok(());
+        for (id, error) in not_delivered {
+            let Some(at) = delivered.iter().position(|(d, _, _)| *d == id) else { continue };
+            let (id, name, sha256) = delivered.remove(at);
+            if let Some(o) = out.iter_mut().rev().find(
+                |o| matches!(o, Outcome::Applied { name: n, .. } | Outcome::AlreadyApplied { name: n } if *n == name),
+            ) {
+                *o = Outcome::Failed { name: name.clone(), error: error.clone() };
+            }
+            let t = Instant::now();
+            if let Err(e) = journal.mark_failed(&id, &name, &sha256, &error).await {
+                journal_failed = Err(e);
+            }
+            times.journal += t.elapsed();
+            times.journal_commits += 1;
+            let _: Result<serde_json::Value, _> =
+                api.post(&format!("/v1/files/{id}/error"), &FileError { error: error.clone() }).await;
+            progress(&format!("{name}: not delivered, will retry: {error}"));
+        }
         // What was delivered is journaled and acknowledged even if a later file of the page broke off the loop.
         let journaled = journal_applied(journal, delivered, &mut acks, &mut times).await;
         let acked = match journaled {
@@ -141,7 +163,7 @@ impl Connector {
             Err(e) => Err(e),
         };
         self.add_times(&times);
-        applied.and(acked)
+        applied.and(journal_failed).and(acked)
     }
 
     /// Download, decompress and verify up to [`PREFETCH`] files ahead over the page's one SFTP session while the
