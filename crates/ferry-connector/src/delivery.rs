@@ -544,12 +544,22 @@ impl<'a> Delivery<'a> {
             return failed;
         }
         let t = Instant::now();
+        let mut renamed = None;
         for (id, staged) in pending {
-            if let Some(staged) = staged
-                && let Err(e) = staged.publish()
-            {
-                failed.push((id, e.to_string()));
+            if let Some(mut staged) = staged {
+                match staged.rename() {
+                    Ok(()) => renamed = Some(staged.dest.clone()),
+                    Err(e) => failed.push((id, e.to_string())),
+                }
             }
+        }
+        // one sync of the inbound folder for the page's renames (they all go to the same folder)
+        if let Some(dest) = renamed {
+            let _ = blocking(move || {
+                sync_parent(&dest);
+                Ok(())
+            })
+            .await;
         }
         self.times.publish += t.elapsed();
         failed
@@ -769,14 +779,20 @@ impl Drop for ConvertedCopy {
 impl StagedFile {
     /// Renames the part file to its real name, replacing a file of that name.
     fn publish(mut self) -> Result<PathBuf, DeliveryError> {
+        self.rename()?;
+        sync_parent(&self.dest);
+        Ok(self.dest.clone())
+    }
+
+    /// The rename of [`publish`](StagedFile::publish) without the folder's sync (the caller syncs it once).
+    fn rename(&mut self) -> Result<(), DeliveryError> {
         fs::rename(&self.part, &self.dest).map_err(io_err(format!(
             "cannot rename {} to {}",
             self.part.display(),
             self.dest.display()
         )))?;
         self.published = true;
-        sync_parent(&self.dest);
-        Ok(self.dest.clone())
+        Ok(())
     }
 }
 

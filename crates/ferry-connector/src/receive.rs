@@ -32,7 +32,7 @@ use ferry_io::retry::{Backoff, FailureLog};
 use ferry_sftp::client::SftpClient;
 
 /// Files of a page downloaded, decompressed and verified ahead of the one being delivered.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 16;
 
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
