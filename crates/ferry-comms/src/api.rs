@@ -511,7 +511,8 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
     }
     let ids: Vec<FileId> = rows.iter().map(|r| r.file.file_id.clone()).collect();
     let done = db::set_downloads_delivered(&st.db, &c.tenant, &ids).await.map_err(ApiError::internal)?;
-    let mut newly = 0;
+    let mut newly = Vec::new();
+    let mut remove = Vec::new();
     for (row, ok) in rows.into_iter().zip(done) {
         let id = row.file.file_id.clone();
         if !ok {
@@ -519,18 +520,28 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
             continue;
         }
         if row.state != FileState::Delivered {
-            let dir = st.sftp_root(&c.tenant).join("download").join(id.as_str());
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(tenant = %c.tenant, file = %id, "cannot remove the delivered file: {e}");
-            }
-            db::audit(&st.db, Some(&c.tenant), "file_delivered", &format!("{id} {}", row.file.name)).await;
+            remove.push((id.clone(), st.sftp_root(&c.tenant).join("download").join(id.as_str())));
             tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
-            newly += 1;
+            newly.push(("file_delivered", format!("{id} {}", row.file.name)));
         }
         answer.delivered.push(id);
     }
-    if newly > 0 {
+    if !newly.is_empty() {
+        // One audit commit for the call, not one per file (each is a sync of the Comms database).
+        db::audit_many(&st.db, Some(&c.tenant), &newly).await;
         st.downstream_wakeup.notify_one();
+    }
+    if !remove.is_empty() {
+        // The delivered copies are removed after the answer, off the request (a few ms each on a busy disk);
+        // the files are `delivered` already, a copy left behind is only disk space.
+        let tenant = c.tenant.clone();
+        tokio::task::spawn_blocking(move || {
+            for (id, dir) in remove {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(tenant = %tenant, file = %id, "cannot remove the delivered file: {e}");
+                }
+            }
+        });
     }
     Ok(Json(answer))
 }

@@ -651,31 +651,50 @@ fn audit_hash(prev: &str, id: i64, at: &str, tenant: Option<&str>, event: &str, 
     hex::encode(h.finalize())
 }
 
-/// Appends one entry after the last one, inside a transaction that no other appender (any process, any replica)
+/// [`audit`] for many entries of one tenant, appended in order in one transaction (one commit, not one per
+/// entry: a batched call audits each of its files without a sync each).
+pub async fn audit_many(db: &Db, tenant: Option<&str>, entries: &[(&str, String)]) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = append_audit_many(db, tenant, entries).await {
+        tracing::error!(entries = entries.len(), "cannot write the audit log: {e}");
+    }
+}
+
+async fn append_audit(db: &Db, tenant: Option<&str>, event: &str, detail: &str) -> sqlx::Result<()> {
+    append_audit_many(db, tenant, &[(event, detail.to_string())]).await
+}
+
+/// Appends entries after the last one, inside a transaction that no other appender (any process, any replica)
 /// can interleave with: SQLite's `BEGIN IMMEDIATE` (the write lock), PostgreSQL's `LOCK TABLE audit IN EXCLUSIVE
 /// MODE` (other appenders wait; readers do not). So the chain never forks.
-async fn append_audit(db: &Db, tenant: Option<&str>, event: &str, detail: &str) -> sqlx::Result<()> {
+async fn append_audit_many(db: &Db, tenant: Option<&str>, entries: &[(&str, String)]) -> sqlx::Result<()> {
     macro_rules! append_in {
         ($conn:expr) => {{
-            let last = sqlx::query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetch_optional($conn).await?;
-            let (id, prev) = match last {
+            let last = sqlx::query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetch_optional(&mut *$conn).await?;
+            let (mut id, mut prev) = match last {
                 Some(r) => (r.try_get::<i64, _>(0)? + 1, r.try_get::<String, _>(1)?),
                 None => (1, String::new()),
             };
             let at = now();
-            let hash = audit_hash(&prev, id, &at, tenant, event, detail);
-            sqlx::query(
-                "INSERT INTO audit(id, at, tenant, event, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(&at)
-            .bind(tenant)
-            .bind(event)
-            .bind(detail)
-            .bind(&prev)
-            .bind(&hash)
-            .execute($conn)
-            .await?;
+            for (event, detail) in entries {
+                let hash = audit_hash(&prev, id, &at, tenant, event, detail);
+                sqlx::query(
+                    "INSERT INTO audit(id, at, tenant, event, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(&at)
+                .bind(tenant)
+                .bind(*event)
+                .bind(detail.as_str())
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *$conn)
+                .await?;
+                prev = hash;
+                id += 1;
+            }
             sqlx::Result::<()>::Ok(())
         }};
     }

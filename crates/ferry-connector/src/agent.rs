@@ -26,10 +26,6 @@ use crate::journal::{Journal, PlannedWatermark};
 use crate::mapping::{Decision, Mapping};
 use ferry_io::retry::Backoff;
 
-/// How a progress line about a file uploaded while the extract still runs ends (the CLI keeps the current
-/// file's progress open for those).
-pub const DURING_EXTRACT: &str = "while the extract goes on";
-
 /// The choices of one `sync`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncOptions {
@@ -122,11 +118,19 @@ pub fn init(
 /// Called per file of an extract with (file, rows, CSV bytes) so far; see [`extract_planned`].
 pub type FileProgress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
+/// Called with (compressed file name, bytes) when `sync` has uploaded a file while the extract still runs (the
+/// extract is then on a later file, whose progress this must not close).
+pub type UploadProgress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 pub struct Connector {
     pub cfg: ConnectorConfig,
     key: Arc<PrivateKey>,
     /// Live per-file counts of the extract (`sync`, `bench` show them); `None`: not reported.
     file_progress: Option<FileProgress>,
+    /// Files uploaded during the extract; `None`: said on the progress lines instead.
+    upload_progress: Option<UploadProgress>,
+    /// What the receive passes so far spent in each step ([`Connector::receive_times`]).
+    pub(crate) receive_times: Arc<std::sync::Mutex<crate::receive::ReceiveTimes>>,
 }
 
 impl Connector {
@@ -135,10 +139,21 @@ impl Connector {
         self.file_progress = Some(f);
     }
 
+    /// Report each file `sync` uploads while the extract still runs through `f` rather than as a progress line.
+    pub fn set_upload_progress(&mut self, f: UploadProgress) {
+        self.upload_progress = Some(f);
+    }
+
     pub fn load(config: &Path) -> anyhow::Result<Connector> {
         let cfg = ConnectorConfig::load(config)?;
         let key = keys::load_private_key(cfg.key_path())?;
-        Ok(Connector { cfg, key: Arc::new(key), file_progress: None })
+        Ok(Connector {
+            cfg,
+            key: Arc::new(key),
+            file_progress: None,
+            upload_progress: None,
+            receive_times: Arc::default(),
+        })
     }
 
     pub fn key_fingerprint(&self) -> String {
@@ -480,7 +495,13 @@ impl Connector {
                 Ok(n) => {
                     up.bytes += n;
                     up.uploaded.push(target);
-                    progress(&format!("  {} uploaded ({} bytes) {DURING_EXTRACT}", f.name, f.compressed_bytes));
+                    match &self.upload_progress {
+                        Some(report) => report(&f.name, f.compressed_bytes),
+                        None => progress(&format!(
+                            "  {} uploaded ({} bytes) while the extract goes on",
+                            f.name, f.compressed_bytes
+                        )),
+                    }
                 }
                 Err(e) => {
                     // keep the session: a batch refused later removes what it can of this file's part
@@ -636,6 +657,7 @@ impl Connector {
         if let Ok(reg) = self.registration() {
             manifest.tenant = reg.tenant;
         }
+        // one line per file, with its exact counts (`ferry bench pipeline` reads them)
         for f in &manifest.files {
             progress(&format!(
                 "  {:<18} {:>9} rows {:>12} bytes -> {:>10} bz2",

@@ -35,7 +35,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_io::bz::capped_decoder;
 use ferry_io::digest::{Digests, HashingWriter};
@@ -45,7 +45,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::erp::ErpConfig;
 pub use crate::erp::writeback::LEDGER_COLUMNS;
-use crate::erp::writeback::{Ledger, Statement, WriteBackError, WriteJob, csv_error, open_writeback, valid_table_name};
+use crate::erp::writeback::{
+    Ledger, Statement, WriteBack, WriteBackError, WriteJob, csv_error, open_writeback, valid_table_name,
+};
 
 /// Default of [`DeliveryConfig::command_timeout_secs`].
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
@@ -444,71 +446,260 @@ pub async fn deliver_file(
     name: &str,
     file_id: Option<&str>,
 ) -> Result<DeliveryReport, DeliveryError> {
-    if !valid_file_name(name) {
-        return Err(DeliveryError::InvalidName(name.to_string()));
+    let mut session = Delivery::new(cfg, erp);
+    let report = session.deliver(file, name, file_id).await;
+    session.close().await;
+    report
+}
+
+/// Time spent in each step of the deliveries of a [`Delivery`] session (for `ferry bench downstream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryTimes {
+    /// Copying into the inbound folder's hidden part file (synced).
+    pub stage: Duration,
+    /// The SQL write-back: opening the ERP connection (once per session) and each file's transaction.
+    pub write_back: Duration,
+    /// Renaming the part file into view (and syncing the folder).
+    pub publish: Duration,
+    /// The delivery command.
+    pub command: Duration,
+}
+
+/// Delivers several files one after another over **one** ERP write-back connection: opened when the first file
+/// needs the SQL write-back, kept for the next ones, dropped (and opened again for the next file) after an error
+/// of the database as a whole, and closed by [`close`](Delivery::close). Each file is still its own
+/// transaction, with its ledger row in it: what one file does is exactly what [`deliver_file`] does. (ODBC opens
+/// a connection per file in any case.)
+///
+/// **Page mode** ([`Delivery::page`]): with a `ledger_table` (a repeat is harmless) and no command, the SQL
+/// write-backs of the files go in **one ERP transaction**, each file in a savepoint of it (a file whose
+/// statements fail is rolled back to its savepoint and reported alone); their inbound copies wait, complete and
+/// synced under their hidden names, and are renamed into view by [`commit_page`](Delivery::commit_page) after the
+/// ERP's commit. Until then a delivered file is not in the ERP: the caller journals nothing as applied before
+/// `commit_page`. The ERP's write lock is held from the page's first write to its commit.
+pub struct Delivery<'a> {
+    cfg: &'a DeliveryConfig,
+    erp: Option<&'a ErpConfig>,
+    db: Option<Box<dyn WriteBack>>,
+    /// Page mode asked for and allowed by the configuration.
+    page: bool,
+    /// A page transaction is open on `db`.
+    page_open: bool,
+    /// Files written back in the open page transaction, waiting for its commit: (file id, staged inbound copy).
+    pending: Vec<(String, Option<StagedFile>)>,
+    /// Files of a page transaction that was lost (its connection broke): (file id, why).
+    lost: Vec<(String, String)>,
+    /// What the deliveries so far spent in each step.
+    pub times: DeliveryTimes,
+}
+
+impl<'a> Delivery<'a> {
+    /// A session delivering as `cfg` says into the ERP `erp` (its `url` resolved); nothing is opened yet.
+    pub fn new(cfg: &'a DeliveryConfig, erp: Option<&'a ErpConfig>) -> Delivery<'a> {
+        Delivery {
+            cfg,
+            erp,
+            db: None,
+            page: false,
+            page_open: false,
+            pending: Vec::new(),
+            lost: Vec::new(),
+            times: DeliveryTimes::default(),
+        }
     }
-    cfg.validate()?;
-    if !cfg.is_configured() {
-        return Err(DeliveryError::Config(
-            "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]".into(),
-        ));
+
+    /// A session in page mode (see [`Delivery`]) when `cfg` allows it: SQL write-back with a `ledger_table` and
+    /// no command; otherwise the same as [`Delivery::new`]. The caller must call
+    /// [`commit_page`](Delivery::commit_page) before it records any file as applied.
+    pub fn page(cfg: &'a DeliveryConfig, erp: Option<&'a ErpConfig>) -> Delivery<'a> {
+        let mut d = Delivery::new(cfg, erp);
+        d.page = !cfg.sql.is_empty() && cfg.ledger_table.is_some() && cfg.command.is_none();
+        d
     }
-    let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), erp) {
-        (true, _) => None,
-        (false, Some(erp)) => Some(erp),
-        (false, None) => {
+
+    /// Commits the open page transaction, then renames the page's inbound copies into view. Returns the files
+    /// that are **not** delivered after all, `(file id, why)`: every file of the page when the commit failed (or
+    /// its connection was lost earlier), a file whose rename failed (its rows are committed with its ledger
+    /// row: the retry only renames it). The others are in the ERP.
+    pub async fn commit_page(&mut self) -> Vec<(String, String)> {
+        let mut failed = std::mem::take(&mut self.lost);
+        if !self.page_open {
+            return failed;
+        }
+        self.page_open = false;
+        let pending = std::mem::take(&mut self.pending);
+        let t = Instant::now();
+        let committed = match self.db.as_mut() {
+            Some(db) => db.commit_page().await.map_err(DeliveryError::from),
+            None => Err(DeliveryError::Config("the ERP connection of the page is gone".into())),
+        };
+        self.times.write_back += t.elapsed();
+        if let Err(e) = committed {
+            if let Some(db) = self.db.take() {
+                db.close().await;
+            }
+            let why = format!("{e}");
+            // dropping the staged copies removes their part files
+            failed.extend(pending.into_iter().map(|(id, _)| (id, why.clone())));
+            return failed;
+        }
+        let t = Instant::now();
+        let mut renamed = None;
+        for (id, staged) in pending {
+            if let Some(mut staged) = staged {
+                match staged.rename() {
+                    Ok(()) => renamed = Some(staged.dest.clone()),
+                    Err(e) => failed.push((id, e.to_string())),
+                }
+            }
+        }
+        // one sync of the inbound folder for the page's renames (they all go to the same folder)
+        if let Some(dest) = renamed {
+            let _ = blocking(move || {
+                sync_parent(&dest);
+                Ok(())
+            })
+            .await;
+        }
+        self.times.publish += t.elapsed();
+        failed
+    }
+
+    /// Closes the ERP connection, if one is open (best effort); a page not committed is rolled back.
+    pub async fn close(mut self) {
+        if let Some(db) = self.db.take() {
+            db.close().await;
+        }
+    }
+
+    /// Delivers the verified plain `file` as [`deliver_file`] does, over this session's ERP connection.
+    pub async fn deliver(
+        &mut self,
+        file: &Path,
+        name: &str,
+        file_id: Option<&str>,
+    ) -> Result<DeliveryReport, DeliveryError> {
+        let cfg = self.cfg;
+        if !valid_file_name(name) {
+            return Err(DeliveryError::InvalidName(name.to_string()));
+        }
+        cfg.validate()?;
+        if !cfg.is_configured() {
             return Err(DeliveryError::Config(
-                "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
+                "nothing is set up to receive downstream files; set inbound_dir, sql or command under [delivery]"
+                    .into(),
             ));
         }
-    };
+        let sql_url = match (cfg.sql.is_empty() || !cfg.sql_applies_to(name), self.erp) {
+            (true, _) => None,
+            (false, Some(erp)) => Some(erp),
+            (false, None) => {
+                return Err(DeliveryError::Config(
+                    "delivery.sql is set but no ERP database was given; set url under [erp]".into(),
+                ));
+            }
+        };
 
-    // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
-    // on an early return removes the `.part` file.
-    let iso = cfg.date_format.rewrites(name);
-    let staged = match &cfg.inbound_dir {
-        Some(dir) => Some(stage_inbound(file, dir, name, iso).await?),
-        None => None,
-    };
-    let mut report = DeliveryReport::default();
-    if let Some(erp) = sql_url {
-        let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger {
-            table: table.to_string(),
-            file_id: id.to_string(),
-            name: name.to_string(),
-        });
-        match write_back(erp, &cfg.sql, file, name, ledger).await? {
-            Some(rows) => report.sql_rows = rows,
-            None => {
-                tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
-                report.already_in_ledger = true;
+        // Stage the inbound copy first: a full disk then fails before anything reaches the ERP. Dropping `staged`
+        // on an early return removes the `.part` file.
+        let iso = cfg.date_format.rewrites(name);
+        let t = Instant::now();
+        let staged = match &cfg.inbound_dir {
+            Some(dir) => Some(stage_inbound(file, dir, name, iso).await?),
+            None => None,
+        };
+        self.times.stage += t.elapsed();
+        let mut report = DeliveryReport::default();
+        if let Some(erp) = sql_url {
+            let ledger = cfg.ledger_table.as_deref().zip(file_id).map(|(table, id)| Ledger {
+                table: table.to_string(),
+                file_id: id.to_string(),
+                name: name.to_string(),
+            });
+            let t = Instant::now();
+            let in_page = self.page && ledger.is_some();
+            if in_page && !self.page_open {
+                self.page_open = self.begin_page(erp, ledger.as_ref()).await?;
+            }
+            let written = write_back(&mut self.db, erp, &cfg.sql, file, name, ledger).await;
+            self.times.write_back += t.elapsed();
+            if self.page_open && self.db.is_none() {
+                // the connection broke: the page transaction, and every file written back in it, is gone
+                self.page_open = false;
+                let why = match &written {
+                    Err(e) => format!("the page's ERP transaction was lost: {e}"),
+                    Ok(_) => "the page's ERP transaction was lost".to_string(),
+                };
+                let lost = std::mem::take(&mut self.pending);
+                self.lost.extend(lost.into_iter().map(|(id, _)| (id, why.clone())));
+            }
+            let written = written?;
+            if self.page_open {
+                // committed (and renamed into view) by `commit_page`
+                report.sql_rows = written.unwrap_or(0);
+                report.already_in_ledger = written.is_none();
+                report.inbound_path = staged.as_ref().map(|s| s.dest.clone());
+                self.pending.push((file_id.unwrap_or_default().to_string(), staged));
+                return Ok(report);
+            }
+            match written {
+                Some(rows) => report.sql_rows = rows,
+                None => {
+                    tracing::info!(file = name, "the ERP's ledger already holds this file: not written back again");
+                    report.already_in_ledger = true;
+                }
+            }
+        }
+        if let Some(staged) = staged {
+            let t = Instant::now();
+            report.inbound_path = Some(staged.publish()?);
+            self.times.publish += t.elapsed();
+        }
+        if let Some(argv) = &cfg.command {
+            let t = Instant::now();
+            // the inbound copy, else the verified file, else (ISO dates wanted) a converted copy beside it
+            let converted = match (&report.inbound_path, iso) {
+                (None, true) => Some(ConvertedCopy::create(file, name).await?),
+                _ => None,
+            };
+            let target = match (&report.inbound_path, &converted) {
+                (Some(p), _) => p.as_path(),
+                (None, Some(c)) => c.path.as_path(),
+                (None, None) => file,
+            };
+            let cmd = CommandRun { timeout_secs: cfg.command_timeout_secs, sql_rows_committed: report.sql_rows };
+            let status = run_command(argv, target, file_id, &cmd).await;
+            self.times.command += t.elapsed();
+            report.command_status = Some(status?);
+        }
+        if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
+            tracing::warn!(
+                file = name,
+                "the file went nowhere: delivery.only excludes it and neither inbound_dir nor command is set"
+            );
+        }
+        Ok(report)
+    }
+}
+
+impl Delivery<'_> {
+    /// Opens the connection if needed and begins a page transaction on it; `false` when the backend has none.
+    async fn begin_page(&mut self, erp: &ErpConfig, ledger: Option<&Ledger>) -> Result<bool, DeliveryError> {
+        let Some(ledger) = ledger else { return Ok(false) };
+        let conn = match &mut self.db {
+            Some(c) => c,
+            None => self.db.insert(open_writeback(erp).await?),
+        };
+        match conn.begin_page(ledger).await {
+            Ok(open) => Ok(open),
+            Err(e) => {
+                if let Some(broken) = self.db.take() {
+                    broken.close().await;
+                }
+                Err(e.into())
             }
         }
     }
-    if let Some(staged) = staged {
-        report.inbound_path = Some(staged.publish()?);
-    }
-    if let Some(argv) = &cfg.command {
-        // the inbound copy, else the verified file, else (ISO dates wanted) a converted copy beside it
-        let converted = match (&report.inbound_path, iso) {
-            (None, true) => Some(ConvertedCopy::create(file, name).await?),
-            _ => None,
-        };
-        let target = match (&report.inbound_path, &converted) {
-            (Some(p), _) => p.as_path(),
-            (None, Some(c)) => c.path.as_path(),
-            (None, None) => file,
-        };
-        let cmd = CommandRun { timeout_secs: cfg.command_timeout_secs, sql_rows_committed: report.sql_rows };
-        report.command_status = Some(run_command(argv, target, file_id, &cmd).await?);
-    }
-    if sql_url.is_none() && cfg.inbound_dir.is_none() && cfg.command.is_none() {
-        tracing::warn!(
-            file = name,
-            "the file went nowhere: delivery.only excludes it and neither inbound_dir nor command is set"
-        );
-    }
-    Ok(report)
 }
 
 /// A complete, synced copy in the inbound folder under a hidden name, waiting to be renamed into view.
@@ -588,14 +779,20 @@ impl Drop for ConvertedCopy {
 impl StagedFile {
     /// Renames the part file to its real name, replacing a file of that name.
     fn publish(mut self) -> Result<PathBuf, DeliveryError> {
+        self.rename()?;
+        sync_parent(&self.dest);
+        Ok(self.dest.clone())
+    }
+
+    /// The rename of [`publish`](StagedFile::publish) without the folder's sync (the caller syncs it once).
+    fn rename(&mut self) -> Result<(), DeliveryError> {
         fs::rename(&self.part, &self.dest).map_err(io_err(format!(
             "cannot rename {} to {}",
             self.part.display(),
             self.dest.display()
         )))?;
         self.published = true;
-        sync_parent(&self.dest);
-        Ok(self.dest.clone())
+        Ok(())
     }
 }
 
@@ -616,10 +813,13 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Runs the configured statements for every data row of `file` through the [`WriteBack`](crate::erp::writeback)
-/// of `erp`, in one transaction; `None` when the ledger shows the file was applied before. The statements are
-/// planned (header names to fields) before the database is opened, so a missing header fails without it.
+/// Runs the configured statements for every data row of `file` through the [`WriteBack`] of `erp`, in one
+/// transaction; `None` when the ledger shows the file was applied before. The statements are planned (header names
+/// to fields) before the database is opened, so a missing header fails without it. `db` is the session's
+/// connection: opened here if there is none, kept for the next file, dropped after an error of the database as a
+/// whole (a broken connection is not used again).
 async fn write_back(
+    db: &mut Option<Box<dyn WriteBack>>,
     erp: &ErpConfig,
     statements: &[SqlWriteBack],
     file: &Path,
@@ -651,9 +851,16 @@ async fn write_back(
             .collect::<Result<Vec<_>, _>>()?;
         plan.push(Statement { sql: s.statement.clone(), columns });
     }
-    let mut db = open_writeback(erp).await?;
-    let result = db.apply(WriteJob { file: name.to_string(), statements: plan, records, ledger }).await;
-    db.close().await;
+    let conn = match db {
+        Some(c) => c,
+        None => db.insert(open_writeback(erp).await?),
+    };
+    let result = conn.apply(WriteJob { file: name.to_string(), statements: plan, records, ledger }).await;
+    if let Err(WriteBackError::Database { .. }) = &result
+        && let Some(broken) = db.take()
+    {
+        broken.close().await;
+    }
     Ok(result?)
 }
 

@@ -311,6 +311,71 @@ impl Journal {
         Ok(())
     }
 
+    /// [`mark_applied`](Self::mark_applied) for several files `(id, name, sha256)` in **one** transaction (one
+    /// commit instead of one per file). Call it only for files delivered already, before their acknowledgement.
+    pub async fn mark_applied_many(&self, files: &[(String, String, String)]) -> anyhow::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for (id, name, sha256) in files {
+            sqlx::query(
+                "INSERT INTO received(file_id, name, sha256, state, attempts, error, applied_at)
+                 VALUES (?, ?, ?, 'applied', 1, NULL, ?)
+                 ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, sha256 = excluded.sha256,
+                     state = 'applied', attempts = received.attempts + 1, error = NULL,
+                     applied_at = excluded.applied_at
+                 WHERE received.state = 'failed'",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(sha256)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`mark_acked`](Self::mark_acked) for several files in **one** transaction: all of them or (on an error,
+    /// e.g. a file that was never applied) none.
+    pub async fn mark_acked_many(&self, ids: &[String]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE received SET state = 'acked', acked_at = ? WHERE file_id = ? AND state = 'applied'",
+            )
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let state: Option<String> = sqlx::query_scalar("SELECT state FROM received WHERE file_id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match state.as_deref() {
+                    Some("acked") => {}
+                    Some(other) => anyhow::bail!(
+                        "cannot mark downstream file {id} acknowledged: it is {other}, not applied; deliver it first"
+                    ),
+                    None => anyhow::bail!(
+                        "cannot mark downstream file {id} acknowledged: the journal has no record of it; deliver it \
+                         first"
+                    ),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records that the Comms server accepted the acknowledgement of file `id`. Acking an acked file changes
     /// nothing; acking a file that was never applied is an error (it would be lost).
     pub async fn mark_acked(&self, id: &str) -> anyhow::Result<()> {
@@ -438,6 +503,35 @@ mod tests {
             through,
             full,
         }]
+    }
+
+    #[tokio::test]
+    async fn a_page_is_journaled_applied_then_acked_in_one_commit_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).await.unwrap();
+        let file = |n: u32| (format!("F{n}"), format!("po_{n:06}.csv"), format!("sha{n}"));
+        // F2 failed once before: applying it counts the attempt and clears the error
+        j.mark_failed("F2", "po_000002.csv", "sha2", "locked").await.unwrap();
+        j.mark_applied_many(&[file(1), file(2), file(3)]).await.unwrap();
+        for id in ["F1", "F2", "F3"] {
+            assert_eq!(j.received(id).await.unwrap().unwrap().state, ReceivedState::Applied, "{id}");
+        }
+        let f2 = j.received("F2").await.unwrap().unwrap();
+        assert_eq!((f2.attempts, f2.error), (2, None));
+        assert_eq!(j.pending_acks().await.unwrap().len(), 3);
+        // an ack of a file never applied fails the whole group: nothing of it is recorded
+        let e = j.mark_acked_many(&["F1".into(), "F9".into()]).await.unwrap_err().to_string();
+        assert!(e.contains("F9") && e.contains("no record"), "{e}");
+        assert_eq!(j.received("F1").await.unwrap().unwrap().state, ReceivedState::Applied);
+        j.mark_acked_many(&["F1".into(), "F2".into(), "F3".into()]).await.unwrap();
+        assert!(j.pending_acks().await.unwrap().is_empty());
+        // acking again changes nothing; an acked file never goes back to applied
+        j.mark_acked_many(&["F1".into()]).await.unwrap();
+        j.mark_applied_many(&[file(1)]).await.unwrap();
+        let f1 = j.received("F1").await.unwrap().unwrap();
+        assert_eq!((f1.state, f1.attempts), (ReceivedState::Acked, 1));
+        j.mark_applied_many(&[]).await.unwrap();
+        j.mark_acked_many(&[]).await.unwrap();
     }
 
     #[tokio::test]

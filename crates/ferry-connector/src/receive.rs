@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Local, NaiveTime};
@@ -32,7 +32,7 @@ use ferry_io::retry::{Backoff, FailureLog};
 use ferry_sftp::client::SftpClient;
 
 /// Files of a page downloaded, decompressed and verified ahead of the one being delivered.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 16;
 
 /// What happened to one offered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,10 @@ impl Connector {
         let journal = Journal::open(self.cfg.journal_path()).await?;
         let lost: Vec<(String, String)> =
             journal.pending_acks().await?.into_iter().map(|r| (r.file_id, r.sha256)).collect();
-        ack_many(&api, &journal, &lost).await?;
+        let mut times = ReceiveTimes::default();
+        let resent = ack_many(&api, &journal, &lost, &mut times).await;
+        self.add_times(&times);
+        resent?;
         // The long-poll holds the call open for `wait_secs`: allow that on top of the usual limit.
         let poll = self.api_with_timeout(Duration::from_secs(wait_secs) + self.cfg.network.timeout())?;
         let path = format!("/v1/files?wait={wait_secs}");
@@ -91,8 +94,21 @@ impl Connector {
         Ok(out)
     }
 
-    /// Apply the files of one page of the download list, in order, each journaled as applied at once; then
-    /// acknowledge them together (one call per [`MAX_FILES_PER_CALL`] files), before the next page is asked for.
+    /// What the receive passes of this Connector spent in each step so far (`ferry bench downstream` prints it).
+    pub fn receive_times(&self) -> ReceiveTimes {
+        self.receive_times.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    fn add_times(&self, t: &ReceiveTimes) {
+        if let Ok(mut all) = self.receive_times.lock() {
+            all.add(t);
+        }
+    }
+
+    /// Apply the files of one page of the download list, in order, over one SFTP session and one ERP write-back
+    /// connection; journal them as applied (one commit for the page where a repeat is harmless, see
+    /// [`group_applied`]), then acknowledge them together (one call per [`MAX_FILES_PER_CALL`] files, journaled as
+    /// acked in one commit), before the next page is asked for.
     #[allow(clippy::too_many_arguments)]
     async fn receive_page(
         &self,
@@ -104,21 +120,55 @@ impl Connector {
         stopping: &mut bool,
         out: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
-        // one SFTP session for the page's files (opened on the first download; a failed download drops it)
-        let mut session = None;
-        let mut acks: Vec<(String, String)> = Vec::new();
-        let applied =
-            self.apply_page(journal, api, files, progress, stop, stopping, out, &mut session, &mut acks).await;
-        if let Some(s) = session {
+        let mut page = Page {
+            sftp: None,
+            delivery: delivery::Delivery::page(&self.cfg.delivery, Some(&self.cfg.erp)),
+            delivered: Vec::new(),
+            acks: Vec::new(),
+            times: ReceiveTimes::default(),
+        };
+        let applied = self.apply_page(journal, api, files, progress, stop, stopping, out, &mut page).await;
+        let Page { sftp, mut delivery, mut delivered, mut acks, mut times } = page;
+        if let Some(s) = sftp {
             let _ = s.close().await;
         }
-        // what was applied is acknowledged even if a later file of the page broke off the loop
-        let acked = ack_many(api, journal, &acks).await;
-        applied.and(acked)
+        // The page's write-backs commit together (page mode): only then is anything journaled as applied. A
+        // file the commit did not take is failed, as if its own delivery had failed.
+        let not_delivered = delivery.commit_page().await;
+        times.delivery = delivery.times;
+        delivery.close().await;
+        let mut journal_failed = Ok(());
+        for (id, error) in not_delivered {
+            let Some(at) = delivered.iter().position(|(d, _, _)| *d == id) else { continue };
+            let (id, name, sha256) = delivered.remove(at);
+            if let Some(o) = out.iter_mut().rev().find(
+                |o| matches!(o, Outcome::Applied { name: n, .. } | Outcome::AlreadyApplied { name: n } if *n == name),
+            ) {
+                *o = Outcome::Failed { name: name.clone(), error: error.clone() };
+            }
+            let t = Instant::now();
+            if let Err(e) = journal.mark_failed(&id, &name, &sha256, &error).await {
+                journal_failed = Err(e);
+            }
+            times.journal += t.elapsed();
+            times.journal_commits += 1;
+            let _: Result<serde_json::Value, _> =
+                api.post(&format!("/v1/files/{id}/error"), &FileError { error: error.clone() }).await;
+            progress(&format!("{name}: not delivered, will retry: {error}"));
+        }
+        // What was delivered is journaled and acknowledged even if a later file of the page broke off the loop.
+        let journaled = journal_applied(journal, delivered, &mut acks, &mut times).await;
+        let acked = match journaled {
+            Ok(()) => ack_many(api, journal, &acks, &mut times).await,
+            Err(e) => Err(e),
+        };
+        self.add_times(&times);
+        applied.and(journal_failed).and(acked)
     }
 
     /// Download, decompress and verify up to [`PREFETCH`] files ahead over the page's one SFTP session while the
-    /// files are delivered strictly in the list's order, each journaled as applied when it is.
+    /// files are delivered strictly in the list's order; each delivered file goes to `page.delivered`, journaled
+    /// as applied at once unless [`group_applied`] allows one commit for the page.
     #[allow(clippy::too_many_arguments)]
     async fn apply_page(
         &self,
@@ -129,11 +179,11 @@ impl Connector {
         stop: &mut (impl Future<Output = ()> + Unpin),
         stopping: &mut bool,
         out: &mut Vec<Outcome>,
-        session: &mut Option<SftpClient>,
-        acks: &mut Vec<(String, String)>,
+        page: &mut Page<'_>,
     ) -> anyhow::Result<()> {
         use futures::StreamExt;
         let work = self.cfg.data_dir().join("incoming");
+        let group = group_applied(&self.cfg.delivery);
         // what the journal already shows as applied is only acknowledged again, never fetched
         let mut todo = Vec::with_capacity(files.len());
         for f in files {
@@ -141,7 +191,7 @@ impl Connector {
             if let Some(r) = journal.received(&id).await?
                 && r.is_applied()
             {
-                acks.push((id, f.sha256.clone()));
+                page.acks.push((id, f.sha256.clone()));
                 progress(&format!("{}: already applied earlier; acknowledged again", f.name));
                 out.push(Outcome::AlreadyApplied { name: f.name });
             } else {
@@ -151,10 +201,10 @@ impl Connector {
         if todo.is_empty() {
             return Ok(());
         }
-        if session.is_none() {
-            *session = Some(self.sftp().await?);
+        if page.sftp.is_none() {
+            page.sftp = Some(self.sftp().await?);
         }
-        let sftp = session.as_ref().context("no SFTP session")?;
+        let sftp = page.sftp.as_ref().context("no SFTP session")?;
         let work_ref = &work;
         let fetches: Vec<_> = todo
             .into_iter()
@@ -171,12 +221,19 @@ impl Connector {
                 *stopping = true;
                 break;
             }
+            let waited = Instant::now();
             let Some((f, plain)) = fetched.next().await else { break };
+            page.times.fetch_wait += waited.elapsed();
             let id = f.id.to_string();
-            match async { self.deliver_one(&f, &plain?).await }.await {
+            match async { self.deliver_one(&mut page.delivery, &f, &plain?).await }.await {
                 Ok(report) => {
-                    journal.mark_applied(&id, &f.name, &f.sha256).await?;
-                    acks.push((id, f.sha256.clone()));
+                    page.times.files += 1;
+                    page.delivered.push((id, f.name.clone(), f.sha256.clone()));
+                    if !group {
+                        // a repeat would do harm: the journal must hold this file before the next is delivered
+                        journal_applied(journal, std::mem::take(&mut page.delivered), &mut page.acks, &mut page.times)
+                            .await?;
+                    }
                     if report.already_in_ledger {
                         // the ERP committed it before a crash took the journal entry with it
                         progress(&format!("{}: already in the ERP's ledger, not written back again", f.name));
@@ -192,7 +249,10 @@ impl Connector {
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
+                    let t = Instant::now();
                     journal.mark_failed(&id, &f.name, &f.sha256, &error).await?;
+                    page.times.journal += t.elapsed();
+                    page.times.journal_commits += 1;
                     let _: Result<serde_json::Value, _> =
                         api.post(&format!("/v1/files/{id}/error"), &FileError { error: error.clone() }).await;
                     progress(&format!("{}: not delivered, will retry: {error}", f.name));
@@ -207,20 +267,24 @@ impl Connector {
 
     /// Deliver a verified plain file (`work/<id>/<name>`), then remove it. An error caused by a full disk says
     /// which folder's disk it is.
-    async fn deliver_one(&self, f: &DownloadFile, plain: &std::path::Path) -> anyhow::Result<delivery::DeliveryReport> {
+    async fn deliver_one(
+        &self,
+        session: &mut delivery::Delivery<'_>,
+        f: &DownloadFile,
+        plain: &std::path::Path,
+    ) -> anyhow::Result<delivery::DeliveryReport> {
         let work = self.cfg.data_dir().join("incoming");
         let (cfg, erp) = (&self.cfg.delivery, &self.cfg.erp);
-        let report =
-            delivery::deliver_file(cfg, Some(erp), plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
-                // which disk: the ERP database's for the SQL write-back, else the inbound folder's
-                let target = match &e {
-                    delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
-                        PathBuf::from(&erp.url)
-                    }
-                    _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
-                };
-                ferry_io::retry::disk_full(e.into(), &target)
-            })?;
+        let report = session.deliver(plain, &f.name, Some(f.id.as_str())).await.map_err(|e| {
+            // which disk: the ERP database's for the SQL write-back, else the inbound folder's
+            let target = match &e {
+                delivery::DeliveryError::Database { .. } | delivery::DeliveryError::WriteBack { .. } => {
+                    PathBuf::from(&erp.url)
+                }
+                _ => cfg.inbound_dir.clone().unwrap_or_else(|| work.clone()),
+            };
+            ferry_io::retry::disk_full(e.into(), &target)
+        })?;
         if let Some(dir) = plain.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -402,21 +466,31 @@ fn schedule_note(daily: Option<NaiveTime>, last: Option<DateTime<Local>>, now: D
 }
 
 /// Acknowledge applied files `(id, sha256)` to Comms, [`MAX_FILES_PER_CALL`] per call (`POST /v1/files/ack`), and
-/// journal each as acknowledged. A file Comms refuses makes this an error (its ack is sent again next round).
-async fn ack_many(api: &ApiClient, journal: &Journal, acks: &[(String, String)]) -> anyhow::Result<()> {
+/// journal those it accepted as acknowledged, one commit per call. A file Comms refuses makes this an error (its
+/// ack is sent again next round).
+async fn ack_many(
+    api: &ApiClient,
+    journal: &Journal,
+    acks: &[(String, String)],
+    times: &mut ReceiveTimes,
+) -> anyhow::Result<()> {
     let mut refused = Vec::new();
     for chunk in acks.chunks(MAX_FILES_PER_CALL) {
         let files = chunk
             .iter()
             .map(|(id, sha256)| Ok(FileAckOf { id: FileId::parse(id)?, sha256: sha256.clone() }))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let t = Instant::now();
         let answer: FilesAcked = api
             .post("/v1/files/ack", &FileAcks { files })
             .await
             .with_context(|| format!("acknowledging {} file(s)", chunk.len()))?;
-        for id in &answer.delivered {
-            journal.mark_acked(id.as_str()).await?;
-        }
+        times.ack += t.elapsed();
+        let t = Instant::now();
+        let ids: Vec<String> = answer.delivered.iter().map(|id| id.to_string()).collect();
+        journal.mark_acked_many(&ids).await?;
+        times.journal += t.elapsed();
+        times.journal_commits += u64::from(!ids.is_empty());
         refused.extend(answer.refused);
     }
     if let Some(first) = refused.first() {
@@ -428,6 +502,79 @@ async fn ack_many(api: &ApiClient, journal: &Journal, acks: &[(String, String)])
         );
     }
     Ok(())
+}
+
+/// Journal the `delivered` files `(id, name, sha256)` as applied in one commit; then, and only then, they are due
+/// for acknowledgement (`acks`).
+async fn journal_applied(
+    journal: &Journal,
+    delivered: Vec<(String, String, String)>,
+    acks: &mut Vec<(String, String)>,
+    times: &mut ReceiveTimes,
+) -> anyhow::Result<()> {
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    journal.mark_applied_many(&delivered).await?;
+    times.journal += t.elapsed();
+    times.journal_commits += 1;
+    acks.extend(delivered.into_iter().map(|(id, _, sha256)| (id, sha256)));
+    Ok(())
+}
+
+/// Whether the files of a page may be journaled as applied together, in one commit after the last of them, rather
+/// than each right after its delivery. Per file the order of steps is the same either way (delivered, then
+/// journaled, then acknowledged, then journaled as acked); what grows is the number of files a crash can catch
+/// delivered but not journaled, which the next pass delivers again. That is harmless when every step of a
+/// delivery is idempotent: the inbound folder (the same bytes renamed over the same name), and the SQL write-back
+/// only with `ledger_table` (the ERP's ledger, committed with the file's rows, refuses the repeat). A delivery
+/// command, or a write-back without the ledger, would run again: then each file is journaled at once, as before.
+pub fn group_applied(cfg: &delivery::DeliveryConfig) -> bool {
+    cfg.command.is_none() && (cfg.sql.is_empty() || cfg.ledger_table.is_some())
+}
+
+/// One page's connections and the files it delivered, until they are journaled and acknowledged.
+struct Page<'a> {
+    /// One SFTP session for the page's files (opened on the first download).
+    sftp: Option<SftpClient>,
+    /// One ERP write-back connection for the page's files (opened by the first file that needs it).
+    delivery: delivery::Delivery<'a>,
+    /// Delivered, not journaled yet.
+    delivered: Vec<(String, String, String)>,
+    /// Journaled as applied, to be acknowledged `(id, sha256)`.
+    acks: Vec<(String, String)>,
+    times: ReceiveTimes,
+}
+
+/// What receive passes spent in each step ([`Connector::receive_times`], summed over every pass).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveTimes {
+    /// Files delivered.
+    pub files: u64,
+    /// Waiting for the next file to be downloaded, decompressed and verified (it is fetched ahead).
+    pub fetch_wait: Duration,
+    /// The deliveries, step by step.
+    pub delivery: delivery::DeliveryTimes,
+    /// Journal commits (applied, failed, acked), and how many there were.
+    pub journal: Duration,
+    pub journal_commits: u64,
+    /// Acknowledgement calls to the Comms server.
+    pub ack: Duration,
+}
+
+impl ReceiveTimes {
+    fn add(&mut self, o: &ReceiveTimes) {
+        self.files += o.files;
+        self.fetch_wait += o.fetch_wait;
+        self.delivery.stage += o.delivery.stage;
+        self.delivery.write_back += o.delivery.write_back;
+        self.delivery.publish += o.delivery.publish;
+        self.delivery.command += o.delivery.command;
+        self.journal += o.journal;
+        self.journal_commits += o.journal_commits;
+        self.ack += o.ack;
+    }
 }
 
 /// How long `run` waits before extracting again after a failed sync. Network and server trouble: the backoff

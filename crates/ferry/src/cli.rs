@@ -290,14 +290,14 @@ async fn connector(cmd: ConnectorCmd) -> anyhow::Result<ExitCode> {
             let live = std::sync::Arc::new(ferry::progress::Progress::stderr());
             let ticks = live.clone();
             c.set_file_progress(std::sync::Arc::new(move |f: &str, rows: u64, bytes: u64| ticks.tick(f, rows, bytes)));
+            // files uploaded while the extract goes on are told on their own progress lines
+            let uploads = live.clone();
+            c.set_upload_progress(std::sync::Arc::new(move |f: &str, bytes: u64| uploads.uploaded(f, bytes)));
             let opts = agent::SyncOptions { full, allow_warnings, today: None };
             let r = c
                 .sync_with(&opts, &|line: &str| {
-                    // the extract's files are done when the connector reports on them, except the uploads made
-                    // while it still runs (closing the current file there would print it twice)
-                    if !line.ends_with(ferry_connector::agent::DURING_EXTRACT) {
-                        live.finish();
-                    }
+                    // the extract's files are done when the connector reports on the batch
+                    live.finish();
                     live.println(line)
                 })
                 .await;

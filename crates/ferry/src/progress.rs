@@ -45,6 +45,8 @@ struct Current {
     bytes: u64,
     bar: Option<ProgressBar>,
     message_at: Option<Instant>,
+    /// Said at the end of the file's line (`uploaded ...`).
+    note: Option<String>,
 }
 
 struct State {
@@ -107,6 +109,7 @@ impl Progress {
                 bytes: 0,
                 bar,
                 message_at: None,
+                note: None,
             });
         }
         let Some(c) = st.current.as_mut() else { return };
@@ -130,6 +133,31 @@ impl Progress {
                 Mode::Lines(_) => println!("{line}"),
             },
             Err(_) => println!("{line}"),
+        }
+    }
+
+    /// `sync` uploaded `file` (`NAME.csv.bz2`, `bytes` compressed) while the extract goes on: that file's line
+    /// says so — its bar, or its plain line if not written yet, else one more plain line. The file being
+    /// extracted stays open (this never closes the current line).
+    pub fn uploaded(&self, file: &str, bytes: u64) {
+        let Ok(mut st) = self.state.lock() else { return };
+        let name = file.strip_suffix(".bz2").unwrap_or(file);
+        let note = format!("uploaded ({:.1} MB bz2)", bytes as f64 / 1e6);
+        if let Some(c) = st.current.as_mut().filter(|c| c.name == name) {
+            c.note = Some(note);
+            return;
+        }
+        let st = &mut *st;
+        match &mut st.mode {
+            Mode::Bars(_) => {
+                if let Some(bar) = st.done.iter().find(|b| b.prefix() == name) {
+                    bar.finish_with_message(format!("{}  {note}", bar.message()));
+                }
+            }
+            Mode::Lines(out) => {
+                let _ = writeln!(out, "  {name:<18} {note}");
+                let _ = out.flush();
+            }
         }
     }
 
@@ -157,12 +185,20 @@ impl State {
         match (&mut self.mode, c.bar) {
             (_, Some(bar)) => {
                 bar.set_position(c.rows);
-                bar.finish_with_message(bar_message(c.bytes, elapsed));
+                let msg = bar_message(c.bytes, elapsed);
+                bar.finish_with_message(match &c.note {
+                    Some(n) => format!("{msg}  {n}"),
+                    None => msg,
+                });
                 self.done.push(bar);
             }
             (Mode::Lines(out), None) => {
                 // a closed stderr must not stop the extract
-                let _ = writeln!(out, "  {}", file_line(&c.name, c.rows, c.bytes, elapsed));
+                let line = file_line(&c.name, c.rows, c.bytes, elapsed);
+                let _ = match &c.note {
+                    Some(n) => writeln!(out, "  {line}  {n}"),
+                    None => writeln!(out, "  {line}"),
+                };
                 let _ = out.flush();
             }
             (Mode::Bars(_), None) => {}
@@ -226,6 +262,42 @@ mod tests {
         assert!(lines.iter().all(|l| l.contains("MB/s") && l.ends_with('s')), "{text}");
         assert!(!text.contains('\u{1b}'), "no escape codes: {text:?}");
         assert!(Progress::lines(Box::new(Shared::default())).finished_bars().is_empty());
+    }
+
+    #[test]
+    fn an_upload_during_the_extract_is_told_on_its_files_line_and_leaves_the_current_one_open() {
+        let out = Shared::default();
+        let p = Progress::lines(Box::new(out.clone()));
+        p.tick("items.csv", 10, 1_000);
+        p.tick("sales.csv", 0, 0);
+        // items.csv's line is out; its upload comes while sales.csv is extracted
+        p.uploaded("items.csv.bz2", 300_000);
+        p.tick("sales.csv", 20, 2_000);
+        // sales.csv is uploaded before its line is written: the note goes on that line
+        p.uploaded("sales.csv.bz2", 500_000);
+        p.tick("sales.csv", 30, 3_000);
+        p.finish();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("items.csv") && !lines[0].contains("uploaded"), "{text}");
+        assert!(lines[1].contains("items.csv") && lines[1].contains("uploaded (0.3 MB bz2)"), "{text}");
+        assert!(
+            lines[2].contains("sales.csv") && lines[2].contains(" 30 rows"),
+            "the current file was not closed early: {text}"
+        );
+        assert!(lines[2].ends_with("uploaded (0.5 MB bz2)"), "{text}");
+
+        let p = Progress::bars(ProgressDrawTarget::hidden());
+        p.tick("items.csv", 5, 500);
+        p.tick("sales.csv", 1, 100);
+        p.uploaded("items.csv.bz2", 1_000_000);
+        p.tick("sales.csv", 2, 200);
+        p.finish();
+        let bars = p.finished_bars();
+        assert_eq!(bars.len(), 2);
+        assert!(bars[0].message().ends_with("uploaded (1.0 MB bz2)"), "{}", bars[0].message());
+        assert_eq!(bars[1].position(), 2, "sales.csv kept counting after the upload of items.csv");
     }
 
     #[test]

@@ -72,12 +72,23 @@ const ITEMS_CSV: &str = "\"A-001\",\"Widget, large\",12.5,7.25,1.5,1,2026/01/31,
      \"C-7\",\"line break\",1000000,99.99,12345.678,0,1999/12/31,2026/06/15,2147483647\n\
      \"N-NULL\",,,,,,,,\n";
 
-/// Extract `sql` from `src` and format it as CSV with `kinds`, as the extract writes standard files.
+/// Extract `sql` from `src` and format it as CSV with `kinds`, as the extract writes standard files. The rows
+/// are read the way the extract reads them ([`Source::row_chunks`], chunks recycled; PostgreSQL through COPY) and
+/// must equal what [`Source::rows`] gives, value for value.
 pub async fn extract_csv(src: &dyn Source, sql: &str, kinds: &[Kind]) -> String {
+    let one_by_one: Vec<Vec<SqlValue>> =
+        src.rows(sql).map(|r| r.unwrap_or_else(|e| panic!("{} {sql}: {e}", src.kind()))).collect().await;
+    let recycle = ferry_connector::erp::source::Recycle::default();
+    let mut chunked = Vec::new();
+    let mut chunks = src.row_chunks(sql, 2, recycle.clone());
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("{} {sql} in chunks: {e}", src.kind()));
+        chunked.extend(chunk.iter().cloned());
+        recycle.give(chunk);
+    }
+    assert_eq!(chunked, one_by_one, "{}: the extract's chunks differ from the rows of {sql}", src.kind());
     let mut out = String::new();
-    let mut rows = src.rows(sql);
-    while let Some(row) = rows.next().await {
-        let row = row.unwrap_or_else(|e| panic!("{} {sql}: {e}", src.kind()));
+    for row in one_by_one {
         for (i, (v, k)) in row.iter().zip(kinds).enumerate() {
             if i > 0 {
                 out.push(',');

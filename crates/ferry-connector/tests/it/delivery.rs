@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ferry_connector::delivery::{
-    DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver, deliver_file,
+    Delivery, DeliveryConfig, DeliveryError, DeliveryReport, SqlWriteBack, decompress_verified, deliver, deliver_file,
 };
 use ferry_connector::erp::{ErpConfig, ErpKind};
 use ferry_connector::journal::{Journal, ReceivedState};
@@ -466,4 +466,68 @@ async fn the_ledger_makes_a_replayed_file_a_no_op_and_commits_with_the_write_bac
         let e = deliver_file(&cfg, Some(&erp_cfg), &file, "po_000001.csv", Some("x")).await.unwrap_err();
         assert!(e.to_string().contains("is not a table name"), "{bad_name}: {e}");
     }
+}
+
+/// Page mode (issue 11): with a ledger, a page's write-backs go in one ERP transaction, a savepoint per file.
+/// A file whose row fails is rolled back to its savepoint alone; nothing of the page is visible in the ERP or
+/// the inbound folder until `commit_page`, then the good files are there with their ledger rows; a page that is
+/// never committed (a crash, a lost connection) leaves nothing but is not lost: its files are delivered again.
+#[tokio::test]
+async fn a_page_commits_its_files_together_and_a_failing_file_rolls_back_to_its_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut erp) = erp_db(dir.path()).await;
+    let erp_cfg = ErpConfig::new(ErpKind::Sqlite, &url);
+    let inbound = dir.path().join("inbound");
+    let cfg = DeliveryConfig {
+        sql: write_back_config(),
+        ledger_table: Some("ferry_applied".into()),
+        inbound_dir: Some(inbound.clone()),
+        ..DeliveryConfig::default()
+    };
+    let order = |n: u32, item: &str| {
+        format!(
+            "{HEADER}PO{n:06},1,ITEM-001,WH1,SUP-A,5,1,2026-03-02,2026-03-16,x\nPO{n:06},2,{item},WH1,SUP-A,7,1,2026-03-02,2026-03-16,\n"
+        )
+    };
+    let good1 = plain_file(dir.path(), "a1.csv", &order(1, "ITEM-002"));
+    let bad = plain_file(dir.path(), "a2.csv", &order(2, "")); // item NOT NULL fails on its second row
+    let good3 = plain_file(dir.path(), "a3.csv", &order(3, "ITEM-003"));
+
+    // a page never committed: nothing in the ERP, no inbound file, no part left
+    let mut lost = Delivery::page(&cfg, Some(&erp_cfg));
+    lost.deliver(&good1, "po_000001.csv", Some("id-1")).await.unwrap();
+    lost.close().await;
+    assert_eq!(count(&mut erp, "recommended_orders").await, 0);
+    assert!(files_in(&inbound).is_empty(), "{:?}", files_in(&inbound));
+
+    let mut page = Delivery::page(&cfg, Some(&erp_cfg));
+    let r1 = page.deliver(&good1, "po_000001.csv", Some("id-1")).await.unwrap();
+    assert_eq!(r1.sql_rows, 2);
+    let e = page.deliver(&bad, "po_000002.csv", Some("id-2")).await.unwrap_err().to_string();
+    assert!(e.contains("po_000002.csv:3"), "{e}");
+    page.deliver(&good3, "po_000003.csv", Some("id-3")).await.unwrap();
+    // not committed yet: another connection sees nothing, the inbound copies are hidden
+    assert_eq!(count(&mut erp, "recommended_orders").await, 0);
+    assert_eq!(files_in(&inbound), [".po_000001.csv.part", ".po_000003.csv.part"]);
+    assert!(page.commit_page().await.is_empty());
+    assert_eq!(files_in(&inbound), ["po_000001.csv", "po_000003.csv"]);
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT order_number FROM recommended_orders ORDER BY 1")
+        .fetch_all(&mut erp)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("PO000001".to_string(),), ("PO000003".to_string(),)]);
+    let ledger: Vec<(String,)> =
+        sqlx::query_as("SELECT file_id FROM ferry_applied ORDER BY 1").fetch_all(&mut erp).await.unwrap();
+    assert_eq!(ledger, [("id-1".to_string(),), ("id-3".to_string(),)]);
+
+    // the next page on the same session: a replay is a no-op (ledger), the fixed file applies
+    let fixed = plain_file(dir.path(), "a2b.csv", &order(2, "ITEM-009"));
+    let again = page.deliver(&good1, "po_000001.csv", Some("id-1")).await.unwrap();
+    assert!(again.already_in_ledger, "{again:?}");
+    assert_eq!(page.deliver(&fixed, "po_000002.csv", Some("id-2")).await.unwrap().sql_rows, 2);
+    assert!(page.commit_page().await.is_empty());
+    page.close().await;
+    assert_eq!(count(&mut erp, "recommended_orders").await, 6);
+    assert_eq!(count(&mut erp, "ferry_applied").await, 3);
+    assert_eq!(files_in(&inbound), ["po_000001.csv", "po_000002.csv", "po_000003.csv"]);
 }

@@ -16,7 +16,7 @@ use crate::conformance::{
 };
 
 use ferry_connector::delivery::{DeliveryConfig, SqlWriteBack, deliver};
-use ferry_connector::erp::source::{SqlValue, open_source};
+use ferry_connector::erp::source::{Source, SqlValue, open_source};
 use ferry_connector::erp::{ErpConfig, ErpKind, Password, TextEncoding};
 use ferry_connector::extract::format_value;
 use ferry_proto::spec::{Column, Kind};
@@ -128,6 +128,59 @@ async fn postgres_values_decode_by_type() {
     // a type it cannot read says what to do
     let e = src.rows("SELECT '1 day'::interval").collect::<Vec<_>>().await;
     assert!(e[0].as_ref().unwrap_err().to_string().contains("cast the column"), "{:?}", e[0]);
+}
+
+/// Values whose COPY text form needs care: escapes, extremes, float noise, padding, NULL next to the text `\N`.
+const PG_COPY_TABLE: &str = r#"CREATE TABLE t (id INT, n NUMERIC(30,6), r REAL, f DOUBLE PRECISION, i2 SMALLINT,
+  i8 BIGINT, b BOOLEAN, ts TIMESTAMP, d DATE, txt TEXT, vc VARCHAR(20), ch CHAR(6), j JSONB, u UUID, tz TIMESTAMPTZ,
+  bin BYTEA);
+INSERT INTO t VALUES
+ (1, 123456789012.345678, 1.1, 0.30000000000000004, -7, -9223372036854775808, TRUE, '2026-11-28 10:00:00.25',
+  '2026-02-01', E'tab\there\nnew line \\ back\\slash \r end', 'Café — ü', 'ab', '{"a": [1, "x\ty"]}',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-03-01 12:00:00+00', '\x00ff'),
+ (2, -0.000001, 3.4028235e38, 1e-300, 32767, 9223372036854775807, FALSE, '1999-12-31 23:59:59.999999',
+  '2024-02-29', '', NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '\N', ' ', 'null', NULL, NULL, NULL)"#;
+
+/// The extract reads PostgreSQL through `COPY (<query>) TO STDOUT` (issue 11): every value equals the row-by-row
+/// path's, for each type COPY is used for and the text escapes of its format (tab, newline, backslash, CR,
+/// non-ASCII); a query with a type whose text form would differ (TIMESTAMPTZ, BYTEA) reads row by row, with the
+/// same values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_copy_extract_gives_the_row_paths_values() {
+    let Some(url) = server("FERRY_TEST_POSTGRES_URL", "postgres_copy_extract_gives_the_row_paths_values") else {
+        return;
+    };
+    let db = fresh_db(&url, "pgcopy").await;
+    exec_all(&db, PG_COPY_TABLE).await;
+    let src = ferry_connector::erp::source::PostgresSource::open(&db, None, TextEncoding::Utf8).await.unwrap();
+    let copy_sql = "SELECT id, n, r, f, i2, i8, b, ts, d, txt, vc, ch, j, u, n * 2 AS twice, 'lit' AS lit, \
+                    NULL::int AS nothing FROM t ORDER BY id";
+    let row_sql = "SELECT id, tz, bin, txt FROM t ORDER BY id;";
+    assert!(src.reads_with_copy(copy_sql).await, "these types go through COPY");
+    assert!(!src.reads_with_copy(row_sql).await, "TIMESTAMPTZ and BYTEA are read row by row");
+    for sql in [copy_sql, row_sql] {
+        let rows: Vec<_> = src.rows(sql).map(Result::unwrap).collect().await;
+        let recycle = ferry_connector::erp::source::Recycle::default();
+        let mut chunked = Vec::new();
+        let mut chunks = src.row_chunks(sql, 2, recycle.clone());
+        while let Some(c) = chunks.next().await {
+            let c = c.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            chunked.extend(c.iter().cloned());
+            recycle.give(c);
+        }
+        assert_eq!(chunked, rows, "{sql}");
+        assert_eq!(rows.len(), 3);
+    }
+    let rows: Vec<_> = src.rows(copy_sql).map(Result::unwrap).collect().await;
+    assert_eq!(rows[0][9], SqlValue::Text("tab\there\nnew line \\ back\\slash \r end".into()));
+    assert_eq!(rows[0][2], SqlValue::Float(1.1));
+    assert_eq!(rows[2][10], SqlValue::Text("\\N".into()), "the text \\N is not NULL");
+    // an error of the query itself comes from the row path with its reason, a NaN from COPY with the row path's
+    let e = src.row_chunks("SELECT nope FROM t", 2, Default::default()).next().await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = src.row_chunks("SELECT 'NaN'::numeric", 2, Default::default()).next().await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("NaN has no CSV form"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ferry_connector::agent::Connector;
-use ferry_connector::receive::Outcome;
+use ferry_connector::receive::{Outcome, ReceiveTimes};
 
 use crate::cluster::Cluster;
 
@@ -41,6 +41,8 @@ pub struct Figures {
     pub ack_calls: u64,
     /// Seconds until the App heard of every file as delivered (receipts), from the first publish.
     pub receipts: Option<Duration>,
+    /// Where the Connector's receive passes spent their time.
+    pub steps: ReceiveTimes,
 }
 
 /// An order file of the App's layout with `lines` lines.
@@ -69,6 +71,11 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     let token = c.add_tenant(TENANT).await?;
     let erp = c.dir.join("erp.db");
     let conn = c.connector_with_write_back(TENANT, &erp, &token).await?;
+    // with the ERP's ledger, as docs/sources.md recommends: the journal then records a page's files in one commit
+    let cfg_path = conn.cfg.base.join("connector.toml");
+    let text = std::fs::read_to_string(&cfg_path)?
+        .replace("\n[delivery]\n", "\n[delivery]\nledger_table = \"ferry_applied\"\n");
+    std::fs::write(&cfg_path, text)?;
     let inst = c.app.state.instance(TENANT).await?.context("the bench tenant has no instance")?;
     let src_dir = c.dir.join("orders");
     std::fs::create_dir_all(&src_dir)?;
@@ -78,7 +85,6 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     }
 
     // the Connector polls continuously until it has every file (as `connector run` does)
-    let cfg_path = conn.cfg.base.join("connector.toml");
     let receiver = Connector::load(&cfg_path)?;
     let started = Instant::now() + Duration::from_secs(3600); // replaced below, once publishing starts
     let (t0_tx, t0_rx) = tokio::sync::oneshot::channel::<Instant>();
@@ -100,7 +106,7 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
         let first = first.get().copied();
         let t0 = t0_rx.await.unwrap_or(started);
         let last = Instant::now();
-        anyhow::Ok((out, first.map(|f| f - t0), last - t0))
+        anyhow::Ok((out, first.map(|f| f - t0), last - t0, receiver.receive_times()))
     });
     // publish only once the long-poll waits
     let t = Instant::now();
@@ -128,7 +134,7 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
     c.app.state.announce_wakeup.notify_one();
     let publish = t0.elapsed();
     let _ = t0_tx.send(t0);
-    let (outcomes, first, all) = receiving.await.context("the receiving task failed")??;
+    let (outcomes, first, all, steps) = receiving.await.context("the receiving task failed")??;
 
     let delivered = async || {
         ferry_app::outbox::receipts(&inst.0)
@@ -156,6 +162,7 @@ async fn measure_on(c: &Cluster, files: usize) -> anyhow::Result<Figures> {
         list_calls: m.downstream_calls("list") - base.4,
         ack_calls: m.downstream_calls("ack") - base.5,
         receipts,
+        steps,
     };
     check_inbound(&conn.cfg.base.join("from_cloud"), &src_dir, &names, &figures)?;
     Ok(figures)
@@ -218,6 +225,14 @@ pub async fn run(files: usize, runs: u32, dir: Option<std::path::PathBuf>) -> an
             "  Connector -> Comms  {} SFTP logins, {} list calls, {} ack calls",
             f.connector_logins, f.list_calls, f.ack_calls
         );
+        let s = &f.steps;
+        println!("  Connector's steps   {} files delivered; time in each step, summed:", s.files);
+        println!("    waiting for downloads {} s (download + decompress + verify, fetched ahead)", secs(s.fetch_wait));
+        println!("    inbound copy          {} s (written and synced as a hidden part file)", secs(s.delivery.stage));
+        println!("    SQL write-back        {} s (one ERP connection per page)", secs(s.delivery.write_back));
+        println!("    inbound rename        {} s", secs(s.delivery.publish));
+        println!("    journal               {} s in {} commits", secs(s.journal), s.journal_commits);
+        println!("    ack calls             {} s", secs(s.ack));
     }
     println!();
     println!("load average {}", super::measure::load_average());

@@ -9,14 +9,20 @@
 //! - `ferry read+validate`: [`check_mapping`], what `ferry connector check` runs: the rows converted to the
 //!   standard CSV fields and every check of the extract (keys, references, dates), nothing written.
 //!
-//! Wall and CPU seconds (ours: this process; `sqlite3`: its processes).
+//! With `--erp postgres://...` (and `--mapping`) the same on a PostgreSQL ERP: `psql -c "COPY (<query>) TO STDOUT
+//! (FORMAT csv)"` into `/dev/null` is the yardstick, `ferry read` goes through the PostgreSQL source's COPY path,
+//! and `ferry read row by row` is the sqlx row-by-row path it replaced (kept for types COPY cannot give exactly).
+//! The password of the URL goes to `psql` in `PGPASSWORD`, never on its command line.
+//!
+//! Wall and CPU seconds (ours: this process; `sqlite3`/`psql`: their processes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use ferry_connector::check::CheckLimits;
-use ferry_connector::erp::source::{Recycle, Source, SqliteSource};
+use ferry_connector::erp::source::{PostgresSource, Recycle, Source, SqliteSource};
+use ferry_connector::erp::{TextEncoding, redact_url};
 use ferry_connector::extract::check_mapping;
 use ferry_connector::mapping::Mapping;
 use ferry_sample::generate_sample_erp;
@@ -30,9 +36,9 @@ pub struct ExtractArgs {
     /// Sample ERP size (ferry sample-erp): small, medium or large.
     #[arg(long, default_value = "small", value_parser = ["small", "medium", "large"])]
     size: String,
-    /// An existing SQLite ERP instead of a generated sample (with --mapping).
+    /// An existing ERP instead of a generated sample (with --mapping): an SQLite file, or a `postgres://` URL.
     #[arg(long, requires = "mapping")]
-    erp: Option<PathBuf>,
+    erp: Option<String>,
     /// The mapping whose queries are run (default: the sample ERP's).
     #[arg(long, requires = "erp")]
     mapping: Option<PathBuf>,
@@ -44,15 +50,24 @@ pub struct ExtractArgs {
     dir: Option<PathBuf>,
 }
 
+/// The ERP a bench runs on.
+enum Erp {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
 pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
-    if Command::new("sqlite3").arg("-version").stdout(Stdio::null()).status().is_err() {
-        bail!("sqlite3 is not installed (Debian: apt-get install sqlite3); the bench compares against it");
-    }
     let (tmp, dir) = super::work_dir(args.dir.clone())?;
     let (erp, mapping_text, what) = match (&args.erp, &args.mapping) {
         (Some(erp), Some(m)) => {
             let text = std::fs::read_to_string(m).with_context(|| format!("cannot read {}", m.display()))?;
-            (erp.clone(), text, format!("--erp {} --mapping {}", erp.display(), m.display()))
+            let what = format!("--erp {} --mapping {}", redact_url(erp), m.display());
+            let erp = if erp.starts_with("postgres://") || erp.starts_with("postgresql://") {
+                Erp::Postgres(erp.clone())
+            } else {
+                Erp::Sqlite(PathBuf::from(erp))
+            };
+            (erp, text, what)
         }
         _ => {
             let size = crate::demo::parse_size(&args.size)?;
@@ -65,36 +80,64 @@ pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
                 int(summary.total_rows()),
                 t.elapsed().as_secs_f64()
             );
-            (erp, ferry_sample::MAPPING.to_string(), format!("--size {}", args.size))
+            (Erp::Sqlite(erp), ferry_sample::MAPPING.to_string(), format!("--size {}", args.size))
         }
     };
+    let tool = match &erp {
+        Erp::Sqlite(_) => "sqlite3",
+        Erp::Postgres(_) => "psql",
+    };
+    if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        bail!("{tool} is not installed (Debian: apt-get install {tool}); the bench compares against it");
+    }
     let mapping = Mapping::from_toml(&mapping_text).context("the mapping")?;
     println!("ferry bench extract {what} --rounds {}", args.rounds);
     println!("load average {}", load_average());
-    let source = SqliteSource::open(&erp.display().to_string()).await?;
+    let source: Box<dyn Source> = match &erp {
+        Erp::Sqlite(path) => Box::new(SqliteSource::open(&path.display().to_string()).await?),
+        Erp::Postgres(url) => Box::new(PostgresSource::open(url, None, TextEncoding::Utf8).await?),
+    };
     let queries: Vec<(String, String)> =
         mapping.ordered().into_iter().map(|(n, f)| (n.to_string(), f.query.clone())).collect();
 
-    let mut runs: [Vec<Timed>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let postgres = matches!(erp, Erp::Postgres(_));
+    let contenders = if postgres { 4 } else { 3 };
+    let mut runs: Vec<Vec<Timed>> = vec![Vec::new(); contenders];
     let mut rows = 0;
     for round in 1..=args.rounds {
         let q = queries.clone();
-        let db = erp.clone();
-        runs[0].push(tokio::task::spawn_blocking(move || sqlite3(&db, &q)).await??);
-        let (t, n) = read(&source, &queries).await?;
+        runs[0].push(match &erp {
+            Erp::Sqlite(db) => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || sqlite3(&db, &q)).await??
+            }
+            Erp::Postgres(url) => {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || psql(&url, &q)).await??
+            }
+        });
+        let (t, n) = read(source.as_ref(), &queries).await?;
         rows = n;
         runs[1].push(t);
-        runs[2].push(validate(&source, &mapping).await?);
-        println!(
-            "round {round}: sqlite3 {} s, read {} s, read+validate {} s",
-            secs(runs[0][round as usize - 1].secs),
-            secs(runs[1][round as usize - 1].secs),
-            secs(runs[2][round as usize - 1].secs)
-        );
+        runs[2].push(validate(source.as_ref(), &mapping).await?);
+        if postgres {
+            runs[3].push(read_rows(source.as_ref(), &queries).await?);
+        }
+        let line: Vec<String> = runs.iter().map(|r| secs(r[round as usize - 1].secs)).collect();
+        println!("round {round}: {} s", line.join(" s, "));
     }
     println!();
     let base = median(&runs[0]);
-    let names = ["sqlite3 -csv > /dev/null", "ferry read (SQLite source)", "ferry read+validate (connector check)"];
+    let names: &[&str] = if postgres {
+        &[
+            "psql COPY (FORMAT csv) > /dev/null",
+            "ferry read (PostgreSQL source, COPY)",
+            "ferry read+validate (connector check)",
+            "ferry read row by row (sqlx)",
+        ]
+    } else {
+        &["sqlite3 -csv > /dev/null", "ferry read (SQLite source)", "ferry read+validate (connector check)"]
+    };
     let table: Vec<Vec<String>> = names
         .iter()
         .zip(&runs)
@@ -104,9 +147,9 @@ pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
             vec![name.to_string(), secs(m), cpu, format!("{:.2}x", m / base.max(1e-9))]
         })
         .collect();
-    print_grid(&["contender", "median s", "median CPU s", "vs sqlite3"], &[false, true, true, true], &table);
+    print_grid(&["contender", "median s", "median CPU s", &format!("vs {tool}")], &[false, true, true, true], &table);
     println!(
-        "{} rows in {} queries; goal (issue 11): ferry read within 1.5x of sqlite3; load average {}",
+        "{} rows in {} queries; goal (issue 11): ferry read within 1.5x of {tool}; load average {}",
         int(rows),
         queries.len(),
         load_average()
@@ -115,6 +158,53 @@ pub async fn run(args: ExtractArgs) -> anyhow::Result<ExitCode> {
         println!("removing {}", t.path().display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every query through `psql -c "COPY (...) TO STDOUT (FORMAT csv)"`, one process each, output discarded; the
+/// URL's password goes in `PGPASSWORD`.
+fn psql(url: &str, queries: &[(String, String)]) -> anyhow::Result<Timed> {
+    let password = ferry_connector::erp::password_in_url(url);
+    let without = without_password(url);
+    let clock = Clock::start();
+    for (name, sql) in queries {
+        let q = sql.trim().trim_end_matches(';');
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", without.as_str(), "-c"])
+            .arg(format!("COPY (\n{q}\n) TO STDOUT (FORMAT csv)"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(p) = &password {
+            cmd.env("PGPASSWORD", p);
+        }
+        let out = cmd.output().context("starting psql")?;
+        if !out.status.success() {
+            bail!("psql failed on {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    Ok(clock.children(0))
+}
+
+/// `url` without the password of its user part (`postgres://user:pw@host/db` -> `postgres://user@host/db`).
+fn without_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@').and_then(|at| url[start..start + at].find(':').map(|c| (start + c, start + at))) {
+        Some((colon, at)) => format!("{}{}", &url[..colon], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Every query through [`Source::rows`] (the row-by-row path), rows only.
+async fn read_rows(source: &dyn Source, queries: &[(String, String)]) -> anyhow::Result<Timed> {
+    let clock = Clock::start();
+    for (name, sql) in queries {
+        let mut rows = source.rows(sql);
+        while let Some(row) = rows.next().await {
+            row.with_context(|| format!("reading {name}"))?;
+        }
+    }
+    Ok(clock.ours(0))
 }
 
 /// Every query through `sqlite3 -csv`, one process each, output discarded.
@@ -142,8 +232,8 @@ fn sqlite3(db: &Path, queries: &[(String, String)]) -> anyhow::Result<Timed> {
     Ok(clock.children(0))
 }
 
-/// Every query through the SQLite source, rows only (chunks given back for reuse, as the extract does).
-async fn read(source: &SqliteSource, queries: &[(String, String)]) -> anyhow::Result<(Timed, u64)> {
+/// Every query through the source's chunks, rows only (chunks given back for reuse, as the extract does).
+async fn read(source: &dyn Source, queries: &[(String, String)]) -> anyhow::Result<(Timed, u64)> {
     let clock = Clock::start();
     let mut rows = 0u64;
     for (name, sql) in queries {
@@ -159,7 +249,7 @@ async fn read(source: &SqliteSource, queries: &[(String, String)]) -> anyhow::Re
 }
 
 /// `ferry connector check`: read, convert and validate every file.
-async fn validate(source: &SqliteSource, mapping: &Mapping) -> anyhow::Result<Timed> {
+async fn validate(source: &dyn Source, mapping: &Mapping) -> anyhow::Result<Timed> {
     let clock = Clock::start();
     let report = check_mapping(source, mapping, CheckLimits::default(), &|_, _, _| {}).await;
     let t = clock.ours(0);
@@ -179,4 +269,14 @@ fn median_cpu(runs: &[Timed]) -> Option<f64> {
     let mut v: Vec<f64> = runs.iter().map(|t| t.cpu).collect::<Option<_>>()?;
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_password_leaves_the_url() {
+        assert_eq!(super::without_password("postgres://u:p%40ss@h:5432/db?x=1"), "postgres://u@h:5432/db?x=1");
+        assert_eq!(super::without_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::without_password("postgres://h/db"), "postgres://h/db");
+    }
 }

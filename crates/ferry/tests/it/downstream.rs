@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::procs::{query, run_sql};
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
 use ferry_connector::receive::Outcome;
@@ -526,5 +527,87 @@ async fn announcements_take_one_file_or_many_and_refuse_files_one_by_one() {
     let too_many = ferry_proto::api::FilesReady { files: vec![f1.clone(); ferry_proto::api::MAX_FILES_PER_CALL + 1] };
     let err = comms.post::<_, serde_json::Value>("/v1/app/files", &too_many).await.expect_err("too many");
     assert_eq!(err.status(), Some(413));
+    c.stop().await;
+}
+
+/// One pass delivers a page of files over one ERP connection and journals them together (issue 11): a file the
+/// ERP refuses in the middle (a trigger) is reported and left for the next pass while the files before and after
+/// it are delivered, each exactly once; with the refusal gone, the next pass delivers that file alone, and no
+/// other is written back again (the ERP's ledger and order rows count every file once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_with_a_refused_file_in_the_middle_delivers_the_others_once_and_retries_it() {
+    let (dir, c) = cluster().await;
+    let erp = dir.path().join("erp.db");
+    let conn = connector_with_write_back(&c, "acme", &erp).await;
+    let cfg_path = conn.cfg.base.join("connector.toml");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, text.replace("\n[delivery]\n", "\n[delivery]\nledger_table = \"ferry_applied\"\n"))
+        .unwrap();
+    let conn = Connector::load(&cfg_path).unwrap();
+    assert!(ferry_connector::receive::group_applied(&conn.cfg.delivery), "a page is journaled in one commit");
+    run_sql(
+        &erp,
+        "CREATE TRIGGER refuse_five BEFORE INSERT ON recommended_orders WHEN NEW.order_number = 'REC-000005'
+         BEGIN SELECT RAISE(ABORT, 'order REC-000005 is locked by the ERP'); END",
+    );
+    const N: usize = 12;
+    let names: Vec<String> = (1..=N).map(|i| format!("po_{i:06}.csv")).collect();
+    for (i, name) in names.iter().enumerate() {
+        publish(&c, "acme", name, &ferry::bench::downstream::order_file(i + 1, 2 + i % 3)).await;
+    }
+    let relayed = async || ferry_comms::db::ready_downloads(&c.comms.state.db, "acme").await.unwrap().len() == N;
+    assert!(eventually(Duration::from_secs(120), relayed).await.is_some(), "not all {N} files relayed");
+
+    let out = conn.receive(0, &quiet).await.unwrap();
+    let failed: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Failed { name, error } => {
+                assert!(error.contains("locked by the ERP"), "{error}");
+                Some(name.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ["po_000005.csv"], "{out:?}");
+    let applied = out.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count();
+    assert_eq!(applied, N - 1, "{out:?}");
+    let state = |name: &str| {
+        query(conn.cfg.journal_path(), &format!("SELECT state FROM received WHERE name = '{name}'"))[0][0].clone()
+    };
+    for name in &names {
+        assert_eq!(state(name), if name == "po_000005.csv" { "failed" } else { "acked" }, "{name}");
+    }
+    let lines = |order: usize| 2 + (order - 1) % 3;
+    let rows_of = |order: usize| {
+        query(&erp, &format!("SELECT COUNT(*) FROM recommended_orders WHERE order_number = 'REC-{order:06}'"))[0][0]
+            .clone()
+    };
+    for order in 1..=N {
+        let want = if order == 5 { 0 } else { lines(order) };
+        assert_eq!(rows_of(order), want.to_string(), "rows of order {order} after the first pass");
+    }
+    assert!(!conn.cfg.base.join("from_cloud/po_000005.csv").exists(), "a refused file is not in the inbound folder");
+
+    // the ERP takes it now: the next pass delivers the refused file, and only it
+    run_sql(&erp, "DROP TRIGGER refuse_five");
+    let mut again = Vec::new();
+    let t = Instant::now();
+    while again.is_empty() && t.elapsed() < Duration::from_secs(60) {
+        again.extend(conn.receive(2, &quiet).await.unwrap());
+    }
+    assert!(matches!(&again[..], [Outcome::Applied { name, .. }] if name == "po_000005.csv"), "{again:?}");
+    for order in 1..=N {
+        assert_eq!(rows_of(order), lines(order).to_string(), "rows of order {order}: written back once");
+    }
+    assert_eq!(state("po_000005.csv"), "acked");
+    let ledger = query(&erp, "SELECT COUNT(*), COUNT(DISTINCT file_id) FROM ferry_applied");
+    assert_eq!(ledger, vec![vec![N.to_string(), N.to_string()]], "every file once in the ERP's ledger");
+    for (i, name) in names.iter().enumerate() {
+        let got = std::fs::read_to_string(conn.cfg.base.join("from_cloud").join(name)).unwrap();
+        assert_eq!(got, ferry::bench::downstream::order_file(i + 1, 2 + i % 3), "{name}");
+    }
+    assert!(ferry_comms::db::ready_downloads(&c.comms.state.db, "acme").await.unwrap().is_empty(), "all acked");
+    assert!(conn.receive(0, &quiet).await.unwrap().is_empty(), "nothing left");
     c.stop().await;
 }

@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 mod csvdir;
 mod mysql;
 mod odbc;
+mod pgcopy;
 mod postgres;
 mod sqlite;
 

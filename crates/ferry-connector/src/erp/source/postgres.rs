@@ -1,19 +1,21 @@
 //! The PostgreSQL source. Sessions are read-only (`default_transaction_read_only`), rows stream as the server
 //! sends them, and every value is decoded by the type PostgreSQL reports for its column: `NUMERIC` exactly (from
 //! its base-10000 wire form, never through a float), `TIMESTAMPTZ` as the local date and time of the machine the
-//! Connector runs on.
+//! Connector runs on. The extract ([`Source::row_chunks`]) reads through `COPY (<query>) TO STDOUT` when every
+//! column's text form converts exactly (`pgcopy.rs`, the same values), else row by row as here.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt, PgPoolOptions, PgValueFormat, PgValueRef, Postgres};
 use sqlx::{Decode, TypeInfo, ValueRef};
 
+use super::pgcopy::{CopyType, copy_chunks, copy_statement};
 use super::{
-    Source, SourceError, SqlValue, TextEncoding, open_hint, redact_url, scrub, sqlx_columns, sqlx_rows,
-    untrusted_certificate,
+    Recycle, Source, SourceError, SqlValue, TextEncoding, chunked, open_hint, redact_url, scrub, sqlx_columns,
+    sqlx_rows, untrusted_certificate,
 };
 use crate::erp::password_in_url as pw_in_url;
 
@@ -43,9 +45,11 @@ impl PostgresSource {
         if let Some(pw) = password {
             opts = opts.password(pw);
         }
-        let opts = opts
-            .application_name("ferry-connector")
-            .options([("default_transaction_read_only", "on"), ("DateStyle", "ISO")]);
+        let opts = opts.application_name("ferry-connector").options([
+            ("default_transaction_read_only", "on"),
+            ("DateStyle", "ISO"),
+            ("extra_float_digits", "3"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(30))
@@ -72,6 +76,64 @@ impl Source for PostgresSource {
     fn rows<'a>(&'a self, sql: &'a str) -> BoxStream<'a, Result<Vec<SqlValue>, SourceError>> {
         let encoding = self.encoding;
         sqlx_rows(&self.pool, sql, self.password.as_deref(), move |raw| decode_value(raw, encoding))
+    }
+
+    /// Through `COPY (<sql>) TO STDOUT` when every result column has a type COPY's text form gives exactly
+    /// ([`CopyType`]), parsed into recycled chunks (`pgcopy.rs`); otherwise, or if COPY cannot start, row by row.
+    fn row_chunks<'a>(
+        &'a self,
+        sql: &'a str,
+        chunk_rows: usize,
+        recycle: Recycle,
+    ) -> BoxStream<'a, Result<Vec<Vec<SqlValue>>, SourceError>> {
+        use futures::StreamExt;
+        let start = async move {
+            match self.copy_plan(sql).await {
+                Some((types, names)) => {
+                    let statement = copy_statement(sql);
+                    match self.pool.copy_out_raw(&statement).await {
+                        Ok(data) => {
+                            tracing::debug!("extracting through COPY: {} columns", types.len());
+                            return copy_chunks(
+                                data,
+                                types,
+                                names,
+                                self.encoding,
+                                chunk_rows,
+                                recycle,
+                                self.password.clone(),
+                            );
+                        }
+                        Err(e) => tracing::debug!(
+                            "COPY could not start ({}); reading the query row by row",
+                            scrub(e, self.password.as_deref())
+                        ),
+                    }
+                }
+                None => tracing::debug!("a result column has no exact COPY text form; reading row by row"),
+            }
+            chunked(self.rows(sql), chunk_rows)
+        };
+        futures::stream::once(start).flatten().boxed()
+    }
+}
+
+impl PostgresSource {
+    /// Whether the extract reads `sql` through `COPY ... TO STDOUT` ([`Source::row_chunks`]): every result column
+    /// has a type whose text form gives the row path's value exactly. (COPY may still fail to start; the extract
+    /// then reads row by row.)
+    pub async fn reads_with_copy(&self, sql: &str) -> bool {
+        self.copy_plan(sql).await.is_some()
+    }
+
+    /// How each result column of `sql` is read from COPY's text form, and its name; `None` when a column's type
+    /// has no exact text reading (or the query cannot be prepared: the row path then reports why).
+    async fn copy_plan(&self, sql: &str) -> Option<(Vec<CopyType>, Vec<String>)> {
+        use sqlx::{Column, Executor, SqlSafeStr, Statement};
+        let stmt = self.pool.prepare(sqlx::AssertSqlSafe(sql).into_sql_str()).await.ok()?;
+        let types = stmt.columns().iter().map(|c| CopyType::of(c.type_info().name())).collect::<Option<Vec<_>>>()?;
+        let names = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        Some((types, names))
     }
 }
 

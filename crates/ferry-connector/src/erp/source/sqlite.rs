@@ -213,7 +213,7 @@ pub(crate) fn fill_value(slot: &mut SqlValue, value: ValueRef<'_>, encoding: Tex
     }
 }
 
-fn fill_text(slot: &mut SqlValue, b: &[u8], encoding: TextEncoding) {
+pub(crate) fn fill_text(slot: &mut SqlValue, b: &[u8], encoding: TextEncoding) {
     match std::str::from_utf8(b) {
         Ok(s) => match slot {
             SqlValue::Text(t) => {

@@ -37,7 +37,22 @@ pub trait WriteBack: Send {
     /// file (nothing was written); on an error nothing of the file was written.
     fn apply(&mut self, job: WriteJob) -> BoxFuture<'_, Result<Option<u64>, WriteBackError>>;
 
-    /// Closes the connection (best effort).
+    /// Opens a **page transaction** around the next files' [`apply`](WriteBack::apply) calls: each file then runs
+    /// in a savepoint of it (a failing file rolls back to its savepoint, alone) and nothing is committed until
+    /// [`commit_page`](WriteBack::commit_page). `ledger` is the ledger of the page's files: its table is created
+    /// (if missing) before the transaction starts. `Ok(false)`: not supported here (ODBC), each file commits alone.
+    fn begin_page<'a>(&'a mut self, ledger: &'a Ledger) -> BoxFuture<'a, Result<bool, WriteBackError>> {
+        let _ = ledger;
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Commits the page transaction [`begin_page`](WriteBack::begin_page) opened (a no-op without one). On an
+    /// error nothing of the page's files was written.
+    fn commit_page(&mut self) -> BoxFuture<'_, Result<(), WriteBackError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Closes the connection (best effort); an open page transaction is rolled back.
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 

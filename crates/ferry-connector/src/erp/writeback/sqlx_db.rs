@@ -26,6 +26,8 @@ use crate::erp::{ErpConfig, ErpKind, password_in_url, redact_url, scrub};
 /// An ERP database of one of the sqlx kinds, open read-write for the write-back.
 pub struct SqlxWriteBack {
     conn: SqlxConnection,
+    /// A page transaction is open ([`WriteBack::begin_page`]): each file is a savepoint in it.
+    in_page: bool,
     /// The database without its password, for messages.
     target: String,
 }
@@ -98,7 +100,7 @@ impl SqlxWriteBack {
                 ));
             }
         };
-        Ok(SqlxWriteBack { conn, target })
+        Ok(SqlxWriteBack { conn, in_page: false, target })
     }
 }
 
@@ -113,12 +115,51 @@ impl WriteBack for SqlxWriteBack {
 
     fn apply(&mut self, mut job: WriteJob) -> BoxFuture<'_, Result<Option<u64>, WriteBackError>> {
         Box::pin(async move {
-            let (target, job) = (self.target.as_str(), &mut job);
+            let (target, job, page) = (self.target.as_str(), &mut job, self.in_page);
             match &mut self.conn {
-                SqlxConnection::Sqlite(c) => apply_sqlx::<sqlx::Sqlite>(c, target, job).await,
-                SqlxConnection::Postgres(c) => apply_sqlx::<Postgres>(c, target, job).await,
-                SqlxConnection::MySql(c) => apply_sqlx::<sqlx::MySql>(c, target, job).await,
+                SqlxConnection::Sqlite(c) => apply_sqlx::<sqlx::Sqlite>(c, target, job, page).await,
+                SqlxConnection::Postgres(c) => apply_sqlx::<Postgres>(c, target, job, page).await,
+                SqlxConnection::MySql(c) => apply_sqlx::<sqlx::MySql>(c, target, job, page).await,
             }
+        })
+    }
+
+    fn begin_page<'a>(&'a mut self, ledger: &'a Ledger) -> BoxFuture<'a, Result<bool, WriteBackError>> {
+        Box::pin(async move {
+            if self.in_page {
+                return Ok(true);
+            }
+            let target = self.target.as_str();
+            // The ledger table first, outside the transaction (MySQL commits around DDL).
+            let r = match &mut self.conn {
+                SqlxConnection::Sqlite(c) => begin_page_sqlx::<sqlx::Sqlite>(c, ledger).await,
+                SqlxConnection::Postgres(c) => begin_page_sqlx::<Postgres>(c, ledger).await,
+                SqlxConnection::MySql(c) => begin_page_sqlx::<sqlx::MySql>(c, ledger).await,
+            };
+            r.map_err(|e| WriteBackError::Database {
+                target: target.to_string(),
+                reason: format!("cannot start the page transaction: {e}"),
+            })?;
+            self.in_page = true;
+            Ok(true)
+        })
+    }
+
+    fn commit_page(&mut self) -> BoxFuture<'_, Result<(), WriteBackError>> {
+        Box::pin(async move {
+            if !self.in_page {
+                return Ok(());
+            }
+            self.in_page = false;
+            let r = match &mut self.conn {
+                SqlxConnection::Sqlite(c) => commit_page_sqlx::<sqlx::Sqlite>(c).await,
+                SqlxConnection::Postgres(c) => commit_page_sqlx::<Postgres>(c).await,
+                SqlxConnection::MySql(c) => commit_page_sqlx::<sqlx::MySql>(c).await,
+            };
+            r.map_err(|e| WriteBackError::Database {
+                target: self.target.clone(),
+                reason: format!("cannot commit the page's write-backs: {e}"),
+            })
         })
     }
 
@@ -168,10 +209,38 @@ impl WriteBackDb for Postgres {
 
 /// Runs `job` for every record of its rows in one transaction, with the ledger's check and record in it; `None`
 /// when the ledger shows the file was applied before.
+/// Opens the page transaction (sqlx then makes each file's `begin` a savepoint), the ledger table created first.
+async fn begin_page_sqlx<DB>(conn: &mut DB::Connection, l: &Ledger) -> sqlx::Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    use sqlx_core::transaction::TransactionManager;
+    ledger_create::<DB>(conn, l).await;
+    DB::TransactionManager::begin(conn, None).await
+}
+
+/// Commits the page transaction; a failed commit is rolled back.
+async fn commit_page_sqlx<DB>(conn: &mut DB::Connection) -> sqlx::Result<()>
+where
+    DB: sqlx::Database,
+{
+    use sqlx_core::transaction::TransactionManager;
+    let r = DB::TransactionManager::commit(conn).await;
+    if r.is_err() && DB::TransactionManager::get_transaction_depth(conn) > 0 {
+        let _ = DB::TransactionManager::rollback(conn).await;
+    }
+    r
+}
+
+/// In a page transaction (`in_page`) the file's transaction is a savepoint of it and the ledger table is not
+/// created here (done when the page began).
 async fn apply_sqlx<DB>(
     conn: &mut DB::Connection,
     target: &str,
     job: &mut WriteJob,
+    in_page: bool,
 ) -> Result<Option<u64>, WriteBackError>
 where
     DB: WriteBackDb,
@@ -192,7 +261,9 @@ where
         target: target.to_string(),
         reason: format!("{what}: {e}"),
     };
-    if let Some(l) = ledger {
+    if let Some(l) = ledger
+        && !in_page
+    {
         ledger_create::<DB>(conn, l).await;
     }
     let mut tx = conn.begin().await.map_err(|e| db_err("cannot start a transaction", e))?;
