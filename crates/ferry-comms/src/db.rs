@@ -916,17 +916,29 @@ impl RelayClaim {
     }
 }
 
-/// The advisory-lock key of a tenant's relay: the first 8 bytes of SHA-256("ferry relay" NUL tenant).
-fn relay_lock_key(tenant: &str) -> i64 {
+/// The advisory-lock key of a tenant's work of one kind (`space`: `relay` or `downstream`, separate key spaces so
+/// one replica may relay a tenant while another fetches for it): the first 8 bytes of
+/// SHA-256("ferry " space NUL tenant).
+fn lock_key(space: &str, tenant: &str) -> i64 {
     use sha2::{Digest, Sha256};
-    let d = Sha256::new().chain_update(b"ferry relay\0").chain_update(tenant.as_bytes()).finalize();
+    let d = Sha256::new()
+        .chain_update(b"ferry ")
+        .chain_update(space.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(tenant.as_bytes())
+        .finalize();
     i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
 }
 
 /// Claim the relay of `tenant`'s batches for this replica; None while another replica holds it.
 pub async fn claim_relay(db: &Db, tenant: &str) -> sqlx::Result<Option<RelayClaim>> {
+    claim(db, "relay", tenant).await
+}
+
+/// Take `tenant`'s session advisory lock in `space` on a connection kept with the claim.
+async fn claim(db: &Db, space: &str, tenant: &str) -> sqlx::Result<Option<RelayClaim>> {
     let Db::Postgres(pool) = db else { return Ok(Some(RelayClaim::Local)) };
-    let key = relay_lock_key(tenant);
+    let key = lock_key(space, tenant);
     let mut conn = pool.acquire().await?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
     if !got {
@@ -1597,27 +1609,11 @@ pub async fn last_imports(db: &Db, limit: i64) -> sqlx::Result<Vec<(String, Stri
 
 // ---- several replicas on one PostgreSQL (docs/scale-out.md) -------------------------------------------------
 
-/// The advisory-lock key of a tenant's downstream work: the first 8 bytes of SHA-256("ferry downstream" NUL
-/// tenant) (another key space than the relay's, so one replica may relay a tenant while another fetches for it).
-fn downstream_lock_key(tenant: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::new().chain_update(b"ferry downstream\0").chain_update(tenant.as_bytes()).finalize();
-    i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
-}
-
 /// Claim the downstream work of `tenant` (fetching its files from the App, telling the App their progress) for
 /// this replica, as [`claim_relay`] does for the relay: None while another replica holds it. Released with
 /// [`RelayClaim::release`], or when the replica stops or dies (its connection closes).
 pub async fn claim_downstream(db: &Db, tenant: &str) -> sqlx::Result<Option<RelayClaim>> {
-    let Db::Postgres(pool) = db else { return Ok(Some(RelayClaim::Local)) };
-    let key = downstream_lock_key(tenant);
-    let mut conn = pool.acquire().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
-    if !got {
-        return Ok(None);
-    }
-    conn.close_on_drop();
-    Ok(Some(RelayClaim::Postgres(conn, key)))
+    claim(db, "downstream", tenant).await
 }
 
 /// The ids of `tenant`'s files still to fetch, read again after a claim (the worker's list may be stale: another

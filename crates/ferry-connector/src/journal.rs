@@ -294,21 +294,7 @@ impl Journal {
     /// Records that file `id` was delivered into the ERP (counts as one more attempt and clears the error). A file
     /// already applied or acked keeps its entry unchanged: it is never applied twice.
     pub async fn mark_applied(&self, id: &str, name: &str, sha256: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO received(file_id, name, sha256, state, attempts, error, applied_at)
-             VALUES (?, ?, ?, 'applied', 1, NULL, ?)
-             ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, sha256 = excluded.sha256,
-                 state = 'applied', attempts = received.attempts + 1, error = NULL,
-                 applied_at = excluded.applied_at
-             WHERE received.state = 'failed'",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(sha256)
-        .bind(Utc::now().to_rfc3339())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.mark_applied_many(&[(id.to_string(), name.to_string(), sha256.to_string())]).await
     }
 
     /// [`mark_applied`](Self::mark_applied) for several files `(id, name, sha256)` in **one** transaction (one
