@@ -51,11 +51,17 @@ impl Setup {
             plan.is_some()
         };
         assert!(eventually(Duration::from_secs(60), planned).await.is_some(), "no plan after the import");
-        // under `auto` the release follows the plan in the same task: wait for every release to have its file
-        let settled =
-            async || release::releases(&self.inst.0).await.unwrap().iter().all(|r| !r.release.file_id.is_empty());
-        assert!(eventually(Duration::from_secs(30), settled).await.is_some());
-        plan.unwrap()
+        let plan = plan.unwrap();
+        // under `auto` the release follows the plan in the same task, after the plan is committed: wait until no
+        // line of it is still proposed and every release has its file
+        let auto = release::policy(&self.inst.0).await.unwrap() == Policy::Auto;
+        let settled = async || {
+            let proposed = if auto { release::proposed_ids(&self.inst.0, plan.id).await.unwrap().len() } else { 0 };
+            proposed == 0
+                && release::releases(&self.inst.0).await.unwrap().iter().all(|r| !r.release.file_id.is_empty())
+        };
+        assert!(eventually(Duration::from_secs(30), settled).await.is_some(), "the automatic release did not settle");
+        plan
     }
 
     async fn release(&self, ids: &[i64]) -> Result<Vec<release::Release>, ReleaseError> {
