@@ -3,7 +3,7 @@
 //! streams past ([`digest`]), SSH key pairs ([`keys`]), TLS identities, pinning and HTTP clients
 //! ([`tls`]), RFC 9421 HTTP message signatures ([`httpsig`]), the signed JSON client of Ferry's web services
 //! ([`client`]), SQLite pools ([`sqlite`]), config files ([`config`]) and retry pacing with backoff, jitter and
-//! rate-limited failure logs ([`retry`]).
+//! rate-limited failure logs ([`retry`]), and the allocator settings that keep resident memory flat ([`memory`]).
 //!
 //! Every cryptographic operation goes through one backend, `ring` (via russh, rustls and rcgen) plus
 //! the RustCrypto `rsa`/`sha2`/`md-5` crates; nothing here pulls in aws-lc. Nothing here knows about
@@ -21,6 +21,7 @@ pub mod digest;
 pub mod disk;
 pub mod httpsig;
 pub mod keys;
+pub mod memory;
 pub mod private;
 pub mod retry;
 pub mod sqlite;

@@ -6,6 +6,9 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Two malloc arenas and a fixed mmap threshold: resident memory stays flat in the size of an extract (see
+    // ferry_io::memory); first, before any thread exists.
+    ferry_io::memory::tune_allocator();
     // Data at rest is the owner's only (files 0600, folders 0700), whatever umask the process was started with;
     // first, before any thread exists.
     #[cfg(unix)]
