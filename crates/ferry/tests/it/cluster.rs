@@ -197,7 +197,9 @@ async fn twenty_tenants_two_apps_three_replicas_and_a_relay_taken_over_mid_way()
         if let Some(i) = (0..3).find(|&i| now[i] > before[i]) {
             let log = c.replicas[i].log_text();
             let line = log.lines().filter(|l| l.contains("relay claimed") && l.contains(&tenant)).last().unwrap();
-            let id = line.split_whitespace().find_map(|w| w.strip_prefix("batch=")).unwrap().to_string();
+            // the event's own field (the span's prefix `relay{tenant=.. batch=..}:` holds it too)
+            let id = line.split_whitespace().filter_map(|w| w.strip_prefix("batch=")).last().unwrap();
+            let id = id.trim_end_matches(['}', ':']).to_string();
             break (i, id);
         }
         assert!(t0.elapsed() < Duration::from_secs(120), "no replica claimed {t}'s relay");

@@ -346,7 +346,7 @@ impl ProcCluster {
         std::fs::write(
             &hcfg,
             format!(
-                "global\n    maxconn 20000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
+                "global\n    maxconn 8000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
                  timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
                  default_backend comms\nbackend comms\n    balance leastconn\n{servers}"
             ),
