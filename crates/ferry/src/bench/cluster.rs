@@ -258,11 +258,13 @@ async fn idle_phase(idle: usize, cluster: &ProcCluster, cfgs: &[PathBuf]) -> any
     for t in tasks {
         t.abort();
     }
-    let held = sock1.saturating_sub(sock0);
+    // the polls' connections (other sockets of the replica, to the database say, may come and go meanwhile)
+    let held = sock1.saturating_sub(sock0).min(idle);
     println!();
     println!("phase 2: {idle} idle long-polls (GET /v1/files?wait=60) held by {}", replica.name);
     println!("row | value");
     println!("connections held | {held}");
+    println!("replica sockets | {sock0} -> {sock1}");
     println!("RSS before MiB | {:.1}", rss0 as f64 / 1024.0);
     println!("RSS after MiB | {:.1}", rss1 as f64 / 1024.0);
     println!("RSS per connection KiB | {:.1}", rss1.saturating_sub(rss0) as f64 / held.max(1) as f64);

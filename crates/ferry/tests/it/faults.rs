@@ -96,7 +96,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
 /// Cluster mode at CI size: a few cycles with the kills hitting Comms replicas behind haproxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_replicas_killed_anywhere_lose_nothing() {
-    run(true, env_u64("FERRY_FAULT_CLUSTER_CYCLES").unwrap_or(4)).await;
+    run(true, env_u64("FERRY_FAULT_CLUSTER_CYCLES").unwrap_or(6)).await;
 }
 
 /// Where the Comms metadata lives: the SQLite file of the one server, or the cluster's PostgreSQL database.
