@@ -133,12 +133,8 @@ async fn phases(a: &ClusterArgs, cluster: &ProcCluster, erp: &std::path::Path) -
     println!("{} tenants added and Connectors registered in {:.1} s", a.connectors, t.elapsed().as_secs_f64());
 
     // phase 1: every Connector syncs at once
-    let servers: Vec<(String, u32)> = cluster
-        .replicas
-        .iter()
-        .chain(cluster.apps.iter())
-        .map(|p| (p.name.clone(), p.pid().unwrap_or(0)))
-        .collect();
+    let servers: Vec<(String, u32)> =
+        cluster.replicas.iter().chain(cluster.apps.iter()).map(|p| (p.name.clone(), p.pid().unwrap_or(0))).collect();
     let mut usage = Vec::new();
     for (name, pid) in servers {
         reset_peak(pid);

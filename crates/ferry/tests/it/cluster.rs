@@ -48,7 +48,10 @@ async fn sync_all(cfgs: &[(String, PathBuf)]) {
 
 /// The rows of `batch_log` of an instance: (batch id, state).
 fn imported_batches(db: &Path) -> Vec<(String, String)> {
-    query(db, "SELECT batch_id, state FROM batch_log ORDER BY batch_id").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect()
+    query(db, "SELECT batch_id, state FROM batch_log ORDER BY batch_id")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect()
 }
 
 /// Lines of `log` holding every one of `words`.
@@ -113,7 +116,8 @@ async fn twenty_tenants_two_apps_three_replicas_and_a_relay_taken_over_mid_way()
                 .collect()
         })
     };
-    let placed: Vec<usize> = names.iter().map(|t| app_of(&c, t).unwrap_or_else(|| panic!("{t}: no instance"))).collect();
+    let placed: Vec<usize> =
+        names.iter().map(|t| app_of(&c, t).unwrap_or_else(|| panic!("{t}: no instance"))).collect();
     assert_eq!(placed.iter().filter(|&&a| a == 0).count(), TENANTS / 2, "placement over two App servers: {placed:?}");
     let db = ferry_comms::db::open_postgres(&database).await.unwrap();
     for row in ferry_comms::db::list_tenants(&db).await.unwrap() {

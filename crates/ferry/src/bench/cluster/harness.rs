@@ -287,10 +287,15 @@ impl ProcCluster {
                 t.insert("plan_after_import".into(), false.into());
                 section(t, "comms").insert("api_url".into(), format!("https://{lb}").into());
             })?;
-            let mut p = Proc::new(&format!("app{i}"), exe, &["app", "serve", "--config", &s(&cfg)], logs.join(format!("app{i}.log")))
-                .env("FERRY_LOG", &o.log_filter)
-                .env("FERRY_LOG_FORMAT", "text")
-                .env("NO_COLOR", "1");
+            let mut p = Proc::new(
+                &format!("app{i}"),
+                exe,
+                &["app", "serve", "--config", &s(&cfg)],
+                logs.join(format!("app{i}.log")),
+            )
+            .env("FERRY_LOG", &o.log_filter)
+            .env("FERRY_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1");
             p.start()?;
             let https = p.logged("app server listening", "https_addr", 0, started)?;
             let ssh = p.logged("app server listening", "ssh_addr", 0, started)?;
@@ -323,10 +328,15 @@ impl ProcCluster {
         for i in 0..o.replicas {
             let cfg = comms_dir.join(format!("comms-{i}.toml"));
             std::fs::copy(&comms_cfg, &cfg)?;
-            let mut p = Proc::new(&format!("comms-{i}"), exe, &["comms", "serve", "--config", &s(&cfg)], logs.join(format!("comms-{i}.log")))
-                .env("FERRY_LOG", &o.log_filter)
-                .env("FERRY_LOG_FORMAT", "text")
-                .env("NO_COLOR", "1");
+            let mut p = Proc::new(
+                &format!("comms-{i}"),
+                exe,
+                &["comms", "serve", "--config", &s(&cfg)],
+                logs.join(format!("comms-{i}.log")),
+            )
+            .env("FERRY_LOG", &o.log_filter)
+            .env("FERRY_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1");
             p.start()?;
             let addr: SocketAddr = p.logged("comms server listening", "https_addr", 0, started)?.parse()?;
             edit_toml(&cfg, |t| {
@@ -441,7 +451,10 @@ impl Drop for ProcCluster {
 pub async fn shrink_erp(erp: &Path, keep_every: u32) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", erp.display())).await?;
-    sqlx::query("DELETE FROM sales_lines WHERE line_id % ? != 0").bind(i64::from(keep_every.max(1))).execute(&mut c).await?;
+    sqlx::query("DELETE FROM sales_lines WHERE line_id % ? != 0")
+        .bind(i64::from(keep_every.max(1)))
+        .execute(&mut c)
+        .await?;
     sqlx::query("VACUUM").execute(&mut c).await?;
     c.close().await?;
     Ok(())
