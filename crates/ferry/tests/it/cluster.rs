@@ -200,9 +200,9 @@ async fn twenty_tenants_two_apps_three_replicas_and_a_relay_taken_over_mid_way()
         let now: Vec<usize> = c.replicas.iter().map(|r| count(&r.log_text(), &["relay claimed", &tenant])).collect();
         if let Some(i) = (0..3).find(|&i| now[i] > before[i]) {
             let log = c.replicas[i].log_text();
-            let line = log.lines().filter(|l| l.contains("relay claimed") && l.contains(&tenant)).last().unwrap();
+            let line = log.lines().rfind(|l| l.contains("relay claimed") && l.contains(&tenant)).unwrap();
             // the event's own field (the span's prefix `relay{tenant=.. batch=..}:` holds it too)
-            let id = line.split_whitespace().filter_map(|w| w.strip_prefix("batch=")).last().unwrap();
+            let id = line.split_whitespace().filter_map(|w| w.strip_prefix("batch=")).next_back().unwrap();
             let id = id.trim_end_matches(['}', ':']).to_string();
             break (i, id);
         }
