@@ -40,6 +40,8 @@ async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<
         claim.release().await;
         return Ok(());
     }
+    // which replica holds a tenant's relay claim shows in its log (the cluster tests stop that one mid-relay)
+    tracing::info!(tenant = %b.tenant, batch = %b.manifest.batch_id, state = b.state.as_str(), "relay claimed");
     let r = relay_one(st, b).await;
     claim.release().await;
     let Err(e) = r else { return Ok(()) };

@@ -6,6 +6,8 @@
 //! `ferry bench import`: the App's import against `sqlite3 .import` of the same files (see [`import`]).
 //! `ferry bench extract`: reading the ERP, the Connector's SQLite source against `sqlite3 -csv` (see [`extract`]).
 //!
+//! `ferry bench cluster`: N Connectors through Comms replicas behind haproxy (see [`cluster`]).
+//!
 //! `ferry bench upstream`: generate a sample ERP, push it through the real pipeline one stage at a time
 //! (extract+CSV+hash+bzip2, SFTP upload, relay+verify+import) and print per stage seconds, MB/s, rows/s and peak
 //! RSS — then run the standard tools on the same data in the same run, where they are installed (`bzip2`,
@@ -26,6 +28,7 @@
 //! in-process Comms and App servers, never the external tools. Files are streamed: nothing is read whole into
 //! memory on our side. MB are 10^6 bytes; RSS is in MiB.
 
+pub mod cluster;
 pub mod downstream;
 mod extract;
 mod import;
@@ -95,6 +98,10 @@ pub enum BenchCmd {
     /// Reading the ERP: `sqlite3 -csv` on the mapping queries against the Connector's SQLite source (rows only,
     /// then read + convert + validate as `connector check` does), taking turns for N rounds.
     Extract(extract::ExtractArgs),
+    /// The scaled-out cloud side: N Connectors syncing at once through 3 Comms replicas behind haproxy (on
+    /// PostgreSQL) and 2 App servers, all separate processes: batches per minute, p50/p95 time to imported, CPU
+    /// and peak RSS per process; then one replica holding many idle long-polls (memory per connection).
+    Cluster(cluster::ClusterArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -104,6 +111,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Downstream { files, runs, dir } => downstream::run(files as usize, runs, dir).await,
         BenchCmd::Import { size, dir, runs } => import::run(&size, dir, runs).await,
         BenchCmd::Extract(args) => extract::run(args).await,
+        BenchCmd::Cluster(args) => cluster::run(args).await,
     }
 }
 

@@ -60,3 +60,47 @@ fn bench_pipeline_prints_every_contender_with_figures() {
         assert!(number(script[3], "the script's peak RSS", &text) > 0.0);
     }
 }
+
+/// The value cell of the `name | value` row of `ferry bench cluster`'s output.
+fn value(out: &str, name: &str) -> f64 {
+    let cells = row(out, &[name]);
+    number(cells[1], name, out)
+}
+
+/// `ferry bench cluster` (issue 12, item 6) at CI size: 4 Connectors through 3 replicas behind haproxy and 2 App
+/// servers, then 50 idle long-polls on one replica. Checks every row is printed with a sane figure. Skips without
+/// haproxy or a test PostgreSQL (`FERRY_TEST_POSTGRES_URL`), fails under `FERRY_CI=1`.
+#[test]
+fn bench_cluster_prints_every_row_with_sane_figures() {
+    if crate::replicas::haproxy_bin().is_none() {
+        return;
+    }
+    if std::env::var("FERRY_TEST_POSTGRES_URL").is_err() {
+        assert!(!std::env::var("FERRY_CI").is_ok_and(|v| v == "1"), "FERRY_CI=1 but FERRY_TEST_POSTGRES_URL is unset");
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped (scripts/test-databases.sh)");
+        return;
+    }
+    let out = ferry_output(&["bench", "cluster", "--connectors", "4", "--idle", "50", "--sales-every", "50"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(value(&text, "batches imported"), 4.0);
+    let wall = value(&text, "wall time s");
+    let per_minute = value(&text, "batches per minute");
+    assert!((per_minute - 4.0 * 60.0 / wall).abs() / per_minute < 0.1, "{per_minute} per minute in {wall} s");
+    let (p50, p95) = (value(&text, "sync start to imported p50 s"), value(&text, "sync start to imported p95 s"));
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= wall + 1.0, "p50 {p50} p95 {p95} wall {wall}");
+    for process in ["comms-0", "comms-1", "comms-2", "app0", "app1"] {
+        let r = row(&text, &[process]);
+        let (cpu, rss) = (number(r[1], process, &text), number(r[2], process, &text));
+        assert!(cpu >= 0.0 && (1.0..4096.0).contains(&rss), "{process}: CPU {cpu} s, peak RSS {rss} MiB");
+    }
+    // the replicas that relayed and the App servers that imported did work
+    assert!(number(row(&text, &["app0"])[1], "app0", &text) > 0.0);
+    assert!(value(&text, "connections held") >= 50.0);
+    let (before, after) = (value(&text, "RSS before MiB"), value(&text, "RSS after MiB"));
+    assert!(before > 1.0 && after >= before, "RSS {before} -> {after} MiB");
+    let per = value(&text, "RSS per connection KiB");
+    assert!((0.0..2048.0).contains(&per), "{per} KiB per connection");
+    assert_eq!(value(&text, "poll errors"), 0.0);
+}

@@ -9,6 +9,12 @@
 //!
 //! `FERRY_FAULT_CYCLES` (default 20) sets the number of cycles and `FERRY_FAULT_SEED` replays a run (the seed
 //! is printed at the start). See "Reliability tests" in the README.
+//!
+//! **Cluster mode** (`FERRY_FAULT_CLUSTER=1`, and always in [`cluster_replicas_killed_anywhere_lose_nothing`]):
+//! Comms is three `ferry comms serve` replicas on one PostgreSQL database (`FERRY_TEST_POSTGRES_URL`) behind
+//! Debian's haproxy in TCP mode (the Connector -> Comms proxy and the App's announcements go to haproxy), and the
+//! random kills hit one replica or another (three times as often as a single Comms server is hit). The same
+//! invariants are checked, the Comms side's on PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use crate::common::eventually;
 use crate::procs::*;
+use ferry::bench::cluster::harness;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -25,7 +34,8 @@ use rand::{Rng, SeedableRng};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     App,
-    Comms,
+    /// A Comms server (replica `n` in cluster mode; 0 otherwise).
+    Comms(usize),
     /// `connector run` (downstream).
     Run,
     /// The `connector sync` of the current cycle.
@@ -43,7 +53,8 @@ enum Fault {
 
 struct Nodes {
     app: Node,
-    comms: Node,
+    /// One Comms server, or the replicas in cluster mode.
+    comms: Vec<Node>,
     run: Node,
     /// The sync of the moment: reaped only under this lock, so a kill never reaches a recycled pid.
     sync: Option<Node>,
@@ -53,7 +64,7 @@ impl Nodes {
     fn get(&mut self, t: Target) -> Option<&mut Node> {
         match t {
             Target::App => Some(&mut self.app),
-            Target::Comms => Some(&mut self.comms),
+            Target::Comms(i) => self.comms.get_mut(i),
             Target::Run => Some(&mut self.run),
             Target::Sync => None,
         }
@@ -78,9 +89,127 @@ fn po_file(c: u64) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
+    let cluster = std::env::var("FERRY_FAULT_CLUSTER").is_ok_and(|v| v == "1");
+    run(cluster, env_u64("FERRY_FAULT_CYCLES").unwrap_or(20)).await;
+}
+
+/// Cluster mode at CI size: a few cycles with the kills hitting Comms replicas behind haproxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_replicas_killed_anywhere_lose_nothing() {
+    run(true, env_u64("FERRY_FAULT_CLUSTER_CYCLES").unwrap_or(6)).await;
+}
+
+/// Where the Comms metadata lives: the SQLite file of the one server, or the cluster's PostgreSQL database.
+enum CommsDb {
+    Sqlite(PathBuf),
+    Postgres(ferry_comms::config::DatabaseConfig),
+}
+
+impl CommsDb {
+    /// Rows of a query, every column as text.
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let cfg = match self {
+            CommsDb::Sqlite(p) => return query(p, sql),
+            CommsDb::Postgres(cfg) => cfg.clone(),
+        };
+        let sql = sql.to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                use sqlx::{Connection, Row};
+                use std::str::FromStr;
+                let mut opts = sqlx::postgres::PgConnectOptions::from_str(&cfg.url).expect("the database URL");
+                if let Some(env) = &cfg.password_env {
+                    opts = opts.password(&std::env::var(env).expect("the database password"));
+                }
+                let mut c = sqlx::PgConnection::connect_with(&opts).await.expect("connect to PostgreSQL");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut c).await.expect("query");
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                r.try_get::<String, _>(i)
+                                    .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                                    .unwrap_or_default()
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+        })
+        .join()
+        .expect("query thread")
+    }
+}
+
+/// Comms replicas 1.. (the first is setup's own server) on the config of `comms_cfg`, each on a port of its own
+/// (its own copy of the config, so that a restart listens there again), and haproxy in TCP mode in front of all;
+/// returns the replicas, haproxy's address and its process.
+fn start_replicas(
+    comms_cfg: &Path,
+    first: SocketAddr,
+    logs: &Path,
+    haproxy: &Path,
+) -> (Vec<Node>, SocketAddr, harness::Proc) {
+    let mut nodes = Vec::new();
+    let mut addrs = vec![first];
+    for i in 1..3 {
+        let cfg = comms_cfg.with_file_name(format!("comms-{i}.toml"));
+        std::fs::copy(comms_cfg, &cfg).expect("copy comms.toml");
+        edit_toml(&cfg, |t| {
+            t.insert("listen_https".into(), "127.0.0.1:0".into());
+            t.insert("listen_ssh".into(), "127.0.0.1:0".into());
+        });
+        let c = cfg.display().to_string();
+        let mut n = Node::new(&format!("comms-{i}"), &["comms", "serve", "--config", &c], logs);
+        n.start();
+        let addr = n.logged_addr("comms server listening", "https_addr", Duration::from_secs(60));
+        edit_toml(&cfg, |t| {
+            t.insert("listen_https".into(), addr.to_string().into());
+            t.insert("listen_ssh".into(), addr.to_string().into());
+        });
+        nodes.push(n);
+        addrs.push(addr);
+    }
+    let lb = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr");
+    let servers: String = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("    server comms{i} {a} check inter 300ms fall 2 rise 1\n"))
+        .collect();
+    let hcfg = logs.join("haproxy.cfg");
+    std::fs::write(
+        &hcfg,
+        format!(
+            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
+             timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
+             default_backend comms\nbackend comms\n    balance roundrobin\n{servers}"
+        ),
+    )
+    .expect("haproxy.cfg");
+    let hc = hcfg.display().to_string();
+    let mut p = harness::Proc::new("haproxy", haproxy, &["-db", "-f", &hc], logs.join("haproxy.log"));
+    p.start().expect("start haproxy");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(lb).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "haproxy never listened on {lb}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (nodes, lb, p)
+}
+
+async fn run(cluster: bool, cycles: u64) {
+    // cluster mode needs haproxy and a test PostgreSQL (skipped without; a failure under FERRY_CI=1)
+    let pg = if cluster {
+        let Some(haproxy) = crate::replicas::haproxy_bin() else { return };
+        let Some(db) = crate::comms_postgres::scratch_database().await else { return };
+        Some((haproxy, db))
+    } else {
+        None
+    };
     let seed = env_u64("FERRY_FAULT_SEED").unwrap_or_else(|| rand::thread_rng().r#gen());
-    let cycles = env_u64("FERRY_FAULT_CYCLES").unwrap_or(20).max(2);
-    println!("fault injection: FERRY_FAULT_SEED={seed} FERRY_FAULT_CYCLES={cycles}");
+    let cycles = cycles.max(2);
+    println!("fault injection: FERRY_FAULT_SEED={seed} FERRY_FAULT_CYCLES={cycles} cluster mode: {cluster}");
     let mut rng = StdRng::seed_from_u64(seed);
     // Kept when the test fails (the logs of every process are in `<dir>/logs`); removed when it passes.
     let dir = tempfile::Builder::new().prefix("ferry-faults-").tempdir().expect("tempdir").keep();
@@ -89,18 +218,50 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     // Connector -> Comms, Comms -> App (HTTPS), Comms -> App (SSH); routed once the servers are up.
     let proxies = Arc::new([Proxy::unrouted().await, Proxy::unrouted().await, Proxy::unrouted().await]);
     let (d, p) = (dir.clone(), proxies.clone());
+    let database = pg.as_ref().map(|(_, db)| db.clone());
     let (sys, app, comms) = tokio::task::spawn_blocking(move || {
-        setup(&d, &p, |t| {
+        let connector = |t: &mut toml::Table| {
             // short limits, so that a stalled connection is given up and retried within a cycle
             let n = section(t, "network");
             n.insert("connect_timeout_secs".into(), 5.into());
             n.insert("timeout_secs".into(), 5.into());
+        };
+        setup_with(&d, &p, connector, |t| {
+            if let Some(db) = database {
+                let d = section(t, "database");
+                d.insert("url".into(), db.url.into());
+                if let Some(env) = db.password_env {
+                    d.insert("password_env".into(), env.into());
+                }
+            }
         })
     })
     .await
     .expect("setup");
     let sys = Arc::new(sys);
     let logs = dir.join("logs");
+    let mut comms = vec![comms];
+    let mut app = app;
+    let mut _haproxy = None;
+    let comms_db = match &pg {
+        None => CommsDb::Sqlite(sys.comms_db()),
+        Some((haproxy, db)) => {
+            let (cfg, first, l, h) = (sys.comms_cfg.clone(), sys.addrs.comms, logs.clone(), haproxy.clone());
+            let (more, lb, hp) =
+                tokio::task::spawn_blocking(move || start_replicas(&cfg, first, &l, &h)).await.expect("replicas");
+            comms.extend(more);
+            _haproxy = Some(hp);
+            // the Connector reaches the replicas through haproxy; the App announces its files there too
+            proxies[0].route(lb);
+            edit_toml(&sys.app_cfg, |t| {
+                section(t, "comms").insert("api_url".into(), format!("https://{lb}").into());
+            });
+            app.kill9();
+            app.start();
+            CommsDb::Postgres(db.clone())
+        }
+    };
+    let n_comms = comms.len();
     let run_args = sys.conn_args("run");
     let mut run = Node::new("connector-run", &run_args.iter().map(String::as_str).collect::<Vec<_>>(), &logs);
     run.start();
@@ -141,9 +302,10 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
             (0..rng.gen_range(0..=3))
                 .map(|_| {
                     let at = Duration::from_millis(rng.gen_range(0..4000));
-                    let fault = match rng.gen_range(0..10) {
+                    // cluster mode: three more chances of a replica kill (plain runs keep their seeds' plans)
+                    let fault = match rng.gen_range(0..if cluster { 13 } else { 10 }) {
                         0 => Fault::Kill(Target::App),
-                        1 => Fault::Kill(Target::Comms),
+                        1 | 10..=12 => Fault::Kill(Target::Comms(rng.gen_range(0..n_comms))),
                         2 | 3 => Fault::Kill(Target::Run),
                         4 | 5 => Fault::Kill(Target::Sync),
                         6 | 7 => Fault::Cut(rng.gen_range(0..3)),
@@ -226,9 +388,8 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
         panic!("files never applied (seed {seed}): {missing:?}\nconnector log: {log}");
     }
     // Comms and the App hear about every delivery.
-    let states = || {
-        (query(&sys.comms_db(), "SELECT state FROM downloads"), query(&sys.instance_db(), "SELECT state FROM outbox"))
-    };
+    let states =
+        || (comms_db.rows("SELECT state FROM downloads"), query(&sys.instance_db(), "SELECT state FROM outbox"));
     let all = |rows: &Vec<Vec<String>>| rows.len() == names.len() && rows.iter().all(|r| r[0] == "delivered");
     let confirmed = async || {
         let (comms, app) = states();
@@ -243,7 +404,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     {
         let mut guard = nodes.lock().expect("lock");
         let n = &mut *guard;
-        for node in [&mut n.app, &mut n.comms, &mut n.run] {
+        for node in [&mut n.app, &mut n.run].into_iter().chain(n.comms.iter_mut()) {
             assert!(node.is_running(), "{} died by itself (seed {seed}); log {}", node.name, node.log_path().display());
         }
         n.run.term();
@@ -253,7 +414,7 @@ async fn crash_and_cut_anywhere_lose_nothing_import_nothing_twice() {
     stop.store(true, Ordering::SeqCst);
     watcher.join().expect("watcher");
 
-    check_upstream(&sys, &last_imported, seed);
+    check_upstream(&sys, &comms_db, &last_imported, seed);
     check_downstream(&sys, &expected.lock().expect("lock"), seed);
     let seen = violations.lock().expect("lock");
     assert!(seen.is_empty(), "seen during the run (seed {seed}):\n{}", seen.join("\n"));
@@ -307,7 +468,7 @@ async fn inject(nodes: &Mutex<Nodes>, proxies: &[Proxy; 3], fault: Fault, restar
 fn ensure_running(nodes: &Mutex<Nodes>) {
     let mut guard = nodes.lock().expect("lock");
     let n = &mut *guard;
-    for node in [&mut n.app, &mut n.comms, &mut n.run] {
+    for node in [&mut n.app, &mut n.run].into_iter().chain(n.comms.iter_mut()) {
         if !node.is_running() {
             let _ = node.exited();
             node.start();
@@ -412,7 +573,7 @@ fn instance_consistent(db: &Path) -> Result<(), String> {
 
 /// Every batch the Connector completed was imported once, none was rejected, the App holds nothing the
 /// Connector did not send, and the instance holds the last batch.
-fn check_upstream(sys: &System, last_imported: &str, seed: u64) {
+fn check_upstream(sys: &System, comms_db: &CommsDb, last_imported: &str, seed: u64) {
     let journal: BTreeMap<String, String> = query(&sys.journal_db(), "SELECT batch_id, state FROM batches")
         .into_iter()
         .map(|r| (r[0].clone(), r[1].clone()))
@@ -421,7 +582,8 @@ fn check_upstream(sys: &System, last_imported: &str, seed: u64) {
         .into_iter()
         .map(|r| (r[0].clone(), r[1].clone()))
         .collect();
-    let comms: BTreeMap<String, String> = query(&sys.comms_db(), "SELECT batch_id, state FROM batches")
+    let comms: BTreeMap<String, String> = comms_db
+        .rows("SELECT batch_id, state FROM batches")
         .into_iter()
         .map(|r| (r[0].clone(), r[1].clone()))
         .collect();

@@ -12,6 +12,7 @@ mod apps;
 mod architecture;
 mod bench;
 mod check;
+mod cluster;
 mod comms_postgres;
 mod console;
 mod downstream;

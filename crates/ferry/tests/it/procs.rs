@@ -298,6 +298,16 @@ impl System {
 /// `proxies` (Connector -> Comms, Comms -> App HTTPS, Comms -> App SSH; listening, not yet routed) to them, add
 /// the tenant and register the Connector. Returns the system and the running App and Comms nodes.
 pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut toml::Table)) -> (System, Node, Node) {
+    setup_with(dir, proxies, tweak_connector, |_| {})
+}
+
+/// [`setup`], with `tweak_comms` editing comms.toml before the Comms server first starts (e.g. `[database]`).
+pub fn setup_with(
+    dir: &Path,
+    proxies: &[Proxy; 3],
+    tweak_connector: impl FnOnce(&mut toml::Table),
+    tweak_comms: impl FnOnce(&mut toml::Table),
+) -> (System, Node, Node) {
     let app_dir = dir.join("app");
     let comms_dir = dir.join("comms");
     let conn_dir = dir.join("connector");
@@ -330,6 +340,7 @@ pub fn setup(dir: &Path, proxies: &[Proxy; 3], tweak_connector: impl FnOnce(&mut
         t.insert("public_ssh_addr".into(), via(&proxies[0]).into());
         // a port of its own: systems of tests running at once must not clash on the default 8444
         t.insert("listen_admin".into(), "127.0.0.1:0".into());
+        tweak_comms(t);
     });
     // Each side learns the other's identity from the `info` commands, as an operator would.
     let comms_info = ferry(&["comms", "info", "--config", &comms_c]);

@@ -14,7 +14,7 @@
 //! install. Benchmark figures, never a pass/fail on a ratio.
 
 mod ferry_side;
-mod procs;
+pub(super) mod procs;
 mod shell_side;
 
 use std::collections::BTreeMap;

@@ -104,7 +104,7 @@ fn clock_ticks() -> f64 {
 
 /// User + system CPU seconds of a running process from /proc/PID/stat; with `children`, plus those of the
 /// children it waited for (an sshd's per-connection processes).
-pub(super) fn proc_cpu(pid: u32, children: bool) -> Option<f64> {
+pub(in crate::bench) fn proc_cpu(pid: u32, children: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After "pid (comm) " come the fields from `state` (3) on: utime 14, stime 15, cutime 16, cstime 17.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
@@ -115,14 +115,14 @@ pub(super) fn proc_cpu(pid: u32, children: bool) -> Option<f64> {
 }
 
 /// The peak RSS (KiB) of a running process since its start or its last [`reset_peak`].
-pub(super) fn proc_peak_kib(pid: u32) -> Option<u64> {
+pub(in crate::bench) fn proc_peak_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
     line.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Resets a process's peak RSS to its current RSS (Linux >= 4.0, our own child); whether it could.
-pub(super) fn reset_peak(pid: u32) -> bool {
+pub(in crate::bench) fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
@@ -213,7 +213,7 @@ pub(super) fn tail(text: &str) -> String {
 }
 
 /// `prog` on `PATH`, or in the sbin folders (`sshd` is not on a normal user's `PATH`).
-pub(super) fn find_program(prog: &str) -> Option<PathBuf> {
+pub(in crate::bench) fn find_program(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
