@@ -941,7 +941,7 @@ mod tests {
                     for _ in 0..1 + rng.next() % 3 {
                         let at = (rng.next() % bad.len() as u64) as usize;
                         bad[at] ^= 1 << (rng.next() % 8);
-                        if rng.next() % 4 == 0 {
+                        if rng.next().is_multiple_of(4) {
                             bad[at] = (rng.next() >> 40) as u8; // or a whole random byte
                         }
                     }
