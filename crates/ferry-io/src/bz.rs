@@ -342,31 +342,11 @@ fn find_stream_start(buf: &[u8], from: usize, to: usize) -> Option<usize> {
     None
 }
 
-/// Decode exactly one complete stream that spans exactly `input`, producing at most `max_out` bytes.
+/// Decode exactly one complete stream that spans exactly `input`, producing at most `max_out` bytes, with our own
+/// decoder ([`crate::bzdec`], faster than libbz2); any failure sends the caller to the sequential libbz2 decoder,
+/// which reports the error precisely.
 fn decode_segment(input: &[u8], max_out: usize) -> Result<Vec<u8>, SegmentFailed> {
-    let mut d = bzip2::Decompress::new(false);
-    let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).clamp(64 << 10, max_out + 1));
-    loop {
-        if out.len() == out.capacity() {
-            if out.len() > max_out {
-                return Err(SegmentFailed);
-            }
-            let more = out.len().max(64 << 10).min(max_out + 1 - out.len());
-            out.reserve_exact(more);
-        }
-        let (in_before, out_before) = (d.total_in(), out.len());
-        let at = usize::try_from(in_before).map_err(|_| SegmentFailed)?;
-        let status = d.decompress_vec(input.get(at..).unwrap_or_default(), &mut out).map_err(|_| SegmentFailed)?;
-        if status == bzip2::Status::StreamEnd {
-            if out.len() > max_out || d.total_in() != input.len() as u64 {
-                return Err(SegmentFailed);
-            }
-            return Ok(out);
-        }
-        if d.total_in() == in_before && out.len() == out_before && out.len() < out.capacity() {
-            return Err(SegmentFailed); // the input ends inside the stream
-        }
-    }
+    crate::bzdec::decode_stream(input, max_out).map_err(|_| SegmentFailed)
 }
 
 fn segment_worker(jobs: &Mutex<mpsc::Receiver<SegJob>>, done: &mpsc::Sender<SegDone>) {

@@ -24,6 +24,17 @@ const ITERATIONS: usize = 4;
 /// Compresses `data` into one complete level-9 bzip2 stream. `None` only if the suffix sorter
 /// reports an error (it does not on valid input); the caller then falls back to libbz2.
 pub fn compress_stream(data: &[u8]) -> Option<Vec<u8>> {
+    compress_with(data, false)
+}
+
+/// [`compress_stream`] with every block randomised, as bzip2 0.9.0 and older did for very repetitive blocks (the
+/// bit is obsolete, but decoders must still read it): the decoder tests need such streams.
+#[cfg(test)]
+pub(crate) fn compress_stream_randomised(data: &[u8]) -> Option<Vec<u8>> {
+    compress_with(data, true)
+}
+
+fn compress_with(data: &[u8], randomise: bool) -> Option<Vec<u8>> {
     let mut out = BitWriter::with_capacity(data.len() / 3 + 64);
     out.put(8, u32::from(b'B'));
     out.put(8, u32::from(b'Z'));
@@ -37,7 +48,10 @@ pub fn compress_stream(data: &[u8]) -> Option<Vec<u8>> {
         let (used, crc) = rle1(&data[pos..], &mut block);
         pos += used;
         combined = combined.rotate_left(1) ^ crc;
-        write_block(&block, crc, &mut work, &mut out)?;
+        if randomise {
+            randomise_block(&mut block);
+        }
+        write_block(&block, crc, randomise, &mut work, &mut out)?;
     }
     out.put(24, 0x17_7245);
     out.put(24, 0x38_5090);
@@ -90,7 +104,20 @@ struct Work {
     mtf: Vec<u16>,
 }
 
-fn write_block(block: &[u8], crc: u32, work: &mut Work, out: &mut BitWriter) -> Option<()> {
+/// XORs the block with bzip2's randomisation mask (its own inverse).
+fn randomise_block(block: &mut [u8]) {
+    let (mut to_go, mut r_pos) = (0u32, 0usize);
+    for b in block.iter_mut() {
+        if to_go == 0 {
+            to_go = u32::from(crate::bzdec::RNUMS[r_pos]);
+            r_pos = (r_pos + 1) % crate::bzdec::RNUMS.len();
+        }
+        to_go -= 1;
+        *b ^= u8::from(to_go == 1);
+    }
+}
+
+fn write_block(block: &[u8], crc: u32, randomised: bool, work: &mut Work, out: &mut BitWriter) -> Option<()> {
     let n = block.len();
     work.bwt.clear();
     work.bwt.resize(n, 0);
@@ -157,7 +184,7 @@ fn write_block(block: &[u8], crc: u32, work: &mut Work, out: &mut BitWriter) -> 
     out.put(24, 0x31_4159);
     out.put(24, 0x26_5359);
     out.put(32, crc);
-    out.put(1, 0);
+    out.put(1, u32::from(randomised));
     out.put(24, orig_ptr as u32);
     let mut used16 = 0u32;
     for i in 0..16 {

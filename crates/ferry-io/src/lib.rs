@@ -14,6 +14,7 @@ pub mod accept;
 #[cfg(windows)]
 pub mod acl;
 pub mod bz;
+pub mod bzdec;
 mod bzenc;
 pub mod client;
 pub mod config;

@@ -134,7 +134,50 @@ impl Bench<'_> {
             Line::ours("compress, 1 core", format!("{name} {}", mb(size)), ours1, None, note1)
                 .with_tool(&label1, theirs1),
         );
-        Ok((lines, ok))
+        let (line, dec_ok) = self.decompression_one_core(&ours1_out, size).await?;
+        lines.push(line);
+        Ok((lines, ok && dec_ok))
+    }
+
+    /// Per core, decompression: ours (`ferry_io::bzdec` through the parallel decoder, one thread) against
+    /// `lbzip2 -d -n1`, both reading our level-9 output `bz` of `size` plain bytes.
+    async fn decompression_one_core(&self, bz: &Path, size: u64) -> anyhow::Result<(Line, bool)> {
+        const ONE_CORE: (&str, &[&str]) = ("lbzip2", &["-d", "-n1", "-c"]);
+        let name = file_name(bz);
+        let plain_out = self.bench.join("decompressed.out");
+        let mut ours = None;
+        let mut theirs = Theirs::NoTool;
+        for _ in 0..self.runs {
+            let src = bz.to_path_buf();
+            let clock = Clock::start();
+            let n = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+                let mut d = ferry_io::bz::parallel_decoder(File::open(src)?, u64::MAX, 1);
+                io::copy(&mut d, &mut io::sink())
+            })
+            .await??;
+            anyhow::ensure!(n == size, "our decoder produced {n} bytes of {size}");
+            ours = fastest(ours, clock.ours(size));
+            let mut argv = ONE_CORE.1.to_vec();
+            argv.push(&name);
+            theirs = theirs.keep_best(tool(ONE_CORE.0, &argv, self.bench, Some(&plain_out), size).await);
+        }
+        let _ = std::fs::remove_file(&plain_out);
+        let ours = ours.context("no run")?;
+        let label = format!("{} {}", ONE_CORE.0, ONE_CORE.1.join(" "));
+        let vs = match (&theirs, ours.cpu) {
+            (Theirs::Ran(Timed { cpu: Some(tc), .. }), Some(c)) if *tc > 0.0 => {
+                format!(", CPU {:.2}x lbzip2's", c / tc)
+            }
+            _ => String::new(),
+        };
+        println!("[decompress, 1 thread] ours {} ({}){vs}; {label}: {}", ours.time(), ours.rate(), theirs.short());
+        let ok = !matches!(theirs, Theirs::Failed(_));
+        let note = format!("our level-9 streams, ferry_io::bzdec, 1 thread{vs}");
+        Ok((
+            Line::ours("decompress, 1 core", format!("{name} {}", mb(size)), ours, None, note)
+                .with_tool(&label, theirs),
+            ok,
+        ))
     }
 
     /// Our MD5+SHA-256 in one streamed pass vs `md5sum` and `sha256sum` (a pass each); the digests must agree
