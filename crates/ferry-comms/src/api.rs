@@ -402,6 +402,7 @@ async fn freeze_in_store(
     limits: &crate::limits::Limits,
 ) -> Result<Manifest, ApiError> {
     use crate::store::{batch_key, sftp_key};
+    use object_store::ObjectStoreExt as _;
     let t = c.tenant.as_str();
     let names: Vec<String> = manifest.files.iter().map(|f| f.compressed_name()).collect();
     let up = |n: &str| sftp_key(b, t, &["upload", id.as_str(), n]);
@@ -444,7 +445,9 @@ async fn freeze_in_store(
             Ok(m) => m,
             Err(e) => {
                 give_back().await;
-                return Err(ApiError::Unprocessable(format!("{name} cannot be read at the server ({e:#}); upload it again")));
+                return Err(ApiError::Unprocessable(format!(
+                    "{name} cannot be read at the server ({e:#}); upload it again"
+                )));
             }
         };
         if size != f.compressed_bytes || f.compressed_sha256.as_ref().is_some_and(|h| *h != sha) {

@@ -154,7 +154,8 @@ async fn fetch_one(
         let compressed = compressed?;
         if let Some(b) = st.files.bucket() {
             // the object appears complete or not at all; the local copy goes
-            let key = crate::store::sftp_key(b, &row.tenant, &["download", f.file_id.as_str(), &format!("{}.bz2", f.name)]);
+            let key =
+                crate::store::sftp_key(b, &row.tenant, &["download", f.file_id.as_str(), &format!("{}.bz2", f.name)]);
             let put = crate::store::put_file(b, &part, &key).await;
             let _ = std::fs::remove_file(&part);
             let _ = std::fs::remove_dir(&out_dir);

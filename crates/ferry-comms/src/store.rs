@@ -95,14 +95,17 @@ impl Files {
         } else if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
             b = b.with_region("us-east-1");
         }
-        let endpoint = if cfg.endpoint.is_empty() { std::env::var("AWS_ENDPOINT_URL").unwrap_or_default() } else {
+        let endpoint = if cfg.endpoint.is_empty() {
+            std::env::var("AWS_ENDPOINT_URL").unwrap_or_default()
+        } else {
             cfg.endpoint.clone()
         };
         if endpoint.starts_with("http://") {
             if !cfg.allow_http {
                 bail!("[storage] the endpoint is plain http: set allow_http = true (loopback test servers only)");
             }
-            let host = url::Url::parse(&endpoint).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+            let host =
+                url::Url::parse(&endpoint).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
             let loopback = host == "localhost"
                 || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if !loopback {
@@ -114,7 +117,8 @@ impl Files {
             // S3-compatible servers other than AWS mostly want path-style requests
             b = b.with_virtual_hosted_style_request(false);
         }
-        let s3 = b.build().map_err(|e| anyhow::anyhow!("[storage] {}", ferry_sftp::store::describe("configure", &e)))?;
+        let s3 =
+            b.build().map_err(|e| anyhow::anyhow!("[storage] {}", ferry_sftp::store::describe("configure", &e)))?;
         let prefix = Key::from_iter(prefix.split('/').filter(|p| !p.is_empty()));
         let bucket_ = Bucket::new(s3, prefix, cfg.part_size());
         // one request now, so a wrong bucket, endpoint or credentials stop the start with a clear message
@@ -138,7 +142,11 @@ impl Files {
 
 /// A tenant's SFTP root in the store.
 pub fn tenant_root(b: &Bucket, tenant: &str) -> StoreRoot {
-    StoreRoot { bucket: b.clone(), files: b.key(["tenants", tenant, "sftp"]), uploads: b.key(["tenants", tenant, "uploads"]) }
+    StoreRoot {
+        bucket: b.clone(),
+        files: b.key(["tenants", tenant, "sftp"]),
+        uploads: b.key(["tenants", tenant, "uploads"]),
+    }
 }
 
 /// `tenants/<t>/sftp/<parts>`
@@ -187,8 +195,7 @@ pub async fn move_object(b: &Bucket, from: &Key, to: &Key) -> anyhow::Result<()>
 
 /// Uploads the local file `local` to `key` as a stream (multipart past one part; the object appears complete).
 pub async fn put_file(b: &Bucket, local: &FsPath, key: &Key) -> anyhow::Result<u64> {
-    let mut src =
-        tokio::fs::File::open(local).await.with_context(|| format!("cannot open {}", local.display()))?;
+    let mut src = tokio::fs::File::open(local).await.with_context(|| format!("cannot open {}", local.display()))?;
     let mut w = object_store::buffered::BufWriter::with_capacity(b.os.clone(), key.clone(), b.part_size);
     let n = match tokio::io::copy(&mut src, &mut w).await {
         Ok(n) => n,
@@ -274,8 +281,7 @@ pub async fn sweep_stale_uploads(
     drop(l);
     let mut n = 0;
     for state in stale {
-        let rel: Vec<String> = state.prefix_match(&root.uploads).map(|p| p.map(|x| x.as_ref().to_owned()).collect()).unwrap_or_default();
-        let file = ferry_sftp::store::join(&root.files, &rel);
+        let Some(file) = ferry_sftp::store::rebase(&state, &root.uploads, &root.files) else { continue };
         if ferry_sftp::store::discard_upload(b, &file, &state).await.map_err(|e| err("abort", &e))? {
             n += 1;
         }
@@ -303,7 +309,8 @@ mod tests {
 
     #[tokio::test]
     async fn plain_http_only_for_loopback() {
-        let mut c = StorageConfig { url: "s3://b".into(), endpoint: "http://10.1.2.3:9000".into(), ..Default::default() };
+        let mut c =
+            StorageConfig { url: "s3://b".into(), endpoint: "http://10.1.2.3:9000".into(), ..Default::default() };
         let e = Files::open(&c).await.unwrap_err().to_string();
         assert!(e.contains("allow_http"), "{e}");
         c.allow_http = true;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::multipart::{MultipartStore, PartId};
-use object_store::path::{Path as Key, PathPart};
+use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -63,9 +63,7 @@ impl Bucket {
 
     /// `<prefix>/<parts...>` (each part encoded on its own: a `/` inside a part cannot make a new level).
     pub fn key<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> Key {
-        let mut k: Vec<PathPart<'static>> = self.prefix.parts().map(|p| p.as_ref().to_owned().into()).collect();
-        k.extend(parts.into_iter().map(|p| PathPart::from(p.to_owned())));
-        Key::from_iter(k)
+        parts.into_iter().fold(self.prefix.clone(), |k, p| k.join(p))
     }
 }
 
@@ -100,9 +98,13 @@ impl StoreRoot {
 
 /// `base/<parts...>`, each part encoded on its own.
 pub fn join(base: &Key, parts: &[String]) -> Key {
-    let mut k: Vec<PathPart<'static>> = base.parts().map(|p| p.as_ref().to_owned().into()).collect();
-    k.extend(parts.iter().map(|p| PathPart::from(p.clone())));
-    Key::from_iter(k)
+    parts.iter().fold(base.clone(), |k, p| k.join(p.as_str()))
+}
+
+/// The key `key` has under `to` when it lies under `from` (`from/x/y` -> `to/x/y`), parts kept as encoded.
+pub fn rebase(key: &Key, from: &Key, to: &Key) -> Option<Key> {
+    let rest = key.prefix_match(from)?;
+    Some(Key::from_iter(to.parts().chain(rest)))
 }
 
 /// The stored state of an upload in progress.

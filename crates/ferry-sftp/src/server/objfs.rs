@@ -45,12 +45,25 @@ struct Upload {
 }
 
 enum OpenHandle {
-    Write { m: Mapped, up: Upload },
+    Write {
+        m: Mapped,
+        up: Upload,
+    },
     /// A completed object: `size` and a window of bytes from `at`.
-    Read { key: Key, size: u64, window: Option<(u64, Bytes)> },
+    Read {
+        key: Key,
+        size: u64,
+        window: Option<(u64, Bytes)>,
+    },
     /// An upload in progress opened for reading: only its stored tail can be read.
-    Partial { bytes: u64, tail: Vec<u8> },
-    Dir { entries: VecDeque<File>, done: bool },
+    Partial {
+        bytes: u64,
+        tail: Vec<u8>,
+    },
+    Dir {
+        entries: VecDeque<File>,
+        done: bool,
+    },
 }
 
 /// One SFTP session's view of a principal's root in the object store.
@@ -305,9 +318,8 @@ impl russh_sftp::server::Handler for StoreFs {
         }
         let create = pflags.contains(OpenFlags::CREATE);
         if create && pflags.contains(OpenFlags::EXCLUDE) && !matches!(found, Found::Nothing) {
-            return Err(
-                StatusCode::Failure.with_message("open: the target already exists; remove it first or choose another name")
-            );
+            return Err(StatusCode::Failure
+                .with_message("open: the target already exists; remove it first or choose another name"));
         }
         let truncate = pflags.contains(OpenFlags::TRUNCATE);
         let up = match found {
@@ -371,7 +383,7 @@ impl russh_sftp::server::Handler for StoreFs {
                 Ok(Data { id, data })
             }
             Some(OpenHandle::Partial { bytes, tail }) => {
-                let start = *bytes - tail.len() as u64;
+                let start = bytes.saturating_sub(tail.len() as u64);
                 if offset >= *bytes {
                     return Err(eof());
                 }
@@ -489,7 +501,8 @@ impl russh_sftp::server::Handler for StoreFs {
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         self.handle_room(true)?;
         let m = self.map(&path)?;
-        let listing = self.bucket().os.list_with_delimiter(Some(&m.file)).await.map_err(|e| store_status("opendir", &e))?;
+        let listing =
+            self.bucket().os.list_with_delimiter(Some(&m.file)).await.map_err(|e| store_status("opendir", &e))?;
         if listing.objects.is_empty() && listing.common_prefixes.is_empty() && !m.parts.is_empty() {
             return Err(match self.find(&m, "opendir").await? {
                 Found::File { .. } | Found::Uploading(_) => {
@@ -506,8 +519,9 @@ impl russh_sftp::server::Handler for StoreFs {
         }
         for o in &listing.objects {
             match o.location.filename() {
-                Some(name) if name != DIR_MARKER => entries
-                    .push_back(File::new(decode(name), file_attrs(o.size, Some(o.last_modified.timestamp())))),
+                Some(name) if name != DIR_MARKER => {
+                    entries.push_back(File::new(decode(name), file_attrs(o.size, Some(o.last_modified.timestamp()))))
+                }
                 _ => {}
             }
         }
@@ -538,7 +552,9 @@ impl russh_sftp::server::Handler for StoreFs {
                 store::delete_if_exists(self.bucket(), &m.file).await.map_err(|e| store_status("remove", &e))?
             }
             Found::Uploading(_) => {
-                store::discard_upload(self.bucket(), &m.file, &m.state).await.map_err(|e| store_status("remove", &e))?;
+                store::discard_upload(self.bucket(), &m.file, &m.state)
+                    .await
+                    .map_err(|e| store_status("remove", &e))?;
             }
             Found::Dir => return Err(StatusCode::Failure.with_message("remove: the path is a directory")),
             Found::Nothing => return Err(no_such_file("remove")),
