@@ -329,7 +329,8 @@ impl russh_sftp::server::Handler for StoreFs {
                 // a completed object cannot grow: a handle that writes nothing is fine (a resuming client
                 // whose file was complete), any write is refused
                 let state = UploadState { upload_id: String::new(), parts: vec![], bytes: size, tail: String::new() };
-                let handle = self.add_handle(OpenHandle::Write { m, up: Upload { state, buf: BytesMut::new() } })?;
+                let handle =
+                    self.add_handle(OpenHandle::Write { m, up: Box::new(Upload { state, buf: BytesMut::new() }) })?;
                 return Ok(Handle { id, handle });
             }
             Found::File { .. } => {
@@ -342,14 +343,14 @@ impl russh_sftp::server::Handler for StoreFs {
             }
             _ => return Err(no_such_file("open")),
         };
-        let handle = self.add_handle(OpenHandle::Write { m, up })?;
+        let handle = self.add_handle(OpenHandle::Write { m, up: Box::new(up) })?;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
             Some(OpenHandle::Write { m, up }) if !up.state.upload_id.is_empty() => {
-                Self::complete(&self.root.bucket, &m, up).await.map_err(|e| store_status("close", &e))?;
+                Self::complete(&self.root.bucket, &m, *up).await.map_err(|e| store_status("close", &e))?;
                 Ok(ok_status(id))
             }
             Some(_) => Ok(ok_status(id)),
