@@ -47,7 +47,7 @@ struct Upload {
 enum OpenHandle {
     Write {
         m: Mapped,
-        up: Upload,
+        up: Box<Upload>,
     },
     /// A completed object: `size` and a window of bytes from `at`.
     Read {
