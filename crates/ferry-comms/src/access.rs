@@ -301,7 +301,9 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
             return None;
         }
         let root = self.0.sftp_root(&tenant);
-        std::fs::create_dir_all(&root).ok()?;
+        if self.0.files.bucket().is_none() {
+            std::fs::create_dir_all(&root).ok()?;
+        }
         Some(ferry_sftp::server::Principal { name: tenant, root })
     }
 
@@ -339,6 +341,10 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
             self.0.audit_later(Some(&p.name), "quota_refused", msg.clone());
         }
         Err(msg)
+    }
+
+    fn store(&self, p: &ferry_sftp::server::Principal) -> Option<ferry_sftp::store::StoreRoot> {
+        self.0.files.bucket().map(|b| crate::store::tenant_root(b, &p.name))
     }
 
     fn max_open_handles(&self, p: &ferry_sftp::server::Principal) -> usize {

@@ -13,6 +13,7 @@ mod architecture;
 mod bench;
 mod check;
 mod comms_postgres;
+mod comms_s3;
 mod console;
 mod downstream;
 mod erp_values;
