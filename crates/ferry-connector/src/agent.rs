@@ -130,7 +130,7 @@ pub struct Connector {
     /// Files uploaded during the extract; `None`: said on the progress lines instead.
     upload_progress: Option<UploadProgress>,
     /// What the receive passes so far spent in each step ([`Connector::receive_times`]).
-    pub(crate) receive_times: Arc<std::sync::Mutex<crate::receive::ReceiveTimes>>,
+    pub(crate) receive_times: Arc<std::sync::Mutex<crate::delivery::ReceiveTimes>>,
 }
 
 impl Connector {

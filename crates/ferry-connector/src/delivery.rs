@@ -989,6 +989,36 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
 }
 
+/// What receive passes spent in each step (`Connector::receive_times`, summed over every pass).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveTimes {
+    /// Files delivered.
+    pub files: u64,
+    /// Waiting for the next file to be downloaded, decompressed and verified (it is fetched ahead).
+    pub fetch_wait: Duration,
+    /// The deliveries, step by step.
+    pub delivery: DeliveryTimes,
+    /// Journal commits (applied, failed, acked), and how many there were.
+    pub journal: Duration,
+    pub journal_commits: u64,
+    /// Acknowledgement calls to the Comms server.
+    pub ack: Duration,
+}
+
+impl ReceiveTimes {
+    pub(crate) fn add(&mut self, o: &ReceiveTimes) {
+        self.files += o.files;
+        self.fetch_wait += o.fetch_wait;
+        self.delivery.stage += o.delivery.stage;
+        self.delivery.write_back += o.delivery.write_back;
+        self.delivery.publish += o.delivery.publish;
+        self.delivery.command += o.delivery.command;
+        self.journal += o.journal;
+        self.journal_commits += o.journal_commits;
+        self.ack += o.ack;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

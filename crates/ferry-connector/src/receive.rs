@@ -547,35 +547,7 @@ struct Page<'a> {
     times: ReceiveTimes,
 }
 
-/// What receive passes spent in each step ([`Connector::receive_times`], summed over every pass).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReceiveTimes {
-    /// Files delivered.
-    pub files: u64,
-    /// Waiting for the next file to be downloaded, decompressed and verified (it is fetched ahead).
-    pub fetch_wait: Duration,
-    /// The deliveries, step by step.
-    pub delivery: delivery::DeliveryTimes,
-    /// Journal commits (applied, failed, acked), and how many there were.
-    pub journal: Duration,
-    pub journal_commits: u64,
-    /// Acknowledgement calls to the Comms server.
-    pub ack: Duration,
-}
-
-impl ReceiveTimes {
-    fn add(&mut self, o: &ReceiveTimes) {
-        self.files += o.files;
-        self.fetch_wait += o.fetch_wait;
-        self.delivery.stage += o.delivery.stage;
-        self.delivery.write_back += o.delivery.write_back;
-        self.delivery.publish += o.delivery.publish;
-        self.delivery.command += o.delivery.command;
-        self.journal += o.journal;
-        self.journal_commits += o.journal_commits;
-        self.ack += o.ack;
-    }
-}
+pub use crate::delivery::ReceiveTimes;
 
 /// How long `run` waits before extracting again after a failed sync. Network and server trouble: the backoff
 /// (1 min growing to 1 h). A batch refused by validation is bad ERP data or a bad mapping, which does not mend
