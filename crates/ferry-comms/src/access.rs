@@ -330,9 +330,19 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
     }
 
     fn admit_create(&self, p: &ferry_sftp::server::Principal) -> Result<(), String> {
-        use limits::Limit;
         let max = self.0.limits.of(&p.name).max_files;
         let have = count_entries(&p.root, max.saturating_add(1));
+        self.admit_create_counted(p, have)
+    }
+
+    fn max_entries(&self, p: &ferry_sftp::server::Principal) -> Option<u64> {
+        Some(self.0.limits.of(&p.name).max_files)
+    }
+
+    /// `max_files`: on disk counted by [`count_entries`], in an object store by the SFTP server.
+    fn admit_create_counted(&self, p: &ferry_sftp::server::Principal, have: u64) -> Result<(), String> {
+        use limits::Limit;
+        let max = self.0.limits.of(&p.name).max_files;
         if have < max {
             return Ok(());
         }

@@ -137,7 +137,14 @@ async fn copy(st: &CommsState, a: &Arrived) {
     let t = std::time::Instant::now();
     let pushed = async {
         let (_, app) = st.apps.for_tenant(&st.db, &a.tenant).await?;
-        app.push_file(&a.tenant, &a.batch, &a.path, &a.name).await
+        match st.files.bucket() {
+            None => app.push_file(&a.tenant, &a.batch, &a.path, &a.name).await,
+            Some(b) => {
+                // in an object store: spooled to a local file first, as the relay does
+                let spool = spool_arrived(st, b, a).await?;
+                app.push_file(&a.tenant, &a.batch, &spool.path().join(&a.name), &a.name).await
+            }
+        }
     };
     match pushed.await {
         Ok(bytes) => {
@@ -149,6 +156,24 @@ async fn copy(st: &CommsState, a: &Arrived) {
         Err(e) => tracing::info!(tenant = %a.tenant, batch = %a.batch, file = %a.name,
             "early relay of a file failed; the relay sends it at completion: {e:#}"),
     }
+}
+
+/// Copies an arrived file from the object store into a temporary folder under `<data_dir>/tmp/` (removed when
+/// the guard drops): from the tenant's upload area, or from the batch if `complete` already moved it there.
+async fn spool_arrived(st: &CommsState, b: &crate::store::Bucket, a: &Arrived) -> anyhow::Result<tempfile::TempDir> {
+    let base = st.cfg.data_dir.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    let spool = tempfile::Builder::new().prefix("early-").tempdir_in(&base)?;
+    let local = spool.path().join(&a.name);
+    let batch = a.batch.as_str();
+    let uploaded = crate::store::sftp_key(b, &a.tenant, &["upload", batch, &a.name]);
+    let key = if crate::store::size_of(b, &uploaded).await?.is_some() {
+        uploaded
+    } else {
+        crate::store::batch_key(b, &a.tenant, batch, &[&a.name])
+    };
+    crate::store::get_file(b, &key, &local).await?;
+    Ok(spool)
 }
 
 #[cfg(test)]

@@ -47,6 +47,31 @@ pub struct Bucket {
     pub prefix: Key,
     /// Size of the parts uploads are sent in (>= [`MIN_PART_SIZE`]).
     pub part_size: usize,
+    /// The uploads being written through this process (shared by every clone).
+    pub writers: Arc<Writers>,
+}
+
+/// The uploads a session of this process is writing: one lock per upload state key, held by the writing
+/// handle. A resuming session (`stat`, `open` without `TRUNCATE`) waits until a cut session has carried out the
+/// writes it received, so it sees the parts they stored and never writes the same parts at once. Across
+/// processes (replicas) there is no such lock; see docs/scale-out.md.
+#[derive(Default)]
+pub struct Writers(std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>);
+
+/// How long a resuming session waits for a cut session that still writes the same upload.
+pub const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Writers {
+    /// The lock of the upload whose state is `state`, waiting at most `wait`; `None` if it is still held then.
+    pub async fn lock(&self, state: &Key, wait: std::time::Duration) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            // locks nobody holds or waits for are forgotten
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(state.clone()).or_default().clone()
+        };
+        tokio::time::timeout(wait, m.lock_owned()).await.ok()
+    }
 }
 
 impl std::fmt::Debug for Bucket {
@@ -58,7 +83,7 @@ impl std::fmt::Debug for Bucket {
 impl Bucket {
     pub fn new<S: ObjectStore + MultipartStore>(store: S, prefix: Key, part_size: usize) -> Self {
         let s = Arc::new(store);
-        Self { os: s.clone(), mp: s, prefix, part_size: part_size.max(MIN_PART_SIZE) }
+        Self { os: s.clone(), mp: s, prefix, part_size: part_size.max(MIN_PART_SIZE), writers: Arc::default() }
     }
 
     /// `<prefix>/<parts...>` (each part encoded on its own: a `/` inside a part cannot make a new level).

@@ -89,6 +89,19 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// On an object store ([`Authorizer::store`]): the most files and directories `principal`'s area may hold
+    /// (`None`, the default: no limit). The SFTP server then counts the area's entries (stopping one past this)
+    /// before a new file or directory and asks [`Authorizer::admit_create_counted`].
+    fn max_entries(&self, _principal: &Principal) -> Option<u64> {
+        None
+    }
+
+    /// On an object store: called before a new file or directory is created, with the count of entries the
+    /// area holds now (0 without [`Authorizer::max_entries`]); `Err(message)` refuses it.
+    fn admit_create_counted(&self, _principal: &Principal, _have: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Open file and directory handles one SFTP session of `principal` may hold.
     fn max_open_handles(&self, _principal: &Principal) -> usize {
         MAX_OPEN_HANDLES
@@ -110,7 +123,8 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A file was renamed into place at `to` (an absolute path below `principal.root`). Uploads finish this way
+    /// A file was renamed into place at `to` (an absolute path below `principal.root`; on an object store, the
+    /// path the file would have on disk). Uploads finish this way
     /// (`.name.part` -> `name`), and the rename never replaces a file, so this is when an uploaded file is
     /// complete. Called after the rename succeeded; must not block (hand the work to a task).
     fn renamed(&self, _principal: &Principal, _to: &std::path::Path) {}

@@ -48,6 +48,8 @@ enum OpenHandle {
     Write {
         m: Mapped,
         up: Box<Upload>,
+        /// This process's lock of the upload ([`store::Writers`]), released when the handle goes.
+        _writer: tokio::sync::OwnedMutexGuard<()>,
     },
     /// A completed object: `size` and a window of bytes from `at`.
     Read {
@@ -215,11 +217,72 @@ impl StoreFs {
         Ok(())
     }
 
-    fn admit_create(&self, what: &str) -> Result<(), StatusReply> {
-        self.auth.admit_create(&self.principal).map_err(|why| {
+    /// Puts the creation of a new file or directory to the authorizer, with the count of the entries the
+    /// principal's area holds ([`Authorizer::max_entries`]).
+    async fn admit_create(&self, what: &str) -> Result<(), StatusReply> {
+        let have = match self.auth.max_entries(&self.principal) {
+            Some(max) => self.count_entries(max.saturating_add(1)).await.map_err(|e| store_status(what, &e))?,
+            None => 0,
+        };
+        self.auth.admit_create_counted(&self.principal, have).map_err(|why| {
             tracing::warn!(tenant = %self.tenant, "sftp {what} refused: {why}");
             StatusCode::Failure.with_message(why)
         })
+    }
+
+    /// The files and directories of the principal's area, as on disk: every object (a `mkdir` marker counts
+    /// as its directory), every folder holding objects, every upload in progress; counting stops at `stop`.
+    async fn count_entries(&self, stop: u64) -> object_store::Result<u64> {
+        use futures::StreamExt;
+        let (files, uploads) = (&self.root.files, &self.root.uploads);
+        let mut dirs: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut n = 0u64;
+        let mut l = self.bucket().os.list(Some(files));
+        while let Some(o) = l.next().await {
+            let o = o?;
+            let Some(rest) = o.location.prefix_match(files) else { continue };
+            let rest: Vec<_> = rest.collect();
+            // the folders above the object (below the root)
+            let mut dir = files.clone();
+            for p in rest.iter().take(rest.len().saturating_sub(1)) {
+                dir = dir.join(p.clone());
+                dirs.insert(dir.clone());
+            }
+            if o.location.filename() != Some(DIR_MARKER) {
+                n += 1;
+            }
+            if n + dirs.len() as u64 >= stop {
+                return Ok(stop);
+            }
+        }
+        drop(l);
+        let mut l = self.bucket().os.list(Some(uploads));
+        while let Some(o) = l.next().await {
+            o?;
+            n += 1;
+            if n + dirs.len() as u64 >= stop {
+                return Ok(stop);
+            }
+        }
+        Ok(n + dirs.len() as u64)
+    }
+
+    /// Whether this session has `m` open for writing.
+    fn writing(&self, m: &Mapped) -> bool {
+        self.handles.values().any(|h| matches!(h, OpenHandle::Write { m: w, .. } if w.state == m.state))
+    }
+
+    /// [`Self::find`], after any other session of this process writing the upload at `m` let go of it (at
+    /// most [`store::WRITER_WAIT`]): a resuming client sees what a cut session stored.
+    async fn find_settled(&self, m: &Mapped, op: &str) -> Result<Found, StatusReply> {
+        let found = self.find(m, op).await?;
+        if !matches!(found, Found::Uploading(_)) || self.writing(m) {
+            return Ok(found);
+        }
+        match self.bucket().writers.lock(&m.state, store::WRITER_WAIT).await {
+            Some(_settled) => self.find(m, op).await,
+            None => Ok(found),
+        }
     }
 
     /// Starts a new multipart upload for `m` (after discarding any earlier one) and saves its state.
@@ -303,18 +366,29 @@ impl russh_sftp::server::Handler for StoreFs {
         self.handle_room(false)?;
         let m = self.map_below_root(&filename, "open")?;
         let write = pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND);
-        let found = self.find(&m, "open").await?;
-        if matches!(found, Found::Dir) {
-            return Err(StatusCode::Failure.with_message("open: the path is a directory"));
-        }
         if !write {
-            let h = match found {
+            // a resuming client reads the tail of a cut upload: after the cut session's writes landed
+            let h = match self.find_settled(&m, "open").await? {
                 Found::File { size, .. } => OpenHandle::Read { key: m.file, size, window: None },
                 Found::Uploading(s) => OpenHandle::Partial { bytes: s.bytes, tail: s.tail_bytes() },
-                _ => return Err(no_such_file("open")),
+                Found::Dir => return Err(StatusCode::Failure.with_message("open: the path is a directory")),
+                Found::Nothing => return Err(no_such_file("open")),
             };
             let handle = self.add_handle(h)?;
             return Ok(Handle { id, handle });
+        }
+        // a writer holds the upload's lock for as long as its handle is open
+        if self.writing(&m) {
+            return Err(StatusCode::Failure
+                .with_message("open: the file is already open for writing in this session; close it first"));
+        }
+        let Some(writer) = self.bucket().writers.lock(&m.state, store::WRITER_WAIT).await else {
+            return Err(StatusCode::Failure
+                .with_message("open: another session is still writing this file; try again in a minute"));
+        };
+        let found = self.find(&m, "open").await?;
+        if matches!(found, Found::Dir) {
+            return Err(StatusCode::Failure.with_message("open: the path is a directory"));
         }
         let create = pflags.contains(OpenFlags::CREATE);
         if create && pflags.contains(OpenFlags::EXCLUDE) && !matches!(found, Found::Nothing) {
@@ -329,27 +403,25 @@ impl russh_sftp::server::Handler for StoreFs {
                 // a completed object cannot grow: a handle that writes nothing is fine (a resuming client
                 // whose file was complete), any write is refused
                 let state = UploadState { upload_id: String::new(), parts: vec![], bytes: size, tail: String::new() };
-                let handle =
-                    self.add_handle(OpenHandle::Write { m, up: Box::new(Upload { state, buf: BytesMut::new() }) })?;
-                return Ok(Handle { id, handle });
+                Upload { state, buf: BytesMut::new() }
             }
             Found::File { .. } => {
                 store::delete_if_exists(self.bucket(), &m.file).await.map_err(|e| store_status("open", &e))?;
                 self.new_upload(&m).await?
             }
             Found::Nothing if create => {
-                self.admit_create("create")?;
+                self.admit_create("create").await?;
                 self.new_upload(&m).await?
             }
             _ => return Err(no_such_file("open")),
         };
-        let handle = self.add_handle(OpenHandle::Write { m, up: Box::new(up) })?;
+        let handle = self.add_handle(OpenHandle::Write { m, up: Box::new(up), _writer: writer })?;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(OpenHandle::Write { m, up }) if !up.state.upload_id.is_empty() => {
+            Some(OpenHandle::Write { m, up, .. }) if !up.state.upload_id.is_empty() => {
                 Self::complete(&self.root.bucket, &m, *up).await.map_err(|e| store_status("close", &e))?;
                 Ok(ok_status(id))
             }
@@ -431,7 +503,7 @@ impl russh_sftp::server::Handler for StoreFs {
             return Err(self.refuse_write(&handle, why).await);
         }
         let bucket = self.root.bucket.clone();
-        let Some(OpenHandle::Write { m, up }) = self.handles.get_mut(&handle) else { return Err(bad_handle()) };
+        let Some(OpenHandle::Write { m, up, .. }) = self.handles.get_mut(&handle) else { return Err(bad_handle()) };
         up.buf.extend_from_slice(&data);
         Self::flush(&bucket, m, up, false).await.map_err(|e| store_status("write", &e))?;
         Ok(ok_status(id))
@@ -439,7 +511,7 @@ impl russh_sftp::server::Handler for StoreFs {
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
         let m = self.map(&path)?;
-        let attrs = match self.find(&m, "stat").await? {
+        let attrs = match self.find_settled(&m, "stat").await? {
             Found::File { size, mtime } => file_attrs(size, Some(mtime)),
             Found::Uploading(s) => file_attrs(s.bytes, None),
             Found::Dir => dir_attrs(),
@@ -572,7 +644,7 @@ impl russh_sftp::server::Handler for StoreFs {
                     .with_message("mkdir: the target already exists; remove it first or choose another name"));
             }
         }
-        self.admit_create("mkdir")?;
+        self.admit_create("mkdir").await?;
         let marker = store::join(&m.file, &[DIR_MARKER.to_owned()]);
         self.bucket().os.put(&marker, PutPayload::default()).await.map_err(|e| store_status("mkdir", &e))?;
         Ok(ok_status(id))
@@ -626,6 +698,9 @@ impl russh_sftp::server::Handler for StoreFs {
         let b = self.bucket();
         b.os.copy(&from.file, &to.file).await.map_err(|e| store_status("rename", &e))?;
         store::delete_if_exists(b, &from.file).await.map_err(|e| store_status("rename", &e))?;
+        // as on disk: an upload is complete when renamed into place (e.g. for the Comms early relay)
+        let target = to.parts.iter().fold(self.principal.root.clone(), |p, c| p.join(c));
+        self.auth.renamed(&self.principal, &target);
         Ok(ok_status(id))
     }
 

@@ -41,9 +41,15 @@ pub(crate) async fn run<H: Handler<Error = StatusReply> + Send>(channel: russh::
     let (tx, mut rx) = mpsc::channel::<Queued>(MAX_QUEUED_PACKETS);
     let reader = tokio::spawn(drain(read_half, tx, tenant.clone()));
     let mut fs = fs;
+    // Once the client is gone, the requests it sent before are still carried out (answers dropped): the writes
+    // of a cut upload land, so its resumption sends only what the server never received.
+    let mut gone = false;
     while let Some(req) = rx.recv().await {
         let answer = answer(&mut fs, req.packet).await;
         drop(req.permit);
+        if gone {
+            continue;
+        }
         let bytes = match Bytes::try_from(answer) {
             Ok(b) => b,
             Err(e) => {
@@ -52,7 +58,9 @@ pub(crate) async fn run<H: Handler<Error = StatusReply> + Send>(channel: russh::
             }
         };
         if write_half.data_bytes(bytes).await.is_err() {
-            break;
+            // nothing more is read; what is queued is carried out
+            gone = true;
+            reader.abort();
         }
     }
     drop(rx);

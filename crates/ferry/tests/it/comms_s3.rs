@@ -105,8 +105,10 @@ async fn comms_on_s3_upstream_and_downstream_end_to_end() {
     // the files went through the store: nothing of the batch on the local disk, nothing left in the store
     let local = c.comms.state.cfg.data_dir.join("tenants/acme/batches");
     assert!(!local.exists(), "batch files on the local disk: {}", local.display());
+    // (the `upload` folder itself stays, as on disk: its marker)
     let left = keys(&b).await;
-    assert!(!left.iter().any(|k| k.contains("/batches/") || k.contains("/upload/")), "left behind: {left:?}");
+    let batch_left = |k: &String| k.contains("/batches/") || (k.contains("/upload/") && !k.ends_with("/upload/.ferry-dir"));
+    assert!(!left.iter().any(batch_left), "left behind: {left:?}");
 
     // Downstream: the plan's files are compressed into the store and fetched from there with range reads.
     let published = async || !ferry_app::outbox::receipts(&inst.0).await.unwrap().is_empty();
@@ -202,10 +204,15 @@ async fn a_batch_whose_upload_to_s3_was_cut_imports_once() {
     let conn = c.connector("acme", &erp, &token).await.unwrap();
     let proxy = Proxy::start(c.comms.ssh_addr).await;
     let conn = reroute_ssh(&conn, format!("127.0.0.1:{}", proxy.port));
-    // the first sync's upload is cut early
-    proxy.cut_after(Some(64 * 1024), None);
+    // the first sync's upload is cut early, and so is every retry of it (the Connector retries a cut upload
+    // within the sync: a single cut does not fail a sync)
+    proxy.cut_after_and_keep_cutting(Some(64 * 1024), None);
     let first = conn.sync(&quiet).await;
     assert!(first.is_err(), "the cut must fail the first sync");
+    assert!(
+        ferry_comms::db::list_batches(&c.comms.state.db, "acme", 10).await.unwrap().is_empty(),
+        "a batch was completed out of a cut upload"
+    );
     proxy.cut_after(None, None);
     let r = conn.sync(&quiet).await.unwrap();
     assert!(r.resumed, "the second sync resumes the extracted batch");
