@@ -6,7 +6,9 @@
 //! This only moves bytes earlier; it decides nothing. The batch is still frozen and measured at `complete`,
 //! checked unchanged before and after the relay, and verified by the App against the manifest (MD5 and row
 //! counts) before anything is imported; a file that changed after its early copy is caught there. An early
-//! copy that fails or is dropped (queue full, App down) is simply sent again by the relay. A copy at the App
+//! copy that fails or is dropped (queue full, App down) is simply sent again by the relay. With the files in an
+//! object store, the SFTP server reports the rename the same way and the copy reads the object through a
+//! temporary file. A copy at the App
 //! whose batch is never completed is removed by the App's retention.
 
 use std::collections::HashMap;

@@ -263,3 +263,34 @@ async fn a_tenant_cannot_reach_another_tenants_keys_in_s3() {
     o.close().await.unwrap();
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_files_holds_on_s3_as_on_disk() {
+    let Some(storage) = storage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(dir.path(), |_| {}, move |cfg| cfg.storage = storage).await.unwrap();
+    let acme = tenant(&c, "acme").await;
+    let admin = c.admin().await.unwrap();
+    admin.set_limits("acme", &[(ferry_comms::limits::Limit::MaxFiles, Some(3))]).await.unwrap();
+    let reloaded = async || c.comms.state.limits.of("acme").max_files == 3;
+    assert!(eventually(ferry_comms::ACCESS_RELOAD_BOUND, reloaded).await.is_some(), "the new limit is not in force");
+    let local = c.dir.join("f.bin");
+    std::fs::write(&local, b"some bytes").unwrap();
+    let s = acme.sftp().await.unwrap();
+    // the folder and two files: three entries
+    s.mkdir_all("/upload").await.unwrap();
+    s.upload_file(&local, "/upload/a.bin").await.unwrap();
+    s.upload_file(&local, "/upload/b.bin").await.unwrap();
+    let e = s.upload_file(&local, "/upload/c.bin").await.expect_err("a fourth entry");
+    assert!(format!("{e:#}").contains("max_files"), "{e:#}");
+    let e = s.mkdir_all("/upload/more").await.expect_err("a fourth entry");
+    assert!(format!("{e:#}").contains("max_files"), "{e:#}");
+    let mut names: Vec<String> = s.list("/upload").await.unwrap().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, vec!["a.bin".to_string(), "b.bin".to_string()], "nothing of the refused file is listed");
+    // room again once a file goes
+    s.remove("/upload/a.bin").await.unwrap();
+    s.upload_file(&local, "/upload/c.bin").await.unwrap();
+    s.close().await.unwrap();
+    c.stop().await;
+}
