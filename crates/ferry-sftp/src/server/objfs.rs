@@ -13,8 +13,8 @@
 //! - **Range reads**: a read fetches a window of [`READ_WINDOW`] bytes from its offset (one ranged GET) and
 //!   answers sequential reads from it.
 //! - `rename` is copy + delete and never replaces an existing target; `setstat` accepts only the current size.
-//! - Open file handles per session are capped at [`MAX_STORE_FILE_HANDLES`] (memory: a part per writer, a
-//!   window per reader).
+//! - Files open for writing per session are capped at [`MAX_STORE_FILE_HANDLES`] (memory: a part each); the
+//!   read windows of a session share [`READ_BUDGET`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,8 +35,11 @@ use crate::store::{self, Bucket, DIR_MARKER, Mapped, StoreRoot, TAIL_LEN, Upload
 
 /// Bytes fetched by one ranged GET for reads.
 pub const READ_WINDOW: usize = 4 * 1024 * 1024;
-/// Open file handles per session on an object store.
+/// Files open for writing per session on an object store (a part of memory each).
 pub const MAX_STORE_FILE_HANDLES: usize = 8;
+/// Memory the read windows of one session share: with many files open for reading, each window is smaller
+/// (never below one read), so memory stays bounded by this plus one read per open handle.
+pub const READ_BUDGET: usize = 16 * 1024 * 1024;
 
 struct Upload {
     state: UploadState,
@@ -196,22 +199,25 @@ impl StoreFs {
     }
 
     fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
-        self.handle_room(matches!(h, OpenHandle::Dir { .. }))?;
+        self.handle_room(matches!(h, OpenHandle::Write { .. }))?;
         self.next_handle = self.next_handle.wrapping_add(1);
         let id = self.next_handle.to_string();
         self.handles.insert(id.clone(), h);
         Ok(id)
     }
 
-    fn handle_room(&self, dir: bool) -> Result<(), StatusReply> {
+    /// Refuses a new handle past the principal's handle limit, and a new writer past
+    /// [`MAX_STORE_FILE_HANDLES`] (a part of memory each).
+    fn handle_room(&self, writer: bool) -> Result<(), StatusReply> {
         self.auth.admit_handle(&self.principal, self.handles.len()).map_err(|why| {
             tracing::warn!(tenant = %self.tenant, "sftp open refused: {why}");
             StatusCode::Failure.with_message(why)
         })?;
-        let files = self.handles.values().filter(|h| !matches!(h, OpenHandle::Dir { .. })).count();
-        if !dir && files >= MAX_STORE_FILE_HANDLES {
+        let writers = self.handles.values().filter(|h| matches!(h, OpenHandle::Write { .. })).count();
+        if writer && writers >= MAX_STORE_FILE_HANDLES {
             return Err(StatusCode::Failure.with_message(format!(
-                "too many open files in this session (limit {MAX_STORE_FILE_HANDLES} on this server); close some first"
+                "too many files open for writing in this session (limit {MAX_STORE_FILE_HANDLES} on this server); \
+                 close some first"
             )));
         }
         Ok(())
@@ -363,9 +369,9 @@ impl russh_sftp::server::Handler for StoreFs {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
-        self.handle_room(false)?;
-        let m = self.map_below_root(&filename, "open")?;
         let write = pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND);
+        self.handle_room(write)?;
+        let m = self.map_below_root(&filename, "open")?;
         if !write {
             // a resuming client reads the tail of a cut upload: after the cut session's writes landed
             let h = match self.find_settled(&m, "open").await? {
@@ -434,6 +440,9 @@ impl russh_sftp::server::Handler for StoreFs {
         let len = u64::from(len.min(MAX_READ_LEN));
         let eof = || StatusCode::Eof.with_message("end of file");
         let bucket = self.root.bucket.clone();
+        // the windows of a session's readers share READ_BUDGET (each at least the read asked for)
+        let readers = self.handles.values().filter(|h| matches!(h, OpenHandle::Read { .. })).count().max(1);
+        let window_len = (READ_BUDGET / readers).clamp(MAX_READ_LEN as usize, READ_WINDOW) as u64;
         match self.handles.get_mut(&handle) {
             Some(OpenHandle::Read { key, size, window }) => {
                 if offset >= *size || len == 0 {
@@ -442,7 +451,7 @@ impl russh_sftp::server::Handler for StoreFs {
                 let end = offset.saturating_add(len).min(*size);
                 let hit = window.as_ref().is_some_and(|(at, w)| *at <= offset && end <= *at + w.len() as u64);
                 if !hit {
-                    let wend = offset.saturating_add(READ_WINDOW as u64).min(*size).max(end);
+                    let wend = offset.saturating_add(window_len).min(*size).max(end);
                     let bytes = bucket.os.get_range(key, offset..wend).await.map_err(|e| store_status("read", &e))?;
                     *window = Some((offset, bytes));
                 }
@@ -572,7 +581,7 @@ impl russh_sftp::server::Handler for StoreFs {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        self.handle_room(true)?;
+        self.handle_room(false)?;
         let m = self.map(&path)?;
         let listing =
             self.bucket().os.list_with_delimiter(Some(&m.file)).await.map_err(|e| store_status("opendir", &e))?;

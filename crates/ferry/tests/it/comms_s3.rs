@@ -107,7 +107,8 @@ async fn comms_on_s3_upstream_and_downstream_end_to_end() {
     assert!(!local.exists(), "batch files on the local disk: {}", local.display());
     // (the `upload` folder itself stays, as on disk: its marker)
     let left = keys(&b).await;
-    let batch_left = |k: &String| k.contains("/batches/") || (k.contains("/upload/") && !k.ends_with("/upload/.ferry-dir"));
+    let batch_left =
+        |k: &String| k.contains("/batches/") || (k.contains("/upload/") && !k.ends_with("/upload/.ferry-dir"));
     assert!(!left.iter().any(batch_left), "left behind: {left:?}");
 
     // Downstream: the plan's files are compressed into the store and fetched from there with range reads.
