@@ -301,7 +301,9 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
             return None;
         }
         let root = self.0.sftp_root(&tenant);
-        std::fs::create_dir_all(&root).ok()?;
+        if self.0.files.bucket().is_none() {
+            std::fs::create_dir_all(&root).ok()?;
+        }
         Some(ferry_sftp::server::Principal { name: tenant, root })
     }
 
@@ -328,9 +330,19 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
     }
 
     fn admit_create(&self, p: &ferry_sftp::server::Principal) -> Result<(), String> {
-        use limits::Limit;
         let max = self.0.limits.of(&p.name).max_files;
         let have = count_entries(&p.root, max.saturating_add(1));
+        self.admit_create_counted(p, have)
+    }
+
+    fn max_entries(&self, p: &ferry_sftp::server::Principal) -> Option<u64> {
+        Some(self.0.limits.of(&p.name).max_files)
+    }
+
+    /// `max_files`: on disk counted by [`count_entries`], in an object store by the SFTP server.
+    fn admit_create_counted(&self, p: &ferry_sftp::server::Principal, have: u64) -> Result<(), String> {
+        use limits::Limit;
+        let max = self.0.limits.of(&p.name).max_files;
         if have < max {
             return Ok(());
         }
@@ -339,6 +351,10 @@ impl ferry_sftp::server::Authorizer for TenantAuthorizer {
             self.0.audit_later(Some(&p.name), "quota_refused", msg.clone());
         }
         Err(msg)
+    }
+
+    fn store(&self, p: &ferry_sftp::server::Principal) -> Option<ferry_sftp::store::StoreRoot> {
+        self.0.files.bucket().map(|b| crate::store::tenant_root(b, &p.name))
     }
 
     fn max_open_handles(&self, p: &ferry_sftp::server::Principal) -> usize {

@@ -325,6 +325,27 @@ async fn complete_batch_in(
         let msg = st.refuse(&c.tenant, Limit::MaxBatchFiles, &format!("batch {id} has"), files).await;
         return Err(ApiError::Unprocessable(msg));
     }
+    let manifest = match st.files.bucket() {
+        None => freeze_local(&st, &c, &id, manifest, &limits).await?,
+        Some(b) => freeze_in_store(&st, b, &c, &id, manifest, &limits).await?,
+    };
+    let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
+    db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
+    tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
+    st.metrics.uploaded(manifest.files.iter().map(|f| f.compressed_bytes).sum());
+    st.relay_wakeup.notify_one();
+    Ok(Json(status))
+}
+
+/// The batch's files in the local folder: checked, moved out of the SFTP root, measured; the manifest with the
+/// measured SHA-256s is written beside them and returned.
+async fn freeze_local(
+    st: &CommsState,
+    c: &Caller,
+    id: &BatchId,
+    manifest: Manifest,
+    limits: &crate::limits::Limits,
+) -> Result<Manifest, ApiError> {
     let upload = st.sftp_root(&c.tenant).join("upload").join(id.as_str());
     let dest = st.batch_dir(&c.tenant, id.as_str());
     // A completion that moved the files but failed before recording the batch is finished on retry.
@@ -380,12 +401,100 @@ async fn complete_batch_in(
     }
     let body = serde_json::to_vec(&manifest).map_err(ApiError::internal)?;
     std::fs::write(dest.join(ferry_proto::manifest::MANIFEST_NAME), &body).map_err(ApiError::internal)?;
-    let status = db::insert_batch(&st.db, &c.tenant, &manifest).await.map_err(ApiError::Internal)?;
-    db::audit(&st.db, Some(&c.tenant), "batch_completed", &format!("{id} ({} files)", manifest.files.len())).await;
-    tracing::info!(tenant = %c.tenant, batch = %id, files = manifest.files.len(), "batch completed");
-    st.metrics.uploaded(bytes);
-    st.relay_wakeup.notify_one();
-    Ok(Json(status))
+    Ok(manifest)
+}
+
+/// [`freeze_local`] in the object store: every file must be a complete object under `upload/<id>/` (an
+/// upload still in progress is no object yet); they are moved to `batches/<id>/` (out of the tenant's SFTP
+/// reach: an SFTP handle opened before can only ever complete a new object in the upload area), measured by
+/// reading them back, and given back on refusal.
+async fn freeze_in_store(
+    st: &CommsState,
+    b: &crate::store::Bucket,
+    c: &Caller,
+    id: &BatchId,
+    manifest: Manifest,
+    limits: &crate::limits::Limits,
+) -> Result<Manifest, ApiError> {
+    use crate::store::{batch_key, sftp_key};
+    use object_store::ObjectStoreExt as _;
+    let t = c.tenant.as_str();
+    let names: Vec<String> = manifest.files.iter().map(|f| f.compressed_name()).collect();
+    let up = |n: &str| sftp_key(b, t, &["upload", id.as_str(), n]);
+    let frozen = |n: &str| batch_key(b, t, id.as_str(), &[n]);
+    for (f, name) in manifest.files.iter().zip(&names) {
+        // A completion that moved a file but failed before recording the batch is finished on retry.
+        let size = match crate::store::size_of(b, &frozen(name)).await.map_err(ApiError::Internal)? {
+            Some(s) => Some(s),
+            None => crate::store::size_of(b, &up(name)).await.map_err(ApiError::Internal)?,
+        };
+        let Some(size) = size else {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} is missing from upload/{id}/: upload every file of the batch, then complete it"
+            )));
+        };
+        if size != f.compressed_bytes {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} is {size} bytes at the server but the manifest says {} — the upload is incomplete; upload it again",
+                f.compressed_bytes
+            )));
+        }
+    }
+    for name in &names {
+        if crate::store::size_of(b, &up(name)).await.map_err(ApiError::Internal)?.is_some() {
+            crate::store::move_object(b, &up(name), &frozen(name)).await.map_err(ApiError::Internal)?;
+        }
+    }
+    let give_back = || async {
+        for name in &names {
+            if let Err(e) = crate::store::move_object(b, &frozen(name), &up(name)).await {
+                tracing::warn!(tenant = %t, batch = %id, "cannot give a refused batch back to the SFTP area: {e:#}");
+            }
+        }
+    };
+    let mut manifest = manifest;
+    let mut bytes = 0u64;
+    let mut measured = Vec::with_capacity(names.len());
+    for (f, name) in manifest.files.iter().zip(&names) {
+        let (size, sha) = match crate::store::sha256_of(b, &frozen(name)).await {
+            Ok(m) => m,
+            Err(e) => {
+                give_back().await;
+                return Err(ApiError::Unprocessable(format!(
+                    "{name} cannot be read at the server ({e:#}); upload it again"
+                )));
+            }
+        };
+        if size != f.compressed_bytes || f.compressed_sha256.as_ref().is_some_and(|h| *h != sha) {
+            give_back().await;
+            return Err(ApiError::Unprocessable(format!(
+                "{name} at the server ({size} bytes, SHA-256 {sha}) differs from the manifest ({} bytes, SHA-256 \
+                 {}); the file changed or the upload is incomplete: upload it again",
+                f.compressed_bytes,
+                f.compressed_sha256.as_deref().unwrap_or("not given")
+            )));
+        }
+        bytes += size;
+        measured.push(sha);
+    }
+    if bytes > limits.max_batch_bytes {
+        give_back().await;
+        let msg = st.refuse(&c.tenant, Limit::MaxBatchBytes, &format!("batch {id} is (compressed)"), bytes).await;
+        return Err(ApiError::Unprocessable(msg));
+    }
+    for (f, sha) in manifest.files.iter_mut().zip(measured) {
+        f.compressed_sha256 = Some(sha);
+    }
+    let body = serde_json::to_vec(&manifest).map_err(ApiError::internal)?;
+    let mkey = batch_key(b, t, id.as_str(), &[ferry_proto::manifest::MANIFEST_NAME]);
+    b.os.put(&mkey, object_store::PutPayload::from(body))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(ferry_sftp::store::describe("write the manifest", &e))))?;
+    // the rest of the upload folder (its directory marker)
+    if let Err(e) = crate::store::delete_prefix(b, &sftp_key(b, t, &["upload", id.as_str()])).await {
+        tracing::warn!(tenant = %t, batch = %id, "cannot clean the upload folder: {e:#}");
+    }
+    Ok(manifest)
 }
 
 /// Size and SHA-256 of every file of a frozen batch in `dir`, checked against the manifest (size always, the
@@ -473,10 +582,7 @@ async fn ack_file(
         return Err(ApiError::Conflict(format!("file {id} is not ready yet")));
     }
     if row.state != FileState::Delivered {
-        let dir = st.sftp_root(&c.tenant).join("download").join(id.as_str());
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(tenant = %c.tenant, file = %id, "cannot remove the delivered file: {e}");
-        }
+        remove_delivered(&st, &c.tenant, &id).await;
         db::audit(&st.db, Some(&c.tenant), "file_delivered", &format!("{id} {}", row.file.name)).await;
         tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
         st.downstream_wakeup.notify_one();
@@ -520,7 +626,7 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
             continue;
         }
         if row.state != FileState::Delivered {
-            remove.push((id.clone(), st.sftp_root(&c.tenant).join("download").join(id.as_str())));
+            remove.push(id.clone());
             tracing::info!(tenant = %c.tenant, file = %id, name = %row.file.name, "file delivered");
             newly.push(("file_delivered", format!("{id} {}", row.file.name)));
         }
@@ -534,16 +640,28 @@ async fn ack_files(State(st): St, Signed { caller: c, body }: Signed<Caller>) ->
     if !remove.is_empty() {
         // The delivered copies are removed after the answer, off the request (a few ms each on a busy disk);
         // the files are `delivered` already, a copy left behind is only disk space.
-        let tenant = c.tenant.clone();
-        tokio::task::spawn_blocking(move || {
-            for (id, dir) in remove {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(tenant = %tenant, file = %id, "cannot remove the delivered file: {e}");
-                }
+        let (st, tenant) = (st.clone(), c.tenant.clone());
+        tokio::spawn(async move {
+            for id in remove {
+                remove_delivered(&st, &tenant, &id).await;
             }
         });
     }
     Ok(Json(answer))
+}
+
+/// Removes a delivered file's `download/<id>/` folder (local or in the object store); a failure is logged and
+/// left to retention.
+async fn remove_delivered(st: &CommsState, tenant: &str, id: &FileId) {
+    let r = match st.files.bucket() {
+        None => std::fs::remove_dir_all(st.sftp_root(tenant).join("download").join(id.as_str())).map_err(Into::into),
+        Some(b) => crate::store::delete_prefix(b, &crate::store::sftp_key(b, tenant, &["download", id.as_str()]))
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = r {
+        tracing::warn!(tenant = %tenant, file = %id, "cannot remove the delivered file: {e:#}");
+    }
 }
 
 /// `POST /v1/files/{id}/error`: the Connector could not apply the file; it will retry. Kept for operators.

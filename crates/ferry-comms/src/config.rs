@@ -64,6 +64,9 @@ pub struct CommsConfig {
     pub app: AppEndpoint,
     /// `[database]`: where the metadata lives (default: the SQLite file `<data_dir>/comms.db`).
     pub database: DatabaseConfig,
+    /// `[storage]`: where tenants' files live (default: the local folder `<data_dir>/tenants/`; or
+    /// `url = "s3://bucket/prefix"`, docs/scale-out.md).
+    pub storage: crate::store::StorageConfig,
 }
 
 impl Default for CommsConfig {
@@ -90,6 +93,7 @@ impl Default for CommsConfig {
             connections: ferry_io::accept::ConnectionLimits::default(),
             app: AppEndpoint::default(),
             database: DatabaseConfig::default(),
+            storage: crate::store::StorageConfig::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl CommsConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.retention.validate()?;
         self.database.validate()?;
+        self.storage.validate()?;
         if self.token_ttl_hours <= 0 || self.signature_max_age_secs <= 0 {
             bail!("token_ttl_hours and signature_max_age_secs must be positive");
         }

@@ -173,6 +173,16 @@ async fn fetch_one(
         // transfer (a `.part`) is.
         let _ = std::fs::remove_file(&plain);
         let compressed = compressed?;
+        if let Some(b) = st.files.bucket() {
+            // the object appears complete or not at all; the local copy goes
+            let key =
+                crate::store::sftp_key(b, &row.tenant, &["download", f.file_id.as_str(), &format!("{}.bz2", f.name)]);
+            let put = crate::store::put_file(b, &part, &key).await;
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_dir(&out_dir);
+            put?;
+            return anyhow::Ok(compressed);
+        }
         std::fs::rename(&part, &final_path)
             .with_context(|| format!("cannot move the compressed file into {}", out_dir.display()))?;
         anyhow::Ok(compressed)

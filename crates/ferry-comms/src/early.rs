@@ -6,7 +6,9 @@
 //! This only moves bytes earlier; it decides nothing. The batch is still frozen and measured at `complete`,
 //! checked unchanged before and after the relay, and verified by the App against the manifest (MD5 and row
 //! counts) before anything is imported; a file that changed after its early copy is caught there. An early
-//! copy that fails or is dropped (queue full, App down) is simply sent again by the relay. A copy at the App
+//! copy that fails or is dropped (queue full, App down) is simply sent again by the relay. With the files in an
+//! object store, the SFTP server reports the rename the same way and the copy reads the object through a
+//! temporary file. A copy at the App
 //! whose batch is never completed is removed by the App's retention.
 
 use std::collections::HashMap;
@@ -137,7 +139,14 @@ async fn copy(st: &CommsState, a: &Arrived) {
     let t = std::time::Instant::now();
     let pushed = async {
         let (_, app) = st.apps.for_tenant(&st.db, &a.tenant).await?;
-        app.push_file(&a.tenant, &a.batch, &a.path, &a.name).await
+        match st.files.bucket() {
+            None => app.push_file(&a.tenant, &a.batch, &a.path, &a.name).await,
+            Some(b) => {
+                // in an object store: spooled to a local file first, as the relay does
+                let spool = spool_arrived(st, b, a).await?;
+                app.push_file(&a.tenant, &a.batch, &spool.path().join(&a.name), &a.name).await
+            }
+        }
     };
     match pushed.await {
         Ok(bytes) => {
@@ -149,6 +158,24 @@ async fn copy(st: &CommsState, a: &Arrived) {
         Err(e) => tracing::info!(tenant = %a.tenant, batch = %a.batch, file = %a.name,
             "early relay of a file failed; the relay sends it at completion: {e:#}"),
     }
+}
+
+/// Copies an arrived file from the object store into a temporary folder under `<data_dir>/tmp/` (removed when
+/// the guard drops): from the tenant's upload area, or from the batch if `complete` already moved it there.
+async fn spool_arrived(st: &CommsState, b: &crate::store::Bucket, a: &Arrived) -> anyhow::Result<tempfile::TempDir> {
+    let base = st.cfg.data_dir.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    let spool = tempfile::Builder::new().prefix("early-").tempdir_in(&base)?;
+    let local = spool.path().join(&a.name);
+    let batch = a.batch.as_str();
+    let uploaded = crate::store::sftp_key(b, &a.tenant, &["upload", batch, &a.name]);
+    let key = if crate::store::size_of(b, &uploaded).await?.is_some() {
+        uploaded
+    } else {
+        crate::store::batch_key(b, &a.tenant, batch, &[&a.name])
+    };
+    crate::store::get_file(b, &key, &local).await?;
+    Ok(spool)
 }
 
 #[cfg(test)]

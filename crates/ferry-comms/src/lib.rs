@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod replicas;
+pub mod store;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +79,8 @@ pub struct CommsState {
     pub public_ssh_addr: String,
     /// Prometheus metrics (`GET /metrics` on the admin listener).
     pub metrics: metrics::Metrics,
+    /// Where tenants' files live: the local folder or an object store (`[storage]`).
+    pub files: store::Files,
 }
 
 impl CommsState {
@@ -142,6 +145,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
     let identity = Arc::new(cfg.identity()?);
     let db = db::open(&cfg.database, &cfg.db_path()).await?;
+    let files = store::Files::open(&cfg.storage).await?;
     let admin_token = admin::load_or_create_admin_token(&cfg.admin_token_path())?;
     let (https_addr, ssh_addr) = match &listeners {
         Listeners::Separate { https, ssh } => (https.local_addr()?, ssh.local_addr()?),
@@ -212,6 +216,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         downloads_changed: watch::channel(0).0,
         public_ssh_addr,
         metrics: metrics::Metrics::default(),
+        files,
     });
     state.keys.reload(&state.db).await?;
     state.limits.reload(&state.db).await?;
@@ -353,6 +358,9 @@ pub async fn sweep_retention(st: &CommsState) -> anyhow::Result<usize> {
     use ferry_proto::api::BatchState;
     let keep = st.cfg.retention.keep();
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    if let Some(b) = st.files.bucket() {
+        return sweep_retention_in_store(st, b, cutoff).await;
+    }
     let mut removed = 0;
     for (tenant, tdir) in ferry_web::retention::subdirs(&st.cfg.data_dir.join("tenants")) {
         for (id, dir) in ferry_web::retention::subdirs(&tdir.join("batches")) {
@@ -373,6 +381,40 @@ pub async fn sweep_retention(st: &CommsState) -> anyhow::Result<usize> {
                 removed += 1;
             }
         }
+    }
+    Ok(removed)
+}
+
+/// [`sweep_retention`] in the object store: the same rules on `tenants/<t>/batches/<batch>/` and
+/// `tenants/<t>/sftp/download/<file>/` (age: the newest object under the folder), and SFTP uploads left
+/// unfinished for as long are aborted (their parts are not kept forever).
+async fn sweep_retention_in_store(
+    st: &CommsState,
+    b: &store::Bucket,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<usize> {
+    use ferry_proto::api::BatchState;
+    let mut removed = 0;
+    for tenant in store::subfolders(b, &b.key(["tenants"])).await? {
+        for id in store::subfolders(b, &b.key(["tenants", tenant.as_str(), "batches"])).await? {
+            let Ok(bid) = ferry_proto::batch::BatchId::parse(&id) else { continue };
+            let Some(s) = db::batch_status(&st.db, &tenant, &bid).await? else { continue };
+            if matches!(s.state, BatchState::Imported | BatchState::Rejected) && s.updated_at <= cutoff {
+                store::delete_prefix(b, &store::batch_key(b, &tenant, &id, &[])).await?;
+                tracing::info!(%tenant, batch = %id, state = s.state.as_str(), "retention: removed the batch's files");
+                removed += 1;
+            }
+        }
+        for id in store::subfolders(b, &store::sftp_key(b, &tenant, &["download"])).await? {
+            let dir = store::sftp_key(b, &tenant, &["download", id.as_str()]);
+            if store::newest(b, &dir).await?.is_some_and(|t| t <= cutoff)
+                && db::download_delivered(&st.db, &tenant, &id).await?
+            {
+                store::delete_prefix(b, &dir).await?;
+                removed += 1;
+            }
+        }
+        removed += store::sweep_stale_uploads(b, &tenant, cutoff).await?;
     }
     Ok(removed)
 }

@@ -52,9 +52,18 @@ async fn relay_or_note(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<
 
 async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> {
     let id = &b.manifest.batch_id;
-    let dir = st.batch_dir(&b.tenant, id.as_str());
+    let mut dir = st.batch_dir(&b.tenant, id.as_str());
     // the tenant's own App server (an App server that is down delays only the tenants placed on it)
     let (app_name, app) = st.apps.for_tenant(&st.db, &b.tenant).await?;
+    // In an object store, the batch is first copied to a local spool (the App is sent what was checked).
+    let _spool = match st.files.bucket() {
+        Some(bucket) if b.state == BatchState::Uploaded => {
+            let spool = spool_batch(st, bucket, b).await?;
+            dir = spool.path().to_path_buf();
+            Some(spool)
+        }
+        _ => None,
+    };
     if b.state == BatchState::Uploaded {
         let t = std::time::Instant::now();
         // Send exactly what was measured at completion: check before (nothing sent if the files changed) and
@@ -88,11 +97,39 @@ async fn relay_one(st: &CommsState, b: &db::PendingBatch) -> anyhow::Result<()> 
     tracing::info!(tenant = %b.tenant, batch = %id, state = state.as_str(), detail = report.detail.as_deref().unwrap_or(""), "batch verdict");
     if state == BatchState::Imported {
         // The App holds the data now; keep the Comms copy only for rejected batches (for inspection).
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(batch = %id, "cannot clean up the relayed batch: {e}");
+        let removed = match st.files.bucket() {
+            None => std::fs::remove_dir_all(&dir).map_err(Into::into),
+            Some(bucket) => {
+                crate::store::delete_prefix(bucket, &crate::store::batch_key(bucket, &b.tenant, id.as_str(), &[]))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = removed {
+            tracing::warn!(batch = %id, "cannot clean up the relayed batch: {e:#}");
         }
     }
     Ok(())
+}
+
+/// Copies a completed batch's files from the object store into a temporary folder under `<data_dir>/tmp/`
+/// (removed when the returned guard drops), streaming.
+async fn spool_batch(
+    st: &CommsState,
+    bucket: &crate::store::Bucket,
+    b: &db::PendingBatch,
+) -> anyhow::Result<tempfile::TempDir> {
+    let base = st.cfg.data_dir.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    let spool = tempfile::Builder::new().prefix("relay-").tempdir_in(&base)?;
+    for f in &b.manifest.files {
+        let name = f.compressed_name();
+        let key = crate::store::batch_key(bucket, &b.tenant, b.manifest.batch_id.as_str(), &[&name]);
+        crate::store::get_file(bucket, &key, &spool.path().join(&name))
+            .await
+            .map_err(|e| ferry_io::retry::disk_full(e.context(format!("cannot read {name} of the batch")), &base))?;
+    }
+    Ok(spool)
 }
 
 /// Whether every file of the batch in `dir` still has the size and SHA-256 measured at completion. The outer

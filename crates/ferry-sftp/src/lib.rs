@@ -14,6 +14,8 @@ pub mod client;
 pub mod path;
 #[cfg(unix)] // the SFTP server runs on the cloud side (Linux); the client runs on Windows ERP servers too
 pub mod server;
+#[cfg(unix)]
+pub mod store;
 
 pub use client::{ClientConfig, ClientError, SftpClient};
 pub use path::{PathError, confine};

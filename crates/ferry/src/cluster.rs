@@ -29,6 +29,25 @@ params = ["order_number", "line", "item", "location", "supplier", "qty", "due_da
 /// Set to a `postgres://` URL (a role with CREATEDB), every cluster keeps its Comms metadata in a new database
 /// on that server instead of SQLite: how the Comms tests run against PostgreSQL.
 pub const TEST_COMMS_DB: &str = "FERRY_TEST_COMMS_DB";
+/// `s3`: every cluster keeps the Comms tenants' files on the test S3 server (`scripts/test-s3.sh`), each under a
+/// fresh prefix of `FERRY_TEST_S3_BUCKET`.
+pub const TEST_COMMS_STORAGE: &str = "FERRY_TEST_COMMS_STORAGE";
+
+/// `[storage]` on the test S3 server (`FERRY_TEST_S3_ENDPOINT`, `FERRY_TEST_S3_BUCKET`; credentials in
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), under a fresh random prefix. Err without a test server.
+pub fn test_s3_storage() -> anyhow::Result<ferry_comms::store::StorageConfig> {
+    let endpoint = std::env::var("FERRY_TEST_S3_ENDPOINT")
+        .map_err(|_| anyhow::anyhow!("FERRY_TEST_S3_ENDPOINT is not set (start a server with scripts/test-s3.sh)"))?;
+    let bucket = std::env::var("FERRY_TEST_S3_BUCKET").unwrap_or_else(|_| "ferry-test".into());
+    let prefix = format!("t{:016x}", rand::random::<u64>());
+    Ok(ferry_comms::store::StorageConfig {
+        url: format!("s3://{bucket}/{prefix}"),
+        endpoint,
+        allow_http: true,
+        part_size_mib: 5,
+        ..Default::default()
+    })
+}
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -121,6 +140,10 @@ impl Cluster {
             && !url.is_empty()
         {
             comms_cfg.database.url = ferry_comms::db::create_scratch_postgres(&url).await?;
+        }
+        // FERRY_TEST_COMMS_STORAGE=s3: the tenants' files on the test S3 server, under a fresh prefix
+        if std::env::var(TEST_COMMS_STORAGE).is_ok_and(|v| v == "s3") {
+            comms_cfg.storage = test_s3_storage().context("FERRY_TEST_COMMS_STORAGE=s3")?;
         }
         tweak_comms(&mut comms_cfg);
         let listeners = if one_port {

@@ -15,6 +15,7 @@
 
 mod fs;
 mod killable;
+mod objfs;
 mod pump;
 mod sessions;
 
@@ -37,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::fs::{MAX_OPEN_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN, READDIR_BATCH};
+pub use self::objfs::{MAX_STORE_FILE_HANDLES, READ_WINDOW};
 pub use self::pump::{MAX_QUEUED_BYTES, MAX_QUEUED_PACKETS};
 pub use self::sessions::{SessionInfo, Sessions, THROTTLE_BASE, THROTTLE_FORGET, THROTTLE_MAX};
 pub use crate::path::{PathError, confine};
@@ -87,6 +89,19 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// On an object store ([`Authorizer::store`]): the most files and directories `principal`'s area may hold
+    /// (`None`, the default: no limit). The SFTP server then counts the area's entries (stopping one past this)
+    /// before a new file or directory and asks [`Authorizer::admit_create_counted`].
+    fn max_entries(&self, _principal: &Principal) -> Option<u64> {
+        None
+    }
+
+    /// On an object store: called before a new file or directory is created, with the count of entries the
+    /// area holds now (0 without [`Authorizer::max_entries`]); `Err(message)` refuses it.
+    fn admit_create_counted(&self, _principal: &Principal, _have: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Open file and directory handles one SFTP session of `principal` may hold.
     fn max_open_handles(&self, _principal: &Principal) -> usize {
         MAX_OPEN_HANDLES
@@ -108,10 +123,17 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A file was renamed into place at `to` (an absolute path below `principal.root`). Uploads finish this way
+    /// A file was renamed into place at `to` (an absolute path below `principal.root`; on an object store, the
+    /// path the file would have on disk). Uploads finish this way
     /// (`.name.part` -> `name`), and the rename never replaces a file, so this is when an uploaded file is
     /// complete. Called after the rename succeeded; must not block (hand the work to a task).
     fn renamed(&self, _principal: &Principal, _to: &std::path::Path) {}
+
+    /// Where `principal`'s files live when they are not in the local folder [`Principal::root`]: a prefix in an
+    /// object store ([`crate::store`]). `None` (the default): the local folder.
+    fn store(&self, _principal: &Principal) -> Option<crate::store::StoreRoot> {
+        None
+    }
 
     /// A login succeeded (e.g. to notice a key used from a new address).
     fn logged_in(&self, _principal: &Principal, _key: &PublicKey, _peer: Option<SocketAddr>) {}
@@ -497,6 +519,14 @@ impl russh::server::Handler for SshHandler {
         let (Some(principal), Some(channel)) = (self.principal.clone(), self.channels.remove(&channel_id)) else {
             return session.channel_failure(channel_id);
         };
+        if let Some(root) = self.auth.store(&principal) {
+            session.channel_success(channel_id)?;
+            tracing::debug!(tenant = %principal.name, "sftp subsystem started (object store)");
+            let name = principal.name.clone();
+            let fs = objfs::StoreFs::new(root, principal, self.auth.clone());
+            tokio::spawn(pump::run(channel, fs, name));
+            return Ok(());
+        }
         let root = match tokio::fs::canonicalize(&principal.root).await {
             Ok(r) if tokio::fs::metadata(&r).await.is_ok_and(|m| m.is_dir()) => r,
             _ => {

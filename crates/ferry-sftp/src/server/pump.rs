@@ -22,7 +22,7 @@ use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::fs::{ConfinedFs, MAX_PACKET_LEN};
+use super::fs::MAX_PACKET_LEN;
 
 /// Requests queued per SFTP session before the session is dropped (OpenSSH sends <= 64).
 pub const MAX_QUEUED_PACKETS: usize = 4096;
@@ -34,15 +34,22 @@ struct Queued {
     permit: OwnedSemaphorePermit,
 }
 
-/// Serves SFTP on `channel` until the client closes it. `fs` is confined to the principal root.
-pub(crate) async fn run(channel: russh::Channel<Msg>, fs: ConfinedFs, tenant: String) {
+/// Serves SFTP on `channel` until the client closes it. `fs` is confined to the principal root (a local folder,
+/// [`super::fs::ConfinedFs`], or a prefix in an object store, [`super::objfs::StoreFs`]).
+pub(crate) async fn run<H: Handler<Error = StatusReply> + Send>(channel: russh::Channel<Msg>, fs: H, tenant: String) {
     let (read_half, write_half) = channel.split();
     let (tx, mut rx) = mpsc::channel::<Queued>(MAX_QUEUED_PACKETS);
     let reader = tokio::spawn(drain(read_half, tx, tenant.clone()));
     let mut fs = fs;
+    // Once the client is gone, the requests it sent before are still carried out (answers dropped): the writes
+    // of a cut upload land, so its resumption sends only what the server never received.
+    let mut gone = false;
     while let Some(req) = rx.recv().await {
         let answer = answer(&mut fs, req.packet).await;
         drop(req.permit);
+        if gone {
+            continue;
+        }
         let bytes = match Bytes::try_from(answer) {
             Ok(b) => b,
             Err(e) => {
@@ -51,7 +58,9 @@ pub(crate) async fn run(channel: russh::Channel<Msg>, fs: ConfinedFs, tenant: St
             }
         };
         if write_half.data_bytes(bytes).await.is_err() {
-            break;
+            // nothing more is read; what is queued is carried out
+            gone = true;
+            reader.abort();
         }
     }
     drop(rx);
@@ -150,7 +159,7 @@ macro_rules! call {
 }
 
 /// Decodes one request, runs it, and returns the answer packet.
-async fn answer(fs: &mut ConfinedFs, raw: Bytes) -> Packet {
+async fn answer<H: Handler<Error = StatusReply> + Send>(fs: &mut H, raw: Bytes) -> Packet {
     let id = request_id(&raw);
     // request types 1..=20 and 200 (extended); anything else is unsupported, not malformed
     let known = matches!(raw.first(), Some(1..=20) | Some(200));

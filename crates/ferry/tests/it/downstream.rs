@@ -165,7 +165,26 @@ async fn tenants_never_see_or_ack_each_others_files_and_corrupt_files_are_refetc
         .join("download")
         .join(f.file_id.as_str())
         .join("po_000001.csv.bz2");
-    let good = std::fs::read(&path).unwrap();
+    // (in the object store under FERRY_TEST_COMMS_STORAGE=s3)
+    let store = c.comms.state.files.bucket().map(|b| {
+        let key = ferry_comms::store::sftp_key(b, "alpha", &["download", f.file_id.as_str(), "po_000001.csv.bz2"]);
+        (b.clone(), key)
+    });
+    let read = async || match &store {
+        Some((b, key)) => {
+            use object_store::ObjectStoreExt;
+            b.os.get(key).await.unwrap().bytes().await.unwrap().to_vec()
+        }
+        None => std::fs::read(&path).unwrap(),
+    };
+    let write = async |data: &[u8]| match &store {
+        Some((b, key)) => {
+            use object_store::ObjectStoreExt;
+            b.os.put(key, object_store::PutPayload::from(data.to_vec())).await.unwrap();
+        }
+        None => std::fs::write(&path, data).unwrap(),
+    };
+    let good = read().await;
     let mut bad = Vec::new();
     {
         use std::io::Write;
@@ -173,7 +192,7 @@ async fn tenants_never_see_or_ack_each_others_files_and_corrupt_files_are_refetc
         w.write_all(PO.replace("24", "99").as_bytes()).unwrap();
         w.finish().unwrap();
     }
-    std::fs::write(&path, &bad).unwrap();
+    write(&bad).await;
     let out = a.receive(0, &quiet).await.unwrap();
     assert!(matches!(&out[..], [Outcome::Failed { .. }]), "{out:?}");
     assert!(!a.cfg.base.join("from_cloud/po_000001.csv").exists());
@@ -181,7 +200,7 @@ async fn tenants_never_see_or_ack_each_others_files_and_corrupt_files_are_refetc
     let err = ferry_comms::db::download_error(&c.comms.state.db, "alpha", &f.file_id).await.unwrap().unwrap();
     assert!(err.contains("connector:"), "{err}");
     // Fixed at the source: the next poll fetches it again and delivers it once.
-    std::fs::write(&path, &good).unwrap();
+    write(&good).await;
     let out = a.receive(0, &quiet).await.unwrap();
     assert!(matches!(&out[..], [Outcome::Applied { .. }]), "{out:?}");
     assert_eq!(std::fs::read_to_string(a.cfg.base.join("from_cloud/po_000001.csv")).unwrap(), PO);

@@ -14,6 +14,7 @@ mod bench;
 mod check;
 mod cluster;
 mod comms_postgres;
+mod comms_s3;
 mod console;
 mod downstream;
 mod erp_values;

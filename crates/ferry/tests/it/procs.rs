@@ -515,6 +515,8 @@ pub struct Proxy {
     /// Cut everything once this many bytes went up / came down (u64::MAX: never).
     up_limit: Arc<AtomicU64>,
     down_limit: Arc<AtomicU64>,
+    /// A limit once reached stays (every later connection is cut at once) instead of being lifted.
+    sticky: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -535,7 +537,12 @@ impl Proxy {
         let mode = Arc::new(watch::channel(Mode { generation: 0, stalled: false }).0);
         let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (up_limit, down_limit) = (Arc::new(AtomicU64::new(u64::MAX)), Arc::new(AtomicU64::new(u64::MAX)));
-        let (m, u, d) = (mode.clone(), (up.clone(), up_limit.clone()), (down.clone(), down_limit.clone()));
+        let sticky = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, u, d) = (
+            mode.clone(),
+            (up.clone(), up_limit.clone(), sticky.clone()),
+            (down.clone(), down_limit.clone(), sticky.clone()),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
@@ -559,7 +566,7 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, target, mode, up, down, up_limit, down_limit, task }
+        Proxy { port, target, mode, up, down, up_limit, down_limit, sticky, task }
     }
 
     /// Forward new connections to `target`.
@@ -569,9 +576,17 @@ impl Proxy {
 
     /// Cut every connection as soon as `up` more bytes went towards the target, or `down` more came back.
     pub fn cut_after(&self, up: Option<u64>, down: Option<u64>) {
+        self.sticky.store(false, Ordering::SeqCst);
         let at = |n: Option<u64>, sofar: &AtomicU64| n.map_or(u64::MAX, |n| sofar.load(Ordering::SeqCst) + n);
         self.up_limit.store(at(up, &self.up), Ordering::SeqCst);
         self.down_limit.store(at(down, &self.down), Ordering::SeqCst);
+    }
+
+    /// Like [`Proxy::cut_after`], but once cut, every later connection is cut too (before it forwards a byte
+    /// in that direction) until the next `cut_after`.
+    pub fn cut_after_and_keep_cutting(&self, up: Option<u64>, down: Option<u64>) {
+        self.cut_after(up, down);
+        self.sticky.store(true, Ordering::SeqCst);
     }
 
     /// Closes every connection open now (new ones go through).
@@ -596,7 +611,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     modes: Arc<watch::Sender<Mode>>,
     generation: u64,
-    (count, limit): (Arc<AtomicU64>, Arc<AtomicU64>),
+    (count, limit, sticky): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
 ) {
     let mut mode = modes.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
@@ -635,7 +650,9 @@ async fn pump(
         }
         count.fetch_add(n_now as u64, Ordering::SeqCst);
         if n_now < n || count.load(Ordering::SeqCst) >= limit.load(Ordering::SeqCst) {
-            limit.store(u64::MAX, Ordering::SeqCst);
+            if !sticky.load(Ordering::SeqCst) {
+                limit.store(u64::MAX, Ordering::SeqCst);
+            }
             modes.send_modify(|m| m.generation += 1);
             return;
         }

@@ -155,6 +155,12 @@ async fn bad_batches_are_rejected_precisely_and_nothing_is_imported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_cut_halfway_resumes_and_sends_only_the_rest() {
     let (_dir, c) = cluster().await;
+    if c.comms.state.files.bucket().is_some() {
+        // it plants a `.part` on the Comms disk; in object storage the same is comms_s3's cut-upload test
+        eprintln!("files in object storage (FERRY_TEST_COMMS_STORAGE): skipped, see comms_s3::");
+        c.stop().await;
+        return;
+    }
     let conn = tenant(&c, "acme").await;
     // 100 MB of incompressible-looking data.
     let local = c.dir.join("big.bin");
