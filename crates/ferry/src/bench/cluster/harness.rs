@@ -18,13 +18,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// The extra comms.toml that selects the Comms file storage of a cluster; empty: the shared local data folder
-/// (every replica on this machine uses the same `data_dir`). The one place to switch the cluster tests and the
-/// bench to object storage (`FERRY_TEST_COMMS_STORAGE=s3`: wired in when `[storage]` lands).
+/// The extra comms.toml that selects the Comms file storage of a cluster. Empty: the shared local data folder
+/// (every replica on this machine uses the same `data_dir`). `FERRY_TEST_COMMS_STORAGE=s3`: a `[storage]` section
+/// on the test S3 server of `scripts/test-s3.sh` (`FERRY_TEST_S3_ENDPOINT`, `FERRY_TEST_S3_BUCKET`; the
+/// credentials stay in the environment the servers inherit), under a fresh prefix. The one place that switches
+/// the cluster tests and the bench.
 pub fn storage_toml() -> anyhow::Result<String> {
-    match std::env::var("FERRY_TEST_COMMS_STORAGE").unwrap_or_default().as_str() {
+    match std::env::var(crate::cluster::TEST_COMMS_STORAGE).unwrap_or_default().as_str() {
         "" | "local" => Ok(String::new()),
-        other => bail!("FERRY_TEST_COMMS_STORAGE={other:?}: only the local data folder is supported by this build"),
+        "s3" => {
+            #[derive(serde::Serialize)]
+            struct Section {
+                storage: ferry_comms::store::StorageConfig,
+            }
+            let storage = crate::cluster::test_s3_storage().context("FERRY_TEST_COMMS_STORAGE=s3")?;
+            toml::to_string(&Section { storage }).context("cannot write the [storage] section")
+        }
+        other => bail!("FERRY_TEST_COMMS_STORAGE={other:?}: `local` (the default) or `s3`"),
     }
 }
 
