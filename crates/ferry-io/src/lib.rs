@@ -22,6 +22,7 @@ pub mod disk;
 pub mod httpsig;
 pub mod keys;
 pub mod private;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod sqlite;
 pub mod tls;

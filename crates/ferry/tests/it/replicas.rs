@@ -293,7 +293,7 @@ async fn concurrent_admin_actions_on_two_replicas_keep_one_audit_chain() {
 // ---- three `ferry comms serve` processes behind Debian's haproxy (issue 12, item 5) ---------------------------
 
 /// haproxy's path, or None (test skipped; a failure under `FERRY_CI=1`, where `.ci/run` installs it).
-fn haproxy_bin() -> Option<std::path::PathBuf> {
+pub(crate) fn haproxy_bin() -> Option<std::path::PathBuf> {
     let found =
         ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
     if found.is_none() {
@@ -304,7 +304,7 @@ fn haproxy_bin() -> Option<std::path::PathBuf> {
 }
 
 /// A child process killed when dropped (haproxy).
-struct Reaped(std::process::Child);
+pub(crate) struct Reaped(pub(crate) std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
