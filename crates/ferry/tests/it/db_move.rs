@@ -111,6 +111,22 @@ async fn a_sqlite_deployment_moves_to_postgres_and_goes_on() {
     assert_eq!(table_counts(&pg).await, before, "every row is there");
     let audit_after = ferry_comms::db::verify_audit(&pg).await.unwrap().expect("the chain verifies on PostgreSQL");
     assert!(audit_after >= audit_before, "{audit_after} < {audit_before}");
+    // figures for the sizing in docs/scale-out.md: rows and bytes per batch of the small sample on PostgreSQL
+    let batches = ferry_comms::db::last_batches(&pg).await.unwrap();
+    let sizes: Vec<(String, i64)> = ferry_comms::db::on!(&pg, p => {
+        sqlx::query_as(
+            "SELECT relname::text, pg_total_relation_size(oid) FROM pg_class
+             WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 2 DESC",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
+    });
+    eprintln!(
+        "sizing: {} batches, compressed bytes {:?}; rows {before:?}, audit {audit_before}; table bytes {sizes:?}",
+        batches.len(),
+        batches.iter().map(|b| b.compressed_bytes).collect::<Vec<_>>()
+    );
     let limits = c.admin().await.unwrap().limits("beta").await.unwrap();
     assert_eq!(limits.limits.max_batch_files, 50);
 
