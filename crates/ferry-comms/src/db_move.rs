@@ -91,7 +91,10 @@ pub async fn sqlite_to_postgres(
     }
     let shown = db::redact_url(&to.url);
     // brings an older file's schema up to date first, as `serve` would
-    let Db::Sqlite(src) = db::open_sqlite(sqlite_path).await? else { unreachable!("open_sqlite opens SQLite") };
+    let src = match db::open_sqlite(sqlite_path).await? {
+        Db::Sqlite(pool) => pool,
+        Db::Postgres(_) => bail!("{} did not open as SQLite", sqlite_path.display()),
+    };
     let pg = db::connect_postgres(to, 2).await?;
 
     let existing: Vec<(String, String)> = sqlx::query_as(
