@@ -15,17 +15,20 @@ use ferry_connector::receive::Outcome;
 use ferry_proto::api::BatchState;
 use ferry_sample::{SampleSize, generate_sample_erp};
 
-/// Sync once and receive until a downstream file of the plan is applied.
-async fn sync_and_receive(c: &Cluster, tenant: &str, conn: &Connector) {
+const PO: &str = "order_number,line,item,location,supplier,qty,unit_cost,order_date,due_date,comment\nMOVE-1,1,A1,L1,S1,24,1.20,2026/11/28,2026/12/05,\n";
+
+/// Sync once, publish an order file for the tenant, and receive until a downstream file is applied.
+async fn sync_and_receive(c: &Cluster, tenant: &str, conn: &Connector, round: u32) {
     let r = conn.sync(&quiet).await.unwrap();
     assert_eq!(r.status.state, BatchState::Imported, "{tenant}: {:?}", r.status);
     let inst = c.app.state.instance(tenant).await.unwrap().unwrap();
-    let before = ferry_app::outbox::receipts(&inst.0).await.unwrap().len();
-    let published = async || ferry_app::outbox::receipts(&inst.0).await.unwrap().len() > before;
-    assert!(eventually(Duration::from_secs(60), published).await.is_some(), "{tenant}: nothing published");
+    let (name, src) = (format!("po_90000{round}.csv"), c.dir.join(format!("src-{tenant}-{round}.csv")));
+    std::fs::write(&src, PO).unwrap();
+    ferry_app::outbox::publish(&inst.0, tenant, &c.app.state.sftp_root(), &src, &name).await.unwrap();
+    c.app.state.announce_wakeup.notify_one();
     let mut applied = 0;
     let t = std::time::Instant::now();
-    while applied == 0 && t.elapsed() < Duration::from_secs(60) {
+    while applied == 0 && t.elapsed() < Duration::from_secs(120) {
         let out = conn.receive(5, &quiet).await.unwrap();
         applied += out.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count();
     }
@@ -58,10 +61,8 @@ async fn a_sqlite_deployment_moves_to_postgres_and_goes_on() {
         let erp = dir.path().join(format!("{t}-erp.db"));
         generate_sample_erp(&erp, SampleSize::Small).await.unwrap();
         let token = c.add_tenant(t).await.unwrap();
-        let inst = c.app.state.instance(t).await.unwrap().unwrap();
-        ferry_app::release::set_policy(&inst.0, ferry_app::release::Policy::Auto).await.unwrap();
         let conn = c.connector_with_write_back(t, &erp, &token).await.unwrap();
-        sync_and_receive(&c, t, &conn).await;
+        sync_and_receive(&c, t, &conn, 1).await;
         conns.push((t, conn));
     }
     let admin = c.admin().await.unwrap();
@@ -132,7 +133,7 @@ async fn a_sqlite_deployment_moves_to_postgres_and_goes_on() {
 
     // the Connectors go on: their keys, the batch history and the download list came along
     for (t, conn) in &conns {
-        sync_and_receive(&c, t, conn).await;
+        sync_and_receive(&c, t, conn, 2).await;
         let b = ferry_comms::db::list_batches(&pg, t, 10).await.unwrap();
         assert_eq!(b.len(), 2, "{t}: {b:?}");
         assert!(b.iter().all(|b| b.state == BatchState::Imported), "{t}: {b:?}");

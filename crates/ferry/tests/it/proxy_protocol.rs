@@ -87,10 +87,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// An HTTPS client that skips certificate checks (the request is only a probe) and binds `source`.
-fn probe_client(source: IpAddr) -> reqwest::Client {
+/// An HTTPS client pinned to the Comms certificate that connects from `source`.
+fn probe_client(c: &Cluster, source: IpAddr) -> reqwest::Client {
     reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
+        .tls_backend_preconfigured(ferry_io::tls::client_config(Some(&c.comms.state.identity.tls_fingerprint)).unwrap())
         .local_address(source)
         .timeout(Duration::from_secs(10))
         .build()
@@ -149,18 +149,19 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
         sqlx::query_scalar("SELECT address FROM key_addresses ORDER BY address").fetch_all(p).await.unwrap()
     });
     assert_eq!(addresses, ["10.9.8.6", "10.9.8.7"], "the key's addresses are the clients, not the proxy");
-    let seen = async || {
-        let a = audit(&c).await;
-        let new_from = |via: &str| {
-            a.iter().any(|(e, d)| e == "key_new_address" && d.contains("from 10.9.8.7") && d.contains(via))
-        };
-        new_from("(https)") && new_from("(ssh)")
+    let new_from = async |what: &str| {
+        let seen = async || audit(&c).await.iter().any(|(e, d)| e == "key_new_address" && d.contains(what));
+        assert!(eventually(Duration::from_secs(10), seen).await.is_some(), "{what}: {:?}", audit(&c).await);
     };
-    assert!(eventually(Duration::from_secs(10), seen).await.is_some(), "{:?}", audit(&c).await);
+    new_from("from 10.9.8.7").await;
+    // a long-poll alone (HTTPS only) as 10.9.8.8
+    fwd.claim(Header::V2(ip("10.9.8.8")));
+    conn.receive(1, &quiet).await.unwrap();
+    new_from("from 10.9.8.8 (https)").await;
 
     // a failed authentication through a v1 header is audited with the claimed client
     fwd.claim(Header::V1(ip("10.9.8.5")));
-    let r = probe_client(ip("127.0.0.1")).get(format!("{}/v1/files", fwd.url())).send().await.unwrap();
+    let r = probe_client(&c, ip("127.0.0.1")).get(format!("{}/v1/files", fwd.url())).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let failed = async || audit(&c).await.iter().any(|(e, d)| e == "auth_failed" && d.contains("from 10.9.8.5"));
     assert!(eventually(Duration::from_secs(10), failed).await.is_some(), "{:?}", audit(&c).await);
@@ -183,7 +184,7 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
     drop((held, other));
 
     // a trusted sender without a header: refused (HTTPS and SSH alike)
-    let e = probe_client(ip("127.0.0.1")).get(format!("https://{comms}/v1/files")).send().await;
+    let e = probe_client(&c, ip("127.0.0.1")).get(format!("https://{comms}/v1/files")).send().await;
     assert!(e.is_err(), "served without a PROXY header: {e:?}");
     let mut ssh = tokio::net::TcpStream::connect(comms).await.unwrap();
     ssh.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
@@ -192,9 +193,9 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
     let untrusted = Forwarder::start(ip("127.0.0.2")).await;
     untrusted.route(comms);
     untrusted.claim(Header::V2(ip("10.9.8.7")));
-    let e = probe_client(ip("127.0.0.1")).get(format!("{}/v1/files", untrusted.url())).send().await;
+    let e = probe_client(&c, ip("127.0.0.1")).get(format!("{}/v1/files", untrusted.url())).send().await;
     assert!(e.is_err(), "a PROXY header from an untrusted address was accepted: {e:?}");
-    let r = probe_client(ip("127.0.0.2")).get(format!("https://{comms}/v1/files")).send().await.unwrap();
+    let r = probe_client(&c, ip("127.0.0.2")).get(format!("https://{comms}/v1/files")).send().await.unwrap();
     assert_eq!(r.status(), 401, "an untrusted address without a header is served as itself");
     let own = async || audit(&c).await.iter().any(|(e, d)| e == "auth_failed" && d.contains("from 127.0.0.2"));
     assert!(eventually(Duration::from_secs(10), own).await.is_some(), "{:?}", audit(&c).await);
@@ -259,7 +260,7 @@ async fn haproxy_with_send_proxy_v2_in_front_of_a_replica_works_end_to_end() {
     }
     assert!(applied > 0, "no downstream file arrived through haproxy");
     // every connection came with a header: a direct one (no header) from the trusted range is refused
-    let e = probe_client(ip("127.0.0.1")).get(format!("{}/v1/files", c.comms.url())).send().await;
+    let e = probe_client(&c, ip("127.0.0.1")).get(format!("{}/v1/files", c.comms.url())).send().await;
     assert!(e.is_err(), "served without a PROXY header: {e:?}");
     c.stop().await;
 }
