@@ -100,10 +100,9 @@ pub async fn open_postgres(cfg: &DatabaseConfig) -> anyhow::Result<Db> {
     // default), and the listener has its own: the rest serves queries
     let max = if cfg.max_connections == 0 { 24 } else { cfg.max_connections };
     let pool = connect_postgres(cfg, max).await?;
-    sqlx::migrate!("./migrations/postgres")
-        .run(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot migrate the comms database {}: {}", redact_url(&cfg.url), scrub(cfg, &e)))?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| {
+        anyhow::anyhow!("cannot migrate the comms database {}: {}", redact_url(&cfg.url), scrub(cfg, &e))
+    })?;
     Ok(Db::Postgres(pool))
 }
 

@@ -117,7 +117,10 @@ pub async fn sqlite_to_postgres(
     // the SQLite snapshot: one read transaction that also keeps writers out while it lasts
     let mut s = src.acquire().await?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *s).await.with_context(|| {
-        format!("cannot lock {} for reading (is a Comms server still running on it? stop it first)", sqlite_path.display())
+        format!(
+            "cannot lock {} for reading (is a Comms server still running on it? stop it first)",
+            sqlite_path.display()
+        )
     })?;
     let sqlite_tables: BTreeSet<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations'",
@@ -174,8 +177,12 @@ pub async fn sqlite_to_postgres(
         .bind(table)
         .fetch_all(&mut *tx)
         .await?;
-        let sqlite_cols: BTreeSet<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_table_info($1)").bind(table).fetch_all(&mut *s).await?.into_iter().collect();
+        let sqlite_cols: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+            .bind(table)
+            .fetch_all(&mut *s)
+            .await?
+            .into_iter()
+            .collect();
         let pg_cols: BTreeSet<String> = cols.iter().map(|c| c.0.clone()).collect();
         if pg_cols != sqlite_cols {
             bail!("table {table}: the columns differ between SQLite ({sqlite_cols:?}) and PostgreSQL ({pg_cols:?})");
@@ -205,7 +212,8 @@ pub async fn sqlite_to_postgres(
             }
             if pending.len() >= per_insert || (next.is_none() && !pending.is_empty()) {
                 let n = pending.len() as u64;
-                let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("INSERT INTO {} ({col_list}) ", ident(table)?));
+                let mut b =
+                    sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("INSERT INTO {} ({col_list}) ", ident(table)?));
                 b.push_values(pending.drain(..), |mut row, vals| {
                     for v in vals {
                         match v {
@@ -216,7 +224,10 @@ pub async fn sqlite_to_postgres(
                         };
                     }
                 });
-                b.build().execute(&mut *tx).await.with_context(|| format!("cannot copy rows of {table} into {shown}"))?;
+                b.build()
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("cannot copy rows of {table} into {shown}"))?;
                 let before = copied;
                 copied += n;
                 if copied / 50_000 != before / 50_000 {
@@ -293,9 +304,13 @@ fn dependency_order(tables: &BTreeSet<String>, deps: &[(String, String)]) -> any
     }
     let mut order = Vec::new();
     while !needs.is_empty() {
-        let ready: Vec<String> = needs.iter().filter(|(_, n)| n.iter().all(|p| !needs.contains_key(p))).map(|(t, _)| t.clone()).collect();
+        let ready: Vec<String> =
+            needs.iter().filter(|(_, n)| n.iter().all(|p| !needs.contains_key(p))).map(|(t, _)| t.clone()).collect();
         if ready.is_empty() {
-            bail!("the foreign keys between {:?} form a cycle: cannot order the copy", needs.keys().collect::<Vec<_>>());
+            bail!(
+                "the foreign keys between {:?} form a cycle: cannot order the copy",
+                needs.keys().collect::<Vec<_>>()
+            );
         }
         for t in ready {
             needs.remove(&t);
@@ -311,11 +326,10 @@ mod tests {
 
     #[test]
     fn parents_come_before_children() {
-        let tables: BTreeSet<String> = ["keys", "tenants", "app_servers", "audit"].iter().map(|s| s.to_string()).collect();
-        let deps = vec![
-            ("keys".to_string(), "tenants".to_string()),
-            ("tenants".to_string(), "app_servers".to_string()),
-        ];
+        let tables: BTreeSet<String> =
+            ["keys", "tenants", "app_servers", "audit"].iter().map(|s| s.to_string()).collect();
+        let deps =
+            vec![("keys".to_string(), "tenants".to_string()), ("tenants".to_string(), "app_servers".to_string())];
         let o = dependency_order(&tables, &deps).unwrap();
         let pos = |t: &str| o.iter().position(|x| x == t).unwrap();
         assert!(pos("app_servers") < pos("tenants") && pos("tenants") < pos("keys"), "{o:?}");

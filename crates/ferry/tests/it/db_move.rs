@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use crate::comms_postgres::scratch_database;
 use crate::common::*;
+use crate::comms_postgres::scratch_database;
 use crate::procs::{ferry, ferry_output};
 use ferry::cluster::Cluster;
 use ferry_connector::agent::Connector;
