@@ -268,7 +268,7 @@ pub async fn start(
         auth_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(600),
         max_auth_attempts: 6,
-        gate: ferry_io::accept::Gate::from_limits("sftp", &conn_limits, 2),
+        gate: ferry_io::accept::Gate::from_public_limits("sftp", &conn_limits, 2),
     };
     let https_addr = https.local_addr()?;
     let ssh_addr = ssh.local_addr()?;
@@ -285,7 +285,7 @@ pub async fn start(
     let mut tasks = ferry_web::serve::Tasks::default();
     let router = router(state.clone());
     let sd = tasks.shutdown_signal();
-    let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, 2);
+    let gate = ferry_io::accept::Gate::from_public_limits("https", &conn_limits, 2);
     tasks.spawn_logged("https server", ferry_web::serve::serve_https(https, router, tls, gate, conn_limits, sd));
     let auth = Arc::new(CommsAuthorizer(state.clone()));
     let sd = tasks.shutdown_signal();

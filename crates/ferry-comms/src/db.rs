@@ -96,42 +96,46 @@ pub async fn open_sqlite(path: &Path) -> anyhow::Result<Db> {
 /// The PostgreSQL database of `cfg.url`, with the password of `password_env` / `password_file` if set. Messages
 /// name the server as `host:port/database`, never with the password.
 pub async fn open_postgres(cfg: &DatabaseConfig) -> anyhow::Result<Db> {
+    // each relay and downstream claim holds a connection while it works (2 x max_concurrent_tenants, 8 each by
+    // default), and the listener has its own: the rest serves queries
+    let max = if cfg.max_connections == 0 { 24 } else { cfg.max_connections };
+    let pool = connect_postgres(cfg, max).await?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| {
+        anyhow::anyhow!("cannot migrate the comms database {}: {}", redact_url(&cfg.url), scrub(cfg, &e))
+    })?;
+    Ok(Db::Postgres(pool))
+}
+
+/// `e` as text with the password of `cfg` (from the URL, `password_env` or `password_file`) replaced by `***`.
+fn scrub(cfg: &DatabaseConfig, e: &dyn std::fmt::Display) -> String {
+    let mut m = e.to_string();
+    let password = cfg.password().ok().flatten();
+    for p in password.iter().chain(password_in_url(&cfg.url).iter()).filter(|p| !p.is_empty()) {
+        m = m.replace(p.as_str(), "***");
+    }
+    m
+}
+
+/// A pool of `max` connections to the PostgreSQL database of `cfg`, schema untouched.
+pub async fn connect_postgres(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<PgPool> {
     let password = cfg.password()?;
     let shown = redact_url(&cfg.url);
-    let scrub = |e: &dyn std::fmt::Display| {
-        let mut m = e.to_string();
-        for p in password.iter().chain(password_in_url(&cfg.url).iter()).filter(|p| !p.is_empty()) {
-            m = m.replace(p.as_str(), "***");
-        }
-        m
-    };
     let mut opts = PgConnectOptions::from_str(&cfg.url)
-        .map_err(|e| anyhow::anyhow!("[database] url {shown} is not a valid PostgreSQL URL: {}", scrub(&e)))?;
+        .map_err(|e| anyhow::anyhow!("[database] url {shown} is not a valid PostgreSQL URL: {}", scrub(cfg, &e)))?;
     if let Some(pw) = &password {
         opts = opts.password(pw);
     }
     let opts = opts.application_name("ferry-comms");
-    // each relay and downstream claim holds a connection while it works (2 x max_concurrent_tenants, 8 each by
-    // default), and the listener has its own: the rest serves queries
-    let max = if cfg.max_connections == 0 { 24 } else { cfg.max_connections };
-    let pool = PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(opts)
-        .await
-        .map_err(|e| {
+    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect_with(opts).await.map_err(
+        |e| {
             let hint = if e.to_string().contains("certificate") {
                 " (is the server's CA in sslrootcert=... of the URL?)"
             } else {
                 ""
             };
-            anyhow::anyhow!("cannot open the comms database {shown}: {}{hint}", scrub(&e))
-        })?;
-    sqlx::migrate!("./migrations/postgres")
-        .run(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot migrate the comms database {shown}: {}", scrub(&e)))?;
-    Ok(Db::Postgres(pool))
+            anyhow::anyhow!("cannot open the comms database {shown}: {}{hint}", scrub(cfg, &e))
+        },
+    )
 }
 
 /// `[database]`: the Comms metadata store. Empty `url`: SQLite in `<data_dir>/comms.db` (one server). A

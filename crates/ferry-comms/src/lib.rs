@@ -18,6 +18,7 @@ pub mod appclient;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod db_move;
 pub mod downstream;
 pub mod early;
 pub mod limits;
@@ -175,7 +176,8 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
         auth_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(600),
         max_auth_attempts: 6,
-        gate: ferry_io::accept::Gate::from_limits("sftp", &conn_limits, n),
+        // public listeners: a load balancer in front may send the PROXY protocol (proxy_protocol_from)
+        gate: ferry_io::accept::Gate::from_public_limits("sftp", &conn_limits, n),
     };
     let admin_listener = match cfg.listen_admin {
         Some(a) => {
@@ -250,7 +252,7 @@ pub async fn start_on(cfg: CommsConfig, listeners: Listeners) -> anyhow::Result<
     match listeners {
         Listeners::Separate { https, ssh } => {
             let sd = tasks.shutdown_signal();
-            let gate = ferry_io::accept::Gate::from_limits("https", &conn_limits, n);
+            let gate = ferry_io::accept::Gate::from_public_limits("https", &conn_limits, n);
             let public = ferry_web::serve::serve_https(https, router, tls, gate, conn_limits.clone(), sd);
             tasks.spawn_logged("https server", public);
             let sd = tasks.shutdown_signal();
@@ -302,10 +304,8 @@ async fn serve_shared(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             c = ferry_io::accept::accept(&listener, "shared https+ssh") => c,
         };
-        // over a cap: closed here, before any handshake
-        let Ok(permit) = gate.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
-        let (router, acceptor, russh_cfg, auth, sessions, limits, stop) = (
+        let (router, acceptor, russh_cfg, auth, sessions, limits, stop, gate) = (
             router.clone(),
             acceptor.clone(),
             russh_cfg.clone(),
@@ -313,8 +313,13 @@ async fn serve_shared(
             sessions.clone(),
             limits.clone(),
             stop_rx.clone(),
+            gate.clone(),
         );
         conns.spawn(async move {
+            let mut stream = stream;
+            // a load balancer's PROXY header first (read exactly, before the demux), naming the real client; over
+            // a cap: closed here, before any handshake
+            let Some((permit, peer)) = gate.admit_stream(&mut stream, peer).await else { return };
             // a slow client's first byte (a TLS client hello under load) gets the whole handshake deadline
             match ferry_web::serve::sniff_is_tls(&stream, limits.handshake()).await {
                 Ok(Some(true)) => {

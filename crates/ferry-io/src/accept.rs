@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::proxy_protocol::TrustedProxies;
+
 /// `[connections]` of comms.toml and app.toml: how many connections a listener serves, and for how long a
 /// connection may stay quiet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,11 +32,22 @@ pub struct ConnectionLimits {
     /// Seconds an HTTPS connection may stay open with no request in progress (before its first request, and
     /// between requests on a kept-alive HTTP/1.1 or HTTP/2 connection).
     pub idle_secs: u64,
+    /// Addresses or CIDR blocks of load balancers that send the PROXY protocol (v1 or v2, e.g. haproxy's
+    /// `send-proxy-v2`) on the public listeners: a connection from one of them must start with a PROXY header,
+    /// and the client it names is the connection's address (caps, throttles, logs, audit). Empty (the default):
+    /// off. A header from any other address is not trusted (it is taken as the protocol's first bytes, and fails).
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { max_connections: 0, max_per_address: 64, handshake_secs: 10, idle_secs: 30 }
+        ConnectionLimits {
+            max_connections: 0,
+            max_per_address: 64,
+            handshake_secs: 10,
+            idle_secs: 30,
+            proxy_protocol_from: Vec::new(),
+        }
     }
 }
 
@@ -65,6 +78,7 @@ impl ConnectionLimits {
         if self.idle_secs == 0 || self.handshake_secs == 0 {
             anyhow::bail!("[connections] handshake_secs and idle_secs must be at least 1");
         }
+        TrustedProxies::parse(&self.proxy_protocol_from)?;
         Ok(())
     }
 }
@@ -116,6 +130,10 @@ struct GateInner {
     counts: Mutex<Counts>,
     last_refusal_log: Mutex<Option<Instant>>,
     refused: AtomicU64,
+    /// Load balancers whose connections start with a PROXY header, and how long they have to send it.
+    proxies: TrustedProxies,
+    header_wait: Duration,
+    last_header_log: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -166,12 +184,78 @@ impl Gate {
                 counts: Mutex::new(Counts::default()),
                 last_refusal_log: Mutex::new(None),
                 refused: AtomicU64::new(0),
+                proxies: TrustedProxies::default(),
+                header_wait: Duration::from_secs(10),
+                last_header_log: Mutex::new(None),
             }),
         }
     }
 
+    /// A gate of `limits` (PROXY protocol off: see [`Gate::from_public_limits`]).
     pub fn from_limits(name: &'static str, limits: &ConnectionLimits, listeners: usize) -> Gate {
         Gate::new(name, limits.effective_max(listeners), limits.max_per_address)
+    }
+
+    /// A gate of `limits` for a public listener, which a load balancer may front: connections from
+    /// `proxy_protocol_from` start with a PROXY header ([`Gate::client_of`]). The list was checked by
+    /// [`ConnectionLimits::validate`]; an invalid one here is logged and trusts nobody.
+    pub fn from_public_limits(name: &'static str, limits: &ConnectionLimits, listeners: usize) -> Gate {
+        let proxies = TrustedProxies::parse(&limits.proxy_protocol_from).unwrap_or_else(|e| {
+            tracing::error!("{e:#}: the PROXY protocol is off");
+            TrustedProxies::default()
+        });
+        Gate::new(name, limits.effective_max(listeners), limits.max_per_address)
+            .with_proxies(proxies, limits.handshake())
+    }
+
+    /// This gate, with connections from `proxies` starting with a PROXY header (sent within `wait`).
+    pub fn with_proxies(self, proxies: TrustedProxies, wait: Duration) -> Gate {
+        let i = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| GateInner {
+            name: shared.name,
+            max: shared.max,
+            per_address: shared.per_address,
+            counts: Mutex::new(Counts::default()),
+            last_refusal_log: Mutex::new(None),
+            refused: AtomicU64::new(0),
+            proxies: TrustedProxies::default(),
+            header_wait: shared.header_wait,
+            last_header_log: Mutex::new(None),
+        });
+        Gate { inner: Arc::new(GateInner { proxies, header_wait: wait, ..i }) }
+    }
+
+    /// Whether connections from `peer` must start with a PROXY header (`proxy_protocol_from`).
+    pub fn expects_proxy_header(&self, peer: SocketAddr) -> bool {
+        !self.inner.proxies.is_empty() && self.inner.proxies.contains(peer.ip())
+    }
+
+    /// Admit a new connection: from a trusted load balancer, first read its PROXY header (exactly: the protocol's
+    /// bytes stay in `stream`) and admit the client it names; from anyone else, admit `peer` ([`Gate::admit`]).
+    /// Returns the place and the client's address, or None: the connection is to be closed (no or a bad header,
+    /// logged at most once a minute; or over a cap).
+    pub async fn admit_stream(&self, stream: &mut TcpStream, peer: SocketAddr) -> Option<(Permit, SocketAddr)> {
+        if !self.expects_proxy_header(peer) {
+            return self.admit(peer).ok().map(|p| (p, peer));
+        }
+        let client = match crate::proxy_protocol::read_header(stream, self.inner.header_wait).await {
+            // a header naming no client (LOCAL/UNKNOWN: a health check) is the balancer's own connection
+            Ok(client) => client.unwrap_or(peer),
+            Err(e) => {
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.inner.last_header_log.lock()
+                    && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    *last = Some(Instant::now());
+                    tracing::warn!(
+                        listener = self.inner.name,
+                        %peer,
+                        "connection from a PROXY protocol sender ([connections] proxy_protocol_from) closed: {e}"
+                    );
+                }
+                return None;
+            }
+        };
+        self.admit(client).ok().map(|p| (p, client))
     }
 
     /// The listener's cap.
@@ -284,6 +368,6 @@ mod tests {
         let files = open_file_limit().unwrap();
         assert_eq!(l.effective_max(1) as u64, (files * 3 / 4).max(64));
         assert!(l.effective_max(4) <= l.effective_max(1));
-        assert_eq!(ConnectionLimits { max_connections: 10, ..l }.effective_max(4), 10);
+        assert_eq!(ConnectionLimits { max_connections: 10, ..l.clone() }.effective_max(4), 10);
     }
 }

@@ -24,6 +24,7 @@ pub mod httpsig;
 pub mod keys;
 pub mod memory;
 pub mod private;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod sqlite;
 pub mod tls;

@@ -55,7 +55,10 @@ async fn serve_loop<F, Fut>(
     serve: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(tokio::net::TcpStream, SocketAddr, Permit, tokio::sync::watch::Receiver<bool>) -> Fut,
+    F: Fn(tokio::net::TcpStream, SocketAddr, Permit, tokio::sync::watch::Receiver<bool>) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -66,9 +69,19 @@ where
             () = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             (stream, peer) = ferry_io::accept::accept(&listener, what) => {
+                let _ = stream.set_nodelay(true);
+                if gate.expects_proxy_header(peer) {
+                    // a load balancer's connection: its PROXY header names the client, read in the connection's task
+                    let (gate, serve, stop) = (gate.clone(), serve.clone(), stop_rx.clone());
+                    conns.spawn(async move {
+                        let mut stream = stream;
+                        let Some((permit, client)) = gate.admit_stream(&mut stream, peer).await else { return };
+                        serve(stream, client, permit, stop).await
+                    });
+                    continue;
+                }
                 // over a cap: the stream is dropped (closed) here, before any handshake
                 let Ok(permit) = gate.admit(peer) else { continue };
-                let _ = stream.set_nodelay(true);
                 conns.spawn(serve(stream, peer, permit, stop_rx.clone()));
             }
         }

@@ -128,7 +128,7 @@ pub async fn tenants(State(c): St, Auth(s): Auth) -> Response {
     let app = &c.st.cfg.app.api_url;
     let content = html! {
         p { "App server: " b #app { (if app.is_empty() { "(not set)" } else { app.as_str() }) }
-            " · " (list.len()) " tenants" " · other App servers: `ferry comms app list`" }
+            " · " (list.len()) " tenants" " · every App server: " code #app-list-hint { "ferry comms app list" } }
         div.scroll {
             table #tenants {
                 thead { tr {
@@ -261,12 +261,20 @@ pub async fn tenant(State(c): St, Auth(s): Auth, Path(name): Path<String>, Query
         Ok(x) => x,
         Err(e) => return internal(&format!("{e:#}")),
     };
+    // the tenant's App server: its name and address (a tenant not placed yet goes to `default` at the next start)
+    let app_url = match (&row.app, db::list_apps(&c.st.db).await) {
+        (Some(a), Ok(apps)) => apps.into_iter().find(|r| &r.name == a).map(|r| r.endpoint.api_url),
+        (_, Err(e)) => return internal(&e),
+        (None, _) => None,
+    };
     let active = row.status == "active";
     let today = c.st.usage.today(&name);
     let content = html! {
         @if let Some(m) = done_message(&q.done) { p.ok #done role="status" { (m) } }
         p {
             "State: " b #state class=(state_class(&row.status)) { (row.status) }
+            " · App server " b #tenant-app { (row.app.as_deref().unwrap_or("(not placed)")) }
+            @if let Some(u) = &app_url { " (" span #tenant-app-url { (u) } ")" }
             " · created " (row.created_at.get(..10).unwrap_or(&row.created_at))
             " · bytes today " span #today { (bytes(today)) " of " (bytes(limits.limits.upload_bytes_per_day)) }
         }

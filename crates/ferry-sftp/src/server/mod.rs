@@ -283,13 +283,28 @@ pub async fn serve_with(
             () = &mut shutdown => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             (stream, peer) = ferry_io::accept::accept(&listener, "sftp") => {
-                // over a cap: closed here, before the SSH handshake
-                let Ok(permit) = cfg.gate.admit(peer) else { continue };
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, "set_nodelay failed: {e}");
                 }
                 let (ssh_cfg, auth, stop, table) = (ssh_cfg.clone(), auth.clone(), stop.child_token(), table.clone());
+                // over a cap: closed here, before the SSH handshake (a load balancer's connection: after its PROXY
+                // header, read in the connection's task, names the client)
+                let admitted = if cfg.gate.expects_proxy_header(peer) {
+                    None
+                } else {
+                    let Ok(permit) = cfg.gate.admit(peer) else { continue };
+                    Some(permit)
+                };
+                let gate = cfg.gate.clone();
                 sessions.spawn(async move {
+                    let mut stream = stream;
+                    let (permit, peer) = match admitted {
+                        Some(p) => (p, peer),
+                        None => match gate.admit_stream(&mut stream, peer).await {
+                            Some(x) => x,
+                            None => return,
+                        },
+                    };
                     if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, table, Some(peer), stop).await {
                         tracing::debug!(%peer, "sftp connection ended: {e:#}");
                     }

@@ -44,6 +44,28 @@ pub enum CommsCmd {
     /// Operator accounts of the console (`https://<listen_admin>/console/`).
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// The metadata database.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand)]
+pub enum DbCmd {
+    /// Move this server's metadata from SQLite (`<data_dir>/comms.db`) into an EMPTY PostgreSQL database, with the
+    /// Comms server stopped: schema, every table in one transaction, row counts and the audit chain verified.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The target: `postgres://user@host:5432/database` (TLS as in `[database]`: `?sslmode=verify-full&sslrootcert=...`).
+        #[arg(long)]
+        to: String,
+        /// The name of an environment variable holding the target's password (as `[database] password_env`).
+        #[arg(long, conflicts_with = "password_file")]
+        password_env: Option<String>,
+        /// A file holding the target's password, first line (as `[database] password_file`).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -499,6 +521,44 @@ pub(super) async fn comms(cmd: CommsCmd) -> anyhow::Result<ExitCode> {
             let (email, token) = ferry_comms::console::operators::add(&a.db, &email, "cli").await?;
             println!("operator {email}: send this link to set the password (valid 72 h, once):");
             println!("https://{addr}/console/set-password?token={token}");
+        }
+        CommsCmd::Db(DbCmd::Migrate { config, to, password_env, password_file }) => {
+            let cfg = comms_config(&config)?;
+            if cfg.database.is_postgres() {
+                anyhow::bail!(
+                    "{} already keeps its metadata in PostgreSQL ([database] url = {}): nothing to migrate",
+                    path_or(&config, "comms.toml").display(),
+                    ferry_comms::db::redact_url(&cfg.database.url)
+                );
+            }
+            let target = ferry_comms::db::DatabaseConfig {
+                url: to,
+                password_env,
+                password_file: password_file.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                max_connections: 0,
+            };
+            let sqlite = cfg.db_path();
+            println!("copying {} into {}", sqlite.display(), ferry_comms::db::redact_url(&target.url));
+            let r = ferry_comms::db_move::sqlite_to_postgres(&sqlite, &target, &mut |line| println!("{line}")).await?;
+            println!(
+                "done: {} tables, {} rows copied and counted again; audit chain verified on PostgreSQL ({} entries)",
+                r.tables.len(),
+                r.rows(),
+                r.audit_entries
+            );
+            println!("\nNow, in {}, set:\n", path_or(&config, "comms.toml").display());
+            println!("[database]\nurl = {:?}", ferry_comms::db::redact_url(&target.url));
+            if let Some(v) = &target.password_env {
+                println!("password_env = {v:?}");
+            }
+            if let Some(f) = &target.password_file {
+                println!("password_file = {:?}", f.display().to_string());
+            }
+            println!(
+                "\n(the URL is shown without its password: keep the password in password_env or password_file), then \
+                 start the server(s). Keep {} as a backup; the server no longer reads it.",
+                sqlite.display()
+            );
         }
         CommsCmd::Audit(AuditCmd::Verify { config }) => {
             let a = Admin::open(comms_config(&config)?).await?;

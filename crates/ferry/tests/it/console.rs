@@ -89,6 +89,10 @@ async fn an_operator_runs_the_tenants_from_the_console_in_a_real_browser() {
         "today's upload against the default quota: {quota}"
     );
     assert!(text("#app").await.starts_with("https://"));
+    // the command is shown as code, not with its Markdown backticks
+    let header = b.client.find(Locator::XPath("//b[@id='app']/..")).await.unwrap().text().await.unwrap();
+    assert!(!header.contains('`'), "literal backticks in {header:?}");
+    assert_eq!(text("p code#app-list-hint").await, "ferry comms app list");
     b.screenshot("console-tenants").await;
 
     // acme's page: its batch with the stages, its key, its downstream files table
@@ -98,6 +102,9 @@ async fn an_operator_runs_the_tenants_from_the_console_in_a_real_browser() {
     assert!(batches.contains(&batch) && batches.contains("imported") && batches.contains("import "), "{batches}");
     assert!(text("#keys").await.contains("active"));
     b.client.find(Locator::Id("downloads")).await.unwrap();
+    // the tenant's App server: its name and address
+    assert_eq!(text("#tenant-app").await, "default");
+    assert_eq!(text("#tenant-app-url").await, c.app.url());
     b.screenshot("console-tenant").await;
 
     // set a limit

@@ -304,7 +304,7 @@ pub(crate) fn haproxy_bin() -> Option<std::path::PathBuf> {
 }
 
 /// A child process killed when dropped (haproxy).
-struct Reaped(std::process::Child);
+pub(crate) struct Reaped(pub(crate) std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
