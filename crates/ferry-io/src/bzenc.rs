@@ -109,8 +109,8 @@ fn randomise_block(block: &mut [u8]) {
     let (mut to_go, mut r_pos) = (0u32, 0usize);
     for b in block.iter_mut() {
         if to_go == 0 {
-            to_go = u32::from(crate::bzdec::RNUMS[r_pos]);
-            r_pos = (r_pos + 1) % crate::bzdec::RNUMS.len();
+            to_go = u32::from(crate::bzrand::RNUMS[r_pos]);
+            r_pos = (r_pos + 1) % crate::bzrand::RNUMS.len();
         }
         to_go -= 1;
         *b ^= u8::from(to_go == 1);

@@ -16,6 +16,7 @@ pub mod acl;
 pub mod bz;
 pub mod bzdec;
 mod bzenc;
+mod bzrand;
 pub mod client;
 pub mod config;
 pub mod digest;
