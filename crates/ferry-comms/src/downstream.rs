@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use ferry_proto::api::{FileProgress, FileProgressOf, FileState, FilesProgress, MAX_FILES_PER_CALL};
 
-use ferry_web::worker::Worker;
+use ferry_web::worker::{Worker, partly_done};
 
 use crate::{CommsState, db};
 
@@ -61,8 +61,13 @@ async fn tenant_pass(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) 
             .filter(|r| r.state == FileState::Fetching && still.contains(r.file.file_id.as_str()))
             .collect();
         let fetched = if fetching.is_empty() { Ok(()) } else { fetch_all(st, tenant, fetching).await };
-        let told = tell_app(st, tenant).await;
-        fetched.and(told)
+        let mut told = 0;
+        let told_result = tell_app(st, tenant, &mut told).await;
+        match fetched.and(told_result) {
+            // what the App was told is done: the tenant is not backed off for the rest
+            Err(e) if told > 0 => Err(partly_done(e)),
+            r => r,
+        }
     }
     .await;
     claim.release().await;
@@ -125,6 +130,10 @@ async fn fetch_all(st: &CommsState, tenant: &str, rows: Vec<db::DownloadRow>) ->
         None => Ok(()),
         Some(e) if reused && failed == total => {
             Err(e.context("every fetch failed on a reused SFTP session; the next pass logs in again"))
+        }
+        // the others are on the download list: the tenant is not backed off for the few that failed
+        Some(e) if failed < total => {
+            Err(partly_done(e.context(format!("{failed} of {total} file(s) not fetched (retried)"))))
         }
         Some(e) => Err(e.context(format!("{failed} of {total} file(s) not fetched (retried)"))),
     }
@@ -222,7 +231,7 @@ fn compress_checked(plain: &Path, out: &Path, bytes: u64, sha256: &str) -> anyho
 /// Tell the App the progress of every file of `tenant` it has not heard of (relayed, delivered), up to
 /// [`MAX_FILES_PER_CALL`] files per call, and record what it heard. A file the App does not hold is an error
 /// (retried with backoff), after the others were recorded.
-async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
+async fn tell_app(st: &CommsState, tenant: &str, told: &mut usize) -> anyhow::Result<()> {
     let rows: Vec<db::DownloadRow> = db::downloads_needing_work(&st.db)
         .await?
         .into_iter()
@@ -263,6 +272,7 @@ async fn tell_app(st: &CommsState, tenant: &str) -> anyhow::Result<()> {
             .map(|r| (r.file.file_id.clone(), r.state))
             .collect();
         db::set_apps_notified(&st.db, tenant, &heard).await?;
+        *told += heard.len();
         unknown.extend(answer.unknown);
     }
     if let Some(first) = unknown.first() {

@@ -307,13 +307,8 @@ async fn serve_shared(
         let _ = stream.set_nodelay(true);
         // over a cap: closed here, before any handshake and before the next accept (a load balancer's connection:
         // after its PROXY header, read in the connection's task, names the client)
-        let admitted = if gate.expects_proxy_header(peer) {
-            None
-        } else {
-            let Ok(permit) = gate.admit(peer) else { continue };
-            Some(permit)
-        };
-        let (router, acceptor, russh_cfg, auth, sessions, limits, stop, gate) = (
+        let Some(admitting) = gate.admit_accepted(peer) else { continue };
+        let (router, acceptor, russh_cfg, auth, sessions, limits, stop) = (
             router.clone(),
             acceptor.clone(),
             russh_cfg.clone(),
@@ -321,18 +316,11 @@ async fn serve_shared(
             sessions.clone(),
             limits.clone(),
             stop_rx.clone(),
-            gate.clone(),
         );
         conns.spawn(async move {
             let mut stream = stream;
             // a load balancer's PROXY header first (read exactly, before the demux), naming the real client
-            let (permit, peer) = match admitted {
-                Some(p) => (p, peer),
-                None => match gate.admit_stream(&mut stream, peer).await {
-                    Some(x) => x,
-                    None => return,
-                },
-            };
+            let Some((permit, peer)) = admitting.finish(&mut stream).await else { return };
             // a slow client's first byte (a TLS client hello under load) gets the whole handshake deadline
             match ferry_web::serve::sniff_is_tls(&stream, limits.handshake()).await {
                 Ok(Some(true)) => {

@@ -162,6 +162,25 @@ impl Drop for Permit {
     }
 }
 
+/// A connection past the accept loop ([`Gate::admit_accepted`]): admitted already, or from a load balancer whose
+/// PROXY header is still to be read. Move it into the connection's task and call [`Admitting::finish`] first.
+pub struct Admitting {
+    gate: Gate,
+    peer: SocketAddr,
+    permit: Option<Permit>,
+}
+
+impl Admitting {
+    /// The connection's place and its client's address (the balancer's header read first, exactly), or None:
+    /// close the connection.
+    pub async fn finish(self, stream: &mut TcpStream) -> Option<(Permit, SocketAddr)> {
+        match self.permit {
+            Some(p) => Some((p, self.peer)),
+            None => self.gate.admit_proxied(stream, self.peer).await,
+        }
+    }
+}
+
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
@@ -229,14 +248,18 @@ impl Gate {
         !self.inner.proxies.is_empty() && self.inner.proxies.contains(peer.ip())
     }
 
-    /// Admit a new connection: from a trusted load balancer, first read its PROXY header (exactly: the protocol's
-    /// bytes stay in `stream`) and admit the client it names; from anyone else, admit `peer` ([`Gate::admit`]).
-    /// Returns the place and the client's address, or None: the connection is to be closed (no or a bad header,
-    /// logged at most once a minute; or over a cap).
-    pub async fn admit_stream(&self, stream: &mut TcpStream, peer: SocketAddr) -> Option<(Permit, SocketAddr)> {
-        if !self.expects_proxy_header(peer) {
-            return self.admit(peer).ok().map(|p| (p, peer));
-        }
+    /// The accept loop's half of admitting a connection. From anyone but a trusted load balancer, the caps are
+    /// checked here, before the next accept (a flood is refused as fast as it arrives, and costs no task); None:
+    /// over a cap, close it. From a load balancer, the client is named by its PROXY header, read in the
+    /// connection's own task ([`Admitting::finish`]) so that a slow balancer never holds the loop.
+    pub fn admit_accepted(&self, peer: SocketAddr) -> Option<Admitting> {
+        let permit = if self.expects_proxy_header(peer) { None } else { Some(self.admit(peer).ok()?) };
+        Some(Admitting { gate: self.clone(), peer, permit })
+    }
+
+    /// Read a trusted load balancer's PROXY header (exactly: the protocol's bytes stay in `stream`) and admit the
+    /// client it names. None: no or a bad header (logged at most once a minute), or over a cap.
+    async fn admit_proxied(&self, stream: &mut TcpStream, peer: SocketAddr) -> Option<(Permit, SocketAddr)> {
         let client = match crate::proxy_protocol::read_header(stream, self.inner.header_wait).await {
             // a header naming no client (LOCAL/UNKNOWN: a health check) is the balancer's own connection
             Ok(client) => client.unwrap_or(peer),
@@ -369,5 +392,42 @@ mod tests {
         assert_eq!(l.effective_max(1) as u64, (files * 3 / 4).max(64));
         assert!(l.effective_max(4) <= l.effective_max(1));
         assert_eq!(ConnectionLimits { max_connections: 10, ..l.clone() }.effective_max(4), 10);
+    }
+
+    /// The accept loop refuses over-cap connections itself (no task, no read), while a trusted balancer's
+    /// connection is let through to have its PROXY header read in its task, and the client it names is what
+    /// the caps count; a balancer connection without a header is closed.
+    #[tokio::test]
+    async fn the_accept_loop_refuses_over_the_cap_and_a_balancers_header_names_the_client() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let proxies = TrustedProxies::parse(&["127.0.0.2".to_string()]).unwrap();
+        let g = Gate::new("t", 2, 1).with_proxies(proxies, Duration::from_secs(5));
+        let first = g.admit_accepted(addr("10.0.0.1:1")).expect("under the caps");
+        assert!(g.admit_accepted(addr("10.0.0.1:2")).is_none(), "over the per-address cap, refused in the loop");
+        assert_eq!(g.open(), 1, "admitted in the loop, before any task");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let mut balancer = TcpStream::connect(at).await.unwrap();
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let pending = g.admit_accepted(addr("127.0.0.2:9")).expect("a balancer's connection waits for its header");
+        assert_eq!(g.open(), 1, "a balancer's connection is not counted before its header names the client");
+        balancer.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 22\r\nSSH-2.0-x\r\n").await.unwrap();
+        let (permit, client) = pending.finish(&mut conn).await.expect("admitted");
+        assert_eq!(client, addr("192.0.2.7:5000"));
+        let mut rest = [0u8; 9];
+        conn.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"SSH-2.0-x", "the protocol's bytes stay in the stream");
+        assert_eq!(g.open(), 2);
+        drop(permit);
+
+        let mut silent = TcpStream::connect(at).await.unwrap();
+        let (mut conn, _) = listener.accept().await.unwrap();
+        silent.write_all(b"SSH-2.0-no-header\r\n").await.unwrap();
+        let pending = g.admit_accepted(addr("127.0.0.2:10")).unwrap();
+        assert!(pending.finish(&mut conn).await.is_none(), "a balancer's connection without a header is closed");
+        let (p, _) = first.finish(&mut conn).await.expect("admitted in the loop");
+        drop(p);
+        assert_eq!(g.open(), 0);
     }
 }

@@ -686,38 +686,7 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    /// xorshift64*: reproducible pseudo-random numbers without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
-
-    fn text(len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 64);
-        let mut i = 0u64;
-        while out.len() < len {
-            out.extend_from_slice(
-                format!(
-                    "{i};ITEM-{};LOC-{};2026-{:02}-{:02};{}.{:02}\n",
-                    i % 977,
-                    i % 13,
-                    i % 12 + 1,
-                    i % 28 + 1,
-                    i * 7 % 1000,
-                    i % 100
-                )
-                .as_bytes(),
-            );
-            i += 1;
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::testdata::{Rng, csv as text};
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut r = Rng(seed | 1);

@@ -612,43 +612,10 @@ mod tests {
     use std::path::Path;
     use std::process::{Command, Stdio};
 
-    /// xorshift64*: reproducible pseudo-random bytes without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::testdata::{Rng, csv};
 
     fn random_bytes(len: usize, alphabet: u64, rng: &mut Rng) -> Vec<u8> {
         (0..len).map(|_| rng.below(alphabet) as u8).collect()
-    }
-
-    /// Text like an extract: numbered CSV lines.
-    fn csv(len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 64);
-        let mut i = 0u64;
-        while out.len() < len {
-            let line = format!(
-                "{i},ITEM-{:05},LOC-{},2026-{:02}-{:02},{}.{:02}\n",
-                i % 977,
-                i % 13,
-                1 + i % 12,
-                1 + i % 28,
-                i * 7 % 1000,
-                i % 100
-            );
-            out.extend_from_slice(line.as_bytes());
-            i += 1;
-        }
-        out.truncate(len);
-        out
     }
 
     #[allow(clippy::disallowed_methods)] // the reference decoder, to check the encoder against

@@ -28,6 +28,8 @@ pub mod private;
 pub mod proxy_protocol;
 pub mod retry;
 pub mod sqlite;
+#[cfg(test)]
+mod testdata;
 pub mod tls;
 
 pub use config::relative_to_config;

@@ -70,19 +70,15 @@ where
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             (stream, peer) = ferry_io::accept::accept(&listener, what) => {
                 let _ = stream.set_nodelay(true);
-                if gate.expects_proxy_header(peer) {
-                    // a load balancer's connection: its PROXY header names the client, read in the connection's task
-                    let (gate, serve, stop) = (gate.clone(), serve.clone(), stop_rx.clone());
-                    conns.spawn(async move {
-                        let mut stream = stream;
-                        let Some((permit, client)) = gate.admit_stream(&mut stream, peer).await else { return };
-                        serve(stream, client, permit, stop).await
-                    });
-                    continue;
-                }
-                // over a cap: the stream is dropped (closed) here, before any handshake
-                let Ok(permit) = gate.admit(peer) else { continue };
-                conns.spawn(serve(stream, peer, permit, stop_rx.clone()));
+                // over a cap: the stream is dropped (closed) here, before any handshake (a load balancer's
+                // connection: its PROXY header, read in the connection's task, names the client)
+                let Some(admitting) = gate.admit_accepted(peer) else { continue };
+                let (serve, stop) = (serve.clone(), stop_rx.clone());
+                conns.spawn(async move {
+                    let mut stream = stream;
+                    let Some((permit, client)) = admitting.finish(&mut stream).await else { return };
+                    serve(stream, client, permit, stop).await
+                });
             }
         }
     }

@@ -104,7 +104,10 @@ impl Worker {
                             for f in futures {
                                 match f.await {
                                     Ok(()) => moved = true,
-                                    Err(e) => failure = Some(e),
+                                    Err(e) => {
+                                        moved |= is_partly_done(&e);
+                                        failure = Some(e);
+                                    }
                                 }
                             }
                             (moved, failure)
@@ -157,7 +160,12 @@ impl Worker {
                     tracing::warn!("{line}");
                 }
             }
-            _ => {
+            Some(e) => {
+                // some of the work moved on: no backoff (the next pass has less to do), but the failure is said
+                tracing::warn!("{} (tenant {tenant}): {e:#}", self.name);
+                retries.remove(&tenant);
+            }
+            None => {
                 if let Some(mut r) = retries.remove(&tenant)
                     && let Some(line) = r.log.success()
                 {
@@ -166,6 +174,28 @@ impl Worker {
             }
         }
     }
+}
+
+/// Marks a job's error that came after part of its work was done (a pass that fetched 31 files of 32): the tenant
+/// is not backed off, as the next pass has less to do, and the error is logged. Wrap with [`partly_done`].
+#[derive(Debug)]
+pub struct PartlyDone;
+
+impl std::fmt::Display for PartlyDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("partly done")
+    }
+}
+
+impl std::error::Error for PartlyDone {}
+
+/// `e`, marked as coming after part of the job's work was done ([`PartlyDone`]).
+pub fn partly_done(e: anyhow::Error) -> anyhow::Error {
+    e.context(PartlyDone)
+}
+
+fn is_partly_done(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<PartlyDone>().is_some()
 }
 
 /// Jobs grouped by tenant, tenants in the order of their first job, each tenant's jobs in their order.
@@ -309,5 +339,43 @@ mod tests {
         until(&q, "every tenant", |d| d.len() == 5).await;
         assert_eq!(q.active.lock().unwrap().1, 2, "more than 2 tenants ran at once");
         let _ = stop.send(());
+    }
+
+    /// How often one tenant's job ran within a second of wake-ups, when every run fails with `error`.
+    async fn runs_in_a_second_of_failures(error: fn() -> anyhow::Error) -> usize {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let wakeup = Arc::new(Notify::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = Worker { idle: Duration::from_secs(3600), backoff_base: Duration::from_secs(30), ..Worker::new("test", 2) };
+        let (r, w) = (runs.clone(), wakeup.clone());
+        let task = tokio::spawn(async move {
+            let list = || async { anyhow::Ok(vec![("acme".to_string(), ())]) };
+            let work = |()| {
+                let r = r.clone();
+                async move {
+                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Err(error())
+                }
+            };
+            worker.run(&w, async move { let _ = stopped.await; }, list, work).await;
+        });
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            wakeup.notify_one();
+        }
+        let _ = stop.send(());
+        task.await.unwrap();
+        runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A failed run with nothing done backs the tenant off (no rerun on a wake-up within the backoff); a run that
+    /// did part of its work ([`partly_done`]) is not backed off: the next wake-up runs it again. A pass that
+    /// fetched 31 files of 32 must not hold back the news of the 31 (downstream receipts waited a minute).
+    #[tokio::test]
+    async fn a_partly_done_failure_is_not_backed_off_and_a_plain_one_is() {
+        let plain = runs_in_a_second_of_failures(|| anyhow::anyhow!("the App is down")).await;
+        assert_eq!(plain, 1, "a failure with nothing done ran again within its 30 s backoff");
+        let partly = runs_in_a_second_of_failures(|| partly_done(anyhow::anyhow!("1 of 32 files not fetched"))).await;
+        assert!(partly >= 5, "a partly done run was backed off: {partly} runs in a second of wake-ups");
     }
 }

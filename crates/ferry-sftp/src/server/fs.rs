@@ -185,20 +185,44 @@ impl ConfinedFs {
     }
 }
 
-fn bad_handle() -> StatusReply {
+pub(super) fn bad_handle() -> StatusReply {
     StatusCode::Failure.with_message("unknown or closed handle; open the file again")
 }
 
-fn ok_status(id: u32) -> Status {
+pub(super) fn ok_status(id: u32) -> Status {
     Status { id, status_code: StatusCode::Ok, error_message: "ok".to_owned(), language_tag: "en-US".to_owned() }
 }
 
-fn path_status(e: &PathError) -> StatusReply {
+pub(super) fn path_status(e: &PathError) -> StatusReply {
     let code = match e {
         PathError::RootUnavailable(_) | PathError::Resolve(_) => StatusCode::Failure,
         _ => StatusCode::PermissionDenied,
     };
     code.with_message(e.to_string())
+}
+
+pub(super) fn no_links() -> StatusReply {
+    StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server")
+}
+
+/// The answer to an `SSH_FXP_EXTENDED` request (both file systems): the `limits@openssh.com` extension, with
+/// `max_open_handles` of the session's principal; any other extension is unsupported.
+pub(super) fn extended(id: u32, request: &str, max_open_handles: usize) -> Result<Packet, StatusReply> {
+    if request == LIMITS {
+        let limits = LimitsExtension {
+            max_packet_len: u64::from(MAX_PACKET_LEN),
+            max_read_len: u64::from(MAX_READ_LEN),
+            max_write_len: u64::from(MAX_READ_LEN),
+            max_open_handles: max_open_handles as u64,
+        };
+        let data = russh_sftp::ser::to_bytes(&limits)
+            .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;
+        return Ok(Packet::ExtendedReply(ExtendedReply { id, data: data.to_vec() }));
+    }
+    Err(StatusCode::OpUnsupported.with_message(format!(
+        "the extension {:?} is not supported by this server",
+        request.escape_debug().to_string()
+    )))
 }
 
 /// Maps an I/O error to an SFTP status whose message names the operation, never a host path.
@@ -590,28 +614,14 @@ impl russh_sftp::server::Handler for ConfinedFs {
     }
 
     async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
-        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
+        Err(no_links())
     }
 
     async fn symlink(&mut self, _id: u32, _linkpath: String, _targetpath: String) -> Result<Status, Self::Error> {
-        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
+        Err(no_links())
     }
 
     async fn extended(&mut self, id: u32, request: String, _data: Vec<u8>) -> Result<Packet, Self::Error> {
-        if request == LIMITS {
-            let limits = LimitsExtension {
-                max_packet_len: u64::from(MAX_PACKET_LEN),
-                max_read_len: u64::from(MAX_READ_LEN),
-                max_write_len: u64::from(MAX_READ_LEN),
-                max_open_handles: self.auth.max_open_handles(&self.principal) as u64,
-            };
-            let data = russh_sftp::ser::to_bytes(&limits)
-                .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;
-            return Ok(Packet::ExtendedReply(ExtendedReply { id, data: data.to_vec() }));
-        }
-        Err(StatusCode::OpUnsupported.with_message(format!(
-            "the extension {:?} is not supported by this server",
-            request.escape_debug().to_string()
-        )))
+        extended(id, &request, self.auth.max_open_handles(&self.principal))
     }
 }

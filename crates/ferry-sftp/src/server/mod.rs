@@ -289,22 +289,10 @@ pub async fn serve_with(
                 let (ssh_cfg, auth, stop, table) = (ssh_cfg.clone(), auth.clone(), stop.child_token(), table.clone());
                 // over a cap: closed here, before the SSH handshake (a load balancer's connection: after its PROXY
                 // header, read in the connection's task, names the client)
-                let admitted = if cfg.gate.expects_proxy_header(peer) {
-                    None
-                } else {
-                    let Ok(permit) = cfg.gate.admit(peer) else { continue };
-                    Some(permit)
-                };
-                let gate = cfg.gate.clone();
+                let Some(admitting) = cfg.gate.admit_accepted(peer) else { continue };
                 sessions.spawn(async move {
                     let mut stream = stream;
-                    let (permit, peer) = match admitted {
-                        Some(p) => (p, peer),
-                        None => match gate.admit_stream(&mut stream, peer).await {
-                            Some(x) => x,
-                            None => return,
-                        },
-                    };
+                    let Some((permit, peer)) = admitting.finish(&mut stream).await else { return };
                     if let Err(e) = run_session(ssh_cfg, auth_timeout, stream, auth, table, Some(peer), stop).await {
                         tracing::debug!(%peer, "sftp connection ended: {e:#}");
                     }

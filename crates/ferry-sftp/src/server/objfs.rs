@@ -22,13 +22,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutPayload};
-use russh_sftp::extensions::{LIMITS, LimitsExtension};
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
 
-use super::fs::{MAX_PACKET_LEN, MAX_READ_LEN, READDIR_BATCH};
+use super::fs::{MAX_READ_LEN, READDIR_BATCH, bad_handle, extended, no_links, ok_status, path_status};
 use super::{Authorizer, Principal};
 use crate::path::{self, PathError};
 use crate::store::{self, Bucket, DIR_MARKER, Mapped, StoreRoot, TAIL_LEN, UploadState};
@@ -79,18 +78,6 @@ pub(crate) struct StoreFs {
     auth: Arc<dyn Authorizer>,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
-}
-
-fn ok_status(id: u32) -> Status {
-    Status { id, status_code: StatusCode::Ok, error_message: "ok".to_owned(), language_tag: "en-US".to_owned() }
-}
-
-fn bad_handle() -> StatusReply {
-    StatusCode::Failure.with_message("unknown or closed handle; open the file again")
-}
-
-fn path_status(e: &PathError) -> StatusReply {
-    StatusCode::PermissionDenied.with_message(e.to_string())
 }
 
 fn no_such_file(op: &str) -> StatusReply {
@@ -714,29 +701,15 @@ impl russh_sftp::server::Handler for StoreFs {
     }
 
     async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
-        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
+        Err(no_links())
     }
 
     async fn symlink(&mut self, _id: u32, _linkpath: String, _targetpath: String) -> Result<Status, Self::Error> {
-        Err(StatusCode::OpUnsupported.with_message("symbolic links are not supported on this server"))
+        Err(no_links())
     }
 
     async fn extended(&mut self, id: u32, request: String, _data: Vec<u8>) -> Result<Packet, Self::Error> {
-        if request == LIMITS {
-            let limits = LimitsExtension {
-                max_packet_len: u64::from(MAX_PACKET_LEN),
-                max_read_len: u64::from(MAX_READ_LEN),
-                max_write_len: u64::from(MAX_READ_LEN),
-                max_open_handles: self.auth.max_open_handles(&self.principal) as u64,
-            };
-            let data = russh_sftp::ser::to_bytes(&limits)
-                .map_err(|_| StatusCode::Failure.with_message("could not encode the limits"))?;
-            return Ok(Packet::ExtendedReply(ExtendedReply { id, data: data.to_vec() }));
-        }
-        Err(StatusCode::OpUnsupported.with_message(format!(
-            "the extension {:?} is not supported by this server",
-            request.escape_debug().to_string()
-        )))
+        extended(id, &request, self.auth.max_open_handles(&self.principal))
     }
 }
 

@@ -14,7 +14,8 @@
 //! Comms is three `ferry comms serve` replicas on one PostgreSQL database (`FERRY_TEST_POSTGRES_URL`) behind
 //! Debian's haproxy in TCP mode (the Connector -> Comms proxy and the App's announcements go to haproxy), and the
 //! random kills hit one replica or another (three times as often as a single Comms server is hit). The same
-//! invariants are checked, the Comms side's on PostgreSQL.
+//! invariants are checked, the Comms side's on PostgreSQL. With `FERRY_TEST_COMMS_STORAGE=s3` the replicas keep
+//! their files in the test S3 server (scripts/test-s3.sh), as the cluster tests do.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -172,29 +173,8 @@ fn start_replicas(
         addrs.push(addr);
     }
     let lb = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr");
-    let servers: String = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("    server comms{i} {a} check inter 300ms fall 2 rise 1\n"))
-        .collect();
-    let hcfg = logs.join("haproxy.cfg");
-    std::fs::write(
-        &hcfg,
-        format!(
-            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
-             timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
-             default_backend comms\nbackend comms\n    balance roundrobin\n{servers}"
-        ),
-    )
-    .expect("haproxy.cfg");
-    let hc = hcfg.display().to_string();
-    let mut p = harness::Proc::new("haproxy", haproxy, &["-db", "-f", &hc], logs.join("haproxy.log"));
-    p.start().expect("start haproxy");
-    let t = Instant::now();
-    while std::net::TcpStream::connect(lb).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "haproxy never listened on {lb}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let servers: Vec<String> = addrs.iter().map(|a| format!("{a} check inter 300ms fall 2 rise 1")).collect();
+    let p = harness::start_haproxy(haproxy, lb, "roundrobin", &servers, logs, logs).expect("start haproxy");
     (nodes, lb, p)
 }
 
@@ -219,6 +199,12 @@ async fn run(cluster: bool, cycles: u64) {
     let proxies = Arc::new([Proxy::unrouted().await, Proxy::unrouted().await, Proxy::unrouted().await]);
     let (d, p) = (dir.clone(), proxies.clone());
     let database = pg.as_ref().map(|(_, db)| db.clone());
+    // in cluster mode the replicas' files go where the cluster tests put them (`FERRY_TEST_COMMS_STORAGE=s3`: the
+    // test S3 server; the shared folder otherwise)
+    let storage: Option<toml::Table> = match cluster {
+        true => Some(toml::from_str(&harness::storage_toml().expect("the test storage")).expect("[storage] TOML")),
+        false => None,
+    };
     let (sys, app, comms) = tokio::task::spawn_blocking(move || {
         let connector = |t: &mut toml::Table| {
             // short limits, so that a stalled connection is given up and retried within a cycle
@@ -227,6 +213,9 @@ async fn run(cluster: bool, cycles: u64) {
             n.insert("timeout_secs".into(), 5.into());
         };
         setup_with(&d, &p, connector, |t| {
+            if let Some(storage) = storage {
+                t.extend(storage);
+            }
             if let Some(db) = database {
                 let d = section(t, "database");
                 d.insert("url".into(), db.url.into());

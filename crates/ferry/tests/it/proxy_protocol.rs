@@ -206,7 +206,7 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
 /// registers, syncs and receives through it, and the App announces through it; a direct connection is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn haproxy_with_send_proxy_v2_in_front_of_a_replica_works_end_to_end() {
-    use crate::replicas::{Reaped, haproxy_bin};
+    use crate::replicas::haproxy_bin;
     let Some(haproxy) = haproxy_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let lb = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -222,26 +222,10 @@ async fn haproxy_with_send_proxy_v2_in_front_of_a_replica_works_end_to_end() {
     )
     .await
     .unwrap();
-    let cfg = format!(
-        "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
-         timeout server 5m\nfrontend ferry\n    bind {lb}\n    default_backend comms\nbackend comms\n    \
-         server comms1 {} send-proxy-v2\n",
-        c.comms.https_addr
-    );
-    let hcfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&hcfg, cfg).unwrap();
-    let hlog = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
-    let _haproxy = Reaped(
-        std::process::Command::new(&haproxy)
-            .args(["-db", "-f"])
-            .arg(&hcfg)
-            .stdout(hlog.try_clone().unwrap())
-            .stderr(hlog)
-            .spawn()
-            .expect("start haproxy"),
-    );
-    let listening = async || tokio::net::TcpStream::connect(lb).await.is_ok();
-    assert!(eventually(Duration::from_secs(10), listening).await.is_some(), "haproxy never listened on {lb}");
+    let servers = [format!("{} send-proxy-v2", c.comms.https_addr)];
+    let _haproxy =
+        ferry::bench::cluster::harness::start_haproxy(&haproxy, lb, "roundrobin", &servers, dir.path(), dir.path())
+            .expect("start haproxy");
 
     let erp = dir.path().join("erp.db");
     generate_sample_erp(&erp, SampleSize::Small).await.unwrap();

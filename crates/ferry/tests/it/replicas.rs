@@ -303,16 +303,6 @@ pub(crate) fn haproxy_bin() -> Option<std::path::PathBuf> {
     found
 }
 
-/// A child process killed when dropped (haproxy).
-pub(crate) struct Reaped(pub(crate) std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The replicas (by index) whose log has a line holding every one of `words`.
 fn logged_by(nodes: &[crate::procs::Node], words: &[&str]) -> Vec<usize> {
     (0..nodes.len()).filter(|&i| nodes[i].log_text().lines().any(|l| words.iter().all(|w| l.contains(w)))).collect()
@@ -390,30 +380,9 @@ async fn three_replicas_behind_haproxy_sync_end_to_end_and_survive_a_kill() {
         addrs.push(n.logged_addr("comms server listening", "https_addr", started));
         replicas.push(n);
     }
-    let servers: String = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("    server comms{i} {a} check inter 300ms fall 2 rise 1\n"))
-        .collect();
-    let cfg = format!(
-        "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
-         timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
-         default_backend comms\nbackend comms\n    balance roundrobin\n{servers}"
-    );
-    let hcfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&hcfg, cfg).unwrap();
-    let hlog = std::fs::File::create(logs.join("haproxy.log")).unwrap();
-    let _haproxy = Reaped(
-        std::process::Command::new(&haproxy)
-            .args(["-db", "-f"])
-            .arg(&hcfg)
-            .stdout(hlog.try_clone().unwrap())
-            .stderr(hlog)
-            .spawn()
-            .expect("start haproxy"),
-    );
-    let listening = async || tokio::net::TcpStream::connect(lb).await.is_ok();
-    assert!(eventually(Duration::from_secs(10), listening).await.is_some(), "haproxy never listened on {lb}");
+    let servers: Vec<String> = addrs.iter().map(|a| format!("{a} check inter 300ms fall 2 rise 1")).collect();
+    let _haproxy = ferry::bench::cluster::harness::start_haproxy(&haproxy, lb, "roundrobin", &servers, dir.path(), &logs)
+        .expect("start haproxy");
 
     // three tenants, each connector registered through haproxy
     let tenants = ["t0", "t1", "t2"];

@@ -225,6 +225,40 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Debian's haproxy in TCP mode on `lb` in front of `servers` (each `ADDR [OPTIONS]`, e.g. `127.0.0.1:4000 check
+/// inter 300ms fall 2 rise 1` or `127.0.0.1:4000 send-proxy-v2`), balanced by `balance` (`roundrobin`,
+/// `leastconn`), retrying a refused connection on another server; its config in `dir/haproxy.cfg`, its output in
+/// `logs/haproxy.log`. Returns once it listens (stopped when dropped).
+pub fn start_haproxy(
+    haproxy: &Path,
+    lb: SocketAddr,
+    balance: &str,
+    servers: &[String],
+    dir: &Path,
+    logs: &Path,
+) -> anyhow::Result<Proc> {
+    let servers: String = servers.iter().enumerate().map(|(i, a)| format!("    server comms{i} {a}\n")).collect();
+    let hcfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &hcfg,
+        format!(
+            "global\n    maxconn 8000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
+             timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
+             default_backend comms\nbackend comms\n    balance {balance}\n{servers}"
+        ),
+    )?;
+    let mut p = Proc::new("haproxy", haproxy, &["-db", "-f", &s(&hcfg)], logs.join("haproxy.log"));
+    p.start()?;
+    let t = Instant::now();
+    while std::net::TcpStream::connect(lb).is_err() {
+        if t.elapsed() > Duration::from_secs(10) || !p.is_running() {
+            bail!("haproxy never listened on {lb}:\n{}", tail(&p.log_text()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(p)
+}
+
 /// The running cloud side.
 pub struct ProcCluster {
     pub exe: PathBuf,
@@ -357,29 +391,9 @@ impl ProcCluster {
             replica_addrs.push(addr);
         }
 
-        let servers: String = replica_addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("    server comms{i} {a} check inter 300ms fall 2 rise 1\n"))
-            .collect();
-        let hcfg = o.dir.join("haproxy.cfg");
-        std::fs::write(
-            &hcfg,
-            format!(
-                "global\n    maxconn 8000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    \
-                 timeout server 5m\n    retries 2\n    option redispatch\nfrontend ferry\n    bind {lb}\n    \
-                 default_backend comms\nbackend comms\n    balance leastconn\n{servers}"
-            ),
-        )?;
-        let mut haproxy = Proc::new("haproxy", &o.haproxy, &["-db", "-f", &s(&hcfg)], logs.join("haproxy.log"));
-        haproxy.start()?;
-        let t = Instant::now();
-        while std::net::TcpStream::connect(lb).is_err() {
-            if t.elapsed() > Duration::from_secs(10) || !haproxy.is_running() {
-                bail!("haproxy never listened on {lb}:\n{}", tail(&haproxy.log_text()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let servers: Vec<String> =
+            replica_addrs.iter().map(|a| format!("{a} check inter 300ms fall 2 rise 1")).collect();
+        let haproxy = start_haproxy(&o.haproxy, lb, "leastconn", &servers, &o.dir, &logs)?;
         Ok(ProcCluster {
             exe: o.exe.clone(),
             dir: o.dir.clone(),
