@@ -5,14 +5,16 @@
 //! come from those arenas instead: memory freed there stays in the process. Ferry's pipelines hand megabyte
 //! buffers from thread to thread (bzip2 blocks and decoded streams, CSV chunks), so the resident size grew with
 //! the amount of data moved: the App server reached 97 MiB importing the medium sample and 109 MiB importing the
-//! large one (132 MiB with the plan after it), the Connector 75 MiB. With two arenas and a fixed 256 KiB mmap
-//! threshold (buffers above it are mapped and unmapped each time) the same runs stay at 74 and 53 MiB, for no
-//! measurable CPU (`ferry bench pipeline`, docs/performance.md).
+//! large one (132 MiB with the plan after it), the Connector 75 MiB. With a fixed 256 KiB mmap threshold (buffers
+//! above it are mapped and unmapped each time) and one arena shared by all threads (glibc's per-thread caches
+//! still serve small allocations without a lock), the large run stays at 97 MiB with the plan and the Connector
+//! at 56 MiB, for no measurable CPU; two arenas left the App at 110 MiB once our faster bzip2 decoder kept more
+//! buffers in flight (`ferry bench pipeline`, docs/performance.md).
 
 /// Buffers above this size are mapped and given back to the system when freed.
 pub const MMAP_THRESHOLD: usize = 256 * 1024;
 /// malloc arenas shared by all threads.
-pub const ARENAS: usize = 2;
+pub const ARENAS: usize = 1;
 
 /// Apply the settings above to glibc's allocator, unless the operator tuned it already (`GLIBC_TUNABLES` or
 /// `MALLOC_ARENA_MAX` in the environment, which then win). Call first in `main`, before any thread exists.

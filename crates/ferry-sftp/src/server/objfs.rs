@@ -25,11 +25,12 @@ use object_store::{ObjectStoreExt, PutPayload};
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
+use russh_sftp::extensions::LIMITS;
 use russh_sftp::server::StatusReply;
 
 use super::fs::{MAX_READ_LEN, READDIR_BATCH, bad_handle, extended, no_links, ok_status, path_status};
 use super::{Authorizer, Principal};
-use crate::path::{self, PathError};
+use crate::path;
 use crate::store::{self, Bucket, DIR_MARKER, Mapped, StoreRoot, TAIL_LEN, UploadState};
 
 /// Bytes fetched by one ranged GET for reads.
