@@ -346,7 +346,8 @@ mod tests {
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let wakeup = Arc::new(Notify::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = Worker { idle: Duration::from_secs(3600), backoff_base: Duration::from_secs(30), ..Worker::new("test", 2) };
+        let worker =
+            Worker { idle: Duration::from_secs(3600), backoff_base: Duration::from_secs(30), ..Worker::new("test", 2) };
         let (r, w) = (runs.clone(), wakeup.clone());
         let task = tokio::spawn(async move {
             let list = || async { anyhow::Ok(vec![("acme".to_string(), ())]) };
@@ -357,7 +358,16 @@ mod tests {
                     Err(error())
                 }
             };
-            worker.run(&w, async move { let _ = stopped.await; }, list, work).await;
+            worker
+                .run(
+                    &w,
+                    async move {
+                        let _ = stopped.await;
+                    },
+                    list,
+                    work,
+                )
+                .await;
         });
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutPayload};
+use russh_sftp::extensions::LIMITS;
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
-use russh_sftp::extensions::LIMITS;
 use russh_sftp::server::StatusReply;
 
 use super::fs::{MAX_READ_LEN, READDIR_BATCH, bad_handle, extended, no_links, ok_status, path_status};

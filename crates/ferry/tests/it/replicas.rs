@@ -381,8 +381,9 @@ async fn three_replicas_behind_haproxy_sync_end_to_end_and_survive_a_kill() {
         replicas.push(n);
     }
     let servers: Vec<String> = addrs.iter().map(|a| format!("{a} check inter 300ms fall 2 rise 1")).collect();
-    let _haproxy = ferry::bench::cluster::harness::start_haproxy(&haproxy, lb, "roundrobin", &servers, dir.path(), &logs)
-        .expect("start haproxy");
+    let _haproxy =
+        ferry::bench::cluster::harness::start_haproxy(&haproxy, lb, "roundrobin", &servers, dir.path(), &logs)
+            .expect("start haproxy");
 
     // three tenants, each connector registered through haproxy
     let tenants = ["t0", "t1", "t2"];
