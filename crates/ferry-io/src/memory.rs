@@ -7,9 +7,10 @@
 //! the amount of data moved: the App server reached 97 MiB importing the medium sample and 109 MiB importing the
 //! large one (132 MiB with the plan after it), the Connector 75 MiB. With a fixed 256 KiB mmap threshold (buffers
 //! above it are mapped and unmapped each time) and one arena shared by all threads (glibc's per-thread caches
-//! still serve small allocations without a lock), the large run stays at 97 MiB with the plan and the Connector
-//! at 56 MiB, for no measurable CPU; two arenas left the App at 110 MiB once our faster bzip2 decoder kept more
-//! buffers in flight (`ferry bench pipeline`, docs/performance.md).
+//! still serve small allocations without a lock), the large run stays at 97 MiB with the plan (86 MiB with the
+//! import's 16 MiB page cache) and the Connector at 56-60 MiB, for no measurable CPU; two arenas left the App at
+//! 110 MiB once our faster bzip2 decoder kept more buffers in flight (`ferry bench pipeline`,
+//! docs/performance.md).
 
 /// Buffers above this size are mapped and given back to the system when freed.
 pub const MMAP_THRESHOLD: usize = 256 * 1024;
